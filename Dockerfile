@@ -1,0 +1,21 @@
+# Production image: built with the locked dependencies, run as a non-root user
+# on a distroless base (no shell, no package manager). Mount the configuration
+# read-only at /etc/vault and a volume for the data at /var/lib/vault.
+#
+#   docker build -t vault .
+#   docker run --read-only -v /path/to/config:/etc/vault:ro -v vault-data:/var/lib/vault \
+#     -p 8443:8443 vault serve --config /etc/vault/vault.toml
+
+FROM rust:1.95-bookworm AS build
+RUN apt-get update && apt-get install -y --no-install-recommends clang libclang-dev && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN cargo build --locked --release -p vault --bin vault
+
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /src/target/release/vault /usr/local/bin/vault
+USER nonroot:nonroot
+VOLUME ["/var/lib/vault"]
+EXPOSE 8443 9464
+ENTRYPOINT ["/usr/local/bin/vault"]
+CMD ["serve", "--config", "/etc/vault/vault.toml"]

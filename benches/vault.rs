@@ -1,0 +1,151 @@
+//! Criterion benches of the hot paths, each reporting throughput:
+//! normalize+tokenize of one field, AES-SIV seal/open by size, store
+//! put/get, and durable batched tokenize through RocksDB with group commit.
+//! Run: `cargo bench --bench vault` (CI only compiles them).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use vault::api::{self, Ctx};
+use vault::classes::{self, Class};
+use vault::crypto::{derive, DataKey, TokenKey};
+use vault::secret::SecretKey;
+use vault::store::{Batch, RocksStore, Space, Store};
+
+fn master() -> SecretKey<32> {
+    SecretKey::from_slice(&[7u8; 32]).unwrap_or_else(SecretKey::generate)
+}
+
+fn normalize_tokenize(c: &mut Criterion) {
+    let key = TokenKey::new(derive(&master(), b"bench/token"));
+    let mut g = c.benchmark_group("normalize_tokenize");
+    g.throughput(Throughput::Elements(1));
+    let cases = [
+        (Class::Email, "chen.ming.1990@example-mail.com"), // 32 bytes
+        (Class::Text, "abcdefghijklmnopqrstuvwxyz012345"),  // 32 bytes
+        (Class::Phone, "+86 138 0013 8000"),
+        (Class::CnResidentId, "350102199003071234"),
+        (Class::Name, "欧阳娜娜"),
+    ];
+    for (class, value) in cases {
+        g.bench_with_input(BenchmarkId::new(class.as_str(), value.len()), &value, |b, v| {
+            b.iter(|| {
+                let n = classes::normalize(class, black_box(v)).ok();
+                n.map(|n| key.token(class, n.token_form()))
+            })
+        });
+    }
+    g.finish();
+}
+
+fn aes_siv(c: &mut Criterion) {
+    let dk = DataKey::new(1, derive(&master(), b"bench/data"));
+    let aad = vault::crypto::value_aad("acct-1001", Class::Text, 1);
+    let mut g = c.benchmark_group("aes_siv");
+    for size in [16usize, 32, 256, 4096] {
+        let pt = vec![b'x'; size];
+        let ct = dk.seal(&aad, &pt).unwrap_or_default();
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_with_input(BenchmarkId::new("seal", size), &pt, |b, pt| b.iter(|| dk.seal(&aad, black_box(pt))));
+        g.bench_with_input(BenchmarkId::new("open", size), &ct, |b, ct| b.iter(|| dk.open(&aad, black_box(ct))));
+    }
+    g.finish();
+}
+
+fn store(c: &mut Criterion) {
+    let Ok(dir) = tempfile::tempdir() else { return };
+    let Ok(store) = RocksStore::open(dir.path()) else { return };
+    let mut g = c.benchmark_group("store");
+    g.throughput(Throughput::Elements(1));
+    let mut i = 0u64;
+    g.bench_function("put_durable", |b| {
+        b.iter(|| {
+            i += 1;
+            let mut batch = Batch::default();
+            batch.put(Space::Values, i.to_be_bytes().to_vec(), vec![0u8; 64]);
+            store.write(batch)
+        })
+    });
+    for n in [100usize, 1000] {
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_with_input(BenchmarkId::new("batch_put_durable", n), &n, |b, &n| {
+            b.iter(|| {
+                let mut batch = Batch::default();
+                for _ in 0..n {
+                    i += 1;
+                    batch.put(Space::Values, i.to_be_bytes().to_vec(), vec![0u8; 64]);
+                }
+                store.write(batch)
+            })
+        });
+    }
+    g.throughput(Throughput::Elements(1));
+    let mut j = 0u64;
+    g.bench_function("get", |b| {
+        b.iter(|| {
+            j = (j % i.max(1)) + 1;
+            store.get(Space::Values, &j.to_be_bytes())
+        })
+    });
+    g.finish();
+}
+
+/// Durable tokenize through the real request handler (JSON parse, policy,
+/// normalize, token, seal, group commit to RocksDB with a synced WAL), with
+/// `CONCURRENCY` requests of `FIELDS` fields in flight.
+fn batch_tokenize(c: &mut Criterion) {
+    const FIELDS: usize = 100;
+    const CONCURRENCY: usize = 16;
+    let Ok(rt) = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() else {
+        return;
+    };
+    let Ok(dir) = tempfile::tempdir() else { return };
+    let Ok(path) = vault::dev::prepare(dir.path()) else { return };
+    let Ok(cfg) = vault::config::Config::load(&path) else { return };
+    let Ok(master) = vault::server::load_master(&cfg) else { return };
+    let keyring = vault::keys::Keyring::derive(&master, 1);
+    let Ok(store) = RocksStore::open(dir.path()) else { return };
+    let Ok(v) = vault::server::build(&cfg, keyring, Arc::new(store)) else { return };
+    let ctx = Ctx { caller: "app".into(), role: vault::policy::Role::App, request_id: "bench".into() };
+    let body = |seed: u64| {
+        let fields: Vec<_> = (0..FIELDS as u64)
+            .map(|k| serde_json::json!({"class":"phone","value":format!("139{:08}", (seed * 100 + k) % 100_000_000)}))
+            .collect();
+        Bytes::from(serde_json::to_vec(&serde_json::json!({"subject":format!("acct-{seed}"),"purpose":"notification","fields":fields})).unwrap_or_default())
+    };
+    let mut g = c.benchmark_group("tokenize_durable");
+    g.throughput(Throughput::Elements((FIELDS * CONCURRENCY) as u64));
+    g.sample_size(20);
+    g.measurement_time(Duration::from_secs(5));
+    let mut seed = 0u64;
+    g.bench_function(BenchmarkId::new("fields_per_request", FIELDS), |b| {
+        b.iter_custom(|iters| {
+            let bodies: Vec<Vec<Bytes>> = (0..iters)
+                .map(|_| (0..CONCURRENCY).map(|_| { seed += 1; body(seed) }).collect())
+                .collect();
+            let start = Instant::now();
+            rt.block_on(async {
+                for round in bodies {
+                    let tasks: Vec<_> = round
+                        .into_iter()
+                        .map(|b| {
+                            let v = v.clone();
+                            let ctx = ctx.clone();
+                            tokio::spawn(async move { api::tokenize(&v, &ctx, &b).await.is_ok() })
+                        })
+                        .collect();
+                    for t in tasks {
+                        let _ = t.await;
+                    }
+                }
+            });
+            start.elapsed()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, normalize_tokenize, aes_siv, store, batch_tokenize);
+criterion_main!(benches);

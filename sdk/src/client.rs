@@ -1,0 +1,303 @@
+//! The mTLS HTTP client: one pooled keep-alive connection pool shared by every
+//! clone, each request bounded by a timeout and retried only where the
+//! [`retry`] rule says it is safe. Building it, TLS and ALPN included, is
+//! [`ClientBuilder`]'s (in `client/builder.rs`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{ACCEPT, CONTENT_TYPE, USER_AGENT};
+use http::{Method, Request, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::is_tls_failure;
+use crate::retry::{self, Outcome};
+use crate::wire::{
+    AuditResponse, DetokenizeRequest, DetokenizeResponse, ErrorBody, TokenizeRequest,
+    TokenizeResponse,
+};
+use crate::Error;
+
+mod builder;
+pub use builder::ClientBuilder;
+
+/// Answers larger than this are refused rather than buffered.
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
+const USER_AGENT_VALUE: &str = concat!("vault-sdk/", env!("CARGO_PKG_VERSION"));
+
+type HyperClient = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// A client of the vault API. Cheap to clone: clones share one connection pool.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: HyperClient,
+    base: String,
+    timeout: Duration,
+    retries: u32,
+    http2: bool,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("endpoint", &self.inner.base)
+            .field("timeout", &self.inner.timeout)
+            .field("retries", &self.inner.retries)
+            .field("http2", &self.inner.http2)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An answer as it came, whatever its status.
+pub struct RawResponse {
+    pub status: u16,
+    pub body: Bytes,
+    pub version: http::Version,
+}
+
+impl std::fmt::Debug for RawResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The body may hold released values.
+        f.debug_struct("RawResponse")
+            .field("status", &self.status)
+            .field("version", &self.version)
+            .field("body_bytes", &self.body.len())
+            .finish()
+    }
+}
+
+impl RawResponse {
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// The body parsed as JSON, whatever the status.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        serde_json::from_slice(&self.body).map_err(|e| Error::decode(&e))
+    }
+
+    /// The body parsed as `T` on a 2xx answer, else the [`Error::Api`] it carries.
+    pub fn into_result<T: DeserializeOwned>(self) -> Result<T, Error> {
+        if self.is_success() {
+            self.json()
+        } else {
+            Err(Error::from_answer(self.status, &self.body))
+        }
+    }
+
+    /// The error code of an error answer, when it has the error shape.
+    fn error_code(&self) -> Option<String> {
+        if self.is_success() {
+            return None;
+        }
+        serde_json::from_slice::<ErrorBody>(&self.body)
+            .ok()
+            .map(|b| b.error.code)
+    }
+}
+
+impl Client {
+    /// `POST /v1/tokenize`.
+    pub async fn tokenize(&self, req: &TokenizeRequest) -> Result<TokenizeResponse, Error> {
+        self.post_json("/v1/tokenize", req).await
+    }
+
+    /// `POST /v1/detokenize`.
+    pub async fn detokenize(&self, req: &DetokenizeRequest) -> Result<DetokenizeResponse, Error> {
+        self.post_json("/v1/detokenize", req).await
+    }
+
+    /// `GET /v1/audit?subject=&since=&limit=`, absent parameters left out.
+    pub async fn audit(
+        &self,
+        subject: Option<&str>,
+        since_seq: Option<u64>,
+        limit: Option<u32>,
+    ) -> Result<AuditResponse, Error> {
+        self.get_json(&crate::query::audit_path(subject, since_seq, limit))
+            .await
+    }
+
+    /// Sends any method to any path (with its query) and returns the answer as
+    /// it came: a non-2xx status is not an error here. `body`, when given, is
+    /// sent as `application/json`. Retries follow [`crate::retry`].
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<RawResponse, Error> {
+        self.execute(method, path, body.map(Bytes::from)).await
+    }
+
+    /// `POST` a JSON body, parse a JSON answer; non-2xx becomes [`Error::Api`].
+    pub async fn post_json<Req: Serialize + ?Sized, Resp: DeserializeOwned>(
+        &self,
+        path: &str,
+        req: &Req,
+    ) -> Result<Resp, Error> {
+        self.send_json(Method::POST, path, Some(encode(req)?)).await
+    }
+
+    /// `PUT` a JSON body, parse a JSON answer; non-2xx becomes [`Error::Api`].
+    pub async fn put_json<Req: Serialize + ?Sized, Resp: DeserializeOwned>(
+        &self,
+        path: &str,
+        req: &Req,
+    ) -> Result<Resp, Error> {
+        self.send_json(Method::PUT, path, Some(encode(req)?)).await
+    }
+
+    /// `GET`, parse a JSON answer; non-2xx becomes [`Error::Api`].
+    pub async fn get_json<Resp: DeserializeOwned>(
+        &self,
+        path_and_query: &str,
+    ) -> Result<Resp, Error> {
+        self.send_json(Method::GET, path_and_query, None).await
+    }
+
+    /// `DELETE`, parse a JSON answer; non-2xx becomes [`Error::Api`].
+    pub async fn delete_json<Resp: DeserializeOwned>(
+        &self,
+        path_and_query: &str,
+    ) -> Result<Resp, Error> {
+        self.send_json(Method::DELETE, path_and_query, None).await
+    }
+
+    async fn send_json<Resp: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> Result<Resp, Error> {
+        self.execute(method, path, body).await?.into_result()
+    }
+
+    async fn execute(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> Result<RawResponse, Error> {
+        let uri = self.uri(path)?;
+        let kind = retry::idempotency(&method, path);
+        let mut attempt: u32 = 0;
+        loop {
+            let result = self
+                .attempt(method.clone(), uri.clone(), body.clone())
+                .await;
+            let retry = attempt < self.inner.retries
+                && match &result {
+                    Ok(resp) => {
+                        let code = resp.error_code();
+                        retry::should_retry(
+                            kind,
+                            Outcome::Answered {
+                                status: resp.status,
+                                code: code.as_deref(),
+                            },
+                        )
+                    }
+                    Err((outcome, _)) => retry::should_retry(kind, *outcome),
+                };
+            if !retry {
+                return result.map_err(|(_, e)| e);
+            }
+            tokio::time::sleep(retry::backoff(attempt)).await;
+            attempt = attempt.saturating_add(1);
+        }
+    }
+
+    /// One try, bounded by the timeout; a failure says how far it got.
+    async fn attempt(
+        &self,
+        method: Method,
+        uri: Uri,
+        body: Option<Bytes>,
+    ) -> Result<RawResponse, (Outcome<'static>, Error)> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(ACCEPT, "application/json")
+            .header(USER_AGENT, USER_AGENT_VALUE);
+        if body.is_some() {
+            req = req.header(CONTENT_TYPE, "application/json");
+        }
+        let req = req.body(Full::new(body.unwrap_or_default())).map_err(|e| {
+            (
+                Outcome::Final,
+                Error::Config(format!("invalid request: {e}")),
+            )
+        })?;
+        let exchange = async {
+            let resp = self.inner.http.request(req).await.map_err(|e| {
+                let tls = is_tls_failure(&e);
+                let outcome = if e.is_connect() {
+                    Outcome::ConnectFailed { tls }
+                } else if tls {
+                    // A TLS alert after the handshake (e.g. the server
+                    // refused our certificate): another try fares the same.
+                    Outcome::Final
+                } else {
+                    Outcome::Broken
+                };
+                (outcome, Error::transport(&e))
+            })?;
+            let (parts, body) = resp.into_parts();
+            let body = Limited::new(body, MAX_RESPONSE_BYTES)
+                .collect()
+                .await
+                .map_err(|e| {
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        (
+                            Outcome::Final,
+                            Error::Decode(format!("answer larger than {MAX_RESPONSE_BYTES} bytes")),
+                        )
+                    } else {
+                        (Outcome::Broken, Error::transport(&*e))
+                    }
+                })?
+                .to_bytes();
+            Ok(RawResponse {
+                status: parts.status.as_u16(),
+                body,
+                version: parts.version,
+            })
+        };
+        match tokio::time::timeout(self.inner.timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err((Outcome::TimedOut, Error::Timeout)),
+        }
+    }
+
+    fn uri(&self, path_and_query: &str) -> Result<Uri, Error> {
+        // The path is not quoted in the error: it may carry a subject id.
+        if !path_and_query.starts_with('/') {
+            return Err(Error::Config("request path must start with '/'".into()));
+        }
+        format!("{}{path_and_query}", self.inner.base)
+            .parse()
+            .map_err(|_| Error::Config("invalid request path".into()))
+    }
+}
+
+/// The JSON of a request body. serde_json's message is not kept: it could
+/// name a value.
+fn encode<T: Serialize + ?Sized>(req: &T) -> Result<Bytes, Error> {
+    serde_json::to_vec(req)
+        .map(Bytes::from)
+        .map_err(|_| Error::Config("request body could not be encoded as JSON".into()))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,173 @@
+//! The JSON on the wire, shared by the server and every client, so the two can
+//! never drift apart. Requests refuse unknown fields: a misspelt field is a bug
+//! in the caller that must surface, not a silently ignored option.
+
+use serde::{Deserialize, Serialize};
+
+/// One value to tokenize: its class and the raw value as collected.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Field {
+    pub class: String,
+    pub value: String,
+}
+
+impl std::fmt::Debug for Field {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The value is PII: never let it reach a log through Debug.
+        f.debug_struct("Field")
+            .field("class", &self.class)
+            .field("value", &"[REDACTED]")
+            .finish()
+    }
+}
+
+/// `POST /v1/tokenize`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizeRequest {
+    pub subject: String,
+    pub purpose: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<String>,
+    pub fields: Vec<Field>,
+}
+
+/// One token, in request order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenOut {
+    pub class: String,
+    pub token: String,
+    /// Set when the value was accepted although a checksum failed
+    /// (early USCC pilot codes, old bank cards).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flag: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenizeResponse {
+    pub tokens: Vec<TokenOut>,
+}
+
+/// How much of a value the caller asks to see.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reveal {
+    #[default]
+    Full,
+    Masked,
+}
+
+/// The legal basis of a disclosure under one of the eight legal exceptions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LegalBasis {
+    pub reference: String,
+    pub approval: String,
+}
+
+/// `POST /v1/detokenize`. `purpose` is optional on the wire so that its absence
+/// gets the spec's own `purpose_required` rather than a generic parse error.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetokenizeRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    pub tokens: Vec<String>,
+    #[serde(default)]
+    pub reveal: Reveal,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legal_basis: Option<LegalBasis>,
+}
+
+/// What happened to one token of a detokenize request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Ok,
+    Denied,
+    Gone,
+    Unknown,
+}
+
+/// One entry of a detokenize answer, in request order.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ValueOut {
+    pub token: String,
+    pub status: Status,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub masked: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl std::fmt::Debug for ValueOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ValueOut")
+            .field("token", &self.token)
+            .field("status", &self.status)
+            .field("masked", &self.masked)
+            .field("class", &self.class)
+            .field("value", &self.value.as_ref().map(|_| "[REDACTED]"))
+            .field("reason", &self.reason)
+            .finish()
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DetokenizeResponse {
+    pub values: Vec<ValueOut>,
+}
+
+/// The body of every error answer: `{"error":{"code":..,"message":..}}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+    /// Index of the offending field, for `invalid_value`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<usize>,
+}
+
+/// One event of the audit trail, as `GET /v1/audit` returns it. It never holds
+/// a value: only who asked, for what, about which token, and what came of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub seq: u64,
+    /// Unix time in milliseconds.
+    pub time_ms: u64,
+    pub request_id: String,
+    pub caller: String,
+    pub action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// Hex SHA-256 of the previous event's hash and this event's content.
+    pub hash: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditResponse {
+    pub events: Vec<AuditEvent>,
+}

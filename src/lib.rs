@@ -1,0 +1,1 @@
+//! Workspace root: hosts the cross-crate tests and benches.

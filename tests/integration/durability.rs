@@ -1,0 +1,115 @@
+//! A 200 means durable: a child `vault dev` is killed with SIGKILL in the
+//! middle of a tokenize load, restarted, and every acknowledged token still
+//! detokenizes. Its logs are checked for plaintext on the way.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+use vault_sdk::wire::Status;
+use vault_sdk::{Client, ClientBuilder};
+
+struct ChildVault {
+    child: Child,
+    api: String,
+    stderr: Arc<Mutex<String>>,
+}
+
+fn spawn(dir: &std::path::Path) -> ChildVault {
+    let mut child = Command::new(vault_bin())
+        .args(["dev", "--data"])
+        .arg(dir)
+        .args(["--api-addr", "127.0.0.1:0", "--ops-addr", "127.0.0.1:0"])
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = lines.next().unwrap().unwrap();
+    assert!(ready.contains("ready"), "{ready}");
+    let api = ready.split_whitespace().find_map(|w| w.strip_prefix("api=")).unwrap().to_string();
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let sink = stderr.clone();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        while err.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+            sink.lock().unwrap().push_str(&line);
+            line.clear();
+        }
+    });
+    ChildVault { child, api, stderr }
+}
+
+fn client(dir: &std::path::Path, api: &str) -> Client {
+    let tls = dir.join("tls");
+    ClientBuilder::new(api)
+        .ca_file(tls.join("ca.pem"))
+        .unwrap()
+        .identity_files(tls.join("app.pem"), tls.join("app.key"))
+        .unwrap()
+        .retries(0)
+        .build()
+        .unwrap()
+}
+
+/// A distinct valid mobile number per `i`.
+fn phone(i: u64) -> String {
+    format!("139{:08}", i)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = spawn(dir.path());
+    let c = client(dir.path(), &first.api);
+    let acked: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
+    let stop_at = Instant::now() + Duration::from_millis(1500);
+    let mut workers = Vec::new();
+    for w in 0..16u64 {
+        let c = c.clone();
+        let acked = acked.clone();
+        workers.push(tokio::spawn(async move {
+            let mut i = w;
+            while Instant::now() < stop_at {
+                let fields = vec![field("phone", &phone(i))];
+                if let Ok(r) = c.tokenize(&tok_req(&format!("acct-{i}"), "notification", fields)).await {
+                    acked.lock().unwrap().push((i, r.tokens[0].token.clone()));
+                }
+                i += 16;
+            }
+        }));
+    }
+    // Kill in the middle of the load, while requests are in flight.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 50, "only {} writes acknowledged before the kill", acked.len());
+
+    let mut second = spawn(dir.path());
+    let c = client(dir.path(), &second.api);
+    for chunk in acked.chunks(500) {
+        let tokens: Vec<&str> = chunk.iter().map(|(_, t)| t.as_str()).collect();
+        let r = c.detokenize(&detok_req("notification", &tokens)).await.unwrap();
+        for ((i, _), v) in chunk.iter().zip(r.values) {
+            assert_eq!(v.status, Status::Ok, "acknowledged write {i} lost");
+            assert_eq!(v.value.unwrap(), format!("+86{}", phone(*i)));
+        }
+    }
+    second.child.kill().unwrap();
+    second.child.wait().unwrap();
+    let out = Command::new(vault_bin()).args(["audit", "verify", "--data"]).arg(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    // Debug logs of both runs hold no submitted value.
+    let logs = format!("{}{}", first.stderr.lock().unwrap(), second.stderr.lock().unwrap());
+    for (i, _) in acked.iter().take(200) {
+        assert!(!logs.contains(&phone(*i)), "log leaks a phone number");
+    }
+}

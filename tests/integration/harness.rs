@@ -1,0 +1,158 @@
+//! The fluent harness: `TestVault::start()` gives a running vault with its
+//! own directory and CA; `client("app")` a client with that caller's
+//! certificate.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use vault::config::Config;
+use vault::server::{self, Running};
+use vault_sdk::wire::{DetokenizeRequest, Field, Reveal, TokenizeRequest};
+use vault_sdk::{Client, ClientBuilder};
+
+pub struct TestVault {
+    pub dir: tempfile::TempDir,
+    pub running: Option<Running>,
+    pub api: SocketAddr,
+    pub ops: SocketAddr,
+}
+
+/// The configuration `vault dev` wrote into `dir`, on ephemeral ports.
+pub fn config(dir: &Path) -> Config {
+    let path = vault::dev::prepare(dir).unwrap();
+    let mut cfg = Config::load(&path).unwrap();
+    cfg.server.api_addr = "127.0.0.1:0".into();
+    cfg.server.ops_addr = "127.0.0.1:0".into();
+    cfg
+}
+
+impl TestVault {
+    pub async fn start() -> TestVault {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts after `edit` has changed the configuration.
+    pub async fn start_with(edit: impl FnOnce(&mut Config)) -> TestVault {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path());
+        edit(&mut cfg);
+        let running = start_retrying(&cfg).await;
+        TestVault { api: running.api_addr, ops: running.ops_addr, running: Some(running), dir }
+    }
+
+    pub fn running(&self) -> &Running {
+        self.running.as_ref().unwrap()
+    }
+
+    pub fn store(&self) -> Arc<dyn vault::store::Store> {
+        self.running().vault.store.clone()
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+
+    /// Stops and starts again on the same directory (new ports).
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let cfg = config(self.dir.path());
+        let running = start_retrying(&cfg).await;
+        self.api = running.api_addr;
+        self.ops = running.ops_addr;
+        self.running = Some(running);
+    }
+
+    pub fn tls(&self) -> PathBuf {
+        self.dir.path().join("tls")
+    }
+
+    pub fn builder(&self, who: &str) -> ClientBuilder {
+        let tls = self.tls();
+        ClientBuilder::new(format!("https://127.0.0.1:{}", self.api.port()))
+            .ca_file(tls.join("ca.pem"))
+            .unwrap()
+            .identity_files(tls.join(format!("{who}.pem")), tls.join(format!("{who}.key")))
+            .unwrap()
+            .retries(0)
+    }
+
+    pub fn client(&self, who: &str) -> Client {
+        self.builder(who).build().unwrap()
+    }
+
+    /// A plain HTTP/1.1 GET on the ops listener: (status, body).
+    pub async fn ops_get(&self, path: &str) -> (u16, String) {
+        let mut s = tokio::net::TcpStream::connect(self.ops).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.unwrap();
+        let text = String::from_utf8_lossy(&buf).to_string();
+        let status = text.split(' ').nth(1).unwrap().parse().unwrap();
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        (status, body)
+    }
+}
+
+/// A previous server on the same directory may still be letting go of the
+/// database lock for a moment after shutdown.
+async fn start_retrying(cfg: &Config) -> Running {
+    let mut last = None;
+    for _ in 0..100 {
+        match server::start(cfg).await {
+            Ok(r) => return r,
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("vault did not start: {:?}", last);
+}
+
+pub fn field(class: &str, value: &str) -> Field {
+    Field { class: class.into(), value: value.into() }
+}
+
+pub fn tok_req(subject: &str, purpose: &str, fields: Vec<Field>) -> TokenizeRequest {
+    TokenizeRequest { subject: subject.into(), purpose: purpose.into(), retention: None, fields }
+}
+
+pub fn detok_req(purpose: &str, tokens: &[&str]) -> DetokenizeRequest {
+    DetokenizeRequest {
+        purpose: Some(purpose.into()),
+        tokens: tokens.iter().map(|t| t.to_string()).collect(),
+        reveal: Reveal::Full,
+        legal_basis: None,
+    }
+}
+
+/// Tokenizes one value and returns its token.
+pub async fn tokenize_one(c: &Client, subject: &str, purpose: &str, class: &str, value: &str) -> String {
+    let r = c.tokenize(&tok_req(subject, purpose, vec![field(class, value)])).await.unwrap();
+    r.tokens[0].token.clone()
+}
+
+/// Sends raw JSON bytes; returns (status, parsed body).
+pub async fn post_raw(c: &Client, path: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
+    let r = c.raw(http::Method::POST, path, Some(body)).await.unwrap();
+    let v = serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null);
+    (r.status, v)
+}
+
+/// The error code of a JSON error body.
+pub fn code(v: &serde_json::Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("")
+}
+
+/// The `vault` binary cargo built beside this test binary.
+pub fn vault_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join("vault");
+    assert!(bin.exists(), "{} is missing: build the workspace (`cargo build --workspace`) first", bin.display());
+    bin
+}

@@ -1,0 +1,121 @@
+//! The API's handlers, one file per endpoint family, and the one error type
+//! they answer with. Invariant: no handler writes anything until the whole
+//! request has been validated, and nothing an [`ApiError`] carries comes from
+//! a submitted value.
+
+mod audit_query;
+mod detokenize;
+mod tokenize;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+
+use crate::classes::Invalid;
+use crate::policy::Role;
+use crate::server::Vault;
+
+pub use audit_query::audit;
+pub use detokenize::detokenize;
+pub use tokenize::tokenize;
+
+/// Who is asking, for what request.
+#[derive(Clone, Debug)]
+pub struct Ctx {
+    pub caller: Arc<str>,
+    pub role: Role,
+    pub request_id: String,
+}
+
+/// Everything a request can fail with. The status and code of each variant
+/// are fixed in exactly one place, `http::error_parts`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("the body is not well-formed JSON (line {line}, column {column})")]
+    MalformedJson { line: usize, column: usize },
+    #[error("the request does not match the schema (line {line}, column {column}): {what}")]
+    InvalidRequest { line: usize, column: usize, what: &'static str },
+    #[error("{0}")]
+    BadRequest(&'static str),
+    #[error("the request body is over the limit of {0} bytes")]
+    BodyTooLarge(usize),
+    #[error("more than {0} fields or tokens in one request")]
+    TooManyItems(usize),
+    #[error("the client certificate names no configured caller")]
+    UnknownCaller,
+    #[error("this endpoint is for officers")]
+    OfficerOnly,
+    #[error("subject must be 1-128 characters of [A-Za-z0-9._:-]")]
+    InvalidSubject,
+    #[error("purpose is required")]
+    PurposeRequired,
+    #[error("unknown purpose")]
+    UnknownPurpose,
+    #[error("this caller may not use this purpose")]
+    PurposeNotAllowed,
+    #[error("field {field}: this caller may not collect this class for this purpose")]
+    ClassNotAllowed { field: usize },
+    #[error("field {field}: unknown class")]
+    UnknownClass { field: usize },
+    #[error("field {field}: {reason}")]
+    InvalidValue { field: usize, reason: Invalid },
+    #[error("retention is not an ISO 8601 duration such as P3Y")]
+    InvalidRetention,
+    #[error("the vault is sealed")]
+    Sealed,
+    #[error("the vault is at capacity; retry later")]
+    Overloaded,
+    #[error("the request took too long")]
+    Timeout,
+    #[error("storage is unavailable; nothing was stored or released")]
+    Unavailable,
+    #[error("no such endpoint")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("internal error")]
+    Internal,
+}
+
+/// Parses a JSON body. serde's own messages can quote the offending input,
+/// so only the position and the kind of problem are kept.
+pub fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        let (line, column) = (e.line(), e.column());
+        match e.classify() {
+            serde_json::error::Category::Data => {
+                let msg = e.to_string();
+                let what = if msg.starts_with("unknown field") {
+                    "unknown field"
+                } else if msg.starts_with("missing field") {
+                    "missing field"
+                } else if msg.starts_with("duplicate field") {
+                    "duplicate field"
+                } else {
+                    "wrong type or value"
+                };
+                ApiError::InvalidRequest { line, column, what }
+            }
+            _ => ApiError::MalformedJson { line, column },
+        }
+    })
+}
+
+fn require_officer(ctx: &Ctx) -> Result<(), ApiError> {
+    match ctx.role {
+        Role::Officer => Ok(()),
+        Role::App => Err(ApiError::OfficerOnly),
+    }
+}
+
+fn keyring(v: &Vault) -> Result<Arc<crate::keys::Keyring>, ApiError> {
+    v.keys.get().map_err(|_| ApiError::Sealed)
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,192 @@
+//! `POST /v1/detokenize`: release values for a purpose, as far as the policy
+//! allows. Invariants: every outcome is in the audit log before the response
+//! leaves, and when that append fails nothing is released (503).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use vault_sdk::wire::{DetokenizeRequest, DetokenizeResponse, Reveal, Status, ValueOut};
+
+use super::{keyring, now_ms, parse_json, ApiError, Ctx};
+use crate::audit::Draft;
+use crate::classes;
+use crate::crypto::{decode_token, value_aad, TokenBytes};
+use crate::keys::Keyring;
+use crate::policy::{PurposeInfo, Release, DATA_SUBJECT_REQUEST};
+use crate::schema::{self, Record};
+use crate::server::Vault;
+use crate::store::{scan_prefix, Batch, Space};
+
+/// Most records looked at for one token (one per subject holding the value).
+const MAX_HOLDERS: usize = 256;
+
+pub async fn detokenize(v: &Vault, ctx: &Ctx, body: &Bytes) -> Result<DetokenizeResponse, ApiError> {
+    let req: DetokenizeRequest = parse_json(body)?;
+    let purpose = match req.purpose.as_deref() {
+        None | Some("") => return Err(ApiError::PurposeRequired),
+        Some(p) => p,
+    };
+    let info = v.policy.purpose(purpose).ok_or(ApiError::UnknownPurpose)?;
+    let usable = info.legal_exception || v.policy.may_release_any(&ctx.caller, purpose);
+    if purpose == DATA_SUBJECT_REQUEST || !usable {
+        return Err(ApiError::PurposeNotAllowed);
+    }
+    if req.tokens.len() > v.limits.max_items {
+        return Err(ApiError::TooManyItems(v.limits.max_items));
+    }
+    let keys = keyring(v)?;
+    let now = now_ms();
+    let mut values = Vec::with_capacity(req.tokens.len());
+    let mut audit = Vec::with_capacity(req.tokens.len());
+    for token in &req.tokens {
+        let one = Lookup { v, ctx, keys: &keys, purpose, info, reveal: req.reveal, now };
+        let (out, draft) = one.resolve(token, req.legal_basis.is_some())?;
+        values.push(out);
+        audit.push(draft);
+    }
+    v.committer.commit(Batch::default(), audit).await.map_err(|e| {
+        tracing::error!(request_id = %ctx.request_id, error = %e, "Audit append failed; nothing released");
+        ApiError::Unavailable
+    })?;
+    count(v, purpose, &values);
+    Ok(DetokenizeResponse { values })
+}
+
+fn count(v: &Vault, purpose: &str, values: &[ValueOut]) {
+    let mut tally = [0u64; 5];
+    for out in values {
+        let i = match (out.status, out.masked) {
+            (Status::Ok, false) => 0,
+            (Status::Ok, true) => 1,
+            (Status::Denied, _) => 2,
+            (Status::Gone, _) => 3,
+            (Status::Unknown, _) => 4,
+        };
+        if let Some(t) = tally.get_mut(i) {
+            *t += 1;
+        }
+    }
+    for (n, outcome) in tally.iter().zip(["released", "masked", "denied", "gone", "unknown"]) {
+        if *n > 0 {
+            v.metrics.released(purpose, outcome, *n);
+        }
+    }
+}
+
+struct Lookup<'a> {
+    v: &'a Vault,
+    ctx: &'a Ctx,
+    keys: &'a Arc<Keyring>,
+    purpose: &'a str,
+    info: PurposeInfo,
+    reveal: Reveal,
+    now: u64,
+}
+
+impl Lookup<'_> {
+    fn resolve(&self, token: &str, has_legal_basis: bool) -> Result<(ValueOut, Draft), ApiError> {
+        let mut out = ValueOut {
+            token: token.to_string(),
+            status: Status::Unknown,
+            masked: false,
+            class: None,
+            value: None,
+            reason: None,
+        };
+        let mut draft = Draft {
+            request_id: self.ctx.request_id.clone(),
+            caller: self.ctx.caller.to_string(),
+            action: "detokenize",
+            purpose: Some(self.purpose.to_string()),
+            outcome: "unknown",
+            ..Draft::default()
+        };
+        let Some(bytes) = decode_token(token) else {
+            return Ok((out, draft));
+        };
+        // A token that is not ours is recorded only by its shape: the audit
+        // log must not become a store of whatever strings callers send.
+        draft.token = Some(token.to_string());
+        let Some((subject, record)) = self.find(&bytes)? else {
+            return Ok((out, draft));
+        };
+        draft.class = Some(record.class.as_str().to_string());
+        out.class = Some(record.class.as_str().to_string());
+        draft.subject = Some(subject.clone());
+        if !record.is_live(self.now) {
+            out.status = Status::Gone;
+            draft.outcome = "gone";
+            return Ok((out, draft));
+        }
+        let grant = self.grant(&record, has_legal_basis);
+        let level = match self.reveal {
+            Reveal::Full => grant,
+            Reveal::Masked => grant.map(|g| g.min(Release::Masked)),
+        };
+        if let Err(reason) = level {
+            out.status = Status::Denied;
+            out.reason = Some(reason.to_string());
+            draft.outcome = "denied";
+            return Ok((out, draft));
+        }
+        let aad = value_aad(&subject, record.class, record.key_version);
+        let opened = self
+            .keys
+            .version(record.key_version)
+            .ok()
+            .and_then(|k| k.open(&aad, &record.ciphertext).ok());
+        let Some(plain) = opened.and_then(|p| String::from_utf8(p.to_vec()).ok()) else {
+            // Tampered, swapped or undecryptable: the same opaque answer as a
+            // token we never issued, and a loud event for the officers.
+            tracing::error!(request_id = %self.ctx.request_id, "Stored value failed its integrity check");
+            out.class = None;
+            draft.outcome = "integrity_failure";
+            return Ok((out, draft));
+        };
+        out.status = Status::Ok;
+        if level == Ok(Release::Masked) {
+            out.masked = true;
+            out.value = Some(classes::mask(record.class, &plain));
+            draft.outcome = "released_masked";
+        } else {
+            out.value = Some(plain);
+            draft.outcome = "released";
+        }
+        Ok((out, draft))
+    }
+
+    /// The first live record of the token, else its first dead one.
+    fn find(&self, token: &TokenBytes) -> Result<Option<(String, Record)>, ApiError> {
+        let rows = scan_prefix(self.v.store.as_ref(), Space::Values, token, MAX_HOLDERS)
+            .map_err(|_| ApiError::Unavailable)?;
+        let mut dead = None;
+        for (key, bytes) in rows {
+            let subject = schema::subject_of_value_key(&key).unwrap_or_default().to_string();
+            let Some(rec) = Record::decode(&bytes) else {
+                continue;
+            };
+            if rec.is_live(self.now) {
+                return Ok(Some((subject, rec)));
+            }
+            dead.get_or_insert((subject, rec));
+        }
+        Ok(dead)
+    }
+
+    /// What the policy grants for this record, or why it grants nothing.
+    fn grant(&self, record: &Record, has_legal_basis: bool) -> Result<Release, &'static str> {
+        if self.info.legal_exception {
+            // Approvals are checked here once they exist; until one is
+            // granted, a legal exception releases nothing.
+            return Err(if has_legal_basis { "approval_not_found" } else { "legal_basis_required" });
+        }
+        if self.info.requires_consent {
+            // No consent has been recorded for this subject and purpose.
+            return Err("consent_required");
+        }
+        match self.v.policy.release(&self.ctx.caller, self.purpose, record.class) {
+            Release::None => Err("purpose_not_allowed"),
+            r => Ok(r),
+        }
+    }
+}

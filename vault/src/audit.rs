@@ -1,0 +1,205 @@
+//! The tamper-evident audit trail. Each event's hash is SHA-256 over the
+//! previous event's hash and the event's own canonical JSON (with an empty
+//! `hash`), events are keyed by a gapless sequence from 1, and the head
+//! (last sequence and hash) is stored beside them in the same atomic batch.
+//! So a changed, inserted, removed or reordered event, or a cut-off tail,
+//! breaks the chain that [`verify`] walks. Events never hold values.
+
+use sha2::{Digest, Sha256};
+use vault_sdk::wire::AuditEvent;
+
+use crate::store::{Space, Store, StoreError};
+
+/// Meta key of the chain head: sequence (8 bytes BE) then hash (32 bytes).
+pub const HEAD_KEY: &[u8] = b"audit/head";
+
+/// The hash before the first event.
+pub const GENESIS: [u8; 32] = [0u8; 32];
+
+/// An event before the commit pipeline gives it a sequence, time and hash.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Draft {
+    pub request_id: String,
+    pub caller: String,
+    pub action: &'static str,
+    pub purpose: Option<String>,
+    pub subject: Option<String>,
+    pub class: Option<String>,
+    pub token: Option<String>,
+    pub outcome: &'static str,
+    pub reference: Option<String>,
+}
+
+impl Draft {
+    pub fn into_event(self, seq: u64, time_ms: u64) -> AuditEvent {
+        AuditEvent {
+            seq,
+            time_ms,
+            request_id: self.request_id,
+            caller: self.caller,
+            action: self.action.to_string(),
+            purpose: self.purpose,
+            subject: self.subject,
+            class: self.class,
+            token: self.token,
+            outcome: self.outcome.to_string(),
+            reference: self.reference,
+            hash: String::new(),
+        }
+    }
+}
+
+/// The chain position after some event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Head {
+    pub seq: u64,
+    pub hash: [u8; 32],
+}
+
+impl Head {
+    pub const EMPTY: Head = Head {
+        seq: 0,
+        hash: GENESIS,
+    };
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(40);
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        out.extend_from_slice(&self.hash);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Head> {
+        let (seq, hash) = bytes.split_first_chunk::<8>()?;
+        let hash: [u8; 32] = hash.try_into().ok()?;
+        Some(Head {
+            seq: u64::from_be_bytes(*seq),
+            hash,
+        })
+    }
+
+    /// Reads the stored head; an empty log has [`Head::EMPTY`].
+    pub fn load(store: &dyn Store) -> Result<Head, AuditError> {
+        match store.get(Space::Meta, HEAD_KEY)? {
+            None => Ok(Head::EMPTY),
+            Some(b) => Head::decode(&b).ok_or(AuditError::Corrupt { seq: 0 }),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("audit event {seq} cannot be decoded")]
+    Corrupt { seq: u64 },
+}
+
+/// Seals `event` onto the chain after `prev`: fills in its hash and returns
+/// the new head with the stored bytes.
+pub fn chain(prev: &Head, event: &mut AuditEvent) -> (Head, Vec<u8>) {
+    event.hash.clear();
+    let hash = event_hash(&prev.hash, event);
+    event.hash = hex::encode(hash);
+    let bytes = serde_json::to_vec(event).unwrap_or_default();
+    (
+        Head {
+            seq: event.seq,
+            hash,
+        },
+        bytes,
+    )
+}
+
+fn event_hash(prev: &[u8; 32], event: &AuditEvent) -> [u8; 32] {
+    let mut unsealed = event.clone();
+    unsealed.hash.clear();
+    let canonical = serde_json::to_vec(&unsealed).unwrap_or_default();
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(&canonical);
+    h.finalize().into()
+}
+
+pub fn seq_key(seq: u64) -> Vec<u8> {
+    seq.to_be_bytes().to_vec()
+}
+
+/// The outcome of walking the whole chain.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Intact { events: u64 },
+    /// The first event at which the chain breaks, and why.
+    Broken { seq: u64, why: &'static str },
+}
+
+/// Walks every event from sequence 1 and checks sequence, hash and head.
+pub fn verify(store: &dyn Store) -> Result<Verdict, AuditError> {
+    let head = Head::load(store)?;
+    let mut prev = Head::EMPTY;
+    let mut from = seq_key(1);
+    loop {
+        let rows = store.scan(Space::Audit, &from, None, 1024)?;
+        let Some((last_key, _)) = rows.last() else {
+            break;
+        };
+        let next = u64::from_be_bytes(
+            last_key.as_slice().try_into().map_err(|_| AuditError::Corrupt { seq: prev.seq + 1 })?,
+        );
+        for (key, bytes) in &rows {
+            let expected_seq = prev.seq + 1;
+            if key.as_slice() != seq_key(expected_seq).as_slice() {
+                return Ok(Verdict::Broken { seq: expected_seq, why: "missing or inserted event" });
+            }
+            let Ok(event) = serde_json::from_slice::<AuditEvent>(bytes) else {
+                return Ok(Verdict::Broken { seq: expected_seq, why: "undecodable event" });
+            };
+            if event.seq != expected_seq {
+                return Ok(Verdict::Broken { seq: expected_seq, why: "event moved" });
+            }
+            let hash = event_hash(&prev.hash, &event);
+            if hex::encode(hash) != event.hash {
+                return Ok(Verdict::Broken { seq: expected_seq, why: "hash mismatch" });
+            }
+            prev = Head { seq: expected_seq, hash };
+        }
+        from = seq_key(next.saturating_add(1));
+    }
+    if prev != head {
+        return Ok(Verdict::Broken { seq: prev.seq + 1, why: "chain does not reach the stored head" });
+    }
+    Ok(Verdict::Intact { events: prev.seq })
+}
+
+/// Events after `since`, optionally only one subject's, at most `limit`.
+pub fn query(
+    store: &dyn Store,
+    subject: Option<&str>,
+    since: u64,
+    limit: usize,
+) -> Result<Vec<AuditEvent>, AuditError> {
+    let mut out = Vec::new();
+    let mut from = seq_key(since.saturating_add(1));
+    while out.len() < limit {
+        let rows = store.scan(Space::Audit, &from, None, 1024)?;
+        let Some((last_key, _)) = rows.last() else {
+            break;
+        };
+        let last: [u8; 8] = last_key.as_slice().try_into().map_err(|_| AuditError::Corrupt { seq: since })?;
+        for (_, bytes) in rows.iter() {
+            let event: AuditEvent =
+                serde_json::from_slice(bytes).map_err(|_| AuditError::Corrupt { seq: since })?;
+            if subject.is_none_or(|s| event.subject.as_deref() == Some(s)) {
+                out.push(event);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        from = seq_key(u64::from_be_bytes(last).saturating_add(1));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

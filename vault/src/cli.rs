@@ -1,0 +1,177 @@
+//! The `vault` command line: `dev`, `serve`, `check-config` and `audit
+//! verify`. Invariant: exit codes mean one thing each: 0 success, 1 a failed
+//! check (broken audit chain), 64 a bad configuration, 70 a runtime failure.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, LogFormat};
+use crate::{audit, dev, server};
+
+#[derive(Debug, Parser)]
+#[command(name = "vault", version, about = "Hardened HTTPS sidecar for personal data")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run with embedded development defaults (creates DIR on first run).
+    Dev {
+        #[arg(long, default_value = "./vault-data")]
+        data: PathBuf,
+        /// API listener, overriding the configuration (port 0 picks one).
+        #[arg(long)]
+        api_addr: Option<String>,
+        /// Ops listener, overriding the configuration.
+        #[arg(long)]
+        ops_addr: Option<String>,
+    },
+    /// Production start from a configuration file.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate a configuration: exit 0, or 64 listing every problem.
+    CheckConfig {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Audit trail tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Offline check of the hash chain: exit 0 intact, 1 broken.
+    Verify {
+        #[arg(long)]
+        data: PathBuf,
+    },
+}
+
+pub const EXIT_BROKEN: u8 = 1;
+pub const EXIT_CONFIG: u8 = 64;
+pub const EXIT_RUNTIME: u8 = 70;
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Dev { data, api_addr, ops_addr } => {
+            let config = match dev::prepare(&data) {
+                Ok(c) => c,
+                Err(e) => return fail(EXIT_RUNTIME, &format!("vault dev: {e}")),
+            };
+            let mut cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            if let Some(a) = api_addr {
+                cfg.server.api_addr = a;
+            }
+            if let Some(a) = ops_addr {
+                cfg.server.ops_addr = a;
+            }
+            cfg.server.log_format = LogFormat::Text;
+            serve(&cfg)
+        }
+        Command::Serve { config } => match load(&config) {
+            Ok(cfg) => serve(&cfg),
+            Err(code) => code,
+        },
+        Command::CheckConfig { config } => match load(&config) {
+            Ok(_) => {
+                println!("{}: valid", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Audit { command: AuditCommand::Verify { data } } => verify(&data),
+    }
+}
+
+fn fail(code: u8, msg: &str) -> ExitCode {
+    eprintln!("{msg}");
+    ExitCode::from(code)
+}
+
+fn load(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|errs| {
+        eprintln!("{}: {} problem(s):", path.display(), errs.0.len());
+        for e in &errs.0 {
+            eprintln!("  - {e}");
+        }
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+fn serve(cfg: &Config) -> ExitCode {
+    init_logging(cfg.server.log_format);
+    for step in crate::hardening::disable_core_dumps() {
+        tracing::warn!(step, "Process hardening step failed");
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(EXIT_RUNTIME, &format!("runtime: {e}")),
+    };
+    rt.block_on(async {
+        let running = match server::start(cfg).await {
+            Ok(r) => r,
+            Err(e) => return fail(EXIT_RUNTIME, &format!("vault: cannot start: {e}")),
+        };
+        println!("vault ready api=https://{} ops=http://{}", running.api_addr, running.ops_addr);
+        wait_for_signal().await;
+        tracing::info!("Shutting down");
+        running.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn verify(data: &Path) -> ExitCode {
+    let store = match crate::store::RocksStore::open_read_only(data) {
+        Ok(s) => s,
+        Err(e) => return fail(EXIT_RUNTIME, &format!("cannot open {}: {e}", data.display())),
+    };
+    match audit::verify(&store) {
+        Ok(audit::Verdict::Intact { events }) => {
+            println!("audit chain intact: {events} events");
+            ExitCode::SUCCESS
+        }
+        Ok(audit::Verdict::Broken { seq, why }) => {
+            println!("audit chain broken at event {seq}: {why}");
+            ExitCode::from(EXIT_BROKEN)
+        }
+        Err(e) => fail(EXIT_RUNTIME, &format!("audit verify: {e}")),
+    }
+}

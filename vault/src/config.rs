@@ -1,0 +1,281 @@
+//! The configuration file: TOML, every table closed to unknown keys, plus
+//! `VAULT__SECTION__KEY` environment overrides. Invariant: [`Config::load`]
+//! returns a configuration only after every problem has been looked for; a
+//! bad one yields the full list, so an operator fixes them in one pass.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::classes::Class;
+use crate::policy;
+use crate::retention::parse_duration;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    pub server: Server,
+    pub tls: Tls,
+    pub keys: Keys,
+    pub retention: RetentionConfig,
+    #[serde(default)]
+    pub callers: Vec<CallerConfig>,
+    #[serde(default)]
+    pub purposes: BTreeMap<String, PurposeConfig>,
+    #[serde(default)]
+    pub grants: Vec<GrantConfig>,
+    /// Directory the relative paths above are resolved against (the config
+    /// file's own directory); not read from the file.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Server {
+    #[serde(default = "default_api")]
+    pub api_addr: String,
+    #[serde(default = "default_ops")]
+    pub ops_addr: String,
+    #[serde(default = "default_data")]
+    pub data_dir: PathBuf,
+    #[serde(default = "default_body")]
+    pub max_body_bytes: usize,
+    #[serde(default = "default_items")]
+    pub max_items: usize,
+    #[serde(default = "default_timeout")]
+    pub request_timeout_ms: u64,
+    #[serde(default = "default_handshake")]
+    pub handshake_timeout_ms: u64,
+    #[serde(default = "default_concurrency")]
+    pub max_concurrent_requests: usize,
+    #[serde(default = "default_connections")]
+    pub max_connections: usize,
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Text,
+}
+
+fn default_api() -> String {
+    "127.0.0.1:8443".into()
+}
+fn default_ops() -> String {
+    "127.0.0.1:9464".into()
+}
+fn default_data() -> PathBuf {
+    PathBuf::from(".")
+}
+fn default_body() -> usize {
+    1 << 20
+}
+fn default_items() -> usize {
+    1000
+}
+fn default_timeout() -> u64 {
+    10_000
+}
+fn default_handshake() -> u64 {
+    5_000
+}
+fn default_concurrency() -> usize {
+    1024
+}
+fn default_connections() -> usize {
+    4096
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Tls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    #[serde(default = "default_tls_min")]
+    pub min_version: String,
+}
+
+fn default_tls_min() -> String {
+    "1.3".into()
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Keys {
+    pub master_key_file: Option<PathBuf>,
+    pub master_key_env: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RetentionConfig {
+    /// Longest retention a request may ask for.
+    pub max: String,
+    /// How long values live after the subject's account is closed.
+    pub after_account_closed: String,
+    /// Classes whose clock starts at collection, with their retention.
+    #[serde(default)]
+    pub from_collection: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CallerConfig {
+    pub name: String,
+    pub role: policy::Role,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PurposeConfig {
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub requires_consent: bool,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct GrantConfig {
+    pub caller: String,
+    pub purpose: String,
+    #[serde(default)]
+    pub collect: Vec<String>,
+    #[serde(default)]
+    pub full: Vec<String>,
+    #[serde(default)]
+    pub masked: Vec<String>,
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl Config {
+    /// Reads, overrides from the environment, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        Self::from_toml(&text, &base, &vars)
+    }
+
+    /// Parses `text` with the `VAULT__…` overrides among `env`, then validates.
+    pub fn from_toml(text: &str, base: &Path, env: &[(String, String)]) -> Result<Config, ConfigErrors> {
+        let mut value: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigErrors(vec![format!("TOML: {e}")]))?;
+        apply_overrides(&mut value, env).map_err(|e| ConfigErrors(vec![e]))?;
+        let mut cfg: Config = toml::Value::Table(value)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigErrors(vec![format!("config: {}", e.message())]))?;
+        cfg.base_dir = base.to_path_buf();
+        let problems = cfg.problems();
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigErrors(problems))
+        }
+    }
+
+    /// A path from the file, relative to the file's directory.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.resolve(&self.server.data_dir)
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        for (key, addr) in [("server.api-addr", &self.server.api_addr), ("server.ops-addr", &self.server.ops_addr)] {
+            if addr.parse::<SocketAddr>().is_err() {
+                p.push(format!("{key}: not an address such as 127.0.0.1:8443"));
+            }
+        }
+        if self.server.max_body_bytes == 0 || self.server.max_body_bytes > 64 << 20 {
+            p.push("server.max-body-bytes: must be 1..=67108864".into());
+        }
+        if self.server.max_items == 0 {
+            p.push("server.max-items: must be at least 1".into());
+        }
+        if self.server.max_concurrent_requests == 0 {
+            p.push("server.max-concurrent-requests: must be at least 1".into());
+        }
+        if !matches!(self.tls.min_version.as_str(), "1.2" | "1.3") {
+            p.push("tls.min-version: must be \"1.3\" or \"1.2\"".into());
+        }
+        for (key, file) in [("tls.ca", &self.tls.ca), ("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key)] {
+            if !self.resolve(file).is_file() {
+                p.push(format!("{key}: no such file {}", self.resolve(file).display()));
+            }
+        }
+        match (&self.keys.master_key_file, &self.keys.master_key_env) {
+            (Some(_), Some(_)) => p.push("keys: set master-key-file or master-key-env, not both".into()),
+            (None, None) => p.push("keys: set master-key-file or master-key-env".into()),
+            _ => {}
+        }
+        for (key, d) in [("retention.max", &self.retention.max), ("retention.after-account-closed", &self.retention.after_account_closed)] {
+            if parse_duration(d).is_err() {
+                p.push(format!("{key}: not an ISO 8601 duration such as P3Y"));
+            }
+        }
+        for (class, d) in &self.retention.from_collection {
+            if Class::parse(class).is_none() {
+                p.push(format!("retention.from-collection.{class}: unknown class"));
+            }
+            if parse_duration(d).is_err() {
+                p.push(format!("retention.from-collection.{class}: not an ISO 8601 duration"));
+            }
+        }
+        p.extend(policy::problems(self));
+        p
+    }
+}
+
+/// Applies `VAULT__SECTION__KEY=value` overrides: path segments lower-cased
+/// with `_` turned into `-`; the value is read as a TOML value when it parses
+/// as one, else taken as a string.
+fn apply_overrides(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), String> {
+    for (name, raw) in env {
+        let Some(path) = name.strip_prefix("VAULT__") else {
+            continue;
+        };
+        let keys: Vec<String> = path.split("__").map(|k| k.to_ascii_lowercase().replace('_', "-")).collect();
+        let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.clone()));
+        let Some((last, parents)) = keys.split_last() else {
+            continue;
+        };
+        let mut cur = &mut *table;
+        for k in parents {
+            let entry = cur
+                .entry(k.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            cur = entry
+                .as_table_mut()
+                .ok_or_else(|| format!("{name}: {k} is not a table"))?;
+        }
+        cur.insert(last.clone(), value);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

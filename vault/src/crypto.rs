@@ -1,0 +1,154 @@
+//! The three cryptographic operations of the vault: HKDF-SHA256 subkey
+//! derivation, keyed deterministic tokens (HMAC-SHA256), and AES-SIV sealing of
+//! values. Invariants: no unkeyed hash of a value ever leaves this module, and
+//! every ciphertext is bound by its associated data to one record, so a
+//! ciphertext copied to another subject, class or key version fails to open.
+
+use aes_siv::siv::Aes256Siv;
+use aes_siv::KeyInit;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use crate::classes::Class;
+use crate::secret::SecretKey;
+
+/// Bytes of PRF output kept in a token: 192 bits, so collisions are out of
+/// reach (birthday bound 2^96) while tokens stay 32 characters.
+pub const TOKEN_BYTES: usize = 24;
+/// A token's length on the wire.
+pub const TOKEN_CHARS: usize = 32;
+const NONCE_BYTES: usize = 16;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CryptoError {
+    /// Wrong key, wrong associated data or tampered bytes. Deliberately says
+    /// nothing more: every decryption failure looks the same to a caller.
+    #[error("decryption failed")]
+    Open,
+    #[error("encryption failed")]
+    Seal,
+}
+
+/// HKDF-SHA256 (RFC 5869) with the master key as input keying material and a
+/// fixed application salt; `label` is the `info` that separates subkeys.
+pub fn derive<const N: usize>(master: &SecretKey<32>, label: &[u8]) -> SecretKey<N> {
+    let hk = Hkdf::<Sha256>::new(Some(b"vault/hkdf-salt/v1"), master.expose_secret());
+    let mut out = SecretKey::<N>::zeroed();
+    // N is at most 255 * 32 for every key we derive; a failure is impossible
+    // for our sizes, and would leave an all-zero key that the tests catch.
+    let _ = hk.expand(label, out.bytes_mut());
+    out
+}
+
+/// The key that turns normalized values into tokens. Separate from data keys
+/// and never rotated, so tokens stay stable across data-key rotations.
+#[derive(Debug)]
+pub struct TokenKey(SecretKey<32>);
+
+/// A token's raw bytes.
+pub type TokenBytes = [u8; TOKEN_BYTES];
+
+impl TokenKey {
+    pub fn new(key: SecretKey<32>) -> Self {
+        Self(key)
+    }
+
+    /// The token of `value` in `class`: HMAC-SHA256 over the class tag and the
+    /// value's token form, truncated. The class tag keeps the same digits in
+    /// two classes apart.
+    pub fn token(&self, class: Class, token_form: &str) -> TokenBytes {
+        let mut out = [0u8; TOKEN_BYTES];
+        if let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(self.0.expose_secret()) {
+            mac.update(&[class.tag(), 0]);
+            mac.update(token_form.as_bytes());
+            let full = mac.finalize().into_bytes();
+            for (o, b) in out.iter_mut().zip(full.iter()) {
+                *o = *b;
+            }
+        }
+        out
+    }
+}
+
+/// Renders token bytes as the 32-character URL-safe string callers see.
+pub fn encode_token(bytes: &TokenBytes) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Parses a token string; anything that is not exactly a token is `None`.
+pub fn decode_token(token: &str) -> Option<TokenBytes> {
+    if token.len() != TOKEN_CHARS {
+        return None;
+    }
+    let mut out = [0u8; TOKEN_BYTES];
+    match URL_SAFE_NO_PAD.decode_slice(token.as_bytes(), &mut out) {
+        Ok(TOKEN_BYTES) => Some(out),
+        _ => None,
+    }
+}
+
+/// One version of the data-encryption key (AES-256-SIV takes 64 bytes).
+#[derive(Debug)]
+pub struct DataKey {
+    version: u32,
+    key: SecretKey<64>,
+}
+
+impl DataKey {
+    pub fn new(version: u32, key: SecretKey<64>) -> Self {
+        Self { version, key }
+    }
+
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// Encrypts `plaintext` bound to `aad`. Output: random nonce, then the
+    /// SIV ciphertext. The random nonce makes equal values under equal
+    /// associated data encrypt differently, so ciphertexts leak no equality.
+    pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let mut nonce = [0u8; NONCE_BYTES];
+        rand::thread_rng().fill_bytes(&mut nonce);
+        let mut siv = Aes256Siv::new_from_slice(self.key.expose_secret())
+            .map_err(|_| CryptoError::Seal)?;
+        let sealed = siv
+            .encrypt([aad, &nonce[..]], plaintext)
+            .map_err(|_| CryptoError::Seal)?;
+        let mut out = Vec::with_capacity(NONCE_BYTES + sealed.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        Ok(out)
+    }
+
+    /// Decrypts what [`DataKey::seal`] produced under the same `aad`.
+    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        let (nonce, body) = sealed
+            .split_at_checked(NONCE_BYTES)
+            .ok_or(CryptoError::Open)?;
+        let mut siv =
+            Aes256Siv::new_from_slice(self.key.expose_secret()).map_err(|_| CryptoError::Open)?;
+        siv.decrypt([aad, nonce], body)
+            .map(Zeroizing::new)
+            .map_err(|_| CryptoError::Open)
+    }
+}
+
+/// The associated data of a stored value: format version, subject, class and
+/// key version, each unambiguous (length-prefixed subject).
+pub fn value_aad(subject: &str, class: Class, key_version: u32) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(8 + subject.len());
+    aad.extend_from_slice(b"v1");
+    aad.push(u8::try_from(subject.len()).unwrap_or(u8::MAX));
+    aad.extend_from_slice(subject.as_bytes());
+    aad.push(class.tag());
+    aad.extend_from_slice(&key_version.to_be_bytes());
+    aad
+}
+
+#[cfg(test)]
+mod tests;

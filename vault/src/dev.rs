@@ -1,0 +1,154 @@
+//! `vault dev`: the one-command development setup. On first run it writes a
+//! development CA, the server certificate and the `app`, `officer` and
+//! `officer2` client certificates, the configuration with the default
+//! policy, and a master key; later runs reuse them. Invariant: nothing that
+//! exists is ever overwritten, and private keys are written owner-only.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
+
+/// The default configuration and policy, as `vault dev` writes it.
+pub const DEFAULT_CONFIG: &str = include_str!("../../config/vault.example.toml");
+
+/// The client identities `vault dev` issues.
+pub const CLIENTS: [&str; 3] = ["app", "officer", "officer2"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    #[error("{path}: {kind}")]
+    Io { path: String, kind: std::io::ErrorKind },
+    #[error("certificate generation: {0}")]
+    Cert(String),
+    #[error("{0} exists without the CA key; remove {1} to regenerate the development certificates")]
+    Partial(String, String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DevError + '_ {
+    move |e| DevError::Io { path: path.display().to_string(), kind: e.kind() }
+}
+
+fn cert_err(e: rcgen::Error) -> DevError {
+    DevError::Cert(e.to_string())
+}
+
+/// Makes sure `dir` holds everything `vault dev` runs with; returns the
+/// configuration file's path.
+pub fn prepare(dir: &Path) -> Result<PathBuf, DevError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let tls = dir.join("tls");
+    std::fs::create_dir_all(&tls).map_err(io(&tls))?;
+    write_certs(&tls)?;
+    let key = dir.join("master.key");
+    if !key.exists() {
+        crate::keys::write_new_master(&key).map_err(io(&key))?;
+    }
+    let config = dir.join("vault.toml");
+    if !config.exists() {
+        write_new(&config, DEFAULT_CONFIG.as_bytes(), 0o644)?;
+    }
+    Ok(config)
+}
+
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), DevError> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io(path))?;
+    f.write_all(bytes).map_err(io(path))?;
+    f.sync_all().map_err(io(path))
+}
+
+fn validity(params: &mut CertificateParams) {
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now + time::Duration::days(825);
+}
+
+fn write_certs(tls: &Path) -> Result<(), DevError> {
+    let names: Vec<&str> = std::iter::once("server").chain(CLIENTS).collect();
+    let ca_path = tls.join("ca.pem");
+    if ca_path.exists() {
+        for n in &names {
+            let p = tls.join(format!("{n}.pem"));
+            if !p.exists() {
+                return Err(DevError::Partial(p.display().to_string(), tls.display().to_string()));
+            }
+        }
+        return Ok(());
+    }
+    let ca_key = KeyPair::generate().map_err(cert_err)?;
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
+    ca.distinguished_name.push(DnType::CommonName, "Vault development CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    validity(&mut ca);
+    let ca_cert = ca.self_signed(&ca_key).map_err(cert_err)?;
+    leaf(tls, "server", &["localhost", "127.0.0.1"], ExtendedKeyUsagePurpose::ServerAuth, &ca_cert, &ca_key)?;
+    for client in CLIENTS {
+        leaf(tls, client, &[client], ExtendedKeyUsagePurpose::ClientAuth, &ca_cert, &ca_key)?;
+    }
+    write_new(&tls.join("ca.key"), ca_key.serialize_pem().as_bytes(), 0o600)?;
+    // The CA goes last: its presence marks a complete set.
+    write_new(&ca_path, ca_cert.pem().as_bytes(), 0o644)
+}
+
+fn leaf(
+    tls: &Path,
+    name: &str,
+    sans: &[&str],
+    usage: ExtendedKeyUsagePurpose,
+    ca: &Certificate,
+    ca_key: &KeyPair,
+) -> Result<(), DevError> {
+    let key = KeyPair::generate().map_err(cert_err)?;
+    let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
+    let mut params = CertificateParams::new(sans).map_err(cert_err)?;
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.extended_key_usages = vec![usage];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    validity(&mut params);
+    let cert = params.signed_by(&key, ca, ca_key).map_err(cert_err)?;
+    let pem = tls.join(format!("{name}.pem"));
+    let key_path = tls.join(format!("{name}.key"));
+    for p in [&pem, &key_path] {
+        if p.exists() {
+            std::fs::remove_file(p).map_err(io(p))?;
+        }
+    }
+    write_new(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
+    write_new(&pem, cert.pem().as_bytes(), 0o644)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use super::*;
+
+    #[test]
+    fn prepare_creates_then_reuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = prepare(dir.path()).unwrap();
+        let ca1 = std::fs::read(dir.path().join("tls/ca.pem")).unwrap();
+        let key1 = std::fs::read(dir.path().join("master.key")).unwrap();
+        prepare(dir.path()).unwrap();
+        assert_eq!(ca1, std::fs::read(dir.path().join("tls/ca.pem")).unwrap());
+        assert_eq!(key1, std::fs::read(dir.path().join("master.key")).unwrap());
+        use std::os::unix::fs::PermissionsExt;
+        for k in ["tls/app.key", "tls/server.key", "tls/ca.key", "master.key"] {
+            let mode = std::fs::metadata(dir.path().join(k)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{k}");
+        }
+        let loaded = crate::config::Config::load(&cfg).unwrap();
+        assert_eq!(loaded.callers.len(), 3);
+        let der = crate::tls::load_certs(&dir.path().join("tls/officer2.pem")).unwrap();
+        assert_eq!(crate::tls::caller_name(&der[0]).as_deref(), Some("officer2"));
+    }
+}

@@ -1,0 +1,334 @@
+//! The HTTP layer: both listeners, the request stack, routing, and the one
+//! place where an error becomes a status and a code. The stack, outermost
+//! first: connection limit, TLS handshake under a deadline with the client
+//! certificate required, caller identity, request id, metrics, concurrency
+//! limit with load shedding, request deadline, body limit, router, handler.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use vault_sdk::wire::{ErrorBody, ErrorDetail};
+
+use crate::api::{self, ApiError, Ctx};
+use crate::server::Vault;
+
+type Body = Full<Bytes>;
+
+/// The status and code of every error: the only such mapping.
+pub fn error_parts(e: &ApiError) -> (StatusCode, &'static str) {
+    use ApiError as E;
+    match e {
+        E::MalformedJson { .. } => (StatusCode::BAD_REQUEST, "malformed_json"),
+        E::InvalidRequest { .. } | E::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+        E::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+        E::TooManyItems(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_many_items"),
+        E::UnknownCaller => (StatusCode::FORBIDDEN, "unknown_caller"),
+        E::OfficerOnly => (StatusCode::FORBIDDEN, "forbidden"),
+        E::InvalidSubject => (StatusCode::BAD_REQUEST, "invalid_subject"),
+        E::PurposeRequired => (StatusCode::BAD_REQUEST, "purpose_required"),
+        E::UnknownPurpose => (StatusCode::BAD_REQUEST, "unknown_purpose"),
+        E::PurposeNotAllowed | E::ClassNotAllowed { .. } => (StatusCode::FORBIDDEN, "purpose_not_allowed"),
+        E::UnknownClass { .. } => (StatusCode::BAD_REQUEST, "unknown_class"),
+        E::InvalidValue { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_value"),
+        E::InvalidRetention => (StatusCode::BAD_REQUEST, "invalid_retention"),
+        E::Sealed => (StatusCode::SERVICE_UNAVAILABLE, "sealed"),
+        E::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+        E::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
+        E::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        E::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+        E::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        E::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    }
+}
+
+fn field_of(e: &ApiError) -> Option<usize> {
+    match e {
+        ApiError::ClassNotAllowed { field } | ApiError::UnknownClass { field } | ApiError::InvalidValue { field, .. } => {
+            Some(*field)
+        }
+        _ => None,
+    }
+}
+
+fn error_response(e: &ApiError) -> Response<Body> {
+    let (status, code) = error_parts(e);
+    let body = ErrorBody {
+        error: ErrorDetail {
+            code: code.to_string(),
+            message: e.to_string(),
+            field: field_of(e),
+        },
+    };
+    json_response(status, &body)
+}
+
+fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response<Body> {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn ok<T: Serialize>(r: Result<T, ApiError>) -> Response<Body> {
+    match r {
+        Ok(body) => json_response(StatusCode::OK, &body),
+        Err(e) => error_response(&e),
+    }
+}
+
+/// The route label of a request: a closed set, for metrics.
+fn route_of(method: &Method, path: &str) -> &'static str {
+    match (method, path) {
+        (_, "/v1/tokenize") => "tokenize",
+        (_, "/v1/detokenize") => "detokenize",
+        (_, "/v1/audit") => "audit",
+        _ => "other",
+    }
+}
+
+static REQUEST_SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn request_id() -> String {
+    static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let prefix = PREFIX.get_or_init(rand::random::<u32>);
+    format!("{prefix:08x}-{:x}", REQUEST_SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Per-connection facts the stack needs for each request.
+struct Conn {
+    vault: Arc<Vault>,
+    caller: Option<Arc<str>>,
+    permits: Arc<Semaphore>,
+}
+
+async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let rid = request_id();
+    let route = route_of(req.method(), req.uri().path());
+    let v = &conn.vault;
+    v.metrics.in_flight().inc();
+    let mut resp = match conn.permits.clone().try_acquire_owned() {
+        Err(_) => error_response(&ApiError::Overloaded),
+        Ok(_permit) => {
+            let work = dispatch(&conn, rid.clone(), req);
+            match tokio::time::timeout(v.limits.request_timeout, work).await {
+                Ok(resp) => resp,
+                Err(_) => error_response(&ApiError::Timeout),
+            }
+        }
+    };
+    v.metrics.in_flight().dec();
+    v.metrics.observe_request(route, resp.status().as_u16(), started.elapsed().as_secs_f64());
+    if let Ok(h) = header::HeaderValue::from_str(&rid) {
+        resp.headers_mut().insert("x-request-id", h);
+    }
+    resp
+}
+
+async fn dispatch(conn: &Conn, request_id: String, req: Request<Incoming>) -> Response<Body> {
+    let v = &conn.vault;
+    let Some(caller) = conn.caller.clone() else {
+        return error_response(&ApiError::UnknownCaller);
+    };
+    let Some(role) = v.policy.role(&caller) else {
+        return error_response(&ApiError::UnknownCaller);
+    };
+    let ctx = Ctx { caller, role, request_id };
+    let (parts, body) = req.into_parts();
+    match (&parts.method, parts.uri.path()) {
+        (&Method::POST, "/v1/tokenize") => match read_body(v, &parts, body).await {
+            Ok(b) => ok(api::tokenize(v, &ctx, &b).await),
+            Err(e) => error_response(&e),
+        },
+        (&Method::POST, "/v1/detokenize") => match read_body(v, &parts, body).await {
+            Ok(b) => ok(api::detokenize(v, &ctx, &b).await),
+            Err(e) => error_response(&e),
+        },
+        (&Method::GET, "/v1/audit") => ok(api::audit(v, &ctx, parts.uri.query())),
+        (_, "/v1/tokenize" | "/v1/detokenize" | "/v1/audit") => error_response(&ApiError::MethodNotAllowed),
+        _ => error_response(&ApiError::NotFound),
+    }
+}
+
+/// Reads the whole body, refusing more than the limit before reading it
+/// when the length is declared, and while reading when it is not.
+async fn read_body(v: &Vault, parts: &http::request::Parts, body: Incoming) -> Result<Bytes, ApiError> {
+    let max = v.limits.max_body_bytes;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|s| s.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(ApiError::BodyTooLarge(max));
+    }
+    match Limited::new(body, max).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::BodyTooLarge(max)),
+        Err(_) => Err(ApiError::BadRequest("the request body could not be read")),
+    }
+}
+
+fn connection_builder(v: &Vault) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(v.limits.handshake_timeout)
+        .max_buf_size(64 * 1024);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .max_header_list_size(32 * 1024)
+        .max_send_buf_size(1 << 20)
+        .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
+        .keep_alive_timeout(std::time::Duration::from_secs(10));
+    b
+}
+
+/// Accepts TLS connections until `stop` turns true, then drains.
+pub async fn serve_api(
+    vault: Arc<Vault>,
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let graceful = GracefulShutdown::new();
+    let conns = Arc::new(Semaphore::new(vault.limits.max_connections));
+    let permits = Arc::new(Semaphore::new(vault.limits.max_concurrent_requests));
+    let builder = Arc::new(connection_builder(&vault));
+    loop {
+        let (tcp, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let Ok(conn_permit) = conns.clone().try_acquire_owned() else {
+            drop(tcp);
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let vault = vault.clone();
+        let permits = permits.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _conn_permit = conn_permit;
+            let deadline = vault.limits.handshake_timeout;
+            let tls = match tokio::time::timeout(deadline, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let caller = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(crate::tls::caller_name)
+                .map(Arc::<str>::from);
+            let conn = Arc::new(Conn { vault, caller, permits });
+            let svc = service_fn(move |req| {
+                let conn = conn.clone();
+                async move { Ok::<_, Infallible>(handle(conn, req).await) }
+            });
+            let serving = builder.serve_connection(TokioIo::new(tls), svc);
+            if let Err(e) = watcher.watch(serving.into_owned()).await {
+                tracing::debug!(error = %e, "Connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let drain = vault.limits.request_timeout + std::time::Duration::from_secs(1);
+    let _ = tokio::time::timeout(drain, graceful.shutdown()).await;
+}
+
+/// The ops listener: `/metrics`, `/healthz`, `/readyz`, plain HTTP/1.1.
+pub async fn serve_ops(vault: Arc<Vault>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    loop {
+        let tcp = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((tcp, _)) => tcp,
+                Err(_) => continue,
+            },
+            _ = stop.changed() => break,
+        };
+        let vault = vault.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let vault = vault.clone();
+                async move { Ok::<_, Infallible>(ops(&vault, &req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(5))
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    resp
+}
+
+async fn ops(v: &Vault, req: &Request<Incoming>) -> Response<Body> {
+    if req.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed\n".into());
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            v.metrics.set_sealed(v.keys.is_sealed());
+            text(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                v.metrics.render(),
+            )
+        }
+        "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/readyz" => {
+            if v.keys.is_sealed() {
+                return text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "sealed\n".into());
+            }
+            let mut probe = crate::store::Batch::default();
+            probe.put(crate::store::Space::Meta, b"readyz".to_vec(), api::now_ms().to_be_bytes().to_vec());
+            match v.committer.commit(probe, Vec::new()).await {
+                Ok(()) => text(StatusCode::OK, "text/plain", "ready\n".into()),
+                Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "storage not writable\n".into()),
+            }
+        }
+        _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}

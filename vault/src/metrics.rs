@@ -1,0 +1,181 @@
+//! Prometheus metrics, named `vault_<subsystem>_<what>_<unit>`. Invariant:
+//! label values come only from closed sets (routes, status classes, classes,
+//! configured purposes, outcomes), never from ids, tokens or values.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: &'static str,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabels {
+    class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReleaseLabels {
+    purpose: String,
+    outcome: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram>,
+    fields: Family<ClassLabels, Counter>,
+    flagged: Family<ClassLabels, Counter>,
+    releases: Family<ReleaseLabels, Counter>,
+    audit_appends: Counter,
+    audit_failures: Counter,
+    store_write: Histogram,
+    commit_jobs: Counter,
+    in_flight: Gauge,
+    sealed: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~6.5 s.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency =
+            Family::<RouteLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let fields = Family::<ClassLabels, Counter>::default();
+        let flagged = Family::<ClassLabels, Counter>::default();
+        let releases = Family::<ReleaseLabels, Counter>::default();
+        let audit_appends = Counter::default();
+        let audit_failures = Counter::default();
+        let store_write = latency_histogram();
+        let commit_jobs = Counter::default();
+        let in_flight = Gauge::default();
+        let sealed = Gauge::default();
+        registry.register("vault_http_requests", "API requests by route and status class", requests.clone());
+        registry.register("vault_http_request_duration_seconds", "API request latency by route", latency.clone());
+        registry.register("vault_http_in_flight_requests", "API requests being served", in_flight.clone());
+        registry.register("vault_tokenize_fields", "Fields tokenized, by class", fields.clone());
+        registry.register("vault_tokenize_flagged_fields", "Fields accepted with a failed checksum, by class", flagged.clone());
+        registry.register("vault_release_outcomes", "Detokenize outcomes by purpose and outcome", releases.clone());
+        registry.register("vault_audit_appends", "Audit events durably appended", audit_appends.clone());
+        registry.register("vault_audit_append_failures", "Audit events whose write failed", audit_failures.clone());
+        registry.register("vault_store_write_duration_seconds", "Durable batch write latency", store_write.clone());
+        registry.register("vault_store_commit_jobs", "Requests whose writes were group-committed", commit_jobs.clone());
+        registry.register("vault_sealed", "1 while the vault is sealed", sealed.clone());
+        Self {
+            registry,
+            requests,
+            latency,
+            fields,
+            flagged,
+            releases,
+            audit_appends,
+            audit_failures,
+            store_write,
+            commit_jobs,
+            in_flight,
+            sealed,
+        }
+    }
+
+    pub fn observe_request(&self, route: &'static str, status: u16, seconds: f64) {
+        let status = match status {
+            200..=299 => "2xx",
+            400..=499 => "4xx",
+            500..=599 => "5xx",
+            _ => "other",
+        };
+        self.requests.get_or_create(&RequestLabels { route, status }).inc();
+        self.latency.get_or_create(&RouteLabels { route }).observe(seconds);
+    }
+
+    pub fn in_flight(&self) -> &Gauge {
+        &self.in_flight
+    }
+
+    pub fn tokenized(&self, class: &'static str, n: u64, flagged: u64) {
+        self.fields.get_or_create(&ClassLabels { class }).inc_by(n);
+        if flagged > 0 {
+            self.flagged.get_or_create(&ClassLabels { class }).inc_by(flagged);
+        }
+    }
+
+    pub fn released(&self, purpose: &str, outcome: &'static str, n: u64) {
+        self.releases
+            .get_or_create(&ReleaseLabels { purpose: purpose.to_string(), outcome })
+            .inc_by(n);
+    }
+
+    pub fn audit_appended(&self, n: u64) {
+        self.audit_appends.inc_by(n);
+    }
+
+    pub fn audit_failed(&self, n: u64) {
+        self.audit_failures.inc_by(n);
+    }
+
+    pub fn observe_store_write(&self, seconds: f64, jobs: usize) {
+        self.store_write.observe(seconds);
+        self.commit_jobs.inc_by(u64::try_from(jobs).unwrap_or(0));
+    }
+
+    pub fn set_sealed(&self, sealed: bool) {
+        self.sealed.set(i64::from(sealed));
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn renders_names_and_labels() {
+        let m = Metrics::new();
+        m.observe_request("tokenize", 200, 0.001);
+        m.tokenized("phone", 3, 0);
+        m.released("notification", "released", 2);
+        m.audit_appended(2);
+        let text = m.render();
+        assert!(text.contains("vault_http_requests_total{route=\"tokenize\",status=\"2xx\"} 1"), "{text}");
+        assert!(text.contains("vault_tokenize_fields_total{class=\"phone\"} 3"));
+        assert!(text.contains("vault_release_outcomes_total{purpose=\"notification\",outcome=\"released\"} 2"));
+        assert!(text.contains("vault_audit_appends_total 2"));
+        assert!(text.contains("vault_http_request_duration_seconds_bucket"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

@@ -1,0 +1,154 @@
+//! The vault's layout on top of the [`Store`](crate::store::Store): key
+//! shapes per space and the binary record of one stored value. Invariant: a
+//! record holds ciphertext and metadata only; the subject and token it is
+//! filed under are its key, and both are bound into the ciphertext's AAD.
+
+use crate::classes::Class;
+use crate::crypto::{TokenBytes, TOKEN_BYTES};
+
+const RECORD_FORMAT: u8 = 1;
+
+/// One stored value of one subject.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Record {
+    pub class: Class,
+    pub key_version: u32,
+    pub collected_ms: u64,
+    /// `None`: no clock runs yet (ends with an account event or erasure).
+    pub expires_ms: Option<u64>,
+    pub purpose: String,
+    pub ciphertext: Vec<u8>,
+}
+
+impl std::fmt::Debug for Record {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Record")
+            .field("class", &self.class)
+            .field("key_version", &self.key_version)
+            .field("collected_ms", &self.collected_ms)
+            .field("expires_ms", &self.expires_ms)
+            .field("purpose", &self.purpose)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Record {
+    pub fn encode(&self) -> Vec<u8> {
+        let purpose = self.purpose.as_bytes();
+        let mut out = Vec::with_capacity(24 + purpose.len() + self.ciphertext.len());
+        out.push(RECORD_FORMAT);
+        out.push(self.class.tag());
+        out.extend_from_slice(&self.key_version.to_be_bytes());
+        out.extend_from_slice(&self.collected_ms.to_be_bytes());
+        out.extend_from_slice(&self.expires_ms.unwrap_or(0).to_be_bytes());
+        out.push(u8::try_from(purpose.len()).unwrap_or(u8::MAX));
+        out.extend_from_slice(purpose.get(..255).unwrap_or(purpose));
+        out.extend_from_slice(&self.ciphertext);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Record> {
+        let (&[format, tag], rest) = bytes.split_first_chunk::<2>()?;
+        if format != RECORD_FORMAT {
+            return None;
+        }
+        let (version, rest) = rest.split_first_chunk::<4>()?;
+        let (collected, rest) = rest.split_first_chunk::<8>()?;
+        let (expires, rest) = rest.split_first_chunk::<8>()?;
+        let (&plen, rest) = rest.split_first()?;
+        let (purpose, ciphertext) = rest.split_at_checked(usize::from(plen))?;
+        let expires = u64::from_be_bytes(*expires);
+        Some(Record {
+            class: Class::from_tag(tag)?,
+            key_version: u32::from_be_bytes(*version),
+            collected_ms: u64::from_be_bytes(*collected),
+            expires_ms: (expires != 0).then_some(expires),
+            purpose: String::from_utf8(purpose.to_vec()).ok()?,
+            ciphertext: ciphertext.to_vec(),
+        })
+    }
+
+    /// Live at `now_ms`: expiry holds at read time, sweeper or not.
+    pub fn is_live(&self, now_ms: u64) -> bool {
+        self.expires_ms.is_none_or(|e| now_ms < e)
+    }
+}
+
+/// `Values` key: token then subject.
+pub fn value_key(token: &TokenBytes, subject: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(TOKEN_BYTES + subject.len());
+    k.extend_from_slice(token);
+    k.extend_from_slice(subject.as_bytes());
+    k
+}
+
+/// The subject of a `Values` key.
+pub fn subject_of_value_key(key: &[u8]) -> Option<&str> {
+    std::str::from_utf8(key.get(TOKEN_BYTES..)?).ok()
+}
+
+/// `Subjects` key: subject, a 0 byte (never in a subject id), token.
+pub fn subject_key(subject: &str, token: &TokenBytes) -> Vec<u8> {
+    let mut k = Vec::with_capacity(subject.len() + 1 + TOKEN_BYTES);
+    k.extend_from_slice(subject.as_bytes());
+    k.push(0);
+    k.extend_from_slice(token);
+    k
+}
+
+/// `Expiry` key: expiry time (big-endian, so keys sort by time), token, subject.
+pub fn expiry_key(expires_ms: u64, token: &TokenBytes, subject: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + TOKEN_BYTES + subject.len());
+    k.extend_from_slice(&expires_ms.to_be_bytes());
+    k.extend_from_slice(token);
+    k.extend_from_slice(subject.as_bytes());
+    k
+}
+
+/// A subject id: 1-128 of `[A-Za-z0-9._:-]`.
+pub fn valid_subject(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    #[test]
+    fn record_round_trip_and_garbage() {
+        let r = Record {
+            class: Class::Phone,
+            key_version: 7,
+            collected_ms: 123,
+            expires_ms: Some(456),
+            purpose: "notification".into(),
+            ciphertext: vec![1, 2, 3],
+        };
+        let bytes = r.encode();
+        assert_eq!(Record::decode(&bytes).unwrap(), r);
+        let forever = Record { expires_ms: None, ..r.clone() };
+        assert_eq!(Record::decode(&forever.encode()).unwrap(), forever);
+        assert!(forever.is_live(u64::MAX));
+        assert!(r.is_live(455) && !r.is_live(456));
+        for cut in 0..24 {
+            assert!(Record::decode(&bytes[..cut]).is_none(), "{cut}");
+        }
+        let mut bad = bytes.clone();
+        bad[0] = 9;
+        assert!(Record::decode(&bad).is_none());
+        assert!(!format!("{r:?}").contains("[1, 2, 3]"));
+    }
+
+    #[test]
+    fn subjects() {
+        assert!(valid_subject("acct-1001"));
+        assert!(valid_subject("a.b:c_d-9"));
+        assert!(valid_subject(&"a".repeat(128)));
+        for bad in ["", "a b", "a/b", "a\0b", "陈", &"a".repeat(129), "../x"] {
+            assert!(!valid_subject(bad), "{bad:?}");
+        }
+        let t = [5u8; TOKEN_BYTES];
+        assert_eq!(subject_of_value_key(&value_key(&t, "acct-1")), Some("acct-1"));
+    }
+}

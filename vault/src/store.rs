@@ -1,0 +1,162 @@
+//! The storage interface. Nothing above this module names an engine: the
+//! embedded RocksDB engine and the in-memory model implement the same
+//! [`Store`] trait, and a shared engine on a distributed SQL database can slot
+//! in beside them. The trait's three promises are what such a backend must
+//! also keep: atomic multi-key batches, ordered range scans, and
+//! compare-and-set preconditions checked atomically with the batch.
+
+mod memory;
+mod rocks;
+
+pub use memory::MemoryStore;
+pub use rocks::RocksStore;
+
+/// A keyspace (a column family in RocksDB, a table elsewhere).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Space {
+    /// token ‖ subject → sealed value record.
+    Values,
+    /// subject ‖ 0 ‖ token → empty: every value of a subject.
+    Subjects,
+    /// expiry (big-endian ms) ‖ token ‖ subject → empty: due values in order.
+    Expiry,
+    /// sequence (big-endian) → audit event.
+    Audit,
+    /// Small named settings: the audit head, key versions.
+    Meta,
+}
+
+impl Space {
+    pub const ALL: [Space; 5] = [
+        Space::Values,
+        Space::Subjects,
+        Space::Expiry,
+        Space::Audit,
+        Space::Meta,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Space::Values => "values",
+            Space::Subjects => "subjects",
+            Space::Expiry => "expiry",
+            Space::Audit => "audit",
+            Space::Meta => "meta",
+        }
+    }
+}
+
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A precondition of the batch did not hold; nothing was written.
+    #[error("a precondition of the write did not hold")]
+    Conflict,
+    /// The engine failed (I/O, disk full, corruption). The message comes from
+    /// the engine and holds paths and status, never keys or values.
+    #[error("storage engine error: {0}")]
+    Engine(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Put(Space, Vec<u8>, Vec<u8>),
+    Delete(Space, Vec<u8>),
+}
+
+/// An expected current value: `None` means the key must be absent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Check {
+    pub space: Space,
+    pub key: Vec<u8>,
+    pub expected: Option<Vec<u8>>,
+}
+
+/// Writes applied all together or not at all, after all checks pass.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    pub ops: Vec<Op>,
+    pub checks: Vec<Check>,
+}
+
+impl Batch {
+    pub fn put(&mut self, space: Space, key: Vec<u8>, value: Vec<u8>) {
+        self.ops.push(Op::Put(space, key, value));
+    }
+
+    pub fn delete(&mut self, space: Space, key: Vec<u8>) {
+        self.ops.push(Op::Delete(space, key));
+    }
+
+    pub fn expect(&mut self, space: Space, key: Vec<u8>, expected: Option<Vec<u8>>) {
+        self.checks.push(Check {
+            space,
+            key,
+            expected,
+        });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty() && self.checks.is_empty()
+    }
+
+    /// Appends `other`'s operations and checks (used by group commit).
+    pub fn absorb(&mut self, other: Batch) {
+        self.ops.extend(other.ops);
+        self.checks.extend(other.checks);
+    }
+}
+
+/// Key-value pairs in key order.
+pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// A transactional ordered key-value store.
+pub trait Store: Send + Sync + 'static {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Rows with `from <= key < to` (no upper bound when `to` is `None`), in
+    /// key order, at most `limit` of them.
+    fn scan(
+        &self,
+        space: Space,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Rows, StoreError>;
+
+    /// Applies `batch` atomically and durably: when this returns `Ok`, the
+    /// batch survives a crash or power loss. Fails with
+    /// [`StoreError::Conflict`] and writes nothing when a check fails.
+    fn write(&self, batch: Batch) -> Result<(), StoreError>;
+}
+
+impl std::fmt::Debug for dyn Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
+/// The smallest key greater than every key that starts with `prefix`, for
+/// prefix scans; `None` when no such key exists (all `0xFF`).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// All rows whose key starts with `prefix`.
+pub fn scan_prefix(
+    store: &dyn Store,
+    space: Space,
+    prefix: &[u8],
+    limit: usize,
+) -> Result<Rows, StoreError> {
+    store.scan(space, prefix, prefix_end(prefix).as_deref(), limit)
+}
+
+#[cfg(test)]
+mod conformance;

@@ -1,0 +1,152 @@
+//! One suite, every engine: what the [`Store`] trait promises, checked against
+//! the in-memory model and RocksDB alike, plus a property test that drives
+//! RocksDB and the `BTreeMap` model with the same random operations.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use super::*;
+use proptest::prelude::*;
+
+fn engines() -> Vec<(Box<dyn Store>, Option<tempfile::TempDir>)> {
+    let dir = tempfile::tempdir().unwrap();
+    let rocks = RocksStore::open(dir.path()).unwrap();
+    vec![
+        (Box::new(MemoryStore::new()), None),
+        (Box::new(rocks), Some(dir)),
+    ]
+}
+
+fn put(s: Space, k: &[u8], v: &[u8]) -> Batch {
+    let mut b = Batch::default();
+    b.put(s, k.to_vec(), v.to_vec());
+    b
+}
+
+#[test]
+fn get_put_delete() {
+    for (store, _dir) in engines() {
+        assert_eq!(store.get(Space::Values, b"k").unwrap(), None);
+        store.write(put(Space::Values, b"k", b"v")).unwrap();
+        assert_eq!(store.get(Space::Values, b"k").unwrap(), Some(b"v".to_vec()));
+        // Spaces are separate.
+        assert_eq!(store.get(Space::Meta, b"k").unwrap(), None);
+        let mut b = Batch::default();
+        b.delete(Space::Values, b"k".to_vec());
+        store.write(b).unwrap();
+        assert_eq!(store.get(Space::Values, b"k").unwrap(), None);
+    }
+}
+
+#[test]
+fn scans_are_ordered_bounded_and_limited() {
+    for (store, _dir) in engines() {
+        let mut b = Batch::default();
+        for k in [&b"b2"[..], b"a1", b"b1", b"c1", b"b\xff"] {
+            b.put(Space::Subjects, k.to_vec(), k.to_vec());
+        }
+        b.put(Space::Values, b"b0".to_vec(), vec![]);
+        store.write(b).unwrap();
+        let keys = |rows: Rows| rows.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        assert_eq!(
+            keys(scan_prefix(store.as_ref(), Space::Subjects, b"b", 10).unwrap()),
+            vec![b"b1".to_vec(), b"b2".to_vec(), b"b\xff".to_vec()]
+        );
+        assert_eq!(keys(store.scan(Space::Subjects, b"a", None, 2).unwrap()).len(), 2);
+        assert_eq!(keys(store.scan(Space::Subjects, b"c", None, 10).unwrap()), vec![b"c1".to_vec()]);
+        assert!(store.scan(Space::Subjects, b"d", None, 10).unwrap().is_empty());
+    }
+}
+
+#[test]
+fn batches_are_atomic_under_failed_checks() {
+    for (store, _dir) in engines() {
+        store.write(put(Space::Meta, b"head", b"1")).unwrap();
+        let mut b = Batch::default();
+        b.put(Space::Values, b"x".to_vec(), b"y".to_vec());
+        b.expect(Space::Meta, b"head".to_vec(), Some(b"0".to_vec()));
+        assert!(matches!(store.write(b), Err(StoreError::Conflict)));
+        assert_eq!(store.get(Space::Values, b"x").unwrap(), None);
+
+        let mut b = Batch::default();
+        b.put(Space::Values, b"x".to_vec(), b"y".to_vec());
+        b.put(Space::Meta, b"head".to_vec(), b"2".to_vec());
+        b.expect(Space::Meta, b"head".to_vec(), Some(b"1".to_vec()));
+        b.expect(Space::Meta, b"absent".to_vec(), None);
+        store.write(b).unwrap();
+        assert_eq!(store.get(Space::Values, b"x").unwrap(), Some(b"y".to_vec()));
+        assert_eq!(store.get(Space::Meta, b"head").unwrap(), Some(b"2".to_vec()));
+    }
+}
+
+#[test]
+fn rocks_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = RocksStore::open(dir.path()).unwrap();
+        s.write(put(Space::Audit, b"1", b"e")).unwrap();
+    }
+    let s = RocksStore::open(dir.path()).unwrap();
+    assert_eq!(s.get(Space::Audit, b"1").unwrap(), Some(b"e".to_vec()));
+    drop(s);
+    let ro = RocksStore::open_read_only(dir.path()).unwrap();
+    assert_eq!(ro.get(Space::Audit, b"1").unwrap(), Some(b"e".to_vec()));
+}
+
+#[test]
+fn prefix_end_edges() {
+    assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+    assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
+    assert_eq!(prefix_end(b"\xff\xff"), None);
+}
+
+#[derive(Clone, Debug)]
+enum ModelOp {
+    Put(u8, Vec<u8>),
+    Delete(u8),
+    CasPut(u8, Option<Vec<u8>>, Vec<u8>),
+    Scan(u8, usize),
+}
+
+fn model_op() -> impl Strategy<Value = ModelOp> {
+    let val = proptest::collection::vec(any::<u8>(), 0..4);
+    prop_oneof![
+        (any::<u8>(), val.clone()).prop_map(|(k, v)| ModelOp::Put(k % 16, v)),
+        any::<u8>().prop_map(|k| ModelOp::Delete(k % 16)),
+        (any::<u8>(), proptest::option::of(val.clone()), val)
+            .prop_map(|(k, e, v)| ModelOp::CasPut(k % 16, e, v)),
+        (any::<u8>(), 0usize..20).prop_map(|(k, n)| ModelOp::Scan(k % 16, n)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    #[test]
+    fn rocks_matches_the_model(ops in proptest::collection::vec(model_op(), 1..60)) {
+        let dir = tempfile::tempdir().unwrap();
+        let rocks = RocksStore::open(dir.path()).unwrap();
+        let model = MemoryStore::new();
+        for op in ops {
+            match op {
+                ModelOp::Scan(from, n) => {
+                    let a = rocks.scan(Space::Values, &[from], None, n).unwrap();
+                    let b = model.scan(Space::Values, &[from], None, n).unwrap();
+                    prop_assert_eq!(a, b);
+                }
+                other => {
+                    let mut b = Batch::default();
+                    match other {
+                        ModelOp::Put(k, v) => b.put(Space::Values, vec![k], v),
+                        ModelOp::Delete(k) => b.delete(Space::Values, vec![k]),
+                        ModelOp::CasPut(k, e, v) => {
+                            b.expect(Space::Values, vec![k], e);
+                            b.put(Space::Values, vec![k], v);
+                        }
+                        ModelOp::Scan(..) => unreachable!(),
+                    }
+                    let ra = rocks.write(b.clone()).is_ok();
+                    let rb = model.write(b).is_ok();
+                    prop_assert_eq!(ra, rb);
+                }
+            }
+        }
+    }
+}
