@@ -24,18 +24,22 @@ fn normalize_tokenize(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     let cases = [
         (Class::Email, "chen.ming.1990@example-mail.com"), // 32 bytes
-        (Class::Text, "abcdefghijklmnopqrstuvwxyz012345"),  // 32 bytes
+        (Class::Text, "abcdefghijklmnopqrstuvwxyz012345"), // 32 bytes
         (Class::Phone, "+86 138 0013 8000"),
         (Class::CnResidentId, "350102199003071234"),
         (Class::Name, "欧阳娜娜"),
     ];
     for (class, value) in cases {
-        g.bench_with_input(BenchmarkId::new(class.as_str(), value.len()), &value, |b, v| {
-            b.iter(|| {
-                let n = classes::normalize(class, black_box(v)).ok();
-                n.map(|n| key.token(class, n.token_form()))
-            })
-        });
+        g.bench_with_input(
+            BenchmarkId::new(class.as_str(), value.len()),
+            &value,
+            |b, v| {
+                b.iter(|| {
+                    let n = classes::normalize(class, black_box(v)).ok();
+                    n.map(|n| key.token(class, n.token_form()))
+                })
+            },
+        );
     }
     g.finish();
 }
@@ -48,15 +52,21 @@ fn aes_siv(c: &mut Criterion) {
         let pt = vec![b'x'; size];
         let ct = dk.seal(&aad, &pt).unwrap_or_default();
         g.throughput(Throughput::Bytes(size as u64));
-        g.bench_with_input(BenchmarkId::new("seal", size), &pt, |b, pt| b.iter(|| dk.seal(&aad, black_box(pt))));
-        g.bench_with_input(BenchmarkId::new("open", size), &ct, |b, ct| b.iter(|| dk.open(&aad, black_box(ct))));
+        g.bench_with_input(BenchmarkId::new("seal", size), &pt, |b, pt| {
+            b.iter(|| dk.seal(&aad, black_box(pt)))
+        });
+        g.bench_with_input(BenchmarkId::new("open", size), &ct, |b, ct| {
+            b.iter(|| dk.open(&aad, black_box(ct)))
+        });
     }
     g.finish();
 }
 
 fn store(c: &mut Criterion) {
     let Ok(dir) = tempfile::tempdir() else { return };
-    let Ok(store) = RocksStore::open(dir.path()) else { return };
+    let Ok(store) = RocksStore::open(dir.path()) else {
+        return;
+    };
     let mut g = c.benchmark_group("store");
     g.throughput(Throughput::Elements(1));
     let mut i = 0u64;
@@ -98,17 +108,35 @@ fn store(c: &mut Criterion) {
 fn batch_tokenize(c: &mut Criterion) {
     const FIELDS: usize = 100;
     const CONCURRENCY: usize = 16;
-    let Ok(rt) = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() else {
+    let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    else {
         return;
     };
     let Ok(dir) = tempfile::tempdir() else { return };
-    let Ok(path) = vault::dev::prepare(dir.path()) else { return };
-    let Ok(cfg) = vault::config::Config::load(&path) else { return };
-    let Ok(master) = vault::server::load_master(&cfg) else { return };
+    let Ok(path) = vault::dev::prepare(dir.path()) else {
+        return;
+    };
+    let Ok(cfg) = vault::config::Config::load(&path) else {
+        return;
+    };
+    let Ok(master) = vault::server::load_master(&cfg) else {
+        return;
+    };
     let keyring = vault::keys::Keyring::derive(&master, 1);
-    let Ok(store) = RocksStore::open(dir.path()) else { return };
-    let Ok(v) = vault::server::build(&cfg, keyring, Arc::new(store)) else { return };
-    let ctx = Ctx { caller: "app".into(), role: vault::policy::Role::App, request_id: "bench".into() };
+    let Ok(store) = RocksStore::open(dir.path()) else {
+        return;
+    };
+    let Ok(v) = vault::server::build(&cfg, keyring, Arc::new(store)) else {
+        return;
+    };
+    let ctx = Ctx {
+        caller: "app".into(),
+        role: vault::policy::Role::App,
+        request_id: "bench".into(),
+    };
     let body = |seed: u64| {
         let fields: Vec<_> = (0..FIELDS as u64)
             .map(|k| serde_json::json!({"class":"phone","value":format!("139{:08}", (seed * 100 + k) % 100_000_000)}))
@@ -123,7 +151,14 @@ fn batch_tokenize(c: &mut Criterion) {
     g.bench_function(BenchmarkId::new("fields_per_request", FIELDS), |b| {
         b.iter_custom(|iters| {
             let bodies: Vec<Vec<Bytes>> = (0..iters)
-                .map(|_| (0..CONCURRENCY).map(|_| { seed += 1; body(seed) }).collect())
+                .map(|_| {
+                    (0..CONCURRENCY)
+                        .map(|_| {
+                            seed += 1;
+                            body(seed)
+                        })
+                        .collect()
+                })
                 .collect();
             let start = Instant::now();
             rt.block_on(async {

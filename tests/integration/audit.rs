@@ -7,20 +7,42 @@ use vault::store::{Batch, Space};
 async fn every_outcome_is_audited_and_officers_can_read_it() {
     let mut v = TestVault::start().await;
     let c = v.client("app");
-    let phone = tokenize_one(&c, "acct-a", "identity_verification", "phone", "13800138000").await;
+    let phone = tokenize_one(
+        &c,
+        "acct-a",
+        "identity_verification",
+        "phone",
+        "13800138000",
+    )
+    .await;
     let name = tokenize_one(&c, "acct-b", "identity_verification", "name", "陈明").await;
     let ghost = "B".repeat(32);
-    c.detokenize(&detok_req("notification", &[&phone, &name, &ghost])).await.unwrap();
+    c.detokenize(&detok_req("notification", &[&phone, &name, &ghost]))
+        .await
+        .unwrap();
     let officer = v.client("officer");
     let all = officer.audit(None, None, None).await.unwrap().events;
-    let outcomes: Vec<_> = all.iter().map(|e| (e.action.as_str(), e.outcome.as_str())).collect();
+    let outcomes: Vec<_> = all
+        .iter()
+        .map(|e| (e.action.as_str(), e.outcome.as_str()))
+        .collect();
     assert_eq!(
         outcomes,
-        vec![("tokenize", "stored"), ("tokenize", "stored"), ("detokenize", "released"), ("detokenize", "denied"), ("detokenize", "unknown")]
+        vec![
+            ("tokenize", "stored"),
+            ("tokenize", "stored"),
+            ("detokenize", "released"),
+            ("detokenize", "denied"),
+            ("detokenize", "unknown")
+        ]
     );
     let seqs: Vec<u64> = all.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
-    let a = officer.audit(Some("acct-a"), None, None).await.unwrap().events;
+    let a = officer
+        .audit(Some("acct-a"), None, None)
+        .await
+        .unwrap()
+        .events;
     assert_eq!(a.len(), 2);
     assert!(a.iter().all(|e| e.subject.as_deref() == Some("acct-a")));
     assert_eq!(a[1].caller, "app");
@@ -33,45 +55,89 @@ async fn every_outcome_is_audited_and_officers_can_read_it() {
     let text = serde_json::to_string(&all).unwrap();
     assert!(!text.contains("13800138000") && !text.contains("陈明"));
     // Bad queries.
-    for q in ["/v1/audit?limit=0", "/v1/audit?limit=abc", "/v1/audit?since=-1", "/v1/audit?who=x", "/v1/audit?subject=a%20b"] {
+    for q in [
+        "/v1/audit?limit=0",
+        "/v1/audit?limit=abc",
+        "/v1/audit?since=-1",
+        "/v1/audit?who=x",
+        "/v1/audit?subject=a%20b",
+    ] {
         let r = officer.raw(http::Method::GET, q, None).await.unwrap();
         assert_eq!(r.status, 400, "{q}");
     }
-    assert_eq!(c.audit(None, None, None).await.unwrap_err().code(), Some("forbidden"));
+    assert_eq!(
+        c.audit(None, None, None).await.unwrap_err().code(),
+        Some("forbidden")
+    );
 
     // Offline verification: intact, then broken by a changed event.
     v.stop().await;
     let data = v.dir.path();
-    let out = std::process::Command::new(vault_bin()).args(["audit", "verify", "--data"]).arg(data).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(vault_bin())
+        .args(["audit", "verify", "--data"])
+        .arg(data)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("intact: 5 events"));
     {
         let store = vault::store::RocksStore::open(data).unwrap();
         use vault::store::Store;
         let key = vault::audit::seq_key(4);
-        let mut ev: serde_json::Value = serde_json::from_slice(&store.get(Space::Audit, &key).unwrap().unwrap()).unwrap();
+        let mut ev: serde_json::Value =
+            serde_json::from_slice(&store.get(Space::Audit, &key).unwrap().unwrap()).unwrap();
         ev["outcome"] = "released".into();
         let mut b = Batch::default();
         b.put(Space::Audit, key, serde_json::to_vec(&ev).unwrap());
         store.write(b).unwrap();
     }
-    let out = std::process::Command::new(vault_bin()).args(["audit", "verify", "--data"]).arg(data).output().unwrap();
+    let out = std::process::Command::new(vault_bin())
+        .args(["audit", "verify", "--data"])
+        .arg(data)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("broken at event 4"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("broken at event 4"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[tokio::test]
 async fn check_config_lists_every_problem() {
     let dir = tempfile::tempdir().unwrap();
     let path = vault::dev::prepare(dir.path()).unwrap();
-    let ok = std::process::Command::new(vault_bin()).args(["check-config", "--config"]).arg(&path).output().unwrap();
-    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
-    let text = std::fs::read_to_string(&path).unwrap()
+    let ok = std::process::Command::new(vault_bin())
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
         .replace("collect = [\"ip\"]", "collect = [\"ipv4\"]")
         .replace("purpose = \"notification\"", "purpose = \"spam\"");
     std::fs::write(&path, text).unwrap();
-    let bad = std::process::Command::new(vault_bin()).args(["check-config", "--config"]).arg(&path).output().unwrap();
+    let bad = std::process::Command::new(vault_bin())
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(bad.status.code(), Some(64));
     let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(err.contains("unknown class ipv4") && err.contains("unknown purpose spam"), "{err}");
+    assert!(
+        err.contains("unknown class ipv4") && err.contains("unknown purpose spam"),
+        "{err}"
+    );
 }

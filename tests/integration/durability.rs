@@ -30,7 +30,11 @@ fn spawn(dir: &std::path::Path) -> ChildVault {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let ready = lines.next().unwrap().unwrap();
     assert!(ready.contains("ready"), "{ready}");
-    let api = ready.split_whitespace().find_map(|w| w.strip_prefix("api=")).unwrap().to_string();
+    let api = ready
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("api="))
+        .unwrap()
+        .to_string();
     let stderr = Arc::new(Mutex::new(String::new()));
     let sink = stderr.clone();
     let mut err = BufReader::new(child.stderr.take().unwrap());
@@ -76,7 +80,10 @@ async fn acknowledged_writes_survive_sigkill() {
             let mut i = w;
             while Instant::now() < stop_at {
                 let fields = vec![field("phone", &phone(i))];
-                if let Ok(r) = c.tokenize(&tok_req(&format!("acct-{i}"), "notification", fields)).await {
+                if let Ok(r) = c
+                    .tokenize(&tok_req(&format!("acct-{i}"), "notification", fields))
+                    .await
+                {
                     acked.lock().unwrap().push((i, r.tokens[0].token.clone()));
                 }
                 i += 16;
@@ -91,13 +98,20 @@ async fn acknowledged_writes_survive_sigkill() {
         w.await.unwrap();
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() > 50, "only {} writes acknowledged before the kill", acked.len());
+    assert!(
+        acked.len() > 50,
+        "only {} writes acknowledged before the kill",
+        acked.len()
+    );
 
     let mut second = spawn(dir.path());
     let c = client(dir.path(), &second.api);
     for chunk in acked.chunks(500) {
         let tokens: Vec<&str> = chunk.iter().map(|(_, t)| t.as_str()).collect();
-        let r = c.detokenize(&detok_req("notification", &tokens)).await.unwrap();
+        let r = c
+            .detokenize(&detok_req("notification", &tokens))
+            .await
+            .unwrap();
         for ((i, _), v) in chunk.iter().zip(r.values) {
             assert_eq!(v.status, Status::Ok, "acknowledged write {i} lost");
             assert_eq!(v.value.unwrap(), format!("+86{}", phone(*i)));
@@ -105,10 +119,23 @@ async fn acknowledged_writes_survive_sigkill() {
     }
     second.child.kill().unwrap();
     second.child.wait().unwrap();
-    let out = Command::new(vault_bin()).args(["audit", "verify", "--data"]).arg(dir.path()).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = Command::new(vault_bin())
+        .args(["audit", "verify", "--data"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     // Debug logs of both runs hold no submitted value.
-    let logs = format!("{}{}", first.stderr.lock().unwrap(), second.stderr.lock().unwrap());
+    let logs = format!(
+        "{}{}",
+        first.stderr.lock().unwrap(),
+        second.stderr.lock().unwrap()
+    );
     for (i, _) in acked.iter().take(200) {
         assert!(!logs.contains(&phone(*i)), "log leaks a phone number");
     }

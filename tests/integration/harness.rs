@@ -40,7 +40,12 @@ impl TestVault {
         let mut cfg = config(dir.path());
         edit(&mut cfg);
         let running = start_retrying(&cfg).await;
-        TestVault { api: running.api_addr, ops: running.ops_addr, running: Some(running), dir }
+        TestVault {
+            api: running.api_addr,
+            ops: running.ops_addr,
+            running: Some(running),
+            dir,
+        }
     }
 
     pub fn running(&self) -> &Running {
@@ -76,7 +81,10 @@ impl TestVault {
         ClientBuilder::new(format!("https://127.0.0.1:{}", self.api.port()))
             .ca_file(tls.join("ca.pem"))
             .unwrap()
-            .identity_files(tls.join(format!("{who}.pem")), tls.join(format!("{who}.key")))
+            .identity_files(
+                tls.join(format!("{who}.pem")),
+                tls.join(format!("{who}.key")),
+            )
             .unwrap()
             .retries(0)
     }
@@ -94,7 +102,10 @@ impl TestVault {
         s.read_to_end(&mut buf).await.unwrap();
         let text = String::from_utf8_lossy(&buf).to_string();
         let status = text.split(' ').nth(1).unwrap().parse().unwrap();
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         (status, body)
     }
 }
@@ -114,11 +125,19 @@ async fn start_retrying(cfg: &Config) -> Running {
 }
 
 pub fn field(class: &str, value: &str) -> Field {
-    Field { class: class.into(), value: value.into() }
+    Field {
+        class: class.into(),
+        value: value.into(),
+    }
 }
 
 pub fn tok_req(subject: &str, purpose: &str, fields: Vec<Field>) -> TokenizeRequest {
-    TokenizeRequest { subject: subject.into(), purpose: purpose.into(), retention: None, fields }
+    TokenizeRequest {
+        subject: subject.into(),
+        purpose: purpose.into(),
+        retention: None,
+        fields,
+    }
 }
 
 pub fn detok_req(purpose: &str, tokens: &[&str]) -> DetokenizeRequest {
@@ -131,8 +150,17 @@ pub fn detok_req(purpose: &str, tokens: &[&str]) -> DetokenizeRequest {
 }
 
 /// Tokenizes one value and returns its token.
-pub async fn tokenize_one(c: &Client, subject: &str, purpose: &str, class: &str, value: &str) -> String {
-    let r = c.tokenize(&tok_req(subject, purpose, vec![field(class, value)])).await.unwrap();
+pub async fn tokenize_one(
+    c: &Client,
+    subject: &str,
+    purpose: &str,
+    class: &str,
+    value: &str,
+) -> String {
+    let r = c
+        .tokenize(&tok_req(subject, purpose, vec![field(class, value)]))
+        .await
+        .unwrap();
     r.tokens[0].token.clone()
 }
 
@@ -153,6 +181,10 @@ pub fn vault_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();
     let bin = dir.join("vault");
-    assert!(bin.exists(), "{} is missing: build the workspace (`cargo build --workspace`) first", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: build the workspace (`cargo build --workspace`) first",
+        bin.display()
+    );
     bin
 }

@@ -1,7 +1,12 @@
 //! Cross-crate integration tests: the real server, in process on ephemeral
 //! loopback ports with a temporary directory and a development CA, driven
 //! through the SDK over mutual TLS. One binary, one module per concern.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 mod harness;
 

@@ -22,7 +22,10 @@ const SAMPLES: [(&str, &str); 11] = [
 /// collect every class).
 async fn all_tokens(c: &Client) -> Vec<(String, String)> {
     let fields = SAMPLES.iter().map(|(k, v)| field(k, v)).collect();
-    let r = c.tokenize(&tok_req("acct-policy", "respond_to_request", fields)).await.unwrap();
+    let r = c
+        .tokenize(&tok_req("acct-policy", "respond_to_request", fields))
+        .await
+        .unwrap();
     r.tokens.into_iter().map(|t| (t.class, t.token)).collect()
 }
 
@@ -35,10 +38,18 @@ fn outcome(v: &ValueOut) -> &'static str {
     }
 }
 
-async fn release(c: &Client, purpose: &str, tokens: &[(String, String)]) -> Vec<(String, &'static str)> {
+async fn release(
+    c: &Client,
+    purpose: &str,
+    tokens: &[(String, String)],
+) -> Vec<(String, &'static str)> {
     let list: Vec<&str> = tokens.iter().map(|(_, t)| t.as_str()).collect();
     let r = c.detokenize(&detok_req(purpose, &list)).await.unwrap();
-    tokens.iter().zip(r.values.iter()).map(|((class, _), v)| (class.clone(), outcome(v))).collect()
+    tokens
+        .iter()
+        .zip(r.values.iter())
+        .map(|((class, _), v)| (class.clone(), outcome(v)))
+        .collect()
 }
 
 fn expect(got: &[(String, &str)], full: &[&str], masked: &[&str]) {
@@ -60,18 +71,33 @@ async fn release_table_row_by_row() {
     let c = v.client("app");
     let tokens = all_tokens(&c).await;
     let all: Vec<&str> = SAMPLES.iter().map(|(k, _)| *k).collect();
-    let others: Vec<&str> = all.iter().copied().filter(|k| !["name", "phone", "email"].contains(k)).collect();
+    let others: Vec<&str> = all
+        .iter()
+        .copied()
+        .filter(|k| !["name", "phone", "email"].contains(k))
+        .collect();
     expect(
         &release(&c, "identity_verification", &tokens).await,
         &["name", "cn_resident_id", "passport", "uscc", "org_code"],
         &["phone"],
     );
-    expect(&release(&c, "respond_to_request", &tokens).await, &["name", "phone", "email"], &others);
-    expect(&release(&c, "notification", &tokens).await, &["phone", "email"], &[]);
+    expect(
+        &release(&c, "respond_to_request", &tokens).await,
+        &["name", "phone", "email"],
+        &others,
+    );
+    expect(
+        &release(&c, "notification", &tokens).await,
+        &["phone", "email"],
+        &[],
+    );
     // Requires consent, and none has been given: nothing.
     let got = release(&c, "user_specified", &tokens).await;
     expect(&got, &[], &[]);
-    let r = c.detokenize(&detok_req("user_specified", &[&tokens[0].1])).await.unwrap();
+    let r = c
+        .detokenize(&detok_req("user_specified", &[&tokens[0].1]))
+        .await
+        .unwrap();
     assert_eq!(r.values[0].reason.as_deref(), Some("consent_required"));
 }
 
@@ -81,11 +107,22 @@ async fn purposes_the_caller_may_never_use_are_403() {
     let c = v.client("app");
     let tokens = all_tokens(&c).await;
     for purpose in ["traffic_statistics", "data_subject_request"] {
-        let err = c.detokenize(&detok_req(purpose, &[&tokens[0].1])).await.unwrap_err();
-        assert_eq!((err.status(), err.code()), (Some(403), Some("purpose_not_allowed")), "{purpose}");
+        let err = c
+            .detokenize(&detok_req(purpose, &[&tokens[0].1]))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.status(), err.code()),
+            (Some(403), Some("purpose_not_allowed")),
+            "{purpose}"
+        );
     }
     // Officers have no release grants in the default policy.
-    let err = v.client("officer").detokenize(&detok_req("respond_to_request", &[&tokens[0].1])).await.unwrap_err();
+    let err = v
+        .client("officer")
+        .detokenize(&detok_req("respond_to_request", &[&tokens[0].1]))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some("purpose_not_allowed"));
 }
 
@@ -94,24 +131,77 @@ async fn collection_table_row_by_row() {
     let v = TestVault::start().await;
     let c = v.client("app");
     let rows: [(&str, &[&str]); 5] = [
-        ("identity_verification", &["name", "cn_resident_id", "phone", "passport", "uscc", "org_code"]),
-        ("respond_to_request", &["name", "cn_resident_id", "phone", "email", "uscc", "org_code", "passport", "bank_card", "ip", "address", "text"]),
+        (
+            "identity_verification",
+            &[
+                "name",
+                "cn_resident_id",
+                "phone",
+                "passport",
+                "uscc",
+                "org_code",
+            ],
+        ),
+        (
+            "respond_to_request",
+            &[
+                "name",
+                "cn_resident_id",
+                "phone",
+                "email",
+                "uscc",
+                "org_code",
+                "passport",
+                "bank_card",
+                "ip",
+                "address",
+                "text",
+            ],
+        ),
         ("traffic_statistics", &["ip"]),
         ("notification", &["phone", "email"]),
-        ("user_specified", &["name", "cn_resident_id", "phone", "email", "uscc", "org_code", "passport", "bank_card", "ip", "address", "text"]),
+        (
+            "user_specified",
+            &[
+                "name",
+                "cn_resident_id",
+                "phone",
+                "email",
+                "uscc",
+                "org_code",
+                "passport",
+                "bank_card",
+                "ip",
+                "address",
+                "text",
+            ],
+        ),
     ];
     for (purpose, allowed) in rows {
         for (class, value) in SAMPLES {
-            let r = c.tokenize(&tok_req("acct-c", purpose, vec![field(class, value)])).await;
+            let r = c
+                .tokenize(&tok_req("acct-c", purpose, vec![field(class, value)]))
+                .await;
             if allowed.contains(&class) {
                 assert!(r.is_ok(), "{purpose} {class}: {r:?}");
             } else {
                 let e = r.unwrap_err();
-                assert_eq!((e.status(), e.code()), (Some(403), Some("purpose_not_allowed")), "{purpose} {class}");
+                assert_eq!(
+                    (e.status(), e.code()),
+                    (Some(403), Some("purpose_not_allowed")),
+                    "{purpose} {class}"
+                );
             }
         }
     }
-    let e = c.tokenize(&tok_req("acct-c", "data_subject_request", vec![field("name", "陈明")])).await.unwrap_err();
+    let e = c
+        .tokenize(&tok_req(
+            "acct-c",
+            "data_subject_request",
+            vec![field("name", "陈明")],
+        ))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Some("purpose_not_allowed"));
 }
 
@@ -120,11 +210,17 @@ async fn legal_exceptions_release_nothing_without_approval() {
     let v = TestVault::start().await;
     let c = v.client("app");
     let tokens = all_tokens(&c).await;
-    let r = c.detokenize(&detok_req("criminal_investigation", &[&tokens[0].1])).await.unwrap();
+    let r = c
+        .detokenize(&detok_req("criminal_investigation", &[&tokens[0].1]))
+        .await
+        .unwrap();
     assert_eq!(r.values[0].status, Status::Denied);
     assert_eq!(r.values[0].reason.as_deref(), Some("legal_basis_required"));
     let mut req = detok_req("public_safety_health", &[&tokens[0].1]);
-    req.legal_basis = Some(vault_sdk::wire::LegalBasis { reference: "case-1".into(), approval: "nope".into() });
+    req.legal_basis = Some(vault_sdk::wire::LegalBasis {
+        reference: "case-1".into(),
+        approval: "nope".into(),
+    });
     let r = c.detokenize(&req).await.unwrap();
     assert_eq!(r.values[0].status, Status::Denied);
     assert!(r.values[0].value.is_none());
@@ -138,6 +234,9 @@ async fn masked_reveal_never_upgrades() {
     let mut req = detok_req("notification", &[&tokens[2].1, &tokens[0].1]);
     req.reveal = Reveal::Masked;
     let r = c.detokenize(&req).await.unwrap();
-    assert_eq!((r.values[0].masked, r.values[0].value.as_deref()), (true, Some("138****8000")));
+    assert_eq!(
+        (r.values[0].masked, r.values[0].value.as_deref()),
+        (true, Some("138****8000"))
+    );
     assert_eq!(r.values[1].status, Status::Denied);
 }

@@ -33,28 +33,48 @@ async fn no_plaintext_in_any_file_of_the_database() {
         let (class, value) = values[i % values.len()];
         fields.push(field(class, value));
     }
-    c.tokenize(&tok_req("acct-disk", "respond_to_request", fields)).await.unwrap();
+    c.tokenize(&tok_req("acct-disk", "respond_to_request", fields))
+        .await
+        .unwrap();
     // WAL only, then flushed tables too.
     for round in 0..2 {
         if round == 1 {
             v.restart().await;
             v.stop().await;
-            vault::store::RocksStore::open(v.dir.path()).unwrap().flush().unwrap();
+            vault::store::RocksStore::open(v.dir.path())
+                .unwrap()
+                .flush()
+                .unwrap();
         }
         let mut all = Vec::new();
         files(v.dir.path(), &mut all);
-        assert!(all.iter().any(|p| p.extension().is_some_and(|e| e == "log")), "no WAL found");
+        assert!(
+            all.iter()
+                .any(|p| p.extension().is_some_and(|e| e == "log")),
+            "no WAL found"
+        );
         for p in all {
-            if p.starts_with(v.dir.path().join("tls")) || p.ends_with("vault.toml") || p.ends_with("master.key") {
+            if p.starts_with(v.dir.path().join("tls"))
+                || p.ends_with("vault.toml")
+                || p.ends_with("master.key")
+            {
                 continue;
             }
             let bytes = std::fs::read(&p).unwrap();
             for (_, value) in values {
                 let needle = value.as_bytes();
-                assert!(!bytes.windows(needle.len()).any(|w| w == needle), "{value} found in {}", p.display());
+                assert!(
+                    !bytes.windows(needle.len()).any(|w| w == needle),
+                    "{value} found in {}",
+                    p.display()
+                );
             }
             for needle in [&b"+8613800138000"[..], b"13800138000"] {
-                assert!(!bytes.windows(needle.len()).any(|w| w == needle), "phone found in {}", p.display());
+                assert!(
+                    !bytes.windows(needle.len()).any(|w| w == needle),
+                    "phone found in {}",
+                    p.display()
+                );
             }
         }
     }
@@ -72,12 +92,18 @@ async fn a_ciphertext_moved_to_another_record_does_not_open() {
         k.extend_from_slice(s.as_bytes());
         k
     };
-    let rec_a = store.get(Space::Values, &key(&a, "acct-a")).unwrap().unwrap();
+    let rec_a = store
+        .get(Space::Values, &key(&a, "acct-a"))
+        .unwrap()
+        .unwrap();
     // Swap A's record (ciphertext included) into B's place.
     let mut batch = Batch::default();
     batch.put(Space::Values, key(&b, "acct-b"), rec_a.clone());
     store.write(batch).unwrap();
-    let r = c.detokenize(&detok_req("notification", &[&b, &a])).await.unwrap();
+    let r = c
+        .detokenize(&detok_req("notification", &[&b, &a]))
+        .await
+        .unwrap();
     assert_eq!(r.values[0].status, Status::Unknown);
     assert!(r.values[0].value.is_none());
     assert_eq!(r.values[1].value.as_deref(), Some("+8613800138000"));
@@ -86,8 +112,16 @@ async fn a_ciphertext_moved_to_another_record_does_not_open() {
     batch.delete(Space::Values, key(&a, "acct-a"));
     batch.put(Space::Values, key(&a, "acct-z"), rec_a);
     store.write(batch).unwrap();
-    let r = c.detokenize(&detok_req("notification", &[&a])).await.unwrap();
+    let r = c
+        .detokenize(&detok_req("notification", &[&a]))
+        .await
+        .unwrap();
     assert_eq!(r.values[0].status, Status::Unknown);
-    let events = v.client("officer").audit(None, None, None).await.unwrap().events;
+    let events = v
+        .client("officer")
+        .audit(None, None, None)
+        .await
+        .unwrap()
+        .events;
     assert!(events.iter().any(|e| e.outcome == "integrity_failure"));
 }

@@ -9,14 +9,46 @@ use vault_sdk::wire::{Reveal, Status};
 async fn tokens_are_stable_across_subjects_variants_and_restarts() {
     let mut v = TestVault::start().await;
     let c = v.client("app");
-    let a = tokenize_one(&c, "acct-1", "identity_verification", "cn_resident_id", "350102199003071234").await;
-    let b = tokenize_one(&c, "acct-2", "identity_verification", "cn_resident_id", "3501 0219 9003 0712 34").await;
-    let w = tokenize_one(&c, "acct-3", "identity_verification", "cn_resident_id", "３５０１０２１９９００３０７１２３４").await;
-    let legacy = tokenize_one(&c, "acct-4", "identity_verification", "cn_resident_id", "350102900307123").await;
+    let a = tokenize_one(
+        &c,
+        "acct-1",
+        "identity_verification",
+        "cn_resident_id",
+        "350102199003071234",
+    )
+    .await;
+    let b = tokenize_one(
+        &c,
+        "acct-2",
+        "identity_verification",
+        "cn_resident_id",
+        "3501 0219 9003 0712 34",
+    )
+    .await;
+    let w = tokenize_one(
+        &c,
+        "acct-3",
+        "identity_verification",
+        "cn_resident_id",
+        "３５０１０２１９９００３０７１２３４",
+    )
+    .await;
+    let legacy = tokenize_one(
+        &c,
+        "acct-4",
+        "identity_verification",
+        "cn_resident_id",
+        "350102900307123",
+    )
+    .await;
     assert_eq!(a, b);
     assert_eq!(a, w);
     assert_eq!(a, legacy);
-    assert!(a.len() <= 64 && a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+    assert!(
+        a.len() <= 64
+            && a.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    );
     assert!(!a.contains("350102"));
     let p1 = tokenize_one(&c, "acct-1", "notification", "phone", "+86 138 0013 8000").await;
     let p2 = tokenize_one(&c, "acct-1", "notification", "phone", "13800138000").await;
@@ -26,8 +58,21 @@ async fn tokens_are_stable_across_subjects_variants_and_restarts() {
     assert_ne!(t, p1);
     v.restart().await;
     let c = v.client("app");
-    assert_eq!(tokenize_one(&c, "acct-9", "identity_verification", "cn_resident_id", "350102199003071234").await, a);
-    let r = c.detokenize(&detok_req("identity_verification", &[&a])).await.unwrap();
+    assert_eq!(
+        tokenize_one(
+            &c,
+            "acct-9",
+            "identity_verification",
+            "cn_resident_id",
+            "350102199003071234"
+        )
+        .await,
+        a
+    );
+    let r = c
+        .detokenize(&detok_req("identity_verification", &[&a]))
+        .await
+        .unwrap();
     assert_eq!(r.values[0].status, Status::Ok);
     assert_eq!(r.values[0].value.as_deref(), Some("350102199003071234"));
 }
@@ -36,21 +81,41 @@ async fn tokens_are_stable_across_subjects_variants_and_restarts() {
 async fn values_come_back_normalized_and_masked() {
     let v = TestVault::start().await;
     let c = v.client("app");
-    let id = tokenize_one(&c, "s", "identity_verification", "cn_resident_id", "11010519491231002x").await;
+    let id = tokenize_one(
+        &c,
+        "s",
+        "identity_verification",
+        "cn_resident_id",
+        "11010519491231002x",
+    )
+    .await;
     let phone = tokenize_one(&c, "s", "notification", "phone", "+86 138-0013-8000").await;
     let email = tokenize_one(&c, "s", "notification", "email", "chen@Example.COM").await;
     let name = tokenize_one(&c, "s", "identity_verification", "name", "陈明").await;
     let compound = tokenize_one(&c, "s", "identity_verification", "name", "欧阳娜娜").await;
-    let r = c.detokenize(&detok_req("respond_to_request", &[&phone, &email, &name])).await.unwrap();
+    let r = c
+        .detokenize(&detok_req("respond_to_request", &[&phone, &email, &name]))
+        .await
+        .unwrap();
     assert_eq!(r.values[0].value.as_deref(), Some("+8613800138000"));
     assert_eq!(r.values[1].value.as_deref(), Some("chen@example.com"));
     assert_eq!(r.values[2].value.as_deref(), Some("陈明"));
-    let r = c.detokenize(&detok_req("identity_verification", &[&id])).await.unwrap();
+    let r = c
+        .detokenize(&detok_req("identity_verification", &[&id]))
+        .await
+        .unwrap();
     assert_eq!(r.values[0].value.as_deref(), Some("11010519491231002X"));
-    let mut req = detok_req("respond_to_request", &[&phone, &id, &name, &compound, &email]);
+    let mut req = detok_req(
+        "respond_to_request",
+        &[&phone, &id, &name, &compound, &email],
+    );
     req.reveal = Reveal::Masked;
     let r = c.detokenize(&req).await.unwrap();
-    let got: Vec<_> = r.values.iter().map(|x| (x.masked, x.value.clone().unwrap())).collect();
+    let got: Vec<_> = r
+        .values
+        .iter()
+        .map(|x| (x.masked, x.value.clone().unwrap()))
+        .collect();
     assert_eq!(
         got,
         vec![
@@ -70,15 +135,24 @@ async fn expiry_holds_at_read_time() {
     let mut req = tok_req("s-exp", "notification", vec![field("phone", "13900139000")]);
     req.retention = Some("PT1S".into());
     let t = c.tokenize(&req).await.unwrap().tokens[0].token.clone();
-    let r = c.detokenize(&detok_req("notification", &[&t])).await.unwrap();
+    let r = c
+        .detokenize(&detok_req("notification", &[&t]))
+        .await
+        .unwrap();
     assert_eq!(r.values[0].status, Status::Ok);
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    let r = c.detokenize(&detok_req("notification", &[&t])).await.unwrap();
+    let r = c
+        .detokenize(&detok_req("notification", &[&t]))
+        .await
+        .unwrap();
     assert_eq!(r.values[0].status, Status::Gone);
     assert!(r.values[0].value.is_none());
     // A live copy under another subject makes the token live again.
     tokenize_one(&c, "s-other", "notification", "phone", "13900139000").await;
-    let r = c.detokenize(&detok_req("notification", &[&t])).await.unwrap();
+    let r = c
+        .detokenize(&detok_req("notification", &[&t]))
+        .await
+        .unwrap();
     assert_eq!(r.values[0].status, Status::Ok);
 }
 
@@ -87,7 +161,14 @@ async fn flagged_values_are_accepted_and_say_so() {
     let v = TestVault::start().await;
     let c = v.client("app");
     let r = c
-        .tokenize(&tok_req("s", "identity_verification", vec![field("uscc", "91350100M0001TGQXM"), field("uscc", "91350100M000100Y43")]))
+        .tokenize(&tok_req(
+            "s",
+            "identity_verification",
+            vec![
+                field("uscc", "91350100M0001TGQXM"),
+                field("uscc", "91350100M000100Y43"),
+            ],
+        ))
         .await
         .unwrap();
     assert_eq!(r.tokens[0].flag.as_deref(), Some("checksum_failed"));
@@ -99,7 +180,16 @@ async fn unknown_tokens_and_garbage_are_unknown() {
     let v = TestVault::start().await;
     let c = v.client("app");
     let never = "A".repeat(32);
-    let r = c.detokenize(&detok_req("notification", &[&never, "not-a-token", "", "../../etc/passwd"])).await.unwrap();
-    assert!(r.values.iter().all(|x| x.status == Status::Unknown && x.value.is_none()));
+    let r = c
+        .detokenize(&detok_req(
+            "notification",
+            &[&never, "not-a-token", "", "../../etc/passwd"],
+        ))
+        .await
+        .unwrap();
+    assert!(r
+        .values
+        .iter()
+        .all(|x| x.status == Status::Unknown && x.value.is_none()));
     assert_eq!(r.values[1].token, "not-a-token");
 }

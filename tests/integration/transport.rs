@@ -14,8 +14,18 @@ async fn a_client_without_certificate_is_refused_in_the_handshake() {
         .retries(0)
         .build()
         .unwrap();
-    let err = c.tokenize(&tok_req("s1", "notification", vec![field("phone", "13800138000")])).await.unwrap_err();
-    assert!(err.status().is_none(), "expected a transport failure, got {err:?}");
+    let err = c
+        .tokenize(&tok_req(
+            "s1",
+            "notification",
+            vec![field("phone", "13800138000")],
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        err.status().is_none(),
+        "expected a transport failure, got {err:?}"
+    );
 }
 
 #[tokio::test]
@@ -32,8 +42,18 @@ async fn a_certificate_from_another_ca_is_refused() {
         .retries(0)
         .build()
         .unwrap();
-    let err = c.tokenize(&tok_req("s1", "notification", vec![field("phone", "13800138000")])).await.unwrap_err();
-    assert!(err.status().is_none(), "expected a transport failure, got {err:?}");
+    let err = c
+        .tokenize(&tok_req(
+            "s1",
+            "notification",
+            vec![field("phone", "13800138000")],
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        err.status().is_none(),
+        "expected a transport failure, got {err:?}"
+    );
 }
 
 #[tokio::test]
@@ -49,14 +69,28 @@ async fn a_server_from_another_ca_is_not_trusted_by_the_sdk() {
         .retries(0)
         .build()
         .unwrap();
-    assert!(c.tokenize(&tok_req("s1", "notification", vec![field("phone", "13800138000")])).await.is_err());
+    assert!(c
+        .tokenize(&tok_req(
+            "s1",
+            "notification",
+            vec![field("phone", "13800138000")]
+        ))
+        .await
+        .is_err());
 }
 
 #[tokio::test]
 async fn a_valid_certificate_of_an_unconfigured_caller_gets_403() {
     let v = TestVault::start_with(|cfg| cfg.callers.retain(|c| c.name != "officer2")).await;
     let c = v.client("officer2");
-    let err = c.tokenize(&tok_req("s1", "notification", vec![field("phone", "13800138000")])).await.unwrap_err();
+    let err = c
+        .tokenize(&tok_req(
+            "s1",
+            "notification",
+            vec![field("phone", "13800138000")],
+        ))
+        .await
+        .unwrap_err();
     assert_eq!(err.status(), Some(403));
     assert_eq!(err.code(), Some("unknown_caller"));
 }
@@ -66,11 +100,27 @@ async fn http2_and_http1_both_work() {
     let v = TestVault::start().await;
     for h2 in [true, false] {
         let c = v.builder("app").http2(h2).build().unwrap();
-        let r = c.raw(http::Method::POST, "/v1/tokenize", Some(
-            serde_json::to_vec(&tok_req("s1", "notification", vec![field("phone", "13800138000")])).unwrap(),
-        )).await.unwrap();
+        let r = c
+            .raw(
+                http::Method::POST,
+                "/v1/tokenize",
+                Some(
+                    serde_json::to_vec(&tok_req(
+                        "s1",
+                        "notification",
+                        vec![field("phone", "13800138000")],
+                    ))
+                    .unwrap(),
+                ),
+            )
+            .await
+            .unwrap();
         assert_eq!(r.status, 200);
-        let expected = if h2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
+        let expected = if h2 {
+            http::Version::HTTP_2
+        } else {
+            http::Version::HTTP_11
+        };
         if h2 {
             assert_eq!(r.version, expected);
         }
@@ -89,7 +139,15 @@ async fn ops_endpoints() {
     v.running().vault.keys.seal();
     assert_eq!(v.ops_get("/readyz").await.0, 503);
     assert_eq!(v.ops_get("/healthz").await.0, 200);
-    let err = v.client("app").tokenize(&tok_req("s1", "notification", vec![field("phone", "13800138000")])).await.unwrap_err();
+    let err = v
+        .client("app")
+        .tokenize(&tok_req(
+            "s1",
+            "notification",
+            vec![field("phone", "13800138000")],
+        ))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some("sealed"));
     assert_eq!(err.status(), Some(503));
 }
@@ -100,11 +158,17 @@ async fn metrics_count_what_was_sent_and_hold_no_values() {
     let c = v.client("app");
     let t = tokenize_one(&c, "acct-m", "notification", "phone", "13800138000").await;
     tokenize_one(&c, "acct-m", "notification", "email", "chen@example.com").await;
-    c.detokenize(&detok_req("notification", &[&t, &t])).await.unwrap();
+    c.detokenize(&detok_req("notification", &[&t, &t]))
+        .await
+        .unwrap();
     let (_, body) = v.ops_get("/metrics").await;
-    assert!(body.contains("vault_tokenize_fields_total{class=\"phone\"} 1"), "{body}");
+    assert!(
+        body.contains("vault_tokenize_fields_total{class=\"phone\"} 1"),
+        "{body}"
+    );
     assert!(body.contains("vault_tokenize_fields_total{class=\"email\"} 1"));
-    assert!(body.contains("vault_release_outcomes_total{purpose=\"notification\",outcome=\"released\"} 2"));
+    assert!(body
+        .contains("vault_release_outcomes_total{purpose=\"notification\",outcome=\"released\"} 2"));
     assert!(body.contains("vault_http_requests_total{route=\"tokenize\",status=\"2xx\"} 2"));
     assert!(body.contains("vault_http_requests_total{route=\"detokenize\",status=\"2xx\"} 1"));
     assert!(body.contains("vault_audit_appends_total 4"), "{body}");

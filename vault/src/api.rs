@@ -35,7 +35,11 @@ pub enum ApiError {
     #[error("the body is not well-formed JSON (line {line}, column {column})")]
     MalformedJson { line: usize, column: usize },
     #[error("the request does not match the schema (line {line}, column {column}): {what}")]
-    InvalidRequest { line: usize, column: usize, what: &'static str },
+    InvalidRequest {
+        line: usize,
+        column: usize,
+        what: &'static str,
+    },
     #[error("{0}")]
     BadRequest(&'static str),
     #[error("the request body is over the limit of {0} bytes")]
@@ -82,22 +86,29 @@ pub enum ApiError {
 /// so only the position and the kind of problem are kept.
 pub fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
-        let (line, column) = (e.line(), e.column());
-        match e.classify() {
-            serde_json::error::Category::Data => {
-                let msg = e.to_string();
-                let what = if msg.starts_with("unknown field") {
-                    "unknown field"
-                } else if msg.starts_with("missing field") {
-                    "missing field"
-                } else if msg.starts_with("duplicate field") {
-                    "duplicate field"
-                } else {
-                    "wrong type or value"
-                };
-                ApiError::InvalidRequest { line, column, what }
-            }
-            _ => ApiError::MalformedJson { line, column },
+        // A schema error can surface before a later syntax error (`[1,2`
+        // fails on the `1`), so a body that is not JSON at all is told
+        // apart by a second, schema-free parse, only on this error path.
+        if let Err(syntax) = serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+            return ApiError::MalformedJson {
+                line: syntax.line(),
+                column: syntax.column(),
+            };
+        }
+        let msg = e.to_string();
+        let what = if msg.starts_with("unknown field") {
+            "unknown field"
+        } else if msg.starts_with("missing field") {
+            "missing field"
+        } else if msg.starts_with("duplicate field") {
+            "duplicate field"
+        } else {
+            "wrong type or value"
+        };
+        ApiError::InvalidRequest {
+            line: e.line(),
+            column: e.column(),
+            what,
         }
     })
 }

@@ -128,9 +128,14 @@ pub fn seq_key(seq: u64) -> Vec<u8> {
 /// The outcome of walking the whole chain.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
-    Intact { events: u64 },
+    Intact {
+        events: u64,
+    },
     /// The first event at which the chain breaks, and why.
-    Broken { seq: u64, why: &'static str },
+    Broken {
+        seq: u64,
+        why: &'static str,
+    },
 }
 
 /// Walks every event from sequence 1 and checks sequence, hash and head.
@@ -144,29 +149,50 @@ pub fn verify(store: &dyn Store) -> Result<Verdict, AuditError> {
             break;
         };
         let next = u64::from_be_bytes(
-            last_key.as_slice().try_into().map_err(|_| AuditError::Corrupt { seq: prev.seq + 1 })?,
+            last_key
+                .as_slice()
+                .try_into()
+                .map_err(|_| AuditError::Corrupt { seq: prev.seq + 1 })?,
         );
         for (key, bytes) in &rows {
             let expected_seq = prev.seq + 1;
             if key.as_slice() != seq_key(expected_seq).as_slice() {
-                return Ok(Verdict::Broken { seq: expected_seq, why: "missing or inserted event" });
+                return Ok(Verdict::Broken {
+                    seq: expected_seq,
+                    why: "missing or inserted event",
+                });
             }
             let Ok(event) = serde_json::from_slice::<AuditEvent>(bytes) else {
-                return Ok(Verdict::Broken { seq: expected_seq, why: "undecodable event" });
+                return Ok(Verdict::Broken {
+                    seq: expected_seq,
+                    why: "undecodable event",
+                });
             };
             if event.seq != expected_seq {
-                return Ok(Verdict::Broken { seq: expected_seq, why: "event moved" });
+                return Ok(Verdict::Broken {
+                    seq: expected_seq,
+                    why: "event moved",
+                });
             }
             let hash = event_hash(&prev.hash, &event);
             if hex::encode(hash) != event.hash {
-                return Ok(Verdict::Broken { seq: expected_seq, why: "hash mismatch" });
+                return Ok(Verdict::Broken {
+                    seq: expected_seq,
+                    why: "hash mismatch",
+                });
             }
-            prev = Head { seq: expected_seq, hash };
+            prev = Head {
+                seq: expected_seq,
+                hash,
+            };
         }
         from = seq_key(next.saturating_add(1));
     }
     if prev != head {
-        return Ok(Verdict::Broken { seq: prev.seq + 1, why: "chain does not reach the stored head" });
+        return Ok(Verdict::Broken {
+            seq: prev.seq + 1,
+            why: "chain does not reach the stored head",
+        });
     }
     Ok(Verdict::Intact { events: prev.seq })
 }
@@ -185,7 +211,10 @@ pub fn query(
         let Some((last_key, _)) = rows.last() else {
             break;
         };
-        let last: [u8; 8] = last_key.as_slice().try_into().map_err(|_| AuditError::Corrupt { seq: since })?;
+        let last: [u8; 8] = last_key
+            .as_slice()
+            .try_into()
+            .map_err(|_| AuditError::Corrupt { seq: since })?;
         for (_, bytes) in rows.iter() {
             let event: AuditEvent =
                 serde_json::from_slice(bytes).map_err(|_| AuditError::Corrupt { seq: since })?;

@@ -11,7 +11,11 @@ use crate::config::{Config, LogFormat};
 use crate::{audit, dev, server};
 
 #[derive(Debug, Parser)]
-#[command(name = "vault", version, about = "Hardened HTTPS sidecar for personal data")]
+#[command(
+    name = "vault",
+    version,
+    about = "Hardened HTTPS sidecar for personal data"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -63,7 +67,11 @@ pub const EXIT_RUNTIME: u8 = 70;
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Dev { data, api_addr, ops_addr } => {
+        Command::Dev {
+            data,
+            api_addr,
+            ops_addr,
+        } => {
             let config = match dev::prepare(&data) {
                 Ok(c) => c,
                 Err(e) => return fail(EXIT_RUNTIME, &format!("vault dev: {e}")),
@@ -92,7 +100,9 @@ pub fn run(cli: Cli) -> ExitCode {
             }
             Err(code) => code,
         },
-        Command::Audit { command: AuditCommand::Verify { data } } => verify(&data),
+        Command::Audit {
+            command: AuditCommand::Verify { data },
+        } => verify(&data),
     }
 }
 
@@ -114,7 +124,9 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
@@ -126,7 +138,10 @@ fn serve(cfg: &Config) -> ExitCode {
     for step in crate::hardening::disable_core_dumps() {
         tracing::warn!(step, "Process hardening step failed");
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return fail(EXIT_RUNTIME, &format!("runtime: {e}")),
     };
@@ -135,7 +150,10 @@ fn serve(cfg: &Config) -> ExitCode {
             Ok(r) => r,
             Err(e) => return fail(EXIT_RUNTIME, &format!("vault: cannot start: {e}")),
         };
-        println!("vault ready api=https://{} ops=http://{}", running.api_addr, running.ops_addr);
+        println!(
+            "vault ready api=https://{} ops=http://{}",
+            running.api_addr, running.ops_addr
+        );
         wait_for_signal().await;
         tracing::info!("Shutting down");
         running.shutdown().await;
@@ -145,7 +163,10 @@ fn serve(cfg: &Config) -> ExitCode {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}
@@ -161,7 +182,12 @@ async fn wait_for_signal() {
 fn verify(data: &Path) -> ExitCode {
     let store = match crate::store::RocksStore::open_read_only(data) {
         Ok(s) => s,
-        Err(e) => return fail(EXIT_RUNTIME, &format!("cannot open {}: {e}", data.display())),
+        Err(e) => {
+            return fail(
+                EXIT_RUNTIME,
+                &format!("cannot open {}: {e}", data.display()),
+            )
+        }
     };
     match audit::verify(&store) {
         Ok(audit::Verdict::Intact { events }) => {

@@ -35,10 +35,21 @@ struct Job {
     reply: oneshot::Sender<Result<(), CommitError>>,
 }
 
-/// Handle to the committer thread; cheap to clone.
-#[derive(Clone)]
+/// Handle to the committer thread. Dropping it closes the queue and waits for
+/// the thread, so the store it holds is closed before the drop returns (an
+/// engine left open by a detached thread can abort the process at exit).
 pub struct Committer {
-    tx: mpsc::Sender<Job>,
+    tx: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for Committer {
@@ -48,23 +59,32 @@ impl std::fmt::Debug for Committer {
 }
 
 impl Committer {
-    /// Starts the committer thread over `store`. It stops once every
-    /// `Committer` handle is dropped and its queue is drained.
+    /// Starts the committer thread over `store`. It stops once the
+    /// `Committer` is dropped and its queue is drained.
     pub fn start(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Result<Self, CommitError> {
         let head = Head::load(store.as_ref())?;
         let (tx, rx) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("vault-commit".into())
             .spawn(move || run(store, metrics, rx, head))
             .map_err(|e| CommitError::Store(StoreError::Engine(e.to_string())))?;
-        Ok(Self { tx })
+        Ok(Self {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
     }
 
     /// Writes `batch` with `audit` events chained onto the log, durably.
     pub async fn commit(&self, batch: Batch, audit: Vec<Draft>) -> Result<(), CommitError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Job { batch, audit, reply })
+            .as_ref()
+            .ok_or(CommitError::Stopped)?
+            .send(Job {
+                batch,
+                audit,
+                reply,
+            })
             .map_err(|_| CommitError::Stopped)?;
         rx.await.map_err(|_| CommitError::Stopped)?
     }
@@ -167,7 +187,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_jobs_chain_one_gapless_log() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let c = Committer::start(store.clone(), Arc::new(Metrics::new())).unwrap();
+        let c = Arc::new(Committer::start(store.clone(), Arc::new(Metrics::new())).unwrap());
         let mut tasks = Vec::new();
         for i in 0..200 {
             let c = c.clone();
@@ -180,8 +200,14 @@ mod tests {
         for t in tasks {
             t.await.unwrap().unwrap();
         }
-        assert_eq!(audit::verify(store.as_ref()).unwrap(), audit::Verdict::Intact { events: 400 });
-        assert_eq!(store.scan(Space::Values, b"", None, 1000).unwrap().len(), 200);
+        assert_eq!(
+            audit::verify(store.as_ref()).unwrap(),
+            audit::Verdict::Intact { events: 400 }
+        );
+        assert_eq!(
+            store.scan(Space::Values, b"", None, 1000).unwrap().len(),
+            200
+        );
     }
 
     /// A store whose writes fail on demand, to prove a failed write
@@ -221,7 +247,10 @@ mod tests {
         store.fail.store(false, std::sync::atomic::Ordering::SeqCst);
         c.commit(Batch::default(), vec![draft(3)]).await.unwrap();
         assert_eq!(store.get(Space::Values, b"x").unwrap(), None);
-        assert_eq!(audit::verify(store.as_ref()).unwrap(), audit::Verdict::Intact { events: 2 });
+        assert_eq!(
+            audit::verify(store.as_ref()).unwrap(),
+            audit::Verdict::Intact { events: 2 }
+        );
     }
 
     #[tokio::test]
@@ -232,9 +261,15 @@ mod tests {
         bad.expect(Space::Meta, b"k".to_vec(), Some(b"nope".to_vec()));
         let mut good = Batch::default();
         good.put(Space::Values, b"g".to_vec(), vec![]);
-        let (a, b) = tokio::join!(c.commit(bad, vec![draft(1)]), c.commit(good, vec![draft(2)]));
+        let (a, b) = tokio::join!(
+            c.commit(bad, vec![draft(1)]),
+            c.commit(good, vec![draft(2)])
+        );
         assert!(matches!(a, Err(CommitError::Store(StoreError::Conflict))));
         b.unwrap();
-        assert_eq!(audit::verify(store.as_ref()).unwrap(), audit::Verdict::Intact { events: 1 });
+        assert_eq!(
+            audit::verify(store.as_ref()).unwrap(),
+            audit::Verdict::Intact { events: 1 }
+        );
     }
 }

@@ -171,7 +171,11 @@ impl Config {
     }
 
     /// Parses `text` with the `VAULT__…` overrides among `env`, then validates.
-    pub fn from_toml(text: &str, base: &Path, env: &[(String, String)]) -> Result<Config, ConfigErrors> {
+    pub fn from_toml(
+        text: &str,
+        base: &Path,
+        env: &[(String, String)],
+    ) -> Result<Config, ConfigErrors> {
         let mut value: toml::Table =
             toml::from_str(text).map_err(|e| ConfigErrors(vec![format!("TOML: {e}")]))?;
         apply_overrides(&mut value, env).map_err(|e| ConfigErrors(vec![e]))?;
@@ -202,7 +206,10 @@ impl Config {
 
     fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
-        for (key, addr) in [("server.api-addr", &self.server.api_addr), ("server.ops-addr", &self.server.ops_addr)] {
+        for (key, addr) in [
+            ("server.api-addr", &self.server.api_addr),
+            ("server.ops-addr", &self.server.ops_addr),
+        ] {
             if addr.parse::<SocketAddr>().is_err() {
                 p.push(format!("{key}: not an address such as 127.0.0.1:8443"));
             }
@@ -219,17 +226,32 @@ impl Config {
         if !matches!(self.tls.min_version.as_str(), "1.2" | "1.3") {
             p.push("tls.min-version: must be \"1.3\" or \"1.2\"".into());
         }
-        for (key, file) in [("tls.ca", &self.tls.ca), ("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key)] {
+        for (key, file) in [
+            ("tls.ca", &self.tls.ca),
+            ("tls.cert", &self.tls.cert),
+            ("tls.key", &self.tls.key),
+        ] {
             if !self.resolve(file).is_file() {
-                p.push(format!("{key}: no such file {}", self.resolve(file).display()));
+                p.push(format!(
+                    "{key}: no such file {}",
+                    self.resolve(file).display()
+                ));
             }
         }
         match (&self.keys.master_key_file, &self.keys.master_key_env) {
-            (Some(_), Some(_)) => p.push("keys: set master-key-file or master-key-env, not both".into()),
+            (Some(_), Some(_)) => {
+                p.push("keys: set master-key-file or master-key-env, not both".into())
+            }
             (None, None) => p.push("keys: set master-key-file or master-key-env".into()),
             _ => {}
         }
-        for (key, d) in [("retention.max", &self.retention.max), ("retention.after-account-closed", &self.retention.after_account_closed)] {
+        for (key, d) in [
+            ("retention.max", &self.retention.max),
+            (
+                "retention.after-account-closed",
+                &self.retention.after_account_closed,
+            ),
+        ] {
             if parse_duration(d).is_err() {
                 p.push(format!("{key}: not an ISO 8601 duration such as P3Y"));
             }
@@ -239,7 +261,9 @@ impl Config {
                 p.push(format!("retention.from-collection.{class}: unknown class"));
             }
             if parse_duration(d).is_err() {
-                p.push(format!("retention.from-collection.{class}: not an ISO 8601 duration"));
+                p.push(format!(
+                    "retention.from-collection.{class}: not an ISO 8601 duration"
+                ));
             }
         }
         p.extend(policy::problems(self));
@@ -255,7 +279,10 @@ fn apply_overrides(table: &mut toml::Table, env: &[(String, String)]) -> Result<
         let Some(path) = name.strip_prefix("VAULT__") else {
             continue;
         };
-        let keys: Vec<String> = path.split("__").map(|k| k.to_ascii_lowercase().replace('_', "-")).collect();
+        let keys: Vec<String> = path
+            .split("__")
+            .map(|k| k.to_ascii_lowercase().replace('_', "-"))
+            .collect();
         let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
             .ok()
             .and_then(|mut t| t.remove("v"))

@@ -114,8 +114,8 @@ impl DataKey {
     pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
         let mut nonce = [0u8; NONCE_BYTES];
         rand::thread_rng().fill_bytes(&mut nonce);
-        let mut siv = Aes256Siv::new_from_slice(self.key.expose_secret())
-            .map_err(|_| CryptoError::Seal)?;
+        let mut siv =
+            Aes256Siv::new_from_slice(self.key.expose_secret()).map_err(|_| CryptoError::Seal)?;
         let sealed = siv
             .encrypt([aad, &nonce[..]], plaintext)
             .map_err(|_| CryptoError::Seal)?;

@@ -9,8 +9,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
 };
 
 /// The default configuration and policy, as `vault dev` writes it.
@@ -22,15 +22,23 @@ pub const CLIENTS: [&str; 3] = ["app", "officer", "officer2"];
 #[derive(Debug, thiserror::Error)]
 pub enum DevError {
     #[error("{path}: {kind}")]
-    Io { path: String, kind: std::io::ErrorKind },
+    Io {
+        path: String,
+        kind: std::io::ErrorKind,
+    },
     #[error("certificate generation: {0}")]
     Cert(String),
-    #[error("{0} exists without the CA key; remove {1} to regenerate the development certificates")]
+    #[error(
+        "{0} exists without the CA key; remove {1} to regenerate the development certificates"
+    )]
     Partial(String, String),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DevError + '_ {
-    move |e| DevError::Io { path: path.display().to_string(), kind: e.kind() }
+    move |e| DevError::Io {
+        path: path.display().to_string(),
+        kind: e.kind(),
+    }
 }
 
 fn cert_err(e: rcgen::Error) -> DevError {
@@ -79,23 +87,49 @@ fn write_certs(tls: &Path) -> Result<(), DevError> {
         for n in &names {
             let p = tls.join(format!("{n}.pem"));
             if !p.exists() {
-                return Err(DevError::Partial(p.display().to_string(), tls.display().to_string()));
+                return Err(DevError::Partial(
+                    p.display().to_string(),
+                    tls.display().to_string(),
+                ));
             }
         }
         return Ok(());
     }
     let ca_key = KeyPair::generate().map_err(cert_err)?;
     let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
-    ca.distinguished_name.push(DnType::CommonName, "Vault development CA");
+    ca.distinguished_name
+        .push(DnType::CommonName, "Vault development CA");
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     validity(&mut ca);
     let ca_cert = ca.self_signed(&ca_key).map_err(cert_err)?;
-    leaf(tls, "server", &["localhost", "127.0.0.1"], ExtendedKeyUsagePurpose::ServerAuth, &ca_cert, &ca_key)?;
+    leaf(
+        tls,
+        "server",
+        &["localhost", "127.0.0.1"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+        &ca_cert,
+        &ca_key,
+    )?;
     for client in CLIENTS {
-        leaf(tls, client, &[client], ExtendedKeyUsagePurpose::ClientAuth, &ca_cert, &ca_key)?;
+        leaf(
+            tls,
+            client,
+            &[client],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            &ca_cert,
+            &ca_key,
+        )?;
     }
-    write_new(&tls.join("ca.key"), ca_key.serialize_pem().as_bytes(), 0o600)?;
+    write_new(
+        &tls.join("ca.key"),
+        ca_key.serialize_pem().as_bytes(),
+        0o600,
+    )?;
     // The CA goes last: its presence marks a complete set.
     write_new(&ca_path, ca_cert.pem().as_bytes(), 0o644)
 }
@@ -143,12 +177,18 @@ mod tests {
         assert_eq!(key1, std::fs::read(dir.path().join("master.key")).unwrap());
         use std::os::unix::fs::PermissionsExt;
         for k in ["tls/app.key", "tls/server.key", "tls/ca.key", "master.key"] {
-            let mode = std::fs::metadata(dir.path().join(k)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join(k))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o077, 0, "{k}");
         }
         let loaded = crate::config::Config::load(&cfg).unwrap();
         assert_eq!(loaded.callers.len(), 3);
         let der = crate::tls::load_certs(&dir.path().join("tls/officer2.pem")).unwrap();
-        assert_eq!(crate::tls::caller_name(&der[0]).as_deref(), Some("officer2"));
+        assert_eq!(
+            crate::tls::caller_name(&der[0]).as_deref(),
+            Some("officer2")
+        );
     }
 }

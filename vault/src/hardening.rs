@@ -9,7 +9,10 @@
 /// failed, for a warning; failing here is not fatal.
 pub fn disable_core_dumps() -> Vec<&'static str> {
     let mut failed = Vec::new();
-    let zero = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let zero = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: `zero` is a valid, initialized rlimit that outlives the call.
     if unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) } != 0 {
         failed.push("setrlimit(RLIMIT_CORE)");

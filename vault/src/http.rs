@@ -41,7 +41,9 @@ pub fn error_parts(e: &ApiError) -> (StatusCode, &'static str) {
         E::InvalidSubject => (StatusCode::BAD_REQUEST, "invalid_subject"),
         E::PurposeRequired => (StatusCode::BAD_REQUEST, "purpose_required"),
         E::UnknownPurpose => (StatusCode::BAD_REQUEST, "unknown_purpose"),
-        E::PurposeNotAllowed | E::ClassNotAllowed { .. } => (StatusCode::FORBIDDEN, "purpose_not_allowed"),
+        E::PurposeNotAllowed | E::ClassNotAllowed { .. } => {
+            (StatusCode::FORBIDDEN, "purpose_not_allowed")
+        }
         E::UnknownClass { .. } => (StatusCode::BAD_REQUEST, "unknown_class"),
         E::InvalidValue { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_value"),
         E::InvalidRetention => (StatusCode::BAD_REQUEST, "invalid_retention"),
@@ -57,9 +59,9 @@ pub fn error_parts(e: &ApiError) -> (StatusCode, &'static str) {
 
 fn field_of(e: &ApiError) -> Option<usize> {
     match e {
-        ApiError::ClassNotAllowed { field } | ApiError::UnknownClass { field } | ApiError::InvalidValue { field, .. } => {
-            Some(*field)
-        }
+        ApiError::ClassNotAllowed { field }
+        | ApiError::UnknownClass { field }
+        | ApiError::InvalidValue { field, .. } => Some(*field),
         _ => None,
     }
 }
@@ -80,10 +82,14 @@ fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response<Body> {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     let mut resp = Response::new(Full::new(Bytes::from(bytes)));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
     resp
 }
 
@@ -109,7 +115,10 @@ static REQUEST_SEQ: AtomicU64 = AtomicU64::new(0);
 fn request_id() -> String {
     static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     let prefix = PREFIX.get_or_init(rand::random::<u32>);
-    format!("{prefix:08x}-{:x}", REQUEST_SEQ.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix:08x}-{:x}",
+        REQUEST_SEQ.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Per-connection facts the stack needs for each request.
@@ -136,7 +145,11 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
         }
     };
     v.metrics.in_flight().dec();
-    v.metrics.observe_request(route, resp.status().as_u16(), started.elapsed().as_secs_f64());
+    v.metrics.observe_request(
+        route,
+        resp.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
     if let Ok(h) = header::HeaderValue::from_str(&rid) {
         resp.headers_mut().insert("x-request-id", h);
     }
@@ -151,7 +164,11 @@ async fn dispatch(conn: &Conn, request_id: String, req: Request<Incoming>) -> Re
     let Some(role) = v.policy.role(&caller) else {
         return error_response(&ApiError::UnknownCaller);
     };
-    let ctx = Ctx { caller, role, request_id };
+    let ctx = Ctx {
+        caller,
+        role,
+        request_id,
+    };
     let (parts, body) = req.into_parts();
     match (&parts.method, parts.uri.path()) {
         (&Method::POST, "/v1/tokenize") => match read_body(v, &parts, body).await {
@@ -163,14 +180,20 @@ async fn dispatch(conn: &Conn, request_id: String, req: Request<Incoming>) -> Re
             Err(e) => error_response(&e),
         },
         (&Method::GET, "/v1/audit") => ok(api::audit(v, &ctx, parts.uri.query())),
-        (_, "/v1/tokenize" | "/v1/detokenize" | "/v1/audit") => error_response(&ApiError::MethodNotAllowed),
+        (_, "/v1/tokenize" | "/v1/detokenize" | "/v1/audit") => {
+            error_response(&ApiError::MethodNotAllowed)
+        }
         _ => error_response(&ApiError::NotFound),
     }
 }
 
 /// Reads the whole body, refusing more than the limit before reading it
 /// when the length is declared, and while reading when it is not.
-async fn read_body(v: &Vault, parts: &http::request::Parts, body: Incoming) -> Result<Bytes, ApiError> {
+async fn read_body(
+    v: &Vault,
+    parts: &http::request::Parts,
+    body: Incoming,
+) -> Result<Bytes, ApiError> {
     let max = v.limits.max_body_bytes;
     let declared = parts
         .headers
@@ -182,7 +205,12 @@ async fn read_body(v: &Vault, parts: &http::request::Parts, body: Incoming) -> R
     }
     match Limited::new(body, max).collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::BodyTooLarge(max)),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::BodyTooLarge(max))
+        }
         Err(_) => Err(ApiError::BadRequest("the request body could not be read")),
     }
 }
@@ -255,7 +283,11 @@ pub async fn serve_api(
                 .and_then(|c| c.first())
                 .and_then(crate::tls::caller_name)
                 .map(Arc::<str>::from);
-            let conn = Arc::new(Conn { vault, caller, permits });
+            let conn = Arc::new(Conn {
+                vault,
+                caller,
+                permits,
+            });
             let svc = service_fn(move |req| {
                 let conn = conn.clone();
                 async move { Ok::<_, Infallible>(handle(conn, req).await) }
@@ -299,14 +331,20 @@ pub async fn serve_ops(vault: Arc<Vault>, listener: TcpListener, mut stop: watch
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
     resp
 }
 
 async fn ops(v: &Vault, req: &Request<Incoming>) -> Response<Body> {
     if req.method() != Method::GET {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed\n".into());
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "method not allowed\n".into(),
+        );
     }
     match req.uri().path() {
         "/metrics" => {
@@ -320,13 +358,25 @@ async fn ops(v: &Vault, req: &Request<Incoming>) -> Response<Body> {
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" => {
             if v.keys.is_sealed() {
-                return text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "sealed\n".into());
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "sealed\n".into(),
+                );
             }
             let mut probe = crate::store::Batch::default();
-            probe.put(crate::store::Space::Meta, b"readyz".to_vec(), api::now_ms().to_be_bytes().to_vec());
+            probe.put(
+                crate::store::Space::Meta,
+                b"readyz".to_vec(),
+                api::now_ms().to_be_bytes().to_vec(),
+            );
             match v.committer.commit(probe, Vec::new()).await {
                 Ok(()) => text(StatusCode::OK, "text/plain", "ready\n".into()),
-                Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "storage not writable\n".into()),
+                Err(_) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "storage not writable\n".into(),
+                ),
             }
         }
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),

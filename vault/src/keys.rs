@@ -17,7 +17,10 @@ pub enum KeyError {
     #[error("the vault is sealed")]
     Sealed,
     #[error("cannot read the master key file {path}: {kind}")]
-    Read { path: String, kind: std::io::ErrorKind },
+    Read {
+        path: String,
+        kind: std::io::ErrorKind,
+    },
     #[error("the master key in {source_name} is not 64 hex characters")]
     Malformed { source_name: String },
     #[error("environment variable {0} is not set")]
@@ -118,9 +121,8 @@ pub fn master_from_file(path: &Path) -> Result<SecretKey<32>, KeyError> {
 
 /// Reads a master key from an environment variable holding 64 hex characters.
 pub fn master_from_env(var: &str) -> Result<SecretKey<32>, KeyError> {
-    let text = Zeroizing::new(
-        std::env::var(var).map_err(|_| KeyError::MissingEnv(var.to_string()))?,
-    );
+    let text =
+        Zeroizing::new(std::env::var(var).map_err(|_| KeyError::MissingEnv(var.to_string()))?);
     parse_master(&text, var)
 }
 
@@ -167,7 +169,10 @@ mod tests {
         let k2 = master_from_file(&p).unwrap();
         assert!(k1.ct_eq(&k2));
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         // Never overwrites an existing key.
         assert!(write_new_master(&p).is_err());
 

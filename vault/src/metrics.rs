@@ -67,8 +67,9 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
-        let latency =
-            Family::<RouteLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let latency = Family::<RouteLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
         let fields = Family::<ClassLabels, Counter>::default();
         let flagged = Family::<ClassLabels, Counter>::default();
         let releases = Family::<ReleaseLabels, Counter>::default();
@@ -78,17 +79,61 @@ impl Metrics {
         let commit_jobs = Counter::default();
         let in_flight = Gauge::default();
         let sealed = Gauge::default();
-        registry.register("vault_http_requests", "API requests by route and status class", requests.clone());
-        registry.register("vault_http_request_duration_seconds", "API request latency by route", latency.clone());
-        registry.register("vault_http_in_flight_requests", "API requests being served", in_flight.clone());
-        registry.register("vault_tokenize_fields", "Fields tokenized, by class", fields.clone());
-        registry.register("vault_tokenize_flagged_fields", "Fields accepted with a failed checksum, by class", flagged.clone());
-        registry.register("vault_release_outcomes", "Detokenize outcomes by purpose and outcome", releases.clone());
-        registry.register("vault_audit_appends", "Audit events durably appended", audit_appends.clone());
-        registry.register("vault_audit_append_failures", "Audit events whose write failed", audit_failures.clone());
-        registry.register("vault_store_write_duration_seconds", "Durable batch write latency", store_write.clone());
-        registry.register("vault_store_commit_jobs", "Requests whose writes were group-committed", commit_jobs.clone());
-        registry.register("vault_sealed", "1 while the vault is sealed", sealed.clone());
+        registry.register(
+            "vault_http_requests",
+            "API requests by route and status class",
+            requests.clone(),
+        );
+        registry.register(
+            "vault_http_request_duration_seconds",
+            "API request latency by route",
+            latency.clone(),
+        );
+        registry.register(
+            "vault_http_in_flight_requests",
+            "API requests being served",
+            in_flight.clone(),
+        );
+        registry.register(
+            "vault_tokenize_fields",
+            "Fields tokenized, by class",
+            fields.clone(),
+        );
+        registry.register(
+            "vault_tokenize_flagged_fields",
+            "Fields accepted with a failed checksum, by class",
+            flagged.clone(),
+        );
+        registry.register(
+            "vault_release_outcomes",
+            "Detokenize outcomes by purpose and outcome",
+            releases.clone(),
+        );
+        registry.register(
+            "vault_audit_appends",
+            "Audit events durably appended",
+            audit_appends.clone(),
+        );
+        registry.register(
+            "vault_audit_append_failures",
+            "Audit events whose write failed",
+            audit_failures.clone(),
+        );
+        registry.register(
+            "vault_store_write_duration_seconds",
+            "Durable batch write latency",
+            store_write.clone(),
+        );
+        registry.register(
+            "vault_store_commit_jobs",
+            "Requests whose writes were group-committed",
+            commit_jobs.clone(),
+        );
+        registry.register(
+            "vault_sealed",
+            "1 while the vault is sealed",
+            sealed.clone(),
+        );
         Self {
             registry,
             requests,
@@ -112,8 +157,12 @@ impl Metrics {
             500..=599 => "5xx",
             _ => "other",
         };
-        self.requests.get_or_create(&RequestLabels { route, status }).inc();
-        self.latency.get_or_create(&RouteLabels { route }).observe(seconds);
+        self.requests
+            .get_or_create(&RequestLabels { route, status })
+            .inc();
+        self.latency
+            .get_or_create(&RouteLabels { route })
+            .observe(seconds);
     }
 
     pub fn in_flight(&self) -> &Gauge {
@@ -123,13 +172,18 @@ impl Metrics {
     pub fn tokenized(&self, class: &'static str, n: u64, flagged: u64) {
         self.fields.get_or_create(&ClassLabels { class }).inc_by(n);
         if flagged > 0 {
-            self.flagged.get_or_create(&ClassLabels { class }).inc_by(flagged);
+            self.flagged
+                .get_or_create(&ClassLabels { class })
+                .inc_by(flagged);
         }
     }
 
     pub fn released(&self, purpose: &str, outcome: &'static str, n: u64) {
         self.releases
-            .get_or_create(&ReleaseLabels { purpose: purpose.to_string(), outcome })
+            .get_or_create(&ReleaseLabels {
+                purpose: purpose.to_string(),
+                outcome,
+            })
             .inc_by(n);
     }
 
@@ -171,9 +225,14 @@ mod tests {
         m.released("notification", "released", 2);
         m.audit_appended(2);
         let text = m.render();
-        assert!(text.contains("vault_http_requests_total{route=\"tokenize\",status=\"2xx\"} 1"), "{text}");
+        assert!(
+            text.contains("vault_http_requests_total{route=\"tokenize\",status=\"2xx\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("vault_tokenize_fields_total{class=\"phone\"} 3"));
-        assert!(text.contains("vault_release_outcomes_total{purpose=\"notification\",outcome=\"released\"} 2"));
+        assert!(text.contains(
+            "vault_release_outcomes_total{purpose=\"notification\",outcome=\"released\"} 2"
+        ));
         assert!(text.contains("vault_audit_appends_total 2"));
         assert!(text.contains("vault_http_request_duration_seconds_bucket"));
         assert!(text.ends_with("# EOF\n"));

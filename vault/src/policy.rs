@@ -86,7 +86,11 @@ pub struct Policy {
 impl Policy {
     /// Compiles the policy of a configuration that [`problems`] found clean.
     pub fn from_config(cfg: &Config) -> Policy {
-        let callers = cfg.callers.iter().map(|c| (c.name.clone(), c.role)).collect();
+        let callers = cfg
+            .callers
+            .iter()
+            .map(|c| (c.name.clone(), c.role))
+            .collect();
         let mut purposes: HashMap<String, PurposeInfo> = cfg
             .purposes
             .iter()
@@ -101,11 +105,20 @@ impl Policy {
             })
             .collect();
         for name in LEGAL_EXCEPTIONS {
-            purposes.insert(name.to_string(), PurposeInfo { requires_consent: false, legal_exception: true });
+            purposes.insert(
+                name.to_string(),
+                PurposeInfo {
+                    requires_consent: false,
+                    legal_exception: true,
+                },
+            );
         }
         purposes
             .entry(DATA_SUBJECT_REQUEST.to_string())
-            .or_insert(PurposeInfo { requires_consent: false, legal_exception: false });
+            .or_insert(PurposeInfo {
+                requires_consent: false,
+                legal_exception: false,
+            });
         let mut grants: HashMap<String, HashMap<String, Grant>> = HashMap::new();
         for g in &cfg.grants {
             let mut grant = Grant::default();
@@ -121,7 +134,10 @@ impl Policy {
                     }
                 }
             }
-            grants.entry(g.caller.clone()).or_default().insert(g.purpose.clone(), grant);
+            grants
+                .entry(g.caller.clone())
+                .or_default()
+                .insert(g.purpose.clone(), grant);
         }
         let r = &cfg.retention;
         let retention = RetentionRules {
@@ -133,7 +149,12 @@ impl Policy {
                 .filter_map(|(c, d)| Some((Class::parse(c)?, parse_duration(d).ok()?)))
                 .collect(),
         };
-        Policy { callers, purposes, grants, retention }
+        Policy {
+            callers,
+            purposes,
+            grants,
+            retention,
+        }
     }
 
     pub fn role(&self, caller: &str) -> Option<Role> {
@@ -176,7 +197,10 @@ fn classes(list: &[String]) -> Vec<Class> {
 }
 
 fn valid_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
 }
 
 /// Every policy problem of `cfg`, each naming where it is.
@@ -185,10 +209,15 @@ pub fn problems(cfg: &Config) -> Vec<String> {
     let mut seen = HashMap::new();
     for (i, c) in cfg.callers.iter().enumerate() {
         if !valid_name(&c.name) {
-            p.push(format!("callers[{i}].name: must be 1-128 of [A-Za-z0-9._:-]"));
+            p.push(format!(
+                "callers[{i}].name: must be 1-128 of [A-Za-z0-9._:-]"
+            ));
         }
         if seen.insert(c.name.as_str(), i).is_some() {
-            p.push(format!("callers[{i}].name: caller {} is listed twice", c.name));
+            p.push(format!(
+                "callers[{i}].name: caller {} is listed twice",
+                c.name
+            ));
         }
     }
     for name in cfg.purposes.keys() {
@@ -206,15 +235,31 @@ pub fn problems(cfg: &Config) -> Vec<String> {
         }
         let known = cfg.purposes.contains_key(&g.purpose) || g.purpose == DATA_SUBJECT_REQUEST;
         if !known {
-            p.push(format!("grants[{i}].purpose: unknown purpose {}", g.purpose));
+            p.push(format!(
+                "grants[{i}].purpose: unknown purpose {}",
+                g.purpose
+            ));
         }
         if LEGAL_EXCEPTIONS.contains(&g.purpose.as_str()) {
-            p.push(format!("grants[{i}].purpose: {} is released only by approval, not by grant", g.purpose));
+            p.push(format!(
+                "grants[{i}].purpose: {} is released only by approval, not by grant",
+                g.purpose
+            ));
         }
-        if pairs.insert((g.caller.as_str(), g.purpose.as_str()), i).is_some() {
-            p.push(format!("grants[{i}]: a second grant for caller {} and purpose {}", g.caller, g.purpose));
+        if pairs
+            .insert((g.caller.as_str(), g.purpose.as_str()), i)
+            .is_some()
+        {
+            p.push(format!(
+                "grants[{i}]: a second grant for caller {} and purpose {}",
+                g.caller, g.purpose
+            ));
         }
-        for (field, list) in [("collect", &g.collect), ("full", &g.full), ("masked", &g.masked)] {
+        for (field, list) in [
+            ("collect", &g.collect),
+            ("full", &g.full),
+            ("masked", &g.masked),
+        ] {
             for c in list {
                 if c != "*" && Class::parse(c).is_none() {
                     p.push(format!("grants[{i}].{field}: unknown class {c}"));

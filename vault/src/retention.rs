@@ -21,7 +21,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, BadDuration> {
         Some(_) => return Err(BadDuration),
         None => (rest, None),
     };
-    let mut secs = units(date, &[('Y', 365 * DAY), ('M', 30 * DAY), ('W', 7 * DAY), ('D', DAY)])?;
+    let mut secs = units(
+        date,
+        &[
+            ('Y', 365 * DAY),
+            ('M', 30 * DAY),
+            ('W', 7 * DAY),
+            ('D', DAY),
+        ],
+    )?;
     if let Some(t) = time {
         secs = secs
             .checked_add(units(t, &[('H', 3600), ('M', 60), ('S', 1)])?)
@@ -81,16 +89,45 @@ mod tests {
 
     #[test]
     fn parses_the_usual_forms() {
-        assert_eq!(parse_duration("P3Y").unwrap(), Duration::from_secs(3 * 365 * DAY));
-        assert_eq!(parse_duration("P180D").unwrap(), Duration::from_secs(180 * DAY));
+        assert_eq!(
+            parse_duration("P3Y").unwrap(),
+            Duration::from_secs(3 * 365 * DAY)
+        );
+        assert_eq!(
+            parse_duration("P180D").unwrap(),
+            Duration::from_secs(180 * DAY)
+        );
         assert_eq!(parse_duration("PT30S").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_duration("P1Y2M3DT4H5M6S").unwrap().as_secs(), 365 * DAY + 60 * DAY + 3 * DAY + 4 * 3600 + 5 * 60 + 6);
-        assert_eq!(parse_duration("P2W").unwrap(), Duration::from_secs(14 * DAY));
+        assert_eq!(
+            parse_duration("P1Y2M3DT4H5M6S").unwrap().as_secs(),
+            365 * DAY + 60 * DAY + 3 * DAY + 4 * 3600 + 5 * 60 + 6
+        );
+        assert_eq!(
+            parse_duration("P2W").unwrap(),
+            Duration::from_secs(14 * DAY)
+        );
     }
 
     #[test]
     fn rejects_everything_else() {
-        for bad in ["", "P", "PT", "3Y", "P3", "PY", "P-1D", "P1.5D", "P1D2Y", "P1Y1Y", "PT1D", "P1H", "p3y", "P99999999999D", "P3Y ", "P１D"] {
+        for bad in [
+            "",
+            "P",
+            "PT",
+            "3Y",
+            "P3",
+            "PY",
+            "P-1D",
+            "P1.5D",
+            "P1D2Y",
+            "P1Y1Y",
+            "PT1D",
+            "P1H",
+            "p3y",
+            "P99999999999D",
+            "P3Y ",
+            "P１D",
+        ] {
             assert_eq!(parse_duration(bad), Err(BadDuration), "{bad:?}");
         }
     }
@@ -101,8 +138,14 @@ mod tests {
         let cap = day * 365;
         assert_eq!(expiry_ms(0, None, None, cap), None);
         assert_eq!(expiry_ms(0, Some(day), None, cap), Some(86_400_000));
-        assert_eq!(expiry_ms(0, Some(day * 1000), None, cap), Some(365 * 86_400_000));
-        assert_eq!(expiry_ms(0, Some(day * 200), Some(day * 180), cap), Some(180 * 86_400_000));
+        assert_eq!(
+            expiry_ms(0, Some(day * 1000), None, cap),
+            Some(365 * 86_400_000)
+        );
+        assert_eq!(
+            expiry_ms(0, Some(day * 200), Some(day * 180), cap),
+            Some(180 * 86_400_000)
+        );
         assert_eq!(expiry_ms(5, None, Some(day), cap), Some(5 + 86_400_000));
     }
 }

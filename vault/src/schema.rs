@@ -107,7 +107,10 @@ pub fn expiry_key(expires_ms: u64, token: &TokenBytes, subject: &str) -> Vec<u8>
 
 /// A subject id: 1-128 of `[A-Za-z0-9._:-]`.
 pub fn valid_subject(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
 }
 
 #[cfg(test)]
@@ -127,7 +130,10 @@ mod tests {
         };
         let bytes = r.encode();
         assert_eq!(Record::decode(&bytes).unwrap(), r);
-        let forever = Record { expires_ms: None, ..r.clone() };
+        let forever = Record {
+            expires_ms: None,
+            ..r.clone()
+        };
         assert_eq!(Record::decode(&forever.encode()).unwrap(), forever);
         assert!(forever.is_live(u64::MAX));
         assert!(r.is_live(455) && !r.is_live(456));
@@ -149,6 +155,9 @@ mod tests {
             assert!(!valid_subject(bad), "{bad:?}");
         }
         let t = [5u8; TOKEN_BYTES];
-        assert_eq!(subject_of_value_key(&value_key(&t, "acct-1")), Some("acct-1"));
+        assert_eq!(
+            subject_of_value_key(&value_key(&t, "acct-1")),
+            Some("acct-1")
+        );
     }
 }

@@ -49,6 +49,15 @@ impl<const N: usize> SecretKey<N> {
         &mut self.bytes
     }
 
+    /// A second copy of the key, for a holder with its own lifetime (the
+    /// key-encryption key kept by each keyring generation). Explicit, never
+    /// `Clone`, so a copy is always a decision.
+    pub fn duplicate(&self) -> Self {
+        let mut key = Self::zeroed();
+        key.bytes.copy_from_slice(self.bytes.as_slice());
+        key
+    }
+
     /// The raw bytes. Every caller is a place where key material is used.
     pub fn expose_secret(&self) -> &[u8; N] {
         &self.bytes

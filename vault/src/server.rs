@@ -50,7 +50,10 @@ pub enum StartError {
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
     #[error("cannot listen on {addr}: {kind}")]
-    Bind { addr: String, kind: std::io::ErrorKind },
+    Bind {
+        addr: String,
+        kind: std::io::ErrorKind,
+    },
 }
 
 /// A started vault.
@@ -90,7 +93,11 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
 
 /// Starts over a given keyring and store: how tests put a failing or
 /// inspectable engine under the real server.
-pub async fn start_with(cfg: &Config, keyring: Keyring, store: Arc<dyn Store>) -> Result<Running, StartError> {
+pub async fn start_with(
+    cfg: &Config,
+    keyring: Keyring,
+    store: Arc<dyn Store>,
+) -> Result<Running, StartError> {
     let vault = build(cfg, keyring, store)?;
     let s = &cfg.server;
     let tls = crate::tls::server_config(cfg)?;
@@ -100,15 +107,30 @@ pub async fn start_with(cfg: &Config, keyring: Keyring, store: Arc<dyn Store>) -
     let ops_addr = local(&ops, &s.ops_addr)?;
     let (stop, stopped) = watch::channel(false);
     let tasks = vec![
-        tokio::spawn(crate::http::serve_api(vault.clone(), api, tls, stopped.clone())),
+        tokio::spawn(crate::http::serve_api(
+            vault.clone(),
+            api,
+            tls,
+            stopped.clone(),
+        )),
         tokio::spawn(crate::http::serve_ops(vault.clone(), ops, stopped)),
     ];
-    Ok(Running { api_addr, ops_addr, vault, stop, tasks })
+    Ok(Running {
+        api_addr,
+        ops_addr,
+        vault,
+        stop,
+        tasks,
+    })
 }
 
 /// The vault's request-serving state, without listeners: what the server
 /// runs on, and what benches drive in process.
-pub fn build(cfg: &Config, keyring: Keyring, store: Arc<dyn Store>) -> Result<Arc<Vault>, StartError> {
+pub fn build(
+    cfg: &Config,
+    keyring: Keyring,
+    store: Arc<dyn Store>,
+) -> Result<Arc<Vault>, StartError> {
     let metrics = Arc::new(Metrics::new());
     let committer = Committer::start(store.clone(), metrics.clone())?;
     let s = &cfg.server;
@@ -139,9 +161,15 @@ pub fn load_master(cfg: &Config) -> Result<crate::secret::SecretKey<32>, keys::K
 }
 
 async fn bind(addr: &str) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|e| StartError::Bind { addr: addr.to_string(), kind: e.kind() })
+    TcpListener::bind(addr).await.map_err(|e| StartError::Bind {
+        addr: addr.to_string(),
+        kind: e.kind(),
+    })
 }
 
 fn local(l: &TcpListener, addr: &str) -> Result<SocketAddr, StartError> {
-    l.local_addr().map_err(|e| StartError::Bind { addr: addr.to_string(), kind: e.kind() })
+    l.local_addr().map_err(|e| StartError::Bind {
+        addr: addr.to_string(),
+        kind: e.kind(),
+    })
 }

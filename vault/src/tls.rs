@@ -19,7 +19,10 @@ use crate::config::Config;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read {path}: {kind}")]
-    Read { path: String, kind: std::io::ErrorKind },
+    Read {
+        path: String,
+        kind: std::io::ErrorKind,
+    },
     #[error("{path} holds no PEM certificate")]
     NoCert { path: String },
     #[error("{path} holds no PEM private key")]
@@ -42,7 +45,9 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
         .filter_map(Result::ok)
         .collect();
     if certs.is_empty() {
-        return Err(TlsError::NoCert { path: path.display().to_string() });
+        return Err(TlsError::NoCert {
+            path: path.display().to_string(),
+        });
     }
     Ok(certs)
 }
@@ -53,7 +58,9 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     rustls_pemfile::private_key(&mut BufReader::new(pem.as_slice()))
         .ok()
         .flatten()
-        .ok_or_else(|| TlsError::NoKey { path: path.display().to_string() })
+        .ok_or_else(|| TlsError::NoKey {
+            path: path.display().to_string(),
+        })
 }
 
 fn rustls_err(e: impl std::fmt::Display) -> TlsError {
@@ -79,7 +86,10 @@ pub fn server_config(cfg: &Config) -> Result<Arc<ServerConfig>, TlsError> {
         .with_protocol_versions(versions)
         .map_err(rustls_err)?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(load_certs(&cfg.resolve(&cfg.tls.cert))?, load_key(&cfg.resolve(&cfg.tls.key))?)
+        .with_single_cert(
+            load_certs(&cfg.resolve(&cfg.tls.cert))?,
+            load_key(&cfg.resolve(&cfg.tls.key))?,
+        )
         .map_err(rustls_err)?;
     sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(sc))

@@ -15,9 +15,14 @@ pub fn audit(v: &Vault, ctx: &Ctx, query: Option<&str>) -> Result<AuditResponse,
     let mut subject = None;
     let mut since = 0u64;
     let mut limit = DEFAULT_LIMIT;
-    for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
         let (k, raw) = pair.split_once('=').unwrap_or((pair, ""));
-        let decoded = percent_decode(raw).ok_or(ApiError::BadRequest("bad percent-encoding in the query"))?;
+        let decoded =
+            percent_decode(raw).ok_or(ApiError::BadRequest("bad percent-encoding in the query"))?;
         let val = decoded.as_str();
         match k {
             "subject" if !val.is_empty() => {
@@ -27,7 +32,11 @@ pub fn audit(v: &Vault, ctx: &Ctx, query: Option<&str>) -> Result<AuditResponse,
                 subject = Some(val.to_string());
             }
             "subject" => {}
-            "since" => since = val.parse().map_err(|_| ApiError::BadRequest("since must be an event sequence number"))?,
+            "since" => {
+                since = val
+                    .parse()
+                    .map_err(|_| ApiError::BadRequest("since must be an event sequence number"))?
+            }
             "limit" => {
                 limit = val
                     .parse()

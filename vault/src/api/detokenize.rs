@@ -20,7 +20,11 @@ use crate::store::{scan_prefix, Batch, Space};
 /// Most records looked at for one token (one per subject holding the value).
 const MAX_HOLDERS: usize = 256;
 
-pub async fn detokenize(v: &Vault, ctx: &Ctx, body: &Bytes) -> Result<DetokenizeResponse, ApiError> {
+pub async fn detokenize(
+    v: &Vault,
+    ctx: &Ctx,
+    body: &Bytes,
+) -> Result<DetokenizeResponse, ApiError> {
     let req: DetokenizeRequest = parse_json(body)?;
     let purpose = match req.purpose.as_deref() {
         None | Some("") => return Err(ApiError::PurposeRequired),
@@ -39,7 +43,15 @@ pub async fn detokenize(v: &Vault, ctx: &Ctx, body: &Bytes) -> Result<Detokenize
     let mut values = Vec::with_capacity(req.tokens.len());
     let mut audit = Vec::with_capacity(req.tokens.len());
     for token in &req.tokens {
-        let one = Lookup { v, ctx, keys: &keys, purpose, info, reveal: req.reveal, now };
+        let one = Lookup {
+            v,
+            ctx,
+            keys: &keys,
+            purpose,
+            info,
+            reveal: req.reveal,
+            now,
+        };
         let (out, draft) = one.resolve(token, req.legal_basis.is_some())?;
         values.push(out);
         audit.push(draft);
@@ -66,7 +78,10 @@ fn count(v: &Vault, purpose: &str, values: &[ValueOut]) {
             *t += 1;
         }
     }
-    for (n, outcome) in tally.iter().zip(["released", "masked", "denied", "gone", "unknown"]) {
+    for (n, outcome) in tally
+        .iter()
+        .zip(["released", "masked", "denied", "gone", "unknown"])
+    {
         if *n > 0 {
             v.metrics.released(purpose, outcome, *n);
         }
@@ -161,7 +176,9 @@ impl Lookup<'_> {
             .map_err(|_| ApiError::Unavailable)?;
         let mut dead = None;
         for (key, bytes) in rows {
-            let subject = schema::subject_of_value_key(&key).unwrap_or_default().to_string();
+            let subject = schema::subject_of_value_key(&key)
+                .unwrap_or_default()
+                .to_string();
             let Some(rec) = Record::decode(&bytes) else {
                 continue;
             };
@@ -178,13 +195,21 @@ impl Lookup<'_> {
         if self.info.legal_exception {
             // Approvals are checked here once they exist; until one is
             // granted, a legal exception releases nothing.
-            return Err(if has_legal_basis { "approval_not_found" } else { "legal_basis_required" });
+            return Err(if has_legal_basis {
+                "approval_not_found"
+            } else {
+                "legal_basis_required"
+            });
         }
         if self.info.requires_consent {
             // No consent has been recorded for this subject and purpose.
             return Err("consent_required");
         }
-        match self.v.policy.release(&self.ctx.caller, self.purpose, record.class) {
+        match self
+            .v
+            .policy
+            .release(&self.ctx.caller, self.purpose, record.class)
+        {
             Release::None => Err("purpose_not_allowed"),
             r => Ok(r),
         }

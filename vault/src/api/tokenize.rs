@@ -60,10 +60,22 @@ pub async fn tokenize(v: &Vault, ctx: &Ctx, body: &Bytes) -> Result<TokenizeResp
             purpose: req.purpose.clone(),
             ciphertext,
         };
-        batch.put(Space::Values, schema::value_key(&token, &req.subject), record.encode());
-        batch.put(Space::Subjects, schema::subject_key(&req.subject, &token), Vec::new());
+        batch.put(
+            Space::Values,
+            schema::value_key(&token, &req.subject),
+            record.encode(),
+        );
+        batch.put(
+            Space::Subjects,
+            schema::subject_key(&req.subject, &token),
+            Vec::new(),
+        );
         if let Some(e) = expires {
-            batch.put(Space::Expiry, schema::expiry_key(e, &token, &req.subject), Vec::new());
+            batch.put(
+                Space::Expiry,
+                schema::expiry_key(e, &token, &req.subject),
+                Vec::new(),
+            );
         }
         if let Some(c) = counts.get_mut(usize::from(class.tag().saturating_sub(1))) {
             c.0 += 1;

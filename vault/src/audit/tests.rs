@@ -47,7 +47,13 @@ fn a_changed_event_is_found() {
     let s = MemoryStore::new();
     append(&s, 10);
     rewrite(&s, 4, |e| e.outcome = "denied".into());
-    assert_eq!(verify(&s).unwrap(), Verdict::Broken { seq: 4, why: "hash mismatch" });
+    assert_eq!(
+        verify(&s).unwrap(),
+        Verdict::Broken {
+            seq: 4,
+            why: "hash mismatch"
+        }
+    );
 }
 
 #[test]
@@ -57,7 +63,13 @@ fn a_removed_event_is_found() {
     let mut b = Batch::default();
     b.delete(Space::Audit, seq_key(6));
     s.write(b).unwrap();
-    assert_eq!(verify(&s).unwrap(), Verdict::Broken { seq: 6, why: "missing or inserted event" });
+    assert_eq!(
+        verify(&s).unwrap(),
+        Verdict::Broken {
+            seq: 6,
+            why: "missing or inserted event"
+        }
+    );
 }
 
 #[test]
@@ -86,7 +98,13 @@ fn reordered_events_are_found() {
     b.put(Space::Audit, seq_key(3), b_);
     b.put(Space::Audit, seq_key(7), a);
     s.write(b).unwrap();
-    assert_eq!(verify(&s).unwrap(), Verdict::Broken { seq: 3, why: "event moved" });
+    assert_eq!(
+        verify(&s).unwrap(),
+        Verdict::Broken {
+            seq: 3,
+            why: "event moved"
+        }
+    );
 }
 
 #[test]
@@ -96,7 +114,10 @@ fn a_cut_tail_is_found() {
     let mut b = Batch::default();
     b.delete(Space::Audit, seq_key(10));
     s.write(b).unwrap();
-    assert!(matches!(verify(&s).unwrap(), Verdict::Broken { seq: 10, .. }));
+    assert!(matches!(
+        verify(&s).unwrap(),
+        Verdict::Broken { seq: 10, .. }
+    ));
 }
 
 #[test]
@@ -109,5 +130,8 @@ fn query_filters_by_subject_and_since() {
     assert_eq!(s1.len(), 10);
     assert!(s1.iter().all(|e| e.subject.as_deref() == Some("s1")));
     let later = query(&s, None, 25, 3).unwrap();
-    assert_eq!(later.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![26, 27, 28]);
+    assert_eq!(
+        later.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![26, 27, 28]
+    );
 }

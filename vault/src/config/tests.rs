@@ -11,7 +11,10 @@ fn base() -> tempfile::TempDir {
 
 fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
     let dir = base();
-    let env: Vec<(String, String)> = env.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
     Config::from_toml(text, dir.path(), &env)
 }
 
@@ -26,23 +29,44 @@ fn the_example_parses_and_validates() {
     let policy = Policy::from_config(&cfg);
     assert!(policy.may_collect("app", "traffic_statistics", Class::Ip));
     assert!(!policy.may_collect("app", "traffic_statistics", Class::Phone));
-    assert_eq!(policy.release("app", "identity_verification", Class::Phone), policy::Release::Masked);
-    assert_eq!(policy.release("app", "respond_to_request", Class::Email), policy::Release::Full);
-    assert_eq!(policy.release("app", "respond_to_request", Class::BankCard), policy::Release::Masked);
+    assert_eq!(
+        policy.release("app", "identity_verification", Class::Phone),
+        policy::Release::Masked
+    );
+    assert_eq!(
+        policy.release("app", "respond_to_request", Class::Email),
+        policy::Release::Full
+    );
+    assert_eq!(
+        policy.release("app", "respond_to_request", Class::BankCard),
+        policy::Release::Masked
+    );
     assert!(!policy.may_release_any("app", "traffic_statistics"));
     assert!(policy.purpose("user_specified").unwrap().requires_consent);
-    assert!(policy.purpose("criminal_investigation").unwrap().legal_exception);
+    assert!(
+        policy
+            .purpose("criminal_investigation")
+            .unwrap()
+            .legal_exception
+    );
     assert!(policy.purpose("data_subject_request").is_some());
     assert_eq!(policy.role("officer2"), Some(policy::Role::Officer));
     assert_eq!(policy.role("nobody"), None);
-    assert_eq!(policy.retention.from_collection(Class::Ip), Some(std::time::Duration::from_secs(180 * 86400)));
+    assert_eq!(
+        policy.retention.from_collection(Class::Ip),
+        Some(std::time::Duration::from_secs(180 * 86400))
+    );
 }
 
 #[test]
 fn environment_overrides_win() {
     let cfg = load(
         EXAMPLE,
-        &[("VAULT__SERVER__API_ADDR", "127.0.0.1:0"), ("VAULT__SERVER__MAX_ITEMS", "5"), ("OTHER", "x")],
+        &[
+            ("VAULT__SERVER__API_ADDR", "127.0.0.1:0"),
+            ("VAULT__SERVER__MAX_ITEMS", "5"),
+            ("OTHER", "x"),
+        ],
     )
     .unwrap();
     assert_eq!(cfg.server.api_addr, "127.0.0.1:0");
@@ -63,7 +87,10 @@ fn every_problem_is_listed() {
         .replace("max = \"P30Y\"", "max = \"30 years\"")
         .replace("collect = [\"ip\"]", "collect = [\"ipaddr\"]")
         .replace("purpose = \"notification\"", "purpose = \"marketing\"")
-        .replace("caller = \"app\"\npurpose = \"user_specified\"", "caller = \"ghost\"\npurpose = \"user_specified\"")
+        .replace(
+            "caller = \"app\"\npurpose = \"user_specified\"",
+            "caller = \"ghost\"\npurpose = \"user_specified\"",
+        )
         .replace("min-version = \"1.3\"", "min-version = \"1.0\"")
         .replace("ca = \"tls/ca.pem\"", "ca = \"tls/missing.pem\"");
     let errs = load(&text, &[]).unwrap_err().0;
@@ -93,11 +120,20 @@ fn legal_exceptions_cannot_be_granted() {
 
 #[test]
 fn key_source_must_be_exactly_one() {
-    let text = EXAMPLE.replace("# master-key-env = \"VAULT_MASTER_KEY\"", "master-key-env = \"VAULT_MASTER_KEY\"");
-    assert!(load(&text, &[]).unwrap_err().to_string().contains("not both"));
+    let text = EXAMPLE.replace(
+        "# master-key-env = \"VAULT_MASTER_KEY\"",
+        "master-key-env = \"VAULT_MASTER_KEY\"",
+    );
+    assert!(load(&text, &[])
+        .unwrap_err()
+        .to_string()
+        .contains("not both"));
 }
 
 #[test]
 fn bad_toml_is_reported() {
-    assert!(load("[server", &[]).unwrap_err().to_string().contains("TOML"));
+    assert!(load("[server", &[])
+        .unwrap_err()
+        .to_string()
+        .contains("TOML"));
 }

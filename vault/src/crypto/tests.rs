@@ -12,9 +12,7 @@ fn rfc5297_a1_known_answer() {
     let key = unhex("fffefdfc fbfaf9f8 f7f6f5f4 f3f2f1f0 f0f1f2f3 f4f5f6f7 f8f9fafb fcfdfeff");
     let ad = unhex("10111213 14151617 18191a1b 1c1d1e1f 20212223 24252627");
     let pt = unhex("11223344 55667788 99aabbcc ddee");
-    let expected = unhex(
-        "85632d07 c6e8f37f 950acd32 0a2ecc93 40c02b96 90c4dc04 daef7f6a fe5c",
-    );
+    let expected = unhex("85632d07 c6e8f37f 950acd32 0a2ecc93 40c02b96 90c4dc04 daef7f6a fe5c");
     let mut siv = Aes128Siv::new_from_slice(&key).unwrap();
     let ct = siv.encrypt([&ad], &pt).unwrap();
     assert_eq!(ct, expected);
@@ -60,7 +58,10 @@ fn tokens_are_deterministic_keyed_and_class_separated() {
     let t1 = k.token(Class::Phone, "+8613800138000");
     assert_eq!(t1, k.token(Class::Phone, "+8613800138000"));
     assert_ne!(t1, k.token(Class::Text, "+8613800138000"));
-    let other = TokenKey::new(derive(&SecretKey::from_slice(&[1u8; 32]).unwrap(), b"token"));
+    let other = TokenKey::new(derive(
+        &SecretKey::from_slice(&[1u8; 32]).unwrap(),
+        b"token",
+    ));
     assert_ne!(t1, other.token(Class::Phone, "+8613800138000"));
     // Not a plain hash of the value.
     use sha2::Digest;
@@ -68,13 +69,21 @@ fn tokens_are_deterministic_keyed_and_class_separated() {
     assert_ne!(&t1[..], &plain[..TOKEN_BYTES]);
     let s = encode_token(&t1);
     assert_eq!(s.len(), TOKEN_CHARS);
-    assert!(s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+    assert!(s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
     assert_eq!(decode_token(&s), Some(t1));
 }
 
 #[test]
 fn decode_token_rejects_anything_else() {
-    for bad in ["", "short", &"A".repeat(33), &"!".repeat(32), "../../etc/passwd"] {
+    for bad in [
+        "",
+        "short",
+        &"A".repeat(33),
+        &"!".repeat(32),
+        "../../etc/passwd",
+    ] {
         assert_eq!(decode_token(bad), None, "{bad}");
     }
 }

@@ -50,9 +50,18 @@ fn scans_are_ordered_bounded_and_limited() {
             keys(scan_prefix(store.as_ref(), Space::Subjects, b"b", 10).unwrap()),
             vec![b"b1".to_vec(), b"b2".to_vec(), b"b\xff".to_vec()]
         );
-        assert_eq!(keys(store.scan(Space::Subjects, b"a", None, 2).unwrap()).len(), 2);
-        assert_eq!(keys(store.scan(Space::Subjects, b"c", None, 10).unwrap()), vec![b"c1".to_vec()]);
-        assert!(store.scan(Space::Subjects, b"d", None, 10).unwrap().is_empty());
+        assert_eq!(
+            keys(store.scan(Space::Subjects, b"a", None, 2).unwrap()).len(),
+            2
+        );
+        assert_eq!(
+            keys(store.scan(Space::Subjects, b"c", None, 10).unwrap()),
+            vec![b"c1".to_vec()]
+        );
+        assert!(store
+            .scan(Space::Subjects, b"d", None, 10)
+            .unwrap()
+            .is_empty());
     }
 }
 
@@ -73,7 +82,10 @@ fn batches_are_atomic_under_failed_checks() {
         b.expect(Space::Meta, b"absent".to_vec(), None);
         store.write(b).unwrap();
         assert_eq!(store.get(Space::Values, b"x").unwrap(), Some(b"y".to_vec()));
-        assert_eq!(store.get(Space::Meta, b"head").unwrap(), Some(b"2".to_vec()));
+        assert_eq!(
+            store.get(Space::Meta, b"head").unwrap(),
+            Some(b"2".to_vec())
+        );
     }
 }
 

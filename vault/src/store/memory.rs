@@ -32,7 +32,13 @@ impl Store for MemoryStore {
         Ok(self.lock()?.get(&(space, key.to_vec())).cloned())
     }
 
-    fn scan(&self, space: Space, from: &[u8], to: Option<&[u8]>, limit: usize) -> Result<Rows, StoreError> {
+    fn scan(
+        &self,
+        space: Space,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Rows, StoreError> {
         let map = self.lock()?;
         let lower = Bound::Included((space, from.to_vec()));
         let upper = match to {

@@ -22,7 +22,9 @@ pub struct RocksStore {
 
 impl std::fmt::Debug for RocksStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RocksStore").field("path", &self.db.path()).finish()
+        f.debug_struct("RocksStore")
+            .field("path", &self.db.path())
+            .finish()
     }
 }
 
@@ -84,7 +86,10 @@ impl RocksStore {
 
     fn checks_hold(&self, batch: &Batch) -> Result<bool, StoreError> {
         for check in &batch.checks {
-            let cur = self.db.get_pinned_cf(self.cf(check.space)?, &check.key).map_err(engine)?;
+            let cur = self
+                .db
+                .get_pinned_cf(self.cf(check.space)?, &check.key)
+                .map_err(engine)?;
             let same = match (&cur, &check.expected) {
                 (None, None) => true,
                 (Some(c), Some(e)) => c.as_ref() == e.as_slice(),
@@ -103,7 +108,13 @@ impl Store for RocksStore {
         self.db.get_cf(self.cf(space)?, key).map_err(engine)
     }
 
-    fn scan(&self, space: Space, from: &[u8], to: Option<&[u8]>, limit: usize) -> Result<Rows, StoreError> {
+    fn scan(
+        &self,
+        space: Space,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Rows, StoreError> {
         let mut ro = ReadOptions::default();
         if let Some(t) = to {
             ro.set_iterate_upper_bound(t.to_vec());
