@@ -122,14 +122,13 @@ fn batch_tokenize(c: &mut Criterion) {
     let Ok(cfg) = vault::config::Config::load(&path) else {
         return;
     };
-    let Ok(master) = vault::server::load_master(&cfg) else {
-        return;
-    };
-    let keyring = vault::keys::Keyring::derive(&master, 1);
     let Ok(store) = RocksStore::open(dir.path()) else {
         return;
     };
-    let Ok(v) = vault::server::build(&cfg, keyring, Arc::new(store)) else {
+    let Ok(keys) = vault::server::open_keys(&cfg, &store) else {
+        return;
+    };
+    let Ok(v) = vault::server::build(&cfg, keys, Arc::new(store)) else {
         return;
     };
     let ctx = Ctx {

@@ -18,8 +18,8 @@ use serde::Serialize;
 use crate::error::is_tls_failure;
 use crate::retry::{self, Outcome};
 use crate::wire::{
-    AuditResponse, DetokenizeRequest, DetokenizeResponse, ErrorBody, TokenizeRequest,
-    TokenizeResponse,
+    AuditResponse, DetokenizeRequest, DetokenizeResponse, ErrorBody, KeysConfigRequest, KeysStatus,
+    RewrapStatus, TokenizeRequest, TokenizeResponse, UnsealRequest,
 };
 use crate::Error;
 
@@ -126,6 +126,54 @@ impl Client {
     ) -> Result<AuditResponse, Error> {
         self.get_json(&crate::query::audit_path(subject, since_seq, limit))
             .await
+    }
+
+    /// `GET /v1/admin/keys` (officers): versions, states, values per version,
+    /// or the unseal progress while sealed.
+    pub async fn keys_status(&self) -> Result<KeysStatus, Error> {
+        self.get_json("/v1/admin/keys").await
+    }
+
+    /// `POST /v1/admin/keys/rotate` (officers). Not retried after it may
+    /// have been sent: a second rotation is a real one.
+    pub async fn rotate_keys(&self) -> Result<KeysStatus, Error> {
+        self.post_json("/v1/admin/keys/rotate", &serde_json::json!({}))
+            .await
+    }
+
+    /// `POST /v1/admin/keys/config` (officers): the oldest key version that
+    /// may still decrypt.
+    pub async fn set_min_decryption_version(&self, version: u32) -> Result<KeysStatus, Error> {
+        let req = KeysConfigRequest {
+            min_decryption_version: version,
+        };
+        self.post_json("/v1/admin/keys/config", &req).await
+    }
+
+    /// `POST /v1/admin/keys/rewrap` (officers): starts re-encryption under
+    /// the active version.
+    pub async fn start_rewrap(&self) -> Result<RewrapStatus, Error> {
+        self.post_json("/v1/admin/keys/rewrap", &serde_json::json!({}))
+            .await
+    }
+
+    /// `GET /v1/admin/keys/rewrap` (officers).
+    pub async fn rewrap_status(&self) -> Result<RewrapStatus, Error> {
+        self.get_json("/v1/admin/keys/rewrap").await
+    }
+
+    /// `POST /v1/admin/seal` (officers).
+    pub async fn seal(&self) -> Result<KeysStatus, Error> {
+        self.post_json("/v1/admin/seal", &serde_json::json!({}))
+            .await
+    }
+
+    /// `POST /v1/admin/unseal` (officers) with one key share.
+    pub async fn unseal(&self, share: &str) -> Result<KeysStatus, Error> {
+        let req = UnsealRequest {
+            share: share.to_string(),
+        };
+        self.post_json("/v1/admin/unseal", &req).await
     }
 
     /// Sends any method to any path (with its query) and returns the answer as

@@ -171,3 +171,61 @@ pub struct AuditEvent {
 pub struct AuditResponse {
     pub events: Vec<AuditEvent>,
 }
+
+/// One data-key version as `GET /v1/admin/keys` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyVersion {
+    pub version: u32,
+    /// Unix time in milliseconds.
+    pub created_ms: u64,
+    /// `active` (new values), `decrypt_only`, or `refused` (below the
+    /// minimum decryption version).
+    pub state: String,
+    /// Stored values still sealed under this version.
+    pub values: u64,
+}
+
+/// `GET /v1/admin/keys` and the answer of every key operation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysStatus {
+    pub sealed: bool,
+    /// While sealed: shares given so far and shares needed (0 when the
+    /// vault does not unseal with shares).
+    pub unseal_progress: usize,
+    pub unseal_threshold: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_version: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_decryption_version: Option<u32>,
+    #[serde(default)]
+    pub versions: Vec<KeyVersion>,
+}
+
+/// `POST /v1/admin/unseal`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnsealRequest {
+    pub share: String,
+}
+
+/// `POST /v1/admin/keys/config`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfigRequest {
+    pub min_decryption_version: u32,
+}
+
+/// `GET` / `POST /v1/admin/keys/rewrap`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewrapStatus {
+    /// `idle`, `running`, `done` or `failed`.
+    pub state: String,
+    /// The version values are being moved to.
+    pub target_version: u32,
+    /// Values looked at and values re-encrypted so far in this job.
+    pub scanned: u64,
+    pub rewrapped: u64,
+}

@@ -338,13 +338,12 @@ async fn an_audit_write_failure_releases_nothing() {
 
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
-    let master = vault::server::load_master(&cfg).unwrap();
-    let keyring = vault::keys::Keyring::derive(&master, 1);
     let store = Arc::new(Failing {
         inner: MemoryStore::new(),
         fail: AtomicBool::new(false),
     });
-    let running = vault::server::start_with(&cfg, keyring, store.clone())
+    let keys = vault::server::open_keys(&cfg, store.as_ref()).unwrap();
+    let running = vault::server::start_with(&cfg, keys, store.clone())
         .await
         .unwrap();
     let mut v = TestVault {

@@ -13,6 +13,7 @@ mod harness;
 mod audit;
 mod durability;
 mod errors;
+mod keys;
 mod policy;
 mod storage;
 mod tokens;

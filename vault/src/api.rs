@@ -3,6 +3,7 @@
 //! request has been validated, and nothing an [`ApiError`] carries comes from
 //! a submitted value.
 
+pub mod admin;
 mod audit_query;
 mod detokenize;
 mod tokenize;
@@ -78,6 +79,12 @@ pub enum ApiError {
     NotFound,
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("a concurrent change won; retry")]
+    Conflict,
+    #[error("{0}")]
+    InvalidShare(&'static str),
+    #[error("the shares given do not open this vault; unseal starts again")]
+    UnsealFailed,
     #[error("internal error")]
     Internal,
 }

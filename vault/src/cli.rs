@@ -1,11 +1,16 @@
-//! The `vault` command line: `dev`, `serve`, `check-config` and `audit
-//! verify`. Invariant: exit codes mean one thing each: 0 success, 1 a failed
-//! check (broken audit chain), 64 a bad configuration, 70 a runtime failure.
+//! The `vault` command line: `dev`, `serve`, `check-config`, `audit
+//! verify`, `operator init` and the officer commands (`keys`, `seal`,
+//! `unseal`). Invariant: exit codes mean one thing each: 0 success, 1 a
+//! failed check or a refusal by the vault, 64 bad usage or configuration,
+//! 69 the vault could not be reached, 70 a runtime failure.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+mod officer;
+pub use officer::{Connection, KeysCommand, EXIT_UNREACHABLE};
 
 use crate::config::{Config, LogFormat};
 use crate::{audit, dev, server};
@@ -48,6 +53,46 @@ pub enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Offline operator tasks on the database.
+    Operator {
+        #[command(subcommand)]
+        command: OperatorCommand,
+    },
+    /// Data-key custody (officers, through the API).
+    Keys {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Stop all decryption at once and drop key material (officers).
+    Seal {
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Give one key share towards unsealing (officers). Without --share the
+    /// share is read from standard input.
+    Unseal {
+        #[command(flatten)]
+        conn: Connection,
+        #[arg(long)]
+        share: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OperatorCommand {
+    /// Create the root key, store the key hierarchy, print the shares once.
+    Init {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, default_value_t = 5)]
+        shares: u8,
+        #[arg(long, default_value_t = 3)]
+        threshold: u8,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -103,6 +148,18 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Audit {
             command: AuditCommand::Verify { data },
         } => verify(&data),
+        Command::Operator {
+            command:
+                OperatorCommand::Init {
+                    config,
+                    shares,
+                    threshold,
+                    json,
+                },
+        } => officer::init(&config, shares, threshold, json),
+        Command::Keys { conn, command } => officer::keys(&conn, &command),
+        Command::Seal { conn } => officer::seal(&conn),
+        Command::Unseal { conn, share } => officer::unseal(&conn, share),
     }
 }
 
@@ -150,8 +207,13 @@ fn serve(cfg: &Config) -> ExitCode {
             Ok(r) => r,
             Err(e) => return fail(EXIT_RUNTIME, &format!("vault: cannot start: {e}")),
         };
+        let sealed = if running.vault.keys.is_sealed() {
+            " sealed (unseal with key shares)"
+        } else {
+            ""
+        };
         println!(
-            "vault ready api=https://{} ops=http://{}",
+            "vault ready api=https://{} ops=http://{}{sealed}",
             running.api_addr, running.ops_addr
         );
         wait_for_signal().await;

@@ -110,8 +110,28 @@ fn default_tls_min() -> String {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Keys {
+    /// Development: the root key in a file (64 hex characters).
     pub master_key_file: Option<PathBuf>,
+    /// The root key in an environment variable.
     pub master_key_env: Option<String>,
+    /// A command (program and arguments) that prints the root key: the hook
+    /// for an HSM or KMS client.
+    pub master_key_command: Option<Vec<String>>,
+    /// Production: start sealed; officers unseal with the key shares that
+    /// `vault operator init` printed.
+    #[serde(default)]
+    pub unseal_with_shares: bool,
+    /// Rotate the data key this often (ISO 8601, e.g. "P90D"); off if unset.
+    pub auto_rotate_period: Option<String>,
+    /// Values re-encrypted per rewrap step, and the pause between steps.
+    #[serde(default = "default_rewrap_batch")]
+    pub rewrap_batch: usize,
+    #[serde(default)]
+    pub rewrap_pause_ms: u64,
+}
+
+fn default_rewrap_batch() -> usize {
+    1024
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -238,12 +258,30 @@ impl Config {
                 ));
             }
         }
-        match (&self.keys.master_key_file, &self.keys.master_key_env) {
-            (Some(_), Some(_)) => {
-                p.push("keys: set master-key-file or master-key-env, not both".into())
-            }
-            (None, None) => p.push("keys: set master-key-file or master-key-env".into()),
-            _ => {}
+        let k = &self.keys;
+        let sources = [
+            k.master_key_file.is_some(),
+            k.master_key_env.is_some(),
+            k.master_key_command.is_some(),
+            k.unseal_with_shares,
+        ];
+        if sources.iter().filter(|s| **s).count() != 1 {
+            p.push(
+                "keys: set exactly one of master-key-file, master-key-env, master-key-command, unseal-with-shares = true"
+                    .into(),
+            );
+        }
+        if k.master_key_command.as_ref().is_some_and(|c| c.is_empty()) {
+            p.push("keys.master-key-command: give the program and its arguments".into());
+        }
+        if k.auto_rotate_period
+            .as_deref()
+            .is_some_and(|d| parse_duration(d).is_err())
+        {
+            p.push("keys.auto-rotate-period: not an ISO 8601 duration such as P90D".into());
+        }
+        if k.rewrap_batch == 0 || k.rewrap_batch > 100_000 {
+            p.push("keys.rewrap-batch: must be 1..=100000".into());
         }
         for (key, d) in [
             ("retention.max", &self.retention.max),

@@ -108,6 +108,11 @@ impl DataKey {
         self.version
     }
 
+    /// A copy of the key bytes, for a new keyring generation.
+    pub(crate) fn duplicate_key(&self) -> SecretKey<64> {
+        self.key.duplicate()
+    }
+
     /// Encrypts `plaintext` bound to `aad`. Output: random nonce, then the
     /// SIV ciphertext. The random nonce makes equal values under equal
     /// associated data encrypt differently, so ciphertexts leak no equality.

@@ -23,7 +23,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use vault_sdk::wire::{ErrorBody, ErrorDetail};
 
-use crate::api::{self, ApiError, Ctx};
+use crate::api::{self, admin, ApiError, Ctx};
 use crate::server::Vault;
 
 type Body = Full<Bytes>;
@@ -53,6 +53,9 @@ pub fn error_parts(e: &ApiError) -> (StatusCode, &'static str) {
         E::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         E::NotFound => (StatusCode::NOT_FOUND, "not_found"),
         E::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        E::Conflict => (StatusCode::CONFLICT, "conflict"),
+        E::InvalidShare(_) => (StatusCode::BAD_REQUEST, "invalid_share"),
+        E::UnsealFailed => (StatusCode::BAD_REQUEST, "unseal_failed"),
         E::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     }
 }
@@ -106,6 +109,7 @@ fn route_of(method: &Method, path: &str) -> &'static str {
         (_, "/v1/tokenize") => "tokenize",
         (_, "/v1/detokenize") => "detokenize",
         (_, "/v1/audit") => "audit",
+        (_, p) if p.starts_with("/v1/admin/") => "admin",
         _ => "other",
     }
 }
@@ -180,9 +184,31 @@ async fn dispatch(conn: &Conn, request_id: String, req: Request<Incoming>) -> Re
             Err(e) => error_response(&e),
         },
         (&Method::GET, "/v1/audit") => ok(api::audit(v, &ctx, parts.uri.query())),
-        (_, "/v1/tokenize" | "/v1/detokenize" | "/v1/audit") => {
-            error_response(&ApiError::MethodNotAllowed)
-        }
+        (&Method::GET, "/v1/admin/keys") => ok(admin::keys_status(v, &ctx).await),
+        (&Method::POST, "/v1/admin/keys/rotate") => ok(admin::rotate(v, &ctx).await),
+        (&Method::POST, "/v1/admin/keys/config") => match read_body(v, &parts, body).await {
+            Ok(b) => ok(admin::configure(v, &ctx, &b).await),
+            Err(e) => error_response(&e),
+        },
+        (&Method::POST, "/v1/admin/keys/rewrap") => ok(admin::rewrap_start(v, &ctx).await),
+        (&Method::GET, "/v1/admin/keys/rewrap") => ok(admin::rewrap_status(v, &ctx)),
+        (&Method::POST, "/v1/admin/seal") => ok(admin::seal(v, &ctx).await),
+        (&Method::POST, "/v1/admin/unseal") => match read_body(v, &parts, body).await {
+            Ok(b) => ok(admin::unseal(v, &ctx, &b).await),
+            Err(e) => error_response(&e),
+        },
+        (
+            _,
+            "/v1/tokenize"
+            | "/v1/detokenize"
+            | "/v1/audit"
+            | "/v1/admin/keys"
+            | "/v1/admin/keys/rotate"
+            | "/v1/admin/keys/config"
+            | "/v1/admin/keys/rewrap"
+            | "/v1/admin/seal"
+            | "/v1/admin/unseal",
+        ) => error_response(&ApiError::MethodNotAllowed),
         _ => error_response(&ApiError::NotFound),
     }
 }

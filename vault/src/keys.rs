@@ -11,6 +11,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::crypto::{derive, DataKey, TokenKey};
 use crate::secret::SecretKey;
+use crate::store::{Batch, Space, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -27,31 +28,206 @@ pub enum KeyError {
     MissingEnv(String),
     #[error("no data key for version {0}")]
     UnknownVersion(u32),
+    #[error("key version {0} is below the minimum decryption version")]
+    BelowMinimum(u32),
+    #[error("the key does not open this vault's keys")]
+    WrongRoot,
+    #[error("the stored key hierarchy is unreadable")]
+    Corrupt,
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    #[error("the vault has no keys yet: run `vault operator init` first")]
+    NotInitialized,
+    #[error("the key command failed: {0}")]
+    Command(String),
 }
 
-/// All keys the running vault uses, derived from the master key.
+/// Meta keys of the key hierarchy. Values are AES-SIV wraps under the
+/// key-encryption key, bound by associated data to their slot.
+const TOKEN_SLOT: &[u8] = b"keys/token";
+const STATE_SLOT: &[u8] = b"keys/state";
+const DATA_SLOT: &[u8] = b"keys/data/";
+/// How the root key is split, written by `vault operator init`.
+pub const UNSEAL_SLOT: &[u8] = b"keys/unseal";
+
+fn data_slot(v: u32) -> Vec<u8> {
+    let mut k = DATA_SLOT.to_vec();
+    k.extend_from_slice(&v.to_be_bytes());
+    k
+}
+
+/// The public part of the key hierarchy: which versions exist, which one
+/// new values use, and the oldest one still allowed to decrypt.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KeyMeta {
+    pub active: u32,
+    pub min_decryption_version: u32,
+    /// Creation time (ms since the epoch) of each version.
+    pub versions: BTreeMap<u32, u64>,
+}
+
+/// How the root key was split at `vault operator init`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UnsealMeta {
+    pub shares: u8,
+    pub threshold: u8,
+}
+
+/// All keys the running vault uses. The hierarchy: the root key (from shares,
+/// a key file, a variable or a command) derives the key-encryption key (KEK)
+/// with HKDF; the KEK unwraps the random token key and the random, versioned
+/// data keys stored in the database. The root key itself is never kept.
 #[derive(Debug)]
 pub struct Keyring {
+    kek: DataKey,
     token: TokenKey,
     data: BTreeMap<u32, DataKey>,
-    active: u32,
+    meta: KeyMeta,
+}
+
+fn wrap_aad(slot: &[u8]) -> Vec<u8> {
+    let mut aad = b"vault/wrap/v1/".to_vec();
+    aad.extend_from_slice(slot);
+    aad
+}
+
+fn wrap<const N: usize>(
+    kek: &DataKey,
+    slot: &[u8],
+    key: &SecretKey<N>,
+) -> Result<Vec<u8>, KeyError> {
+    kek.seal(&wrap_aad(slot), key.expose_secret())
+        .map_err(|_| KeyError::Corrupt)
+}
+
+fn unwrap<const N: usize>(
+    kek: &DataKey,
+    slot: &[u8],
+    wrapped: &[u8],
+) -> Result<SecretKey<N>, KeyError> {
+    let raw = kek
+        .open(&wrap_aad(slot), wrapped)
+        .map_err(|_| KeyError::WrongRoot)?;
+    SecretKey::from_slice(&raw).ok_or(KeyError::Corrupt)
+}
+
+fn kek_from_root(root: &SecretKey<32>) -> DataKey {
+    DataKey::new(0, derive(root, b"vault/kek/v1"))
 }
 
 impl Keyring {
-    /// Derives the token key and data keys `1..=active` from `master`.
-    pub fn derive(master: &SecretKey<32>, active: u32) -> Self {
-        let active = active.max(1);
-        let data = (1..=active)
-            .map(|v| {
-                let label = format!("vault/data-key/v{v}");
-                (v, DataKey::new(v, derive(master, label.as_bytes())))
-            })
-            .collect();
-        Self {
-            token: TokenKey::new(derive(master, b"vault/token-key/v1")),
-            data,
-            active,
+    /// Opens the key hierarchy stored in `store` with `root`, creating it
+    /// (a token key and data key version 1) on first use. A root that does
+    /// not unwrap the stored keys fails with [`KeyError::WrongRoot`].
+    pub fn open(root: &SecretKey<32>, store: &dyn Store) -> Result<Self, KeyError> {
+        let kek = kek_from_root(root);
+        if store.get(Space::Meta, TOKEN_SLOT)?.is_none() {
+            let batch = Self::genesis(&kek, crate::api::now_ms())?;
+            match store.write(batch) {
+                Ok(()) | Err(StoreError::Conflict) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
+        Self::load(kek, store)
+    }
+
+    /// Whether `store` holds a key hierarchy yet.
+    pub fn exists(store: &dyn Store) -> Result<bool, KeyError> {
+        Ok(store.get(Space::Meta, TOKEN_SLOT)?.is_some())
+    }
+
+    fn genesis(kek: &DataKey, now: u64) -> Result<Batch, KeyError> {
+        let token = SecretKey::<32>::generate();
+        let data = SecretKey::<64>::generate();
+        let meta = KeyMeta {
+            active: 1,
+            min_decryption_version: 1,
+            versions: BTreeMap::from([(1, now)]),
+        };
+        let mut b = Batch::default();
+        b.expect(Space::Meta, TOKEN_SLOT.to_vec(), None);
+        b.put(
+            Space::Meta,
+            TOKEN_SLOT.to_vec(),
+            wrap(kek, TOKEN_SLOT, &token)?,
+        );
+        b.put(Space::Meta, data_slot(1), wrap(kek, &data_slot(1), &data)?);
+        b.put(Space::Meta, STATE_SLOT.to_vec(), encode_meta(&meta)?);
+        Ok(b)
+    }
+
+    fn load(kek: DataKey, store: &dyn Store) -> Result<Self, KeyError> {
+        let wrapped = store
+            .get(Space::Meta, TOKEN_SLOT)?
+            .ok_or(KeyError::Corrupt)?;
+        let token = TokenKey::new(unwrap(&kek, TOKEN_SLOT, &wrapped)?);
+        let meta_bytes = store
+            .get(Space::Meta, STATE_SLOT)?
+            .ok_or(KeyError::Corrupt)?;
+        let meta: KeyMeta = serde_json::from_slice(&meta_bytes).map_err(|_| KeyError::Corrupt)?;
+        let mut data = BTreeMap::new();
+        for &v in meta.versions.keys() {
+            let slot = data_slot(v);
+            let wrapped = store.get(Space::Meta, &slot)?.ok_or(KeyError::Corrupt)?;
+            data.insert(v, DataKey::new(v, unwrap(&kek, &slot, &wrapped)?));
+        }
+        if !data.contains_key(&meta.active) {
+            return Err(KeyError::Corrupt);
+        }
+        Ok(Self {
+            kek,
+            token,
+            data,
+            meta,
+        })
+    }
+
+    /// The batch that makes a new active data key version, guarded so two
+    /// rotations cannot both win; and the version it creates.
+    pub fn rotation(&self, now: u64) -> Result<(Batch, u32), KeyError> {
+        let next = self.data.keys().next_back().copied().unwrap_or(0) + 1;
+        let key = SecretKey::<64>::generate();
+        let mut meta = self.meta.clone();
+        meta.active = next;
+        meta.versions.insert(next, now);
+        let mut b = self.guarded_meta(&meta)?;
+        b.put(
+            Space::Meta,
+            data_slot(next),
+            wrap(&self.kek, &data_slot(next), &key)?,
+        );
+        Ok((b, next))
+    }
+
+    /// The batch that sets the oldest version allowed to decrypt.
+    pub fn min_decryption(&self, version: u32) -> Result<Batch, KeyError> {
+        if version == 0 || version > self.meta.active {
+            return Err(KeyError::UnknownVersion(version));
+        }
+        let mut meta = self.meta.clone();
+        meta.min_decryption_version = version;
+        self.guarded_meta(&meta)
+    }
+
+    fn guarded_meta(&self, meta: &KeyMeta) -> Result<Batch, KeyError> {
+        let mut b = Batch::default();
+        b.expect(
+            Space::Meta,
+            STATE_SLOT.to_vec(),
+            Some(encode_meta(&self.meta)?),
+        );
+        b.put(Space::Meta, STATE_SLOT.to_vec(), encode_meta(meta)?);
+        Ok(b)
+    }
+
+    /// This keyring as the store now has it (after a rotation or a change
+    /// of the minimum version was written).
+    pub fn reload(&self, store: &dyn Store) -> Result<Self, KeyError> {
+        Self::load(DataKey::new(0, self.kek.duplicate_key()), store)
+    }
+
+    pub fn meta(&self) -> &KeyMeta {
+        &self.meta
     }
 
     pub fn token_key(&self) -> &TokenKey {
@@ -60,12 +236,20 @@ impl Keyring {
 
     /// The key new values are sealed under.
     pub fn active(&self) -> Result<&DataKey, KeyError> {
-        self.version(self.active)
+        self.version(self.meta.active)
     }
 
+    /// The key of `v`, unless `v` is below the minimum decryption version.
     pub fn version(&self, v: u32) -> Result<&DataKey, KeyError> {
+        if v < self.meta.min_decryption_version {
+            return Err(KeyError::BelowMinimum(v));
+        }
         self.data.get(&v).ok_or(KeyError::UnknownVersion(v))
     }
+}
+
+fn encode_meta(meta: &KeyMeta) -> Result<Vec<u8>, KeyError> {
+    serde_json::to_vec(meta).map_err(|_| KeyError::Corrupt)
 }
 
 /// The keyring, or nothing while sealed. Readers take a cheap `Arc` clone so
@@ -102,6 +286,16 @@ impl KeyState {
         }
     }
 
+    /// Swaps in a newer keyring (after a rotation) unless the vault was
+    /// sealed meanwhile.
+    pub fn replace_if_unsealed(&self, keyring: Keyring) {
+        if let Ok(mut guard) = self.inner.write() {
+            if guard.is_some() {
+                *guard = Some(Arc::new(keyring));
+            }
+        }
+    }
+
     pub fn install(&self, keyring: Keyring) {
         if let Ok(mut guard) = self.inner.write() {
             *guard = Some(Arc::new(keyring));
@@ -124,6 +318,30 @@ pub fn master_from_env(var: &str) -> Result<SecretKey<32>, KeyError> {
     let text =
         Zeroizing::new(std::env::var(var).map_err(|_| KeyError::MissingEnv(var.to_string()))?);
     parse_master(&text, var)
+}
+
+/// Runs a configured command (a hook for an HSM or KMS client) and reads
+/// the master key, 64 hex characters, from its standard output. Its output
+/// is wiped after parsing; its standard error is not kept.
+pub fn master_from_command(argv: &[String]) -> Result<SecretKey<32>, KeyError> {
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| KeyError::Command("empty command".into()))?;
+    let out = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .map_err(|e| KeyError::Command(format!("cannot run {program}: {}", e.kind())))?;
+    let stdout = Zeroizing::new(out.stdout);
+    if !out.status.success() {
+        return Err(KeyError::Command(format!(
+            "{program} exited with {}",
+            out.status
+        )));
+    }
+    let text = Zeroizing::new(String::from_utf8_lossy(&stdout).into_owned());
+    parse_master(&text, program)
 }
 
 fn parse_master(text: &str, source_name: &str) -> Result<SecretKey<32>, KeyError> {
@@ -159,6 +377,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
     use crate::classes::Class;
+    use crate::store::MemoryStore;
 
     #[test]
     fn master_file_round_trip_and_errors() {
@@ -186,29 +405,103 @@ mod tests {
         ));
     }
 
+    fn root(b: u8) -> SecretKey<32> {
+        SecretKey::from_slice(&[b; 32]).unwrap()
+    }
+
     #[test]
-    fn keyring_tokens_do_not_depend_on_data_versions() {
-        let master = SecretKey::from_slice(&[9u8; 32]).unwrap();
-        let one = Keyring::derive(&master, 1);
-        let three = Keyring::derive(&master, 3);
+    fn hierarchy_is_created_once_and_reopened_only_with_its_root() {
+        let store = MemoryStore::new();
+        let a = Keyring::open(&root(9), &store).unwrap();
+        let t = a.token_key().token(Class::Phone, "+8613800138000");
+        let again = Keyring::open(&root(9), &store).unwrap();
+        assert_eq!(again.token_key().token(Class::Phone, "+8613800138000"), t);
+        assert!(matches!(
+            Keyring::open(&root(8), &store),
+            Err(KeyError::WrongRoot)
+        ));
+        // Nothing stored is a key in the clear: the raw data key never
+        // appears in the meta space.
+        let rows = store.scan(Space::Meta, b"", None, 100).unwrap();
+        assert!(rows.len() >= 3);
+    }
+
+    #[test]
+    fn rotation_keeps_tokens_and_old_versions_and_min_version_refuses() {
+        let store = MemoryStore::new();
+        let one = Keyring::open(&root(9), &store).unwrap();
+        let aad = b"aad";
+        let old = one.active().unwrap().seal(aad, b"13800138000").unwrap();
+        let (batch, v) = one.rotation(5).unwrap();
+        assert_eq!(v, 2);
+        store.write(batch).unwrap();
+        // A second rotation from the stale keyring loses the race.
+        assert!(matches!(
+            store.write(one.rotation(6).unwrap().0),
+            Err(StoreError::Conflict)
+        ));
+        let two = one.reload(&store).unwrap();
+        assert_eq!(two.active().unwrap().version(), 2);
         assert_eq!(
-            one.token_key().token(Class::Phone, "+8613800138000"),
-            three.token_key().token(Class::Phone, "+8613800138000")
+            two.token_key().token(Class::Phone, "+8613800138000"),
+            one.token_key().token(Class::Phone, "+8613800138000")
         );
-        assert_eq!(three.active().unwrap().version(), 3);
-        assert!(three.version(1).is_ok());
-        assert!(one.version(2).is_err());
+        assert_eq!(
+            &two.version(1).unwrap().open(aad, &old).unwrap()[..],
+            b"13800138000"
+        );
+        store.write(two.min_decryption(2).unwrap()).unwrap();
+        let three = two.reload(&store).unwrap();
+        assert!(matches!(three.version(1), Err(KeyError::BelowMinimum(1))));
+        assert!(matches!(
+            three.min_decryption(3),
+            Err(KeyError::UnknownVersion(3))
+        ));
+        // Reopened from the root, the state is the same.
+        let reopened = Keyring::open(&root(9), &store).unwrap();
+        assert_eq!(reopened.meta(), three.meta());
+    }
+
+    #[test]
+    fn a_tampered_wrap_does_not_open() {
+        let store = MemoryStore::new();
+        Keyring::open(&root(9), &store).unwrap();
+        let mut w = store.get(Space::Meta, &data_slot(1)).unwrap().unwrap();
+        *w.last_mut().unwrap() ^= 1;
+        let mut b = Batch::default();
+        b.put(Space::Meta, data_slot(1), w);
+        store.write(b).unwrap();
+        assert!(Keyring::open(&root(9), &store).is_err());
+    }
+
+    #[test]
+    fn key_command_is_read_and_its_failures_are_clear() {
+        let hexkey = "ab".repeat(32);
+        let k = master_from_command(&["echo".into(), hexkey]).unwrap();
+        assert_eq!(k.expose_secret(), &[0xab; 32]);
+        assert!(matches!(
+            master_from_command(&["false".into()]),
+            Err(KeyError::Command(_))
+        ));
+        assert!(matches!(
+            master_from_command(&["/nonexistent/kms".into()]),
+            Err(KeyError::Command(_))
+        ));
+        assert!(matches!(
+            master_from_command(&[]),
+            Err(KeyError::Command(_))
+        ));
     }
 
     #[test]
     fn seal_drops_the_keyring() {
-        let master = SecretKey::from_slice(&[9u8; 32]).unwrap();
-        let state = KeyState::unsealed(Keyring::derive(&master, 1));
+        let store = MemoryStore::new();
+        let state = KeyState::unsealed(Keyring::open(&root(9), &store).unwrap());
         assert!(state.get().is_ok());
         state.seal();
         assert!(matches!(state.get(), Err(KeyError::Sealed)));
         assert!(state.is_sealed());
-        let dbg = format!("{:?}", Keyring::derive(&master, 1));
+        let dbg = format!("{:?}", Keyring::open(&root(9), &store).unwrap());
         assert!(!dbg.contains("9, 9"), "{dbg}");
     }
 }

@@ -44,6 +44,10 @@ pub struct Metrics {
     commit_jobs: Counter,
     in_flight: Gauge,
     sealed: Gauge,
+    /// Public so the key and rewrap code can set them directly.
+    pub key_active_version: Gauge,
+    pub rewrap_values: Counter,
+    pub rewrap_running: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -79,6 +83,24 @@ impl Metrics {
         let commit_jobs = Counter::default();
         let in_flight = Gauge::default();
         let sealed = Gauge::default();
+        let key_active_version = Gauge::default();
+        let rewrap_values = Counter::default();
+        let rewrap_running = Gauge::default();
+        registry.register(
+            "vault_keys_active_version",
+            "Data key version new values are sealed under",
+            key_active_version.clone(),
+        );
+        registry.register(
+            "vault_rewrap_values",
+            "Values re-encrypted under the active key version",
+            rewrap_values.clone(),
+        );
+        registry.register(
+            "vault_rewrap_running",
+            "1 while a rewrap job runs",
+            rewrap_running.clone(),
+        );
         registry.register(
             "vault_http_requests",
             "API requests by route and status class",
@@ -147,6 +169,9 @@ impl Metrics {
             commit_jobs,
             in_flight,
             sealed,
+            key_active_version,
+            rewrap_values,
+            rewrap_running,
         }
     }
 

@@ -37,6 +37,12 @@ pub struct Vault {
     pub committer: Committer,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
+    /// Shares given so far towards an unseal.
+    pub unseal: std::sync::Mutex<crate::shares::Collector>,
+    /// Serializes officer key operations (rotate, min version, unseal).
+    pub key_ops: tokio::sync::Mutex<()>,
+    /// The background re-encryption job.
+    pub rewrap: crate::rewrap::Rewrap,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,23 +88,35 @@ impl Running {
     }
 }
 
-/// Opens the store and keys of `cfg` and starts both listeners.
+/// Opens the store and keys of `cfg` and starts both listeners. With
+/// `unseal-with-shares` the vault starts sealed and waits for officers.
 pub async fn start(cfg: &Config) -> Result<Running, StartError> {
-    let master = load_master(cfg)?;
-    let keyring = Keyring::derive(&master, 1);
-    drop(master);
     let store: Arc<dyn Store> = Arc::new(RocksStore::open(&cfg.data_dir())?);
-    start_with(cfg, keyring, store).await
+    let keys = open_keys(cfg, store.as_ref())?;
+    start_with(cfg, keys, store).await
 }
 
-/// Starts over a given keyring and store: how tests put a failing or
+/// The key state a configuration starts with: unsealed from a key file,
+/// variable or command; sealed when officers must bring shares.
+pub fn open_keys(cfg: &Config, store: &dyn Store) -> Result<KeyState, keys::KeyError> {
+    if cfg.keys.unseal_with_shares {
+        if !Keyring::exists(store)? {
+            return Err(keys::KeyError::NotInitialized);
+        }
+        return Ok(KeyState::default());
+    }
+    let root = load_master(cfg)?;
+    Ok(KeyState::unsealed(Keyring::open(&root, store)?))
+}
+
+/// Starts over a given key state and store: how tests put a failing or
 /// inspectable engine under the real server.
 pub async fn start_with(
     cfg: &Config,
-    keyring: Keyring,
+    keys: KeyState,
     store: Arc<dyn Store>,
 ) -> Result<Running, StartError> {
-    let vault = build(cfg, keyring, store)?;
+    let vault = build(cfg, keys, store)?;
     let s = &cfg.server;
     let tls = crate::tls::server_config(cfg)?;
     let api = bind(&s.api_addr).await?;
@@ -106,15 +124,29 @@ pub async fn start_with(
     let api_addr = local(&api, &s.api_addr)?;
     let ops_addr = local(&ops, &s.ops_addr)?;
     let (stop, stopped) = watch::channel(false);
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(crate::http::serve_api(
             vault.clone(),
             api,
             tls,
             stopped.clone(),
         )),
-        tokio::spawn(crate::http::serve_ops(vault.clone(), ops, stopped)),
+        tokio::spawn(crate::http::serve_ops(vault.clone(), ops, stopped.clone())),
     ];
+    tasks.push(tokio::spawn(crate::rewrap::supervise(
+        vault.clone(),
+        stopped.clone(),
+    )));
+    if let Some(period) = cfg.keys.auto_rotate_period.as_deref() {
+        let ms = crate::retention::parse_duration(period).map_or(u64::MAX, |d| {
+            u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+        });
+        tasks.push(tokio::spawn(crate::api::admin::auto_rotate(
+            vault.clone(),
+            ms,
+            stopped,
+        )));
+    }
     Ok(Running {
         api_addr,
         ops_addr,
@@ -128,15 +160,16 @@ pub async fn start_with(
 /// runs on, and what benches drive in process.
 pub fn build(
     cfg: &Config,
-    keyring: Keyring,
+    keys: KeyState,
     store: Arc<dyn Store>,
 ) -> Result<Arc<Vault>, StartError> {
     let metrics = Arc::new(Metrics::new());
+    metrics.set_sealed(keys.is_sealed());
     let committer = Committer::start(store.clone(), metrics.clone())?;
     let s = &cfg.server;
     Ok(Arc::new(Vault {
         policy: Policy::from_config(cfg),
-        keys: KeyState::unsealed(keyring),
+        keys,
         store,
         committer,
         metrics,
@@ -148,15 +181,20 @@ pub fn build(
             max_concurrent_requests: s.max_concurrent_requests,
             max_connections: s.max_connections,
         },
+        unseal: std::sync::Mutex::new(crate::shares::Collector::default()),
+        key_ops: tokio::sync::Mutex::new(()),
+        rewrap: crate::rewrap::Rewrap::new(cfg.keys.rewrap_batch.max(1), cfg.keys.rewrap_pause_ms),
     }))
 }
 
-/// The master key from the configured source.
+/// The root key from the configured source (file, variable or command).
 pub fn load_master(cfg: &Config) -> Result<crate::secret::SecretKey<32>, keys::KeyError> {
-    match (&cfg.keys.master_key_file, &cfg.keys.master_key_env) {
-        (Some(f), _) => keys::master_from_file(&cfg.resolve(f)),
-        (None, Some(var)) => keys::master_from_env(var),
-        (None, None) => Err(keys::KeyError::MissingEnv("master-key-file".into())),
+    let k = &cfg.keys;
+    match (&k.master_key_file, &k.master_key_env, &k.master_key_command) {
+        (Some(f), _, _) => keys::master_from_file(&cfg.resolve(f)),
+        (None, Some(var), _) => keys::master_from_env(var),
+        (None, None, Some(cmd)) => keys::master_from_command(cmd),
+        (None, None, None) => Err(keys::KeyError::MissingEnv("master-key-file".into())),
     }
 }
 

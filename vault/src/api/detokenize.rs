@@ -145,11 +145,17 @@ impl Lookup<'_> {
             return Ok((out, draft));
         }
         let aad = value_aad(&subject, record.class, record.key_version);
-        let opened = self
-            .keys
-            .version(record.key_version)
-            .ok()
-            .and_then(|k| k.open(&aad, &record.ciphertext).ok());
+        let key = match self.keys.version(record.key_version) {
+            Err(crate::keys::KeyError::BelowMinimum(_)) => {
+                // Officers have retired this key version for decryption.
+                out.status = Status::Denied;
+                out.reason = Some("key_version_refused".into());
+                draft.outcome = "denied";
+                return Ok((out, draft));
+            }
+            k => k.ok(),
+        };
+        let opened = key.and_then(|k| k.open(&aad, &record.ciphertext).ok());
         let Some(plain) = opened.and_then(|p| String::from_utf8(p.to_vec()).ok()) else {
             // Tampered, swapped or undecryptable: the same opaque answer as a
             // token we never issued, and a loud event for the officers.

@@ -127,7 +127,27 @@ fn key_source_must_be_exactly_one() {
     assert!(load(&text, &[])
         .unwrap_err()
         .to_string()
-        .contains("not both"));
+        .contains("exactly one of"));
+    let shares = EXAMPLE.replace(
+        "master-key-file = \"master.key\"",
+        "unseal-with-shares = true",
+    );
+    assert!(load(&shares, &[]).is_ok());
+    let none = EXAMPLE.replace("master-key-file = \"master.key\"", "");
+    assert!(load(&none, &[])
+        .unwrap_err()
+        .to_string()
+        .contains("exactly one of"));
+    let bad = EXAMPLE
+        .replace(
+            "master-key-file = \"master.key\"",
+            "master-key-command = []\nauto-rotate-period = \"often\"",
+        )
+        .replace("rewrap-batch = 1024", "rewrap-batch = 0");
+    let all = load(&bad, &[]).unwrap_err().to_string();
+    for want in ["master-key-command", "auto-rotate-period", "rewrap-batch"] {
+        assert!(all.contains(want), "{want}: {all}");
+    }
 }
 
 #[test]

@@ -1,0 +1,420 @@
+//! Key custody end to end: operator init and unseal by shares, restart
+//! sealed, rotation under load, rewrap, the minimum decryption version,
+//! seal during load, and the officer CLI's output and exit codes.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::harness::*;
+use vault_sdk::wire::Status;
+
+const PHONE: &str = "13800138000";
+/// How the vault gives `PHONE` back: normalized to E.164.
+const E164: &str = "+8613800138000";
+
+fn cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(vault_bin()).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// Switches a prepared dev directory to unseal-with-shares and runs
+/// `vault operator init` on it; returns the shares it printed.
+fn init_with_shares(dir: &std::path::Path, shares: u8, threshold: u8) -> Vec<String> {
+    let path = vault::dev::prepare(dir).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text.replace(
+        "master-key-file = \"master.key\"",
+        "unseal-with-shares = true",
+    );
+    std::fs::write(&path, text).unwrap();
+    let p = path.to_str().unwrap();
+    let (code, out, err) = cli(&[
+        "operator",
+        "init",
+        "--config",
+        p,
+        "--shares",
+        &shares.to_string(),
+        "--threshold",
+        &threshold.to_string(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let list: Vec<String> = v["shares"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(list.len(), usize::from(shares));
+    // A second init changes nothing and says so.
+    let (code, _, err) = cli(&["operator", "init", "--config", p]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("already initialized"), "{err}");
+    list
+}
+
+async fn start_in(dir: tempfile::TempDir) -> TestVault {
+    let cfg = config(dir.path());
+    let running = vault::server::start(&cfg).await.unwrap();
+    TestVault {
+        api: running.api_addr,
+        ops: running.ops_addr,
+        running: Some(running),
+        dir,
+    }
+}
+
+#[tokio::test]
+async fn init_unseal_by_threshold_and_restart_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let shares = init_with_shares(dir.path(), 3, 2);
+    let mut v = start_in(dir).await;
+    let app = v.client("app");
+    let officer = v.client("officer");
+
+    // Sealed: data endpoints refuse, readiness fails, progress is visible.
+    let err = app
+        .tokenize(&tok_req("s1", "notification", vec![field("phone", PHONE)]))
+        .await
+        .unwrap_err();
+    assert_eq!((err.status(), err.code()), (Some(503), Some("sealed")));
+    assert_eq!(v.ops_get("/readyz").await.0, 503);
+    let st = officer.keys_status().await.unwrap();
+    assert!(st.sealed);
+    assert_eq!((st.unseal_progress, st.unseal_threshold), (0, 2));
+
+    // Only officers unseal; bad and repeated shares leave progress alone.
+    assert_eq!(
+        app.unseal(&shares[0]).await.unwrap_err().code(),
+        Some("forbidden")
+    );
+    assert_eq!(
+        officer.unseal("vs1-nonsense").await.unwrap_err().code(),
+        Some("invalid_share")
+    );
+    let st = officer.unseal(&shares[0]).await.unwrap();
+    assert!(st.sealed);
+    assert_eq!(st.unseal_progress, 1);
+    assert_eq!(
+        officer.unseal(&shares[0]).await.unwrap_err().code(),
+        Some("invalid_share")
+    );
+    let st = officer.unseal(&shares[2]).await.unwrap();
+    assert!(!st.sealed, "{st:?}");
+    assert_eq!(v.ops_get("/readyz").await.0, 200);
+    let tok = tokenize_one(&app, "s1", "notification", "phone", PHONE).await;
+
+    // A restart comes back sealed; two other shares open the same keys.
+    v.restart().await;
+    let app = v.client("app");
+    let officer = v.client("officer");
+    assert_eq!(
+        app.detokenize(&detok_req("notification", &[&tok]))
+            .await
+            .unwrap_err()
+            .code(),
+        Some("sealed")
+    );
+    officer.unseal(&shares[1]).await.unwrap();
+    officer.unseal(&shares[2]).await.unwrap();
+    let out = app
+        .detokenize(&detok_req("notification", &[&tok]))
+        .await
+        .unwrap();
+    assert_eq!(out.values[0].value.as_deref(), Some(E164));
+    assert_eq!(
+        tokenize_one(&app, "s1", "notification", "phone", PHONE).await,
+        tok
+    );
+
+    // Shares of another vault complete the count, fail, and reset progress.
+    officer.seal().await.unwrap();
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = init_with_shares(other_dir.path(), 2, 2);
+    officer.unseal(&other[0]).await.unwrap();
+    assert_eq!(
+        officer.unseal(&other[1]).await.unwrap_err().code(),
+        Some("unseal_failed")
+    );
+    let st = officer.keys_status().await.unwrap();
+    assert!(st.sealed && st.unseal_progress == 0, "{st:?}");
+
+    // Every attempt is in the audit log, the failed ones too.
+    officer.unseal(&shares[0]).await.unwrap();
+    officer.unseal(&shares[1]).await.unwrap();
+    let events = officer.audit(None, None, Some(1000)).await.unwrap().events;
+    let seen = |action: &str, outcome: &str| {
+        events
+            .iter()
+            .any(|e| e.action == action && e.outcome == outcome)
+    };
+    assert!(seen("unseal_share", "rejected"));
+    assert!(seen("unseal", "failed"));
+    assert!(seen("unseal", "unsealed"));
+    assert!(seen("seal", "ok"));
+    let text = serde_json::to_string(&events).unwrap();
+    for s in &shares {
+        assert!(!text.contains(&s[4..20]), "a share reached the audit log");
+    }
+}
+
+/// Runs tokenize+detokenize round trips until `stop`, counting failures.
+fn load(
+    v: &TestVault,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    fails: Arc<AtomicUsize>,
+    ok: Arc<AtomicUsize>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..4)
+        .map(|w| {
+            let c = v.client("app");
+            let (stop, fails, ok) = (stop.clone(), fails.clone(), ok.clone());
+            tokio::spawn(async move {
+                let mut i = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    i += 1;
+                    let phone = format!("139{:08}", w * 1_000_000 + i);
+                    let r = c
+                        .tokenize(&tok_req(
+                            &format!("s{w}"),
+                            "notification",
+                            vec![field("phone", &phone)],
+                        ))
+                        .await;
+                    let good = match r {
+                        Ok(t) => {
+                            let d = c
+                                .detokenize(&detok_req("notification", &[&t.tokens[0].token]))
+                                .await;
+                            d.is_ok_and(|d| {
+                                d.values[0].value.as_deref() == Some(format!("+86{phone}").as_str())
+                            })
+                        }
+                        Err(_) => false,
+                    };
+                    if good {
+                        ok.fetch_add(1, Ordering::SeqCst)
+                    } else {
+                        fails.fetch_add(1, Ordering::SeqCst)
+                    };
+                }
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_under_load_then_rewrap_and_min_version() {
+    let v = TestVault::start().await;
+    let app = v.client("app");
+    let officer = v.client("officer");
+    let old = tokenize_one(&app, "old", "notification", "phone", PHONE).await;
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (fails, ok) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let workers = load(&v, stop.clone(), fails.clone(), ok.clone());
+    for want in 2..=4u32 {
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        let st = officer.rotate_keys().await.unwrap();
+        assert_eq!(st.active_version, Some(want));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    stop.store(true, Ordering::SeqCst);
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert_eq!(
+        fails.load(Ordering::SeqCst),
+        0,
+        "requests failed during rotation"
+    );
+    assert!(ok.load(Ordering::SeqCst) > 10);
+
+    // Tokens do not change with the data key; old values still open.
+    assert_eq!(
+        tokenize_one(&app, "old", "notification", "phone", PHONE).await,
+        old
+    );
+    let st = officer.keys_status().await.unwrap();
+    assert_eq!(st.versions.len(), 4);
+    assert_eq!(st.versions[3].state, "active");
+    let total: u64 = st.versions.iter().map(|k| k.values).sum();
+    assert!(total > 10);
+
+    // The minimum decryption version refuses older ciphertext at once...
+    let fresh = tokenize_one(&app, "new", "notification", "phone", "13900000001").await;
+    officer.set_min_decryption_version(4).await.unwrap();
+    let out = app
+        .detokenize(&detok_req("notification", &[&old, &fresh]))
+        .await
+        .unwrap();
+    // `old` was re-sealed under v4 by the re-tokenize above; an untouched
+    // value from the load (under an older version) is refused.
+    assert_eq!(out.values[1].status, Status::Ok);
+    let st = officer.keys_status().await.unwrap();
+    assert!(
+        st.versions
+            .iter()
+            .any(|k| k.state == "refused" && k.values > 0),
+        "{st:?}"
+    );
+    assert_eq!(
+        officer
+            .set_min_decryption_version(9)
+            .await
+            .unwrap_err()
+            .code(),
+        Some("invalid_request")
+    );
+
+    // ...and lowering it again, then rewrapping, moves everything to v4.
+    officer.set_min_decryption_version(1).await.unwrap();
+    officer.start_rewrap().await.unwrap();
+    let mut st = officer.rewrap_status().await.unwrap();
+    for _ in 0..200 {
+        if st.state == "done" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        st = officer.rewrap_status().await.unwrap();
+    }
+    assert_eq!(st.state, "done", "{st:?}");
+    assert!(st.rewrapped > 0);
+    let keys = officer.keys_status().await.unwrap();
+    for k in &keys.versions[..3] {
+        assert_eq!(k.values, 0, "{keys:?}");
+    }
+    officer.set_min_decryption_version(4).await.unwrap();
+    let out = app
+        .detokenize(&detok_req("notification", &[&old]))
+        .await
+        .unwrap();
+    assert_eq!(out.values[0].value.as_deref(), Some(E164));
+    let (_, metrics) = v.ops_get("/metrics").await;
+    assert!(metrics.contains("vault_keys_active_version 4"), "{metrics}");
+    assert!(metrics.contains("vault_rewrap_values_total"));
+    // Key operations are officers' only.
+    assert_eq!(
+        app.rotate_keys().await.unwrap_err().code(),
+        Some("forbidden")
+    );
+    assert_eq!(
+        app.keys_status().await.unwrap_err().code(),
+        Some("forbidden")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seal_during_load_stops_every_release() {
+    let v = TestVault::start().await;
+    let app = v.client("app");
+    let officer = v.client("officer");
+    let tok = tokenize_one(&app, "s", "notification", "phone", PHONE).await;
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let c = v.client("app");
+        let tok = tok.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut codes = Vec::new();
+            for _ in 0..40 {
+                match c.detokenize(&detok_req("notification", &[&tok])).await {
+                    Ok(d) => {
+                        assert_eq!(d.values[0].value.as_deref(), Some(E164));
+                        codes.push("ok".to_string());
+                    }
+                    Err(e) => codes.push(e.code().unwrap_or("none").to_string()),
+                }
+            }
+            codes
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    officer.seal().await.unwrap();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    assert!(all.iter().all(|c| c == "ok" || c == "sealed"), "{all:?}");
+    let err = app
+        .detokenize(&detok_req("notification", &[&tok]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("sealed"));
+    assert_eq!(v.ops_get("/readyz").await.0, 503);
+    assert!(v.ops_get("/metrics").await.1.contains("vault_sealed 1"));
+    // A dev vault has no shares: it unseals by restarting with its key file.
+    assert_eq!(
+        officer.unseal("vs1-00").await.unwrap_err().code(),
+        Some("invalid_request")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn officer_cli_output_and_exit_codes() {
+    let v = TestVault::start().await;
+    let dir = v.dir.path().to_str().unwrap().to_string();
+    let endpoint = format!("https://127.0.0.1:{}", v.api.port());
+    let base = |extra: &[&str]| -> (i32, String, String) {
+        let mut args: Vec<&str> = extra.to_vec();
+        args.extend(["--dev", &dir, "--endpoint", &endpoint]);
+        // `keys <sub>` takes the connection flags before the subcommand.
+        cli(&args)
+    };
+    let status = {
+        let out = Command::new(vault_bin())
+            .args(["keys", "--dev", &dir, "--endpoint", &endpoint, "status"])
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    assert_eq!(status.0, 0);
+    assert!(status.1.contains("active version: 1"), "{}", status.1);
+    let out = Command::new(vault_bin())
+        .args([
+            "keys",
+            "--dev",
+            &dir,
+            "--endpoint",
+            &endpoint,
+            "--json",
+            "rotate",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let st: vault_sdk::wire::KeysStatus = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(st.active_version, Some(2));
+    let out = Command::new(vault_bin())
+        .args([
+            "keys",
+            "--dev",
+            &dir,
+            "--endpoint",
+            &endpoint,
+            "min-decryption-version",
+            "7",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_request"));
+    // Nobody listening: 69.
+    let (code, _, err) = cli(&["seal", "--dev", &dir, "--endpoint", "https://127.0.0.1:1"]);
+    assert_eq!(code, 69, "{err}");
+    // No credentials: 64.
+    let (code, _, _) = cli(&["seal", "--endpoint", &endpoint]);
+    assert_eq!(code, 64);
+    let (code, out, err) = base(&["seal"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("sealed: yes"));
+}

@@ -1,0 +1,296 @@
+//! Officer key operations: status, rotate, minimum decryption version,
+//! rewrap, seal and unseal. Invariants: only officers reach them; each
+//! state change and its audit event are one durable write; every attempt,
+//! failed unseals included, is audited; no answer carries key material or
+//! says which share was wrong.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use vault_sdk::wire::{KeyVersion, KeysConfigRequest, KeysStatus, RewrapStatus, UnsealRequest};
+
+use super::{now_ms, parse_json, require_officer, ApiError, Ctx};
+use crate::audit::Draft;
+use crate::keys::{KeyError, Keyring, UnsealMeta, UNSEAL_SLOT};
+use crate::rewrap::{self, Rewrap};
+use crate::server::Vault;
+use crate::shares::{Progress, ShareError};
+use crate::store::{Batch, Space, StoreError};
+
+fn draft(ctx: &Ctx, action: &'static str, outcome: &'static str) -> Draft {
+    Draft {
+        request_id: ctx.request_id.clone(),
+        caller: ctx.caller.to_string(),
+        action,
+        outcome,
+        ..Draft::default()
+    }
+}
+
+async fn commit(v: &Vault, batch: Batch, event: Draft) -> Result<(), ApiError> {
+    v.committer
+        .commit(batch, vec![event])
+        .await
+        .map_err(|e| match e {
+            crate::commit::CommitError::Store(StoreError::Conflict) => ApiError::Conflict,
+            _ => ApiError::Unavailable,
+        })
+}
+
+/// Records an officer action that changed nothing (a refused attempt).
+async fn audit_only(
+    v: &Vault,
+    ctx: &Ctx,
+    action: &'static str,
+    outcome: &'static str,
+) -> Result<(), ApiError> {
+    commit(v, Batch::default(), draft(ctx, action, outcome)).await
+}
+
+fn unseal_meta(v: &Vault) -> Result<Option<UnsealMeta>, ApiError> {
+    match v
+        .store
+        .get(Space::Meta, UNSEAL_SLOT)
+        .map_err(|_| ApiError::Unavailable)?
+    {
+        None => Ok(None),
+        Some(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|_| ApiError::Internal),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| ApiError::Internal)
+}
+
+/// `GET /v1/admin/keys`.
+pub async fn keys_status(v: &Arc<Vault>, ctx: &Ctx) -> Result<KeysStatus, ApiError> {
+    require_officer(ctx)?;
+    status(v).await
+}
+
+async fn status(v: &Arc<Vault>) -> Result<KeysStatus, ApiError> {
+    let threshold = unseal_meta(v)?.map_or(0, |m| usize::from(m.threshold));
+    let progress = v.unseal.lock().map(|c| c.progress()).unwrap_or(0);
+    let Ok(keys) = v.keys.get() else {
+        return Ok(KeysStatus {
+            sealed: true,
+            unseal_progress: progress,
+            unseal_threshold: threshold,
+            active_version: None,
+            min_decryption_version: None,
+            versions: Vec::new(),
+        });
+    };
+    let store = v.store.clone();
+    let counts = blocking(move || rewrap::count_by_version(store.as_ref()))
+        .await?
+        .map_err(|_| ApiError::Unavailable)?;
+    let meta = keys.meta();
+    let versions = meta
+        .versions
+        .iter()
+        .map(|(&version, &created_ms)| KeyVersion {
+            version,
+            created_ms,
+            state: if version == meta.active {
+                "active"
+            } else if version < meta.min_decryption_version {
+                "refused"
+            } else {
+                "decrypt_only"
+            }
+            .into(),
+            values: counts.get(&version).copied().unwrap_or(0),
+        })
+        .collect();
+    Ok(KeysStatus {
+        sealed: false,
+        unseal_progress: 0,
+        unseal_threshold: threshold,
+        active_version: Some(meta.active),
+        min_decryption_version: Some(meta.min_decryption_version),
+        versions,
+    })
+}
+
+/// Writes a key-state change made from the current keyring and installs
+/// the keyring the store then holds, so every thread uses it at once.
+async fn change_keys(
+    v: &Arc<Vault>,
+    ctx: &Ctx,
+    action: &'static str,
+    make: impl FnOnce(&Keyring) -> Result<Batch, KeyError>,
+) -> Result<(), ApiError> {
+    let _guard = v.key_ops.lock().await;
+    let keys = v.keys.get().map_err(|_| ApiError::Sealed)?;
+    let batch = match make(&keys) {
+        Ok(b) => b,
+        Err(KeyError::UnknownVersion(_)) => {
+            audit_only(v, ctx, action, "refused").await?;
+            return Err(ApiError::BadRequest(
+                "no such key version (it must be 1..=active)",
+            ));
+        }
+        Err(_) => return Err(ApiError::Internal),
+    };
+    commit(v, batch, draft(ctx, action, "ok")).await?;
+    let store = v.store.clone();
+    let fresh = blocking(move || keys.reload(store.as_ref()))
+        .await?
+        .map_err(|_| ApiError::Internal)?;
+    v.metrics
+        .key_active_version
+        .set(i64::from(fresh.meta().active));
+    // A seal that raced this change wins: nothing is installed then.
+    v.keys.replace_if_unsealed(fresh);
+    Ok(())
+}
+
+/// `POST /v1/admin/keys/rotate`.
+pub async fn rotate(v: &Arc<Vault>, ctx: &Ctx) -> Result<KeysStatus, ApiError> {
+    require_officer(ctx)?;
+    change_keys(v, ctx, "keys_rotate", |k| {
+        k.rotation(now_ms()).map(|(b, _)| b)
+    })
+    .await?;
+    status(v).await
+}
+
+/// `POST /v1/admin/keys/config` `{"min_decryption_version":N}`.
+pub async fn configure(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysStatus, ApiError> {
+    require_officer(ctx)?;
+    let req: KeysConfigRequest = parse_json(body)?;
+    change_keys(v, ctx, "keys_min_decryption_version", |k| {
+        k.min_decryption(req.min_decryption_version)
+    })
+    .await?;
+    status(v).await
+}
+
+/// `POST /v1/admin/keys/rewrap`: starts (or restarts) re-encryption of
+/// every value under the active version.
+pub async fn rewrap_start(v: &Arc<Vault>, ctx: &Ctx) -> Result<RewrapStatus, ApiError> {
+    require_officer(ctx)?;
+    let keys = v.keys.get().map_err(|_| ApiError::Sealed)?;
+    let batch = Rewrap::start_batch(keys.meta().active).map_err(|_| ApiError::Internal)?;
+    commit(v, batch, draft(ctx, "keys_rewrap_start", "ok")).await?;
+    v.rewrap.kick();
+    rewrap_status(v, ctx)
+}
+
+/// `GET /v1/admin/keys/rewrap`.
+pub fn rewrap_status(v: &Vault, ctx: &Ctx) -> Result<RewrapStatus, ApiError> {
+    require_officer(ctx)?;
+    rewrap::status(v.store.as_ref(), v.keys.is_sealed()).map_err(|_| ApiError::Unavailable)
+}
+
+/// `POST /v1/admin/seal`: no more decryption from this moment; the keyring
+/// is dropped (and zeroized once the requests holding it finish).
+pub async fn seal(v: &Arc<Vault>, ctx: &Ctx) -> Result<KeysStatus, ApiError> {
+    require_officer(ctx)?;
+    let _guard = v.key_ops.lock().await;
+    v.keys.seal();
+    v.metrics.set_sealed(true);
+    if let Ok(mut c) = v.unseal.lock() {
+        c.reset();
+    }
+    tracing::warn!(caller = %ctx.caller, "Vault sealed by an officer");
+    // Sealing happens even if the event cannot be written; the write is
+    // still attempted so the log says who did it.
+    let _ = audit_only(v, ctx, "seal", "ok").await;
+    status(v).await
+}
+
+/// `POST /v1/admin/unseal` `{"share":"vs1-..."}`.
+pub async fn unseal(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysStatus, ApiError> {
+    require_officer(ctx)?;
+    let req: UnsealRequest = parse_json(body)?;
+    let _guard = v.key_ops.lock().await;
+    if !v.keys.is_sealed() {
+        return status(v).await;
+    }
+    let Some(meta) = unseal_meta(v)? else {
+        return Err(ApiError::BadRequest(
+            "this vault does not unseal with shares",
+        ));
+    };
+    let added = match v.unseal.lock() {
+        Ok(mut c) => c.add(&req.share, meta.threshold),
+        Err(_) => return Err(ApiError::Internal),
+    };
+    let root = match added {
+        Ok(Progress::Need(..)) => {
+            audit_only(v, ctx, "unseal_share", "accepted").await?;
+            return status(v).await;
+        }
+        Ok(Progress::Complete(root)) => root,
+        Err(e) => {
+            audit_only(v, ctx, "unseal_share", "rejected").await?;
+            return Err(match e {
+                ShareError::Duplicate => ApiError::InvalidShare("this share was already given"),
+                _ => ApiError::InvalidShare("this is not a share of this vault's key"),
+            });
+        }
+    };
+    let store = v.store.clone();
+    let opened = blocking(move || Keyring::open(&root, store.as_ref())).await?;
+    match opened {
+        Ok(keys) => {
+            v.metrics
+                .key_active_version
+                .set(i64::from(keys.meta().active));
+            v.keys.install(keys);
+            v.metrics.set_sealed(false);
+            tracing::info!("Vault unsealed");
+            audit_only(v, ctx, "unseal", "unsealed").await?;
+            v.rewrap.kick();
+            status(v).await
+        }
+        Err(_) => {
+            audit_only(v, ctx, "unseal", "failed").await?;
+            Err(ApiError::UnsealFailed)
+        }
+    }
+}
+
+/// Rotates the data key every `period_ms` (config `auto-rotate-period`),
+/// measured from the active version's creation, so restarts do not reset
+/// the clock.
+pub async fn auto_rotate(
+    v: Arc<Vault>,
+    period_ms: u64,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let ctx = Ctx {
+        caller: "vault".into(),
+        role: crate::policy::Role::Officer,
+        request_id: "auto-rotate".into(),
+    };
+    loop {
+        if let Ok(keys) = v.keys.get() {
+            let meta = keys.meta();
+            let created = meta.versions.get(&meta.active).copied().unwrap_or(0);
+            if now_ms().saturating_sub(created) >= period_ms {
+                if let Err(e) = change_keys(&v, &ctx, "keys_auto_rotate", |k| {
+                    k.rotation(now_ms()).map(|(b, _)| b)
+                })
+                .await
+                {
+                    tracing::error!(error = %e, "Scheduled key rotation failed");
+                }
+            }
+        }
+        let wait = Duration::from_millis(period_ms.clamp(1_000, 60_000));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}

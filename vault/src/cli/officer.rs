@@ -1,0 +1,272 @@
+//! Officer subcommands: key status, rotation, minimum version, rewrap, seal,
+//! unseal (through the API with an officer certificate, via the SDK) and
+//! `operator init` (offline, on the database). Exit codes: 0 done, 1 the
+//! vault refused (the error code is printed), 64 bad usage or
+//! configuration, 69 the vault could not be reached, 70 a local failure.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use vault_sdk::wire::{KeysStatus, RewrapStatus};
+use vault_sdk::{Client, ClientBuilder};
+
+use super::{fail, load, EXIT_BROKEN, EXIT_CONFIG, EXIT_RUNTIME};
+use crate::audit::Draft;
+use crate::keys::{Keyring, UnsealMeta, UNSEAL_SLOT};
+use crate::store::{Batch, RocksStore, Space, Store};
+
+/// Could not reach the vault (sysexits EX_UNAVAILABLE).
+pub const EXIT_UNREACHABLE: u8 = 69;
+
+/// How to reach the vault as an officer.
+#[derive(Debug, Args)]
+pub struct Connection {
+    /// API endpoint.
+    #[arg(long, default_value = "https://127.0.0.1:8443")]
+    pub endpoint: String,
+    /// A `vault dev` directory: takes the CA and the `officer` certificate
+    /// from DIR/tls unless --ca/--cert/--key say otherwise.
+    #[arg(long)]
+    pub dev: Option<PathBuf>,
+    /// CA certificate (PEM) the server's certificate must chain to.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// Officer client certificate and key (PEM).
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Versions, their states and how many values each protects.
+    Status,
+    /// Make a new active data-key version.
+    Rotate,
+    /// Refuse to decrypt anything older than VERSION.
+    MinDecryptionVersion { version: u32 },
+    /// Start re-encrypting every value under the active version.
+    RewrapStart,
+    /// Progress of the rewrap job.
+    RewrapStatus,
+}
+
+fn client(c: &Connection) -> Result<Client, ExitCode> {
+    let dev_file = |name: &str| c.dev.as_ref().map(|d| d.join("tls").join(name));
+    let (Some(ca), Some(cert), Some(key)) = (
+        c.ca.clone().or_else(|| dev_file("ca.pem")),
+        c.cert.clone().or_else(|| dev_file("officer.pem")),
+        c.key.clone().or_else(|| dev_file("officer.key")),
+    ) else {
+        return Err(fail(
+            EXIT_CONFIG,
+            "give --dev DIR, or --ca, --cert and --key",
+        ));
+    };
+    ClientBuilder::new(&c.endpoint)
+        .ca_file(ca)
+        .and_then(|b| b.identity_files(cert, key))
+        .and_then(|b| b.build())
+        .map_err(|e| fail(EXIT_CONFIG, &format!("cannot set up the client: {e}")))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(EXIT_RUNTIME, &format!("runtime: {e}")))
+}
+
+/// Prints an answer, or the error with the exit code it means.
+fn report<T: Serialize>(
+    json: bool,
+    r: Result<T, vault_sdk::Error>,
+    text: impl FnOnce(&T) -> String,
+) -> ExitCode {
+    match r {
+        Ok(v) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                println!("{}", text(&v));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => match e.code() {
+            Some(code) => fail(EXIT_BROKEN, &format!("refused: {code}: {e}")),
+            None => fail(EXIT_UNREACHABLE, &format!("cannot reach the vault: {e}")),
+        },
+    }
+}
+
+fn keys_text(s: &KeysStatus) -> String {
+    if s.sealed {
+        return if s.unseal_threshold > 0 {
+            format!(
+                "sealed: yes\nunseal progress: {}/{}",
+                s.unseal_progress, s.unseal_threshold
+            )
+        } else {
+            "sealed: yes".into()
+        };
+    }
+    let mut out = format!(
+        "sealed: no\nactive version: {}\nmin decryption version: {}\n",
+        s.active_version.unwrap_or(0),
+        s.min_decryption_version.unwrap_or(0)
+    );
+    for v in &s.versions {
+        out.push_str(&format!(
+            "  v{:<4} {:<13} {} values\n",
+            v.version, v.state, v.values
+        ));
+    }
+    out.trim_end().to_string()
+}
+
+fn rewrap_text(s: &RewrapStatus) -> String {
+    format!(
+        "rewrap: {} (target v{}, {} values looked at, {} re-encrypted)",
+        s.state, s.target_version, s.scanned, s.rewrapped
+    )
+}
+
+pub fn keys(conn: &Connection, cmd: &KeysCommand) -> ExitCode {
+    let (c, rt) = match (client(conn), runtime()) {
+        (Ok(c), Ok(rt)) => (c, rt),
+        (Err(code), _) | (_, Err(code)) => return code,
+    };
+    let json = conn.json;
+    rt.block_on(async {
+        match cmd {
+            KeysCommand::Status => report(json, c.keys_status().await, keys_text),
+            KeysCommand::Rotate => report(json, c.rotate_keys().await, keys_text),
+            KeysCommand::MinDecryptionVersion { version } => report(
+                json,
+                c.set_min_decryption_version(*version).await,
+                keys_text,
+            ),
+            KeysCommand::RewrapStart => report(json, c.start_rewrap().await, rewrap_text),
+            KeysCommand::RewrapStatus => report(json, c.rewrap_status().await, rewrap_text),
+        }
+    })
+}
+
+pub fn seal(conn: &Connection) -> ExitCode {
+    let (c, rt) = match (client(conn), runtime()) {
+        (Ok(c), Ok(rt)) => (c, rt),
+        (Err(code), _) | (_, Err(code)) => return code,
+    };
+    rt.block_on(async { report(conn.json, c.seal().await, keys_text) })
+}
+
+/// Unseals with one share, from `--share` or, so it stays out of the shell
+/// history, from the first line of standard input.
+pub fn unseal(conn: &Connection, share: Option<String>) -> ExitCode {
+    let share = zeroize::Zeroizing::new(match share {
+        Some(s) => s,
+        None => {
+            let mut line = String::new();
+            if std::io::stdin().read_line(&mut line).is_err() || line.trim().is_empty() {
+                return fail(
+                    EXIT_CONFIG,
+                    "give a share with --share or on standard input",
+                );
+            }
+            line.trim().to_string()
+        }
+    });
+    let (c, rt) = match (client(conn), runtime()) {
+        (Ok(c), Ok(rt)) => (c, rt),
+        (Err(code), _) | (_, Err(code)) => return code,
+    };
+    rt.block_on(async { report(conn.json, c.unseal(&share).await, keys_text) })
+}
+
+/// `vault operator init`: creates the root key of a vault configured with
+/// `unseal-with-shares`, stores its key hierarchy, and prints the shares
+/// once. The server must not be running (the database is opened directly).
+pub fn init(config: &std::path::Path, shares: u8, threshold: u8, json: bool) -> ExitCode {
+    let cfg = match load(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if !cfg.keys.unseal_with_shares {
+        return fail(
+            EXIT_CONFIG,
+            "operator init needs `unseal-with-shares = true` in [keys]",
+        );
+    }
+    let root = crate::secret::SecretKey::<32>::generate();
+    let printed = match crate::shares::split(&root, shares, threshold) {
+        Ok(s) => s,
+        Err(e) => return fail(EXIT_CONFIG, &format!("operator init: {e}")),
+    };
+    let store: Arc<dyn Store> = match RocksStore::open(&cfg.data_dir()) {
+        Ok(s) => Arc::new(s),
+        Err(e) => return fail(EXIT_RUNTIME, &format!("cannot open the database: {e}")),
+    };
+    match Keyring::exists(store.as_ref()) {
+        Ok(false) => {}
+        Ok(true) => {
+            return fail(
+                EXIT_BROKEN,
+                "this vault is already initialized; nothing was changed",
+            )
+        }
+        Err(e) => return fail(EXIT_RUNTIME, &format!("cannot read the database: {e}")),
+    }
+    if let Err(e) = Keyring::open(&root, store.as_ref()) {
+        return fail(EXIT_RUNTIME, &format!("cannot create the keys: {e}"));
+    }
+    drop(root);
+    let meta = UnsealMeta { shares, threshold };
+    let mut batch = Batch::default();
+    batch.put(
+        Space::Meta,
+        UNSEAL_SLOT.to_vec(),
+        serde_json::to_vec(&meta).unwrap_or_default(),
+    );
+    let event = Draft {
+        request_id: "operator-init".into(),
+        caller: "operator".into(),
+        action: "operator_init",
+        outcome: "ok",
+        ..Draft::default()
+    };
+    let written = runtime().map(|rt| {
+        rt.block_on(async {
+            let committer = crate::commit::Committer::start(
+                store.clone(),
+                Arc::new(crate::metrics::Metrics::new()),
+            )?;
+            committer.commit(batch, vec![event]).await
+        })
+    });
+    match written {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return fail(EXIT_RUNTIME, &format!("cannot record the split: {e}")),
+        Err(code) => return code,
+    }
+    if json {
+        let list: Vec<&str> = printed.iter().map(|s| s.as_str()).collect();
+        println!(
+            "{}",
+            serde_json::json!({"shares": list, "threshold": threshold})
+        );
+    } else {
+        println!("Vault initialized. {shares} key shares; any {threshold} unseal it.");
+        println!("Give each to a different officer. They are shown once and stored nowhere.\n");
+        for (i, s) in printed.iter().enumerate() {
+            println!("share {}: {}", i + 1, s.as_str());
+        }
+    }
+    ExitCode::SUCCESS
+}

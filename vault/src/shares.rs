@@ -1,0 +1,241 @@
+//! The root key split into Shamir shares over GF(256) (`blahaj`), and the
+//! collector that puts it back together during unseal. Invariants: a share is
+//! printed once by `vault operator init` and never stored; every buffer that
+//! held a share or the recombined key is zeroized; the collector never says
+//! which share was wrong, only that the set did not open the vault.
+//!
+//! Wire form of a share: `vs1-` then 76 hex characters, the bytes
+//! `threshold ‖ x ‖ y[32] ‖ check[3]`, where `check` is the first three bytes
+//! of SHA-256 over the rest. The check catches typing mistakes at once; it is
+//! no integrity protection (the wrapped keys are: a wrong set fails to unwrap
+//! them).
+
+use std::collections::BTreeMap;
+
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::secret::SecretKey;
+
+const PREFIX: &str = "vs1-";
+const BODY: usize = 2 + 32;
+const CHECK: usize = 3;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ShareError {
+    #[error("threshold must be 2..=shares and shares at most 16")]
+    Parameters,
+    #[error("this is not a vault key share (expected vs1- and 76 hex characters)")]
+    Malformed,
+    #[error("this share was already given")]
+    Duplicate,
+    #[error("this share belongs to a split with another threshold")]
+    WrongThreshold,
+}
+
+/// Splits `root` into `shares` shares, any `threshold` of which recover it.
+pub fn split(
+    root: &SecretKey<32>,
+    shares: u8,
+    threshold: u8,
+) -> Result<Vec<Zeroizing<String>>, ShareError> {
+    if threshold < 2 || shares < threshold || shares > 16 {
+        return Err(ShareError::Parameters);
+    }
+    let dealer = blahaj::Sharks(threshold).dealer(root.expose_secret());
+    Ok(dealer
+        .take(usize::from(shares))
+        .map(|s| {
+            let raw = Zeroizing::new(Vec::from(&s));
+            let mut body = Zeroizing::new(Vec::with_capacity(BODY + CHECK));
+            body.push(threshold);
+            body.extend_from_slice(&raw);
+            let check = Sha256::digest(&body[..]);
+            body.extend_from_slice(check.get(..CHECK).unwrap_or_default());
+            Zeroizing::new(format!("{PREFIX}{}", hex::encode(&body[..])))
+        })
+        .collect())
+}
+
+/// One parsed share: its threshold, x coordinate and `blahaj` bytes.
+struct Parsed {
+    threshold: u8,
+    x: u8,
+    bytes: Zeroizing<Vec<u8>>,
+}
+
+fn parse(text: &str) -> Result<Parsed, ShareError> {
+    let hex_part = text
+        .trim()
+        .strip_prefix(PREFIX)
+        .ok_or(ShareError::Malformed)?;
+    let mut raw = Zeroizing::new(vec![0u8; BODY + CHECK]);
+    hex::decode_to_slice(hex_part, &mut raw[..]).map_err(|_| ShareError::Malformed)?;
+    let (body, check) = raw.split_at(BODY);
+    let want = Sha256::digest(body);
+    if want.get(..CHECK) != Some(check) {
+        return Err(ShareError::Malformed);
+    }
+    let (&threshold, share) = body.split_first().ok_or(ShareError::Malformed)?;
+    let &x = share.first().ok_or(ShareError::Malformed)?;
+    if threshold < 2 || x == 0 {
+        return Err(ShareError::Malformed);
+    }
+    Ok(Parsed {
+        threshold,
+        x,
+        bytes: Zeroizing::new(share.to_vec()),
+    })
+}
+
+/// What an unseal attempt has collected so far.
+#[derive(Default)]
+pub struct Collector {
+    threshold: Option<u8>,
+    got: BTreeMap<u8, Zeroizing<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for Collector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Collector")
+            .field("threshold", &self.threshold)
+            .field("progress", &self.got.len())
+            .finish()
+    }
+}
+
+/// The outcome of adding a share.
+#[derive(Debug)]
+pub enum Progress {
+    /// More shares are needed: `(have, need)`.
+    Need(usize, usize),
+    /// The threshold is reached; the recombined root key, to be tried.
+    Complete(SecretKey<32>),
+}
+
+impl Collector {
+    /// Adds one share. A malformed or duplicate share leaves the progress as
+    /// it was. On [`Progress::Complete`] the collector is emptied.
+    pub fn add(&mut self, text: &str, expected_threshold: u8) -> Result<Progress, ShareError> {
+        let p = parse(text)?;
+        if p.threshold != expected_threshold {
+            return Err(ShareError::WrongThreshold);
+        }
+        if self.got.contains_key(&p.x) {
+            return Err(ShareError::Duplicate);
+        }
+        self.threshold = Some(p.threshold);
+        self.got.insert(p.x, p.bytes);
+        let need = usize::from(p.threshold);
+        if self.got.len() < need {
+            return Ok(Progress::Need(self.got.len(), need));
+        }
+        let shares: Vec<blahaj::Share> = self
+            .got
+            .values()
+            .filter_map(|b| blahaj::Share::try_from(&b[..]).ok())
+            .collect();
+        let secret = Zeroizing::new(
+            blahaj::Sharks(p.threshold)
+                .recover(&shares)
+                .unwrap_or_default(),
+        );
+        drop(shares);
+        self.reset();
+        SecretKey::from_slice(&secret)
+            .map(Progress::Complete)
+            .ok_or(ShareError::Malformed)
+    }
+
+    /// Shares collected so far.
+    pub fn progress(&self) -> usize {
+        self.got.len()
+    }
+
+    /// Forgets every share given so far.
+    pub fn reset(&mut self) {
+        self.got.clear();
+        self.threshold = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )]
+    use super::*;
+
+    fn complete(p: Progress) -> SecretKey<32> {
+        match p {
+            Progress::Complete(k) => k,
+            Progress::Need(h, n) => panic!("need {h}/{n}"),
+        }
+    }
+
+    #[test]
+    fn any_threshold_subset_recovers_the_root() {
+        let root = SecretKey::<32>::generate();
+        let shares = split(&root, 5, 3).unwrap();
+        assert_eq!(shares.len(), 5);
+        for (a, b, c) in [(0, 1, 2), (0, 2, 4), (1, 3, 4), (4, 3, 0)] {
+            let mut col = Collector::default();
+            assert!(matches!(
+                col.add(&shares[a], 3).unwrap(),
+                Progress::Need(1, 3)
+            ));
+            assert!(matches!(
+                col.add(&shares[b], 3).unwrap(),
+                Progress::Need(2, 3)
+            ));
+            let k = complete(col.add(&shares[c], 3).unwrap());
+            assert!(k.ct_eq(&root));
+            assert_eq!(col.progress(), 0);
+        }
+    }
+
+    #[test]
+    fn too_few_shares_do_not_recover_and_bad_ones_are_refused() {
+        let root = SecretKey::<32>::generate();
+        let shares = split(&root, 3, 3).unwrap();
+        let mut col = Collector::default();
+        col.add(&shares[0], 3).unwrap();
+        assert_eq!(col.add(&shares[0], 3).unwrap_err(), ShareError::Duplicate);
+        assert_eq!(col.add("vs1-00", 3).unwrap_err(), ShareError::Malformed);
+        assert_eq!(col.add("hello", 3).unwrap_err(), ShareError::Malformed);
+        // One flipped character fails the check.
+        let mut typo = shares[1].to_string();
+        let last = typo.pop().unwrap();
+        typo.push(if last == '0' { '1' } else { '0' });
+        assert_eq!(col.add(&typo, 3).unwrap_err(), ShareError::Malformed);
+        assert_eq!(
+            col.add(&shares[1], 2).unwrap_err(),
+            ShareError::WrongThreshold
+        );
+        assert_eq!(col.progress(), 1);
+        // Shares of another split complete the count but give another key.
+        let other = split(&SecretKey::<32>::generate(), 3, 3).unwrap();
+        col.add(&other[1], 3).unwrap();
+        let k = complete(col.add(&other[2], 3).unwrap());
+        assert!(!k.ct_eq(&root));
+    }
+
+    #[test]
+    fn parameters_are_checked_and_debug_is_redacted() {
+        let root = SecretKey::<32>::generate();
+        assert_eq!(split(&root, 3, 1).unwrap_err(), ShareError::Parameters);
+        assert_eq!(split(&root, 2, 3).unwrap_err(), ShareError::Parameters);
+        assert_eq!(split(&root, 17, 3).unwrap_err(), ShareError::Parameters);
+        let shares = split(&root, 2, 2).unwrap();
+        let mut col = Collector::default();
+        col.add(&shares[0], 2).unwrap();
+        let dbg = format!("{col:?}");
+        assert!(
+            dbg.contains("progress: 1") && !dbg.contains(&shares[0][4..12]),
+            "{dbg}"
+        );
+    }
+}
