@@ -181,5 +181,90 @@ fn batch_tokenize(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, normalize_tokenize, aes_siv, store, batch_tokenize);
+/// Rewrap throughput: one step re-seals `STEP` values (open under the old
+/// version, seal under the new, compare-and-set each, cursor, one synced
+/// write). Each time the job finishes, a new version is made and a new job
+/// started, so every measured step does full work.
+fn rewrap(c: &mut Criterion) {
+    const STEP: usize = 4096;
+    // Run as a test (no `--bench`), a small data set proves the bench works.
+    let values: u32 = if std::env::args().any(|a| a == "--bench") {
+        100_000
+    } else {
+        10_000
+    };
+    let Ok(dir) = tempfile::tempdir() else { return };
+    let Ok(store) = RocksStore::open(dir.path()) else {
+        return;
+    };
+    let root = master();
+    let Ok(mut keys) = vault::keys::Keyring::open(&root, &store) else {
+        return;
+    };
+    let Ok(dk) = keys.active() else { return };
+    for chunk in 0..values / 10_000 {
+        let mut b = Batch::default();
+        for i in chunk * 10_000..(chunk + 1) * 10_000 {
+            let value = format!("139{i:08}");
+            let subject = format!("acct-{i}");
+            let token = keys.token_key().token(Class::Phone, &value);
+            let aad = vault::crypto::value_aad(&subject, Class::Phone, dk.version());
+            let rec = vault::schema::Record {
+                class: Class::Phone,
+                key_version: dk.version(),
+                collected_ms: 1,
+                expires_ms: None,
+                purpose: "notification".into(),
+                ciphertext: dk.seal(&aad, value.as_bytes()).unwrap_or_default(),
+            };
+            b.put(
+                Space::Values,
+                vault::schema::value_key(&token, &subject),
+                rec.encode(),
+            );
+        }
+        if store.write(b).is_err() {
+            return;
+        }
+    }
+    let mut g = c.benchmark_group("rewrap");
+    g.throughput(Throughput::Elements(STEP as u64));
+    g.sample_size(30);
+    g.bench_function(BenchmarkId::new("step", STEP), |b| {
+        b.iter_custom(|iters| {
+            let mut spent = Duration::ZERO;
+            for _ in 0..iters {
+                let done = vault::rewrap::status(&store, false)
+                    .map(|s| s.state != "running")
+                    .unwrap_or(true);
+                if done {
+                    let Ok((batch, next)) = keys.rotation(0) else {
+                        break;
+                    };
+                    let _ = store.write(batch);
+                    let Ok(k) = keys.reload(&store) else { break };
+                    keys = k;
+                    let Ok(start) = vault::rewrap::Rewrap::start_batch(next) else {
+                        break;
+                    };
+                    let _ = store.write(start);
+                }
+                let t = Instant::now();
+                let _ = vault::rewrap::step(&store, &keys, STEP);
+                spent += t.elapsed();
+            }
+            spent
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    normalize_tokenize,
+    aes_siv,
+    store,
+    batch_tokenize,
+    rewrap
+);
 criterion_main!(benches);

@@ -73,18 +73,17 @@ async fn every_outcome_is_audited_and_officers_can_read_it() {
     // Offline verification: intact, then broken by a changed event.
     v.stop().await;
     let data = v.dir.path();
-    let out = std::process::Command::new(vault_bin())
-        .args(["audit", "verify", "--data"])
-        .arg(data)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("intact: 5 events"));
+    let verify = || {
+        run_vault(&[
+            std::ffi::OsStr::new("audit"),
+            "verify".as_ref(),
+            "--data".as_ref(),
+            data.as_os_str(),
+        ])
+    };
+    let (code, out, err) = verify();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("intact: 5 events"));
     {
         let store = vault::store::RocksStore::open(data).unwrap();
         use vault::store::Store;
@@ -96,46 +95,31 @@ async fn every_outcome_is_audited_and_officers_can_read_it() {
         b.put(Space::Audit, key, serde_json::to_vec(&ev).unwrap());
         store.write(b).unwrap();
     }
-    let out = std::process::Command::new(vault_bin())
-        .args(["audit", "verify", "--data"])
-        .arg(data)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("broken at event 4"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let (code, out, _) = verify();
+    assert_eq!(code, 1);
+    assert!(out.contains("broken at event 4"), "{out}");
 }
 
 #[tokio::test]
 async fn check_config_lists_every_problem() {
     let dir = tempfile::tempdir().unwrap();
     let path = vault::dev::prepare(dir.path()).unwrap();
-    let ok = std::process::Command::new(vault_bin())
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(
-        ok.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    let check = || {
+        run_vault(&[
+            std::ffi::OsStr::new("check-config"),
+            "--config".as_ref(),
+            path.as_os_str(),
+        ])
+    };
+    let (code, _, err) = check();
+    assert_eq!(code, 0, "{err}");
     let text = std::fs::read_to_string(&path)
         .unwrap()
         .replace("collect = [\"ip\"]", "collect = [\"ipv4\"]")
         .replace("purpose = \"notification\"", "purpose = \"spam\"");
     std::fs::write(&path, text).unwrap();
-    let bad = std::process::Command::new(vault_bin())
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(bad.status.code(), Some(64));
-    let err = String::from_utf8_lossy(&bad.stderr);
+    let (code, _, err) = check();
+    assert_eq!(code, 64);
     assert!(
         err.contains("unknown class ipv4") && err.contains("unknown purpose spam"),
         "{err}"

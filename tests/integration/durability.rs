@@ -119,17 +119,13 @@ async fn acknowledged_writes_survive_sigkill() {
     }
     second.child.kill().unwrap();
     second.child.wait().unwrap();
-    let out = Command::new(vault_bin())
-        .args(["audit", "verify", "--data"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let (code, out, _) = run_vault(&[
+        std::ffi::OsStr::new("audit"),
+        "verify".as_ref(),
+        "--data".as_ref(),
+        dir.path().as_os_str(),
+    ]);
+    assert_eq!(code, 0, "{out}");
     // Debug logs of both runs hold no submitted value.
     let logs = format!(
         "{}{}",

@@ -176,6 +176,19 @@ pub fn code(v: &serde_json::Value) -> &str {
     v["error"]["code"].as_str().unwrap_or("")
 }
 
+/// Runs the `vault` binary: (exit code, stdout, stderr).
+pub fn run_vault<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String, String) {
+    let out = std::process::Command::new(vault_bin())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
 /// The `vault` binary cargo built beside this test binary.
 pub fn vault_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();

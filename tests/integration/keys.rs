@@ -2,7 +2,6 @@
 //! sealed, rotation under load, rewrap, the minimum decryption version,
 //! seal during load, and the officer CLI's output and exit codes.
 
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -14,12 +13,7 @@ const PHONE: &str = "13800138000";
 const E164: &str = "+8613800138000";
 
 fn cli(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(vault_bin()).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
+    run_vault(args)
 }
 
 /// Switches a prepared dev directory to unseal-with-shares and runs
@@ -361,60 +355,29 @@ async fn officer_cli_output_and_exit_codes() {
     let v = TestVault::start().await;
     let dir = v.dir.path().to_str().unwrap().to_string();
     let endpoint = format!("https://127.0.0.1:{}", v.api.port());
-    let base = |extra: &[&str]| -> (i32, String, String) {
-        let mut args: Vec<&str> = extra.to_vec();
-        args.extend(["--dev", &dir, "--endpoint", &endpoint]);
-        // `keys <sub>` takes the connection flags before the subcommand.
+    // `keys` takes the connection flags before its subcommand.
+    let keys = |sub: &[&str]| {
+        let mut args = vec!["keys", "--dev", &dir, "--endpoint", &endpoint];
+        args.extend_from_slice(sub);
         cli(&args)
     };
-    let status = {
-        let out = Command::new(vault_bin())
-            .args(["keys", "--dev", &dir, "--endpoint", &endpoint, "status"])
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-        )
-    };
-    assert_eq!(status.0, 0);
-    assert!(status.1.contains("active version: 1"), "{}", status.1);
-    let out = Command::new(vault_bin())
-        .args([
-            "keys",
-            "--dev",
-            &dir,
-            "--endpoint",
-            &endpoint,
-            "--json",
-            "rotate",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0));
-    let st: vault_sdk::wire::KeysStatus = serde_json::from_slice(&out.stdout).unwrap();
+    let (code, out, _) = keys(&["status"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("active version: 1"), "{out}");
+    let (code, out, _) = keys(&["--json", "rotate"]);
+    assert_eq!(code, 0);
+    let st: vault_sdk::wire::KeysStatus = serde_json::from_str(&out).unwrap();
     assert_eq!(st.active_version, Some(2));
-    let out = Command::new(vault_bin())
-        .args([
-            "keys",
-            "--dev",
-            &dir,
-            "--endpoint",
-            &endpoint,
-            "min-decryption-version",
-            "7",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_request"));
+    let (code, _, err) = keys(&["min-decryption-version", "7"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("invalid_request"), "{err}");
     // Nobody listening: 69.
     let (code, _, err) = cli(&["seal", "--dev", &dir, "--endpoint", "https://127.0.0.1:1"]);
     assert_eq!(code, 69, "{err}");
     // No credentials: 64.
     let (code, _, _) = cli(&["seal", "--endpoint", &endpoint]);
     assert_eq!(code, 64);
-    let (code, out, err) = base(&["seal"]);
+    let (code, out, err) = cli(&["seal", "--dev", &dir, "--endpoint", &endpoint]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("sealed: yes"));
 }
