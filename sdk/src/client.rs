@@ -150,6 +150,13 @@ impl Client {
         self.post_json("/v1/admin/keys/config", &req).await
     }
 
+    /// `POST /v1/admin/keys/retire` (officers): deletes a key version no
+    /// stored value uses (409 `key_in_use` otherwise).
+    pub async fn retire_key_version(&self, version: u32) -> Result<KeysStatus, Error> {
+        let req = crate::wire::RetireRequest { version };
+        self.post_json("/v1/admin/keys/retire", &req).await
+    }
+
     /// `POST /v1/admin/keys/rewrap` (officers): starts re-encryption under
     /// the active version.
     pub async fn start_rewrap(&self) -> Result<RewrapStatus, Error> {

@@ -217,6 +217,13 @@ pub struct KeysConfigRequest {
     pub min_decryption_version: u32,
 }
 
+/// `POST /v1/admin/keys/retire`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetireRequest {
+    pub version: u32,
+}
+
 /// `GET` / `POST /v1/admin/keys/rewrap`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -18,11 +18,16 @@ struct ChildVault {
 }
 
 fn spawn(dir: &std::path::Path) -> ChildVault {
+    spawn_with(dir, &[])
+}
+
+fn spawn_with(dir: &std::path::Path, env: &[(&str, &str)]) -> ChildVault {
     let mut child = Command::new(vault_bin())
         .args(["dev", "--data"])
         .arg(dir)
         .args(["--api-addr", "127.0.0.1:0", "--ops-addr", "127.0.0.1:0"])
         .env("RUST_LOG", "debug")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -49,11 +54,18 @@ fn spawn(dir: &std::path::Path) -> ChildVault {
 }
 
 fn client(dir: &std::path::Path, api: &str) -> Client {
+    client_as(dir, api, "app")
+}
+
+fn client_as(dir: &std::path::Path, api: &str, who: &str) -> Client {
     let tls = dir.join("tls");
     ClientBuilder::new(api)
         .ca_file(tls.join("ca.pem"))
         .unwrap()
-        .identity_files(tls.join("app.pem"), tls.join("app.key"))
+        .identity_files(
+            tls.join(format!("{who}.pem")),
+            tls.join(format!("{who}.key")),
+        )
         .unwrap()
         .retries(0)
         .build()
@@ -135,4 +147,64 @@ async fn acknowledged_writes_survive_sigkill() {
     for (i, _) in acked.iter().take(200) {
         assert!(!logs.contains(&phone(*i)), "log leaks a phone number");
     }
+}
+
+/// A rewrap killed with SIGKILL half-way resumes on restart from its last
+/// durable step and finishes with every value under the new version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewrap_resumes_after_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    // Small, slow steps so the kill lands in the middle of the job.
+    let env = [
+        ("VAULT__KEYS__REWRAP_BATCH", "20"),
+        ("VAULT__KEYS__REWRAP_PAUSE_MS", "40"),
+    ];
+    let mut first = spawn_with(dir.path(), &env);
+    let c = client(dir.path(), &first.api);
+    let mut tokens = Vec::new();
+    for r in 0..4u64 {
+        let fields = (0..100)
+            .map(|k| field("phone", &phone(r * 100 + k)))
+            .collect();
+        let out = c
+            .tokenize(&tok_req(&format!("acct-{r}"), "notification", fields))
+            .await
+            .unwrap();
+        tokens.extend(out.tokens.into_iter().map(|t| t.token));
+    }
+    let officer = client_as(dir.path(), &first.api, "officer");
+    assert_eq!(officer.rotate_keys().await.unwrap().active_version, Some(2));
+    officer.start_rewrap().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mid = officer.rewrap_status().await.unwrap();
+    assert_eq!(mid.state, "running", "{mid:?}");
+    assert!(mid.rewrapped > 0 && mid.rewrapped < 400, "{mid:?}");
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+
+    let mut second = spawn_with(dir.path(), &env);
+    let officer = client_as(dir.path(), &second.api, "officer");
+    let mut st = officer.rewrap_status().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while st.state != "done" && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        st = officer.rewrap_status().await.unwrap();
+    }
+    assert_eq!(st.state, "done", "{st:?}");
+    assert_eq!(
+        st.scanned, 400,
+        "resumed from the cursor, not from the start: {st:?}"
+    );
+    let keys = officer.keys_status().await.unwrap();
+    assert_eq!(keys.versions[0].values, 0, "{keys:?}");
+    assert_eq!(keys.versions[1].values, 400, "{keys:?}");
+    let c = client(dir.path(), &second.api);
+    let refs: Vec<&str> = tokens.iter().map(|t| t.as_str()).collect();
+    let out = c
+        .detokenize(&detok_req("notification", &refs))
+        .await
+        .unwrap();
+    assert!(out.values.iter().all(|v| v.status == Status::Ok));
+    second.child.kill().unwrap();
+    second.child.wait().unwrap();
 }

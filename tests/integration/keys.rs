@@ -377,7 +377,80 @@ async fn officer_cli_output_and_exit_codes() {
     // No credentials: 64.
     let (code, _, _) = cli(&["seal", "--endpoint", &endpoint]);
     assert_eq!(code, 64);
+    let (code, out, err) = cli(&[
+        "audit",
+        "query",
+        "--dev",
+        &dir,
+        "--endpoint",
+        &endpoint,
+        "--limit",
+        "10",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("keys_rotate") && out.contains("event(s)"),
+        "{out}"
+    );
     let (code, out, err) = cli(&["seal", "--dev", &dir, "--endpoint", &endpoint]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("sealed: yes"));
+}
+
+#[tokio::test]
+async fn scheduled_rotation_makes_new_versions() {
+    let v = TestVault::start_with(|cfg| cfg.keys.auto_rotate_period = Some("PT1S".into())).await;
+    let officer = v.client("officer");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut st = officer.keys_status().await.unwrap();
+    while st.active_version < Some(2) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        st = officer.keys_status().await.unwrap();
+    }
+    assert!(st.active_version >= Some(2), "{st:?}");
+    let events = officer.audit(None, None, Some(1000)).await.unwrap().events;
+    assert!(events
+        .iter()
+        .any(|e| e.action == "keys_auto_rotate" && e.caller == "vault"));
+}
+
+#[tokio::test]
+async fn retiring_a_version_needs_it_unused() {
+    let v = TestVault::start_with(|cfg| cfg.server.request_timeout_ms = 100).await;
+    let app = v.client("app");
+    let officer = v.client("officer");
+    let tok = tokenize_one(&app, "s", "notification", "phone", PHONE).await;
+    officer.rotate_keys().await.unwrap();
+    // Still protecting a value: refused, and nothing changes.
+    assert_eq!(
+        officer.retire_key_version(1).await.unwrap_err().code(),
+        Some("key_in_use")
+    );
+    assert_eq!(
+        officer.retire_key_version(2).await.unwrap_err().code(),
+        Some("invalid_request")
+    );
+    officer.start_rewrap().await.unwrap();
+    for _ in 0..200 {
+        if officer.rewrap_status().await.unwrap().state == "done" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    let st = officer.retire_key_version(1).await.unwrap();
+    assert_eq!(st.versions.len(), 1, "{st:?}");
+    assert_eq!(st.versions[0].version, 2);
+    let out = app
+        .detokenize(&detok_req("notification", &[&tok]))
+        .await
+        .unwrap();
+    assert_eq!(out.values[0].value.as_deref(), Some(E164));
+    let events = officer.audit(None, None, Some(1000)).await.unwrap().events;
+    assert!(events
+        .iter()
+        .any(|e| e.action == "keys_retire" && e.outcome == "refused"));
+    assert!(events
+        .iter()
+        .any(|e| e.action == "keys_retire" && e.outcome == "ok"));
 }

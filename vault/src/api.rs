@@ -81,6 +81,10 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("a concurrent change won; retry")]
     Conflict,
+    #[error(
+        "stored values still use this key version (rewrap first), or it was superseded moments ago"
+    )]
+    KeyInUse,
     #[error("{0}")]
     InvalidShare(&'static str),
     #[error("the shares given do not open this vault; unseal starts again")]

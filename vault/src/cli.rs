@@ -103,6 +103,18 @@ pub enum AuditCommand {
         #[arg(long)]
         data: PathBuf,
     },
+    /// Audit events through the API (officers).
+    Query {
+        #[command(flatten)]
+        conn: Connection,
+        #[arg(long)]
+        subject: Option<String>,
+        /// Events after this sequence number.
+        #[arg(long)]
+        since: Option<u64>,
+        #[arg(long)]
+        limit: Option<u32>,
+    },
 }
 
 pub const EXIT_BROKEN: u8 = 1;
@@ -148,6 +160,15 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Audit {
             command: AuditCommand::Verify { data },
         } => verify(&data),
+        Command::Audit {
+            command:
+                AuditCommand::Query {
+                    conn,
+                    subject,
+                    since,
+                    limit,
+                },
+        } => officer::audit_query(&conn, subject.as_deref(), since, limit),
         Command::Operator {
             command:
                 OperatorCommand::Init {

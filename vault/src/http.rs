@@ -54,6 +54,7 @@ pub fn error_parts(e: &ApiError) -> (StatusCode, &'static str) {
         E::NotFound => (StatusCode::NOT_FOUND, "not_found"),
         E::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
         E::Conflict => (StatusCode::CONFLICT, "conflict"),
+        E::KeyInUse => (StatusCode::CONFLICT, "key_in_use"),
         E::InvalidShare(_) => (StatusCode::BAD_REQUEST, "invalid_share"),
         E::UnsealFailed => (StatusCode::BAD_REQUEST, "unseal_failed"),
         E::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -190,6 +191,10 @@ async fn dispatch(conn: &Conn, request_id: String, req: Request<Incoming>) -> Re
             Ok(b) => ok(admin::configure(v, &ctx, &b).await),
             Err(e) => error_response(&e),
         },
+        (&Method::POST, "/v1/admin/keys/retire") => match read_body(v, &parts, body).await {
+            Ok(b) => ok(admin::retire(v, &ctx, &b).await),
+            Err(e) => error_response(&e),
+        },
         (&Method::POST, "/v1/admin/keys/rewrap") => ok(admin::rewrap_start(v, &ctx).await),
         (&Method::GET, "/v1/admin/keys/rewrap") => ok(admin::rewrap_status(v, &ctx)),
         (&Method::POST, "/v1/admin/seal") => ok(admin::seal(v, &ctx).await),
@@ -205,6 +210,7 @@ async fn dispatch(conn: &Conn, request_id: String, req: Request<Incoming>) -> Re
             | "/v1/admin/keys"
             | "/v1/admin/keys/rotate"
             | "/v1/admin/keys/config"
+            | "/v1/admin/keys/retire"
             | "/v1/admin/keys/rewrap"
             | "/v1/admin/seal"
             | "/v1/admin/unseal",

@@ -36,6 +36,8 @@ pub enum KeyError {
     Corrupt,
     #[error("storage: {0}")]
     Store(#[from] StoreError),
+    #[error("key version {0} was superseded too recently to retire; retry shortly")]
+    TooRecent(u32),
     #[error("the vault has no keys yet: run `vault operator init` first")]
     NotInitialized,
     #[error("the key command failed: {0}")]
@@ -207,6 +209,31 @@ impl Keyring {
         let mut meta = self.meta.clone();
         meta.min_decryption_version = version;
         self.guarded_meta(&meta)
+    }
+
+    /// The batch that retires `version`: its wrapped key is deleted, so
+    /// nothing sealed under it can ever be opened again. The caller checks
+    /// that no stored value uses it; here only the active version and a
+    /// version superseded less than `grace_ms` ago (requests holding the
+    /// previous keyring may still be sealing under it) are refused.
+    pub fn retirement(&self, version: u32, now: u64, grace_ms: u64) -> Result<Batch, KeyError> {
+        if version == self.meta.active || !self.meta.versions.contains_key(&version) {
+            return Err(KeyError::UnknownVersion(version));
+        }
+        let superseded = self
+            .meta
+            .versions
+            .range(version + 1..)
+            .next()
+            .map_or(u64::MAX, |(_, &t)| t);
+        if now < superseded.saturating_add(grace_ms) {
+            return Err(KeyError::TooRecent(version));
+        }
+        let mut meta = self.meta.clone();
+        meta.versions.remove(&version);
+        let mut b = self.guarded_meta(&meta)?;
+        b.delete(Space::Meta, data_slot(version));
+        Ok(b)
     }
 
     fn guarded_meta(&self, meta: &KeyMeta) -> Result<Batch, KeyError> {
@@ -460,6 +487,35 @@ mod tests {
         // Reopened from the root, the state is the same.
         let reopened = Keyring::open(&root(9), &store).unwrap();
         assert_eq!(reopened.meta(), three.meta());
+    }
+
+    #[test]
+    fn retirement_deletes_the_wrapped_key_and_refuses_the_active_one() {
+        let store = MemoryStore::new();
+        let one = Keyring::open(&root(9), &store).unwrap();
+        let sealed = one.active().unwrap().seal(b"a", b"x").unwrap();
+        store.write(one.rotation(1_000).unwrap().0).unwrap();
+        let two = one.reload(&store).unwrap();
+        assert!(matches!(
+            two.retirement(2, 10_000, 0),
+            Err(KeyError::UnknownVersion(2))
+        ));
+        assert!(matches!(
+            two.retirement(7, 10_000, 0),
+            Err(KeyError::UnknownVersion(7))
+        ));
+        assert!(matches!(
+            two.retirement(1, 1_500, 1_000),
+            Err(KeyError::TooRecent(1))
+        ));
+        store
+            .write(two.retirement(1, 2_000, 1_000).unwrap())
+            .unwrap();
+        assert_eq!(store.get(Space::Meta, &data_slot(1)).unwrap(), None);
+        let after = Keyring::open(&root(9), &store).unwrap();
+        assert!(matches!(after.version(1), Err(KeyError::UnknownVersion(1))));
+        assert!(after.version(2).unwrap().open(b"a", &sealed).is_err());
+        assert_eq!(after.meta().versions.len(), 1);
     }
 
     #[test]

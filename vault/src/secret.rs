@@ -40,9 +40,12 @@ impl<const N: usize> SecretKey<N> {
     }
 
     pub(crate) fn zeroed() -> Self {
-        Self {
+        let key = Self {
             bytes: Box::new([0u8; N]),
-        }
+        };
+        // Before any secret byte is written: keep the page out of swap.
+        crate::hardening::lock_in_memory(key.bytes.as_slice());
+        key
     }
 
     pub(crate) fn bytes_mut(&mut self) -> &mut [u8; N] {

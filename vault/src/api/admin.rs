@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use vault_sdk::wire::{KeyVersion, KeysConfigRequest, KeysStatus, RewrapStatus, UnsealRequest};
+use vault_sdk::wire::{
+    KeyVersion, KeysConfigRequest, KeysStatus, RetireRequest, RewrapStatus, UnsealRequest,
+};
 
 use super::{now_ms, parse_json, require_officer, ApiError, Ctx};
 use crate::audit::Draft;
@@ -169,6 +171,29 @@ pub async fn configure(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysSt
     let req: KeysConfigRequest = parse_json(body)?;
     change_keys(v, ctx, "keys_min_decryption_version", |k| {
         k.min_decryption(req.min_decryption_version)
+    })
+    .await?;
+    status(v).await
+}
+
+/// `POST /v1/admin/keys/retire` `{"version":N}`: deletes a version no
+/// stored value uses any more (after a rewrap), for good.
+pub async fn retire(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysStatus, ApiError> {
+    require_officer(ctx)?;
+    let req: RetireRequest = parse_json(body)?;
+    let store = v.store.clone();
+    let counts = blocking(move || rewrap::count_by_version(store.as_ref()))
+        .await?
+        .map_err(|_| ApiError::Unavailable)?;
+    if counts.get(&req.version).copied().unwrap_or(0) > 0 {
+        audit_only(v, ctx, "keys_retire", "refused").await?;
+        return Err(ApiError::KeyInUse);
+    }
+    let grace = u64::try_from(v.limits.request_timeout.as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_mul(2);
+    change_keys(v, ctx, "keys_retire", |k| {
+        k.retirement(req.version, now_ms(), grace)
     })
     .await?;
     status(v).await

@@ -52,6 +52,8 @@ pub enum KeysCommand {
     Rotate,
     /// Refuse to decrypt anything older than VERSION.
     MinDecryptionVersion { version: u32 },
+    /// Delete a key version no stored value uses any more (after a rewrap).
+    Retire { version: u32 },
     /// Start re-encrypting every value under the active version.
     RewrapStart,
     /// Progress of the rewrap job.
@@ -153,10 +155,47 @@ pub fn keys(conn: &Connection, cmd: &KeysCommand) -> ExitCode {
                 c.set_min_decryption_version(*version).await,
                 keys_text,
             ),
+            KeysCommand::Retire { version } => {
+                report(json, c.retire_key_version(*version).await, keys_text)
+            }
             KeysCommand::RewrapStart => report(json, c.start_rewrap().await, rewrap_text),
             KeysCommand::RewrapStatus => report(json, c.rewrap_status().await, rewrap_text),
         }
     })
+}
+
+fn audit_text(r: &vault_sdk::wire::AuditResponse) -> String {
+    let mut out = String::new();
+    for e in &r.events {
+        out.push_str(&format!(
+            "#{} {} {} {} {} purpose={} subject={} class={} outcome={}\n",
+            e.seq,
+            e.time_ms,
+            e.request_id,
+            e.caller,
+            e.action,
+            e.purpose.as_deref().unwrap_or("-"),
+            e.subject.as_deref().unwrap_or("-"),
+            e.class.as_deref().unwrap_or("-"),
+            e.outcome
+        ));
+    }
+    out.push_str(&format!("{} event(s)", r.events.len()));
+    out
+}
+
+/// `vault audit query`: events through the API, oldest first.
+pub fn audit_query(
+    conn: &Connection,
+    subject: Option<&str>,
+    since: Option<u64>,
+    limit: Option<u32>,
+) -> ExitCode {
+    let (c, rt) = match (client(conn), runtime()) {
+        (Ok(c), Ok(rt)) => (c, rt),
+        (Err(code), _) | (_, Err(code)) => return code,
+    };
+    rt.block_on(async { report(conn.json, c.audit(subject, since, limit).await, audit_text) })
 }
 
 pub fn seal(conn: &Connection) -> ExitCode {
