@@ -18,8 +18,9 @@ use serde::Serialize;
 use crate::error::is_tls_failure;
 use crate::retry::{self, Outcome};
 use crate::wire::{
-    AuditResponse, DetokenizeRequest, DetokenizeResponse, ErrorBody, KeysConfigRequest, KeysStatus,
-    RewrapStatus, TokenizeRequest, TokenizeResponse, UnsealRequest,
+    Approval, ApprovalRequest, AuditResponse, ConsentState, DetokenizeRequest, DetokenizeResponse,
+    ErrorBody, KeysConfigRequest, KeysStatus, RewrapStatus, TokenizeRequest, TokenizeResponse,
+    UnsealRequest,
 };
 use crate::Error;
 
@@ -126,6 +127,43 @@ impl Client {
     ) -> Result<AuditResponse, Error> {
         self.get_json(&crate::query::audit_path(subject, since_seq, limit))
             .await
+    }
+
+    /// `PUT /v1/subjects/{subject}/consents/{purpose}`: the subject consented
+    /// to `purpose` under privacy-policy version `policy_version`.
+    pub async fn give_consent(
+        &self,
+        subject: &str,
+        purpose: &str,
+        policy_version: &str,
+    ) -> Result<ConsentState, Error> {
+        let req = crate::wire::ConsentRequest {
+            policy_version: policy_version.to_string(),
+        };
+        self.put_json(&format!("/v1/subjects/{subject}/consents/{purpose}"), &req)
+            .await
+    }
+
+    /// `DELETE /v1/subjects/{subject}/consents/{purpose}`: consent withdrawn.
+    pub async fn withdraw_consent(
+        &self,
+        subject: &str,
+        purpose: &str,
+    ) -> Result<ConsentState, Error> {
+        self.delete_json(&format!("/v1/subjects/{subject}/consents/{purpose}"))
+            .await
+    }
+
+    /// `GET /v1/subjects/{subject}/consents/{purpose}`: state and history.
+    pub async fn consent(&self, subject: &str, purpose: &str) -> Result<ConsentState, Error> {
+        self.get_json(&format!("/v1/subjects/{subject}/consents/{purpose}"))
+            .await
+    }
+
+    /// `POST /v1/admin/approvals` (officers): approve one legal-exception
+    /// disclosure by another caller.
+    pub async fn approve(&self, req: &ApprovalRequest) -> Result<Approval, Error> {
+        self.post_json("/v1/admin/approvals", req).await
     }
 
     /// `GET /v1/admin/keys` (officers): versions, states, values per version,

@@ -236,3 +236,64 @@ pub struct RewrapStatus {
     pub scanned: u64,
     pub rewrapped: u64,
 }
+
+/// One entry of the consent ledger.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentEntry {
+    /// `true` consent given, `false` withdrawn.
+    pub given: bool,
+    /// The privacy-policy version the subject agreed to (or withdrew from).
+    pub policy_version: String,
+    /// Unix time in milliseconds.
+    pub time_ms: u64,
+    /// The caller that recorded it.
+    pub caller: String,
+}
+
+/// `PUT /v1/subjects/{subject}/consents/{purpose}`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentRequest {
+    pub policy_version: String,
+}
+
+/// The consent of one subject for one purpose, with its whole history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentState {
+    pub subject: String,
+    pub purpose: String,
+    /// Whether the purpose may release this subject's data now.
+    pub live: bool,
+    pub history: Vec<ConsentEntry>,
+}
+
+/// `POST /v1/admin/approvals`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalRequest {
+    /// The caller that will make the disclosure (not the approver).
+    pub requester: String,
+    /// One of the eight legal-exception purposes.
+    pub purpose: String,
+    pub subjects: Vec<String>,
+    /// The case or legal reference the disclosure is made under.
+    pub reference: String,
+    /// How long it lasts, ISO 8601 (e.g. "PT4H"), at most P30D.
+    pub valid_for: String,
+}
+
+/// A granted, time-boxed approval of a legal-exception disclosure.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approval {
+    pub id: String,
+    pub approver: String,
+    pub requester: String,
+    pub purpose: String,
+    pub subjects: Vec<String>,
+    pub reference: String,
+    pub created_ms: u64,
+    pub expires_ms: u64,
+}

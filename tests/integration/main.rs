@@ -15,6 +15,7 @@ mod durability;
 mod errors;
 mod keys;
 mod policy;
+mod rights;
 mod storage;
 mod tokens;
 mod transport;

@@ -5,6 +5,7 @@
 
 pub mod admin;
 mod audit_query;
+pub mod consent;
 mod detokenize;
 mod tokenize;
 
@@ -18,6 +19,7 @@ use crate::policy::Role;
 use crate::server::Vault;
 
 pub use audit_query::audit;
+pub(crate) use audit_query::percent_decode;
 pub use detokenize::detokenize;
 pub use tokenize::tokenize;
 
@@ -79,6 +81,8 @@ pub enum ApiError {
     NotFound,
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("an officer may not approve a disclosure they make themselves")]
+    SelfApproval,
     #[error("a concurrent change won; retry")]
     Conflict,
     #[error(

@@ -160,6 +160,10 @@ pub struct PurposeConfig {
     pub description: String,
     #[serde(default)]
     pub requires_consent: bool,
+    /// With `requires-consent`: consents to a privacy-policy version older
+    /// than this one no longer count (PIPL Art. 14: a changed purpose needs
+    /// new consent). Versions compare as strings, e.g. "2024-01-01".
+    pub consent_since: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]

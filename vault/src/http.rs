@@ -54,6 +54,7 @@ pub fn error_parts(e: &ApiError) -> (StatusCode, &'static str) {
         E::NotFound => (StatusCode::NOT_FOUND, "not_found"),
         E::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
         E::Conflict => (StatusCode::CONFLICT, "conflict"),
+        E::SelfApproval => (StatusCode::FORBIDDEN, "self_approval"),
         E::KeyInUse => (StatusCode::CONFLICT, "key_in_use"),
         E::InvalidShare(_) => (StatusCode::BAD_REQUEST, "invalid_share"),
         E::UnsealFailed => (StatusCode::BAD_REQUEST, "unseal_failed"),
@@ -111,6 +112,7 @@ fn route_of(method: &Method, path: &str) -> &'static str {
         (_, "/v1/detokenize") => "detokenize",
         (_, "/v1/audit") => "audit",
         (_, p) if p.starts_with("/v1/admin/") => "admin",
+        (_, p) if p.starts_with("/v1/subjects/") => "subjects",
         _ => "other",
     }
 }
@@ -197,6 +199,22 @@ async fn dispatch(conn: &Conn, request_id: String, req: Request<Incoming>) -> Re
         },
         (&Method::POST, "/v1/admin/keys/rewrap") => ok(admin::rewrap_start(v, &ctx).await),
         (&Method::GET, "/v1/admin/keys/rewrap") => ok(admin::rewrap_status(v, &ctx)),
+        (&Method::POST, "/v1/admin/approvals") => match read_body(v, &parts, body).await {
+            Ok(b) => ok(api::consent::approve(v, &ctx, &b).await),
+            Err(e) => error_response(&e),
+        },
+        (m, path) if consent_path(path).is_some() => {
+            let Some((subject, purpose)) = consent_path(path) else {
+                return error_response(&ApiError::NotFound);
+            };
+            if !matches!(*m, Method::GET | Method::PUT | Method::DELETE) {
+                return error_response(&ApiError::MethodNotAllowed);
+            }
+            match read_body(v, &parts, body).await {
+                Ok(b) => ok(api::consent::consent(v, &ctx, m, &subject, &purpose, &b).await),
+                Err(e) => error_response(&e),
+            }
+        }
         (&Method::POST, "/v1/admin/seal") => ok(admin::seal(v, &ctx).await),
         (&Method::POST, "/v1/admin/unseal") => match read_body(v, &parts, body).await {
             Ok(b) => ok(admin::unseal(v, &ctx, &b).await),
@@ -211,12 +229,25 @@ async fn dispatch(conn: &Conn, request_id: String, req: Request<Incoming>) -> Re
             | "/v1/admin/keys/rotate"
             | "/v1/admin/keys/config"
             | "/v1/admin/keys/retire"
+            | "/v1/admin/approvals"
             | "/v1/admin/keys/rewrap"
             | "/v1/admin/seal"
             | "/v1/admin/unseal",
         ) => error_response(&ApiError::MethodNotAllowed),
         _ => error_response(&ApiError::NotFound),
     }
+}
+
+/// `(subject, purpose)` of `/v1/subjects/{subject}/consents/{purpose}`,
+/// percent-decoded; the subject is validated by the handler.
+fn consent_path(path: &str) -> Option<(String, String)> {
+    let rest = path.strip_prefix("/v1/subjects/")?;
+    let (subject, rest) = rest.split_once('/')?;
+    let purpose = rest.strip_prefix("consents/")?;
+    if subject.is_empty() || purpose.is_empty() || purpose.contains('/') {
+        return None;
+    }
+    Some((api::percent_decode(subject)?, api::percent_decode(purpose)?))
 }
 
 /// Reads the whole body, refusing more than the limit before reading it

@@ -16,6 +16,7 @@ pub mod dev;
 pub mod hardening;
 pub mod http;
 pub mod keys;
+pub mod ledger;
 pub mod metrics;
 pub mod policy;
 pub mod retention;

@@ -44,10 +44,12 @@ pub enum Release {
     Full,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PurposeInfo {
     pub requires_consent: bool,
     pub legal_exception: bool,
+    /// Oldest privacy-policy version whose consent still counts.
+    pub consent_since: Option<String>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -100,6 +102,7 @@ impl Policy {
                     PurposeInfo {
                         requires_consent: p.requires_consent,
                         legal_exception: false,
+                        consent_since: p.consent_since.clone(),
                     },
                 )
             })
@@ -110,6 +113,7 @@ impl Policy {
                 PurposeInfo {
                     requires_consent: false,
                     legal_exception: true,
+                    consent_since: None,
                 },
             );
         }
@@ -118,6 +122,7 @@ impl Policy {
             .or_insert(PurposeInfo {
                 requires_consent: false,
                 legal_exception: false,
+                consent_since: None,
             });
         let mut grants: HashMap<String, HashMap<String, Grant>> = HashMap::new();
         for g in &cfg.grants {
@@ -161,8 +166,8 @@ impl Policy {
         self.callers.get(caller).copied()
     }
 
-    pub fn purpose(&self, name: &str) -> Option<PurposeInfo> {
-        self.purposes.get(name).copied()
+    pub fn purpose(&self, name: &str) -> Option<&PurposeInfo> {
+        self.purposes.get(name)
     }
 
     fn grant(&self, caller: &str, purpose: &str) -> Option<&Grant> {

@@ -24,15 +24,21 @@ pub enum Space {
     Audit,
     /// Small named settings: the audit head, key versions.
     Meta,
+    /// subject ‖ 0 ‖ purpose ‖ 0 ‖ sequence → consent entry (append-only).
+    Consents,
+    /// approval id → approval of a legal-exception disclosure.
+    Approvals,
 }
 
 impl Space {
-    pub const ALL: [Space; 5] = [
+    pub const ALL: [Space; 7] = [
         Space::Values,
         Space::Subjects,
         Space::Expiry,
         Space::Audit,
         Space::Meta,
+        Space::Consents,
+        Space::Approvals,
     ];
 
     pub fn name(self) -> &'static str {
@@ -42,6 +48,8 @@ impl Space {
             Space::Expiry => "expiry",
             Space::Audit => "audit",
             Space::Meta => "meta",
+            Space::Consents => "consents",
+            Space::Approvals => "approvals",
         }
     }
 }

@@ -56,7 +56,7 @@ pub fn audit(v: &Vault, ctx: &Ctx, query: Option<&str>) -> Result<AuditResponse,
 
 /// Decodes `%XX` escapes (and `+` as space); `None` on a bad escape or bytes
 /// that are not UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let mut out = Vec::with_capacity(s.len());
     let mut bytes = s.bytes();
     while let Some(b) = bytes.next() {

@@ -2,16 +2,21 @@
 //! allows. Invariants: every outcome is in the audit log before the response
 //! leaves, and when that append fails nothing is released (503).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use vault_sdk::wire::{DetokenizeRequest, DetokenizeResponse, Reveal, Status, ValueOut};
+use vault_sdk::wire::{
+    Approval, DetokenizeRequest, DetokenizeResponse, LegalBasis, Reveal, Status, ValueOut,
+};
 
 use super::{keyring, now_ms, parse_json, ApiError, Ctx};
 use crate::audit::Draft;
 use crate::classes;
 use crate::crypto::{decode_token, value_aad, TokenBytes};
 use crate::keys::Keyring;
+use crate::ledger;
 use crate::policy::{PurposeInfo, Release, DATA_SUBJECT_REQUEST};
 use crate::schema::{self, Record};
 use crate::server::Vault;
@@ -40,19 +45,28 @@ pub async fn detokenize(
     }
     let keys = keyring(v)?;
     let now = now_ms();
+    // A legal exception's approval is looked up once for the request.
+    let approval = match (&req.legal_basis, info.legal_exception) {
+        (Some(basis), true) => ledger::get_approval(v.store.as_ref(), &basis.approval)
+            .map_err(|_| ApiError::Unavailable)?,
+        _ => None,
+    };
+    let one = Lookup {
+        v,
+        ctx,
+        keys: &keys,
+        purpose,
+        info,
+        reveal: req.reveal,
+        now,
+        basis: req.legal_basis.as_ref(),
+        approval: approval.as_ref(),
+        consents: RefCell::new(HashMap::new()),
+    };
     let mut values = Vec::with_capacity(req.tokens.len());
     let mut audit = Vec::with_capacity(req.tokens.len());
     for token in &req.tokens {
-        let one = Lookup {
-            v,
-            ctx,
-            keys: &keys,
-            purpose,
-            info,
-            reveal: req.reveal,
-            now,
-        };
-        let (out, draft) = one.resolve(token, req.legal_basis.is_some())?;
+        let (out, draft) = one.resolve(token)?;
         values.push(out);
         audit.push(draft);
     }
@@ -93,13 +107,17 @@ struct Lookup<'a> {
     ctx: &'a Ctx,
     keys: &'a Arc<Keyring>,
     purpose: &'a str,
-    info: PurposeInfo,
+    info: &'a PurposeInfo,
     reveal: Reveal,
     now: u64,
+    basis: Option<&'a LegalBasis>,
+    approval: Option<&'a Approval>,
+    /// Whether each subject seen so far has live consent to the purpose.
+    consents: RefCell<HashMap<String, bool>>,
 }
 
 impl Lookup<'_> {
-    fn resolve(&self, token: &str, has_legal_basis: bool) -> Result<(ValueOut, Draft), ApiError> {
+    fn resolve(&self, token: &str) -> Result<(ValueOut, Draft), ApiError> {
         let mut out = ValueOut {
             token: token.to_string(),
             status: Status::Unknown,
@@ -114,6 +132,10 @@ impl Lookup<'_> {
             action: "detokenize",
             purpose: Some(self.purpose.to_string()),
             outcome: "unknown",
+            reference: self
+                .basis
+                .map(|b| b.reference.clone())
+                .filter(|r| !r.is_empty()),
             ..Draft::default()
         };
         let Some(bytes) = decode_token(token) else {
@@ -133,7 +155,7 @@ impl Lookup<'_> {
             draft.outcome = "gone";
             return Ok((out, draft));
         }
-        let grant = self.grant(&record, has_legal_basis);
+        let grant = self.grant(&subject, &record)?;
         let level = match self.reveal {
             Reveal::Full => grant,
             Reveal::Masked => grant.map(|g| g.min(Release::Masked)),
@@ -197,27 +219,55 @@ impl Lookup<'_> {
     }
 
     /// What the policy grants for this record, or why it grants nothing.
-    fn grant(&self, record: &Record, has_legal_basis: bool) -> Result<Release, &'static str> {
+    fn grant(
+        &self,
+        subject: &str,
+        record: &Record,
+    ) -> Result<Result<Release, &'static str>, ApiError> {
         if self.info.legal_exception {
-            // Approvals are checked here once they exist; until one is
-            // granted, a legal exception releases nothing.
-            return Err(if has_legal_basis {
-                "approval_not_found"
-            } else {
-                "legal_basis_required"
-            });
+            // Only with a live approval that covers this caller, purpose,
+            // case reference and subject; then the whole value.
+            let Some(basis) = self
+                .basis
+                .filter(|b| !b.reference.trim().is_empty() && !b.approval.is_empty())
+            else {
+                return Ok(Err("legal_basis_required"));
+            };
+            return Ok(ledger::check_approval(
+                self.approval,
+                &self.ctx.caller,
+                self.purpose,
+                &basis.reference,
+                subject,
+                self.now,
+            )
+            .map(|()| Release::Full));
         }
-        if self.info.requires_consent {
-            // No consent has been recorded for this subject and purpose.
-            return Err("consent_required");
+        if self.info.requires_consent && !self.has_consent(subject)? {
+            return Ok(Err("consent_required"));
         }
-        match self
-            .v
-            .policy
-            .release(&self.ctx.caller, self.purpose, record.class)
-        {
-            Release::None => Err("purpose_not_allowed"),
-            r => Ok(r),
+        Ok(
+            match self
+                .v
+                .policy
+                .release(&self.ctx.caller, self.purpose, record.class)
+            {
+                Release::None => Err("purpose_not_allowed"),
+                r => Ok(r),
+            },
+        )
+    }
+
+    /// Live consent of `subject` to this purpose, looked up once per subject
+    /// per request.
+    fn has_consent(&self, subject: &str) -> Result<bool, ApiError> {
+        if let Some(&known) = self.consents.borrow().get(subject) {
+            return Ok(known);
         }
+        let history = ledger::consent_history(self.v.store.as_ref(), subject, self.purpose)
+            .map_err(|_| ApiError::Unavailable)?;
+        let live = ledger::consent_is_live(&history, self.info.consent_since.as_deref());
+        self.consents.borrow_mut().insert(subject.to_string(), live);
+        Ok(live)
     }
 }

@@ -1,0 +1,308 @@
+//! The consent ledger and legal-exception approvals, end to end: consent
+//! gates `requires_consent` purposes, withdrawal and policy-version changes
+//! end it, and a legal exception releases only under a live approval by
+//! another officer that covers the caller, case, subject and time.
+
+use crate::harness::*;
+use vault_sdk::wire::{ApprovalRequest, LegalBasis, Status};
+
+const NAME: &str = "陈明";
+
+#[tokio::test]
+async fn consent_gates_a_requires_consent_purpose() {
+    let v = TestVault::start_with(|cfg| {
+        if let Some(p) = cfg.purposes.get_mut("user_specified") {
+            p.consent_since = Some("2024-01-01".into());
+        }
+    })
+    .await;
+    let app = v.client("app");
+    let tok = tokenize_one(&app, "acct-1", "user_specified", "name", NAME).await;
+    let req = detok_req("user_specified", &[&tok]);
+    let ask = || app.detokenize(&req);
+    assert_eq!(
+        ask().await.unwrap().values[0].reason.as_deref(),
+        Some("consent_required")
+    );
+
+    // Consent to a policy version older than the purpose's current one
+    // does not count (the purpose changed: PIPL Art. 14).
+    let st = app
+        .give_consent("acct-1", "user_specified", "2022-05-01")
+        .await
+        .unwrap();
+    assert!(!st.live);
+    assert_eq!(
+        ask().await.unwrap().values[0].reason.as_deref(),
+        Some("consent_required")
+    );
+    let st = app
+        .give_consent("acct-1", "user_specified", "2024-01-01")
+        .await
+        .unwrap();
+    assert!(st.live);
+    let out = ask().await.unwrap();
+    assert_eq!(
+        (out.values[0].status, out.values[0].value.as_deref()),
+        (Status::Ok, Some(NAME))
+    );
+
+    // Another subject's consent is not this one's.
+    let other = tokenize_one(&app, "acct-2", "user_specified", "name", "欧阳娜娜").await;
+    let out = app
+        .detokenize(&detok_req("user_specified", &[&other]))
+        .await
+        .unwrap();
+    assert_eq!(out.values[0].reason.as_deref(), Some("consent_required"));
+
+    // Withdrawal ends it at once; the ledger keeps the whole history.
+    let st = app
+        .withdraw_consent("acct-1", "user_specified")
+        .await
+        .unwrap();
+    assert!(!st.live);
+    assert_eq!(
+        st.history.iter().map(|e| e.given).collect::<Vec<_>>(),
+        [true, true, false]
+    );
+    assert_eq!(st.history[2].policy_version, "2024-01-01");
+    assert_eq!(
+        ask().await.unwrap().values[0].reason.as_deref(),
+        Some("consent_required")
+    );
+    assert_eq!(app.consent("acct-1", "user_specified").await.unwrap(), st);
+
+    // Bad input.
+    let put = |path: &str, body: &str| {
+        let c = &app;
+        let (path, body) = (path.to_string(), body.as_bytes().to_vec());
+        async move {
+            let r = c.raw(http::Method::PUT, &path, Some(body)).await.unwrap();
+            (
+                r.status,
+                code(&serde_json::from_slice(&r.body).unwrap_or_default()).to_string(),
+            )
+        }
+    };
+    let p = "/v1/subjects/acct-1/consents/user_specified";
+    assert_eq!(put(p, "{").await, (400, "malformed_json".into()));
+    assert_eq!(
+        put(p, r#"{"policy_version":5}"#).await,
+        (400, "invalid_request".into())
+    );
+    assert_eq!(
+        put(p, r#"{"policy_version":"v1","x":1}"#).await,
+        (400, "invalid_request".into())
+    );
+    assert_eq!(
+        put(p, r#"{"policy_version":"a b"}"#).await,
+        (400, "invalid_request".into())
+    );
+    assert_eq!(
+        put(p, r#"{"policy_version":""}"#).await,
+        (400, "invalid_request".into())
+    );
+    let ok = r#"{"policy_version":"2024-01-01"}"#;
+    assert_eq!(
+        put("/v1/subjects/acct%201/consents/user_specified", ok).await,
+        (400, "invalid_subject".into())
+    );
+    assert_eq!(
+        put("/v1/subjects/acct-1/consents/gossip", ok).await,
+        (400, "unknown_purpose".into())
+    );
+    assert_eq!(
+        put("/v1/subjects/acct-1/consents/criminal_investigation", ok).await,
+        (400, "invalid_request".into())
+    );
+    let r = app
+        .raw(http::Method::POST, p, Some(ok.as_bytes().to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 405);
+    // None of the failures wrote an entry.
+    assert_eq!(
+        app.consent("acct-1", "user_specified")
+            .await
+            .unwrap()
+            .history
+            .len(),
+        3
+    );
+    let events = v
+        .client("officer")
+        .audit(Some("acct-1"), None, None)
+        .await
+        .unwrap()
+        .events;
+    assert_eq!(events.iter().filter(|e| e.action == "consent").count(), 3);
+}
+
+fn approval(requester: &str, subjects: &[&str], valid_for: &str) -> ApprovalRequest {
+    ApprovalRequest {
+        requester: requester.into(),
+        purpose: "criminal_investigation".into(),
+        subjects: subjects.iter().map(|s| s.to_string()).collect(),
+        reference: "case-2026-17".into(),
+        valid_for: valid_for.into(),
+    }
+}
+
+#[tokio::test]
+async fn legal_exceptions_need_a_live_approval_by_someone_else() {
+    let v = TestVault::start().await;
+    let app = v.client("app");
+    let officer = v.client("officer");
+    let tok = tokenize_one(
+        &app,
+        "acct-1",
+        "identity_verification",
+        "cn_resident_id",
+        "350102199003071234",
+    )
+    .await;
+    let other = tokenize_one(
+        &app,
+        "acct-2",
+        "identity_verification",
+        "cn_resident_id",
+        "11010519491231002X",
+    )
+    .await;
+    let ask = |basis: Option<LegalBasis>, tokens: Vec<String>| {
+        let app = &app;
+        async move {
+            let refs: Vec<&str> = tokens.iter().map(|t| t.as_str()).collect();
+            let mut req = detok_req("criminal_investigation", &refs);
+            req.legal_basis = basis;
+            app.detokenize(&req).await.unwrap().values
+        }
+    };
+    let basis = |approval: &str, reference: &str| {
+        Some(LegalBasis {
+            reference: reference.into(),
+            approval: approval.into(),
+        })
+    };
+
+    // The requester approving itself is refused (and audited).
+    let e = officer
+        .approve(&approval("officer", &["acct-1"], "PT1H"))
+        .await
+        .unwrap_err();
+    assert_eq!((e.status(), e.code()), (Some(403), Some("self_approval")));
+    // Apps cannot approve at all.
+    assert_eq!(
+        app.approve(&approval("app", &["acct-1"], "PT1H"))
+            .await
+            .unwrap_err()
+            .code(),
+        Some("forbidden")
+    );
+    // Bad requests.
+    let mut bad = approval("app", &["acct-1"], "PT1H");
+    bad.purpose = "notification".into();
+    assert_eq!(
+        officer.approve(&bad).await.unwrap_err().code(),
+        Some("invalid_request")
+    );
+    for (subjects, valid_for, reference) in [
+        (vec![], "PT1H", "r"),
+        (vec!["a b"], "PT1H", "r"),
+        (vec!["s"], "P31D", "r"),
+        (vec!["s"], "soon", "r"),
+        (vec!["s"], "PT1H", " "),
+    ] {
+        let mut bad = approval("app", &subjects, valid_for);
+        bad.reference = reference.into();
+        assert_eq!(
+            officer.approve(&bad).await.unwrap_err().code(),
+            Some("invalid_request"),
+            "{subjects:?} {valid_for}"
+        );
+    }
+    assert_eq!(
+        officer
+            .approve(&approval("mallory", &["acct-1"], "PT1H"))
+            .await
+            .unwrap_err()
+            .code(),
+        Some("invalid_request")
+    );
+
+    let granted = officer
+        .approve(&approval("app", &["acct-1"], "PT1H"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (granted.approver.as_str(), granted.requester.as_str()),
+        ("officer", "app")
+    );
+
+    // Missing legal basis, missing reference, wrong reference, unknown id.
+    assert_eq!(
+        ask(None, vec![tok.clone()]).await[0].reason.as_deref(),
+        Some("legal_basis_required")
+    );
+    assert_eq!(
+        ask(basis(&granted.id, ""), vec![tok.clone()]).await[0]
+            .reason
+            .as_deref(),
+        Some("legal_basis_required")
+    );
+    assert_eq!(
+        ask(basis(&granted.id, "case-9"), vec![tok.clone()]).await[0]
+            .reason
+            .as_deref(),
+        Some("reference_mismatch")
+    );
+    assert_eq!(
+        ask(basis("apr-nope", "case-2026-17"), vec![tok.clone()]).await[0]
+            .reason
+            .as_deref(),
+        Some("approval_not_found")
+    );
+
+    // The covered subject is released in full; the other is not.
+    let out = ask(
+        basis(&granted.id, "case-2026-17"),
+        vec![tok.clone(), other.clone()],
+    )
+    .await;
+    assert_eq!(
+        (out[0].status, out[0].value.as_deref()),
+        (Status::Ok, Some("350102199003071234"))
+    );
+    assert_eq!(out[1].reason.as_deref(), Some("subject_not_covered"));
+
+    // Another caller cannot use the app's approval.
+    let mut req = detok_req("criminal_investigation", &[&tok]);
+    req.legal_basis = basis(&granted.id, "case-2026-17");
+    let out = v.client("officer2").detokenize(&req).await.unwrap();
+    assert_eq!(out.values[0].reason.as_deref(), Some("approval_not_found"));
+
+    // An approval past its time releases nothing.
+    let short = officer
+        .approve(&approval("app", &["acct-1"], "PT1S"))
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(
+        ask(basis(&short.id, "case-2026-17"), vec![tok.clone()]).await[0]
+            .reason
+            .as_deref(),
+        Some("approval_expired")
+    );
+
+    // The audit log names the reference on each release and the refusals.
+    let events = officer.audit(None, None, Some(1000)).await.unwrap().events;
+    assert!(events.iter().any(|e| e.action == "detokenize"
+        && e.outcome == "released"
+        && e.reference.as_deref() == Some("case-2026-17")));
+    assert!(events
+        .iter()
+        .any(|e| e.action == "approval" && e.outcome == "refused_self_approval"));
+    assert!(events.iter().any(|e| e.action == "approval"
+        && e.outcome == "granted"
+        && e.subject.as_deref() == Some("acct-1")));
+}

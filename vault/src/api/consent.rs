@@ -1,0 +1,187 @@
+//! The consent ledger (`/v1/subjects/{subject}/consents/{purpose}`) and
+//! legal-exception approvals (`POST /v1/admin/approvals`). Invariants: an
+//! entry and its audit event are one durable write; an officer can never
+//! approve a disclosure they will make themselves.
+
+use bytes::Bytes;
+use http::Method;
+use vault_sdk::wire::{Approval, ApprovalRequest, ConsentEntry, ConsentRequest, ConsentState};
+
+use super::{now_ms, parse_json, require_officer, ApiError, Ctx};
+use crate::audit::Draft;
+use crate::ledger;
+use crate::policy::DATA_SUBJECT_REQUEST;
+use crate::schema::valid_subject;
+use crate::server::Vault;
+use crate::store::Batch;
+
+/// Longest approval an officer may grant.
+const MAX_APPROVAL_MS: u64 = 30 * 24 * 3600 * 1000;
+const MAX_SUBJECTS: usize = 100;
+
+fn valid_version(v: &str) -> bool {
+    (1..=32).contains(&v.len())
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+fn printable(s: &str, max: usize) -> bool {
+    !s.trim().is_empty() && s.chars().count() <= max && !s.chars().any(char::is_control)
+}
+
+async fn commit(v: &Vault, batch: Batch, audit: Vec<Draft>) -> Result<(), ApiError> {
+    v.committer.commit(batch, audit).await.map_err(|e| {
+        tracing::error!(error = %e, "Ledger write failed");
+        ApiError::Unavailable
+    })
+}
+
+/// `GET`, `PUT` and `DELETE /v1/subjects/{subject}/consents/{purpose}`.
+pub async fn consent(
+    v: &Vault,
+    ctx: &Ctx,
+    method: &Method,
+    subject: &str,
+    purpose: &str,
+    body: &Bytes,
+) -> Result<ConsentState, ApiError> {
+    if !valid_subject(subject) {
+        return Err(ApiError::InvalidSubject);
+    }
+    let info = v.policy.purpose(purpose).ok_or(ApiError::UnknownPurpose)?;
+    if info.legal_exception || purpose == DATA_SUBJECT_REQUEST {
+        return Err(ApiError::BadRequest(
+            "this purpose does not rest on consent",
+        ));
+    }
+    let store = v.store.as_ref();
+    let history =
+        ledger::consent_history(store, subject, purpose).map_err(|_| ApiError::Unavailable)?;
+    let given = match *method {
+        Method::GET => None,
+        Method::PUT => Some(true),
+        Method::DELETE => Some(false),
+        _ => return Err(ApiError::MethodNotAllowed),
+    };
+    if let Some(given) = given {
+        let policy_version = if body.iter().all(u8::is_ascii_whitespace) && !given {
+            // A withdrawal without a body withdraws whatever was given.
+            history
+                .last()
+                .map(|e| e.policy_version.clone())
+                .unwrap_or_else(|| "-".into())
+        } else {
+            let req: ConsentRequest = parse_json(body)?;
+            if !valid_version(&req.policy_version) {
+                return Err(ApiError::BadRequest(
+                    "policy_version must be 1-32 characters of [A-Za-z0-9._-]",
+                ));
+            }
+            req.policy_version
+        };
+        let entry = ConsentEntry {
+            given,
+            policy_version,
+            time_ms: now_ms(),
+            caller: ctx.caller.to_string(),
+        };
+        let batch =
+            ledger::append_consent(subject, purpose, &entry).map_err(|_| ApiError::Internal)?;
+        let event = Draft {
+            request_id: ctx.request_id.clone(),
+            caller: ctx.caller.to_string(),
+            action: "consent",
+            purpose: Some(purpose.to_string()),
+            subject: Some(subject.to_string()),
+            outcome: if given { "given" } else { "withdrawn" },
+            reference: Some(entry.policy_version.clone()),
+            ..Draft::default()
+        };
+        commit(v, batch, vec![event]).await?;
+    }
+    let history =
+        ledger::consent_history(store, subject, purpose).map_err(|_| ApiError::Unavailable)?;
+    Ok(ConsentState {
+        subject: subject.to_string(),
+        purpose: purpose.to_string(),
+        live: ledger::consent_is_live(&history, info.consent_since.as_deref()),
+        history,
+    })
+}
+
+/// `POST /v1/admin/approvals`: an officer approves one legal-exception
+/// disclosure by another caller, for named subjects, for a while.
+pub async fn approve(v: &Vault, ctx: &Ctx, body: &Bytes) -> Result<Approval, ApiError> {
+    require_officer(ctx)?;
+    let req: ApprovalRequest = parse_json(body)?;
+    let info = v
+        .policy
+        .purpose(&req.purpose)
+        .ok_or(ApiError::UnknownPurpose)?;
+    if !info.legal_exception {
+        return Err(ApiError::BadRequest(
+            "approvals are for the eight legal-exception purposes",
+        ));
+    }
+    if v.policy.role(&req.requester).is_none() {
+        return Err(ApiError::BadRequest("requester is not a configured caller"));
+    }
+    if req.requester == *ctx.caller {
+        let event = Draft {
+            request_id: ctx.request_id.clone(),
+            caller: ctx.caller.to_string(),
+            action: "approval",
+            purpose: Some(req.purpose.clone()),
+            outcome: "refused_self_approval",
+            ..Draft::default()
+        };
+        commit(v, Batch::default(), vec![event]).await?;
+        return Err(ApiError::SelfApproval);
+    }
+    if req.subjects.is_empty()
+        || req.subjects.len() > MAX_SUBJECTS
+        || !req.subjects.iter().all(|s| valid_subject(s))
+    {
+        return Err(ApiError::BadRequest("subjects: 1 to 100 valid subject ids"));
+    }
+    if !printable(&req.reference, 128) {
+        return Err(ApiError::BadRequest(
+            "reference: 1-128 printable characters",
+        ));
+    }
+    let valid_for = crate::retention::parse_duration(&req.valid_for)
+        .ok()
+        .and_then(|d| u64::try_from(d.as_millis()).ok())
+        .filter(|ms| (1..=MAX_APPROVAL_MS).contains(ms))
+        .ok_or(ApiError::BadRequest(
+            "valid_for: an ISO 8601 duration up to P30D",
+        ))?;
+    let now = now_ms();
+    let approval = Approval {
+        id: format!("apr-{}", hex::encode(rand::random::<[u8; 12]>())),
+        approver: ctx.caller.to_string(),
+        requester: req.requester,
+        purpose: req.purpose,
+        subjects: req.subjects,
+        reference: req.reference,
+        created_ms: now,
+        expires_ms: now.saturating_add(valid_for),
+    };
+    let batch = ledger::put_approval(&approval).map_err(|_| ApiError::Internal)?;
+    let events = approval
+        .subjects
+        .iter()
+        .map(|s| Draft {
+            request_id: ctx.request_id.clone(),
+            caller: ctx.caller.to_string(),
+            action: "approval",
+            purpose: Some(approval.purpose.clone()),
+            subject: Some(s.clone()),
+            outcome: "granted",
+            reference: Some(approval.reference.clone()),
+            ..Draft::default()
+        })
+        .collect();
+    commit(v, batch, events).await?;
+    Ok(approval)
+}

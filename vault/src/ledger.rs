@@ -1,0 +1,220 @@
+//! The consent ledger and legal-exception approvals, on the [`Store`].
+//! Invariants: the consent ledger is append-only (a withdrawal is a new
+//! entry, history is never rewritten), and an approval is immutable once
+//! granted: it covers one requester, one purpose, named subjects, one case
+//! reference, until it expires.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use vault_sdk::wire::{Approval, ConsentEntry};
+
+use crate::store::{scan_prefix, Batch, Space, Store, StoreError};
+
+/// Most entries kept in view for one subject and purpose.
+const MAX_HISTORY: usize = 1000;
+
+fn consent_prefix(subject: &str, purpose: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(subject.len() + purpose.len() + 2);
+    k.extend_from_slice(subject.as_bytes());
+    k.push(0);
+    k.extend_from_slice(purpose.as_bytes());
+    k.push(0);
+    k
+}
+
+/// A strictly increasing sequence (microseconds since the epoch, bumped
+/// past the last one), so ledger entries sort in the order they were made.
+fn next_seq(now_ms: u64) -> u64 {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let want = now_ms.saturating_mul(1000);
+    let mut cur = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = want.max(cur + 1);
+        match LAST.compare_exchange(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(seen) => cur = seen,
+        }
+    }
+}
+
+/// The batch that appends one consent entry.
+pub fn append_consent(
+    subject: &str,
+    purpose: &str,
+    entry: &ConsentEntry,
+) -> Result<Batch, StoreError> {
+    let mut key = consent_prefix(subject, purpose);
+    key.extend_from_slice(&next_seq(entry.time_ms).to_be_bytes());
+    let bytes =
+        serde_json::to_vec(entry).map_err(|_| StoreError::Engine("unencodable consent".into()))?;
+    let mut b = Batch::default();
+    b.put(Space::Consents, key, bytes);
+    Ok(b)
+}
+
+/// Every entry for `subject` and `purpose`, oldest first.
+pub fn consent_history(
+    store: &dyn Store,
+    subject: &str,
+    purpose: &str,
+) -> Result<Vec<ConsentEntry>, StoreError> {
+    let rows = scan_prefix(
+        store,
+        Space::Consents,
+        &consent_prefix(subject, purpose),
+        MAX_HISTORY,
+    )?;
+    Ok(rows
+        .iter()
+        .filter_map(|(_, v)| serde_json::from_slice(v).ok())
+        .collect())
+}
+
+/// Whether the latest entry is a consent to a policy version that still
+/// counts (`since`: the oldest version that does).
+pub fn consent_is_live(history: &[ConsentEntry], since: Option<&str>) -> bool {
+    history
+        .last()
+        .is_some_and(|e| e.given && since.is_none_or(|s| e.policy_version.as_str() >= s))
+}
+
+pub fn put_approval(a: &Approval) -> Result<Batch, StoreError> {
+    let bytes =
+        serde_json::to_vec(a).map_err(|_| StoreError::Engine("unencodable approval".into()))?;
+    let mut b = Batch::default();
+    b.expect(Space::Approvals, a.id.as_bytes().to_vec(), None);
+    b.put(Space::Approvals, a.id.as_bytes().to_vec(), bytes);
+    Ok(b)
+}
+
+pub fn get_approval(store: &dyn Store, id: &str) -> Result<Option<Approval>, StoreError> {
+    if id.is_empty() || id.len() > 64 {
+        return Ok(None);
+    }
+    Ok(store
+        .get(Space::Approvals, id.as_bytes())?
+        .and_then(|b| serde_json::from_slice::<Approval>(&b).ok()))
+}
+
+/// Why an approval does not cover a disclosure, as the per-token reason.
+pub fn check_approval(
+    a: Option<&Approval>,
+    caller: &str,
+    purpose: &str,
+    reference: &str,
+    subject: &str,
+    now_ms: u64,
+) -> Result<(), &'static str> {
+    let a = a.ok_or("approval_not_found")?;
+    if a.requester != caller || a.purpose != purpose {
+        // Someone else's approval is, to this caller, no approval at all.
+        return Err("approval_not_found");
+    }
+    if a.reference != reference {
+        return Err("reference_mismatch");
+    }
+    if now_ms >= a.expires_ms {
+        return Err("approval_expired");
+    }
+    if !a.subjects.iter().any(|s| s == subject) {
+        return Err("subject_not_covered");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn entry(given: bool, v: &str, t: u64) -> ConsentEntry {
+        ConsentEntry {
+            given,
+            policy_version: v.into(),
+            time_ms: t,
+            caller: "app".into(),
+        }
+    }
+
+    #[test]
+    fn the_ledger_keeps_history_and_the_last_entry_decides() {
+        let store = MemoryStore::new();
+        for e in [
+            entry(true, "2022-05-01", 5),
+            entry(false, "2022-05-01", 5),
+            entry(true, "2024-01-01", 5),
+        ] {
+            store
+                .write(append_consent("s1", "user_specified", &e).unwrap())
+                .unwrap();
+        }
+        store
+            .write(append_consent("s1", "user_specifiedx", &entry(false, "x", 1)).unwrap())
+            .unwrap();
+        let h = consent_history(&store, "s1", "user_specified").unwrap();
+        assert_eq!(
+            h.iter().map(|e| e.given).collect::<Vec<_>>(),
+            [true, false, true]
+        );
+        assert!(consent_is_live(&h, None));
+        assert!(consent_is_live(&h, Some("2024-01-01")));
+        assert!(!consent_is_live(&h, Some("2025-01-01")));
+        assert!(!consent_is_live(&h[..2], None));
+        assert!(!consent_is_live(&[], None));
+        assert!(consent_history(&store, "s", "user_specified")
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn approvals_cover_only_their_scope() {
+        let a = Approval {
+            id: "a1".into(),
+            approver: "officer".into(),
+            requester: "app".into(),
+            purpose: "criminal_investigation".into(),
+            subjects: vec!["s1".into()],
+            reference: "case-17".into(),
+            created_ms: 0,
+            expires_ms: 100,
+        };
+        let store = MemoryStore::new();
+        store.write(put_approval(&a).unwrap()).unwrap();
+        // Ids are never reused.
+        assert!(store.write(put_approval(&a).unwrap()).is_err());
+        let got = get_approval(&store, "a1").unwrap();
+        let ok = |caller, purpose, reference, subject, now| {
+            check_approval(got.as_ref(), caller, purpose, reference, subject, now)
+        };
+        assert_eq!(
+            ok("app", "criminal_investigation", "case-17", "s1", 50),
+            Ok(())
+        );
+        assert_eq!(
+            ok("app", "criminal_investigation", "case-17", "s1", 100),
+            Err("approval_expired")
+        );
+        assert_eq!(
+            ok("app", "criminal_investigation", "case-17", "s2", 50),
+            Err("subject_not_covered")
+        );
+        assert_eq!(
+            ok("app", "criminal_investigation", "case-18", "s1", 50),
+            Err("reference_mismatch")
+        );
+        assert_eq!(
+            ok("other", "criminal_investigation", "case-17", "s1", 50),
+            Err("approval_not_found")
+        );
+        assert_eq!(
+            ok("app", "public_safety_health", "case-17", "s1", 50),
+            Err("approval_not_found")
+        );
+        assert_eq!(
+            check_approval(None, "app", "x", "r", "s1", 0),
+            Err("approval_not_found")
+        );
+        assert!(get_approval(&store, "").unwrap().is_none());
+    }
+}
