@@ -160,6 +160,22 @@ impl Client {
             .await
     }
 
+    /// `GET /v1/subjects/{subject}?purpose=data_subject_request`: every live
+    /// value of the subject, in full (the right to view and copy).
+    pub async fn export_subject(&self, subject: &str) -> Result<crate::wire::SubjectExport, Error> {
+        self.get_json(&format!(
+            "/v1/subjects/{subject}?purpose=data_subject_request"
+        ))
+        .await
+    }
+
+    /// `GET /v1/subjects/{subject}/access-log`: every release of the
+    /// subject's data.
+    pub async fn access_log(&self, subject: &str) -> Result<crate::wire::AccessLog, Error> {
+        self.get_json(&format!("/v1/subjects/{subject}/access-log"))
+            .await
+    }
+
     /// `POST /v1/admin/approvals` (officers): approve one legal-exception
     /// disclosure by another caller.
     pub async fn approve(&self, req: &ApprovalRequest) -> Result<Approval, Error> {

@@ -297,3 +297,46 @@ pub struct Approval {
     pub created_ms: u64,
     pub expires_ms: u64,
 }
+
+/// One live value in a subject's export.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubjectValue {
+    pub class: String,
+    pub token: String,
+    pub value: String,
+    /// The purpose it was collected for.
+    pub purpose: String,
+    pub collected_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<u64>,
+}
+
+/// `GET /v1/subjects/{subject}?purpose=data_subject_request`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubjectExport {
+    pub subject: String,
+    pub values: Vec<SubjectValue>,
+}
+
+/// One release of a subject's data.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessEntry {
+    pub time_ms: u64,
+    pub caller: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    pub outcome: String,
+}
+
+/// `GET /v1/subjects/{subject}/access-log`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLog {
+    pub subject: String,
+    pub entries: Vec<AccessEntry>,
+}

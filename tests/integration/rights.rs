@@ -306,3 +306,118 @@ async fn legal_exceptions_need_a_live_approval_by_someone_else() {
         && e.outcome == "granted"
         && e.subject.as_deref() == Some("acct-1")));
 }
+
+#[tokio::test]
+async fn subjects_see_their_data_and_who_saw_it() {
+    let v = TestVault::start().await;
+    let app = v.client("app");
+    let fields = vec![
+        field("name", NAME),
+        field("phone", "13800138000"),
+        field("cn_resident_id", "350102199003071234"),
+    ];
+    let toks = app
+        .tokenize(&tok_req("acct-1", "identity_verification", fields))
+        .await
+        .unwrap()
+        .tokens;
+    tokenize_one(&app, "acct-2", "notification", "phone", "13900000000").await;
+    app.detokenize(&detok_req("identity_verification", &[&toks[1].token]))
+        .await
+        .unwrap();
+    app.detokenize(&detok_req("notification", &[&toks[0].token]))
+        .await
+        .unwrap();
+
+    let export = app.export_subject("acct-1").await.unwrap();
+    assert_eq!(export.values.len(), 3);
+    let mut got: Vec<(&str, &str)> = export
+        .values
+        .iter()
+        .map(|x| (x.class.as_str(), x.value.as_str()))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("cn_resident_id", "350102199003071234"),
+            ("name", NAME),
+            ("phone", "+8613800138000")
+        ]
+    );
+    assert!(export
+        .values
+        .iter()
+        .all(|x| x.purpose == "identity_verification" && x.collected_ms > 0));
+    assert!(export.values.iter().any(|x| x.token == toks[0].token));
+
+    let log = app.access_log("acct-1").await.unwrap();
+    let outcomes: Vec<(&str, &str)> = log
+        .entries
+        .iter()
+        .map(|e| (e.purpose.as_deref().unwrap_or(""), e.outcome.as_str()))
+        .collect();
+    assert!(
+        outcomes.contains(&("identity_verification", "released_masked")),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.contains(&("notification", "denied")),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|(p, _)| *p == "data_subject_request")
+            .count(),
+        3
+    );
+    assert!(app.access_log("acct-2").await.unwrap().entries.is_empty());
+    assert!(app
+        .export_subject("nobody")
+        .await
+        .unwrap()
+        .values
+        .is_empty());
+
+    // Bad requests.
+    let get = |path: &str| {
+        let (c, path) = (&app, path.to_string());
+        async move {
+            let r = c.raw(http::Method::GET, &path, None).await.unwrap();
+            (
+                r.status,
+                code(&serde_json::from_slice(&r.body).unwrap_or_default()).to_string(),
+            )
+        }
+    };
+    assert_eq!(
+        get("/v1/subjects/acct-1").await,
+        (400, "purpose_required".into())
+    );
+    assert_eq!(
+        get("/v1/subjects/acct-1?purpose=notification").await,
+        (403, "purpose_not_allowed".into())
+    );
+    assert_eq!(
+        get("/v1/subjects/acct-1?purpose=gossip").await,
+        (400, "unknown_purpose".into())
+    );
+    assert_eq!(
+        get("/v1/subjects/acct-1?purpose=data_subject_request&x=1").await,
+        (400, "invalid_request".into())
+    );
+    assert_eq!(
+        get("/v1/subjects/a%20b?purpose=data_subject_request").await,
+        (400, "invalid_subject".into())
+    );
+    assert_eq!(
+        get("/v1/subjects/acct-1/other").await,
+        (404, "not_found".into())
+    );
+    let r = app
+        .raw(http::Method::DELETE, "/v1/subjects/acct-1/access-log", None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 405);
+}

@@ -203,6 +203,18 @@ async fn dispatch(conn: &Conn, request_id: String, req: Request<Incoming>) -> Re
             Ok(b) => ok(api::consent::approve(v, &ctx, &b).await),
             Err(e) => error_response(&e),
         },
+        (m, path) if subject_path(path).is_some() => {
+            let Some((subject, log)) = subject_path(path) else {
+                return error_response(&ApiError::NotFound);
+            };
+            match (m, log) {
+                (&Method::GET, false) => {
+                    ok(api::subjects::export(v, &ctx, &subject, parts.uri.query()).await)
+                }
+                (&Method::GET, true) => ok(api::subjects::access_log(v, &subject)),
+                _ => error_response(&ApiError::MethodNotAllowed),
+            }
+        }
         (m, path) if consent_path(path).is_some() => {
             let Some((subject, purpose)) = consent_path(path) else {
                 return error_response(&ApiError::NotFound);
@@ -236,6 +248,21 @@ async fn dispatch(conn: &Conn, request_id: String, req: Request<Incoming>) -> Re
         ) => error_response(&ApiError::MethodNotAllowed),
         _ => error_response(&ApiError::NotFound),
     }
+}
+
+/// The subject of `/v1/subjects/{subject}` and whether the path is its
+/// `/access-log`.
+fn subject_path(path: &str) -> Option<(String, bool)> {
+    let rest = path.strip_prefix("/v1/subjects/")?;
+    let (subject, log) = match rest.split_once('/') {
+        None => (rest, false),
+        Some((s, "access-log")) => (s, true),
+        Some(_) => return None,
+    };
+    if subject.is_empty() {
+        return None;
+    }
+    Some((api::percent_decode(subject)?, log))
 }
 
 /// `(subject, purpose)` of `/v1/subjects/{subject}/consents/{purpose}`,

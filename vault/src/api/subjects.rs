@@ -1,0 +1,157 @@
+//! The data subject's rights to view: `GET /v1/subjects/{subject}` (every
+//! live value, for `purpose=data_subject_request`) and
+//! `GET /v1/subjects/{subject}/access-log` (every release of the subject's
+//! data). Invariant: an export is audited like any release, in the same
+//! durable write, before it leaves.
+
+use vault_sdk::wire::{AccessEntry, AccessLog, SubjectExport, SubjectValue};
+
+use super::{keyring, now_ms, ApiError, Ctx};
+use crate::audit::{self, Draft};
+use crate::crypto::{encode_token, value_aad, TokenBytes};
+use crate::policy::DATA_SUBJECT_REQUEST;
+use crate::schema::{valid_subject, value_key, Record};
+use crate::server::Vault;
+use crate::store::{scan_prefix, Batch, Space};
+
+/// Most values one export returns.
+const MAX_VALUES: usize = 10_000;
+/// Most audit events one access log returns.
+const MAX_ENTRIES: usize = 10_000;
+
+fn purpose_of(query: Option<&str>) -> Result<String, ApiError> {
+    let mut purpose = None;
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair.split_once('=') {
+            Some(("purpose", p)) => {
+                purpose = Some(
+                    super::percent_decode(p).ok_or(ApiError::BadRequest("bad percent-encoding"))?,
+                )
+            }
+            _ => return Err(ApiError::BadRequest("the only query parameter is purpose")),
+        }
+    }
+    purpose
+        .filter(|p| !p.is_empty())
+        .ok_or(ApiError::PurposeRequired)
+}
+
+pub async fn export(
+    v: &Vault,
+    ctx: &Ctx,
+    subject: &str,
+    query: Option<&str>,
+) -> Result<SubjectExport, ApiError> {
+    if !valid_subject(subject) {
+        return Err(ApiError::InvalidSubject);
+    }
+    let purpose = purpose_of(query)?;
+    if v.policy.purpose(&purpose).is_none() {
+        return Err(ApiError::UnknownPurpose);
+    }
+    if purpose != DATA_SUBJECT_REQUEST {
+        return Err(ApiError::PurposeNotAllowed);
+    }
+    let keys = keyring(v)?;
+    let now = now_ms();
+    let mut prefix = subject.as_bytes().to_vec();
+    prefix.push(0);
+    let rows = scan_prefix(v.store.as_ref(), Space::Subjects, &prefix, MAX_VALUES)
+        .map_err(|_| ApiError::Unavailable)?;
+    let mut values = Vec::new();
+    let mut events = Vec::new();
+    for (key, _) in rows {
+        let Some(token) = key
+            .get(prefix.len()..)
+            .and_then(|t| TokenBytes::try_from(t).ok())
+        else {
+            continue;
+        };
+        let Some(rec) = v
+            .store
+            .get(Space::Values, &value_key(&token, subject))
+            .map_err(|_| ApiError::Unavailable)?
+            .and_then(|b| Record::decode(&b))
+        else {
+            continue;
+        };
+        if !rec.is_live(now) {
+            continue;
+        }
+        let aad = value_aad(subject, rec.class, rec.key_version);
+        let Some(plain) = keys
+            .version(rec.key_version)
+            .ok()
+            .and_then(|k| k.open(&aad, &rec.ciphertext).ok())
+            .and_then(|p| String::from_utf8(p.to_vec()).ok())
+        else {
+            continue;
+        };
+        let token = encode_token(&token);
+        events.push(Draft {
+            request_id: ctx.request_id.clone(),
+            caller: ctx.caller.to_string(),
+            action: "subject_export",
+            purpose: Some(purpose.clone()),
+            subject: Some(subject.to_string()),
+            class: Some(rec.class.as_str().to_string()),
+            token: Some(token.clone()),
+            outcome: "released",
+            ..Draft::default()
+        });
+        values.push(SubjectValue {
+            class: rec.class.as_str().to_string(),
+            token,
+            value: plain,
+            purpose: rec.purpose,
+            collected_ms: rec.collected_ms,
+            expires_ms: rec.expires_ms,
+        });
+    }
+    if events.is_empty() {
+        events.push(Draft {
+            request_id: ctx.request_id.clone(),
+            caller: ctx.caller.to_string(),
+            action: "subject_export",
+            purpose: Some(purpose),
+            subject: Some(subject.to_string()),
+            outcome: "empty",
+            ..Draft::default()
+        });
+    }
+    v.committer
+        .commit(Batch::default(), events)
+        .await
+        .map_err(|_| ApiError::Unavailable)?;
+    Ok(SubjectExport {
+        subject: subject.to_string(),
+        values,
+    })
+}
+
+pub fn access_log(v: &Vault, subject: &str) -> Result<AccessLog, ApiError> {
+    if !valid_subject(subject) {
+        return Err(ApiError::InvalidSubject);
+    }
+    let events = audit::query(v.store.as_ref(), Some(subject), 0, MAX_ENTRIES)
+        .map_err(|_| ApiError::Unavailable)?;
+    let entries = events
+        .into_iter()
+        .filter(|e| e.action == "detokenize" || e.action == "subject_export")
+        .map(|e| AccessEntry {
+            time_ms: e.time_ms,
+            caller: e.caller,
+            purpose: e.purpose,
+            class: e.class,
+            outcome: e.outcome,
+        })
+        .collect();
+    Ok(AccessLog {
+        subject: subject.to_string(),
+        entries,
+    })
+}
