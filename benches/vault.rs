@@ -209,13 +209,20 @@ fn rewrap(c: &mut Criterion) {
             let subject = format!("acct-{i}");
             let token = keys.token_key().token(Class::Phone, &value);
             let aad = vault::crypto::value_aad(&subject, Class::Phone, dk.version());
+            let Ok((sk, create)) = vault::subject_keys::create(&keys, &subject) else {
+                return;
+            };
+            b.absorb(create);
             let rec = vault::schema::Record {
                 class: Class::Phone,
                 key_version: dk.version(),
                 collected_ms: 1,
                 expires_ms: None,
                 purpose: "notification".into(),
-                ciphertext: dk.seal(&aad, value.as_bytes()).unwrap_or_default(),
+                ciphertext: dk
+                    .for_subject(&sk)
+                    .seal(&aad, value.as_bytes())
+                    .unwrap_or_default(),
             };
             b.put(
                 Space::Values,

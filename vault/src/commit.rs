@@ -5,6 +5,7 @@
 //! only after its batch (data and audit events together) is durable; a failed
 //! write acknowledges nobody and leaves the chain head where it was.
 
+use std::collections::HashSet;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -13,7 +14,7 @@ use tokio::sync::oneshot;
 
 use crate::audit::{self, Draft, Head};
 use crate::metrics::Metrics;
-use crate::store::{Batch, Space, Store, StoreError};
+use crate::store::{Batch, Op, Space, Store, StoreError};
 
 /// Most jobs folded into one write; bounds the batch and the latency of the
 /// first job in it.
@@ -101,23 +102,51 @@ fn run(store: Arc<dyn Store>, metrics: Arc<Metrics>, rx: mpsc::Receiver<Job>, mu
     let mut last_time = 0u64;
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
-        // Jobs with preconditions go alone: a failed check must fail only
-        // its own job, never its neighbours.
-        if group.iter().all(|j| j.batch.checks.is_empty()) {
-            while group.len() < MAX_GROUP {
-                match rx.try_recv() {
-                    Ok(job) if job.batch.checks.is_empty() => group.push(job),
-                    Ok(job) => {
-                        write_group(store.as_ref(), &metrics, &mut head, &mut last_time, group);
-                        group = vec![job];
-                        break;
-                    }
-                    Err(_) => break,
-                }
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
             }
         }
+        let group = screen(store.as_ref(), group);
         write_group(store.as_ref(), &metrics, &mut head, &mut last_time, group);
     }
+}
+
+/// Answers `Conflict` at once to every job whose checks do not hold, against
+/// the store or against a key an earlier job of the group writes, and
+/// returns the rest: a failed check fails only its own job, never its
+/// neighbours. The merged write re-checks the survivors atomically, so a
+/// write that bypasses the committer can still only cause a conflict, never
+/// a lost update.
+fn screen(store: &dyn Store, group: Vec<Job>) -> Vec<Job> {
+    if group.iter().all(|j| j.batch.checks.is_empty()) {
+        return group;
+    }
+    let mut touched: HashSet<(Space, Vec<u8>)> = HashSet::new();
+    let mut kept = Vec::with_capacity(group.len());
+    for job in group {
+        let holds = job.batch.checks.iter().all(|c| {
+            !touched.contains(&(c.space, c.key.clone()))
+                && store
+                    .get(c.space, &c.key)
+                    .is_ok_and(|cur| cur == c.expected)
+        });
+        if !holds {
+            let _ = job
+                .reply
+                .send(Err(CommitError::Store(StoreError::Conflict)));
+            continue;
+        }
+        for op in &job.batch.ops {
+            let key = match op {
+                Op::Put(space, k, _) | Op::Delete(space, k) => (*space, k.clone()),
+            };
+            touched.insert(key);
+        }
+        kept.push(job);
+    }
+    kept
 }
 
 fn write_group(
@@ -127,6 +156,9 @@ fn write_group(
     last_time: &mut u64,
     group: Vec<Job>,
 ) {
+    if group.is_empty() {
+        return;
+    }
     let mut merged = Batch::default();
     let mut next = *head;
     let time = now_ms().max(*last_time);
@@ -172,7 +204,7 @@ fn write_group(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
-    use crate::store::{MemoryStore, Op, Rows};
+    use crate::store::{MemoryStore, Rows};
 
     fn draft(i: usize) -> Draft {
         Draft {
@@ -250,6 +282,39 @@ mod tests {
         assert_eq!(
             audit::verify(store.as_ref()).unwrap(),
             audit::Verdict::Intact { events: 2 }
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn of_racing_create_if_absent_jobs_exactly_one_wins() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let c = Arc::new(Committer::start(store.clone(), Arc::new(Metrics::new())).unwrap());
+        let tasks: Vec<_> = (0..40u8)
+            .map(|i| {
+                let c = c.clone();
+                tokio::spawn(async move {
+                    let mut b = Batch::default();
+                    b.expect(Space::Meta, b"once".to_vec(), None);
+                    b.put(Space::Meta, b"once".to_vec(), vec![i]);
+                    // Unchecked neighbours ride along and always land.
+                    let mut n = Batch::default();
+                    n.put(Space::Values, vec![i], vec![]);
+                    let (checked, plain) =
+                        tokio::join!(c.commit(b, vec![draft(1)]), c.commit(n, vec![draft(2)]));
+                    plain.unwrap();
+                    checked.is_ok()
+                })
+            })
+            .collect();
+        let mut wins = 0;
+        for t in tasks {
+            wins += usize::from(t.await.unwrap());
+        }
+        assert_eq!(wins, 1);
+        assert_eq!(store.scan(Space::Values, b"", None, 100).unwrap().len(), 40);
+        assert_eq!(
+            audit::verify(store.as_ref()).unwrap(),
+            audit::Verdict::Intact { events: 41 }
         );
     }
 

@@ -108,6 +108,21 @@ impl DataKey {
         self.version
     }
 
+    /// The key that seals one subject's values under this version: HKDF over
+    /// this data key and the subject's own key material. Destroying the
+    /// subject key makes every value of the subject unreadable, under every
+    /// version, whatever copies of the ciphertexts survive.
+    pub fn for_subject(&self, subject_key: &SecretKey<32>) -> DataKey {
+        let mut ikm = Zeroizing::new([0u8; 96]);
+        let (data, subject) = ikm.split_at_mut(64);
+        data.copy_from_slice(self.key.expose_secret());
+        subject.copy_from_slice(subject_key.expose_secret());
+        let hk = Hkdf::<Sha256>::new(Some(b"vault/value-key/v1"), &ikm[..]);
+        let mut out = SecretKey::<64>::zeroed();
+        let _ = hk.expand(&self.version.to_be_bytes(), out.bytes_mut());
+        DataKey::new(self.version, out)
+    }
+
     /// A copy of the key bytes, for a new keyring generation.
     pub(crate) fn duplicate_key(&self) -> SecretKey<64> {
         self.key.duplicate()

@@ -52,6 +52,12 @@ const DATA_SLOT: &[u8] = b"keys/data/";
 /// How the root key is split, written by `vault operator init`.
 pub const UNSEAL_SLOT: &[u8] = b"keys/unseal";
 
+fn subject_slot(subject: &str) -> Vec<u8> {
+    let mut k = b"subject/".to_vec();
+    k.extend_from_slice(subject.as_bytes());
+    k
+}
+
 fn data_slot(v: u32) -> Vec<u8> {
     let mut k = DATA_SLOT.to_vec();
     k.extend_from_slice(&v.to_be_bytes());
@@ -182,6 +188,24 @@ impl Keyring {
             data,
             meta,
         })
+    }
+
+    /// Wraps a subject's key material under the key-encryption key, bound
+    /// to the subject (so a wrapped key copied to another subject fails).
+    pub fn wrap_subject_key(
+        &self,
+        subject: &str,
+        key: &SecretKey<32>,
+    ) -> Result<Vec<u8>, KeyError> {
+        wrap(&self.kek, &subject_slot(subject), key)
+    }
+
+    pub fn unwrap_subject_key(
+        &self,
+        subject: &str,
+        wrapped: &[u8],
+    ) -> Result<SecretKey<32>, KeyError> {
+        unwrap(&self.kek, &subject_slot(subject), wrapped)
     }
 
     /// The batch that makes a new active data key version, guarded so two

@@ -26,4 +26,5 @@ pub mod secret;
 pub mod server;
 pub mod shares;
 pub mod store;
+pub mod subject_keys;
 pub mod tls;

@@ -6,6 +6,7 @@
 //! with the cursor, so a crash or restart resumes exactly where the last
 //! durable step stopped.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use vault_sdk::wire::RewrapStatus;
 use crate::crypto::value_aad;
 use crate::keys::Keyring;
 use crate::schema::{subject_of_value_key, Record};
+use crate::secret::SecretKey;
 use crate::server::Vault;
 use crate::store::{Batch, Space, Store, StoreError};
 
@@ -132,6 +134,8 @@ pub fn step(store: &dyn Store, keys: &Keyring, limit: usize) -> Result<(bool, u6
         .map_err(|_| RewrapError::Corrupt)?;
     let mut batch = Batch::default();
     let mut rewrapped = 0u64;
+    // Each subject's key, once per step.
+    let mut subject_keys: HashMap<String, Option<SecretKey<32>>> = HashMap::new();
     for (key, bytes) in &rows {
         let Some(mut rec) = Record::decode(bytes) else {
             continue;
@@ -144,17 +148,26 @@ pub fn step(store: &dyn Store, keys: &Keyring, limit: usize) -> Result<(bool, u6
         }
         // A value that does not open (tampered, or its version refused)
         // is left as it is: rewrap never makes data readable again.
+        if !subject_keys.contains_key(subject) {
+            let k = crate::subject_keys::load(store, keys, subject)
+                .ok()
+                .flatten();
+            subject_keys.insert(subject.to_string(), k);
+        }
+        let Some(Some(sk)) = subject_keys.get(subject) else {
+            continue;
+        };
         let Ok(old) = keys.version(rec.key_version) else {
             continue;
         };
-        let Ok(plain) = old.open(
+        let Ok(plain) = old.for_subject(sk).open(
             &value_aad(subject, rec.class, rec.key_version),
             &rec.ciphertext,
         ) else {
             continue;
         };
         let aad = value_aad(subject, rec.class, cursor.target);
-        let Ok(sealed) = target.seal(&aad, &plain) else {
+        let Ok(sealed) = target.for_subject(sk).seal(&aad, &plain) else {
             continue;
         };
         drop(plain);
@@ -259,6 +272,8 @@ mod tests {
             let value = format!("1380013{i:04}");
             let token = keys.token_key().token(Class::Phone, &value);
             let subject = format!("s{i}");
+            let (sk, create) = crate::subject_keys::create(keys, &subject).unwrap();
+            b.absorb(create);
             let rec = Record {
                 class: Class::Phone,
                 key_version: dk.version(),
@@ -266,6 +281,7 @@ mod tests {
                 expires_ms: None,
                 purpose: "notification".into(),
                 ciphertext: dk
+                    .for_subject(&sk)
                     .seal(
                         &value_aad(&subject, Class::Phone, dk.version()),
                         value.as_bytes(),
@@ -284,8 +300,8 @@ mod tests {
             let rec = Record::decode(&bytes).unwrap();
             let subject = subject_of_value_key(&k).unwrap();
             let aad = value_aad(subject, rec.class, rec.key_version);
-            let plain = keys
-                .version(rec.key_version)
+            let plain = crate::subject_keys::value_key(store, keys, subject, rec.key_version)
+                .unwrap()
                 .unwrap()
                 .open(&aad, &rec.ciphertext)
                 .unwrap();

@@ -28,10 +28,14 @@ pub enum Space {
     Consents,
     /// approval id → approval of a legal-exception disclosure.
     Approvals,
+    /// subject → its key material, wrapped. Erasure deletes it and purges
+    /// the space, which makes every copy of the subject's ciphertexts
+    /// unreadable (crypto-shredding).
+    SubjectKeys,
 }
 
 impl Space {
-    pub const ALL: [Space; 7] = [
+    pub const ALL: [Space; 8] = [
         Space::Values,
         Space::Subjects,
         Space::Expiry,
@@ -39,6 +43,7 @@ impl Space {
         Space::Meta,
         Space::Consents,
         Space::Approvals,
+        Space::SubjectKeys,
     ];
 
     pub fn name(self) -> &'static str {
@@ -50,6 +55,7 @@ impl Space {
             Space::Meta => "meta",
             Space::Consents => "consents",
             Space::Approvals => "approvals",
+            Space::SubjectKeys => "subject_keys",
         }
     }
 }
@@ -135,6 +141,15 @@ pub trait Store: Send + Sync + 'static {
     /// batch survives a crash or power loss. Fails with
     /// [`StoreError::Conflict`] and writes nothing when a check fails.
     fn write(&self, batch: Batch) -> Result<(), StoreError>;
+
+    /// Makes deletions in `space` physical: afterwards no file of the
+    /// engine (table files, write-ahead log) still holds a deleted value.
+    /// Erasure relies on it for subject keys. Engines without old versions
+    /// (the in-memory model) have nothing to do.
+    fn purge(&self, space: Space) -> Result<(), StoreError> {
+        let _ = space;
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for dyn Store {

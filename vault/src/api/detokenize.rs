@@ -19,8 +19,10 @@ use crate::keys::Keyring;
 use crate::ledger;
 use crate::policy::{PurposeInfo, Release, DATA_SUBJECT_REQUEST};
 use crate::schema::{self, Record};
+use crate::secret::SecretKey;
 use crate::server::Vault;
 use crate::store::{scan_prefix, Batch, Space};
+use crate::subject_keys;
 
 /// Most records looked at for one token (one per subject holding the value).
 const MAX_HOLDERS: usize = 256;
@@ -62,6 +64,7 @@ pub async fn detokenize(
         basis: req.legal_basis.as_ref(),
         approval: approval.as_ref(),
         consents: RefCell::new(HashMap::new()),
+        subject_keys: RefCell::new(HashMap::new()),
     };
     let mut values = Vec::with_capacity(req.tokens.len());
     let mut audit = Vec::with_capacity(req.tokens.len());
@@ -114,6 +117,8 @@ struct Lookup<'a> {
     approval: Option<&'a Approval>,
     /// Whether each subject seen so far has live consent to the purpose.
     consents: RefCell<HashMap<String, bool>>,
+    /// Each subject's key, looked up once per request.
+    subject_keys: RefCell<HashMap<String, Option<Arc<SecretKey<32>>>>>,
 }
 
 impl Lookup<'_> {
@@ -176,6 +181,10 @@ impl Lookup<'_> {
                 return Ok((out, draft));
             }
             k => k.ok(),
+        };
+        let key = match (key, self.subject_key(&subject)?) {
+            (Some(k), Some(sk)) => Some(k.for_subject(&sk)),
+            _ => None,
         };
         let opened = key.and_then(|k| k.open(&aad, &record.ciphertext).ok());
         let Some(plain) = opened.and_then(|p| String::from_utf8(p.to_vec()).ok()) else {
@@ -256,6 +265,23 @@ impl Lookup<'_> {
                 r => Ok(r),
             },
         )
+    }
+
+    /// The subject's key; `None` once it is erased.
+    fn subject_key(&self, subject: &str) -> Result<Option<Arc<SecretKey<32>>>, ApiError> {
+        if let Some(known) = self.subject_keys.borrow().get(subject) {
+            return Ok(known.clone());
+        }
+        let key = match subject_keys::load(self.v.store.as_ref(), self.keys, subject) {
+            Ok(k) => k.map(Arc::new),
+            Err(subject_keys::SubjectKeyError::Store(_)) => return Err(ApiError::Unavailable),
+            // A wrapped key that does not open: the integrity path below.
+            Err(subject_keys::SubjectKeyError::Key(_)) => None,
+        };
+        self.subject_keys
+            .borrow_mut()
+            .insert(subject.to_string(), key.clone());
+        Ok(key)
     }
 
     /// Live consent of `subject` to this purpose, looked up once per subject

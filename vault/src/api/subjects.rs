@@ -62,6 +62,11 @@ pub async fn export(
     prefix.push(0);
     let rows = scan_prefix(v.store.as_ref(), Space::Subjects, &prefix, MAX_VALUES)
         .map_err(|_| ApiError::Unavailable)?;
+    let subject_key = match crate::subject_keys::load(v.store.as_ref(), &keys, subject) {
+        Ok(k) => k,
+        Err(crate::subject_keys::SubjectKeyError::Store(_)) => return Err(ApiError::Unavailable),
+        Err(crate::subject_keys::SubjectKeyError::Key(_)) => None,
+    };
     let mut values = Vec::new();
     let mut events = Vec::new();
     for (key, _) in rows {
@@ -86,7 +91,8 @@ pub async fn export(
         let Some(plain) = keys
             .version(rec.key_version)
             .ok()
-            .and_then(|k| k.open(&aad, &rec.ciphertext).ok())
+            .zip(subject_key.as_ref())
+            .and_then(|(k, sk)| k.for_subject(sk).open(&aad, &rec.ciphertext).ok())
             .and_then(|p| String::from_utf8(p.to_vec()).ok())
         else {
             continue;

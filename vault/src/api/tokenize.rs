@@ -8,11 +8,13 @@ use vault_sdk::wire::{TokenOut, TokenizeRequest, TokenizeResponse};
 use super::{keyring, now_ms, parse_json, ApiError, Ctx};
 use crate::audit::Draft;
 use crate::classes::{self, Class};
+use crate::commit::CommitError;
 use crate::crypto::{encode_token, value_aad};
 use crate::retention::{expiry_ms, parse_duration};
 use crate::schema::{self, Record};
 use crate::server::Vault;
-use crate::store::{Batch, Space};
+use crate::store::{Batch, Space, StoreError};
+use crate::subject_keys;
 
 pub async fn tokenize(v: &Vault, ctx: &Ctx, body: &Bytes) -> Result<TokenizeResponse, ApiError> {
     let req: TokenizeRequest = parse_json(body)?;
@@ -32,8 +34,37 @@ pub async fn tokenize(v: &Vault, ctx: &Ctx, body: &Bytes) -> Result<TokenizeResp
         Some(r) => Some(parse_duration(r).map_err(|_| ApiError::InvalidRetention)?),
         None => None,
     };
+    // The first values of a new subject race to create its key; the loser
+    // of that compare-and-set simply runs again with the winner's key.
+    let mut attempt = 0;
+    loop {
+        match store_fields(v, ctx, &req, requested).await {
+            Err(ApiError::Conflict) if attempt < 3 => attempt += 1,
+            r => return r,
+        }
+    }
+}
+
+async fn store_fields(
+    v: &Vault,
+    ctx: &Ctx,
+    req: &TokenizeRequest,
+    requested: Option<std::time::Duration>,
+) -> Result<TokenizeResponse, ApiError> {
     let keys = keyring(v)?;
-    let data_key = keys.active().map_err(|_| ApiError::Internal)?;
+    let active = keys.active().map_err(|_| ApiError::Internal)?;
+    let (subject_key, create) = match subject_keys::load(v.store.as_ref(), &keys, &req.subject) {
+        Ok(Some(k)) => (k, None),
+        Ok(None) => {
+            let (k, b) =
+                subject_keys::create(&keys, &req.subject).map_err(|_| ApiError::Internal)?;
+            (k, Some(b))
+        }
+        Err(subject_keys::SubjectKeyError::Store(_)) => return Err(ApiError::Unavailable),
+        Err(subject_keys::SubjectKeyError::Key(_)) => return Err(ApiError::Internal),
+    };
+    let data_key = active.for_subject(&subject_key);
+    drop(subject_key);
     let now = now_ms();
     let mut batch = Batch::default();
     let mut out = Vec::with_capacity(req.fields.len());
@@ -97,10 +128,19 @@ pub async fn tokenize(v: &Vault, ctx: &Ctx, body: &Bytes) -> Result<TokenizeResp
         outcome: "stored",
         ..Draft::default()
     };
-    v.committer.commit(batch, vec![event]).await.map_err(|e| {
-        tracing::error!(request_id = %ctx.request_id, error = %e, "Tokenize write failed");
-        ApiError::Unavailable
-    })?;
+    if let Some(b) = create {
+        batch.absorb(b);
+    }
+    v.committer
+        .commit(batch, vec![event])
+        .await
+        .map_err(|e| match e {
+            CommitError::Store(StoreError::Conflict) => ApiError::Conflict,
+            e => {
+                tracing::error!(request_id = %ctx.request_id, error = %e, "Tokenize write failed");
+                ApiError::Unavailable
+            }
+        })?;
     for (class, (n, flagged)) in Class::ALL.iter().zip(counts) {
         if n > 0 {
             v.metrics.tokenized(class.as_str(), n, flagged);

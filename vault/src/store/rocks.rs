@@ -104,6 +104,20 @@ impl RocksStore {
 }
 
 impl Store for RocksStore {
+    fn purge(&self, space: Space) -> Result<(), StoreError> {
+        // Flushing every column family retires the write-ahead log files
+        // that still hold the old puts; a forced bottommost compaction of
+        // the space drops the old versions behind each delete tombstone.
+        for s in Space::ALL {
+            self.db.flush_cf(self.cf(s)?).map_err(engine)?;
+        }
+        let mut co = rocksdb::CompactOptions::default();
+        co.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+        self.db
+            .compact_range_cf_opt(self.cf(space)?, None::<&[u8]>, None::<&[u8]>, &co);
+        Ok(())
+    }
+
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.db.get_cf(self.cf(space)?, key).map_err(engine)
     }
