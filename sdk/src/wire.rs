@@ -340,3 +340,41 @@ pub struct AccessLog {
     pub subject: String,
     pub entries: Vec<AccessEntry>,
 }
+
+/// `DELETE /v1/subjects/{subject}`: what the erasure did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErasureReceipt {
+    pub subject: String,
+    pub values_erased: u64,
+    /// Unix time in milliseconds.
+    pub time_ms: u64,
+    /// SHA-256 (hex) over the subject, the time and the erased tokens; the
+    /// same digest is the `reference` of the erasure's audit event.
+    pub digest: String,
+}
+
+/// `POST /v1/subjects/{subject}/events`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubjectEvent {
+    /// `account_closed`.
+    pub event: String,
+}
+
+/// What a subject event or hold changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubjectStatus {
+    pub subject: String,
+    pub held: bool,
+    /// Values whose expiry this request set or moved.
+    pub values_affected: u64,
+}
+
+/// `PUT /v1/subjects/{subject}/tokens/{token}`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorrectionRequest {
+    pub value: String,
+}

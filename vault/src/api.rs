@@ -7,6 +7,7 @@ pub mod admin;
 mod audit_query;
 pub mod consent;
 mod detokenize;
+pub mod lifecycle;
 pub mod subjects;
 mod tokenize;
 
@@ -82,6 +83,8 @@ pub enum ApiError {
     NotFound,
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("the subject is under legal hold; nothing was erased")]
+    LegalHold,
     #[error("an officer may not approve a disclosure they make themselves")]
     SelfApproval,
     #[error("a concurrent change won; retry")]

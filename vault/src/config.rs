@@ -144,6 +144,13 @@ pub struct RetentionConfig {
     /// Classes whose clock starts at collection, with their retention.
     #[serde(default)]
     pub from_collection: BTreeMap<String, String>,
+    /// How often the sweeper deletes values whose time is up (ms).
+    #[serde(default = "default_sweep_ms")]
+    pub sweep_interval_ms: u64,
+}
+
+fn default_sweep_ms() -> u64 {
+    1000
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -55,6 +55,7 @@ pub fn error_parts(e: &ApiError) -> (StatusCode, &'static str) {
         E::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
         E::Conflict => (StatusCode::CONFLICT, "conflict"),
         E::SelfApproval => (StatusCode::FORBIDDEN, "self_approval"),
+        E::LegalHold => (StatusCode::CONFLICT, "legal_hold"),
         E::KeyInUse => (StatusCode::CONFLICT, "key_in_use"),
         E::InvalidShare(_) => (StatusCode::BAD_REQUEST, "invalid_share"),
         E::UnsealFailed => (StatusCode::BAD_REQUEST, "unseal_failed"),
@@ -203,29 +204,9 @@ async fn dispatch(conn: &Conn, request_id: String, req: Request<Incoming>) -> Re
             Ok(b) => ok(api::consent::approve(v, &ctx, &b).await),
             Err(e) => error_response(&e),
         },
-        (m, path) if subject_path(path).is_some() => {
-            let Some((subject, log)) = subject_path(path) else {
-                return error_response(&ApiError::NotFound);
-            };
-            match (m, log) {
-                (&Method::GET, false) => {
-                    ok(api::subjects::export(v, &ctx, &subject, parts.uri.query()).await)
-                }
-                (&Method::GET, true) => ok(api::subjects::access_log(v, &subject)),
-                _ => error_response(&ApiError::MethodNotAllowed),
-            }
-        }
-        (m, path) if consent_path(path).is_some() => {
-            let Some((subject, purpose)) = consent_path(path) else {
-                return error_response(&ApiError::NotFound);
-            };
-            if !matches!(*m, Method::GET | Method::PUT | Method::DELETE) {
-                return error_response(&ApiError::MethodNotAllowed);
-            }
-            match read_body(v, &parts, body).await {
-                Ok(b) => ok(api::consent::consent(v, &ctx, m, &subject, &purpose, &b).await),
-                Err(e) => error_response(&e),
-            }
+        (m, path) if path.starts_with("/v1/subjects/") => {
+            let m = m.clone();
+            subjects(v, &ctx, &m, path, parts.uri.query(), &parts, body).await
         }
         (&Method::POST, "/v1/admin/seal") => ok(admin::seal(v, &ctx).await),
         (&Method::POST, "/v1/admin/unseal") => match read_body(v, &parts, body).await {
@@ -250,31 +231,62 @@ async fn dispatch(conn: &Conn, request_id: String, req: Request<Incoming>) -> Re
     }
 }
 
-/// The subject of `/v1/subjects/{subject}` and whether the path is its
-/// `/access-log`.
-fn subject_path(path: &str) -> Option<(String, bool)> {
+/// `/v1/subjects/{subject}[/{rest}]`, the subject percent-decoded (the
+/// handlers validate it).
+fn subject_path(path: &str) -> Option<(String, &str)> {
     let rest = path.strip_prefix("/v1/subjects/")?;
-    let (subject, log) = match rest.split_once('/') {
-        None => (rest, false),
-        Some((s, "access-log")) => (s, true),
-        Some(_) => return None,
-    };
+    let (subject, rest) = rest.split_once('/').unwrap_or((rest, ""));
     if subject.is_empty() {
         return None;
     }
-    Some((api::percent_decode(subject)?, log))
+    Some((api::percent_decode(subject)?, rest))
 }
 
-/// `(subject, purpose)` of `/v1/subjects/{subject}/consents/{purpose}`,
-/// percent-decoded; the subject is validated by the handler.
-fn consent_path(path: &str) -> Option<(String, String)> {
-    let rest = path.strip_prefix("/v1/subjects/")?;
-    let (subject, rest) = rest.split_once('/')?;
-    let purpose = rest.strip_prefix("consents/")?;
-    if subject.is_empty() || purpose.is_empty() || purpose.contains('/') {
-        return None;
+/// The data-subject routes: export, access log, consents, hold, events,
+/// correction and erasure.
+async fn subjects(
+    v: &Arc<Vault>,
+    ctx: &Ctx,
+    m: &Method,
+    path: &str,
+    query: Option<&str>,
+    parts: &http::request::Parts,
+    body: Incoming,
+) -> Response<Body> {
+    use api::{consent, lifecycle, subjects};
+    let Some((subject, rest)) = subject_path(path) else {
+        return error_response(&ApiError::NotFound);
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    let allowed: &[Method] = match segments.as_slice() {
+        [""] => &[Method::GET, Method::DELETE],
+        ["access-log"] => &[Method::GET],
+        ["consents", p] if !p.is_empty() => &[Method::GET, Method::PUT, Method::DELETE],
+        ["hold"] => &[Method::PUT, Method::DELETE],
+        ["events"] => &[Method::POST],
+        ["tokens", t] if !t.is_empty() => &[Method::PUT],
+        _ => return error_response(&ApiError::NotFound),
+    };
+    if !allowed.contains(m) {
+        return error_response(&ApiError::MethodNotAllowed);
     }
-    Some((api::percent_decode(subject)?, api::percent_decode(purpose)?))
+    let b = match read_body(v, parts, body).await {
+        Ok(b) => b,
+        Err(e) => return error_response(&e),
+    };
+    match (segments.as_slice(), m) {
+        ([""], &Method::GET) => ok(subjects::export(v, ctx, &subject, query).await),
+        ([""], _) => ok(lifecycle::erase(v, ctx, &subject).await),
+        (["access-log"], _) => ok(subjects::access_log(v, &subject)),
+        (["consents", p], _) => match api::percent_decode(p) {
+            Some(p) => ok(consent::consent(v, ctx, m, &subject, &p, &b).await),
+            None => error_response(&ApiError::NotFound),
+        },
+        (["hold"], _) => ok(lifecycle::hold(v, ctx, &subject, *m == Method::PUT).await),
+        (["events"], _) => ok(lifecycle::event(v, ctx, &subject, &b).await),
+        (["tokens", t], _) => ok(lifecycle::correct(v, ctx, &subject, t, &b).await),
+        _ => error_response(&ApiError::NotFound),
+    }
 }
 
 /// Reads the whole body, refusing more than the limit before reading it

@@ -48,6 +48,7 @@ pub struct Metrics {
     pub key_active_version: Gauge,
     pub rewrap_values: Counter,
     pub rewrap_running: Gauge,
+    pub retention_purged: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -86,6 +87,12 @@ impl Metrics {
         let key_active_version = Gauge::default();
         let rewrap_values = Counter::default();
         let rewrap_running = Gauge::default();
+        let retention_purged = Counter::default();
+        registry.register(
+            "vault_retention_purged_values",
+            "Values deleted by the retention sweeper",
+            retention_purged.clone(),
+        );
         registry.register(
             "vault_keys_active_version",
             "Data key version new values are sealed under",
@@ -172,6 +179,7 @@ impl Metrics {
             key_active_version,
             rewrap_values,
             rewrap_running,
+            retention_purged,
         }
     }
 

@@ -23,9 +23,25 @@ pub fn load(
     keys: &Keyring,
     subject: &str,
 ) -> Result<Option<SecretKey<32>>, SubjectKeyError> {
+    Ok(load_guarded(store, keys, subject)?.map(|(k, _)| k))
+}
+
+/// The subject's key and a batch that holds only while that key is still
+/// the stored one: a write of values sealed under it carries the batch, so
+/// it fails (and is retried) rather than land after an erasure.
+pub fn load_guarded(
+    store: &dyn Store,
+    keys: &Keyring,
+    subject: &str,
+) -> Result<Option<(SecretKey<32>, Batch)>, SubjectKeyError> {
     match store.get(Space::SubjectKeys, subject.as_bytes())? {
         None => Ok(None),
-        Some(w) => Ok(Some(keys.unwrap_subject_key(subject, &w)?)),
+        Some(w) => {
+            let key = keys.unwrap_subject_key(subject, &w)?;
+            let mut guard = Batch::default();
+            guard.expect(Space::SubjectKeys, subject.as_bytes().to_vec(), Some(w));
+            Ok(Some((key, guard)))
+        }
     }
 }
 

@@ -182,10 +182,16 @@ impl Lookup<'_> {
             }
             k => k.ok(),
         };
-        let key = match (key, self.subject_key(&subject)?) {
-            (Some(k), Some(sk)) => Some(k.for_subject(&sk)),
-            _ => None,
-        };
+        let sk = self.subject_key(&subject)?;
+        if sk.is_none() && !self.still_stored(&bytes, &subject)? {
+            // Erased between reading the record and its key: gone, as it
+            // would have been a moment later. (A record that is still there
+            // without a key was planted: the integrity path below.)
+            out.status = Status::Gone;
+            draft.outcome = "gone";
+            return Ok((out, draft));
+        }
+        let key = key.zip(sk).map(|(k, sk)| k.for_subject(&sk));
         let opened = key.and_then(|k| k.open(&aad, &record.ciphertext).ok());
         let Some(plain) = opened.and_then(|p| String::from_utf8(p.to_vec()).ok()) else {
             // Tampered, swapped or undecryptable: the same opaque answer as a
@@ -267,6 +273,16 @@ impl Lookup<'_> {
         )
     }
 
+    fn still_stored(&self, token: &TokenBytes, subject: &str) -> Result<bool, ApiError> {
+        let key = schema::value_key(token, subject);
+        Ok(self
+            .v
+            .store
+            .get(Space::Values, &key)
+            .map_err(|_| ApiError::Unavailable)?
+            .is_some())
+    }
+
     /// The subject's key; `None` once it is erased.
     fn subject_key(&self, subject: &str) -> Result<Option<Arc<SecretKey<32>>>, ApiError> {
         if let Some(known) = self.subject_keys.borrow().get(subject) {
@@ -275,8 +291,10 @@ impl Lookup<'_> {
         let key = match subject_keys::load(self.v.store.as_ref(), self.keys, subject) {
             Ok(k) => k.map(Arc::new),
             Err(subject_keys::SubjectKeyError::Store(_)) => return Err(ApiError::Unavailable),
-            // A wrapped key that does not open: the integrity path below.
-            Err(subject_keys::SubjectKeyError::Key(_)) => None,
+            Err(subject_keys::SubjectKeyError::Key(_)) => {
+                tracing::error!(request_id = %self.ctx.request_id, "A subject key failed its integrity check");
+                None
+            }
         };
         self.subject_keys
             .borrow_mut()

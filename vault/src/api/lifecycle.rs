@@ -1,0 +1,436 @@
+//! A subject's data lifecycle: legal hold, the `account_closed` event,
+//! correction, erasure by crypto-shredding, and the retention sweeper.
+//! Invariants: every change and its audit event are one durable write,
+//! guarded by compare-and-set on what it read, so a concurrent request sees
+//! the data before or after, never half; a held subject is never erased or
+//! swept.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use vault_sdk::wire::{CorrectionRequest, ErasureReceipt, SubjectEvent, SubjectStatus, TokenOut};
+
+use super::{keyring, now_ms, parse_json, require_officer, ApiError, Ctx};
+use crate::audit::Draft;
+use crate::classes;
+use crate::commit::CommitError;
+use crate::crypto::{decode_token, encode_token, value_aad, TokenBytes, TOKEN_BYTES};
+use crate::schema::{expiry_key, subject_key, valid_subject, value_key, Record};
+use crate::server::Vault;
+use crate::store::{scan_prefix, Batch, Space, Store, StoreError};
+use crate::subject_keys;
+
+const MAX_VALUES: usize = 10_000;
+/// Most due values one sweeper tick handles.
+const SWEEP_BATCH: usize = 1000;
+
+fn hold_key(subject: &str) -> Vec<u8> {
+    let mut k = b"hold/".to_vec();
+    k.extend_from_slice(subject.as_bytes());
+    k
+}
+
+pub fn is_held(store: &dyn Store, subject: &str) -> Result<bool, StoreError> {
+    Ok(store.get(Space::Meta, &hold_key(subject))?.is_some())
+}
+
+fn draft(ctx: &Ctx, action: &'static str, subject: &str, outcome: &'static str) -> Draft {
+    Draft {
+        request_id: ctx.request_id.clone(),
+        caller: ctx.caller.to_string(),
+        action,
+        subject: Some(subject.to_string()),
+        outcome,
+        ..Draft::default()
+    }
+}
+
+async fn commit(v: &Vault, batch: Batch, events: Vec<Draft>) -> Result<(), ApiError> {
+    v.committer
+        .commit(batch, events)
+        .await
+        .map_err(|e| match e {
+            CommitError::Store(StoreError::Conflict) => ApiError::Conflict,
+            e => {
+                tracing::error!(error = %e, "Lifecycle write failed");
+                ApiError::Unavailable
+            }
+        })
+}
+
+/// Runs `f` again when a concurrent write won its compare-and-set.
+async fn retrying<T, F, Fut>(mut f: F) -> Result<T, ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ApiError>>,
+{
+    let mut attempt = 0;
+    loop {
+        match f().await {
+            Err(ApiError::Conflict) if attempt < 5 => attempt += 1,
+            r => return r,
+        }
+    }
+}
+
+/// Every value of `subject`: (token, stored bytes, record).
+fn values_of(
+    store: &dyn Store,
+    subject: &str,
+) -> Result<Vec<(TokenBytes, Vec<u8>, Record)>, ApiError> {
+    let mut prefix = subject.as_bytes().to_vec();
+    prefix.push(0);
+    let rows = scan_prefix(store, Space::Subjects, &prefix, MAX_VALUES)
+        .map_err(|_| ApiError::Unavailable)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (key, _) in rows {
+        let Some(token) = key
+            .get(prefix.len()..)
+            .and_then(|t| TokenBytes::try_from(t).ok())
+        else {
+            continue;
+        };
+        let Some(bytes) = store
+            .get(Space::Values, &value_key(&token, subject))
+            .map_err(|_| ApiError::Unavailable)?
+        else {
+            continue;
+        };
+        if let Some(rec) = Record::decode(&bytes) {
+            out.push((token, bytes, rec));
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes one value and its index entries.
+fn delete_value(b: &mut Batch, token: &TokenBytes, subject: &str, rec: &Record) {
+    b.delete(Space::Values, value_key(token, subject));
+    b.delete(Space::Subjects, subject_key(subject, token));
+    if let Some(e) = rec.expires_ms {
+        b.delete(Space::Expiry, expiry_key(e, token, subject));
+    }
+}
+
+/// `PUT` / `DELETE /v1/subjects/{subject}/hold` (officers).
+pub async fn hold(
+    v: &Vault,
+    ctx: &Ctx,
+    subject: &str,
+    on: bool,
+) -> Result<SubjectStatus, ApiError> {
+    require_officer(ctx)?;
+    if !valid_subject(subject) {
+        return Err(ApiError::InvalidSubject);
+    }
+    let mut b = Batch::default();
+    if on {
+        b.put(
+            Space::Meta,
+            hold_key(subject),
+            ctx.caller.as_bytes().to_vec(),
+        );
+    } else {
+        b.delete(Space::Meta, hold_key(subject));
+    }
+    let outcome = if on { "hold_placed" } else { "hold_lifted" };
+    commit(v, b, vec![draft(ctx, "legal_hold", subject, outcome)]).await?;
+    Ok(SubjectStatus {
+        subject: subject.to_string(),
+        held: on,
+        values_affected: 0,
+    })
+}
+
+/// `POST /v1/subjects/{subject}/events` `{"event":"account_closed"}`:
+/// every value whose clock has not started, or would run past the
+/// post-closure period, now expires at the end of that period.
+pub async fn event(
+    v: &Vault,
+    ctx: &Ctx,
+    subject: &str,
+    body: &Bytes,
+) -> Result<SubjectStatus, ApiError> {
+    if !valid_subject(subject) {
+        return Err(ApiError::InvalidSubject);
+    }
+    let req: SubjectEvent = parse_json(body)?;
+    if req.event != "account_closed" {
+        return Err(ApiError::BadRequest("the only event is account_closed"));
+    }
+    retrying(|| async {
+        let now = now_ms();
+        let period =
+            u64::try_from(v.policy.retention.after_account_closed.as_millis()).unwrap_or(u64::MAX);
+        let until = now.saturating_add(period);
+        let mut b = Batch::default();
+        let mut n = 0u64;
+        for (token, bytes, mut rec) in values_of(v.store.as_ref(), subject)? {
+            if rec.expires_ms.is_some_and(|e| e <= until) {
+                continue;
+            }
+            b.expect(Space::Values, value_key(&token, subject), Some(bytes));
+            if let Some(e) = rec.expires_ms {
+                b.delete(Space::Expiry, expiry_key(e, &token, subject));
+            }
+            rec.expires_ms = Some(until);
+            b.put(Space::Values, value_key(&token, subject), rec.encode());
+            b.put(
+                Space::Expiry,
+                expiry_key(until, &token, subject),
+                Vec::new(),
+            );
+            n += 1;
+        }
+        commit(
+            v,
+            b,
+            vec![draft(ctx, "account_closed", subject, "clocks_started")],
+        )
+        .await?;
+        let held = is_held(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)?;
+        Ok(SubjectStatus {
+            subject: subject.to_string(),
+            held,
+            values_affected: n,
+        })
+    })
+    .await
+}
+
+/// `DELETE /v1/subjects/{subject}`: erasure. The subject's key is destroyed
+/// with its values and index entries in one write, then purged from the
+/// engine's files, so no surviving copy of a ciphertext can be opened.
+pub async fn erase(v: &Vault, ctx: &Ctx, subject: &str) -> Result<ErasureReceipt, ApiError> {
+    if !valid_subject(subject) {
+        return Err(ApiError::InvalidSubject);
+    }
+    let receipt = retrying(|| async {
+        if is_held(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)? {
+            commit(
+                v,
+                Batch::default(),
+                vec![draft(ctx, "erasure", subject, "refused_legal_hold")],
+            )
+            .await?;
+            return Err(ApiError::LegalHold);
+        }
+        let mut b = Batch::default();
+        // Guards: the hold is still off and the key is still the one read.
+        b.expect(Space::Meta, hold_key(subject), None);
+        let wrapped = v
+            .store
+            .get(Space::SubjectKeys, subject.as_bytes())
+            .map_err(|_| ApiError::Unavailable)?;
+        b.expect(
+            Space::SubjectKeys,
+            subject.as_bytes().to_vec(),
+            wrapped.clone(),
+        );
+        subject_keys::destroy(&mut b, subject);
+        let values = values_of(v.store.as_ref(), subject)?;
+        let mut tokens: Vec<String> = Vec::with_capacity(values.len());
+        for (token, bytes, rec) in &values {
+            b.expect(
+                Space::Values,
+                value_key(token, subject),
+                Some(bytes.clone()),
+            );
+            delete_value(&mut b, token, subject, rec);
+            tokens.push(encode_token(token));
+        }
+        tokens.sort();
+        let time_ms = now_ms();
+        let mut h = Sha256::new();
+        h.update(b"vault/erasure/v1\0");
+        h.update(subject.as_bytes());
+        h.update(time_ms.to_be_bytes());
+        for t in &tokens {
+            h.update(t.as_bytes());
+        }
+        let digest = hex::encode(h.finalize());
+        let mut event = draft(ctx, "erasure", subject, "erased");
+        event.reference = Some(digest.clone());
+        commit(v, b, vec![event]).await?;
+        Ok(ErasureReceipt {
+            subject: subject.to_string(),
+            values_erased: values.len() as u64,
+            time_ms,
+            digest,
+        })
+    })
+    .await?;
+    let store = v.store.clone();
+    let purged = tokio::task::spawn_blocking(move || store.purge(Space::SubjectKeys)).await;
+    if !matches!(purged, Ok(Ok(()))) {
+        // The key is deleted either way; only its physical removal waits
+        // for the engine's own compaction.
+        tracing::error!("Purging erased subject keys failed; compaction will remove them later");
+    }
+    Ok(receipt)
+}
+
+/// `PUT /v1/subjects/{subject}/tokens/{token}` `{"value":"..."}`:
+/// correction. The new value gets its token; the old one is gone for this
+/// subject.
+pub async fn correct(
+    v: &Vault,
+    ctx: &Ctx,
+    subject: &str,
+    token: &str,
+    body: &Bytes,
+) -> Result<TokenOut, ApiError> {
+    if !valid_subject(subject) {
+        return Err(ApiError::InvalidSubject);
+    }
+    let req: CorrectionRequest = parse_json(body)?;
+    let old_token = decode_token(token).ok_or(ApiError::NotFound)?;
+    retrying(|| async {
+        let keys = keyring(v)?;
+        let now = now_ms();
+        let key = value_key(&old_token, subject);
+        let bytes = v
+            .store
+            .get(Space::Values, &key)
+            .map_err(|_| ApiError::Unavailable)?
+            .ok_or(ApiError::NotFound)?;
+        let old = Record::decode(&bytes).ok_or(ApiError::NotFound)?;
+        if !old.is_live(now) {
+            return Err(ApiError::NotFound);
+        }
+        let norm = classes::normalize(old.class, &req.value)
+            .map_err(|reason| ApiError::InvalidValue { field: 0, reason })?;
+        let new_token: [u8; TOKEN_BYTES] = keys.token_key().token(old.class, norm.token_form());
+        let (sk, guard) = subject_keys::load_guarded(v.store.as_ref(), &keys, subject)
+            .map_err(|_| ApiError::Unavailable)?
+            .ok_or(ApiError::NotFound)?;
+        let active = keys.active().map_err(|_| ApiError::Internal)?;
+        let aad = value_aad(subject, old.class, active.version());
+        let ciphertext = active
+            .for_subject(&sk)
+            .seal(&aad, norm.value().as_bytes())
+            .map_err(|_| ApiError::Internal)?;
+        let rec = Record {
+            class: old.class,
+            key_version: active.version(),
+            collected_ms: now,
+            expires_ms: old.expires_ms,
+            purpose: old.purpose.clone(),
+            ciphertext,
+        };
+        let mut b = guard;
+        b.expect(Space::Values, key.clone(), Some(bytes.clone()));
+        delete_value(&mut b, &old_token, subject, &old);
+        b.put(Space::Values, value_key(&new_token, subject), rec.encode());
+        b.put(
+            Space::Subjects,
+            subject_key(subject, &new_token),
+            Vec::new(),
+        );
+        if let Some(e) = rec.expires_ms {
+            b.put(
+                Space::Expiry,
+                expiry_key(e, &new_token, subject),
+                Vec::new(),
+            );
+        }
+        let mut event = draft(ctx, "correction", subject, "corrected");
+        event.class = Some(old.class.as_str().to_string());
+        event.token = Some(token.to_string());
+        event.reference = Some(encode_token(&new_token));
+        commit(v, b, vec![event]).await?;
+        Ok(TokenOut {
+            class: old.class.as_str().to_string(),
+            token: encode_token(&new_token),
+            flag: norm.flag().map(|f| f.as_str().to_string()),
+        })
+    })
+    .await
+}
+
+/// One sweeper pass: deletes up to [`SWEEP_BATCH`] values whose time is
+/// up, oldest first, by the expiry index (no full scan). Held subjects are
+/// skipped. Returns how many values it purged.
+pub async fn sweep_once(v: &Vault) -> Result<u64, ApiError> {
+    let now = now_ms();
+    let upper = now.saturating_add(1).to_be_bytes();
+    let due = v
+        .store
+        .scan(Space::Expiry, b"", Some(&upper), SWEEP_BATCH)
+        .map_err(|_| ApiError::Unavailable)?;
+    let mut b = Batch::default();
+    let mut events = Vec::new();
+    let mut purged = 0u64;
+    for (key, _) in due {
+        let (Some(exp), Some(token), Some(subject)) = (
+            key.get(..8)
+                .and_then(|e| <[u8; 8]>::try_from(e).ok())
+                .map(u64::from_be_bytes),
+            key.get(8..8 + TOKEN_BYTES)
+                .and_then(|t| TokenBytes::try_from(t).ok()),
+            key.get(8 + TOKEN_BYTES..)
+                .and_then(|s| std::str::from_utf8(s).ok()),
+        ) else {
+            continue;
+        };
+        if is_held(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)? {
+            continue;
+        }
+        let vk = value_key(&token, subject);
+        let current = v
+            .store
+            .get(Space::Values, &vk)
+            .map_err(|_| ApiError::Unavailable)?;
+        match current.as_deref().and_then(Record::decode) {
+            Some(rec) if rec.expires_ms == Some(exp) => {
+                b.expect(Space::Values, vk, current.clone());
+                delete_value(&mut b, &token, subject, &rec);
+                events.push(Draft {
+                    request_id: "retention-sweeper".into(),
+                    caller: "vault".into(),
+                    action: "retention_purge",
+                    subject: Some(subject.to_string()),
+                    class: Some(rec.class.as_str().to_string()),
+                    token: Some(encode_token(&token)),
+                    outcome: "purged",
+                    ..Draft::default()
+                });
+                purged += 1;
+            }
+            // The value was re-collected with another clock, or is gone:
+            // only the stale index entry goes.
+            _ => b.delete(Space::Expiry, key),
+        }
+    }
+    if b.ops.is_empty() {
+        return Ok(0);
+    }
+    v.committer
+        .commit(b, events)
+        .await
+        .map_err(|_| ApiError::Conflict)?;
+    v.metrics.retention_purged.inc_by(purged);
+    Ok(purged)
+}
+
+/// Runs the sweeper every `interval` until `stop`.
+pub async fn sweeper(
+    v: Arc<Vault>,
+    interval: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        match sweep_once(&v).await {
+            // A full batch: more may be due at once.
+            Ok(n) if n as usize >= SWEEP_BATCH => continue,
+            Ok(_) | Err(ApiError::Conflict) => {}
+            Err(e) => tracing::error!(error = %e, "Retention sweep failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
