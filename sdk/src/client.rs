@@ -176,6 +176,49 @@ impl Client {
             .await
     }
 
+    /// `DELETE /v1/subjects/{subject}`: erasure, with its receipt.
+    pub async fn erase_subject(&self, subject: &str) -> Result<crate::wire::ErasureReceipt, Error> {
+        self.delete_json(&format!("/v1/subjects/{subject}")).await
+    }
+
+    /// `PUT` (on) or `DELETE` (off) `/v1/subjects/{subject}/hold` (officers).
+    pub async fn legal_hold(
+        &self,
+        subject: &str,
+        on: bool,
+    ) -> Result<crate::wire::SubjectStatus, Error> {
+        let path = format!("/v1/subjects/{subject}/hold");
+        if on {
+            self.put_json(&path, &serde_json::json!({})).await
+        } else {
+            self.delete_json(&path).await
+        }
+    }
+
+    /// `POST /v1/subjects/{subject}/events` `{"event":"account_closed"}`.
+    pub async fn account_closed(&self, subject: &str) -> Result<crate::wire::SubjectStatus, Error> {
+        let ev = crate::wire::SubjectEvent {
+            event: "account_closed".into(),
+        };
+        self.post_json(&format!("/v1/subjects/{subject}/events"), &ev)
+            .await
+    }
+
+    /// `PUT /v1/subjects/{subject}/tokens/{token}`: correction; the answer
+    /// carries the new value's token.
+    pub async fn correct(
+        &self,
+        subject: &str,
+        token: &str,
+        value: &str,
+    ) -> Result<crate::wire::TokenOut, Error> {
+        let req = crate::wire::CorrectionRequest {
+            value: value.to_string(),
+        };
+        self.put_json(&format!("/v1/subjects/{subject}/tokens/{token}"), &req)
+            .await
+    }
+
     /// `POST /v1/admin/approvals` (officers): approve one legal-exception
     /// disclosure by another caller.
     pub async fn approve(&self, req: &ApprovalRequest) -> Result<Approval, Error> {

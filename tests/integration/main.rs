@@ -14,6 +14,7 @@ mod audit;
 mod durability;
 mod errors;
 mod keys;
+mod lifecycle;
 mod policy;
 mod rights;
 mod storage;

@@ -137,6 +137,12 @@ pub async fn start_with(
         vault.clone(),
         stopped.clone(),
     )));
+    let sweep = Duration::from_millis(cfg.retention.sweep_interval_ms.max(10));
+    tasks.push(tokio::spawn(crate::api::lifecycle::sweeper(
+        vault.clone(),
+        sweep,
+        stopped.clone(),
+    )));
     if let Some(period) = cfg.keys.auto_rotate_period.as_deref() {
         let ms = crate::retention::parse_duration(period).map_or(u64::MAX, |d| {
             u64::try_from(d.as_millis()).unwrap_or(u64::MAX)

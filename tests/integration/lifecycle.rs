@@ -1,0 +1,347 @@
+//! The subject's data lifecycle end to end: erasure by crypto-shredding
+//! (proved on the raw database files), legal hold, account closure with
+//! the sweeper, correction, and an erasure racing detokenize.
+
+use std::sync::Arc;
+
+use crate::harness::*;
+use vault::store::Space;
+use vault_sdk::wire::Status;
+
+const ID: &str = "350102199003071234";
+const PHONE: &str = "13800138000";
+
+fn all_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            all_files(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_shreds_the_subject_and_spares_shared_values() {
+    let mut v = TestVault::start().await;
+    let app = v.client("app");
+    let fields = vec![field("cn_resident_id", ID), field("phone", PHONE)];
+    let toks = app
+        .tokenize(&tok_req("acct-a", "identity_verification", fields))
+        .await
+        .unwrap()
+        .tokens;
+    // The same phone number for another subject: one token, two records.
+    let shared = tokenize_one(&app, "acct-b", "notification", "phone", PHONE).await;
+    assert_eq!(shared, toks[1].token);
+    let store = v.store();
+    let wrapped = store.get(Space::SubjectKeys, b"acct-a").unwrap().unwrap();
+    // Make sure the key reached table files, not only the WAL.
+    drop(store);
+
+    let receipt = app.erase_subject("acct-a").await.unwrap();
+    assert_eq!(receipt.values_erased, 2);
+    assert_eq!(receipt.digest.len(), 64);
+    let events = v
+        .client("officer")
+        .audit(Some("acct-a"), None, None)
+        .await
+        .unwrap()
+        .events;
+    let erasure = events.iter().find(|e| e.action == "erasure").unwrap();
+    assert_eq!(erasure.reference.as_deref(), Some(receipt.digest.as_str()));
+
+    let out = app
+        .detokenize(&detok_req("identity_verification", &[&toks[0].token]))
+        .await
+        .unwrap();
+    assert_ne!(out.values[0].status, Status::Ok);
+    assert!(out.values[0].value.is_none());
+    // The shared phone is still acct-b's.
+    let out = app
+        .detokenize(&detok_req("notification", &[&shared]))
+        .await
+        .unwrap();
+    assert_eq!(out.values[0].value.as_deref(), Some("+8613800138000"));
+    assert!(app
+        .export_subject("acct-a")
+        .await
+        .unwrap()
+        .values
+        .is_empty());
+    assert_eq!(app.export_subject("acct-b").await.unwrap().values.len(), 1);
+    // Erasing again is harmless.
+    assert_eq!(app.erase_subject("acct-a").await.unwrap().values_erased, 0);
+
+    // On disk: the wrapped subject key is in no file of the database (WAL
+    // and table files included), so even the master key cannot bring the
+    // subject's old ciphertexts back.
+    v.stop().await;
+    let mut files = Vec::new();
+    all_files(v.dir.path(), &mut files);
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        assert!(
+            !contains(&bytes, &wrapped),
+            "the erased subject key survives in {}",
+            f.display()
+        );
+    }
+    let cfg = config(v.dir.path());
+    let raw = vault::store::RocksStore::open(v.dir.path()).unwrap();
+    let master = vault::server::load_master(&cfg).unwrap();
+    let keys = vault::keys::Keyring::open(&master, &raw).unwrap();
+    assert!(vault::subject_keys::load(&raw, &keys, "acct-a")
+        .unwrap()
+        .is_none());
+    assert!(vault::subject_keys::load(&raw, &keys, "acct-b")
+        .unwrap()
+        .is_some());
+}
+
+#[tokio::test]
+async fn legal_hold_blocks_erasure_until_lifted() {
+    let v = TestVault::start().await;
+    let app = v.client("app");
+    let officer = v.client("officer");
+    let tok = tokenize_one(&app, "acct-h", "notification", "phone", PHONE).await;
+    assert_eq!(
+        app.legal_hold("acct-h", true).await.unwrap_err().code(),
+        Some("forbidden")
+    );
+    assert!(officer.legal_hold("acct-h", true).await.unwrap().held);
+    let e = app.erase_subject("acct-h").await.unwrap_err();
+    assert_eq!((e.status(), e.code()), (Some(409), Some("legal_hold")));
+    let out = app
+        .detokenize(&detok_req("notification", &[&tok]))
+        .await
+        .unwrap();
+    assert_eq!(out.values[0].status, Status::Ok);
+    assert!(!officer.legal_hold("acct-h", false).await.unwrap().held);
+    assert_eq!(app.erase_subject("acct-h").await.unwrap().values_erased, 1);
+    let events = officer
+        .audit(Some("acct-h"), None, None)
+        .await
+        .unwrap()
+        .events;
+    for (action, outcome) in [
+        ("legal_hold", "hold_placed"),
+        ("erasure", "refused_legal_hold"),
+        ("legal_hold", "hold_lifted"),
+        ("erasure", "erased"),
+    ] {
+        assert!(
+            events
+                .iter()
+                .any(|e| e.action == action && e.outcome == outcome),
+            "{action} {outcome}"
+        );
+    }
+    let r = app
+        .raw(http::Method::DELETE, "/v1/subjects/a%20b", None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_closure_starts_the_clocks_and_the_sweeper_purges() {
+    let v = TestVault::start_with(|cfg| {
+        cfg.retention.after_account_closed = "PT1S".into();
+        cfg.retention.sweep_interval_ms = 100;
+    })
+    .await;
+    let app = v.client("app");
+    let officer = v.client("officer");
+    let a = tokenize_one(&app, "acct-c", "notification", "phone", PHONE).await;
+    let held = tokenize_one(&app, "acct-d", "notification", "phone", "13900139000").await;
+    officer.legal_hold("acct-d", true).await.unwrap();
+    assert_eq!(
+        app.account_closed("acct-c").await.unwrap().values_affected,
+        1
+    );
+    assert_eq!(
+        app.account_closed("acct-d").await.unwrap().values_affected,
+        1
+    );
+    // Within the period, still there.
+    let out = app
+        .detokenize(&detok_req("notification", &[&a]))
+        .await
+        .unwrap();
+    assert_eq!(out.values[0].status, Status::Ok);
+    tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
+    let out = app
+        .detokenize(&detok_req("notification", &[&a, &held]))
+        .await
+        .unwrap();
+    assert_ne!(out.values[0].status, Status::Ok);
+    assert_ne!(
+        out.values[1].status,
+        Status::Ok,
+        "expiry holds at read time"
+    );
+    let store = v.store();
+    let key = |t: &str, s: &str| {
+        let mut k = vault::crypto::decode_token(t).unwrap().to_vec();
+        k.extend_from_slice(s.as_bytes());
+        k
+    };
+    let due = store.scan(Space::Expiry, b"", None, 10).unwrap();
+    assert!(
+        store
+            .get(Space::Values, &key(&a, "acct-c"))
+            .unwrap()
+            .is_none(),
+        "swept; expiry index: {due:?} now {}",
+        vault::api::now_ms()
+    );
+    assert!(
+        store
+            .get(Space::Values, &key(&held, "acct-d"))
+            .unwrap()
+            .is_some(),
+        "a held subject is not swept"
+    );
+    officer.legal_hold("acct-d", false).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert!(
+        store
+            .get(Space::Values, &key(&held, "acct-d"))
+            .unwrap()
+            .is_none(),
+        "swept once the hold is lifted"
+    );
+    let (_, metrics) = v.ops_get("/metrics").await;
+    assert!(
+        metrics.contains("vault_retention_purged_values_total 2"),
+        "{metrics}"
+    );
+    // Bad events.
+    let (s, body) = post_raw(
+        &app,
+        "/v1/subjects/acct-c/events",
+        br#"{"event":"party"}"#.to_vec(),
+    )
+    .await;
+    assert_eq!((s, code(&body)), (400, "invalid_request"));
+    let (s, body) = post_raw(&app, "/v1/subjects/acct-c/events", b"{".to_vec()).await;
+    assert_eq!((s, code(&body)), (400, "malformed_json"));
+}
+
+#[tokio::test]
+async fn correction_replaces_the_value_and_its_token() {
+    let v = TestVault::start().await;
+    let app = v.client("app");
+    let old = tokenize_one(&app, "acct-e", "notification", "phone", PHONE).await;
+    let new = app.correct("acct-e", &old, "139 0013 9000").await.unwrap();
+    assert_ne!(new.token, old);
+    assert_eq!(new.class, "phone");
+    let out = app
+        .detokenize(&detok_req("notification", &[&old, &new.token]))
+        .await
+        .unwrap();
+    assert_ne!(out.values[0].status, Status::Ok);
+    assert_eq!(out.values[1].value.as_deref(), Some("+8613900139000"));
+    let e = app
+        .correct("acct-e", &new.token, "12345")
+        .await
+        .unwrap_err();
+    assert_eq!((e.status(), e.code()), (Some(422), Some("invalid_value")));
+    assert_eq!(
+        app.correct("acct-e", &old, "13900139001")
+            .await
+            .unwrap_err()
+            .code(),
+        Some("not_found")
+    );
+    assert_eq!(
+        app.correct("acct-e", "not-a-token", "13900139001")
+            .await
+            .unwrap_err()
+            .code(),
+        Some("not_found")
+    );
+    assert_eq!(
+        app.correct("acct-x", &new.token, "13900139001")
+            .await
+            .unwrap_err()
+            .code(),
+        Some("not_found")
+    );
+    let r = app
+        .raw(
+            http::Method::PUT,
+            &format!("/v1/subjects/acct-e/tokens/{}", new.token),
+            Some(br#"{"value":1}"#.to_vec()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400);
+    let events = v
+        .client("officer")
+        .audit(Some("acct-e"), None, None)
+        .await
+        .unwrap()
+        .events;
+    assert!(events
+        .iter()
+        .any(|e| e.action == "correction" && e.reference.as_deref() == Some(new.token.as_str())));
+    assert!(!serde_json::to_string(&events)
+        .unwrap()
+        .contains("13900139000"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_racing_detokenize_gives_the_value_or_nothing() {
+    let v = TestVault::start().await;
+    let app = v.client("app");
+    let tok = tokenize_one(
+        &app,
+        "acct-r",
+        "identity_verification",
+        "cn_resident_id",
+        ID,
+    )
+    .await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let (c, tok, stop) = (v.client("app"), tok.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut seen = (0, 0);
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let out = c
+                        .detokenize(&detok_req("identity_verification", &[&tok]))
+                        .await
+                        .unwrap();
+                    match out.values[0].status {
+                        Status::Ok => {
+                            assert_eq!(out.values[0].value.as_deref(), Some(ID));
+                            seen.0 += 1;
+                        }
+                        _ => {
+                            assert!(out.values[0].value.is_none());
+                            seen.1 += 1;
+                        }
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    app.erase_subject("acct-r").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut after = 0;
+    for r in readers {
+        after += r.await.unwrap().1;
+    }
+    assert!(after > 0);
+}
