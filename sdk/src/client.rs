@@ -219,6 +219,21 @@ impl Client {
             .await
     }
 
+    /// `GET /v1/admin/incidents/exposure` (officers): subjects whose data
+    /// was released in `[from_ms, to_ms)`, optionally by one caller.
+    pub async fn exposure(
+        &self,
+        from_ms: u64,
+        to_ms: u64,
+        caller: Option<&str>,
+    ) -> Result<crate::wire::ExposureReport, Error> {
+        let mut path = format!("/v1/admin/incidents/exposure?from={from_ms}&to={to_ms}");
+        if let Some(c) = caller {
+            path.push_str(&format!("&caller={c}"));
+        }
+        self.get_json(&path).await
+    }
+
     /// `POST /v1/admin/approvals` (officers): approve one legal-exception
     /// disclosure by another caller.
     pub async fn approve(&self, req: &ApprovalRequest) -> Result<Approval, Error> {

@@ -378,3 +378,29 @@ pub struct SubjectStatus {
 pub struct CorrectionRequest {
     pub value: String,
 }
+
+/// One subject whose plaintext was released in the window.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExposedSubject {
+    pub subject: String,
+    /// Releases of its data (full or masked) in the window.
+    pub releases: u64,
+    pub classes: Vec<String>,
+    pub callers: Vec<String>,
+    pub first_ms: u64,
+    pub last_ms: u64,
+}
+
+/// `GET /v1/admin/incidents/exposure?from=&to=&caller=`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExposureReport {
+    pub from_ms: u64,
+    pub to_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
+    /// Audit events read to answer (those in the window).
+    pub events_read: u64,
+    pub subjects: Vec<ExposedSubject>,
+}

@@ -421,3 +421,68 @@ async fn subjects_see_their_data_and_who_saw_it() {
         .unwrap();
     assert_eq!(r.status, 405);
 }
+
+#[tokio::test]
+async fn exposure_lists_the_subjects_released_in_a_window() {
+    let v = TestVault::start().await;
+    let app = v.client("app");
+    let officer = v.client("officer");
+    let before = vault::api::now_ms();
+    let a = tokenize_one(&app, "acct-1", "notification", "phone", "13800138000").await;
+    let b = tokenize_one(&app, "acct-2", "notification", "email", "chen@example.com").await;
+    let c = tokenize_one(&app, "acct-3", "identity_verification", "name", NAME).await;
+    app.detokenize(&detok_req("notification", &[&a, &b]))
+        .await
+        .unwrap();
+    // Denied, so not exposed.
+    app.detokenize(&detok_req("notification", &[&c]))
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let mid = vault::api::now_ms();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    app.export_subject("acct-3").await.unwrap();
+    let after = vault::api::now_ms() + 1;
+
+    let all = officer.exposure(before, after, None).await.unwrap();
+    let names: Vec<&str> = all.subjects.iter().map(|s| s.subject.as_str()).collect();
+    assert_eq!(names, ["acct-1", "acct-2", "acct-3"]);
+    assert_eq!(all.subjects[0].classes, ["phone"]);
+    assert_eq!(all.subjects[0].callers, ["app"]);
+    let early = officer.exposure(before, mid, None).await.unwrap();
+    assert_eq!(early.subjects.len(), 2);
+    assert!(early.events_read < all.events_read);
+    assert!(officer
+        .exposure(before, after, Some("officer2"))
+        .await
+        .unwrap()
+        .subjects
+        .is_empty());
+    assert!(officer
+        .exposure(1, before.saturating_sub(1_000_000), None)
+        .await
+        .unwrap()
+        .subjects
+        .is_empty());
+    assert_eq!(
+        app.exposure(before, after, None).await.unwrap_err().code(),
+        Some("forbidden")
+    );
+    for q in [
+        "",
+        "?from=5",
+        "?from=9&to=3",
+        "?from=x&to=9",
+        "?from=1&to=9&who=x",
+    ] {
+        let r = officer
+            .raw(
+                http::Method::GET,
+                &format!("/v1/admin/incidents/exposure{q}"),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 400, "{q}");
+    }
+}

@@ -130,7 +130,8 @@ async fn values_come_back_normalized_and_masked() {
 
 #[tokio::test]
 async fn expiry_holds_at_read_time() {
-    let v = TestVault::start().await;
+    // The sweeper would delete the value; this is about reads before it.
+    let v = TestVault::start_with(|cfg| cfg.retention.sweep_interval_ms = 600_000).await;
     let c = v.client("app");
     let mut req = tok_req("s-exp", "notification", vec![field("phone", "13900139000")]);
     req.retention = Some("PT1S".into());

@@ -7,6 +7,7 @@ pub mod admin;
 mod audit_query;
 pub mod consent;
 mod detokenize;
+pub mod exposure;
 pub mod lifecycle;
 pub mod subjects;
 mod tokenize;

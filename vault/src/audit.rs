@@ -232,3 +232,61 @@ pub fn query(
 
 #[cfg(test)]
 mod tests;
+
+fn event_at(store: &dyn Store, seq: u64) -> Result<Option<AuditEvent>, AuditError> {
+    match store.get(Space::Audit, &seq_key(seq))? {
+        None => Ok(None),
+        Some(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|_| AuditError::Corrupt { seq }),
+    }
+}
+
+/// The first sequence number whose event is at or after `time_ms`. Event
+/// times never decrease along the chain (the committer makes sure), so this
+/// is a binary search: O(log n) reads, whatever the size of the log.
+pub fn first_at_or_after(store: &dyn Store, time_ms: u64) -> Result<u64, AuditError> {
+    let head = Head::load(store)?;
+    let (mut lo, mut hi) = (1u64, head.seq.saturating_add(1));
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        match event_at(store, mid)? {
+            Some(e) if e.time_ms < time_ms => lo = mid + 1,
+            _ => hi = mid,
+        }
+    }
+    Ok(lo)
+}
+
+/// Events with `from_ms <= time < to_ms`, in order, passed to `visit` one
+/// at a time; returns how many were read.
+pub fn for_each_in_window(
+    store: &dyn Store,
+    from_ms: u64,
+    to_ms: u64,
+    mut visit: impl FnMut(AuditEvent),
+) -> Result<u64, AuditError> {
+    let mut seq = first_at_or_after(store, from_ms)?;
+    let mut read = 0u64;
+    loop {
+        let rows = store.scan(Space::Audit, &seq_key(seq), None, 4096)?;
+        let Some((last, _)) = rows.last() else {
+            return Ok(read);
+        };
+        let last = last
+            .as_slice()
+            .try_into()
+            .map(u64::from_be_bytes)
+            .map_err(|_| AuditError::Corrupt { seq })?;
+        for (_, bytes) in &rows {
+            let event: AuditEvent =
+                serde_json::from_slice(bytes).map_err(|_| AuditError::Corrupt { seq })?;
+            if event.time_ms >= to_ms {
+                return Ok(read);
+            }
+            read += 1;
+            visit(event);
+        }
+        seq = last + 1;
+    }
+}

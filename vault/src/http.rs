@@ -200,6 +200,9 @@ async fn dispatch(conn: &Conn, request_id: String, req: Request<Incoming>) -> Re
         },
         (&Method::POST, "/v1/admin/keys/rewrap") => ok(admin::rewrap_start(v, &ctx).await),
         (&Method::GET, "/v1/admin/keys/rewrap") => ok(admin::rewrap_status(v, &ctx)),
+        (&Method::GET, "/v1/admin/incidents/exposure") => {
+            ok(api::exposure::exposure(v, &ctx, parts.uri.query()).await)
+        }
         (&Method::POST, "/v1/admin/approvals") => match read_body(v, &parts, body).await {
             Ok(b) => ok(api::consent::approve(v, &ctx, &b).await),
             Err(e) => error_response(&e),
@@ -223,6 +226,7 @@ async fn dispatch(conn: &Conn, request_id: String, req: Request<Incoming>) -> Re
             | "/v1/admin/keys/config"
             | "/v1/admin/keys/retire"
             | "/v1/admin/approvals"
+            | "/v1/admin/incidents/exposure"
             | "/v1/admin/keys/rewrap"
             | "/v1/admin/seal"
             | "/v1/admin/unseal",

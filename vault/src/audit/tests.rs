@@ -135,3 +135,24 @@ fn query_filters_by_subject_and_since() {
         vec![26, 27, 28]
     );
 }
+
+#[test]
+fn windows_are_found_by_binary_search() {
+    let s = MemoryStore::new();
+    assert_eq!(first_at_or_after(&s, 0).unwrap(), 1);
+    append(&s, 10_000); // times 1000..=10999, seq 1..=10000
+    assert_eq!(first_at_or_after(&s, 0).unwrap(), 1);
+    assert_eq!(first_at_or_after(&s, 1000).unwrap(), 1);
+    assert_eq!(first_at_or_after(&s, 1001).unwrap(), 2);
+    assert_eq!(first_at_or_after(&s, 5000).unwrap(), 4001);
+    assert_eq!(first_at_or_after(&s, 99_999).unwrap(), 10_001);
+    let mut seen = Vec::new();
+    let read = for_each_in_window(&s, 5000, 5005, |e| seen.push((e.seq, e.time_ms))).unwrap();
+    assert_eq!(read, 5);
+    assert_eq!(
+        seen,
+        (4001..=4005).map(|q| (q, q + 999)).collect::<Vec<_>>()
+    );
+    assert_eq!(for_each_in_window(&s, 20_000, 30_000, |_| {}).unwrap(), 0);
+    assert_eq!(for_each_in_window(&s, 0, 20_000, |_| {}).unwrap(), 10_000);
+}
