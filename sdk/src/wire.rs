@@ -352,6 +352,11 @@ pub struct ErasureReceipt {
     /// SHA-256 (hex) over the subject, the time and the erased tokens; the
     /// same digest is the `reference` of the erasure's audit event.
     pub digest: String,
+    /// Set when a legal retention period still runs (PIPL Art. 47): nothing
+    /// was deleted yet; the subject is restricted (no release but under a
+    /// legal exception) and erased when this time (Unix ms) comes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restricted_until: Option<u64>,
 }
 
 /// `POST /v1/subjects/{subject}/events`.

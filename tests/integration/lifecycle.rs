@@ -345,3 +345,81 @@ async fn an_erasure_racing_detokenize_gives_the_value_or_nothing() {
     }
     assert!(after > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_within_a_legal_retention_period_restricts_then_erases() {
+    let v = TestVault::start_with(|cfg| {
+        cfg.retention
+            .legal_minimum
+            .insert("cn_resident_id".into(), "PT2S".into());
+        cfg.retention.sweep_interval_ms = 100;
+    })
+    .await;
+    let app = v.client("app");
+    let officer = v.client("officer");
+    let tok = tokenize_one(
+        &app,
+        "acct-l",
+        "identity_verification",
+        "cn_resident_id",
+        ID,
+    )
+    .await;
+    let receipt = app.erase_subject("acct-l").await.unwrap();
+    assert_eq!(receipt.values_erased, 0);
+    let until = receipt.restricted_until.expect("restricted, not erased");
+    assert!(until > receipt.time_ms);
+    // Restricted: nothing for ordinary purposes...
+    let out = app
+        .detokenize(&detok_req("identity_verification", &[&tok]))
+        .await
+        .unwrap();
+    assert_eq!(
+        (out.values[0].status, out.values[0].reason.as_deref()),
+        (Status::Denied, Some("restricted"))
+    );
+    // ...but a legal exception with an approval still works.
+    let approval = officer
+        .approve(&vault_sdk::wire::ApprovalRequest {
+            requester: "app".into(),
+            purpose: "legal_obligation".into(),
+            subjects: vec!["acct-l".into()],
+            reference: "tax-2026".into(),
+            valid_for: "PT1H".into(),
+        })
+        .await
+        .unwrap();
+    let mut req = detok_req("legal_obligation", &[&tok]);
+    req.legal_basis = Some(vault_sdk::wire::LegalBasis {
+        reference: "tax-2026".into(),
+        approval: approval.id,
+    });
+    assert_eq!(
+        app.detokenize(&req).await.unwrap().values[0]
+            .value
+            .as_deref(),
+        Some(ID)
+    );
+    // When the period ends the sweeper erases, key and all.
+    let wait = until.saturating_sub(vault::api::now_ms()) + 600;
+    tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+    assert!(v
+        .store()
+        .get(Space::SubjectKeys, b"acct-l")
+        .unwrap()
+        .is_none());
+    let out = app
+        .detokenize(&detok_req("identity_verification", &[&tok]))
+        .await
+        .unwrap();
+    assert_ne!(out.values[0].status, Status::Ok);
+    let events = officer
+        .audit(Some("acct-l"), None, None)
+        .await
+        .unwrap()
+        .events;
+    assert!(events.iter().any(|e| e.action == "erasure"
+        && e.outcome == "restricted"
+        && e.reference.as_deref() == Some(receipt.digest.as_str())));
+    assert!(events.iter().any(|e| e.action == "retention_purge"));
+}

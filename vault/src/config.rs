@@ -144,6 +144,12 @@ pub struct RetentionConfig {
     /// Classes whose clock starts at collection, with their retention.
     #[serde(default)]
     pub from_collection: BTreeMap<String, String>,
+    /// Minimum retention the law requires, per class, counted from
+    /// collection. Erasure asked for within it restricts the subject (no
+    /// release but under a legal exception) instead of deleting, until it
+    /// ends (PIPL Art. 47).
+    #[serde(default)]
+    pub legal_minimum: BTreeMap<String, String>,
     /// How often the sweeper deletes values whose time is up (ms).
     #[serde(default = "default_sweep_ms")]
     pub sweep_interval_ms: u64,
@@ -303,6 +309,16 @@ impl Config {
         ] {
             if parse_duration(d).is_err() {
                 p.push(format!("{key}: not an ISO 8601 duration such as P3Y"));
+            }
+        }
+        for (class, d) in &self.retention.legal_minimum {
+            if Class::parse(class).is_none() {
+                p.push(format!("retention.legal-minimum.{class}: unknown class"));
+            }
+            if parse_duration(d).is_err() {
+                p.push(format!(
+                    "retention.legal-minimum.{class}: not an ISO 8601 duration"
+                ));
             }
         }
         for (class, d) in &self.retention.from_collection {

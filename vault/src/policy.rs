@@ -68,12 +68,18 @@ pub struct RetentionRules {
     pub max: Duration,
     pub after_account_closed: Duration,
     from_collection: HashMap<Class, Duration>,
+    legal_minimum: HashMap<Class, Duration>,
 }
 
 impl RetentionRules {
     /// The collection-clock retention of `class`, if its clock starts then.
     pub fn from_collection(&self, class: Class) -> Option<Duration> {
         self.from_collection.get(&class).copied()
+    }
+
+    /// How long the law requires `class` to be kept after collection.
+    pub fn legal_minimum(&self, class: Class) -> Option<Duration> {
+        self.legal_minimum.get(&class).copied()
     }
 }
 
@@ -150,6 +156,11 @@ impl Policy {
             after_account_closed: parse_duration(&r.after_account_closed).unwrap_or_default(),
             from_collection: r
                 .from_collection
+                .iter()
+                .filter_map(|(c, d)| Some((Class::parse(c)?, parse_duration(d).ok()?)))
+                .collect(),
+            legal_minimum: r
+                .legal_minimum
                 .iter()
                 .filter_map(|(c, d)| Some((Class::parse(c)?, parse_duration(d).ok()?)))
                 .collect(),

@@ -239,6 +239,15 @@ impl Lookup<'_> {
         subject: &str,
         record: &Record,
     ) -> Result<Result<Release, &'static str>, ApiError> {
+        if !self.info.legal_exception
+            && crate::api::lifecycle::restricted_until(self.v.store.as_ref(), subject, self.now)
+                .map_err(|_| ApiError::Unavailable)?
+                .is_some()
+        {
+            // Erasure was asked while the law still requires keeping the
+            // data: kept, but released for nothing but a legal exception.
+            return Ok(Err("restricted"));
+        }
         if self.info.legal_exception {
             // Only with a live approval that covers this caller, purpose,
             // case reference and subject; then the whole value.

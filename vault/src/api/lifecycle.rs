@@ -26,6 +26,26 @@ const MAX_VALUES: usize = 10_000;
 /// Most due values one sweeper tick handles.
 const SWEEP_BATCH: usize = 1000;
 
+fn restricted_key(subject: &str) -> Vec<u8> {
+    let mut k = b"restricted/".to_vec();
+    k.extend_from_slice(subject.as_bytes());
+    k
+}
+
+/// Until when (Unix ms) `subject` is restricted after an erasure request
+/// that a legal retention period held back, if it still is at `now`.
+pub fn restricted_until(
+    store: &dyn Store,
+    subject: &str,
+    now: u64,
+) -> Result<Option<u64>, StoreError> {
+    Ok(store
+        .get(Space::Meta, &restricted_key(subject))?
+        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+        .map(u64::from_be_bytes)
+        .filter(|&until| until > now))
+}
+
 fn hold_key(subject: &str) -> Vec<u8> {
     let mut k = b"hold/".to_vec();
     k.extend_from_slice(subject.as_bytes());
@@ -231,6 +251,23 @@ pub async fn erase(v: &Vault, ctx: &Ctx, subject: &str) -> Result<ErasureReceipt
         );
         subject_keys::destroy(&mut b, subject);
         let values = values_of(v.store.as_ref(), subject)?;
+        let time_ms = now_ms();
+        // PIPL Art. 47: while the law still requires keeping a value, the
+        // subject is restricted instead, and erased when the period ends.
+        let legal_end = values
+            .iter()
+            .filter_map(|(_, _, rec)| {
+                let min = v.policy.retention.legal_minimum(rec.class)?;
+                Some(
+                    rec.collected_ms
+                        .saturating_add(u64::try_from(min.as_millis()).unwrap_or(u64::MAX)),
+                )
+            })
+            .max()
+            .filter(|&end| end > time_ms);
+        if let Some(until) = legal_end {
+            return restrict(v, ctx, subject, &values, until, time_ms).await;
+        }
         let mut tokens: Vec<String> = Vec::with_capacity(values.len());
         for (token, bytes, rec) in &values {
             b.expect(
@@ -241,16 +278,7 @@ pub async fn erase(v: &Vault, ctx: &Ctx, subject: &str) -> Result<ErasureReceipt
             delete_value(&mut b, token, subject, rec);
             tokens.push(encode_token(token));
         }
-        tokens.sort();
-        let time_ms = now_ms();
-        let mut h = Sha256::new();
-        h.update(b"vault/erasure/v1\0");
-        h.update(subject.as_bytes());
-        h.update(time_ms.to_be_bytes());
-        for t in &tokens {
-            h.update(t.as_bytes());
-        }
-        let digest = hex::encode(h.finalize());
+        let digest = erasure_digest(subject, time_ms, &mut tokens);
         let mut event = draft(ctx, "erasure", subject, "erased");
         event.reference = Some(digest.clone());
         commit(v, b, vec![event]).await?;
@@ -259,6 +287,7 @@ pub async fn erase(v: &Vault, ctx: &Ctx, subject: &str) -> Result<ErasureReceipt
             values_erased: values.len() as u64,
             time_ms,
             digest,
+            restricted_until: None,
         })
     })
     .await?;
@@ -270,6 +299,67 @@ pub async fn erase(v: &Vault, ctx: &Ctx, subject: &str) -> Result<ErasureReceipt
         tracing::error!("Purging erased subject keys failed; compaction will remove them later");
     }
     Ok(receipt)
+}
+
+fn erasure_digest(subject: &str, time_ms: u64, tokens: &mut [String]) -> String {
+    tokens.sort();
+    let mut h = Sha256::new();
+    h.update(b"vault/erasure/v1\0");
+    h.update(subject.as_bytes());
+    h.update(time_ms.to_be_bytes());
+    for t in tokens.iter() {
+        h.update(t.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+/// The Art. 47 branch of erasure: marks the subject restricted until
+/// `until` and makes every value expire then, when the sweeper deletes
+/// them and destroys the subject's key.
+async fn restrict(
+    v: &Vault,
+    ctx: &Ctx,
+    subject: &str,
+    values: &[(TokenBytes, Vec<u8>, Record)],
+    until: u64,
+    time_ms: u64,
+) -> Result<ErasureReceipt, ApiError> {
+    let mut b = Batch::default();
+    b.put(
+        Space::Meta,
+        restricted_key(subject),
+        until.to_be_bytes().to_vec(),
+    );
+    let mut tokens = Vec::with_capacity(values.len());
+    for (token, bytes, rec) in values {
+        tokens.push(encode_token(token));
+        if rec.expires_ms == Some(until) {
+            continue;
+        }
+        let mut rec = rec.clone();
+        b.expect(
+            Space::Values,
+            value_key(token, subject),
+            Some(bytes.clone()),
+        );
+        if let Some(e) = rec.expires_ms {
+            b.delete(Space::Expiry, expiry_key(e, token, subject));
+        }
+        rec.expires_ms = Some(until);
+        b.put(Space::Values, value_key(token, subject), rec.encode());
+        b.put(Space::Expiry, expiry_key(until, token, subject), Vec::new());
+    }
+    let digest = erasure_digest(subject, time_ms, &mut tokens);
+    let mut event = draft(ctx, "erasure", subject, "restricted");
+    event.reference = Some(digest.clone());
+    commit(v, b, vec![event]).await?;
+    Ok(ErasureReceipt {
+        subject: subject.to_string(),
+        values_erased: 0,
+        time_ms,
+        digest,
+        restricted_until: Some(until),
+    })
 }
 
 /// `PUT /v1/subjects/{subject}/tokens/{token}` `{"value":"..."}`:
@@ -387,6 +477,19 @@ pub async fn sweep_once(v: &Vault) -> Result<u64, ApiError> {
             Some(rec) if rec.expires_ms == Some(exp) => {
                 b.expect(Space::Values, vk, current.clone());
                 delete_value(&mut b, &token, subject, &rec);
+                // An erasure held back by a legal period completes now.
+                let marker = v
+                    .store
+                    .get(Space::Meta, &restricted_key(subject))
+                    .map_err(|_| ApiError::Unavailable)?;
+                if marker.is_some()
+                    && restricted_until(v.store.as_ref(), subject, now)
+                        .map_err(|_| ApiError::Unavailable)?
+                        .is_none()
+                {
+                    subject_keys::destroy(&mut b, subject);
+                    b.delete(Space::Meta, restricted_key(subject));
+                }
                 events.push(Draft {
                     request_id: "retention-sweeper".into(),
                     caller: "vault".into(),
