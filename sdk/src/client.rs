@@ -234,6 +234,12 @@ impl Client {
         self.get_json(&path).await
     }
 
+    /// `GET /v1/admin/stats/anonymized` (officers): the counters
+    /// anonymization kept.
+    pub async fn anonymized_stats(&self) -> Result<crate::wire::AnonymizedStats, Error> {
+        self.get_json("/v1/admin/stats/anonymized").await
+    }
+
     /// `POST /v1/admin/approvals` (officers): approve one legal-exception
     /// disclosure by another caller.
     pub async fn approve(&self, req: &ApprovalRequest) -> Result<Approval, Error> {

@@ -409,3 +409,20 @@ pub struct ExposureReport {
     pub events_read: u64,
     pub subjects: Vec<ExposedSubject>,
 }
+
+/// One counter kept by anonymization.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnonymizedCount {
+    pub class: String,
+    /// e.g. `province=35;birth_year=1990`; empty when the class keeps none.
+    pub generalization: String,
+    pub count: u64,
+}
+
+/// `GET /v1/admin/stats/anonymized`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnonymizedStats {
+    pub entries: Vec<AnonymizedCount>,
+}

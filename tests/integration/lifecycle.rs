@@ -423,3 +423,56 @@ async fn erasure_within_a_legal_retention_period_restricts_then_erases() {
         && e.reference.as_deref() == Some(receipt.digest.as_str())));
     assert!(events.iter().any(|e| e.action == "retention_purge"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymizing_keeps_only_generalized_counts() {
+    let v = TestVault::start_with(|cfg| {
+        cfg.retention.after_account_closed = "PT1S".into();
+        cfg.retention.sweep_interval_ms = 100;
+        cfg.retention.on_expiry = vault::config::OnExpiry::Anonymize;
+    })
+    .await;
+    let app = v.client("app");
+    for (s, phone) in [("acct-x", PHONE), ("acct-y", "13800138001")] {
+        let fields = vec![
+            field("cn_resident_id", ID),
+            field("phone", phone),
+            field("name", "陈明"),
+        ];
+        app.tokenize(&tok_req(s, "identity_verification", fields))
+            .await
+            .unwrap();
+        app.account_closed(s).await.unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
+    let stats = v.client("officer").anonymized_stats().await.unwrap();
+    let got: Vec<(&str, &str, u64)> = stats
+        .entries
+        .iter()
+        .map(|e| (e.class.as_str(), e.generalization.as_str(), e.count))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("cn_resident_id", "province=35;birth_year=1990", 2),
+            ("name", "", 2),
+            ("phone", "block=138", 2)
+        ]
+    );
+    assert!(app
+        .export_subject("acct-x")
+        .await
+        .unwrap()
+        .values
+        .is_empty());
+    let (_, metrics) = v.ops_get("/metrics").await;
+    assert!(
+        metrics.contains("vault_retention_anonymized_values_total 6"),
+        "{metrics}"
+    );
+    assert!(!serde_json::to_string(&stats).unwrap().contains("1234"));
+    assert_eq!(
+        app.anonymized_stats().await.unwrap_err().code(),
+        Some("forbidden")
+    );
+}

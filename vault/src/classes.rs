@@ -272,6 +272,48 @@ pub fn mask(class: Class, normalized_value: &str) -> String {
     }
 }
 
+/// The non-identifying generalization kept for statistics when an expired
+/// value is anonymized instead of deleted: resident ID, province code and
+/// birth year; phone, the number block (first three digits); email, the
+/// domain; IP, the /16 (IPv4) or /32 (IPv6) network. Other classes keep
+/// nothing but their class.
+pub fn generalize(class: Class, normalized_value: &str) -> String {
+    let v = normalized_value;
+    let chars: Vec<char> = v.chars().collect();
+    let slice = |a: usize, b: usize| chars.get(a..b).map(|c| c.iter().collect::<String>());
+    match class {
+        Class::CnResidentId => match (slice(0, 2), slice(6, 10)) {
+            (Some(p), Some(y)) if chars.len() == 18 => format!("province={p};birth_year={y}"),
+            _ => String::new(),
+        },
+        Class::Phone => v
+            .strip_prefix("+86")
+            .and_then(|n| n.get(..3))
+            .map(|b| format!("block={b}"))
+            .unwrap_or_default(),
+        Class::Email => v
+            .rsplit_once('@')
+            .map(|(_, d)| format!("domain={d}"))
+            .unwrap_or_default(),
+        Class::Ip => match v.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(a)) => {
+                let [x, y, ..] = a.octets();
+                format!("net={x}.{y}.0.0/16")
+            }
+            Ok(std::net::IpAddr::V6(a)) => {
+                let s = a.segments();
+                format!(
+                    "net={:x}:{:x}::/32",
+                    s.first().copied().unwrap_or(0),
+                    s.get(1).copied().unwrap_or(0)
+                )
+            }
+            Err(_) => String::new(),
+        },
+        _ => String::new(),
+    }
+}
+
 /// What a value that cannot be masked by its class's rule is shown as.
 const FULL_MASK: &str = "***";
 

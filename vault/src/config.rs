@@ -150,9 +150,22 @@ pub struct RetentionConfig {
     /// ends (PIPL Art. 47).
     #[serde(default)]
     pub legal_minimum: BTreeMap<String, String>,
+    /// What the sweeper does with a value whose time is up: `delete`, or
+    /// `anonymize` (delete it, keeping only a count per non-identifying
+    /// generalization for statistics; see `classes::generalize`).
+    #[serde(default)]
+    pub on_expiry: OnExpiry,
     /// How often the sweeper deletes values whose time is up (ms).
     #[serde(default = "default_sweep_ms")]
     pub sweep_interval_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnExpiry {
+    #[default]
+    Delete,
+    Anonymize,
 }
 
 fn default_sweep_ms() -> u64 {

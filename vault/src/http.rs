@@ -200,6 +200,9 @@ async fn dispatch(conn: &Conn, request_id: String, req: Request<Incoming>) -> Re
         },
         (&Method::POST, "/v1/admin/keys/rewrap") => ok(admin::rewrap_start(v, &ctx).await),
         (&Method::GET, "/v1/admin/keys/rewrap") => ok(admin::rewrap_status(v, &ctx)),
+        (&Method::GET, "/v1/admin/stats/anonymized") => {
+            ok(api::lifecycle::anonymized_stats(v, &ctx))
+        }
         (&Method::GET, "/v1/admin/incidents/exposure") => {
             ok(api::exposure::exposure(v, &ctx, parts.uri.query()).await)
         }

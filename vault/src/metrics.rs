@@ -49,6 +49,8 @@ pub struct Metrics {
     pub rewrap_values: Counter,
     pub rewrap_running: Gauge,
     pub retention_purged: Counter,
+    pub retention_anonymized: Counter,
+    pub sweep_lag_seconds: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -88,6 +90,18 @@ impl Metrics {
         let rewrap_values = Counter::default();
         let rewrap_running = Gauge::default();
         let retention_purged = Counter::default();
+        let retention_anonymized = Counter::default();
+        let sweep_lag_seconds = Gauge::default();
+        registry.register(
+            "vault_retention_anonymized_values",
+            "Expired values anonymized (generalization counted, value deleted)",
+            retention_anonymized.clone(),
+        );
+        registry.register(
+            "vault_retention_sweep_lag_seconds",
+            "How far past its expiry the oldest due value was at the last sweep",
+            sweep_lag_seconds.clone(),
+        );
         registry.register(
             "vault_retention_purged_values",
             "Values deleted by the retention sweeper",
@@ -180,6 +194,8 @@ impl Metrics {
             rewrap_values,
             rewrap_running,
             retention_purged,
+            retention_anonymized,
+            sweep_lag_seconds,
         }
     }
 

@@ -43,6 +43,8 @@ pub struct Vault {
     pub key_ops: tokio::sync::Mutex<()>,
     /// The background re-encryption job.
     pub rewrap: crate::rewrap::Rewrap,
+    /// What the sweeper does with expired values.
+    pub config_on_expiry: crate::config::OnExpiry,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -189,6 +191,7 @@ pub fn build(
         },
         unseal: std::sync::Mutex::new(crate::shares::Collector::default()),
         key_ops: tokio::sync::Mutex::new(()),
+        config_on_expiry: cfg.retention.on_expiry,
         rewrap: crate::rewrap::Rewrap::new(cfg.keys.rewrap_batch.max(1), cfg.keys.rewrap_pause_ms),
     }))
 }

@@ -450,6 +450,23 @@ pub async fn sweep_once(v: &Vault) -> Result<u64, ApiError> {
         .store
         .scan(Space::Expiry, b"", Some(&upper), SWEEP_BATCH)
         .map_err(|_| ApiError::Unavailable)?;
+    let oldest = due
+        .first()
+        .and_then(|(k, _)| k.get(..8))
+        .and_then(|e| <[u8; 8]>::try_from(e).ok())
+        .map(u64::from_be_bytes);
+    v.metrics
+        .sweep_lag_seconds
+        .set(i64::try_from(oldest.map_or(0, |e| now.saturating_sub(e)) / 1000).unwrap_or(i64::MAX));
+    // Anonymizing reads the values, so it waits while the vault is sealed.
+    let anonymize = match v.config_on_expiry {
+        crate::config::OnExpiry::Delete => None,
+        crate::config::OnExpiry::Anonymize => match v.keys.get() {
+            Ok(k) => Some(k),
+            Err(_) => return Ok(0),
+        },
+    };
+    let mut stats: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
     let mut b = Batch::default();
     let mut events = Vec::new();
     let mut purged = 0u64;
@@ -475,6 +492,26 @@ pub async fn sweep_once(v: &Vault) -> Result<u64, ApiError> {
             .map_err(|_| ApiError::Unavailable)?;
         match current.as_deref().and_then(Record::decode) {
             Some(rec) if rec.expires_ms == Some(exp) => {
+                if let Some(keys) = &anonymize {
+                    let plain =
+                        subject_keys::value_key(v.store.as_ref(), keys, subject, rec.key_version)
+                            .ok()
+                            .flatten()
+                            .and_then(|k| {
+                                k.open(
+                                    &value_aad(subject, rec.class, rec.key_version),
+                                    &rec.ciphertext,
+                                )
+                                .ok()
+                            })
+                            .and_then(|p| String::from_utf8(p.to_vec()).ok());
+                    let general = plain
+                        .map(|p| classes::generalize(rec.class, &p))
+                        .unwrap_or_default();
+                    *stats
+                        .entry(format!("{}/{general}", rec.class.as_str()))
+                        .or_default() += 1;
+                }
                 b.expect(Space::Values, vk, current.clone());
                 delete_value(&mut b, &token, subject, &rec);
                 // An erasure held back by a legal period completes now.
@@ -510,12 +547,53 @@ pub async fn sweep_once(v: &Vault) -> Result<u64, ApiError> {
     if b.ops.is_empty() {
         return Ok(0);
     }
+    // The sweeper is the only writer of the counters: read, add, write.
+    let mut anonymized = 0u64;
+    for (k, n) in &stats {
+        let key = [STATS_PREFIX, k.as_bytes()].concat();
+        let cur = v
+            .store
+            .get(Space::Meta, &key)
+            .map_err(|_| ApiError::Unavailable)?;
+        let cur = cur
+            .and_then(|c| <[u8; 8]>::try_from(c.as_slice()).ok())
+            .map_or(0, u64::from_be_bytes);
+        b.put(Space::Meta, key, (cur + n).to_be_bytes().to_vec());
+        anonymized += n;
+    }
     v.committer
         .commit(b, events)
         .await
         .map_err(|_| ApiError::Conflict)?;
+    v.metrics.retention_anonymized.inc_by(anonymized);
     v.metrics.retention_purged.inc_by(purged);
     Ok(purged)
+}
+
+const STATS_PREFIX: &[u8] = b"stats/";
+
+/// `GET /v1/admin/stats/anonymized` (officers): what anonymization kept.
+pub fn anonymized_stats(
+    v: &Vault,
+    ctx: &Ctx,
+) -> Result<vault_sdk::wire::AnonymizedStats, ApiError> {
+    require_officer(ctx)?;
+    let rows = scan_prefix(v.store.as_ref(), Space::Meta, STATS_PREFIX, 100_000)
+        .map_err(|_| ApiError::Unavailable)?;
+    let entries = rows
+        .into_iter()
+        .filter_map(|(k, n)| {
+            let name = std::str::from_utf8(k.get(STATS_PREFIX.len()..)?).ok()?;
+            let (class, generalization) = name.split_once('/')?;
+            let count = u64::from_be_bytes(<[u8; 8]>::try_from(n.as_slice()).ok()?);
+            Some(vault_sdk::wire::AnonymizedCount {
+                class: class.into(),
+                generalization: generalization.into(),
+                count,
+            })
+        })
+        .collect();
+    Ok(vault_sdk::wire::AnonymizedStats { entries })
 }
 
 /// Runs the sweeper every `interval` until `stop`.

@@ -737,3 +737,22 @@ fn random_input_never_panics_and_accepted_values_are_stable() {
         }
     }
 }
+
+#[test]
+fn generalizations_keep_nothing_identifying() {
+    use super::generalize;
+    assert_eq!(
+        generalize(Class::CnResidentId, "350102199003071234"),
+        "province=35;birth_year=1990"
+    );
+    assert_eq!(generalize(Class::Phone, "+8613800138000"), "block=138");
+    assert_eq!(
+        generalize(Class::Email, "chen.ming@example.com"),
+        "domain=example.com"
+    );
+    assert_eq!(generalize(Class::Ip, "203.0.113.7"), "net=203.0.0.0/16");
+    assert_eq!(generalize(Class::Ip, "2001:db8::1"), "net=2001:db8::/32");
+    assert_eq!(generalize(Class::Name, "陈明"), "");
+    assert_eq!(generalize(Class::CnResidentId, "short"), "");
+    assert_eq!(generalize(Class::Phone, "+1555"), "");
+}
