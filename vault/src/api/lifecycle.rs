@@ -440,7 +440,7 @@ pub async fn correct(
     .await
 }
 
-/// One sweeper pass: deletes up to [`SWEEP_BATCH`] values whose time is
+/// One sweeper pass: deletes up to `SWEEP_BATCH` values whose time is
 /// up, oldest first, by the expiry index (no full scan). Held subjects are
 /// skipped. Returns how many values it purged.
 pub async fn sweep_once(v: &Vault) -> Result<u64, ApiError> {
