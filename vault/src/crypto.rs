@@ -11,8 +11,8 @@ use base64::Engine;
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use rand::RngCore;
-use sha2::Sha256;
-use zeroize::Zeroizing;
+use sha2::{Sha256, Sha512};
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::classes::Class;
 use crate::secret::SecretKey;
@@ -108,18 +108,22 @@ impl DataKey {
         self.version
     }
 
-    /// The key that seals one subject's values under this version: HKDF over
-    /// this data key and the subject's own key material. Destroying the
-    /// subject key makes every value of the subject unreadable, under every
-    /// version, whatever copies of the ciphertexts survive.
+    /// The key that seals one subject's values under this version:
+    /// HMAC-SHA512 keyed by this data key over a label, the version and the
+    /// subject's own key material (a single-block PRF-based KDF, SP 800-108
+    /// style, 64 bytes out). Destroying the subject key makes every value
+    /// of the subject unreadable, under every version, whatever copies of
+    /// the ciphertexts survive.
     pub fn for_subject(&self, subject_key: &SecretKey<32>) -> DataKey {
-        let mut ikm = Zeroizing::new([0u8; 96]);
-        let (data, subject) = ikm.split_at_mut(64);
-        data.copy_from_slice(self.key.expose_secret());
-        subject.copy_from_slice(subject_key.expose_secret());
-        let hk = Hkdf::<Sha256>::new(Some(b"vault/value-key/v1"), &ikm[..]);
         let mut out = SecretKey::<64>::zeroed();
-        let _ = hk.expand(&self.version.to_be_bytes(), out.bytes_mut());
+        if let Ok(mut mac) = <Hmac<Sha512> as Mac>::new_from_slice(self.key.expose_secret()) {
+            mac.update(b"vault/value-key/v1\0");
+            mac.update(&self.version.to_be_bytes());
+            mac.update(subject_key.expose_secret());
+            let mut full = mac.finalize().into_bytes();
+            out.bytes_mut().copy_from_slice(full.as_slice());
+            full.as_mut_slice().zeroize();
+        }
         DataKey::new(self.version, out)
     }
 

@@ -33,9 +33,28 @@ pub fn lock_in_memory(bytes: &[u8]) -> bool {
     if bytes.is_empty() {
         return true;
     }
+    // Keys are made per request (a subject's value key): one system call
+    // per page and thread, not per key.
+    thread_local! {
+        static LOCKED: std::cell::RefCell<std::collections::HashSet<usize>> = Default::default();
+    }
+    const PAGE: usize = 4096;
+    let first = bytes.as_ptr() as usize / PAGE;
+    let last = (bytes.as_ptr() as usize + bytes.len() - 1) / PAGE;
+    let known = LOCKED.with(|l| {
+        let l = l.borrow();
+        (first..=last).all(|p| l.contains(&p))
+    });
+    if known {
+        return true;
+    }
     // SAFETY: the pointer and length describe one live, initialized slice;
     // mlock only changes the paging of the pages that contain it.
-    unsafe { libc::mlock(bytes.as_ptr().cast(), bytes.len()) == 0 }
+    let locked = unsafe { libc::mlock(bytes.as_ptr().cast(), bytes.len()) == 0 };
+    if locked {
+        LOCKED.with(|l| l.borrow_mut().extend(first..=last));
+    }
+    locked
 }
 
 #[cfg(test)]

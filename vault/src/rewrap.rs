@@ -132,50 +132,27 @@ pub fn step(store: &dyn Store, keys: &Keyring, limit: usize) -> Result<(bool, u6
     let target = keys
         .version(cursor.target)
         .map_err(|_| RewrapError::Corrupt)?;
+    // The crypto of a step is spread over the cores; each worker keeps its
+    // own cache of subject keys and returns the re-sealed records.
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8);
+    let chunk = rows.len().div_ceil(workers).max(1);
+    let resealed: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = rows
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || reseal(store, keys, target, cursor.target, part)))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
     let mut batch = Batch::default();
-    let mut rewrapped = 0u64;
-    // Each subject's key, once per step.
-    let mut subject_keys: HashMap<String, Option<SecretKey<32>>> = HashMap::new();
-    for (key, bytes) in &rows {
-        let Some(mut rec) = Record::decode(bytes) else {
-            continue;
-        };
-        let Some(subject) = subject_of_value_key(key) else {
-            continue;
-        };
-        if rec.key_version == cursor.target {
-            continue;
-        }
-        // A value that does not open (tampered, or its version refused)
-        // is left as it is: rewrap never makes data readable again.
-        if !subject_keys.contains_key(subject) {
-            let k = crate::subject_keys::load(store, keys, subject)
-                .ok()
-                .flatten();
-            subject_keys.insert(subject.to_string(), k);
-        }
-        let Some(Some(sk)) = subject_keys.get(subject) else {
-            continue;
-        };
-        let Ok(old) = keys.version(rec.key_version) else {
-            continue;
-        };
-        let Ok(plain) = old.for_subject(sk).open(
-            &value_aad(subject, rec.class, rec.key_version),
-            &rec.ciphertext,
-        ) else {
-            continue;
-        };
-        let aad = value_aad(subject, rec.class, cursor.target);
-        let Ok(sealed) = target.for_subject(sk).seal(&aad, &plain) else {
-            continue;
-        };
-        drop(plain);
-        rec.ciphertext = sealed;
-        rec.key_version = cursor.target;
-        batch.expect(Space::Values, key.clone(), Some(bytes.clone()));
-        batch.put(Space::Values, key.clone(), rec.encode());
-        rewrapped += 1;
+    let rewrapped = resealed.len() as u64;
+    for (key, old, new) in resealed {
+        batch.expect(Space::Values, key.clone(), Some(old));
+        batch.put(Space::Values, key, new);
     }
     cursor.scanned += rows.len() as u64;
     cursor.rewrapped += rewrapped;
@@ -190,6 +167,72 @@ pub fn step(store: &dyn Store, keys: &Keyring, limit: usize) -> Result<(bool, u6
     batch.put(Space::Meta, CURSOR_KEY.to_vec(), encode(&cursor)?);
     store.write(batch)?;
     Ok((cursor.done, rewrapped))
+}
+
+/// Re-seals the values of `rows` not yet under `version`: (key, old bytes,
+/// new bytes) for each. A value that does not open (tampered, its version
+/// refused, its subject erased) is left as it is: rewrap never makes data
+/// readable again.
+fn reseal(
+    store: &dyn Store,
+    keys: &Keyring,
+    target: &crate::crypto::DataKey,
+    version: u32,
+    rows: &[(Vec<u8>, Vec<u8>)],
+) -> Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::with_capacity(rows.len());
+    // Per subject: its key and the target version's value key.
+    let mut subject_keys: HashMap<String, Option<(SecretKey<32>, crate::crypto::DataKey)>> =
+        HashMap::new();
+    // Per subject and old version: the value key that opens it.
+    let mut old_keys: HashMap<(String, u32), crate::crypto::DataKey> = HashMap::new();
+    for (key, bytes) in rows {
+        let Some(mut rec) = Record::decode(bytes) else {
+            continue;
+        };
+        let Some(subject) = subject_of_value_key(key) else {
+            continue;
+        };
+        if rec.key_version == version {
+            continue;
+        }
+        if !subject_keys.contains_key(subject) {
+            let k = crate::subject_keys::load(store, keys, subject)
+                .ok()
+                .flatten();
+            let k = k.map(|sk| {
+                let t = target.for_subject(&sk);
+                (sk, t)
+            });
+            subject_keys.insert(subject.to_string(), k);
+        }
+        let Some(Some((sk, target_key))) = subject_keys.get(subject) else {
+            continue;
+        };
+        let slot = (subject.to_string(), rec.key_version);
+        if !old_keys.contains_key(&slot) {
+            let Ok(old) = keys.version(rec.key_version) else {
+                continue;
+            };
+            old_keys.insert(slot.clone(), old.for_subject(sk));
+        }
+        let Some(old_key) = old_keys.get(&slot) else {
+            continue;
+        };
+        let aad = value_aad(subject, rec.class, rec.key_version);
+        let Ok(plain) = old_key.open(&aad, &rec.ciphertext) else {
+            continue;
+        };
+        let aad = value_aad(subject, rec.class, version);
+        let Ok(sealed) = target_key.seal(&aad, &plain) else {
+            continue;
+        };
+        drop(plain);
+        rec.ciphertext = sealed;
+        rec.key_version = version;
+        out.push((key.clone(), bytes.clone(), rec.encode()));
+    }
+    out
 }
 
 /// Runs the job whenever one is pending and the vault is unsealed, until

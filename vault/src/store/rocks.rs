@@ -85,18 +85,24 @@ impl RocksStore {
     }
 
     fn checks_hold(&self, batch: &Batch) -> Result<bool, StoreError> {
-        for check in &batch.checks {
-            let cur = self
-                .db
-                .get_pinned_cf(self.cf(check.space)?, &check.key)
-                .map_err(engine)?;
-            let same = match (&cur, &check.expected) {
-                (None, None) => true,
-                (Some(c), Some(e)) => c.as_ref() == e.as_slice(),
-                _ => false,
-            };
-            if !same {
-                return Ok(false);
+        // One batched lookup per space: a rewrap step checks thousands.
+        for space in Space::ALL {
+            let checks: Vec<_> = batch.checks.iter().filter(|c| c.space == space).collect();
+            if checks.is_empty() {
+                continue;
+            }
+            let keys: Vec<&[u8]> = checks.iter().map(|c| c.key.as_slice()).collect();
+            let found = self.db.batched_multi_get_cf(self.cf(space)?, keys, false);
+            for (check, cur) in checks.iter().zip(found) {
+                let cur = cur.map_err(engine)?;
+                let same = match (&cur, &check.expected) {
+                    (None, None) => true,
+                    (Some(c), Some(e)) => c.as_ref() == e.as_slice(),
+                    _ => false,
+                };
+                if !same {
+                    return Ok(false);
+                }
             }
         }
         Ok(true)
