@@ -392,6 +392,45 @@ async fn officer_cli_output_and_exit_codes() {
         out.contains("keys_rotate") && out.contains("event(s)"),
         "{out}"
     );
+    let (code, out, err) = cli(&[
+        "approve",
+        "--dev",
+        &dir,
+        "--endpoint",
+        &endpoint,
+        "--requester",
+        "app",
+        "--purpose",
+        "criminal_investigation",
+        "--subject",
+        "s1",
+        "--subject",
+        "s2",
+        "--reference",
+        "case-1",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("approval apr-") && out.contains("subjects s1,s2"),
+        "{out}"
+    );
+    let (code, _, err) = cli(&[
+        "approve",
+        "--dev",
+        &dir,
+        "--endpoint",
+        &endpoint,
+        "--requester",
+        "officer",
+        "--purpose",
+        "criminal_investigation",
+        "--subject",
+        "s1",
+        "--reference",
+        "case-1",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("self_approval"), "{err}");
     let (code, out, err) = cli(&["seal", "--dev", &dir, "--endpoint", &endpoint]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("sealed: yes"));

@@ -476,3 +476,68 @@ async fn anonymizing_keeps_only_generalized_counts() {
         Some("forbidden")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_due_while_the_vault_is_down_are_swept_after_restart() {
+    // No sweeping in the first run: everything falls due while stopped.
+    let mut v = TestVault::start_with(|cfg| {
+        cfg.retention.after_account_closed = "PT1S".into();
+        cfg.retention.sweep_interval_ms = 600_000;
+    })
+    .await;
+    let app = v.client("app");
+    let mut tokens = Vec::new();
+    for r in 0..3 {
+        let subject = format!("acct-{r}");
+        let fields = (0..400)
+            .map(|k| field("phone", &format!("139{:08}", r * 1000 + k)))
+            .collect();
+        let out = app
+            .tokenize(&tok_req(&subject, "notification", fields))
+            .await
+            .unwrap();
+        tokens.extend(out.tokens.into_iter().map(|t| t.token));
+        assert_eq!(
+            app.account_closed(&subject).await.unwrap().values_affected,
+            400
+        );
+    }
+    v.stop().await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    // The restarted vault sweeps it all, over more than one batch.
+    let text = std::fs::read_to_string(v.dir.path().join("vault.toml")).unwrap();
+    let text = text
+        .replace(
+            "after-account-closed = \"P180D\"",
+            "after-account-closed = \"PT1S\"",
+        )
+        .replace("sweep-interval-ms = 1000", "sweep-interval-ms = 100");
+    std::fs::write(v.dir.path().join("vault.toml"), text).unwrap();
+    v.restart().await;
+    let store = v.store();
+    let mut left = usize::MAX;
+    for _ in 0..100 {
+        left = store.scan(Space::Values, b"", None, 10_000).unwrap().len();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 0);
+    let (_, metrics) = v.ops_get("/metrics").await;
+    assert!(
+        metrics.contains("vault_retention_purged_values_total 1200"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("vault_retention_due_values 0"),
+        "{metrics}"
+    );
+    let app = v.client("app");
+    let refs: Vec<&str> = tokens.iter().take(100).map(|t| t.as_str()).collect();
+    let out = app
+        .detokenize(&detok_req("notification", &refs))
+        .await
+        .unwrap();
+    assert!(out.values.iter().all(|x| x.status != Status::Ok));
+}

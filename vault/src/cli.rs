@@ -66,6 +66,26 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Approve one legal-exception disclosure by another caller (officers).
+    Approve {
+        #[command(flatten)]
+        conn: Connection,
+        /// The caller that will make the disclosure.
+        #[arg(long)]
+        requester: String,
+        /// One of the eight legal-exception purposes.
+        #[arg(long)]
+        purpose: String,
+        /// A subject the approval covers (repeat for several).
+        #[arg(long = "subject", required = true)]
+        subjects: Vec<String>,
+        /// The case or legal reference.
+        #[arg(long)]
+        reference: String,
+        /// How long it lasts (ISO 8601, at most P30D).
+        #[arg(long, default_value = "PT4H")]
+        valid_for: String,
+    },
     /// Stop all decryption at once and drop key material (officers).
     Seal {
         #[command(flatten)]
@@ -179,6 +199,23 @@ pub fn run(cli: Cli) -> ExitCode {
                 },
         } => officer::init(&config, shares, threshold, json),
         Command::Keys { conn, command } => officer::keys(&conn, &command),
+        Command::Approve {
+            conn,
+            requester,
+            purpose,
+            subjects,
+            reference,
+            valid_for,
+        } => officer::approve(
+            &conn,
+            vault_sdk::wire::ApprovalRequest {
+                requester,
+                purpose,
+                subjects,
+                reference,
+                valid_for,
+            },
+        ),
         Command::Seal { conn } => officer::seal(&conn),
         Command::Unseal { conn, share } => officer::unseal(&conn, share),
     }

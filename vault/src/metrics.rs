@@ -51,6 +51,7 @@ pub struct Metrics {
     pub retention_purged: Counter,
     pub retention_anonymized: Counter,
     pub sweep_lag_seconds: Gauge,
+    pub retention_due: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -92,6 +93,12 @@ impl Metrics {
         let retention_purged = Counter::default();
         let retention_anonymized = Counter::default();
         let sweep_lag_seconds = Gauge::default();
+        let retention_due = Gauge::default();
+        registry.register(
+            "vault_retention_due_values",
+            "Values past their expiry and not yet swept, at the last sweep (counted up to one batch)",
+            retention_due.clone(),
+        );
         registry.register(
             "vault_retention_anonymized_values",
             "Expired values anonymized (generalization counted, value deleted)",
@@ -196,6 +203,7 @@ impl Metrics {
             retention_purged,
             retention_anonymized,
             sweep_lag_seconds,
+            retention_due,
         }
     }
 

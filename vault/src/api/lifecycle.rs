@@ -450,6 +450,10 @@ pub async fn sweep_once(v: &Vault) -> Result<u64, ApiError> {
         .store
         .scan(Space::Expiry, b"", Some(&upper), SWEEP_BATCH)
         .map_err(|_| ApiError::Unavailable)?;
+    // Due values this pass leaves behind: held subjects, or a full batch's
+    // overflow (counted on the next pass, which follows at once).
+    let full = due.len() >= SWEEP_BATCH;
+    let mut left = 0i64;
     let oldest = due
         .first()
         .and_then(|(k, _)| k.get(..8))
@@ -483,6 +487,7 @@ pub async fn sweep_once(v: &Vault) -> Result<u64, ApiError> {
             continue;
         };
         if is_held(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)? {
+            left += 1;
             continue;
         }
         let vk = value_key(&token, subject);
@@ -544,6 +549,11 @@ pub async fn sweep_once(v: &Vault) -> Result<u64, ApiError> {
             _ => b.delete(Space::Expiry, key),
         }
     }
+    v.metrics.retention_due.set(if full {
+        i64::try_from(SWEEP_BATCH).unwrap_or(i64::MAX)
+    } else {
+        left
+    });
     if b.ops.is_empty() {
         return Ok(0);
     }

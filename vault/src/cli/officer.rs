@@ -198,6 +198,27 @@ pub fn audit_query(
     rt.block_on(async { report(conn.json, c.audit(subject, since, limit).await, audit_text) })
 }
 
+/// `vault approve`: prints the approval id to pass as `legal_basis`.
+pub fn approve(conn: &Connection, req: vault_sdk::wire::ApprovalRequest) -> ExitCode {
+    let (c, rt) = match (client(conn), runtime()) {
+        (Ok(c), Ok(rt)) => (c, rt),
+        (Err(code), _) | (_, Err(code)) => return code,
+    };
+    rt.block_on(async {
+        report(conn.json, c.approve(&req).await, |a| {
+            format!(
+                "approval {} for {} ({}), subjects {}, reference {}, expires {} ms",
+                a.id,
+                a.requester,
+                a.purpose,
+                a.subjects.join(","),
+                a.reference,
+                a.expires_ms
+            )
+        })
+    })
+}
+
 pub fn seal(conn: &Connection) -> ExitCode {
     let (c, rt) = match (client(conn), runtime()) {
         (Ok(c), Ok(rt)) => (c, rt),
