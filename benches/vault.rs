@@ -266,12 +266,74 @@ fn rewrap(c: &mut Criterion) {
     g.finish();
 }
 
+/// Incident exposure over a large audit log: the window is found by
+/// binary search, so a narrow window costs the same on a million events as
+/// on a thousand; the whole log is read once for the worst case.
+fn exposure(c: &mut Criterion) {
+    use vault::audit::{chain, seq_key, Draft, Head, HEAD_KEY};
+    let events: u64 = if std::env::args().any(|a| a == "--bench") {
+        1_000_000
+    } else {
+        10_000
+    };
+    let Ok(dir) = tempfile::tempdir() else { return };
+    let Ok(store) = RocksStore::open(dir.path()) else {
+        return;
+    };
+    let mut head = Head::EMPTY;
+    let mut b = Batch::default();
+    for i in 0..events {
+        let mut ev = Draft {
+            request_id: format!("r{i}"),
+            caller: if i % 7 == 0 { "officer2" } else { "app" }.into(),
+            action: "detokenize",
+            purpose: Some("notification".into()),
+            subject: Some(format!("acct-{}", i % 50_000)),
+            class: Some("phone".into()),
+            outcome: if i % 3 == 0 { "denied" } else { "released" },
+            ..Draft::default()
+        }
+        .into_event(head.seq + 1, 1_000_000 + i);
+        let (h, bytes) = chain(&head, &mut ev);
+        b.put(Space::Audit, seq_key(h.seq), bytes);
+        head = h;
+        if i % 10_000 == 9_999 {
+            b.put(Space::Meta, HEAD_KEY.to_vec(), head.encode());
+            if store.write(std::mem::take(&mut b)).is_err() {
+                return;
+            }
+        }
+    }
+    let subjects = |from: u64, to: u64| {
+        let mut seen = std::collections::HashSet::new();
+        let _ = vault::audit::for_each_in_window(&store, from, to, |e| {
+            if e.outcome == "released" {
+                seen.extend(e.subject);
+            }
+        });
+        seen.len()
+    };
+    let mut g = c.benchmark_group("exposure");
+    g.sample_size(10);
+    let end = 1_000_000 + events;
+    g.throughput(Throughput::Elements(10_000));
+    g.bench_function(BenchmarkId::new("window_10k_of", events), |b| {
+        b.iter(|| subjects(end - 10_000, end))
+    });
+    g.throughput(Throughput::Elements(events));
+    g.bench_function(BenchmarkId::new("whole_log", events), |b| {
+        b.iter(|| subjects(0, end))
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
     normalize_tokenize,
     aes_siv,
     store,
     batch_tokenize,
-    rewrap
+    rewrap,
+    exposure
 );
 criterion_main!(benches);
