@@ -96,7 +96,7 @@ where
 }
 
 /// Every value of `subject`: (token, stored bytes, record).
-fn values_of(
+pub(crate) fn values_of(
     store: &dyn Store,
     subject: &str,
 ) -> Result<Vec<(TokenBytes, Vec<u8>, Record)>, ApiError> {

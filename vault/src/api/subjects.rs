@@ -8,14 +8,12 @@ use vault_sdk::wire::{AccessEntry, AccessLog, SubjectExport, SubjectValue};
 
 use super::{keyring, now_ms, ApiError, Ctx};
 use crate::audit::{self, Draft};
-use crate::crypto::{encode_token, value_aad, TokenBytes};
+use crate::crypto::{encode_token, value_aad};
 use crate::policy::DATA_SUBJECT_REQUEST;
-use crate::schema::{valid_subject, value_key, Record};
+use crate::schema::valid_subject;
 use crate::server::Vault;
-use crate::store::{scan_prefix, Batch, Space};
+use crate::store::Batch;
 
-/// Most values one export returns.
-const MAX_VALUES: usize = 10_000;
 /// Most audit events one access log returns.
 const MAX_ENTRIES: usize = 10_000;
 
@@ -58,10 +56,7 @@ pub async fn export(
     }
     let keys = keyring(v)?;
     let now = now_ms();
-    let mut prefix = subject.as_bytes().to_vec();
-    prefix.push(0);
-    let rows = scan_prefix(v.store.as_ref(), Space::Subjects, &prefix, MAX_VALUES)
-        .map_err(|_| ApiError::Unavailable)?;
+    let rows = super::lifecycle::values_of(v.store.as_ref(), subject)?;
     let subject_key = match crate::subject_keys::load(v.store.as_ref(), &keys, subject) {
         Ok(k) => k,
         Err(crate::subject_keys::SubjectKeyError::Store(_)) => return Err(ApiError::Unavailable),
@@ -69,21 +64,7 @@ pub async fn export(
     };
     let mut values = Vec::new();
     let mut events = Vec::new();
-    for (key, _) in rows {
-        let Some(token) = key
-            .get(prefix.len()..)
-            .and_then(|t| TokenBytes::try_from(t).ok())
-        else {
-            continue;
-        };
-        let Some(rec) = v
-            .store
-            .get(Space::Values, &value_key(&token, subject))
-            .map_err(|_| ApiError::Unavailable)?
-            .and_then(|b| Record::decode(&b))
-        else {
-            continue;
-        };
+    for (token, _, rec) in rows {
         if !rec.is_live(now) {
             continue;
         }
