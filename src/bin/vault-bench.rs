@@ -1,0 +1,314 @@
+//! `vault-bench`: drives a running vault over HTTPS with client
+//! certificates, and optionally a bare hyper + rustls server with the same
+//! TLS and mTLS setup answering a fixed body (the ceiling), in the same run.
+//! Reports throughput and latency percentiles as text or JSON.
+//!
+//! ```sh
+//! vault-bench --dev ./vault-data --scenario tokenize1 --connections 16 --seconds 10 --ceiling
+//! ```
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::{Parser, ValueEnum};
+use http::Method;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::Serialize;
+use vault_sdk::{Client, ClientBuilder};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Scenario {
+    /// One phone number per request.
+    Tokenize1,
+    /// 100 phone numbers per request.
+    Tokenize100,
+    /// Detokenize one token (an audit event per request).
+    Detokenize,
+    /// Half tokenize1, half detokenize.
+    Mixed,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vault-bench",
+    about = "Load generator for the vault, with a TLS ceiling"
+)]
+struct Args {
+    /// API endpoint of the vault.
+    #[arg(long, default_value = "https://127.0.0.1:8443")]
+    endpoint: String,
+    /// A `vault dev` directory: CA, the `app` client certificate, vault.toml.
+    #[arg(long, default_value = "./vault-data")]
+    dev: PathBuf,
+    #[arg(long, value_enum, default_value = "tokenize1")]
+    scenario: Scenario,
+    /// Keep-alive connections, one worker each.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Use HTTP/2 (one stream at a time per connection).
+    #[arg(long)]
+    http2: bool,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Also measure a bare hyper + rustls server with the same TLS setup
+    /// answering a fixed body, and print the vault as a ratio of it.
+    #[arg(long)]
+    ceiling: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    target: String,
+    scenario: Scenario,
+    connections: usize,
+    http2: bool,
+    seconds: f64,
+    requests: u64,
+    errors: u64,
+    requests_per_s: f64,
+    fields_per_s: f64,
+    p50_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+fn client(args: &Args, endpoint: &str) -> Result<Client, String> {
+    let tls = args.dev.join("tls");
+    ClientBuilder::new(endpoint)
+        .ca_file(tls.join("ca.pem"))
+        .and_then(|b| b.identity_files(tls.join("app.pem"), tls.join("app.key")))
+        .map(|b| {
+            b.http2(args.http2)
+                .retries(0)
+                .pool_max_idle_per_host(1)
+                .timeout(Duration::from_secs(10))
+        })
+        .and_then(|b| b.build())
+        .map_err(|e| format!("client: {e}"))
+}
+
+fn fields_of(s: Scenario) -> u64 {
+    match s {
+        Scenario::Tokenize100 => 100,
+        _ => 1,
+    }
+}
+
+fn tokenize_body(seed: u64, n: u64) -> Vec<u8> {
+    let fields: Vec<_> = (0..n)
+        .map(|k| serde_json::json!({"class":"phone","value":format!("139{:08}", (seed * n + k) % 100_000_000)}))
+        .collect();
+    serde_json::to_vec(&serde_json::json!({"subject":format!("bench-{}", seed % 100_000),"purpose":"notification","fields":fields}))
+        .unwrap_or_default()
+}
+
+/// Tokens to detokenize, made once before the run.
+async fn prepare_tokens(c: &Client) -> Result<Vec<String>, String> {
+    let r = c
+        .raw(
+            Method::POST,
+            "/v1/tokenize",
+            Some(tokenize_body(7_777_777, 100)),
+        )
+        .await
+        .map_err(|e| format!("prepare: {e}"))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&r.body).map_err(|e| format!("prepare: {e}"))?;
+    let tokens: Vec<String> = v["tokens"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| t["token"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    if tokens.is_empty() {
+        return Err(format!("prepare: tokenize answered {}", r.status));
+    }
+    Ok(tokens)
+}
+
+async fn run(
+    args: &Args,
+    endpoint: &str,
+    target: &str,
+    tokens: Arc<Vec<String>>,
+) -> Result<Report, String> {
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let seq = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..args.connections {
+        let c = client(args, endpoint)?;
+        let (seq, tokens, scenario) = (seq.clone(), tokens.clone(), args.scenario);
+        workers.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0u64;
+            while Instant::now() < deadline {
+                let i = seq.fetch_add(1, Ordering::Relaxed);
+                let detok = match scenario {
+                    Scenario::Detokenize => true,
+                    Scenario::Mixed => i % 2 == 1,
+                    _ => false,
+                };
+                let (path, body) = if detok {
+                    let t = tokens
+                        .get((i as usize) % tokens.len().max(1))
+                        .cloned()
+                        .unwrap_or_default();
+                    let b = serde_json::json!({"purpose":"notification","tokens":[t]});
+                    ("/v1/detokenize", serde_json::to_vec(&b).unwrap_or_default())
+                } else {
+                    ("/v1/tokenize", tokenize_body(i, fields_of(scenario)))
+                };
+                let t0 = Instant::now();
+                let ok = c
+                    .raw(Method::POST, path, Some(body))
+                    .await
+                    .is_ok_and(|r| r.status == 200);
+                lat.push(u32::try_from(t0.elapsed().as_micros()).unwrap_or(u32::MAX));
+                if !ok {
+                    errors += 1;
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    for w in workers {
+        let (l, e) = w.await.map_err(|e| format!("worker: {e}"))?;
+        lat.extend(l);
+        errors += e;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        let i = ((lat.len() as f64 - 1.0) * p).round() as usize;
+        lat.get(i).map_or(0.0, |us| f64::from(*us) / 1000.0)
+    };
+    let requests = lat.len() as u64;
+    let fields = if args.scenario == Scenario::Mixed {
+        1
+    } else {
+        fields_of(args.scenario)
+    };
+    Ok(Report {
+        target: target.into(),
+        scenario: args.scenario,
+        connections: args.connections,
+        http2: args.http2,
+        seconds: secs,
+        requests,
+        errors,
+        requests_per_s: requests as f64 / secs,
+        fields_per_s: (requests - errors) as f64 * fields as f64 / secs,
+        p50_ms: pct(0.50),
+        p90_ms: pct(0.90),
+        p99_ms: pct(0.99),
+        max_ms: lat.last().map_or(0.0, |us| f64::from(*us) / 1000.0),
+    })
+}
+
+/// The ceiling: the vault's own TLS configuration (same certificates,
+/// client-certificate verification, versions and ALPN) in front of a
+/// handler that answers a fixed body.
+async fn ceiling_server(args: &Args) -> Result<String, String> {
+    let cfg = vault::config::Config::load(&args.dev.join("vault.toml"))
+        .map_err(|e| format!("config: {e}"))?;
+    let tls = vault::tls::server_config(&cfg).map_err(|e| format!("tls: {e}"))?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("bind: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| format!("bind: {e}"))?;
+    let body = Bytes::from_static(
+        br#"{"tokens":[{"class":"phone","token":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}]}"#,
+    );
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, body) = (acceptor.clone(), body.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = service_fn(move |_req| {
+                    let body = body.clone();
+                    async move {
+                        let mut r = http::Response::new(Full::new(body));
+                        r.headers_mut().insert(
+                            http::header::CONTENT_TYPE,
+                            http::HeaderValue::from_static("application/json"),
+                        );
+                        Ok::<_, Infallible>(r)
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(format!("https://127.0.0.1:{}", addr.port()))
+}
+
+fn print(r: &Report, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(r).unwrap_or_default());
+    } else {
+        println!(
+            "{:<8} {:?} conns={} h2={} {:.1}s: {} req ({} errors), {:.0} req/s, {:.0} fields/s, p50 {:.2} ms p90 {:.2} ms p99 {:.2} ms max {:.2} ms",
+            r.target, r.scenario, r.connections, r.http2, r.seconds, r.requests, r.errors, r.requests_per_s, r.fields_per_s, r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms
+        );
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let result = async {
+        let tokens = if matches!(args.scenario, Scenario::Detokenize | Scenario::Mixed) {
+            prepare_tokens(&client(&args, &args.endpoint)?).await?
+        } else {
+            Vec::new()
+        };
+        let tokens = Arc::new(tokens);
+        let ceiling = if args.ceiling {
+            let url = ceiling_server(&args).await?;
+            let r = run(&args, &url, "ceiling", tokens.clone()).await?;
+            print(&r, args.json);
+            Some(r)
+        } else {
+            None
+        };
+        let r = run(&args, &args.endpoint, "vault", tokens).await?;
+        print(&r, args.json);
+        if let Some(c) = ceiling {
+            let ratio = r.requests_per_s / c.requests_per_s.max(1e-9);
+            if args.json {
+                println!("{}", serde_json::json!({"ratio_of_ceiling": ratio}));
+            } else {
+                println!("vault/ceiling = {:.1}%", ratio * 100.0);
+            }
+        }
+        Ok::<_, String>(())
+    }
+    .await;
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vault-bench: {e}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
