@@ -15,6 +15,7 @@ mod durability;
 mod errors;
 mod keys;
 mod lifecycle;
+mod load;
 mod policy;
 mod rights;
 mod storage;

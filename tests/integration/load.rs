@@ -1,0 +1,70 @@
+//! The `vault-bench` load tool, run for a moment against the real server:
+//! it must drive both the vault and its ceiling without errors and report
+//! figures that agree with the vault's own metrics.
+
+use crate::harness::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_tool_drives_the_vault_and_its_ceiling() {
+    let v = TestVault::start().await;
+    let bin = vault_bin().with_file_name("vault-bench");
+    let endpoint = format!("https://127.0.0.1:{}", v.api.port());
+    let dir = v.dir.path().to_path_buf();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(bin)
+            .args([
+                "--endpoint",
+                &endpoint,
+                "--scenario",
+                "mixed",
+                "--connections",
+                "2",
+                "--seconds",
+                "1",
+                "--ceiling",
+                "--json",
+            ])
+            .arg("--dev")
+            .arg(dir)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(lines[0]["target"], "ceiling");
+    assert_eq!(lines[1]["target"], "vault");
+    for l in &lines[..2] {
+        assert!(l["requests"].as_u64().unwrap() > 10, "{l}");
+        assert_eq!(l["errors"], 0, "{l}");
+    }
+    assert!(lines[2]["ratio_of_ceiling"].as_f64().unwrap() > 0.0);
+    // The vault counted what the tool sent (plus the tool's one preparing
+    // tokenize request).
+    let sent = lines[1]["requests"].as_u64().unwrap();
+    let (_, metrics) = v.ops_get("/metrics").await;
+    let count = |route: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("vault_http_requests_total{")
+                    && l.contains(&format!("route=\"{route}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert_eq!(
+        count("tokenize") + count("detokenize"),
+        sent + 1,
+        "{metrics}"
+    );
+}
