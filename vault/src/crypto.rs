@@ -93,15 +93,29 @@ pub fn decode_token(token: &str) -> Option<TokenBytes> {
 }
 
 /// One version of the data-encryption key (AES-256-SIV takes 64 bytes).
-#[derive(Debug)]
 pub struct DataKey {
     version: u32,
     key: SecretKey<64>,
+    /// HMAC-SHA512 already keyed with `key` (its inner and outer pad
+    /// blocks hashed), so deriving a subject's value key costs two
+    /// compressions instead of four: half the work of a rewrap's key
+    /// derivations. Only on keys that derive; value keys carry `None`.
+    prf: Option<Hmac<Sha512>>,
+}
+
+impl std::fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataKey")
+            .field("version", &self.version)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
 }
 
 impl DataKey {
     pub fn new(version: u32, key: SecretKey<64>) -> Self {
-        Self { version, key }
+        let prf = <Hmac<Sha512> as Mac>::new_from_slice(key.expose_secret()).ok();
+        Self { version, key, prf }
     }
 
     pub fn version(&self) -> u32 {
@@ -116,7 +130,11 @@ impl DataKey {
     /// the ciphertexts survive.
     pub fn for_subject(&self, subject_key: &SecretKey<32>) -> DataKey {
         let mut out = SecretKey::<64>::zeroed();
-        if let Ok(mut mac) = <Hmac<Sha512> as Mac>::new_from_slice(self.key.expose_secret()) {
+        let keyed = match &self.prf {
+            Some(prf) => Some(prf.clone()),
+            None => <Hmac<Sha512> as Mac>::new_from_slice(self.key.expose_secret()).ok(),
+        };
+        if let Some(mut mac) = keyed {
             mac.update(b"vault/value-key/v1\0");
             mac.update(&self.version.to_be_bytes());
             mac.update(subject_key.expose_secret());
@@ -124,7 +142,11 @@ impl DataKey {
             out.bytes_mut().copy_from_slice(full.as_slice());
             full.as_mut_slice().zeroize();
         }
-        DataKey::new(self.version, out)
+        DataKey {
+            version: self.version,
+            key: out,
+            prf: None,
+        }
     }
 
     /// A copy of the key bytes, for a new keyring generation.

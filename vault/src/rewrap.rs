@@ -115,18 +115,72 @@ pub fn status(store: &dyn Store, sealed: bool) -> Result<RewrapStatus, RewrapErr
     })
 }
 
+/// One step's work, done but not yet written: the re-sealed values, each
+/// guarded by compare-and-set, and the cursor after them.
+struct Prepared {
+    batch: Batch,
+    cursor: Cursor,
+    rewrapped: u64,
+}
+
 /// One step: re-seals up to `limit` values after the cursor and moves the
 /// cursor, in one atomic write. Returns whether the job is finished and how
 /// many values it re-sealed.
 /// A conflicting concurrent write makes the step fail without effect; the
 /// caller simply runs it again.
 pub fn step(store: &dyn Store, keys: &Keyring, limit: usize) -> Result<(bool, u64), RewrapError> {
-    let Some(mut cursor) = load(store)? else {
+    run(store, keys, limit, 1)
+}
+
+/// Up to `steps` steps, each written while the next one is prepared, so
+/// the write of one run of values (compare-and-set reads, the synced
+/// batch) overlaps the crypto of the next. Each step is still its own
+/// atomic write with its cursor; when one fails, the step prepared after
+/// it is dropped unwritten and the error returned, and the next call
+/// starts again from the durable cursor.
+pub fn run(
+    store: &dyn Store,
+    keys: &Keyring,
+    limit: usize,
+    steps: usize,
+) -> Result<(bool, u64), RewrapError> {
+    let Some(cursor) = load(store)? else {
         return Ok((true, 0));
     };
     if cursor.done {
         return Ok((true, 0));
     }
+    let mut current = prepare(store, keys, cursor, limit)?;
+    let mut total = 0;
+    for i in 1..=steps.max(1) {
+        let Prepared {
+            batch,
+            cursor,
+            rewrapped,
+        } = current;
+        if cursor.done || i == steps.max(1) {
+            store.write(batch)?;
+            return Ok((cursor.done, total + rewrapped));
+        }
+        let (written, next) = std::thread::scope(|scope| {
+            let writer = scope.spawn(move || store.write(batch));
+            let next = prepare(store, keys, cursor, limit);
+            (writer.join(), next)
+        });
+        written.unwrap_or(Err(StoreError::Conflict))?;
+        total += rewrapped;
+        current = next?;
+    }
+    Ok((false, total))
+}
+
+/// Scans the next run of values after `cursor` and re-seals it.
+fn prepare(
+    store: &dyn Store,
+    keys: &Keyring,
+    mut cursor: Cursor,
+    limit: usize,
+) -> Result<Prepared, RewrapError> {
     let from = hex::decode(&cursor.next).map_err(|_| RewrapError::Corrupt)?;
     let rows = store.scan(Space::Values, &from, None, limit)?;
     let target = keys
@@ -138,10 +192,11 @@ pub fn step(store: &dyn Store, keys: &Keyring, limit: usize) -> Result<(bool, u6
         .map_or(1, |n| n.get())
         .clamp(1, 8);
     let chunk = rows.len().div_ceil(workers).max(1);
+    let version = cursor.target;
     let resealed: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = std::thread::scope(|scope| {
         let handles: Vec<_> = rows
             .chunks(chunk)
-            .map(|part| scope.spawn(move || reseal(store, keys, target, cursor.target, part)))
+            .map(|part| scope.spawn(move || reseal(store, keys, target, version, part)))
             .collect();
         handles
             .into_iter()
@@ -165,8 +220,11 @@ pub fn step(store: &dyn Store, keys: &Keyring, limit: usize) -> Result<(bool, u6
         _ => cursor.done = true,
     }
     batch.put(Space::Meta, CURSOR_KEY.to_vec(), encode(&cursor)?);
-    store.write(batch)?;
-    Ok((cursor.done, rewrapped))
+    Ok(Prepared {
+        batch,
+        cursor,
+        rewrapped,
+    })
 }
 
 /// Re-seals the values of `rows` not yet under `version`: (key, old bytes,
@@ -255,7 +313,10 @@ async fn run_pending(v: &Arc<Vault>, stop: &watch::Receiver<bool>) {
         }
         let Ok(keys) = v.keys.get() else { return };
         let (store, limit) = (v.store.clone(), v.rewrap.batch);
-        let job = tokio::task::spawn_blocking(move || step(store.as_ref(), &keys, limit));
+        // Unthrottled, steps run in pipelined runs; with a pause configured,
+        // one step at a time so the pause falls between every two.
+        let steps = if v.rewrap.pause.is_zero() { 8 } else { 1 };
+        let job = tokio::task::spawn_blocking(move || run(store.as_ref(), &keys, limit, steps));
         v.metrics.rewrap_running.set(1);
         let result = job.await.unwrap_or(Err(RewrapError::Corrupt));
         if let Ok((_, n)) = result {
@@ -389,5 +450,26 @@ mod tests {
         assert_eq!(check_all(&store, &keys), [(2, 2500)].into());
         // Done is done: another step changes nothing.
         assert_eq!(step(&store, &keys, 1000).unwrap(), (true, 0));
+    }
+
+    #[test]
+    fn a_pipelined_run_writes_every_step_with_its_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = SecretKey::<32>::from_slice(&[4; 32]).unwrap();
+        let store = RocksStore::open(dir.path()).unwrap();
+        let k1 = Keyring::open(&root, &store).unwrap();
+        put_values(&store, &k1, 2500);
+        store.write(k1.rotation(2).unwrap().0).unwrap();
+        let k2 = k1.reload(&store).unwrap();
+        store.write(Rewrap::start_batch(2).unwrap()).unwrap();
+        // Two steps of 1000 in one run: the cursor of the second is durable.
+        assert_eq!(run(&store, &k2, 1000, 2).unwrap(), (false, 2000));
+        let s = status(&store, false).unwrap();
+        assert_eq!((s.scanned, s.rewrapped), (2000, 2000));
+        assert_eq!(check_all(&store, &k2), [(1, 500), (2, 2000)].into());
+        // The rest, with steps to spare.
+        assert_eq!(run(&store, &k2, 1000, 8).unwrap(), (true, 500));
+        assert_eq!(check_all(&store, &k2), [(2, 2500)].into());
+        assert_eq!(status(&store, false).unwrap().state, "done");
     }
 }
