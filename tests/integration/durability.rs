@@ -11,13 +11,13 @@ use crate::harness::*;
 use vault_sdk::wire::Status;
 use vault_sdk::{Client, ClientBuilder};
 
-struct ChildVault {
-    child: Child,
-    api: String,
+pub struct ChildVault {
+    pub child: Child,
+    pub api: String,
     stderr: Arc<Mutex<String>>,
 }
 
-fn spawn(dir: &std::path::Path) -> ChildVault {
+pub fn spawn(dir: &std::path::Path) -> ChildVault {
     spawn_with(dir, &[])
 }
 
@@ -53,7 +53,7 @@ fn spawn_with(dir: &std::path::Path, env: &[(&str, &str)]) -> ChildVault {
     ChildVault { child, api, stderr }
 }
 
-fn client(dir: &std::path::Path, api: &str) -> Client {
+pub fn client(dir: &std::path::Path, api: &str) -> Client {
     client_as(dir, api, "app")
 }
 

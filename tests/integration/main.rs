@@ -11,6 +11,7 @@
 mod harness;
 
 mod audit;
+mod crash;
 mod durability;
 mod errors;
 mod keys;
