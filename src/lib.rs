@@ -1,1 +1,2 @@
 //! Workspace root: hosts the cross-crate tests and benches.
+pub mod corpus;

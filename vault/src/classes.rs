@@ -22,6 +22,9 @@ mod phone;
 mod resident_id;
 mod uscc;
 
+/// For the name detector, which keeps compound surnames whole too.
+pub(crate) use name::COMPOUND_SURNAMES;
+
 #[cfg(test)]
 mod tests;
 

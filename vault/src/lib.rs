@@ -12,6 +12,7 @@ pub mod cli;
 pub mod commit;
 pub mod config;
 pub mod crypto;
+pub mod detect;
 pub mod dev;
 pub mod hardening;
 pub mod http;

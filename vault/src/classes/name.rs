@@ -11,7 +11,7 @@ const MIDDLE_DOT: char = '\u{00B7}';
 
 /// Two-character surnames, which the mask keeps whole; traditional forms too,
 /// since names are not converted.
-pub(super) const COMPOUND_SURNAMES: [&str; 60] = [
+pub(crate) const COMPOUND_SURNAMES: [&str; 60] = [
     "欧阳", "上官", "皇甫", "令狐", "诸葛", "司徒", "司马", "申屠", "夏侯", "慕容", "尉迟", "东方",
     "独孤", "南宫", "万俟", "闻人", "长孙", "宇文", "轩辕", "澹台", "公孙", "端木", "呼延", "钟离",
     "西门", "公冶", "太叔", "濮阳", "淳于", "单于", "赫连", "百里", "东郭", "仲孙", "拓跋", "司空",

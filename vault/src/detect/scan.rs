@@ -1,0 +1,255 @@
+//! The single pass over the text for number-like candidates, e-mail and IP
+//! addresses. Invariant: a candidate starts only where a token starts (the
+//! character before is no letter or digit, nor a joiner such as `-`, `.`,
+//! `,`, `:` glued to one), and every attempt from a start reads a bounded
+//! number of characters, so the pass is linear however long a run of digits,
+//! letters, `@` or dots the text holds.
+
+use super::chars::{self, Ch};
+use super::lexicon::{self, Cue, Hit};
+use super::numbers;
+use super::Candidate;
+use crate::classes::Class;
+
+/// The longest local part RFC 5321 allows.
+const MAX_LOCAL: usize = 64;
+/// The longest domain RFC 1035 allows.
+const MAX_DOMAIN: usize = 253;
+/// Longer than any textual IPv6 address.
+const MAX_IPV6: usize = 45;
+
+/// What follows a candidate's last character.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) enum Tail {
+    /// Nothing that could continue it: the candidate is bounded.
+    Free,
+    /// A space and more digits: another number may follow, or a group.
+    SpaceMore,
+    /// A dash and more digits or letters.
+    DashMore,
+    /// Letters, digits, `@`, or a joiner with a digit behind it: part of a
+    /// longer token, not a value of its own.
+    #[default]
+    Joined,
+}
+
+impl Tail {
+    pub(super) fn bounded(self) -> bool {
+        matches!(self, Tail::Free | Tail::SpaceMore)
+    }
+}
+
+/// What follows byte `i`.
+pub(super) fn tail(bytes: &[u8], i: usize) -> Tail {
+    let (c, w) = chars::at(bytes, i);
+    let (next, _) = chars::at(bytes, i + w);
+    match c {
+        Ch::Digit(_) | Ch::Letter(_) | Ch::Punct(b'@' | b'_') => Tail::Joined,
+        Ch::Space if next.is_digit() => Tail::SpaceMore,
+        Ch::Dash if next.is_alnum() => Tail::DashMore,
+        Ch::Punct(b'.' | b',' | b'/' | b':' | b'%') if next.is_digit() => Tail::Joined,
+        _ => Tail::Free,
+    }
+}
+
+/// Whether a token may start after `prev` (the character before) and
+/// `prev2` (the one before that).
+fn starts_token(prev: Ch, prev2: Ch) -> bool {
+    match prev {
+        Ch::Digit(_) | Ch::Letter(_) | Ch::Currency => false,
+        Ch::Punct(b'.' | b'_' | b'@' | b'+' | b'#' | b'&' | b'=' | b'%') => false,
+        Ch::Dash | Ch::Punct(b'/' | b'\\') => !prev2.is_alnum(),
+        Ch::Punct(b',' | b':') => !prev2.is_digit(),
+        _ => true,
+    }
+}
+
+/// Finds the candidates of the number classes, e-mail and IP.
+pub(super) fn scan(text: &str, hits: &[Hit], out: &mut Vec<Candidate>) {
+    let bytes = text.as_bytes();
+    let (mut prev, mut prev2) = (Ch::Other, Ch::Other);
+    let mut i = 0;
+    while i < bytes.len() {
+        // Han text is most of a Chinese page and starts nothing: skip it
+        // without classifying.
+        if bytes.get(i).is_some_and(|b| (0xE4..=0xE9).contains(b)) {
+            (prev2, prev) = (prev, Ch::Han);
+            i += 3;
+            continue;
+        }
+        // Inside a run of ASCII letters and digits nothing starts: skip it.
+        if prev.is_alnum() && bytes.get(i).is_some_and(u8::is_ascii_alphanumeric) {
+            let from = i;
+            while bytes.get(i).is_some_and(u8::is_ascii_alphanumeric) {
+                i += 1;
+            }
+            prev2 = if i - from > 1 {
+                chars::at(bytes, i - 2).0
+            } else {
+                prev
+            };
+            prev = chars::at(bytes, i - 1).0;
+            continue;
+        }
+        let (ch, w) = chars::at(bytes, i);
+        let next = || chars::at(bytes, i + w).0;
+        let start = starts_token(prev, prev2);
+        match ch {
+            Ch::Digit(_) | Ch::Letter(_) if start => {
+                numbers::at(text, i, hits, out);
+                if ch.is_digit() {
+                    ipv4(text, i, hits, out);
+                }
+                if hex(ch) {
+                    ipv6(text, i, hits, out);
+                }
+            }
+            Ch::Punct(b'+' | b'(') if start && matches!(next(), Ch::Digit(_) | Ch::Punct(b'+')) => {
+                numbers::at(text, i, hits, out);
+            }
+            Ch::Punct(b':') if start && next() == Ch::Punct(b':') => ipv6(text, i, hits, out),
+            Ch::Punct(b'@') => email(text, i, w, out),
+            _ => {}
+        }
+        (prev2, prev) = (prev, ch);
+        i += w.max(1);
+    }
+}
+
+fn hex(c: Ch) -> bool {
+    matches!(c, Ch::Digit(_) | Ch::Letter(b'a'..=b'f' | b'A'..=b'F'))
+}
+
+fn local_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-')
+}
+
+fn domain_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-')
+}
+
+/// An address around the `@` at byte `at` (`width` bytes: `@`, `＠` or
+/// `﹫`). Both sides are read at most to their RFC limits, so a run of `@`
+/// costs a constant each.
+fn email(text: &str, at: usize, width: usize, out: &mut Vec<Candidate>) {
+    let bytes = text.as_bytes();
+    let mut start = at;
+    while start > 0 && bytes.get(start - 1).copied().is_some_and(local_char) {
+        start -= 1;
+        if at - start > MAX_LOCAL {
+            return;
+        }
+    }
+    // A local part starts with a letter or digit.
+    while start < at && !bytes.get(start).is_some_and(u8::is_ascii_alphanumeric) {
+        start += 1;
+    }
+    if start == at {
+        return;
+    }
+    let dom = at + width;
+    let mut end = dom;
+    while bytes.get(end).copied().is_some_and(domain_char) {
+        end += 1;
+        if end - dom > MAX_DOMAIN {
+            return;
+        }
+    }
+    while end > dom && matches!(bytes.get(end - 1), Some(b'.' | b'-')) {
+        end -= 1;
+    }
+    if matches!(bytes.get(end), Some(b'@' | b'_')) {
+        return;
+    }
+    let tld_ok = text
+        .get(dom..end)
+        .and_then(|d| d.rsplit_once('.'))
+        .is_some_and(|(_, tld)| tld.len() >= 2 && tld.bytes().all(|b| b.is_ascii_alphabetic()));
+    if !tld_ok {
+        return;
+    }
+    if Candidate::check(text, Class::Email, start, end).is_some() {
+        out.push(Candidate {
+            class: Class::Email,
+            start,
+            end,
+            confidence: 0.97,
+            validated: false,
+        });
+    }
+}
+
+/// A dotted quad starting at `start`.
+fn ipv4(text: &str, start: usize, hits: &[Hit], out: &mut Vec<Candidate>) {
+    let bytes = text.as_bytes();
+    let mut i = start;
+    for part in 0..4 {
+        let from = i;
+        while bytes.get(i).is_some_and(u8::is_ascii_digit) && i - from < 4 {
+            i += 1;
+        }
+        if !(1..=3).contains(&(i - from)) {
+            return;
+        }
+        if part < 3 {
+            if bytes.get(i) != Some(&b'.') {
+                return;
+            }
+            i += 1;
+        }
+    }
+    if !tail(bytes, i).bounded() {
+        return;
+    }
+    push_ip(text, start, i, hits, out);
+}
+
+/// An IPv6 address starting at `start`: a run of hex digits, colons and
+/// (for an embedded IPv4 tail) dots with at least two colons.
+fn ipv6(text: &str, start: usize, hits: &[Hit], out: &mut Vec<Candidate>) {
+    let bytes = text.as_bytes();
+    let mut i = start;
+    let mut colons = 0;
+    while let Some(&b) = bytes.get(i) {
+        if !(b.is_ascii_hexdigit() || b == b':' || b == b'.') {
+            break;
+        }
+        colons += usize::from(b == b':');
+        i += 1;
+        if i - start > MAX_IPV6 {
+            return;
+        }
+    }
+    if colons < 2 {
+        return;
+    }
+    while i > start && matches!(bytes.get(i - 1), Some(b'.')) {
+        i -= 1;
+    }
+    if bytes
+        .get(i)
+        .is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_')
+    {
+        return;
+    }
+    push_ip(text, start, i, hits, out);
+}
+
+fn push_ip(text: &str, start: usize, end: usize, hits: &[Hit], out: &mut Vec<Candidate>) {
+    let cue = lexicon::cue_before(text, hits, start);
+    if cue == Some(Cue::Anti) || Candidate::check(text, Class::Ip, start, end).is_none() {
+        return;
+    }
+    let confidence = if cue == Some(Cue::Number(Class::Ip)) {
+        0.95
+    } else {
+        0.85
+    };
+    out.push(Candidate {
+        class: Class::Ip,
+        start,
+        end,
+        confidence,
+        validated: false,
+    });
+}

@@ -1,0 +1,520 @@
+//! Unit tests for the detector: for each class a positive, a negative and a
+//! decoy; full-width digits and separators; offsets after characters outside
+//! the BMP; overlap resolution; that a `Finding` prints no text; and that
+//! adversarial inputs take linear time.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use super::*;
+
+/// The findings of `text` as (class, span text).
+fn found(text: &str) -> Vec<(Class, &str)> {
+    detect(text)
+        .iter()
+        .map(|f| (f.class, &text[f.byte_start..f.byte_end]))
+        .collect()
+}
+
+fn only(text: &str) -> (Class, &str) {
+    let f = found(text);
+    assert_eq!(f.len(), 1, "{text:?}: {f:?}");
+    f[0]
+}
+
+fn nothing(text: &str) {
+    let f = found(text);
+    assert!(f.is_empty(), "{text:?}: {f:?}");
+}
+
+/// A resident ID from its first 17 digits (MOD 11-2, written out again here
+/// so the test does not trust the code it tests).
+fn id(first17: &str) -> String {
+    let w = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
+    let s: u32 = first17
+        .bytes()
+        .zip(w)
+        .map(|(b, w)| u32::from(b - b'0') * w)
+        .sum();
+    let check = b"10X98765432"[(s % 11) as usize];
+    format!("{first17}{}", char::from(check))
+}
+
+/// A card number from all digits but the last, with the Luhn digit.
+fn luhn(body: &str) -> String {
+    let sum: u32 = body
+        .bytes()
+        .rev()
+        .enumerate()
+        .map(|(i, b)| {
+            let d = u32::from(b - b'0');
+            if i % 2 == 0 {
+                let x = d * 2;
+                if x > 9 {
+                    x - 9
+                } else {
+                    x
+                }
+            } else {
+                d
+            }
+        })
+        .sum();
+    format!("{body}{}", (10 - sum % 10) % 10)
+}
+
+// ---- resident ID ----
+
+#[test]
+fn resident_id_positive() {
+    let t = "身份证号：350102199003071234，请核对。";
+    assert_eq!(only(t), (Class::CnResidentId, "350102199003071234"));
+    let f = detect(t);
+    assert!(f[0].validated);
+    assert!(f[0].confidence > 0.9);
+    assert_eq!(
+        only("his ID 11010519491231002X ok"),
+        (Class::CnResidentId, "11010519491231002X")
+    );
+    assert_eq!(
+        only("id:11010519491231002x"),
+        (Class::CnResidentId, "11010519491231002x")
+    );
+    assert_eq!(
+        only("号码 3501 0219 9003 0712 34 。"),
+        (Class::CnResidentId, "3501 0219 9003 0712 34")
+    );
+    assert_eq!(
+        only("证件３５０１０２１９９００３０７１２３４"),
+        (Class::CnResidentId, "３５０１０２１９９００３０７１２３４")
+    );
+    assert_eq!(
+        only("身份证：350102900307123"),
+        (Class::CnResidentId, "350102900307123")
+    );
+    let f = detect("身份证：350102900307123");
+    assert!(!f[0].validated);
+}
+
+#[test]
+fn resident_id_permits_and_foreigners() {
+    for first17 in [
+        "81000019900307123",
+        "82000020010101456",
+        "83000019851231789",
+    ] {
+        let v = id(first17);
+        let t = format!("居住证号码{v}。");
+        assert_eq!(only(&t), (Class::CnResidentId, v.as_str()));
+    }
+    let v = id("93315619870502001");
+    assert_eq!(only(&format!("永久居留身份证 {v}")).0, Class::CnResidentId);
+}
+
+#[test]
+fn resident_id_negatives_and_decoys() {
+    // Wrong check character.
+    nothing("身份证号：350102199003071235");
+    // Not a date.
+    let v = id("35010219901307123");
+    nothing(&format!("身份证号：{v}"));
+    // A date in the future.
+    let v = id("35010221990307123");
+    nothing(&format!("身份证号：{v}"));
+    // Embedded in a longer digit run, or glued to letters.
+    nothing("编码1350102199003071234");
+    nothing("x350102199003071234");
+    nothing("3501021990030712345");
+    nothing("350102199003071234abc");
+    // 15 digits without a cue are too common to report.
+    nothing("单号 350102900307123");
+}
+
+// ---- phone ----
+
+#[test]
+fn phone_mobile_forms() {
+    let cases = [
+        ("手机：13800138000。", "13800138000"),
+        ("call +86 138-0013-8000 now", "+86 138-0013-8000"),
+        ("电话0086 13800138000", "0086 13800138000"),
+        ("电话8613800138000", "8613800138000"),
+        ("手机１３８００１３８０００", "１３８００１３８０００"),
+        ("手机 138 0013 8000，", "138 0013 8000"),
+        ("请拨打138-0013-8000", "138-0013-8000"),
+        (
+            "联系电话：＋８６　１３８－００１３－８０００",
+            "＋８６　１３８－００１３－８０００",
+        ),
+        ("17400012345", "17400012345"),
+        ("他的号码是19912345678。", "19912345678"),
+    ];
+    for (t, want) in cases {
+        assert_eq!(only(t), (Class::Phone, want), "{t}");
+    }
+}
+
+#[test]
+fn phone_fixed_line_and_extensions() {
+    let cases = [
+        ("电话：0591-88088788", "0591-88088788"),
+        ("电话（0591）88088788。", "（0591）88088788"),
+        ("Tel: (0591) 8808 8788", "(0591) 8808 8788"),
+        ("北京 010-62345678 转 123。", "010-62345678 转 123"),
+        ("座机0592-5123456分机8001", "0592-5123456分机8001"),
+        ("Tel 0591-28088788 ext. 12", "0591-28088788 ext. 12"),
+        ("总机：0591-88088788-8001", "0591-88088788"),
+        ("+86 591 8808 8788", "+86 591 8808 8788"),
+    ];
+    for (t, want) in cases {
+        assert_eq!(only(t), (Class::Phone, want), "{t}");
+    }
+}
+
+#[test]
+fn phone_negatives_and_decoys() {
+    // Prefixes never assigned.
+    nothing("15412345678");
+    nothing("17912345678");
+    nothing("19412345678");
+    // Too long, too short, glued.
+    nothing("138001380001");
+    nothing("1380013800");
+    nothing("13800138000123");
+    nothing("TEL13800138000");
+    nothing("13800138000abc");
+    // Amounts, orders, tracking numbers, dates, times.
+    nothing("金额：¥13800138000.00");
+    nothing("￥13800138000");
+    nothing("金额：1,380,013.80元");
+    nothing("13800138000.5");
+    nothing("订单号20231105123456789");
+    nothing("订单号：13800138000");
+    nothing("快递单号 SF1234567890123");
+    nothing("日期 2023-11-05 10:30:00");
+    // A service line is a company's, not a person's.
+    nothing("客服热线 400-123-4567");
+    // Fixed line without the trunk zero is just a number.
+    nothing("59188088788");
+}
+
+// ---- email ----
+
+#[test]
+fn email_positive_and_negative() {
+    assert_eq!(
+        only("邮箱：zhang.san+tag@example.com。"),
+        (Class::Email, "zhang.san+tag@example.com")
+    );
+    assert_eq!(
+        only("写信到chen＠mail.fj.cn吧"),
+        (Class::Email, "chen＠mail.fj.cn")
+    );
+    assert_eq!(
+        only("QQ邮箱13800138000@qq.com"),
+        (Class::Email, "13800138000@qq.com")
+    );
+    assert_eq!(only("mail: A.B@X.CN."), (Class::Email, "A.B@X.CN"));
+    nothing("a@b");
+    nothing("user@localhost");
+    nothing("@@@ @. .@ a@.b");
+    nothing("foo@bar.123");
+}
+
+// ---- USCC, organization code ----
+
+#[test]
+fn uscc_and_org_code() {
+    let t = "统一社会信用代码：91350100M000100Y43。";
+    assert_eq!(only(t), (Class::Uscc, "91350100M000100Y43"));
+    assert!(detect(t)[0].validated);
+    assert_eq!(
+        only("公司 91350100M000100Y43"),
+        (Class::Uscc, "91350100M000100Y43")
+    );
+    // A pilot code fails the check: reported only under its label, flagged.
+    let t = "统一社会信用代码 91350100M0001TGQXM";
+    assert_eq!(only(t), (Class::Uscc, "91350100M0001TGQXM"));
+    assert!(!detect(t)[0].validated);
+    nothing("代码 91350100M0001TGQXM");
+    nothing("91350100M000100Y44");
+
+    let t = "组织机构代码：D2143569-X";
+    assert_eq!(only(t), (Class::OrgCode, "D2143569-X"));
+    assert!(detect(t)[0].validated);
+    assert_eq!(only("代码12345678-8，"), (Class::OrgCode, "12345678-8"));
+    nothing("代码12345678-9");
+    nothing("12345678-8-1");
+    assert_eq!(
+        only("组织机构代码 123456788"),
+        (Class::OrgCode, "123456788")
+    );
+}
+
+// ---- passport, bank card, IP ----
+
+#[test]
+fn passports() {
+    assert_eq!(only("护照号：E12345678。"), (Class::Passport, "E12345678"));
+    assert_eq!(only("passport EA1234567"), (Class::Passport, "EA1234567"));
+    assert_eq!(
+        only("港澳通行证 H1234567890"),
+        (Class::Passport, "H1234567890")
+    );
+    assert_eq!(only("台胞证 12345678"), (Class::Passport, "12345678"));
+    nothing("编号 12345678");
+    nothing("model E1234567");
+    nothing("E123456789");
+    nothing("xE12345678");
+}
+
+#[test]
+fn bank_cards() {
+    let card = luhn("622202123456789012");
+    assert_eq!(card.len(), 19);
+    let t = format!("银行卡号：{card}。");
+    assert_eq!(only(&t), (Class::BankCard, card.as_str()));
+    assert!(detect(&t)[0].validated);
+    let c16 = luhn("621700123456789");
+    let spaced: String = c16
+        .as_bytes()
+        .chunks(4)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert_eq!(
+        only(&format!("转账到 {spaced}")),
+        (Class::BankCard, spaced.as_str())
+    );
+    // Without a cue, only a Luhn-valid card of a usual length and issuer.
+    assert_eq!(
+        only(&format!("付款 {c16}")),
+        (Class::BankCard, c16.as_str())
+    );
+    let mut bad = c16.clone().into_bytes();
+    bad[15] = if bad[15] == b'9' { b'0' } else { bad[15] + 1 };
+    let bad = String::from_utf8(bad).unwrap();
+    nothing(&format!("付款 {bad}"));
+    // Under a card cue, a Luhn failure is reported, unvalidated.
+    let f = detect(&format!("卡号 {bad}"));
+    assert_eq!(f.len(), 1);
+    assert!(!f[0].validated);
+    nothing(&format!("订单号 {c16}"));
+    // An ideographic comma ends a number even before more digits.
+    let t = format!("收款账号：{card}，2021年12月27日受理");
+    assert_eq!(only(&t), (Class::BankCard, card.as_str()));
+    nothing(&format!("{c16}7"));
+}
+
+#[test]
+fn ip_addresses() {
+    assert_eq!(only("IP地址：192.168.1.10。"), (Class::Ip, "192.168.1.10"));
+    assert_eq!(only("from 10.0.0.1, ok"), (Class::Ip, "10.0.0.1"));
+    assert_eq!(only("IPv6 2001:db8::1 。"), (Class::Ip, "2001:db8::1"));
+    assert_eq!(
+        only("addr fe80::1ff:fe23:4567:890a"),
+        (Class::Ip, "fe80::1ff:fe23:4567:890a")
+    );
+    nothing("192.168.001.010");
+    nothing("1.2.3.4.5");
+    nothing("256.1.1.1");
+    nothing("版本 1.2.3.4");
+    nothing("time 12:30:45");
+    nothing("MAC 00:1A:2B:3C:4D:5E");
+}
+
+// ---- names ----
+
+#[test]
+fn names_with_labels() {
+    let cases = [
+        ("姓名：张伟\n", "张伟"),
+        ("姓名: 李小明，", "李小明"),
+        ("我叫欧阳娜娜，", "欧阳娜娜"),
+        ("联系人：王小明 电话13800138000", "王小明"),
+        ("申请人陈建国。", "陈建国"),
+        ("法定代表人：林志强", "林志强"),
+        ("经办人为黄丽", "黄丽"),
+        ("姓名：阿依古丽·买买提。", "阿依古丽·买买提"),
+    ];
+    for (t, want) in cases {
+        let f = found(t);
+        assert!(f.contains(&(Class::Name, want)), "{t}: {f:?}");
+    }
+}
+
+#[test]
+fn names_with_honorifics() {
+    assert_eq!(only("请联系张伟先生。"), (Class::Name, "张伟"));
+    assert_eq!(only("尊敬的王小明女士："), (Class::Name, "王小明"));
+    assert_eq!(only("感谢陈老师"), (Class::Name, "陈"));
+    assert_eq!(only("司马光同志"), (Class::Name, "司马光"));
+}
+
+#[test]
+fn names_need_context() {
+    nothing("高峰期间道路拥堵");
+    nothing("汪洋大海");
+    nothing("张伟明天来");
+    nothing("王王王王王王王王王王王王");
+    // Ordinary words after a weak cue.
+    nothing("用户：明白\n");
+    nothing("用户：陈列在大厅的指南是最新的吗");
+    // A name that is also a word is a name under a cue.
+    assert_eq!(only("联系人：高峰，"), (Class::Name, "高峰"));
+    // The cue itself is never in the span.
+    let f = found("联系人张伟电话");
+    assert_eq!(f, vec![(Class::Name, "张伟")]);
+}
+
+// ---- address ----
+
+#[test]
+fn addresses_after_labels() {
+    let t = "地址：福建省福州市鼓楼区五四路100号，电话：0591-88088788";
+    let f = found(t);
+    assert_eq!(
+        f,
+        vec![
+            (Class::Address, "福建省福州市鼓楼区五四路100号"),
+            (Class::Phone, "0591-88088788")
+        ]
+    );
+    let t = "联系地址:厦门市思明区湖滨南路88号\n姓名：张三";
+    let f = found(t);
+    assert_eq!(f[0], (Class::Address, "厦门市思明区湖滨南路88号"));
+    // An IP address label is no postal address.
+    assert_eq!(only("IP地址：10.1.2.3"), (Class::Ip, "10.1.2.3"));
+    nothing("地址：无");
+    assert_eq!(
+        only("我家在福州市鼓楼区五四路1号。"),
+        (Class::Address, "福州市鼓楼区五四路1号")
+    );
+}
+
+// ---- offsets, overlap, Debug ----
+
+#[test]
+fn offsets_count_characters_outside_the_bmp() {
+    let t = "𠀀😀手机13800138000";
+    let f = detect(t);
+    assert_eq!(f.len(), 1);
+    assert_eq!((f[0].start, f[0].end), (4, 15));
+    assert_eq!(f[0].byte_start, 4 + 4 + 3 + 3);
+    assert_eq!(&t[f[0].byte_start..f[0].byte_end], "13800138000");
+    let t = "𠀀姓名：𠀀𠀀张伟，手机１３８００１３８０００";
+    for f in detect(t) {
+        let by_chars: String = t.chars().skip(f.start).take(f.end - f.start).collect();
+        assert_eq!(by_chars, &t[f.byte_start..f.byte_end]);
+    }
+}
+
+#[test]
+fn overlaps_resolve_to_the_best() {
+    // An email holding a phone number is one email.
+    assert_eq!(
+        only("13800138000@163.com"),
+        (Class::Email, "13800138000@163.com")
+    );
+    // A valid resident ID that is also USCC-shaped is a resident ID.
+    assert_eq!(only("350102199003071234").0, Class::CnResidentId);
+    // Several findings, sorted and disjoint.
+    let t = "姓名：张伟，身份证350102199003071234，手机13800138000，邮箱zw@x.cn";
+    let f = detect(t);
+    let classes: Vec<Class> = f.iter().map(|f| f.class).collect();
+    assert_eq!(
+        classes,
+        [Class::Name, Class::CnResidentId, Class::Phone, Class::Email]
+    );
+    for w in f.windows(2) {
+        assert!(w[0].byte_end <= w[1].byte_start);
+    }
+}
+
+#[test]
+fn resolve_prefers_validated_then_confidence_then_length() {
+    let c = |class, start, end, confidence, validated| Candidate {
+        class,
+        start,
+        end,
+        confidence,
+        validated,
+    };
+    let kept = resolve(vec![
+        c(Class::Phone, 0, 11, 0.95, false),
+        c(Class::BankCard, 0, 16, 0.9, true),
+        c(Class::Name, 20, 22, 0.9, false),
+        c(Class::Address, 18, 30, 0.85, false),
+    ]);
+    assert_eq!(kept.len(), 2);
+    assert_eq!(kept[0].class, Class::BankCard);
+    assert_eq!(kept[1].class, Class::Name);
+}
+
+#[test]
+fn finding_debug_holds_no_text() {
+    let t = "张伟先生，手机13800138000，zw@example.com";
+    for f in detect(t) {
+        let dbg = format!("{f:?}");
+        for needle in ["张伟", "138", "example", "zw"] {
+            assert!(!dbg.contains(needle), "{dbg}");
+        }
+    }
+}
+
+// ---- adversarial input ----
+
+#[test]
+fn adversarial_inputs_are_linear() {
+    let size = 200_000;
+    let inputs = [
+        "1".repeat(size),
+        "王".repeat(size / 3),
+        "a@a.a@".repeat(size / 6),
+        "@".repeat(size),
+        ".".repeat(size),
+        "1 ".repeat(size / 2),
+        "1-".repeat(size / 2),
+        "先生".repeat(size / 6),
+        "姓名：王".repeat(size / 12),
+        "地址：".repeat(size / 9),
+        "a".repeat(size),
+        "1.".repeat(size / 2),
+        ":".repeat(size),
+        "x@".repeat(size / 2) + "example.com",
+    ];
+    for input in inputs {
+        let t = std::time::Instant::now();
+        let f = detect(&input);
+        // Debug builds: generous, yet far below quadratic time.
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "{} took {:?}",
+            &input[..20],
+            t.elapsed()
+        );
+        for w in f.windows(2) {
+            assert!(w[0].byte_end <= w[1].byte_start);
+        }
+    }
+}
+
+#[test]
+fn every_span_normalizes() {
+    let t = "姓名：陈明 先生 手机+86 139 5000 1234 身份证11010519491231002X \
+             地址：福州市仓山区上渡路1号 邮箱 c.m@fj.cn 卡号6217001234567890128 \
+             IP 8.8.8.8 信用代码91350100M000100Y43 组织机构代码D2143569-X 护照E12345678";
+    let f = detect(t);
+    assert!(f.len() >= 9, "{:?}", found(t));
+    for x in f {
+        let span = &t[x.byte_start..x.byte_end];
+        assert!(
+            classes::normalize(x.class, span).is_ok(),
+            "{} {span}",
+            x.class
+        );
+    }
+}
