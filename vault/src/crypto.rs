@@ -196,5 +196,7 @@ pub fn value_aad(subject: &str, class: Class, key_version: u32) -> Vec<u8> {
     aad
 }
 
+pub mod fpe;
+
 #[cfg(test)]
 mod tests;
