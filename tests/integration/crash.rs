@@ -24,7 +24,7 @@ fn phone(request: u64, k: u64) -> String {
     format!("139{:08}", request * FIELDS + k)
 }
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Ledger {
     /// Subjects some request was sent for, acknowledged or not.
     tried: BTreeSet<u64>,
@@ -81,13 +81,19 @@ async fn check_live(c: &vault_sdk::Client, ledger: &Ledger) {
         .collect();
     for chunk in all.chunks(1000) {
         let tokens: Vec<&str> = chunk.iter().map(|(_, _, t)| t.as_str()).collect();
-        let out = c.detokenize(&detok_req("notification", &tokens)).await.unwrap();
+        let out = c
+            .detokenize(&detok_req("notification", &tokens))
+            .await
+            .unwrap();
         for ((r, k, _), v) in chunk.iter().zip(out.values) {
             if ledger.erased.contains(r) {
                 assert_ne!(v.status, Status::Ok, "erased subject {r} readable");
             } else if ledger.erasing.contains(r) {
                 // An erasure cut off by the kill: done or not, never half.
-                assert!(matches!(v.status, Status::Ok | Status::Unknown | Status::Gone));
+                assert!(matches!(
+                    v.status,
+                    Status::Ok | Status::Unknown | Status::Gone
+                ));
             } else {
                 assert_eq!(v.status, Status::Ok, "acknowledged write {r}/{k} lost");
                 assert_eq!(v.value.unwrap(), format!("+86{}", phone(*r, *k)));
@@ -113,7 +119,8 @@ async fn random_sigkills_lose_nothing_acknowledged_and_half_write_nothing() {
     for cycle in 0..cycles {
         let mut child = spawn(dir.path());
         let c = client(dir.path(), &child.api);
-        check_live(&c, &ledger.lock().unwrap()).await;
+        let snapshot = ledger.lock().unwrap().clone();
+        check_live(&c, &snapshot).await;
         let stop_at = Instant::now() + Duration::from_secs(5);
         let mut workers = Vec::new();
         for w in 0..8u64 {
@@ -125,7 +132,7 @@ async fn random_sigkills_lose_nothing_acknowledged_and_half_write_nothing() {
                     if roll == 0 {
                         // Erase a subject acknowledged earlier.
                         let pick = {
-                            let l = ledger.lock().unwrap();
+                            let l = ledger.lock().unwrap().clone();
                             let live: Vec<u64> = l
                                 .acked
                                 .keys()
@@ -152,7 +159,10 @@ async fn random_sigkills_lose_nothing_acknowledged_and_half_write_nothing() {
                     let r = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     ledger.lock().unwrap().tried.insert(r);
                     let fields = (0..FIELDS).map(|k| field("phone", &phone(r, k))).collect();
-                    match c.tokenize(&tok_req(&subject(r), "notification", fields)).await {
+                    match c
+                        .tokenize(&tok_req(&subject(r), "notification", fields))
+                        .await
+                    {
                         Ok(out) => {
                             let toks = out.tokens.into_iter().map(|t| t.token).collect();
                             ledger.lock().unwrap().acked.insert(r, toks);
@@ -173,7 +183,7 @@ async fn random_sigkills_lose_nothing_acknowledged_and_half_write_nothing() {
         }
         check_raw(dir.path(), &ledger.lock().unwrap());
     }
-    let l = ledger.lock().unwrap();
+    let l = ledger.lock().unwrap().clone();
     assert!(
         l.acked.len() > 100 && !l.erased.is_empty(),
         "too little load to prove anything: {} acknowledged, {} erased",

@@ -55,12 +55,21 @@ fn holdout_set_is_well_formed_and_scored() {
         .lines()
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
         .count();
-    assert_eq!(docs.len(), lines, "a line of the held-out set does not parse");
+    assert_eq!(
+        docs.len(),
+        lines,
+        "a line of the held-out set does not parse"
+    );
     for d in &docs {
         for l in &d.labels {
             let span = d.span(l.start, l.end);
             let n = vault::classes::normalize(l.class, &span);
-            assert!(n.is_ok(), "{}: label {span:?} is not a valid {}", d.text, l.class);
+            assert!(
+                n.is_ok(),
+                "{}: label {span:?} is not a valid {}",
+                d.text,
+                l.class
+            );
         }
     }
     let report = corpus::evaluate_keep(&docs, 5);
