@@ -18,9 +18,10 @@ use serde::Serialize;
 use crate::error::is_tls_failure;
 use crate::retry::{self, Outcome};
 use crate::wire::{
-    Approval, ApprovalRequest, AuditResponse, ConsentState, DetokenizeRequest, DetokenizeResponse,
-    ErrorBody, KeysConfigRequest, KeysStatus, RewrapStatus, TokenizeRequest, TokenizeResponse,
-    UnsealRequest,
+    Approval, ApprovalRequest, AuditResponse, ConsentState, DeidentifyRequest, DeidentifyResponse,
+    DetokenizeRequest, DetokenizeResponse, ErrorBody, KeysConfigRequest, KeysStatus,
+    RecordsRequest, RecordsResponse, ReidentifyRequest, ReidentifyResponse, RewrapStatus,
+    TokenizeRequest, TokenizeResponse, UnsealRequest,
 };
 use crate::Error;
 
@@ -116,6 +117,22 @@ impl Client {
     /// `POST /v1/detokenize`.
     pub async fn detokenize(&self, req: &DetokenizeRequest) -> Result<DetokenizeResponse, Error> {
         self.post_json("/v1/detokenize", req).await
+    }
+
+    /// `POST /v1/deidentify`: find the PII in a text and tokenize, mask or
+    /// redact it.
+    pub async fn deidentify(&self, req: &DeidentifyRequest) -> Result<DeidentifyResponse, Error> {
+        self.post_json("/v1/deidentify", req).await
+    }
+
+    /// `POST /v1/reidentify`: put back what the policy releases.
+    pub async fn reidentify(&self, req: &ReidentifyRequest) -> Result<ReidentifyResponse, Error> {
+        self.post_json("/v1/reidentify", req).await
+    }
+
+    /// `POST /v1/records`: tokenize the PII leaves of a JSON document.
+    pub async fn records(&self, req: &RecordsRequest) -> Result<RecordsResponse, Error> {
+        self.post_json("/v1/records", req).await
     }
 
     /// `GET /v1/audit?subject=&since=&limit=`, absent parameters left out.

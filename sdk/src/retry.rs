@@ -10,8 +10,8 @@
 //!   protocol) is not retried: another try would be refused the same way.
 //! - A `503` answer with code `overloaded` is retried for safe requests
 //!   (`GET`, `HEAD`, `OPTIONS`) and for the `POST`s that are idempotent by
-//!   design: `/v1/detokenize` and `/v1/reidentify` are reads, `/v1/tokenize` and
-//!   `/v1/deidentify` give the same token for the same value. A retried read
+//!   design: `/v1/detokenize` and `/v1/reidentify` are reads, `/v1/tokenize`,
+//!   `/v1/deidentify` and `/v1/records` give the same token for the same value. A retried read
 //!   may leave one more audit event; that is the truth about what was asked.
 //! - A timeout, or a connection broken after the request may have been sent,
 //!   is retried only for safe requests: the server may have done the work.
@@ -52,11 +52,12 @@ pub(crate) enum Outcome<'a> {
 }
 
 /// The paths whose `POST` is idempotent by design (see the module doc).
-const IDEMPOTENT_POSTS: [&str; 4] = [
+const IDEMPOTENT_POSTS: [&str; 5] = [
     "/v1/tokenize",
     "/v1/detokenize",
     "/v1/deidentify",
     "/v1/reidentify",
+    "/v1/records",
 ];
 
 pub(crate) fn idempotency(method: &http::Method, path_and_query: &str) -> Idempotency {

@@ -140,6 +140,9 @@ pub struct ErrorDetail {
     /// Index of the offending field, for `invalid_value`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<usize>,
+    /// JSON Pointer of the offending leaf, for `POST /v1/records`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pointer: Option<String>,
 }
 
 /// One event of the audit trail, as `GET /v1/audit` returns it. It never holds
@@ -425,4 +428,196 @@ pub struct AnonymizedCount {
 #[serde(deny_unknown_fields)]
 pub struct AnonymizedStats {
     pub entries: Vec<AnonymizedCount>,
+}
+
+/// What `deidentify` does with each piece of PII it finds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeidentifyMode {
+    /// Store the value, put `[[class:token]]` in its place.
+    #[default]
+    Tokenize,
+    /// Put the class's display mask in its place; store nothing.
+    Mask,
+    /// Put `[[class]]` in its place; store nothing.
+    Redact,
+}
+
+/// `POST /v1/deidentify`. `subject` is required in `tokenize` mode.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeidentifyRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    pub purpose: String,
+    #[serde(default)]
+    pub mode: DeidentifyMode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<String>,
+    pub text: String,
+}
+
+impl std::fmt::Debug for DeidentifyRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeidentifyRequest")
+            .field("subject", &self.subject)
+            .field("purpose", &self.purpose)
+            .field("mode", &self.mode)
+            .field("text", &"[REDACTED]")
+            .finish()
+    }
+}
+
+/// One piece of PII found in a text. Offsets are characters (Unicode scalar
+/// values) into the text as submitted, end exclusive.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Finding {
+    pub class: String,
+    pub start: usize,
+    pub end: usize,
+    pub confidence: f32,
+    /// A check character or Luhn digit confirmed it.
+    pub validated: bool,
+    /// `tokenized`, `masked` or `redacted` (a class this caller may not
+    /// collect for the purpose is redacted even in `tokenize` mode).
+    pub action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeidentifyResponse {
+    pub text: String,
+    pub findings: Vec<Finding>,
+}
+
+impl std::fmt::Debug for DeidentifyResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Masked text still carries the unmasked ends of values.
+        f.debug_struct("DeidentifyResponse")
+            .field("text", &"[REDACTED]")
+            .field("findings", &self.findings)
+            .finish()
+    }
+}
+
+/// `POST /v1/reidentify`: put back the `[[class:token]]` markers of `text`
+/// that the policy releases for `purpose`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReidentifyRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    pub text: String,
+    #[serde(default)]
+    pub reveal: Reveal,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legal_basis: Option<LegalBasis>,
+}
+
+impl std::fmt::Debug for ReidentifyRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReidentifyRequest")
+            .field("purpose", &self.purpose)
+            .field("reveal", &self.reveal)
+            .field("text", &"[REDACTED]")
+            .finish()
+    }
+}
+
+/// What happened to one marker of a reidentify request, in text order;
+/// offsets are characters into the submitted text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MarkerOut {
+    pub start: usize,
+    pub end: usize,
+    pub token: String,
+    pub status: Status,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub masked: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReidentifyResponse {
+    pub text: String,
+    pub markers: Vec<MarkerOut>,
+}
+
+impl std::fmt::Debug for ReidentifyResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReidentifyResponse")
+            .field("text", &"[REDACTED]")
+            .field("markers", &self.markers)
+            .finish()
+    }
+}
+
+/// `POST /v1/records`: tokenize the leaves of `document` that `mapping`
+/// (JSON Pointer to class; a `*` segment means every element or member) or
+/// the configured `schema` names, and with `scan` deidentify every other
+/// string leaf.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordsRequest {
+    pub subject: String,
+    pub purpose: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapping: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
+    #[serde(default)]
+    pub scan: bool,
+    #[serde(default)]
+    pub mode: DeidentifyMode,
+    pub document: serde_json::Value,
+}
+
+impl std::fmt::Debug for RecordsRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordsRequest")
+            .field("subject", &self.subject)
+            .field("purpose", &self.purpose)
+            .field("schema", &self.schema)
+            .field("scan", &self.scan)
+            .field("mode", &self.mode)
+            .field("document", &"[REDACTED]")
+            .finish()
+    }
+}
+
+/// One replaced leaf of a records request: the concrete pointer, its class,
+/// and its token (tokenize mode). Scanned leaves list one entry per finding
+/// with character offsets into the leaf as submitted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecordField {
+    pub pointer: String,
+    pub class: String,
+    pub action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<usize>,
+}
+
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordsResponse {
+    pub document: serde_json::Value,
+    pub fields: Vec<RecordField>,
+}
+
+impl std::fmt::Debug for RecordsResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordsResponse")
+            .field("document", &"[REDACTED]")
+            .field("fields", &self.fields)
+            .finish()
+    }
 }

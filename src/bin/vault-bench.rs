@@ -33,6 +33,8 @@ enum Scenario {
     Detokenize,
     /// Half tokenize1, half detokenize.
     Mixed,
+    /// Deidentify (tokenize mode) a 2 KB complaint with five PII in it.
+    Deidentify,
 }
 
 #[derive(Debug, Parser)]
@@ -100,6 +102,8 @@ fn client(args: &Args, endpoint: &str) -> Result<Client, String> {
 fn fields_of(s: Scenario) -> u64 {
     match s {
         Scenario::Tokenize100 => 100,
+        // The name, ID, mobile, email and address of the complaint.
+        Scenario::Deidentify => 5,
         _ => 1,
     }
 }
@@ -110,6 +114,25 @@ fn tokenize_body(seed: u64, n: u64) -> Vec<u8> {
         .collect();
     serde_json::to_vec(&serde_json::json!({"subject":format!("bench-{}", seed % 100_000),"purpose":"notification","fields":fields}))
         .unwrap_or_default()
+}
+
+/// A 2 KB portal complaint with a name, a resident ID, a mobile, an email
+/// and a labelled address, different numbers per request.
+fn deidentify_body(seed: u64) -> Vec<u8> {
+    let filler = "我于上周在市民服务中心办理社保卡补办业务，窗口工作人员态度很好，\
+        但排队时间较长，希望能增加自助设备并优化预约流程。另外网上办事大厅的页面在手机上显示不全，\
+        上传材料时多次失败，建议尽快修复。";
+    let text = format!(
+        "投诉内容：{filler}{filler}联系人：陈明，身份证号350102199003071234，\
+         手机139{:08}，邮箱chen{}@example.cn，地址：福建省福州市鼓楼区五四路158号。{filler}{filler}{filler}",
+        seed % 100_000_000,
+        seed % 1000
+    );
+    serde_json::to_vec(
+        &serde_json::json!({"subject":format!("bench-{}", seed % 100_000),
+        "purpose":"respond_to_request","mode":"tokenize","text":text}),
+    )
+    .unwrap_or_default()
 }
 
 /// Tokens to detokenize, made once before the run.
@@ -168,6 +191,8 @@ async fn run(
                         .unwrap_or_default();
                     let b = serde_json::json!({"purpose":"notification","tokens":[t]});
                     ("/v1/detokenize", serde_json::to_vec(&b).unwrap_or_default())
+                } else if scenario == Scenario::Deidentify {
+                    ("/v1/deidentify", deidentify_body(i))
                 } else {
                     ("/v1/tokenize", tokenize_body(i, fields_of(scenario)))
                 };

@@ -12,6 +12,7 @@ mod harness;
 
 mod audit;
 mod crash;
+mod deidentify;
 mod detection;
 mod durability;
 mod errors;

@@ -6,9 +6,11 @@
 pub mod admin;
 mod audit_query;
 pub mod consent;
+mod deidentify;
 mod detokenize;
 pub mod exposure;
 pub mod lifecycle;
+mod records;
 pub mod subjects;
 mod tokenize;
 
@@ -23,7 +25,9 @@ use crate::server::Vault;
 
 pub use audit_query::audit;
 pub(crate) use audit_query::percent_decode;
+pub use deidentify::{deidentify, reidentify};
 pub use detokenize::detokenize;
+pub use records::records;
 pub use tokenize::tokenize;
 
 /// Who is asking, for what request.
@@ -98,6 +102,20 @@ pub enum ApiError {
     InvalidShare(&'static str),
     #[error("the shares given do not open this vault; unseal starts again")]
     UnsealFailed,
+    #[error("{0}")]
+    BadMapping(crate::records::MappingError),
+    #[error("no schema of that name is configured")]
+    UnknownSchema,
+    #[error("{pointer}: a string is required for this class")]
+    LeafNotString { pointer: String },
+    #[error("{pointer}: two mappings name this leaf")]
+    LeafMappedTwice { pointer: String },
+    #[error("{pointer}: this caller may not collect this class for this purpose")]
+    LeafNotAllowed { pointer: String },
+    #[error("{pointer}: {reason}")]
+    LeafInvalid { pointer: String, reason: Invalid },
+    #[error("the JSON nests deeper than 128 levels")]
+    TooDeep,
     #[error("internal error")]
     Internal,
 }
@@ -109,6 +127,9 @@ pub fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
         // A schema error can surface before a later syntax error (`[1,2`
         // fails on the `1`), so a body that is not JSON at all is told
         // apart by a second, schema-free parse, only on this error path.
+        if e.to_string().starts_with("recursion limit exceeded") {
+            return ApiError::TooDeep;
+        }
         if let Err(syntax) = serde_json::from_slice::<serde::de::IgnoredAny>(body) {
             return ApiError::MalformedJson {
                 line: syntax.line(),

@@ -26,6 +26,14 @@ pub struct Config {
     pub purposes: BTreeMap<String, PurposeConfig>,
     #[serde(default)]
     pub grants: Vec<GrantConfig>,
+    /// Token style per class: `opaque` (the default) or `preserving`
+    /// (phone, cn_resident_id, bank_card, uscc; see `crypto::fpe`).
+    #[serde(default)]
+    pub tokens: BTreeMap<String, crate::tokens::TokenStyle>,
+    /// Named document schemas for `POST /v1/records`: JSON Pointer (a `*`
+    /// segment matches every element or member) to class.
+    #[serde(default)]
+    pub schemas: BTreeMap<String, BTreeMap<String, String>>,
     /// Directory the relative paths above are resolved against (the config
     /// file's own directory); not read from the file.
     #[serde(skip)]
@@ -342,6 +350,35 @@ impl Config {
                 p.push(format!(
                     "retention.from-collection.{class}: not an ISO 8601 duration"
                 ));
+            }
+        }
+        for (class, style) in &self.tokens {
+            match Class::parse(class) {
+                None => p.push(format!("tokens.{class}: unknown class")),
+                Some(c) if !crate::tokens::style_supported(c, *style) => p.push(format!(
+                    "tokens.{class}: format-preserving tokens exist only for phone, cn_resident_id, bank_card and uscc"
+                )),
+                Some(_) => {}
+            }
+        }
+        for (name, mapping) in &self.schemas {
+            if !policy::valid_name(name) {
+                p.push(format!("schemas.{name}: must be 1-128 of [A-Za-z0-9._:-]"));
+            }
+            if mapping.is_empty() {
+                p.push(format!("schemas.{name}: maps no pointer"));
+            }
+            for (pointer, class) in mapping {
+                if crate::records::Pattern::parse(pointer).is_none() {
+                    p.push(format!(
+                        "schemas.{name}.\"{pointer}\": not a JSON Pointer such as /applicant/name"
+                    ));
+                }
+                if Class::parse(class).is_none() {
+                    p.push(format!(
+                        "schemas.{name}.\"{pointer}\": unknown class {class}"
+                    ));
+                }
             }
         }
         p.extend(policy::problems(self));

@@ -48,14 +48,21 @@ pub fn derive<const N: usize>(master: &SecretKey<32>, label: &[u8]) -> SecretKey
 /// The key that turns normalized values into tokens. Separate from data keys
 /// and never rotated, so tokens stay stable across data-key rotations.
 #[derive(Debug)]
-pub struct TokenKey(SecretKey<32>);
+pub struct TokenKey(SecretKey<32>, fpe::PreservingKey);
 
 /// A token's raw bytes.
 pub type TokenBytes = [u8; TOKEN_BYTES];
 
 impl TokenKey {
     pub fn new(key: SecretKey<32>) -> Self {
-        Self(key)
+        let preserving = fpe::PreservingKey::new(derive(&key, b"vault/fpe/v1"));
+        Self(key, preserving)
+    }
+
+    /// The key of format-preserving tokens, derived from this one so that
+    /// they are as stable as opaque tokens.
+    pub fn preserving(&self) -> &fpe::PreservingKey {
+        &self.1
     }
 
     /// The token of `value` in `class`: HMAC-SHA256 over the class tag and the

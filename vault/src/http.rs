@@ -59,6 +59,14 @@ pub fn error_parts(e: &ApiError) -> (StatusCode, &'static str) {
         E::KeyInUse => (StatusCode::CONFLICT, "key_in_use"),
         E::InvalidShare(_) => (StatusCode::BAD_REQUEST, "invalid_share"),
         E::UnsealFailed => (StatusCode::BAD_REQUEST, "unseal_failed"),
+        E::BadMapping(_) => (StatusCode::BAD_REQUEST, "invalid_mapping"),
+        E::UnknownSchema => (StatusCode::BAD_REQUEST, "unknown_schema"),
+        E::LeafNotString { .. } | E::LeafInvalid { .. } => {
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid_value")
+        }
+        E::LeafMappedTwice { .. } => (StatusCode::BAD_REQUEST, "invalid_mapping"),
+        E::LeafNotAllowed { .. } => (StatusCode::FORBIDDEN, "purpose_not_allowed"),
+        E::TooDeep => (StatusCode::BAD_REQUEST, "too_deep"),
         E::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     }
 }
@@ -72,6 +80,16 @@ fn field_of(e: &ApiError) -> Option<usize> {
     }
 }
 
+fn pointer_of(e: &ApiError) -> Option<String> {
+    match e {
+        ApiError::LeafNotString { pointer }
+        | ApiError::LeafMappedTwice { pointer }
+        | ApiError::LeafNotAllowed { pointer }
+        | ApiError::LeafInvalid { pointer, .. } => Some(pointer.clone()),
+        _ => None,
+    }
+}
+
 fn error_response(e: &ApiError) -> Response<Body> {
     let (status, code) = error_parts(e);
     let body = ErrorBody {
@@ -79,6 +97,7 @@ fn error_response(e: &ApiError) -> Response<Body> {
             code: code.to_string(),
             message: e.to_string(),
             field: field_of(e),
+            pointer: pointer_of(e),
         },
     };
     json_response(status, &body)
@@ -111,6 +130,9 @@ fn route_of(method: &Method, path: &str) -> &'static str {
     match (method, path) {
         (_, "/v1/tokenize") => "tokenize",
         (_, "/v1/detokenize") => "detokenize",
+        (_, "/v1/deidentify") => "deidentify",
+        (_, "/v1/reidentify") => "reidentify",
+        (_, "/v1/records") => "records",
         (_, "/v1/audit") => "audit",
         (_, p) if p.starts_with("/v1/admin/") => "admin",
         (_, p) if p.starts_with("/v1/subjects/") => "subjects",
@@ -187,6 +209,18 @@ async fn dispatch(conn: &Conn, request_id: String, req: Request<Incoming>) -> Re
             Ok(b) => ok(api::detokenize(v, &ctx, &b).await),
             Err(e) => error_response(&e),
         },
+        (&Method::POST, "/v1/deidentify") => match read_body(v, &parts, body).await {
+            Ok(b) => ok(api::deidentify(v, &ctx, &b).await),
+            Err(e) => error_response(&e),
+        },
+        (&Method::POST, "/v1/reidentify") => match read_body(v, &parts, body).await {
+            Ok(b) => ok(api::reidentify(v, &ctx, &b).await),
+            Err(e) => error_response(&e),
+        },
+        (&Method::POST, "/v1/records") => match read_body(v, &parts, body).await {
+            Ok(b) => ok(api::records(v, &ctx, &b).await),
+            Err(e) => error_response(&e),
+        },
         (&Method::GET, "/v1/audit") => ok(api::audit(v, &ctx, parts.uri.query())),
         (&Method::GET, "/v1/admin/keys") => ok(admin::keys_status(v, &ctx).await),
         (&Method::POST, "/v1/admin/keys/rotate") => ok(admin::rotate(v, &ctx).await),
@@ -223,6 +257,9 @@ async fn dispatch(conn: &Conn, request_id: String, req: Request<Incoming>) -> Re
             _,
             "/v1/tokenize"
             | "/v1/detokenize"
+            | "/v1/deidentify"
+            | "/v1/reidentify"
+            | "/v1/records"
             | "/v1/audit"
             | "/v1/admin/keys"
             | "/v1/admin/keys/rotate"

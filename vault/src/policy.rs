@@ -212,7 +212,7 @@ fn classes(list: &[String]) -> Vec<Class> {
     list.iter().filter_map(|c| Class::parse(c)).collect()
 }
 
-fn valid_name(s: &str) -> bool {
+pub(crate) fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
         && s.bytes()

@@ -45,6 +45,10 @@ pub struct Vault {
     pub rewrap: crate::rewrap::Rewrap,
     /// What the sweeper does with expired values.
     pub config_on_expiry: crate::config::OnExpiry,
+    /// The token style of each class.
+    pub tokens: crate::tokens::TokenStyles,
+    /// The named document schemas of `POST /v1/records`.
+    pub schemas: std::collections::BTreeMap<String, crate::records::Mapping>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -192,6 +196,14 @@ pub fn build(
         unseal: std::sync::Mutex::new(crate::shares::Collector::default()),
         key_ops: tokio::sync::Mutex::new(()),
         config_on_expiry: cfg.retention.on_expiry,
+        tokens: crate::tokens::TokenStyles::from_config(cfg),
+        // Validation compiled every schema already; one that failed could
+        // not be here.
+        schemas: cfg
+            .schemas
+            .iter()
+            .filter_map(|(name, m)| crate::records::compile(m).ok().map(|m| (name.clone(), m)))
+            .collect(),
         rewrap: crate::rewrap::Rewrap::new(cfg.keys.rewrap_batch.max(1), cfg.keys.rewrap_pause_ms),
     }))
 }

@@ -14,7 +14,7 @@ use vault_sdk::wire::{
 use super::{keyring, now_ms, parse_json, ApiError, Ctx};
 use crate::audit::Draft;
 use crate::classes;
-use crate::crypto::{decode_token, value_aad, TokenBytes};
+use crate::crypto::{value_aad, TokenBytes};
 use crate::keys::Keyring;
 use crate::ledger;
 use crate::policy::{PurposeInfo, Release, DATA_SUBJECT_REQUEST};
@@ -33,7 +33,34 @@ pub async fn detokenize(
     body: &Bytes,
 ) -> Result<DetokenizeResponse, ApiError> {
     let req: DetokenizeRequest = parse_json(body)?;
-    let purpose = match req.purpose.as_deref() {
+    let ask = Ask {
+        action: "detokenize",
+        purpose: req.purpose.as_deref(),
+        reveal: req.reveal,
+        legal_basis: req.legal_basis.as_ref(),
+    };
+    let values = release(v, ctx, &ask, &req.tokens).await?;
+    Ok(DetokenizeResponse { values })
+}
+
+/// A request to release tokens, as detokenize and reidentify make it.
+pub(crate) struct Ask<'a> {
+    /// The audit event's action.
+    pub action: &'static str,
+    pub purpose: Option<&'a str>,
+    pub reveal: Reveal,
+    pub legal_basis: Option<&'a LegalBasis>,
+}
+
+/// Resolves every token as far as the policy allows, audits every outcome
+/// and only then returns them, in order.
+pub(crate) async fn release(
+    v: &Vault,
+    ctx: &Ctx,
+    ask: &Ask<'_>,
+    tokens: &[String],
+) -> Result<Vec<ValueOut>, ApiError> {
+    let purpose = match ask.purpose {
         None | Some("") => return Err(ApiError::PurposeRequired),
         Some(p) => p,
     };
@@ -42,13 +69,13 @@ pub async fn detokenize(
     if purpose == DATA_SUBJECT_REQUEST || !usable {
         return Err(ApiError::PurposeNotAllowed);
     }
-    if req.tokens.len() > v.limits.max_items {
+    if tokens.len() > v.limits.max_items {
         return Err(ApiError::TooManyItems(v.limits.max_items));
     }
     let keys = keyring(v)?;
     let now = now_ms();
     // A legal exception's approval is looked up once for the request.
-    let approval = match (&req.legal_basis, info.legal_exception) {
+    let approval = match (ask.legal_basis, info.legal_exception) {
         (Some(basis), true) => ledger::get_approval(v.store.as_ref(), &basis.approval)
             .map_err(|_| ApiError::Unavailable)?,
         _ => None,
@@ -57,28 +84,32 @@ pub async fn detokenize(
         v,
         ctx,
         keys: &keys,
+        action: ask.action,
         purpose,
         info,
-        reveal: req.reveal,
+        reveal: ask.reveal,
         now,
-        basis: req.legal_basis.as_ref(),
+        basis: ask.legal_basis,
         approval: approval.as_ref(),
         consents: RefCell::new(HashMap::new()),
         subject_keys: RefCell::new(HashMap::new()),
     };
-    let mut values = Vec::with_capacity(req.tokens.len());
-    let mut audit = Vec::with_capacity(req.tokens.len());
-    for token in &req.tokens {
+    let mut values = Vec::with_capacity(tokens.len());
+    let mut audit = Vec::with_capacity(tokens.len());
+    for token in tokens {
         let (out, draft) = one.resolve(token)?;
         values.push(out);
         audit.push(draft);
+    }
+    if audit.is_empty() {
+        return Ok(values);
     }
     v.committer.commit(Batch::default(), audit).await.map_err(|e| {
         tracing::error!(request_id = %ctx.request_id, error = %e, "Audit append failed; nothing released");
         ApiError::Unavailable
     })?;
     count(v, purpose, &values);
-    Ok(DetokenizeResponse { values })
+    Ok(values)
 }
 
 fn count(v: &Vault, purpose: &str, values: &[ValueOut]) {
@@ -109,6 +140,7 @@ struct Lookup<'a> {
     v: &'a Vault,
     ctx: &'a Ctx,
     keys: &'a Arc<Keyring>,
+    action: &'static str,
     purpose: &'a str,
     info: &'a PurposeInfo,
     reveal: Reveal,
@@ -134,7 +166,7 @@ impl Lookup<'_> {
         let mut draft = Draft {
             request_id: self.ctx.request_id.clone(),
             caller: self.ctx.caller.to_string(),
-            action: "detokenize",
+            action: self.action,
             purpose: Some(self.purpose.to_string()),
             outcome: "unknown",
             reference: self
@@ -143,7 +175,7 @@ impl Lookup<'_> {
                 .filter(|r| !r.is_empty()),
             ..Draft::default()
         };
-        let Some(bytes) = decode_token(token) else {
+        let Some(bytes) = self.v.tokens.resolve(self.keys, token) else {
             return Ok((out, draft));
         };
         // A token that is not ours is recorded only by its shape: the audit

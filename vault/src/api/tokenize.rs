@@ -7,9 +7,9 @@ use vault_sdk::wire::{TokenOut, TokenizeRequest, TokenizeResponse};
 
 use super::{keyring, now_ms, parse_json, ApiError, Ctx};
 use crate::audit::Draft;
-use crate::classes::{self, Class};
+use crate::classes::{self, Class, Normalized};
 use crate::commit::CommitError;
-use crate::crypto::{encode_token, value_aad};
+use crate::crypto::value_aad;
 use crate::retention::{expiry_ms, parse_duration};
 use crate::schema::{self, Record};
 use crate::server::Vault;
@@ -24,52 +24,8 @@ pub async fn tokenize(v: &Vault, ctx: &Ctx, body: &Bytes) -> Result<TokenizeResp
     if req.fields.is_empty() {
         return Err(ApiError::BadRequest("fields must not be empty"));
     }
-    if !schema::valid_subject(&req.subject) {
-        return Err(ApiError::InvalidSubject);
-    }
-    if v.policy.purpose(&req.purpose).is_none() {
-        return Err(ApiError::UnknownPurpose);
-    }
-    let requested = match &req.retention {
-        Some(r) => Some(parse_duration(r).map_err(|_| ApiError::InvalidRetention)?),
-        None => None,
-    };
-    // The first values of a new subject race to create its key; the loser
-    // of that compare-and-set simply runs again with the winner's key.
-    let mut attempt = 0;
-    loop {
-        match store_fields(v, ctx, &req, requested).await {
-            Err(ApiError::Conflict) if attempt < 3 => attempt += 1,
-            r => return r,
-        }
-    }
-}
-
-async fn store_fields(
-    v: &Vault,
-    ctx: &Ctx,
-    req: &TokenizeRequest,
-    requested: Option<std::time::Duration>,
-) -> Result<TokenizeResponse, ApiError> {
-    let keys = keyring(v)?;
-    let active = keys.active().map_err(|_| ApiError::Internal)?;
-    let (subject_key, create) =
-        match subject_keys::load_guarded(v.store.as_ref(), &keys, &req.subject) {
-            Ok(Some((k, guard))) => (k, Some(guard)),
-            Ok(None) => {
-                let (k, b) =
-                    subject_keys::create(&keys, &req.subject).map_err(|_| ApiError::Internal)?;
-                (k, Some(b))
-            }
-            Err(subject_keys::SubjectKeyError::Store(_)) => return Err(ApiError::Unavailable),
-            Err(subject_keys::SubjectKeyError::Key(_)) => return Err(ApiError::Internal),
-        };
-    let data_key = active.for_subject(&subject_key);
-    drop(subject_key);
-    let now = now_ms();
-    let mut batch = Batch::default();
-    let mut out = Vec::with_capacity(req.fields.len());
-    let mut counts = [(0u64, 0u64); 11];
+    let collect = Collect::new(v, &req.subject, &req.purpose, req.retention.as_deref())?;
+    let mut items = Vec::with_capacity(req.fields.len());
     for (i, field) in req.fields.iter().enumerate() {
         let class = Class::parse(&field.class).ok_or(ApiError::UnknownClass { field: i })?;
         if !v.policy.may_collect(&ctx.caller, &req.purpose, class) {
@@ -77,10 +33,105 @@ async fn store_fields(
         }
         let norm = classes::normalize(class, &field.value)
             .map_err(|reason| ApiError::InvalidValue { field: i, reason })?;
-        let token = keys.token_key().token(class, norm.token_form());
+        items.push((class, norm));
+    }
+    let tokens = store_values(v, ctx, &collect, &items).await?;
+    Ok(TokenizeResponse { tokens })
+}
+
+/// Where and why values are collected, checked.
+pub(crate) struct Collect<'a> {
+    pub subject: &'a str,
+    pub purpose: &'a str,
+    pub requested: Option<std::time::Duration>,
+    /// The audit event's action: `tokenize`, `deidentify` or `records`.
+    pub action: &'static str,
+}
+
+impl<'a> Collect<'a> {
+    /// Checks the subject, the purpose and the retention asked for.
+    pub fn new(
+        v: &Vault,
+        subject: &'a str,
+        purpose: &'a str,
+        retention: Option<&str>,
+    ) -> Result<Collect<'a>, ApiError> {
+        if !schema::valid_subject(subject) {
+            return Err(ApiError::InvalidSubject);
+        }
+        if v.policy.purpose(purpose).is_none() {
+            return Err(ApiError::UnknownPurpose);
+        }
+        let requested = match retention {
+            Some(r) => Some(parse_duration(r).map_err(|_| ApiError::InvalidRetention)?),
+            None => None,
+        };
+        Ok(Collect {
+            subject,
+            purpose,
+            requested,
+            action: "tokenize",
+        })
+    }
+}
+
+/// Stores validated values of one subject in one durable, atomic write and
+/// returns their tokens in order. Nothing at all is written for no items.
+pub(crate) async fn store_values(
+    v: &Vault,
+    ctx: &Ctx,
+    collect: &Collect<'_>,
+    items: &[(Class, Normalized)],
+) -> Result<Vec<TokenOut>, ApiError> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    // The first values of a new subject race to create its key; the loser
+    // of that compare-and-set simply runs again with the winner's key.
+    let mut attempt = 0;
+    loop {
+        match store_once(v, ctx, collect, items).await {
+            Err(ApiError::Conflict) if attempt < 3 => attempt += 1,
+            r => return r,
+        }
+    }
+}
+
+async fn store_once(
+    v: &Vault,
+    ctx: &Ctx,
+    collect: &Collect<'_>,
+    items: &[(Class, Normalized)],
+) -> Result<Vec<TokenOut>, ApiError> {
+    let subject = collect.subject;
+    let keys = keyring(v)?;
+    let active = keys.active().map_err(|_| ApiError::Internal)?;
+    let (subject_key, create) = match subject_keys::load_guarded(v.store.as_ref(), &keys, subject) {
+        Ok(Some((k, guard))) => (k, Some(guard)),
+        Ok(None) => {
+            let (k, b) = subject_keys::create(&keys, subject).map_err(|_| ApiError::Internal)?;
+            (k, Some(b))
+        }
+        Err(subject_keys::SubjectKeyError::Store(_)) => return Err(ApiError::Unavailable),
+        Err(subject_keys::SubjectKeyError::Key(_)) => return Err(ApiError::Internal),
+    };
+    let data_key = active.for_subject(&subject_key);
+    drop(subject_key);
+    let now = now_ms();
+    let mut batch = Batch::default();
+    let mut out = Vec::with_capacity(items.len());
+    let mut counts = [(0u64, 0u64); 11];
+    for (class, norm) in items {
+        let class = *class;
+        let (token, shown) = v.tokens.issue(&keys, class, norm);
         let rules = &v.policy.retention;
-        let expires = expiry_ms(now, requested, rules.from_collection(class), rules.max);
-        let aad = value_aad(&req.subject, class, data_key.version());
+        let expires = expiry_ms(
+            now,
+            collect.requested,
+            rules.from_collection(class),
+            rules.max,
+        );
+        let aad = value_aad(subject, class, data_key.version());
         let ciphertext = data_key
             .seal(&aad, norm.value().as_bytes())
             .map_err(|_| ApiError::Internal)?;
@@ -89,23 +140,23 @@ async fn store_fields(
             key_version: data_key.version(),
             collected_ms: now,
             expires_ms: expires,
-            purpose: req.purpose.clone(),
+            purpose: collect.purpose.to_string(),
             ciphertext,
         };
         batch.put(
             Space::Values,
-            schema::value_key(&token, &req.subject),
+            schema::value_key(&token, subject),
             record.encode(),
         );
         batch.put(
             Space::Subjects,
-            schema::subject_key(&req.subject, &token),
+            schema::subject_key(subject, &token),
             Vec::new(),
         );
         if let Some(e) = expires {
             batch.put(
                 Space::Expiry,
-                schema::expiry_key(e, &token, &req.subject),
+                schema::expiry_key(e, &token, subject),
                 Vec::new(),
             );
         }
@@ -115,16 +166,16 @@ async fn store_fields(
         }
         out.push(TokenOut {
             class: class.as_str().to_string(),
-            token: encode_token(&token),
+            token: shown,
             flag: norm.flag().map(|f| f.as_str().to_string()),
         });
     }
     let event = Draft {
         request_id: ctx.request_id.clone(),
         caller: ctx.caller.to_string(),
-        action: "tokenize",
-        purpose: Some(req.purpose.clone()),
-        subject: Some(req.subject.clone()),
+        action: collect.action,
+        purpose: Some(collect.purpose.to_string()),
+        subject: Some(subject.to_string()),
         class: Some(class_list(&counts)),
         outcome: "stored",
         ..Draft::default()
@@ -147,7 +198,7 @@ async fn store_fields(
             v.metrics.tokenized(class.as_str(), n, flagged);
         }
     }
-    Ok(TokenizeResponse { tokens: out })
+    Ok(out)
 }
 
 /// The classes present, comma-separated in class order, for the audit event.

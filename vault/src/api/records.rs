@@ -1,0 +1,167 @@
+//! `POST /v1/records`: a whole JSON document (an application form, say)
+//! comes in; the leaves a mapping names are tokenized (or masked, or
+//! redacted), other string leaves are scanned like deidentify when asked,
+//! and the document goes back with tokens in place. Invariant: the whole
+//! document is checked and every replacement decided before anything is
+//! written, and all its values are stored in one atomic write, so a failed
+//! request stores nothing.
+
+use std::collections::BTreeSet;
+
+use bytes::Bytes;
+use serde_json::Value;
+use vault_sdk::wire::{DeidentifyMode, RecordField, RecordsRequest, RecordsResponse};
+
+use super::deidentify::{render, Plan, Replacement, Span};
+use super::tokenize::{store_values, Collect};
+use super::{keyring, parse_json, ApiError, Ctx};
+use crate::classes;
+use crate::records::{compile, string_leaves, Mapping};
+use crate::server::Vault;
+
+/// One leaf to rewrite: where, and with what.
+enum Change {
+    /// A mapped leaf, replaced whole.
+    Mapped {
+        pointer: String,
+        class: classes::Class,
+        with: Replacement,
+    },
+    /// A scanned leaf, with the findings in it.
+    Scanned { pointer: String, spans: Vec<Span> },
+}
+
+pub async fn records(v: &Vault, ctx: &Ctx, body: &Bytes) -> Result<RecordsResponse, ApiError> {
+    let req: RecordsRequest = parse_json(body)?;
+    // Sealed means no processing of PII at all, storing or not.
+    keyring(v)?;
+    let collect = Collect {
+        action: "records",
+        ..Collect::new(v, &req.subject, &req.purpose, req.retention.as_deref())?
+    };
+    let inline;
+    let mapping: &Mapping = match (&req.mapping, &req.schema) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "give either mapping or schema, not both",
+            ))
+        }
+        (Some(m), None) => {
+            inline = compile(m).map_err(ApiError::BadMapping)?;
+            &inline
+        }
+        (None, Some(name)) => v.schemas.get(name).ok_or(ApiError::UnknownSchema)?,
+        (None, None) if req.scan => {
+            inline = Vec::new();
+            &inline
+        }
+        (None, None) => {
+            return Err(ApiError::BadRequest(
+                "give a mapping or a schema, or ask for scan",
+            ))
+        }
+    };
+    let mut plan = Plan::new(v, ctx, req.mode, &req.purpose);
+    let mut changes = Vec::new();
+    let mut mapped = BTreeSet::new();
+    for (_, pattern, class) in mapping {
+        for pointer in pattern.matches(&req.document) {
+            let leaf = match req.document.pointer(&pointer) {
+                Some(Value::Null) | None => continue,
+                Some(Value::String(s)) => s,
+                Some(_) => return Err(ApiError::LeafNotString { pointer }),
+            };
+            if !mapped.insert(pointer.clone()) {
+                return Err(ApiError::LeafMappedTwice { pointer });
+            }
+            if req.mode == DeidentifyMode::Tokenize
+                && !v.policy.may_collect(&ctx.caller, &req.purpose, *class)
+            {
+                return Err(ApiError::LeafNotAllowed { pointer });
+            }
+            let norm = match classes::normalize(*class, leaf) {
+                Ok(n) => n,
+                Err(reason) => return Err(ApiError::LeafInvalid { pointer, reason }),
+            };
+            let with = plan.decide(*class, norm, false)?;
+            changes.push(Change::Mapped {
+                pointer,
+                class: *class,
+                with,
+            });
+        }
+    }
+    if req.scan {
+        for pointer in string_leaves(&req.document) {
+            if mapped.contains(&pointer) {
+                continue;
+            }
+            let Some(Value::String(text)) = req.document.pointer(&pointer) else {
+                continue;
+            };
+            let spans = plan.scan(text)?;
+            if !spans.is_empty() {
+                changes.push(Change::Scanned { pointer, spans });
+            }
+        }
+    }
+    let tokens: Vec<String> = if req.mode == DeidentifyMode::Tokenize {
+        store_values(v, ctx, &collect, &plan.items)
+            .await?
+            .into_iter()
+            .map(|t| t.token)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut document = req.document;
+    let mut fields = Vec::new();
+    for change in changes {
+        match change {
+            Change::Mapped {
+                pointer,
+                class,
+                with,
+            } => {
+                let token = with.item().and_then(|i| tokens.get(i)).cloned();
+                let new = match &with {
+                    Replacement::Masked(m) => m.clone(),
+                    Replacement::Token(_) | Replacement::Marker(_) => {
+                        token.clone().unwrap_or_default()
+                    }
+                    Replacement::Redacted => format!("[[{}]]", class.as_str()),
+                };
+                if let Some(slot) = document.pointer_mut(&pointer) {
+                    *slot = Value::String(new);
+                }
+                fields.push(RecordField {
+                    pointer,
+                    class: class.as_str().to_string(),
+                    action: with.action().to_string(),
+                    token,
+                    start: None,
+                    end: None,
+                });
+            }
+            Change::Scanned { pointer, spans } => {
+                if let Some(slot) = document.pointer_mut(&pointer) {
+                    if let Value::String(text) = slot {
+                        let new = render(text, &spans, &tokens);
+                        *slot = Value::String(new);
+                    }
+                }
+                for s in spans {
+                    fields.push(RecordField {
+                        pointer: pointer.clone(),
+                        class: s.found.class.as_str().to_string(),
+                        action: s.with.action().to_string(),
+                        token: s.with.item().and_then(|i| tokens.get(i)).cloned(),
+                        start: Some(s.found.start),
+                        end: Some(s.found.end),
+                    });
+                }
+            }
+        }
+    }
+    Ok(RecordsResponse { document, fields })
+}
