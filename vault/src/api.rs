@@ -109,6 +109,15 @@ pub fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
         // A schema error can surface before a later syntax error (`[1,2`
         // fails on the `1`), so a body that is not JSON at all is told
         // apart by a second, schema-free parse, only on this error path.
+        // That parse skips strings without checking them, so invalid UTF-8
+        // is looked for first.
+        if let Err(bad) = std::str::from_utf8(body) {
+            let valid = body.get(..bad.valid_up_to()).unwrap_or_default();
+            return ApiError::MalformedJson {
+                line: 1 + valid.iter().filter(|b| **b == b'\n').count(),
+                column: 1 + valid.iter().rev().take_while(|b| **b != b'\n').count(),
+            };
+        }
         if let Err(syntax) = serde_json::from_slice::<serde::de::IgnoredAny>(body) {
             return ApiError::MalformedJson {
                 line: syntax.line(),
