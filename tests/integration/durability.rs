@@ -11,13 +11,14 @@ use crate::harness::*;
 use vault_sdk::wire::Status;
 use vault_sdk::{Client, ClientBuilder};
 
-pub struct ChildVault {
-    pub child: Child,
-    pub api: String,
+pub(crate) struct ChildVault {
+    pub(crate) child: Child,
+    pub(crate) api: String,
     stderr: Arc<Mutex<String>>,
 }
 
-pub fn spawn(dir: &std::path::Path) -> ChildVault {
+/// A child `vault dev` on `dir`, ready (also used by `abuse.rs`).
+pub(crate) fn spawn(dir: &std::path::Path) -> ChildVault {
     spawn_with(dir, &[])
 }
 
@@ -53,7 +54,7 @@ fn spawn_with(dir: &std::path::Path, env: &[(&str, &str)]) -> ChildVault {
     ChildVault { child, api, stderr }
 }
 
-pub fn client(dir: &std::path::Path, api: &str) -> Client {
+pub(crate) fn client(dir: &std::path::Path, api: &str) -> Client {
     client_as(dir, api, "app")
 }
 

@@ -10,6 +10,7 @@
 
 mod harness;
 
+mod abuse;
 mod audit;
 mod crash;
 mod deidentify;

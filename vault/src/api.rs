@@ -130,6 +130,15 @@ pub fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
         if e.to_string().starts_with("recursion limit exceeded") {
             return ApiError::TooDeep;
         }
+        // That parse skips strings without checking them, so invalid UTF-8
+        // is looked for first.
+        if let Err(bad) = std::str::from_utf8(body) {
+            let valid = body.get(..bad.valid_up_to()).unwrap_or_default();
+            return ApiError::MalformedJson {
+                line: 1 + valid.iter().filter(|b| **b == b'\n').count(),
+                column: 1 + valid.iter().rev().take_while(|b| **b != b'\n').count(),
+            };
+        }
         if let Err(syntax) = serde_json::from_slice::<serde::de::IgnoredAny>(body) {
             return ApiError::MalformedJson {
                 line: syntax.line(),

@@ -57,6 +57,8 @@ pub struct Server {
     pub request_timeout_ms: u64,
     #[serde(default = "default_handshake")]
     pub handshake_timeout_ms: u64,
+    #[serde(default = "default_idle")]
+    pub idle_timeout_ms: u64,
     #[serde(default = "default_concurrency")]
     pub max_concurrent_requests: usize,
     #[serde(default = "default_connections")]
@@ -93,6 +95,9 @@ fn default_timeout() -> u64 {
 }
 fn default_handshake() -> u64 {
     5_000
+}
+fn default_idle() -> u64 {
+    60_000
 }
 fn default_concurrency() -> usize {
     1024
@@ -280,6 +285,22 @@ impl Config {
         }
         if self.server.max_concurrent_requests == 0 {
             p.push("server.max-concurrent-requests: must be at least 1".into());
+        }
+        if self.server.max_connections == 0 || self.server.max_connections > 1_000_000 {
+            p.push("server.max-connections: must be 1..=1000000".into());
+        }
+        for (key, ms) in [
+            ("server.request-timeout-ms", self.server.request_timeout_ms),
+            (
+                "server.handshake-timeout-ms",
+                self.server.handshake_timeout_ms,
+            ),
+            ("server.idle-timeout-ms", self.server.idle_timeout_ms),
+        ] {
+            // Zero would cut every connection at once; a day is no bound.
+            if ms == 0 || ms > 86_400_000 {
+                p.push(format!("{key}: must be 1..=86400000"));
+            }
         }
         if !matches!(self.tls.min_version.as_str(), "1.2" | "1.3") {
             p.push("tls.min-version: must be \"1.3\" or \"1.2\"".into());

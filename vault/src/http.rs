@@ -1,7 +1,8 @@
 //! The HTTP layer: both listeners, the request stack, routing, and the one
 //! place where an error becomes a status and a code. The stack, outermost
 //! first: connection limit, TLS handshake under a deadline with the client
-//! certificate required, caller identity, request id, metrics, concurrency
+//! certificate required, the connection's protocol and deadlines
+//! (`http/conn.rs`), caller identity, request id, metrics, concurrency
 //! limit with load shedding, request deadline, body limit, router, handler.
 
 use std::convert::Infallible;
@@ -14,9 +15,7 @@ use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -25,6 +24,8 @@ use vault_sdk::wire::{ErrorBody, ErrorDetail};
 
 use crate::api::{self, admin, ApiError, Ctx};
 use crate::server::Vault;
+
+mod conn;
 
 type Body = Full<Bytes>;
 
@@ -156,6 +157,24 @@ struct Conn {
     vault: Arc<Vault>,
     caller: Option<Arc<str>>,
     permits: Arc<Semaphore>,
+    activity: conn::Activity,
+}
+
+/// Counts a request in the in-flight gauge until dropped, also when the
+/// client cancels it.
+struct InFlight<'a>(&'a crate::metrics::Metrics);
+
+impl<'a> InFlight<'a> {
+    fn new(m: &'a crate::metrics::Metrics) -> InFlight<'a> {
+        m.in_flight().inc();
+        InFlight(m)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight().dec();
+    }
 }
 
 async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
@@ -163,7 +182,8 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
     let rid = request_id();
     let route = route_of(req.method(), req.uri().path());
     let v = &conn.vault;
-    v.metrics.in_flight().inc();
+    let busy = conn.activity.begin();
+    let in_flight = InFlight::new(&v.metrics);
     let mut resp = match conn.permits.clone().try_acquire_owned() {
         Err(_) => error_response(&ApiError::Overloaded),
         Ok(_permit) => {
@@ -174,7 +194,8 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
             }
         }
     };
-    v.metrics.in_flight().dec();
+    drop(in_flight);
+    drop(busy);
     v.metrics.observe_request(
         route,
         resp.status().as_u16(),
@@ -361,23 +382,8 @@ async fn read_body(
     }
 }
 
-fn connection_builder(v: &Vault) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(v.limits.handshake_timeout)
-        .max_buf_size(64 * 1024);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
-        .max_header_list_size(32 * 1024)
-        .max_send_buf_size(1 << 20)
-        .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
-        .keep_alive_timeout(std::time::Duration::from_secs(10));
-    b
-}
-
-/// Accepts TLS connections until `stop` turns true, then drains.
+/// Accepts TLS connections until `stop` turns true, then drains: every
+/// connection is closed gracefully and waited for, up to a bound.
 pub async fn serve_api(
     vault: Arc<Vault>,
     listener: TcpListener,
@@ -385,10 +391,10 @@ pub async fn serve_api(
     mut stop: watch::Receiver<bool>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let graceful = GracefulShutdown::new();
-    let conns = Arc::new(Semaphore::new(vault.limits.max_connections));
+    let max_conns = vault.limits.max_connections;
+    let conns = Arc::new(Semaphore::new(max_conns));
     let permits = Arc::new(Semaphore::new(vault.limits.max_concurrent_requests));
-    let builder = Arc::new(connection_builder(&vault));
+    let builders = Arc::new(conn::Builders::new(&vault.limits));
     loop {
         let (tcp, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -409,22 +415,26 @@ pub async fn serve_api(
         let acceptor = acceptor.clone();
         let vault = vault.clone();
         let permits = permits.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let builders = builders.clone();
+        let stop = stop.clone();
         tokio::spawn(async move {
             let _conn_permit = conn_permit;
-            let deadline = vault.limits.handshake_timeout;
-            let tls = match tokio::time::timeout(deadline, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let caller = tls
-                .get_ref()
-                .1
+            let limits = vault.limits;
+            let tls =
+                match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!("TLS handshake timed out");
+                        return;
+                    }
+                };
+            let session = tls.get_ref().1;
+            let h2 = session.alpn_protocol() == Some(b"h2".as_slice());
+            let caller = session
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .and_then(crate::tls::caller_name)
@@ -433,20 +443,24 @@ pub async fn serve_api(
                 vault,
                 caller,
                 permits,
+                activity: conn::Activity::new(),
             });
+            let svc_conn = conn.clone();
             let svc = service_fn(move |req| {
-                let conn = conn.clone();
+                let conn = svc_conn.clone();
                 async move { Ok::<_, Infallible>(handle(conn, req).await) }
             });
-            let serving = builder.serve_connection(TokioIo::new(tls), svc);
-            if let Err(e) = watcher.watch(serving.into_owned()).await {
-                tracing::debug!(error = %e, "Connection ended with an error");
-            }
+            let io = TokioIo::new(tls);
+            conn::serve(&builders, h2, io, svc, &conn.activity, &limits, stop).await;
         });
     }
     drop(listener);
-    let drain = vault.limits.request_timeout + std::time::Duration::from_secs(1);
-    let _ = tokio::time::timeout(drain, graceful.shutdown()).await;
+    // Every connection task holds one permit until it ends: all of them
+    // back means all connections are closed.
+    let all = u32::try_from(max_conns).unwrap_or(u32::MAX);
+    let l = vault.limits;
+    let drain = l.handshake_timeout + l.request_timeout + std::time::Duration::from_secs(2);
+    let _ = tokio::time::timeout(drain, conns.acquire_many(all)).await;
 }
 
 /// The ops listener: `/metrics`, `/healthz`, `/readyz`, plain HTTP/1.1.

@@ -24,6 +24,7 @@ pub struct Limits {
     pub max_items: usize,
     pub request_timeout: Duration,
     pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
     pub max_concurrent_requests: usize,
     pub max_connections: usize,
 }
@@ -190,6 +191,7 @@ pub fn build(
             max_items: s.max_items,
             request_timeout: Duration::from_millis(s.request_timeout_ms),
             handshake_timeout: Duration::from_millis(s.handshake_timeout_ms),
+            idle_timeout: Duration::from_millis(s.idle_timeout_ms),
             max_concurrent_requests: s.max_concurrent_requests,
             max_connections: s.max_connections,
         },

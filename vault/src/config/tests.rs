@@ -25,6 +25,8 @@ fn the_example_parses_and_validates() {
     let cfg = load(EXAMPLE, &[]).unwrap();
     assert_eq!(cfg.server.api_addr, "127.0.0.1:8443");
     assert_eq!(cfg.server.max_body_bytes, 1 << 20);
+    assert_eq!(cfg.server.handshake_timeout_ms, 5_000);
+    assert_eq!(cfg.server.idle_timeout_ms, 60_000);
     assert_eq!(cfg.grants.len(), 5);
     let policy = Policy::from_config(&cfg);
     assert!(policy.may_collect("app", "traffic_statistics", Class::Ip));
@@ -107,6 +109,24 @@ fn every_problem_is_listed() {
         assert!(all.contains(needle), "missing {needle} in:\n{all}");
     }
     assert!(errs.len() >= 7);
+}
+
+#[test]
+fn connection_deadlines_and_limits_are_bounded() {
+    let text = EXAMPLE
+        .replace("idle-timeout-ms = 60000", "idle-timeout-ms = 0")
+        .replace("handshake-timeout-ms = 5000", "handshake-timeout-ms = 0")
+        .replace("max-connections = 4096", "max-connections = 0");
+    let all = load(&text, &[]).unwrap_err().to_string();
+    for key in [
+        "server.idle-timeout-ms",
+        "server.handshake-timeout-ms",
+        "server.max-connections",
+    ] {
+        assert!(all.contains(key), "missing {key} in:\n{all}");
+    }
+    let cfg = load(EXAMPLE, &[("VAULT__SERVER__IDLE_TIMEOUT_MS", "250")]).unwrap();
+    assert_eq!(cfg.server.idle_timeout_ms, 250);
 }
 
 #[test]

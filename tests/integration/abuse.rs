@@ -1,0 +1,972 @@
+//! Hostile clients at the door: slowloris and silent connections cut by
+//! deadlines, idle keep-alive connections closed, oversized heads and bodies
+//! refused, JSON built to hurt the parser refused with nothing stored,
+//! HTTP/2 stream floods and rapid resets survived, bad client certificates
+//! refused in the handshake, and the peak memory of a child vault under
+//! sustained load. Every test keeps its deadlines small so it ends in a few
+//! seconds.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls;
+use tokio_rustls::TlsConnector;
+use vault::store::Space;
+
+use crate::harness::*;
+
+// ---------------------------------------------------------------------------
+// Raw clients
+
+/// A TLS connector trusting the vault's CA, presenting `who`'s certificate
+/// (none when `who` is `None`), offering `alpn`.
+fn connector(tls: &Path, who: Option<&str>, alpn: &[&[u8]]) -> TlsConnector {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in vault::tls::load_certs(&tls.join("ca.pem")).unwrap() {
+        roots.add(c).unwrap();
+    }
+    let b = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut cfg = match who {
+        Some(who) => b
+            .with_client_auth_cert(
+                vault::tls::load_certs(&tls.join(format!("{who}.pem"))).unwrap(),
+                vault::tls::load_key(&tls.join(format!("{who}.key"))).unwrap(),
+            )
+            .unwrap(),
+        None => b.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    TlsConnector::from(Arc::new(cfg))
+}
+
+/// A TLS connection as `app`, handshake done, ALPN `alpn`.
+async fn tls_conn(v: &TestVault, alpn: &[u8]) -> TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(v.api).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let s = connector(&v.tls(), Some("app"), &[alpn])
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(alpn));
+    s
+}
+
+/// Reads until the peer closes (EOF or error); how long that took from
+/// `since`, or `None` if it was still open after `limit`.
+async fn closed_within<S: AsyncReadExt + Unpin>(
+    s: &mut S,
+    since: Instant,
+    limit: Duration,
+) -> Option<Duration> {
+    let mut buf = vec![0u8; 16 * 1024];
+    let read_all = async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(limit.saturating_sub(since.elapsed()), read_all)
+        .await
+        .ok()
+        .map(|()| since.elapsed())
+}
+
+/// Reads one HTTP/1.1 response head and its Content-Length body:
+/// (status, head and body as text).
+async fn read_h1_response<S: AsyncReadExt + Unpin>(s: &mut S) -> Option<(u16, String)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            while buf.len() < end + 4 + len {
+                let n = s.read(&mut chunk).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let status = head.split(' ').nth(1)?.parse().ok()?;
+            return Some((
+                status,
+                String::from_utf8_lossy(&buf[..end + 4 + len]).to_string(),
+            ));
+        }
+        let n = s.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Raw HTTP/2 frames, written by hand so a test can do what a well-behaved
+/// client library never would.
+mod h2raw {
+    use super::*;
+
+    pub const HEADERS: u8 = 1;
+    pub const RST_STREAM: u8 = 3;
+    pub const SETTINGS: u8 = 4;
+    pub const PING: u8 = 6;
+    pub const GOAWAY: u8 = 7;
+    pub const CONTINUATION: u8 = 9;
+    pub const END_STREAM: u8 = 1;
+    pub const END_HEADERS: u8 = 4;
+    pub const CANCEL: u32 = 8;
+
+    pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// An HPACK integer with an `n`-bit prefix and the given first-byte flags.
+    fn int(out: &mut Vec<u8>, flags: u8, n: u32, mut v: usize) {
+        let max = (1usize << n) - 1;
+        if v < max {
+            out.push(flags | v as u8);
+            return;
+        }
+        out.push(flags | max as u8);
+        v -= max;
+        while v >= 128 {
+            out.push((v % 128) as u8 | 0x80);
+            v /= 128;
+        }
+        out.push(v as u8);
+    }
+
+    fn string(out: &mut Vec<u8>, s: &[u8]) {
+        int(out, 0, 7, s.len());
+        out.extend_from_slice(s);
+    }
+
+    /// A header block for `method path` (static-table names, literal values,
+    /// no Huffman, nothing indexed) plus `extra` headers.
+    pub fn block(post: bool, path: &str, extra: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = vec![if post { 0x83 } else { 0x82 }, 0x87];
+        int(&mut b, 0, 4, 4); // :path, literal without indexing
+        string(&mut b, path.as_bytes());
+        int(&mut b, 0, 4, 1); // :authority
+        string(&mut b, b"localhost");
+        for (name, value) in extra {
+            b.push(0);
+            string(&mut b, name.as_bytes());
+            string(&mut b, value);
+        }
+        b
+    }
+
+    /// HEADERS (and CONTINUATION frames when the block exceeds 16 KiB).
+    pub fn headers(stream: u32, block: &[u8], end_stream: bool) -> Vec<u8> {
+        let es = if end_stream { END_STREAM } else { 0 };
+        let chunks: Vec<&[u8]> = block.chunks(16_384).collect();
+        let mut out = Vec::new();
+        for (i, c) in chunks.iter().enumerate() {
+            let last = i + 1 == chunks.len();
+            let eh = if last { END_HEADERS } else { 0 };
+            if i == 0 {
+                out.extend(frame(HEADERS, es | eh, stream, c));
+            } else {
+                out.extend(frame(CONTINUATION, eh, stream, c));
+            }
+        }
+        out
+    }
+
+    pub fn rst(stream: u32, code: u32) -> Vec<u8> {
+        frame(RST_STREAM, 0, stream, &code.to_be_bytes())
+    }
+
+    pub async fn read_frame<S: AsyncReadExt + Unpin>(s: &mut S) -> Option<(u8, u8, u32, Vec<u8>)> {
+        let mut h = [0u8; 9];
+        s.read_exact(&mut h).await.ok()?;
+        let len = (h[0] as usize) << 16 | (h[1] as usize) << 8 | h[2] as usize;
+        let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+        let mut p = vec![0u8; len];
+        s.read_exact(&mut p).await.ok()?;
+        Some((h[3], h[4], stream, p))
+    }
+
+    /// Connection preface and settings exchange: returns the server's
+    /// SETTINGS_MAX_CONCURRENT_STREAMS.
+    pub async fn handshake(s: &mut TlsStream<TcpStream>) -> Option<u32> {
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        out.extend(frame(SETTINGS, 0, 0, &[]));
+        s.write_all(&out).await.unwrap();
+        loop {
+            let (kind, flags, _, p) = read_frame(s).await.unwrap();
+            if kind == SETTINGS && flags & 1 == 0 {
+                s.write_all(&frame(SETTINGS, 1, 0, &[])).await.unwrap();
+                return p.chunks(6).find_map(|c| {
+                    (u16::from_be_bytes([c[0], c[1]]) == 3)
+                        .then(|| u32::from_be_bytes([c[2], c[3], c[4], c[5]]))
+                });
+            }
+        }
+    }
+}
+
+/// Peak resident memory (VmHWM) of a process, in bytes.
+fn peak_rss(pid: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap();
+    kb * 1024
+}
+
+/// The vault answers a normal request over HTTP/2 and HTTP/1.1.
+async fn still_serves(v: &TestVault) {
+    for h2 in [true, false] {
+        let c = v.builder("app").http2(h2).build().unwrap();
+        let started = Instant::now();
+        let t = tokenize_one(&c, "acct-alive", "notification", "phone", "13800138000").await;
+        assert!(!t.is_empty());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "slow after abuse"
+        );
+    }
+}
+
+/// The `vault_http_in_flight_requests` gauge comes back to zero: no
+/// request, even one a client abandoned, is counted forever.
+async fn in_flight_returns_to_zero(v: &TestVault) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let (_, m) = v.ops_get("/metrics").await;
+        let g = m
+            .lines()
+            .find_map(|l| l.strip_prefix("vault_http_in_flight_requests "))
+            .unwrap()
+            .to_string();
+        if g == "0" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "in-flight gauge stuck at {g}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 1. Deadlines
+
+#[tokio::test]
+async fn a_slowloris_header_is_cut_by_the_header_deadline() {
+    let v = TestVault::start_with(|c| c.server.handshake_timeout_ms = 800).await;
+    let s = tls_conn(&v, b"http/1.1").await;
+    let since = Instant::now();
+    let (mut r, mut w) = tokio::io::split(s);
+    // One byte every 150 ms: a header that never ends.
+    let dribble = tokio::spawn(async move {
+        let head = b"POST /v1/tokenize HTTP/1.1\r\nHost: localhost\r\nX-Slow: ";
+        for b in head.iter().chain(std::iter::repeat(&b'a')) {
+            if w.write_all(&[*b]).await.is_err() || w.flush().await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    });
+    let took = closed_within(&mut r, since, Duration::from_secs(4))
+        .await
+        .expect("a dribbling header kept its connection for 4 s");
+    dribble.abort();
+    println!("slowloris connection closed after {took:?}");
+    assert!(
+        took >= Duration::from_millis(700),
+        "closed too early: {took:?}"
+    );
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+    still_serves(&v).await;
+}
+
+#[tokio::test]
+async fn a_tcp_client_that_never_starts_tls_is_cut_by_the_handshake_deadline() {
+    let v = TestVault::start_with(|c| c.server.handshake_timeout_ms = 500).await;
+    let since = Instant::now();
+    let mut tcp = TcpStream::connect(v.api).await.unwrap();
+    let took = closed_within(&mut tcp, since, Duration::from_secs(3))
+        .await
+        .expect("a silent TCP client kept its connection for 3 s");
+    println!("silent TCP connection closed after {took:?}");
+    assert!(took >= Duration::from_millis(400), "{took:?}");
+    // A client that starts TLS and stops halfway is cut the same way.
+    let since = Instant::now();
+    let mut tcp = TcpStream::connect(v.api).await.unwrap();
+    tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .await
+        .unwrap();
+    assert!(closed_within(&mut tcp, since, Duration::from_secs(3))
+        .await
+        .is_some());
+}
+
+#[tokio::test]
+async fn a_client_silent_after_the_handshake_is_cut() {
+    // The header deadline is long here: the idle deadline must do it, for
+    // HTTP/2 (no preface ever) as for HTTP/1.1 (no request ever).
+    let v = TestVault::start_with(|c| {
+        c.server.handshake_timeout_ms = 10_000;
+        c.server.idle_timeout_ms = 300;
+        c.server.request_timeout_ms = 1_000;
+    })
+    .await;
+    for alpn in [b"h2".as_slice(), b"http/1.1"] {
+        let mut s = tls_conn(&v, alpn).await;
+        let since = Instant::now();
+        let took = closed_within(&mut s, since, Duration::from_secs(4))
+            .await
+            .unwrap_or_else(|| {
+                panic!(
+                    "{} connection without a request kept for 4 s",
+                    String::from_utf8_lossy(alpn)
+                )
+            });
+        println!(
+            "silent {} connection closed after {took:?}",
+            String::from_utf8_lossy(alpn)
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_idle_http1_keep_alive_connection_is_closed_and_a_busy_one_is_not() {
+    let v = TestVault::start_with(|c| c.server.idle_timeout_ms = 300).await;
+    let mut s = tls_conn(&v, b"http/1.1").await;
+    // Busy: a request every 100 ms for a second, all on this connection.
+    for _ in 0..10 {
+        s.write_all(b"GET /v1/nothing HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let (status, _) = read_h1_response(&mut s).await.expect("closed while busy");
+        assert_eq!(status, 404);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let since = Instant::now();
+    let took = closed_within(&mut s, since, Duration::from_secs(3))
+        .await
+        .expect("idle HTTP/1.1 connection kept for 3 s");
+    println!("idle HTTP/1.1 connection closed after {took:?}");
+    assert!(took >= Duration::from_millis(150), "{took:?}");
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_gets_goaway_and_is_closed() {
+    let v = TestVault::start_with(|c| c.server.idle_timeout_ms = 300).await;
+    let mut s = tls_conn(&v, b"h2").await;
+    h2raw::handshake(&mut s).await;
+    s.write_all(&h2raw::headers(
+        1,
+        &h2raw::block(false, "/v1/nothing", &[]),
+        true,
+    ))
+    .await
+    .unwrap();
+    let since = Instant::now();
+    let mut answered = false;
+    let mut goaway = false;
+    let took = tokio::time::timeout(Duration::from_secs(3), async {
+        while let Some((kind, flags, stream, p)) = h2raw::read_frame(&mut s).await {
+            answered |= kind == h2raw::HEADERS && stream == 1;
+            goaway |= kind == h2raw::GOAWAY;
+            // A graceful GOAWAY waits for a PING round trip.
+            if kind == h2raw::PING && flags & 1 == 0 {
+                let _ = s.write_all(&h2raw::frame(h2raw::PING, 1, 0, &p)).await;
+            }
+        }
+        since.elapsed()
+    })
+    .await
+    .expect("idle HTTP/2 connection kept for 3 s");
+    println!("idle HTTP/2 connection closed after {took:?}");
+    assert!(answered && goaway, "answered {answered}, goaway {goaway}");
+    assert!(took >= Duration::from_millis(250), "{took:?}");
+}
+
+// ---------------------------------------------------------------------------
+// 2. Oversized heads and bodies
+
+#[tokio::test]
+async fn oversized_http1_heads_are_refused() {
+    let v = TestVault::start().await;
+    let big = format!(
+        "GET /v1/nothing HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    let many = format!(
+        "GET /v1/nothing HTTP/1.1\r\nHost: localhost\r\n{}\r\n",
+        (0..500)
+            .map(|i| format!("X-H{i}: v\r\n"))
+            .collect::<String>()
+    );
+    for (what, req) in [("a 100 KiB header", big), ("500 headers", many)] {
+        let mut s = tls_conn(&v, b"http/1.1").await;
+        // The server may refuse before it has read everything.
+        let _ = s.write_all(req.as_bytes()).await;
+        match read_h1_response(&mut s).await {
+            Some((status, _)) => assert_eq!(status, 431, "{what}"),
+            None => println!("{what}: connection closed without a response"),
+        }
+        assert!(
+            closed_within(&mut s, Instant::now(), Duration::from_secs(2))
+                .await
+                .is_some()
+        );
+    }
+    still_serves(&v).await;
+}
+
+#[tokio::test]
+async fn oversized_http2_header_lists_are_refused() {
+    let v = TestVault::start().await;
+    let big = vec![b'a'; 100 * 1024];
+    // 500 headers of 64 bytes: about 50 KiB as HTTP/2 counts a header list.
+    let many: Vec<(String, Vec<u8>)> = (0..500)
+        .map(|i| (format!("x-h{i}"), vec![b'v'; 64]))
+        .collect();
+    let many: Vec<(&str, &[u8])> = many
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_slice()))
+        .collect();
+    let big_set: Vec<(&str, &[u8])> = vec![("x-big", big.as_slice())];
+    for (what, extra) in [("a 100 KiB header", &big_set), ("500 headers", &many)] {
+        let mut s = tls_conn(&v, b"h2").await;
+        h2raw::handshake(&mut s).await;
+        let _ = s
+            .write_all(&h2raw::headers(
+                1,
+                &h2raw::block(false, "/v1/nothing", extra),
+                true,
+            ))
+            .await;
+        let outcome = tokio::time::timeout(Duration::from_secs(3), async {
+            while let Some((kind, _, stream, p)) = h2raw::read_frame(&mut s).await {
+                match kind {
+                    h2raw::HEADERS if stream == 1 => {
+                        // 0x88 is `:status: 200` from the static table.
+                        assert_ne!(p.first(), Some(&0x88), "{what} was served");
+                        return "refused with a status";
+                    }
+                    h2raw::RST_STREAM if stream == 1 => return "stream reset",
+                    h2raw::GOAWAY => return "goaway",
+                    _ => {}
+                }
+            }
+            "connection closed"
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer in 3 s"));
+        println!("HTTP/2 {what}: {outcome}");
+    }
+    still_serves(&v).await;
+}
+
+#[tokio::test]
+async fn an_oversized_chunked_body_gets_413() {
+    let v = TestVault::start().await;
+    let mut s = tls_conn(&v, b"http/1.1").await;
+    s.write_all(
+        b"POST /v1/tokenize HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (mut r, mut w) = tokio::io::split(s);
+    let writer = tokio::spawn(async move {
+        let chunk = format!("10000\r\n{}\r\n", "a".repeat(0x10000));
+        // 2 MiB without a declared length; the server may stop reading.
+        for _ in 0..32 {
+            if w.write_all(chunk.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+        let _ = w.write_all(b"0\r\n\r\n").await;
+    });
+    let (status, text) = tokio::time::timeout(Duration::from_secs(5), read_h1_response(&mut r))
+        .await
+        .unwrap()
+        .expect("no response to an oversized chunked body");
+    writer.abort();
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("body_too_large"), "{text}");
+    // And with a declared length over the limit, refused before the body.
+    let mut s = tls_conn(&v, b"http/1.1").await;
+    s.write_all(
+        b"POST /v1/tokenize HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2000000000\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    let (status, text) = tokio::time::timeout(Duration::from_secs(3), read_h1_response(&mut s))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("body_too_large"), "{text}");
+    assert!(v
+        .store()
+        .scan(Space::Values, b"", None, 1)
+        .unwrap()
+        .is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// 3. JSON abuse
+
+#[tokio::test]
+async fn json_built_to_hurt_the_parser_gets_400_and_stores_nothing() {
+    let v = TestVault::start().await;
+    let c = v.client("app");
+    let deep = "[".repeat(10_000);
+    let deep_obj = "{\"a\":".repeat(10_000);
+    let digits = "9".repeat(10_000);
+    let fields = r#""fields":[{"class":"phone","value":"13800138000"}]"#;
+    let mut bad_utf8 = br#"{"subject":"acct-x"#.to_vec();
+    bad_utf8.extend_from_slice(&[0xff, 0xfe]);
+    bad_utf8.extend_from_slice(format!(r#"","purpose":"notification",{fields}}}"#).as_bytes());
+    let lone_surrogate =
+        format!(r#"{{"subject":"acct-\ud800","purpose":"notification",{fields}}}"#).into_bytes();
+    let tokenize: Vec<(&str, Vec<u8>, &[&str])> = vec![
+        ("10,000 [", deep.clone().into_bytes(), &["too_deep", "malformed_json", "invalid_request"]),
+        ("10,000 nested objects", deep_obj.clone().into_bytes(), &["too_deep", "malformed_json", "invalid_request"]),
+        (
+            "deep nesting inside fields",
+            format!(r#"{{"subject":"acct-x","purpose":"notification","fields":{deep}"#).into_bytes(),
+            &["too_deep", "malformed_json", "invalid_request"],
+        ),
+        ("invalid UTF-8 in a string", bad_utf8, &["malformed_json"]),
+        ("a lone surrogate escape", lone_surrogate, &["malformed_json", "invalid_request"]),
+        (
+            "duplicate subject",
+            format!(r#"{{"subject":"acct-x","subject":"acct-y","purpose":"notification",{fields}}}"#).into_bytes(),
+            &["invalid_request"],
+        ),
+        (
+            "duplicate fields",
+            format!(r#"{{"subject":"acct-x","purpose":"notification",{fields},{fields}}}"#).into_bytes(),
+            &["invalid_request"],
+        ),
+        (
+            "retention 1e999999",
+            format!(r#"{{"subject":"acct-x","purpose":"notification","retention":1e999999,{fields}}}"#).into_bytes(),
+            &["malformed_json", "invalid_request"],
+        ),
+        (
+            "a 10,000-digit subject",
+            format!(r#"{{"subject":{digits},"purpose":"notification",{fields}}}"#).into_bytes(),
+            &["malformed_json", "invalid_request"],
+        ),
+        (
+            "a 10,000-digit value",
+            format!(r#"{{"subject":"acct-x","purpose":"notification","fields":[{{"class":"phone","value":{digits}}}]}}"#).into_bytes(),
+            &["malformed_json", "invalid_request"],
+        ),
+        (
+            "an unknown field",
+            format!(r#"{{"subject":"acct-x","purpose":"notification",{fields},"admin":true}}"#).into_bytes(),
+            &["invalid_request"],
+        ),
+        (
+            "an unknown field in a field",
+            br#"{"subject":"acct-x","purpose":"notification","fields":[{"class":"phone","value":"13800138000","x":1}]}"#.to_vec(),
+            &["invalid_request"],
+        ),
+    ];
+    for (what, body, codes) in tokenize {
+        let (status, resp) = post_raw(&c, "/v1/tokenize", body).await;
+        assert_eq!(status, 400, "tokenize, {what}: {resp}");
+        assert!(codes.contains(&code(&resp)), "tokenize, {what}: {resp}");
+    }
+    let tok = tokenize_one(&c, "acct-real", "notification", "phone", "13900139000").await;
+    let audit_events = |m: &str| {
+        m.lines()
+            .find(|l| l.starts_with("vault_audit_appends_total "))
+            .unwrap()
+            .to_string()
+    };
+    let audited = audit_events(&v.ops_get("/metrics").await.1);
+    let detokenize: Vec<(&str, Vec<u8>)> = vec![
+        ("10,000 [", deep.into_bytes()),
+        (
+            "deep nesting in tokens",
+            format!(
+                r#"{{"purpose":"notification","tokens":{}"#,
+                "[".repeat(10_000)
+            )
+            .into_bytes(),
+        ),
+        ("10,000 nested objects", deep_obj.into_bytes()),
+        (
+            "invalid UTF-8",
+            [
+                br#"{"purpose":"notification","tokens":[""#.as_slice(),
+                &[0xc3, 0x28],
+                br#""]}"#,
+            ]
+            .concat(),
+        ),
+        (
+            "duplicate purpose",
+            format!(
+                r#"{{"purpose":"notification","purpose":"respond_to_request","tokens":["{tok}"]}}"#
+            )
+            .into_bytes(),
+        ),
+        (
+            "duplicate tokens",
+            format!(r#"{{"purpose":"notification","tokens":["{tok}"],"tokens":["{tok}"]}}"#)
+                .into_bytes(),
+        ),
+        (
+            "a 10,000-digit token",
+            format!(r#"{{"purpose":"notification","tokens":[{digits}]}}"#).into_bytes(),
+        ),
+        (
+            "reveal 1e999999",
+            format!(r#"{{"purpose":"notification","tokens":["{tok}"],"reveal":1e999999}}"#)
+                .into_bytes(),
+        ),
+        (
+            "an unknown field",
+            format!(r#"{{"purpose":"notification","tokens":["{tok}"],"as_officer":true}}"#)
+                .into_bytes(),
+        ),
+    ];
+    for (what, body) in detokenize {
+        let (status, resp) = post_raw(&c, "/v1/detokenize", body).await;
+        assert_eq!(status, 400, "detokenize, {what}: {resp}");
+        assert!(
+            ["too_deep", "malformed_json", "invalid_request"].contains(&code(&resp)),
+            "detokenize, {what}: {resp}"
+        );
+        assert!(!resp.to_string().contains("13900139000"), "{what} echoed");
+    }
+    // Only the one real value is stored, no refused subject exists, and no
+    // refused detokenize released anything (the audit trail has no event).
+    assert_eq!(
+        v.store().scan(Space::Values, b"", None, 10).unwrap().len(),
+        1
+    );
+    for s in [b"acct-x".as_slice(), b"acct-y"] {
+        assert!(
+            vault::store::scan_prefix(v.store().as_ref(), Space::Subjects, s, 1)
+                .unwrap()
+                .is_empty()
+        );
+    }
+    assert_eq!(audit_events(&v.ops_get("/metrics").await.1), audited);
+    still_serves(&v).await;
+}
+
+// ---------------------------------------------------------------------------
+// 4. HTTP/2 floods
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_more_streams_than_allowed_is_refused_and_harmless() {
+    let v = TestVault::start().await;
+    let mut s = tls_conn(&v, b"h2").await;
+    let max = h2raw::handshake(&mut s).await;
+    assert_eq!(max, Some(256), "the server must advertise its stream limit");
+    // 1,000 POSTs at once, each waiting for a body that never comes.
+    let block = h2raw::block(
+        true,
+        "/v1/tokenize",
+        &[("content-type", b"application/json")],
+    );
+    let mut out = Vec::new();
+    for i in 0..1000u32 {
+        out.extend(h2raw::headers(2 * i + 1, &block, false));
+    }
+    let _ = s.write_all(&out).await;
+    let (mut refused, mut goaway) = (0, false);
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some((kind, _, _, p)) = h2raw::read_frame(&mut s).await {
+            if kind == h2raw::RST_STREAM && p == 7u32.to_be_bytes() {
+                refused += 1;
+            }
+            if kind == h2raw::GOAWAY {
+                goaway = true;
+                return;
+            }
+            if refused >= 1000 - 256 {
+                return;
+            }
+        }
+    })
+    .await;
+    println!("1,000 streams: {refused} refused, goaway {goaway}");
+    assert!(
+        refused > 0 || goaway,
+        "streams over the limit were accepted"
+    );
+    // The 256 accepted ones wait for their bodies: the server must still
+    // serve others, and forget the abandoned ones once the client leaves.
+    still_serves(&v).await;
+    drop(s);
+    in_flight_returns_to_zero(&v).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rapid_reset_flood_leaves_the_vault_responsive_and_bounded() {
+    let v = TestVault::start().await;
+    let before = peak_rss("self");
+    let block = h2raw::block(
+        true,
+        "/v1/tokenize",
+        &[("content-type", b"application/json")],
+    );
+    let started = Instant::now();
+    let (mut sent, mut goaways) = (0u64, 0u64);
+    // Up to 20 connections, each opening and at once cancelling streams
+    // until the server sends GOAWAY or 5,000 streams have gone by.
+    for _ in 0..20 {
+        if started.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+        let s = tls_conn(&v, b"h2").await;
+        let mut s = s;
+        h2raw::handshake(&mut s).await;
+        let (mut r, mut w) = tokio::io::split(s);
+        let reader = tokio::spawn(async move {
+            while let Some((kind, _, _, _)) = h2raw::read_frame(&mut r).await {
+                if kind == h2raw::GOAWAY {
+                    return true;
+                }
+            }
+            false
+        });
+        let mut id = 1u32;
+        'conn: for _ in 0..50 {
+            let mut out = Vec::new();
+            for _ in 0..100 {
+                out.extend(h2raw::headers(id, &block, false));
+                out.extend(h2raw::rst(id, h2raw::CANCEL));
+                id += 2;
+            }
+            if w.write_all(&out).await.is_err() || reader.is_finished() {
+                break 'conn;
+            }
+            sent += 100;
+        }
+        drop(w);
+        if tokio::time::timeout(Duration::from_secs(2), reader)
+            .await
+            .map(|r| r.unwrap())
+            .unwrap_or(false)
+        {
+            goaways += 1;
+        }
+    }
+    let after = peak_rss("self");
+    println!(
+        "rapid reset: {sent} streams opened and cancelled in {:?}, {goaways} GOAWAYs, peak RSS {} MiB -> {} MiB",
+        started.elapsed(),
+        before >> 20,
+        after >> 20
+    );
+    assert!(
+        goaways > 0,
+        "the server never pushed back on a rapid-reset flood"
+    );
+    still_serves(&v).await;
+    in_flight_returns_to_zero(&v).await;
+    assert!(
+        after < before + (128 << 20),
+        "peak RSS grew from {before} to {after} bytes"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 5. Client certificates
+
+/// A client certificate for `name` signed by the vault's own development
+/// CA (its key is in `tls/ca.key`), valid from `from` until `until`.
+fn sign_client_cert(
+    tls: &Path,
+    out: &Path,
+    name: &str,
+    from: time::OffsetDateTime,
+    until: time::OffsetDateTime,
+) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(tls.join("ca.key")).unwrap()).unwrap();
+    // The same name and key as the CA on disk: what it signs chains to it.
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name
+        .push(DnType::CommonName, "Vault development CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(vec![name.to_string()]).unwrap();
+    p.distinguished_name.push(DnType::CommonName, name);
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.not_before = from;
+    p.not_after = until;
+    let cert = p.signed_by(&key, &ca_cert, &ca_key).unwrap();
+    std::fs::write(out.join(format!("{name}.pem")), cert.pem()).unwrap();
+    std::fs::write(out.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+}
+
+#[tokio::test]
+async fn bad_client_certificates_are_refused_in_the_handshake() {
+    let v = TestVault::start().await;
+    let now = time::OffsetDateTime::now_utc();
+    let day = time::Duration::days(1);
+    let dir = tempfile::tempdir().unwrap();
+    // Connects with the CA and identity in `tls`: the status of one
+    // request, or `None` when the handshake is refused.
+    let try_as = |tls: std::path::PathBuf, who: Option<&'static str>| {
+        let api = v.api;
+        async move {
+            let tcp = TcpStream::connect(api).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let mut s = connector(&tls, who, &[b"http/1.1"])
+                .connect(name, tcp)
+                .await
+                .ok()?;
+            // TLS 1.3: the server's verdict on the client certificate
+            // arrives after the client's side of the handshake is done.
+            s.write_all(b"GET /v1/nothing HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                .await
+                .ok()?;
+            read_h1_response(&mut s).await.map(|(status, _)| status)
+        }
+    };
+    // Control: a fresh certificate signed the same way is accepted.
+    let good = dir.path().join("good");
+    std::fs::create_dir(&good).unwrap();
+    std::fs::copy(v.tls().join("ca.pem"), good.join("ca.pem")).unwrap();
+    sign_client_cert(&v.tls(), &good, "app", now - day, now + day);
+    assert_eq!(try_as(good, Some("app")).await, Some(404));
+    // Expired yesterday, signed by the right CA.
+    let expired = dir.path().join("expired");
+    std::fs::create_dir(&expired).unwrap();
+    std::fs::copy(v.tls().join("ca.pem"), expired.join("ca.pem")).unwrap();
+    sign_client_cert(&v.tls(), &expired, "app", now - 400 * day, now - day);
+    assert_eq!(try_as(expired.clone(), Some("app")).await, None, "expired");
+    // Not yet valid.
+    let early = dir.path().join("early");
+    std::fs::create_dir(&early).unwrap();
+    std::fs::copy(v.tls().join("ca.pem"), early.join("ca.pem")).unwrap();
+    sign_client_cert(&v.tls(), &early, "app", now + day, now + 400 * day);
+    assert_eq!(try_as(early, Some("app")).await, None, "not yet valid");
+    // No certificate at all.
+    assert_eq!(try_as(v.tls(), None).await, None, "no certificate");
+    // A certificate of another CA, with the right name.
+    let other = tempfile::tempdir().unwrap();
+    vault::dev::prepare(other.path()).unwrap();
+    let foreign = dir.path().join("foreign");
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::copy(v.tls().join("ca.pem"), foreign.join("ca.pem")).unwrap();
+    for f in ["app.pem", "app.key"] {
+        std::fs::copy(other.path().join("tls").join(f), foreign.join(f)).unwrap();
+    }
+    assert_eq!(try_as(foreign, Some("app")).await, None, "another CA");
+    // Through the SDK too: a transport failure, never an HTTP answer.
+    let c = vault_sdk::ClientBuilder::new(format!("https://127.0.0.1:{}", v.api.port()))
+        .ca_file(v.tls().join("ca.pem"))
+        .unwrap()
+        .identity_files(expired.join("app.pem"), expired.join("app.key"))
+        .unwrap()
+        .retries(0)
+        .build()
+        .unwrap();
+    let err = c
+        .tokenize(&tok_req(
+            "s1",
+            "notification",
+            vec![field("phone", "13800138000")],
+        ))
+        .await
+        .unwrap_err();
+    assert!(err.status().is_none(), "{err:?}");
+}
+
+// ---------------------------------------------------------------------------
+// 6. Peak memory under sustained load
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peak_rss_of_a_child_vault_under_sustained_load_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = crate::durability::spawn(dir.path());
+    let pid = child.child.id().to_string();
+    let c = crate::durability::client(dir.path(), &child.api);
+    let start_rss = peak_rss(&pid);
+    let stop_at = Instant::now() + Duration::from_secs(4);
+    let mut workers = Vec::new();
+    for w in 0..32u64 {
+        let c = c.clone();
+        workers.push(tokio::spawn(async move {
+            let (mut ok, mut i) = (0u64, w);
+            while Instant::now() < stop_at {
+                let fields = (0..8)
+                    .map(|k| field("phone", &format!("137{:08}", (i * 8 + k) % 100_000_000)))
+                    .collect();
+                let r = c
+                    .tokenize(&tok_req(
+                        &format!("acct-{}", i % 5000),
+                        "notification",
+                        fields,
+                    ))
+                    .await
+                    .unwrap();
+                let tokens: Vec<&str> = r.tokens.iter().map(|t| t.token.as_str()).collect();
+                c.detokenize(&detok_req("notification", &tokens))
+                    .await
+                    .unwrap();
+                ok += 2;
+                i += 32;
+            }
+            ok
+        }));
+    }
+    let mut requests = 0;
+    for w in workers {
+        requests += w.await.unwrap();
+    }
+    let peak = peak_rss(&pid);
+    child.child.kill().unwrap();
+    child.child.wait().unwrap();
+    println!(
+        "child vault: {requests} requests in 4 s from 32 workers; peak RSS {} MiB (at start {} MiB)",
+        peak >> 20,
+        start_rss >> 20
+    );
+    assert!(requests > 100, "{requests}");
+    assert!(peak < 512 << 20, "peak RSS {} MiB", peak >> 20);
+}
