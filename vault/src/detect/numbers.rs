@@ -420,10 +420,6 @@ fn code(text: &str, start: usize, cue: &LazyCue<'_>, out: &mut Vec<Candidate>) {
     }
     let code = buf.get(..len).unwrap_or_default();
     let digits = code.iter().filter(|b| b.is_ascii_digit()).count();
-    // Every code class holds digits; plain words end here.
-    if digits == 0 {
-        return;
-    }
     let letters = digits < len;
     let t = tail(bytes, i);
     let cued = |class| cue.is(class);
@@ -451,6 +447,11 @@ fn code(text: &str, start: usize, cue: &LazyCue<'_>, out: &mut Vec<Candidate>) {
                 push(Class::OrgCode, end, confidence, true);
             }
         }
+        return;
+    }
+    // Every other code class holds digits, bar a labelled organization
+    // code: plain words end here.
+    if digits == 0 && !(len == 9 && cued(Class::OrgCode)) {
         return;
     }
     if !t.bounded() {
