@@ -36,9 +36,10 @@ fn ends_field(c: char) -> bool {
         )
 }
 
-/// Characters that mark an address as one.
+/// Characters that name a place: an address holds at least one. Digits,
+/// `号` or `楼` alone do not make one (`住院号Z2024…` after a `，住` cue).
 fn address_like(c: char) -> bool {
-    c.is_ascii_digit() || "省市区县路街道号镇乡村楼室栋巷弄里苑园座层单元".contains(c)
+    "省市区县路街道镇乡村巷弄苑园".contains(c)
 }
 
 /// Finds the address after every address label. `found` holds the number
@@ -55,7 +56,14 @@ pub(super) fn find(text: &str, hits: &[Hit], out: &mut Vec<Candidate>) {
             continue;
         }
         let limit = hits.get(k + 1).map_or(text.len(), |n| n.start);
-        if let Some(c) = after_label(text, h.end, limit, &numbers) {
+        if let Some(mut c) = after_label(text, h.end, limit, &numbers) {
+            // A form label (`地址：`) vouches for what follows; a short
+            // phrase (`，住`, `家在`) only with a place word in it.
+            let cue = text.get(h.start..h.end).unwrap_or_default();
+            let short = cue.trim_start_matches('，').chars().count() <= 2 && !cue.contains('址');
+            if short && c.confidence < 0.85 {
+                c.confidence = 0.45;
+            }
             out.push(c);
         }
     }

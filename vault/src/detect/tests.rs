@@ -518,3 +518,11 @@ fn every_span_normalizes() {
         );
     }
 }
+
+#[test]
+fn a_hospital_number_after_a_live_in_cue_is_no_address() {
+    let text = "患者吴桂英，女，68岁，住院号Z20240312，联系人吴建新";
+    assert!(detect(text).iter().all(|f| f.class != Class::Address));
+    let text = "患者吴桂英，住福州市鼓楼区五四路158号";
+    assert!(detect(text).iter().any(|f| f.class == Class::Address));
+}
