@@ -1,1 +1,3 @@
 //! Workspace root: hosts the cross-crate tests and benches.
+
+pub mod fuzzing;

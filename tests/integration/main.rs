@@ -13,6 +13,7 @@ mod harness;
 mod audit;
 mod durability;
 mod errors;
+mod fuzz_smoke;
 mod keys;
 mod lifecycle;
 mod load;
