@@ -1,2 +1,5 @@
-//! Workspace root: hosts the cross-crate tests and benches.
+//! Workspace root: hosts the cross-crate tests and benches, the labelled
+//! detection corpus and the fuzz target bodies.
+
 pub mod corpus;
+pub mod fuzzing;

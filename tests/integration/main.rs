@@ -17,6 +17,7 @@ mod deidentify;
 mod detection;
 mod durability;
 mod errors;
+mod fuzz_smoke;
 mod keys;
 mod lifecycle;
 mod load;

@@ -225,7 +225,12 @@ pub fn query(
                 }
             }
         }
-        from = seq_key(u64::from_be_bytes(last).saturating_add(1));
+        // A row at the last sequence number (only a damaged store has one)
+        // must end the walk: saturating would read it again forever.
+        let Some(next) = u64::from_be_bytes(last).checked_add(1) else {
+            break;
+        };
+        from = seq_key(next);
     }
     Ok(out)
 }
@@ -287,6 +292,11 @@ pub fn for_each_in_window(
             read += 1;
             visit(event);
         }
-        seq = last + 1;
+        // Past the last sequence number there is nothing (the sum would
+        // overflow, or wrap to a rescan from 0 that never ends).
+        let Some(next) = last.checked_add(1) else {
+            return Ok(read);
+        };
+        seq = next;
     }
 }

@@ -16,6 +16,8 @@ pub struct Record {
     pub collected_ms: u64,
     /// `None`: no clock runs yet (ends with an account event or erasure).
     pub expires_ms: Option<u64>,
+    /// A policy purpose: 1-128 ASCII characters, as config validation
+    /// guarantees (the encoding keeps at most 255 bytes).
     pub purpose: String,
     pub ciphertext: Vec<u8>,
 }
@@ -40,7 +42,11 @@ impl Record {
         out.push(self.class.tag());
         out.extend_from_slice(&self.key_version.to_be_bytes());
         out.extend_from_slice(&self.collected_ms.to_be_bytes());
-        out.extend_from_slice(&self.expires_ms.unwrap_or(0).to_be_bytes());
+        // 0 stands for `None`, so an expiry at the epoch itself is written as
+        // 1 ms after it: both are long past, and the value must not come
+        // back as one that never expires.
+        let expires = self.expires_ms.map_or(0, |e| e.max(1));
+        out.extend_from_slice(&expires.to_be_bytes());
         out.push(u8::try_from(purpose.len()).unwrap_or(u8::MAX));
         out.extend_from_slice(purpose.get(..255).unwrap_or(purpose));
         out.extend_from_slice(&self.ciphertext);
@@ -136,6 +142,14 @@ mod tests {
         };
         assert_eq!(Record::decode(&forever.encode()).unwrap(), forever);
         assert!(forever.is_live(u64::MAX));
+        // An expiry at the epoch must not decode as "never" (found by fuzzing).
+        let epoch = Record {
+            expires_ms: Some(0),
+            ..r.clone()
+        };
+        let back = Record::decode(&epoch.encode()).unwrap();
+        assert_eq!(back.expires_ms, Some(1));
+        assert!(!back.is_live(1));
         assert!(r.is_live(455) && !r.is_live(456));
         for cut in 0..24 {
             assert!(Record::decode(&bytes[..cut]).is_none(), "{cut}");

@@ -156,3 +156,26 @@ fn windows_are_found_by_binary_search() {
     assert_eq!(for_each_in_window(&s, 20_000, 30_000, |_| {}).unwrap(), 0);
     assert_eq!(for_each_in_window(&s, 0, 20_000, |_| {}).unwrap(), 10_000);
 }
+
+#[test]
+fn a_row_at_the_last_sequence_number_ends_every_walk() {
+    // Found by fuzzing: the readers stepped past u64::MAX by saturating
+    // (query re-read the row forever) or by `+ 1` (overflow, or a wrap to a
+    // rescan from 0 in release).
+    let s = MemoryStore::new();
+    append(&s, 3);
+    let mut ev = Draft {
+        caller: "app".into(),
+        action: "detokenize",
+        outcome: "released",
+        ..Draft::default()
+    }
+    .into_event(u64::MAX, 2000);
+    let (_, bytes) = chain(&Head::EMPTY, &mut ev);
+    let mut b = Batch::default();
+    b.put(Space::Audit, seq_key(u64::MAX), bytes);
+    s.write(b).unwrap();
+    assert_eq!(query(&s, Some("nobody"), 0, 10).unwrap(), vec![]);
+    assert_eq!(query(&s, None, 0, 10).unwrap().len(), 4);
+    assert_eq!(for_each_in_window(&s, 0, u64::MAX, |_| {}).unwrap(), 4);
+}

@@ -55,8 +55,9 @@ fn unify_dot(c: char) -> char {
 
 /// A Chinese name keeps its surname (compound surnames whole) and stars every
 /// other character (`陈*`, `欧阳**`); a Latin name keeps the first letter of
-/// each word. Spaces and middle dots stay, to keep the shape readable. At
-/// least one character is always starred, so a lone surname is `*`.
+/// each word (of a name of initials only, just the first: `J *`). Spaces
+/// and middle dots stay, to keep the shape readable. At least one character
+/// is always starred, so a lone surname or initial is `*`.
 pub(super) fn mask(name: &str) -> String {
     if name.bytes().any(|b| b.is_ascii_alphabetic()) {
         return mask_latin(name);
@@ -79,12 +80,32 @@ pub(super) fn mask(name: &str) -> String {
 
 fn mask_latin(name: &str) -> String {
     let mut word_start = true;
-    name.chars()
+    let mut hidden = 0usize;
+    let masked = name
+        .chars()
         .map(|c| {
             if is_word_break(c) {
                 word_start = true;
                 c
             } else if std::mem::replace(&mut word_start, false) {
+                c
+            } else {
+                hidden += 1;
+                '*'
+            }
+        })
+        .collect();
+    if hidden > 0 {
+        return masked;
+    }
+    // Every word is one letter (`J`, `J K`): the initials are the whole name,
+    // so only the first is kept, and a lone initial is starred like a lone
+    // surname.
+    let letters = name.chars().filter(|&c| !is_word_break(c)).count();
+    let mut kept = letters < 2;
+    name.chars()
+        .map(|c| {
+            if is_word_break(c) || !std::mem::replace(&mut kept, true) {
                 c
             } else {
                 '*'
