@@ -898,23 +898,7 @@ async fn bad_client_certificates_are_refused_in_the_handshake() {
     }
     assert_eq!(try_as(foreign, Some("app")).await, None, "another CA");
     // Through the SDK too: a transport failure, never an HTTP answer.
-    let c = vault_sdk::ClientBuilder::new(format!("https://127.0.0.1:{}", v.api.port()))
-        .ca_file(v.tls().join("ca.pem"))
-        .unwrap()
-        .identity_files(expired.join("app.pem"), expired.join("app.key"))
-        .unwrap()
-        .retries(0)
-        .build()
-        .unwrap();
-    let err = c
-        .tokenize(&tok_req(
-            "s1",
-            "notification",
-            vec![field("phone", "13800138000")],
-        ))
-        .await
-        .unwrap_err();
-    assert!(err.status().is_none(), "{err:?}");
+    assert_identity_refused(&v, &expired).await;
 }
 
 // ---------------------------------------------------------------------------

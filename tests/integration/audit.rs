@@ -73,14 +73,7 @@ async fn every_outcome_is_audited_and_officers_can_read_it() {
     // Offline verification: intact, then broken by a changed event.
     v.stop().await;
     let data = v.dir.path();
-    let verify = || {
-        run_vault(&[
-            std::ffi::OsStr::new("audit"),
-            "verify".as_ref(),
-            "--data".as_ref(),
-            data.as_os_str(),
-        ])
-    };
+    let verify = || audit_verify(data);
     let (code, out, err) = verify();
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("intact: 5 events"));

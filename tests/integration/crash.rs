@@ -195,11 +195,6 @@ async fn random_sigkills_lose_nothing_acknowledged_and_half_write_nothing() {
     check_live(&c, &l).await;
     last.child.kill().unwrap();
     last.child.wait().unwrap();
-    let (code, out, _) = run_vault(&[
-        std::ffi::OsStr::new("audit"),
-        "verify".as_ref(),
-        "--data".as_ref(),
-        dir.path().as_os_str(),
-    ]);
+    let (code, out, _) = audit_verify(dir.path());
     assert_eq!(code, 0, "{out}");
 }

@@ -132,12 +132,7 @@ async fn acknowledged_writes_survive_sigkill() {
     }
     second.child.kill().unwrap();
     second.child.wait().unwrap();
-    let (code, out, _) = run_vault(&[
-        std::ffi::OsStr::new("audit"),
-        "verify".as_ref(),
-        "--data".as_ref(),
-        dir.path().as_os_str(),
-    ]);
+    let (code, out, _) = audit_verify(dir.path());
     assert_eq!(code, 0, "{out}");
     // Debug logs of both runs hold no submitted value.
     let logs = format!(

@@ -189,6 +189,41 @@ pub fn run_vault<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String, String)
     )
 }
 
+/// A tokenize through the SDK with `dir/app.pem` and `dir/app.key` as the
+/// client identity fails in the transport, never with an HTTP answer.
+pub async fn assert_identity_refused(v: &TestVault, dir: &Path) {
+    let c = ClientBuilder::new(format!("https://127.0.0.1:{}", v.api.port()))
+        .ca_file(v.tls().join("ca.pem"))
+        .unwrap()
+        .identity_files(dir.join("app.pem"), dir.join("app.key"))
+        .unwrap()
+        .retries(0)
+        .build()
+        .unwrap();
+    let err = c
+        .tokenize(&tok_req(
+            "s1",
+            "notification",
+            vec![field("phone", "13800138000")],
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        err.status().is_none(),
+        "expected a transport failure, got {err:?}"
+    );
+}
+
+/// `vault audit verify --data DIR`: (exit code, stdout, stderr).
+pub fn audit_verify(dir: &Path) -> (i32, String, String) {
+    run_vault(&[
+        std::ffi::OsStr::new("audit"),
+        "verify".as_ref(),
+        "--data".as_ref(),
+        dir.as_os_str(),
+    ])
+}
+
 /// The `vault` binary cargo built beside this test binary.
 pub fn vault_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();

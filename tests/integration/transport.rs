@@ -33,27 +33,7 @@ async fn a_certificate_from_another_ca_is_refused() {
     let v = TestVault::start().await;
     let other = tempfile::tempdir().unwrap();
     vault::dev::prepare(other.path()).unwrap();
-    let tls = other.path().join("tls");
-    let c = ClientBuilder::new(format!("https://127.0.0.1:{}", v.api.port()))
-        .ca_file(v.tls().join("ca.pem"))
-        .unwrap()
-        .identity_files(tls.join("app.pem"), tls.join("app.key"))
-        .unwrap()
-        .retries(0)
-        .build()
-        .unwrap();
-    let err = c
-        .tokenize(&tok_req(
-            "s1",
-            "notification",
-            vec![field("phone", "13800138000")],
-        ))
-        .await
-        .unwrap_err();
-    assert!(
-        err.status().is_none(),
-        "expected a transport failure, got {err:?}"
-    );
+    assert_identity_refused(&v, &other.path().join("tls")).await;
 }
 
 #[tokio::test]

@@ -24,6 +24,7 @@ mod uscc;
 
 /// For the name detector, which keeps compound surnames whole too.
 pub(crate) use name::COMPOUND_SURNAMES;
+pub(crate) use resident_id::civil_from_days;
 
 #[cfg(test)]
 mod tests;

@@ -531,17 +531,9 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// The inverse of [`days_from_civil`] (Hinnant's `civil_from_days`).
+/// The inverse of [`days_from_civil`]: the resident-ID validator's own
+/// `civil_from_days`, widened.
 fn civil_from_days(days: i64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let to_u64 = |v: i64| u64::try_from(v).unwrap_or(0);
-    (to_u64(year), to_u64(month), to_u64(day))
+    let (y, m, d) = classes::civil_from_days(days);
+    (u64::from(y), u64::from(m), u64::from(d))
 }
