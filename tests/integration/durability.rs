@@ -14,6 +14,8 @@ use vault_sdk::{Client, ClientBuilder};
 pub(crate) struct ChildVault {
     pub(crate) child: Child,
     pub(crate) api: String,
+    /// `host:port` of the ops listener (plain HTTP).
+    pub(crate) ops: String,
     stderr: Arc<Mutex<String>>,
 }
 
@@ -41,6 +43,11 @@ fn spawn_with(dir: &std::path::Path, env: &[(&str, &str)]) -> ChildVault {
         .find_map(|w| w.strip_prefix("api="))
         .unwrap()
         .to_string();
+    let ops = ready
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("ops=http://"))
+        .unwrap()
+        .to_string();
     let stderr = Arc::new(Mutex::new(String::new()));
     let sink = stderr.clone();
     let mut err = BufReader::new(child.stderr.take().unwrap());
@@ -51,7 +58,12 @@ fn spawn_with(dir: &std::path::Path, env: &[(&str, &str)]) -> ChildVault {
             line.clear();
         }
     });
-    ChildVault { child, api, stderr }
+    ChildVault {
+        child,
+        api,
+        ops,
+        stderr,
+    }
 }
 
 pub(crate) fn client(dir: &std::path::Path, api: &str) -> Client {

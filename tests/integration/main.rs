@@ -15,6 +15,7 @@ mod audit;
 mod crash;
 mod deidentify;
 mod detection;
+mod diskfull;
 mod durability;
 mod errors;
 mod fuzz_smoke;

@@ -3,7 +3,9 @@
 //! audit events onto the log, and writes it all as one durable batch, so
 //! concurrent requests share one WAL sync. Invariants: a job is acknowledged
 //! only after its batch (data and audit events together) is durable; a failed
-//! write acknowledges nobody and leaves the chain head where it was.
+//! write acknowledges nobody, and the next group first lets the store
+//! recover and reloads the chain head from it, so the chain goes on from
+//! what is durable whether or not the failed batch landed.
 
 use std::collections::HashSet;
 use std::sync::mpsc;
@@ -100,6 +102,7 @@ fn now_ms() -> u64 {
 
 fn run(store: Arc<dyn Store>, metrics: Arc<Metrics>, rx: mpsc::Receiver<Job>, mut head: Head) {
     let mut last_time = 0u64;
+    let mut failed = false;
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -108,8 +111,38 @@ fn run(store: Arc<dyn Store>, metrics: Arc<Metrics>, rx: mpsc::Receiver<Job>, mu
                 Err(_) => break,
             }
         }
+        if failed {
+            match resync(store.as_ref()) {
+                Ok(h) => head = h,
+                Err(e) => {
+                    refuse(&metrics, group, &e);
+                    continue;
+                }
+            }
+        }
         let group = screen(store.as_ref(), group);
-        write_group(store.as_ref(), &metrics, &mut head, &mut last_time, group);
+        failed = !write_group(store.as_ref(), &metrics, &mut head, &mut last_time, group);
+    }
+}
+
+/// After a failed write: lets the store recover, then reads the chain head
+/// back, since a batch that failed may still have landed whole.
+fn resync(store: &dyn Store) -> Result<Head, StoreError> {
+    store.recover()?;
+    Head::load(store).map_err(|e| match e {
+        audit::AuditError::Store(e) => e,
+        e => StoreError::Engine(e.to_string()),
+    })
+}
+
+/// Answers every job of a group that cannot be written with `e`.
+fn refuse(metrics: &Metrics, group: Vec<Job>, e: &StoreError) {
+    let events: usize = group.iter().map(|j| j.audit.len()).sum();
+    metrics.audit_failed(u64::try_from(events).unwrap_or(u64::MAX));
+    metrics.set_store_writable(false);
+    tracing::warn!(error = %e, jobs = group.len(), "Storage not writable");
+    for job in group {
+        let _ = job.reply.send(Err(CommitError::Store(e.clone())));
     }
 }
 
@@ -149,15 +182,16 @@ fn screen(store: &dyn Store, group: Vec<Job>) -> Vec<Job> {
     kept
 }
 
+/// Writes a screened group as one batch; `false` when the store failed.
 fn write_group(
     store: &dyn Store,
     metrics: &Metrics,
     head: &mut Head,
     last_time: &mut u64,
     group: Vec<Job>,
-) {
+) -> bool {
     if group.is_empty() {
-        return;
+        return true;
     }
     let mut merged = Batch::default();
     let mut next = *head;
@@ -186,16 +220,24 @@ fn write_group(
             *head = next;
             *last_time = time;
             metrics.audit_appended(events);
+            metrics.set_store_writable(true);
             for r in replies {
                 let _ = r.send(Ok(()));
             }
+            true
         }
         Err(e) => {
+            // A conflict is the batch's own fault; the store is fine.
+            let broken = !matches!(e, StoreError::Conflict);
             metrics.audit_failed(events);
+            if broken {
+                metrics.set_store_writable(false);
+            }
             tracing::error!(error = %e, jobs = replies.len(), "Durable write failed");
             for r in replies {
                 let _ = r.send(Err(CommitError::Store(e.clone())));
             }
+            !broken
         }
     }
 }
@@ -282,6 +324,58 @@ mod tests {
         assert_eq!(
             audit::verify(store.as_ref()).unwrap(),
             audit::Verdict::Intact { events: 2 }
+        );
+    }
+
+    /// A write reported failed may still have landed whole (the log record
+    /// was written, its sync failed): the chain must go on from what the
+    /// store holds, not from the head the committer last knew.
+    #[tokio::test]
+    async fn after_a_failed_write_that_landed_the_chain_goes_on_from_the_store() {
+        struct Landing(Flaky);
+        impl Store for Landing {
+            fn get(&self, s: Space, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+                self.0.get(s, k)
+            }
+            fn scan(
+                &self,
+                s: Space,
+                f: &[u8],
+                t: Option<&[u8]>,
+                l: usize,
+            ) -> Result<Rows, StoreError> {
+                self.0.scan(s, f, t, l)
+            }
+            fn write(&self, b: Batch) -> Result<(), StoreError> {
+                self.0.inner.write(b)?;
+                if self.0.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Err(StoreError::Engine("sync failed".into()));
+                }
+                Ok(())
+            }
+        }
+        let store = Arc::new(Landing(Flaky {
+            inner: MemoryStore::new(),
+            fail: false.into(),
+        }));
+        let metrics = Arc::new(Metrics::new());
+        let c = Committer::start(store.clone(), metrics.clone()).unwrap();
+        c.commit(Batch::default(), vec![draft(1)]).await.unwrap();
+        store
+            .0
+            .fail
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(c.commit(Batch::default(), vec![draft(2)]).await.is_err());
+        assert!(metrics.render().contains("vault_store_writable 0"));
+        store
+            .0
+            .fail
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        c.commit(Batch::default(), vec![draft(3)]).await.unwrap();
+        assert!(metrics.render().contains("vault_store_writable 1"));
+        assert_eq!(
+            audit::verify(store.as_ref()).unwrap(),
+            audit::Verdict::Intact { events: 3 }
         );
     }
 

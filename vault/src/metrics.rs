@@ -44,6 +44,7 @@ pub struct Metrics {
     commit_jobs: Counter,
     in_flight: Gauge,
     sealed: Gauge,
+    store_writable: Gauge,
     /// Public so the key and rewrap code can set them directly.
     pub key_active_version: Gauge,
     pub rewrap_values: Counter,
@@ -87,6 +88,8 @@ impl Metrics {
         let commit_jobs = Counter::default();
         let in_flight = Gauge::default();
         let sealed = Gauge::default();
+        let store_writable = Gauge::default();
+        store_writable.set(1);
         let key_active_version = Gauge::default();
         let rewrap_values = Counter::default();
         let rewrap_running = Gauge::default();
@@ -184,6 +187,11 @@ impl Metrics {
             "1 while the vault is sealed",
             sealed.clone(),
         );
+        registry.register(
+            "vault_store_writable",
+            "1 while the last durable write succeeded, 0 after one failed until one succeeds",
+            store_writable.clone(),
+        );
         Self {
             registry,
             requests,
@@ -197,6 +205,7 @@ impl Metrics {
             commit_jobs,
             in_flight,
             sealed,
+            store_writable,
             key_active_version,
             rewrap_values,
             rewrap_running,
@@ -255,6 +264,10 @@ impl Metrics {
     pub fn observe_store_write(&self, seconds: f64, jobs: usize) {
         self.store_write.observe(seconds);
         self.commit_jobs.inc_by(u64::try_from(jobs).unwrap_or(0));
+    }
+
+    pub fn set_store_writable(&self, writable: bool) {
+        self.store_writable.set(i64::from(writable));
     }
 
     pub fn set_sealed(&self, sealed: bool) {

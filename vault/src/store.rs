@@ -150,6 +150,16 @@ pub trait Store: Send + Sync + 'static {
         let _ = space;
         Ok(())
     }
+
+    /// After a write failed with an engine error, makes the engine take
+    /// writes again if it can (RocksDB reopens once the disk has room).
+    /// `Ok` means writes may be tried; it changes nothing visible: every
+    /// acknowledged write is still there, and a failed batch is either
+    /// wholly present or wholly absent afterwards. Engines that cannot get
+    /// stuck have nothing to do.
+    fn recover(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for dyn Store {

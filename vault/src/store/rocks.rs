@@ -2,9 +2,20 @@
 //! Invariants: every write is one `WriteBatch` written with `sync = true`, so an
 //! acknowledged write survives power loss; checks and the batch they guard
 //! run under one lock, so compare-and-set is atomic.
+//!
+//! After a failed write (disk full, I/O error) RocksDB stops taking writes
+//! until it is resumed, and the crate cannot call `DB::Resume`; its own
+//! recovery waits for a whole write buffer (64 MiB) of free space and polls
+//! every 5 s. So [`Store::recover`] reopens the database instead, once the
+//! disk has room for the reopen's flush: a reopen is exactly a restart after
+//! a crash (the synced log replays every acknowledged batch, a torn batch at
+//! its tail is dropped whole), without the process going away. Reads go on
+//! against the stopped database until then; if the reopen itself fails, a
+//! read-only instance keeps serving them.
 
-use std::path::Path;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use rocksdb::{
     ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, WriteBatch,
@@ -13,23 +24,53 @@ use rocksdb::{
 
 use super::{Batch, Op, Rows, Space, Store, StoreError};
 
+/// Free space wanted beyond the write-ahead log before a reopen is tried:
+/// the reopen flushes the replayed log into table files and writes a new
+/// manifest and log. Too little only means the reopen fails and is tried
+/// again; it costs a reopen, never data.
+const REOPEN_MARGIN: u64 = 8 << 20;
+
+/// Least time between two reopen attempts, so a disk that stays broken
+/// costs at most a few reopens a second.
+const REOPEN_EVERY: Duration = Duration::from_millis(250);
+
 pub struct RocksStore {
-    db: DB,
-    /// Serializes check-then-write. Group commit funnels writes through one
-    /// thread, so this lock is uncontended in the server.
-    write_lock: Mutex<()>,
+    dir: PathBuf,
+    read_only: bool,
+    /// The open engine; `None` only while a reopen found no way to open
+    /// it. Readers share it; a reopen replaces it.
+    db: RwLock<Option<DB>>,
+    /// Serializes check-then-write and reopens. Group commit funnels writes
+    /// through one thread, so this lock is uncontended in the server.
+    write_lock: Mutex<Health>,
+}
+
+/// What the last write said about the engine.
+#[derive(Debug, Default)]
+struct Health {
+    /// A write failed and no write has succeeded since.
+    failed: bool,
+    last_reopen: Option<Instant>,
 }
 
 impl std::fmt::Debug for RocksStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RocksStore")
-            .field("path", &self.db.path())
+            .field("path", &self.dir)
             .finish()
     }
 }
 
 fn engine(e: rocksdb::Error) -> StoreError {
     StoreError::Engine(e.into_string())
+}
+
+fn poisoned() -> StoreError {
+    StoreError::Engine("storage lock poisoned".into())
+}
+
+fn closed() -> StoreError {
+    StoreError::Engine("the database is closed after a failed reopen".into())
 }
 
 fn db_options() -> Options {
@@ -43,70 +84,136 @@ fn db_options() -> Options {
     opts
 }
 
+fn open_read_write(dir: &Path) -> Result<DB, StoreError> {
+    let cfs = Space::ALL
+        .iter()
+        .map(|s| ColumnFamilyDescriptor::new(s.name(), Options::default()));
+    DB::open_cf_descriptors(&db_options(), dir, cfs).map_err(engine)
+}
+
+fn open_read_only(dir: &Path) -> Result<DB, StoreError> {
+    let names = Space::ALL.iter().map(|s| s.name());
+    DB::open_cf_for_read_only(&Options::default(), dir, names, false).map_err(engine)
+}
+
+fn cf(db: &DB, space: Space) -> Result<&rocksdb::ColumnFamily, StoreError> {
+    db.cf_handle(space.name())
+        .ok_or_else(|| StoreError::Engine(format!("missing column family {}", space.name())))
+}
+
+/// Whether the disk under `dir` has room for a reopen: the live
+/// write-ahead log files (what the reopen flushes) plus a margin.
+fn room_to_reopen(dir: &Path) -> Result<bool, StoreError> {
+    let io = |e: std::io::Error| StoreError::Engine(format!("{}: {e}", dir.display()));
+    let mut wal = 0u64;
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        if entry.path().extension().is_some_and(|e| e == "log") {
+            wal = wal.saturating_add(entry.metadata().map_err(io)?.len());
+        }
+    }
+    let fs = rustix::fs::statvfs(dir).map_err(|e| io(e.into()))?;
+    let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+    Ok(free >= wal.saturating_add(REOPEN_MARGIN))
+}
+
 impl RocksStore {
     /// Opens (creating if needed) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let opts = db_options();
-        let cfs = Space::ALL
-            .iter()
-            .map(|s| ColumnFamilyDescriptor::new(s.name(), Options::default()));
-        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(engine)?;
-        Ok(Self {
-            db,
-            write_lock: Mutex::new(()),
-        })
+        let db = open_read_write(dir)?;
+        Ok(Self::with(dir, db, false))
     }
 
     /// Opens an existing database without taking its lock, for offline checks
     /// that may run beside a live server.
     pub fn open_read_only(dir: &Path) -> Result<Self, StoreError> {
-        let opts = Options::default();
-        let names = Space::ALL.iter().map(|s| s.name());
-        let db = DB::open_cf_for_read_only(&opts, dir, names, false).map_err(engine)?;
-        Ok(Self {
-            db,
-            write_lock: Mutex::new(()),
-        })
+        let db = open_read_only(dir)?;
+        Ok(Self::with(dir, db, true))
+    }
+
+    fn with(dir: &Path, db: DB, read_only: bool) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            read_only,
+            db: RwLock::new(Some(db)),
+            write_lock: Mutex::new(Health::default()),
+        }
+    }
+
+    /// Runs `f` on the open engine, sharing it with other readers.
+    fn with_db<T>(&self, f: impl FnOnce(&DB) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let guard = self.db.read().map_err(|_| poisoned())?;
+        f(guard.as_ref().ok_or_else(closed)?)
     }
 
     /// Writes every memtable to table files (tests use this to prove what
     /// reaches SST files; the engine flushes by itself otherwise).
     pub fn flush(&self) -> Result<(), StoreError> {
-        for s in Space::ALL {
-            self.db.flush_cf(self.cf(s)?).map_err(engine)?;
-        }
-        Ok(())
+        self.with_db(|db| {
+            for s in Space::ALL {
+                db.flush_cf(cf(db, s)?).map_err(engine)?;
+            }
+            Ok(())
+        })
     }
 
-    fn cf(&self, space: Space) -> Result<&rocksdb::ColumnFamily, StoreError> {
-        self.db
-            .cf_handle(space.name())
-            .ok_or_else(|| StoreError::Engine(format!("missing column family {}", space.name())))
-    }
-
-    fn checks_hold(&self, batch: &Batch) -> Result<bool, StoreError> {
-        // One batched lookup per space: a rewrap step checks thousands.
-        for space in Space::ALL {
-            let checks: Vec<_> = batch.checks.iter().filter(|c| c.space == space).collect();
-            if checks.is_empty() {
-                continue;
+    /// Closes the engine and opens it again; on failure a read-only
+    /// instance takes its place so reads go on.
+    fn reopen(&self) -> Result<(), StoreError> {
+        let mut slot = self.db.write().map_err(|_| poisoned())?;
+        // The old instance must be closed (its lock released) first.
+        drop(slot.take());
+        match open_read_write(&self.dir) {
+            Ok(db) => {
+                *slot = Some(db);
+                Ok(())
             }
-            let keys: Vec<&[u8]> = checks.iter().map(|c| c.key.as_slice()).collect();
-            let found = self.db.batched_multi_get_cf(self.cf(space)?, keys, false);
-            for (check, cur) in checks.iter().zip(found) {
-                let cur = cur.map_err(engine)?;
-                let same = match (&cur, &check.expected) {
-                    (None, None) => true,
-                    (Some(c), Some(e)) => c.as_ref() == e.as_slice(),
-                    _ => false,
-                };
-                if !same {
-                    return Ok(false);
-                }
+            Err(e) => {
+                *slot = open_read_only(&self.dir).ok();
+                Err(e)
             }
         }
-        Ok(true)
     }
+}
+
+fn checks_hold(db: &DB, batch: &Batch) -> Result<bool, StoreError> {
+    // One batched lookup per space: a rewrap step checks thousands.
+    for space in Space::ALL {
+        let checks: Vec<_> = batch.checks.iter().filter(|c| c.space == space).collect();
+        if checks.is_empty() {
+            continue;
+        }
+        let keys: Vec<&[u8]> = checks.iter().map(|c| c.key.as_slice()).collect();
+        let found = db.batched_multi_get_cf(cf(db, space)?, keys, false);
+        for (check, cur) in checks.iter().zip(found) {
+            let cur = cur.map_err(engine)?;
+            let same = match (&cur, &check.expected) {
+                (None, None) => true,
+                (Some(c), Some(e)) => c.as_ref() == e.as_slice(),
+                _ => false,
+            };
+            if !same {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+fn apply(db: &DB, batch: &Batch) -> Result<(), StoreError> {
+    if !checks_hold(db, batch)? {
+        return Err(StoreError::Conflict);
+    }
+    let mut wb = WriteBatch::default();
+    for op in &batch.ops {
+        match op {
+            Op::Put(s, k, v) => wb.put_cf(cf(db, *s)?, k, v),
+            Op::Delete(s, k) => wb.delete_cf(cf(db, *s)?, k),
+        }
+    }
+    let mut wo = WriteOptions::default();
+    wo.set_sync(true);
+    db.write_opt(wb, &wo).map_err(engine)
 }
 
 impl Store for RocksStore {
@@ -114,18 +221,19 @@ impl Store for RocksStore {
         // Flushing every column family retires the write-ahead log files
         // that still hold the old puts; a forced bottommost compaction of
         // the space drops the old versions behind each delete tombstone.
-        for s in Space::ALL {
-            self.db.flush_cf(self.cf(s)?).map_err(engine)?;
-        }
-        let mut co = rocksdb::CompactOptions::default();
-        co.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
-        self.db
-            .compact_range_cf_opt(self.cf(space)?, None::<&[u8]>, None::<&[u8]>, &co);
-        Ok(())
+        self.with_db(|db| {
+            for s in Space::ALL {
+                db.flush_cf(cf(db, s)?).map_err(engine)?;
+            }
+            let mut co = rocksdb::CompactOptions::default();
+            co.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+            db.compact_range_cf_opt(cf(db, space)?, None::<&[u8]>, None::<&[u8]>, &co);
+            Ok(())
+        })
     }
 
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.db.get_cf(self.cf(space)?, key).map_err(engine)
+        self.with_db(|db| db.get_cf(cf(db, space)?, key).map_err(engine))
     }
 
     fn scan(
@@ -135,40 +243,55 @@ impl Store for RocksStore {
         to: Option<&[u8]>,
         limit: usize,
     ) -> Result<Rows, StoreError> {
-        let mut ro = ReadOptions::default();
-        if let Some(t) = to {
-            ro.set_iterate_upper_bound(t.to_vec());
-        }
-        let iter = self.db.iterator_cf_opt(
-            self.cf(space)?,
-            ro,
-            IteratorMode::From(from, Direction::Forward),
-        );
-        let mut rows = Vec::new();
-        for item in iter.take(limit) {
-            let (k, v) = item.map_err(engine)?;
-            rows.push((k.into_vec(), v.into_vec()));
-        }
-        Ok(rows)
+        self.with_db(|db| {
+            let mut ro = ReadOptions::default();
+            if let Some(t) = to {
+                ro.set_iterate_upper_bound(t.to_vec());
+            }
+            let iter = db.iterator_cf_opt(
+                cf(db, space)?,
+                ro,
+                IteratorMode::From(from, Direction::Forward),
+            );
+            let mut rows = Vec::new();
+            for item in iter.take(limit) {
+                let (k, v) = item.map_err(engine)?;
+                rows.push((k.into_vec(), v.into_vec()));
+            }
+            Ok(rows)
+        })
     }
 
     fn write(&self, batch: Batch) -> Result<(), StoreError> {
-        let _guard = self
-            .write_lock
-            .lock()
-            .map_err(|_| StoreError::Engine("write lock poisoned".into()))?;
-        if !self.checks_hold(&batch)? {
-            return Err(StoreError::Conflict);
+        let mut health = self.write_lock.lock().map_err(|_| poisoned())?;
+        let result = self.with_db(|db| apply(db, &batch));
+        match &result {
+            Ok(()) => health.failed = false,
+            Err(StoreError::Conflict) => {}
+            Err(_) => health.failed = true,
         }
-        let mut wb = WriteBatch::default();
-        for op in &batch.ops {
-            match op {
-                Op::Put(s, k, v) => wb.put_cf(self.cf(*s)?, k, v),
-                Op::Delete(s, k) => wb.delete_cf(self.cf(*s)?, k),
-            }
+        result
+    }
+
+    fn recover(&self) -> Result<(), StoreError> {
+        let mut health = self.write_lock.lock().map_err(|_| poisoned())?;
+        if !health.failed || self.read_only {
+            return Ok(());
         }
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
-        self.db.write_opt(wb, &wo).map_err(engine)
+        let not_yet = |why: &str| Err(StoreError::Engine(format!("storage not writable: {why}")));
+        if health
+            .last_reopen
+            .is_some_and(|t| t.elapsed() < REOPEN_EVERY)
+        {
+            return not_yet("waiting to retry the reopen");
+        }
+        if !room_to_reopen(&self.dir)? {
+            return not_yet("the disk is still full");
+        }
+        health.last_reopen = Some(Instant::now());
+        self.reopen()?;
+        health.failed = false;
+        tracing::info!(path = %self.dir.display(), "Storage reopened after a failed write");
+        Ok(())
     }
 }
