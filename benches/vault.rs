@@ -6,6 +6,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The allocator the `vault` binary ships with, so the benches time what runs.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use vault::api::{self, Ctx};

@@ -13,6 +13,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The allocator the `vault` binary ships with, for the same-process
+/// ceiling server too.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use bytes::Bytes;
 use clap::{Parser, ValueEnum};
 use http::Method;

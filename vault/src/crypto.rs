@@ -180,12 +180,30 @@ impl DataKey {
 
     /// Decrypts what [`DataKey::seal`] produced under the same `aad`.
     pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        self.opener()?.open(aad, sealed)
+    }
+
+    /// This key's cipher set up once, for many openings in a row (rewrap
+    /// unwraps one subject key per value with the same key-encryption key).
+    pub fn opener(&self) -> Result<Opener, CryptoError> {
+        Aes256Siv::new_from_slice(self.key.expose_secret())
+            .map(Opener)
+            .map_err(|_| CryptoError::Open)
+    }
+}
+
+/// A data key's AES-SIV cipher with its key schedule done; wiped on drop
+/// (aes-siv's `zeroize` feature).
+pub struct Opener(Aes256Siv);
+
+impl Opener {
+    /// As [`DataKey::open`].
+    pub fn open(&mut self, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
         let (nonce, body) = sealed
             .split_at_checked(NONCE_BYTES)
             .ok_or(CryptoError::Open)?;
-        let mut siv =
-            Aes256Siv::new_from_slice(self.key.expose_secret()).map_err(|_| CryptoError::Open)?;
-        siv.decrypt([aad, nonce], body)
+        self.0
+            .decrypt([aad, nonce], body)
             .map(Zeroizing::new)
             .map_err(|_| CryptoError::Open)
     }
@@ -195,12 +213,19 @@ impl DataKey {
 /// key version, each unambiguous (length-prefixed subject).
 pub fn value_aad(subject: &str, class: Class, key_version: u32) -> Vec<u8> {
     let mut aad = Vec::with_capacity(8 + subject.len());
+    value_aad_into(&mut aad, subject, class, key_version);
+    aad
+}
+
+/// [`value_aad`] into a buffer the caller reuses (rewrap builds two per
+/// value).
+pub fn value_aad_into(aad: &mut Vec<u8>, subject: &str, class: Class, key_version: u32) {
+    aad.clear();
     aad.extend_from_slice(b"v1");
     aad.push(u8::try_from(subject.len()).unwrap_or(u8::MAX));
     aad.extend_from_slice(subject.as_bytes());
     aad.push(class.tag());
     aad.extend_from_slice(&key_version.to_be_bytes());
-    aad
 }
 
 pub mod fpe;

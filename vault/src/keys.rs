@@ -119,6 +119,20 @@ fn unwrap<const N: usize>(
     SecretKey::from_slice(&raw).ok_or(KeyError::Corrupt)
 }
 
+/// See [`Keyring::subject_key_opener`].
+pub struct SubjectKeyOpener(crate::crypto::Opener);
+
+impl SubjectKeyOpener {
+    /// As [`Keyring::unwrap_subject_key`].
+    pub fn unwrap(&mut self, subject: &str, wrapped: &[u8]) -> Result<SecretKey<32>, KeyError> {
+        let raw = self
+            .0
+            .open(&wrap_aad(&subject_slot(subject)), wrapped)
+            .map_err(|_| KeyError::WrongRoot)?;
+        SecretKey::from_slice(&raw).ok_or(KeyError::Corrupt)
+    }
+}
+
 fn kek_from_root(root: &SecretKey<32>) -> DataKey {
     DataKey::new(0, derive(root, b"vault/kek/v1"))
 }
@@ -206,6 +220,15 @@ impl Keyring {
         wrapped: &[u8],
     ) -> Result<SecretKey<32>, KeyError> {
         unwrap(&self.kek, &subject_slot(subject), wrapped)
+    }
+
+    /// An unwrapper of many subject keys in a row, the key-encryption key's
+    /// cipher set up once.
+    pub fn subject_key_opener(&self) -> Result<SubjectKeyOpener, KeyError> {
+        self.kek
+            .opener()
+            .map(SubjectKeyOpener)
+            .map_err(|_| KeyError::Corrupt)
     }
 
     /// The batch that makes a new active data key version, guarded so two

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use vault_sdk::wire::RewrapStatus;
 
-use crate::crypto::value_aad;
+use crate::crypto::value_aad_into;
 use crate::keys::Keyring;
 use crate::schema::{subject_of_value_key, Record};
 use crate::secret::SecretKey;
@@ -193,27 +193,43 @@ fn prepare(
         .clamp(1, 8);
     let chunk = rows.len().div_ceil(workers).max(1);
     let version = cursor.target;
-    let resealed: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = std::thread::scope(|scope| {
+    // Workers return (index into rows, new record); the rows themselves are
+    // then moved into the batch, not copied per value.
+    let mut resealed: Vec<(usize, Vec<u8>)> = std::thread::scope(|scope| {
         let handles: Vec<_> = rows
             .chunks(chunk)
-            .map(|part| scope.spawn(move || reseal(store, keys, target, version, part)))
+            .enumerate()
+            .map(|(n, part)| {
+                scope.spawn(move || {
+                    let mut out = reseal(store, keys, target, version, part);
+                    for (i, _) in &mut out {
+                        *i += n * chunk;
+                    }
+                    out
+                })
+            })
             .collect();
         handles
             .into_iter()
             .flat_map(|h| h.join().unwrap_or_default())
             .collect()
     });
-    let mut batch = Batch::default();
+    resealed.sort_unstable_by_key(|(i, _)| *i);
     let rewrapped = resealed.len() as u64;
-    for (key, old, new) in resealed {
-        batch.expect(Space::Values, key.clone(), Some(old));
-        batch.put(Space::Values, key, new);
+    let scanned = rows.len();
+    let last = rows.last().map(|(k, _)| k.clone());
+    let mut batch = Batch::default();
+    let mut news = resealed.into_iter().peekable();
+    for (i, (key, old)) in rows.into_iter().enumerate() {
+        if let Some((_, new)) = news.next_if(|(j, _)| *j == i) {
+            batch.expect(Space::Values, key.clone(), Some(old));
+            batch.put(Space::Values, key, new);
+        }
     }
-    cursor.scanned += rows.len() as u64;
+    cursor.scanned += scanned as u64;
     cursor.rewrapped += rewrapped;
-    match rows.last() {
-        Some((last, _)) if rows.len() == limit => {
-            let mut next = last.clone();
+    match last {
+        Some(mut next) if scanned == limit => {
             next.push(0);
             cursor.next = hex::encode(next);
         }
@@ -227,24 +243,27 @@ fn prepare(
     })
 }
 
-/// Re-seals the values of `rows` not yet under `version`: (key, old bytes,
-/// new bytes) for each. A value that does not open (tampered, its version
-/// refused, its subject erased) is left as it is: rewrap never makes data
-/// readable again.
-fn reseal(
+/// Re-seals the values of `rows` not yet under `version`: (index in
+/// `rows`, new record bytes) for each. A value that does not open
+/// (tampered, its version refused, its subject erased) is left as it is:
+/// rewrap never makes data readable again.
+fn reseal<'r>(
     store: &dyn Store,
     keys: &Keyring,
     target: &crate::crypto::DataKey,
     version: u32,
-    rows: &[(Vec<u8>, Vec<u8>)],
-) -> Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> {
+    rows: &'r [(Vec<u8>, Vec<u8>)],
+) -> Vec<(usize, Vec<u8>)> {
     let mut out = Vec::with_capacity(rows.len());
-    // Per subject: its key and the target version's value key.
-    let mut subject_keys: HashMap<String, Option<(SecretKey<32>, crate::crypto::DataKey)>> =
+    // Per subject (borrowed from the rows): its key and the target
+    // version's value key; per subject and old version, the opening key.
+    let mut subject_keys: HashMap<&'r str, Option<(SecretKey<32>, crate::crypto::DataKey)>> =
         HashMap::new();
-    // Per subject and old version: the value key that opens it.
-    let mut old_keys: HashMap<(String, u32), crate::crypto::DataKey> = HashMap::new();
-    for (key, bytes) in rows {
+    let mut old_keys: HashMap<(&'r str, u32), crate::crypto::DataKey> = HashMap::new();
+    let mut aad = Vec::with_capacity(64);
+    // The key-encryption key's cipher, set up once for the whole part.
+    let mut kek = keys.subject_key_opener().ok();
+    for (i, (key, bytes)) in rows.iter().enumerate() {
         let Some(mut rec) = Record::decode(bytes) else {
             continue;
         };
@@ -254,41 +273,35 @@ fn reseal(
         if rec.key_version == version {
             continue;
         }
-        if !subject_keys.contains_key(subject) {
-            let k = crate::subject_keys::load(store, keys, subject)
-                .ok()
-                .flatten();
-            let k = k.map(|sk| {
-                let t = target.for_subject(&sk);
-                (sk, t)
-            });
-            subject_keys.insert(subject.to_string(), k);
-        }
-        let Some(Some((sk, target_key))) = subject_keys.get(subject) else {
+        let entry = subject_keys.entry(subject).or_insert_with(|| {
+            let sk = crate::subject_keys::load_with(store, kek.as_mut()?, subject).ok()??;
+            let t = target.for_subject(&sk);
+            Some((sk, t))
+        });
+        let Some((sk, target_key)) = entry.as_ref() else {
             continue;
         };
-        let slot = (subject.to_string(), rec.key_version);
-        if !old_keys.contains_key(&slot) {
-            let Ok(old) = keys.version(rec.key_version) else {
-                continue;
-            };
-            old_keys.insert(slot.clone(), old.for_subject(sk));
-        }
-        let Some(old_key) = old_keys.get(&slot) else {
-            continue;
+        let old_key = match old_keys.entry((subject, rec.key_version)) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let Ok(old) = keys.version(rec.key_version) else {
+                    continue;
+                };
+                e.insert(old.for_subject(sk))
+            }
         };
-        let aad = value_aad(subject, rec.class, rec.key_version);
+        value_aad_into(&mut aad, subject, rec.class, rec.key_version);
         let Ok(plain) = old_key.open(&aad, &rec.ciphertext) else {
             continue;
         };
-        let aad = value_aad(subject, rec.class, version);
+        value_aad_into(&mut aad, subject, rec.class, version);
         let Ok(sealed) = target_key.seal(&aad, &plain) else {
             continue;
         };
         drop(plain);
         rec.ciphertext = sealed;
         rec.key_version = version;
-        out.push((key.clone(), bytes.clone(), rec.encode()));
+        out.push((i, rec.encode()));
     }
     out
 }
@@ -365,6 +378,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
     use crate::classes::Class;
+    use crate::crypto::value_aad;
     use crate::schema::value_key;
     use crate::secret::SecretKey;
     use crate::store::RocksStore;

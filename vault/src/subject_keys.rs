@@ -26,6 +26,18 @@ pub fn load(
     Ok(load_guarded(store, keys, subject)?.map(|(k, _)| k))
 }
 
+/// As [`load`], unwrapping with an opener set up once for many subjects.
+pub fn load_with(
+    store: &dyn Store,
+    opener: &mut crate::keys::SubjectKeyOpener,
+    subject: &str,
+) -> Result<Option<SecretKey<32>>, SubjectKeyError> {
+    match store.get(Space::SubjectKeys, subject.as_bytes())? {
+        None => Ok(None),
+        Some(w) => Ok(Some(opener.unwrap(subject, &w)?)),
+    }
+}
+
 /// The subject's key and a batch that holds only while that key is still
 /// the stored one: a write of values sealed under it carries the batch, so
 /// it fails (and is retried) rather than land after an erasure.
