@@ -70,6 +70,11 @@ struct Args {
     ceiling: bool,
     #[arg(long)]
     json: bool,
+    /// The vault's ops listener (e.g. 127.0.0.1:9464): scrape /metrics
+    /// before and after the vault run and print how many requests the vault
+    /// counted against how many the tool sent.
+    #[arg(long, value_name = "ADDR")]
+    ops: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -292,6 +297,28 @@ async fn ceiling_server(args: &Args) -> Result<String, String> {
     Ok(format!("https://127.0.0.1:{}", addr.port()))
 }
 
+/// The sum of `vault_http_requests_total` over every label set, from the
+/// ops listener's plain-HTTP `/metrics`.
+async fn requests_counted(ops: &str) -> Result<u64, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(ops)
+        .await
+        .map_err(|e| format!("ops {ops}: {e}"))?;
+    tcp.write_all(b"GET /metrics HTTP/1.0\r\nHost: vault\r\n\r\n")
+        .await
+        .map_err(|e| format!("ops {ops}: {e}"))?;
+    let mut text = String::new();
+    tcp.read_to_string(&mut text)
+        .await
+        .map_err(|e| format!("ops {ops}: {e}"))?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("vault_http_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum())
+}
+
 fn print(r: &Report, json: bool) {
     if json {
         println!("{}", serde_json::to_string(r).unwrap_or_default());
@@ -321,8 +348,27 @@ async fn main() -> std::process::ExitCode {
         } else {
             None
         };
+        let before = match &args.ops {
+            Some(ops) => Some(requests_counted(ops).await?),
+            None => None,
+        };
         let r = run(&args, &args.endpoint, "vault", tokens).await?;
         print(&r, args.json);
+        if let (Some(ops), Some(before)) = (&args.ops, before) {
+            let counted = requests_counted(ops).await?.saturating_sub(before);
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"metrics_requests_counted": counted, "requests_sent": r.requests})
+                );
+            } else {
+                let verdict = if counted == r.requests { "agree" } else { "DISAGREE" };
+                println!(
+                    "metrics: the vault counted {counted} requests, the tool sent {}: {verdict}",
+                    r.requests
+                );
+            }
+        }
         if let Some(c) = ceiling {
             let ratio = r.requests_per_s / c.requests_per_s.max(1e-9);
             if args.json {

@@ -9,6 +9,7 @@ async fn the_load_tool_drives_the_vault_and_its_ceiling() {
     let v = TestVault::start().await;
     let bin = vault_bin().with_file_name("vault-bench");
     let endpoint = format!("https://127.0.0.1:{}", v.api.port());
+    let ops = v.ops.to_string();
     let dir = v.dir.path().to_path_buf();
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(bin)
@@ -23,6 +24,8 @@ async fn the_load_tool_drives_the_vault_and_its_ceiling() {
                 "1",
                 "--ceiling",
                 "--json",
+                "--ops",
+                &ops,
             ])
             .arg("--dev")
             .arg(dir)
@@ -40,14 +43,20 @@ async fn the_load_tool_drives_the_vault_and_its_ceiling() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    // The tool's own scrape of /metrics around the vault run agrees.
+    assert_eq!(
+        lines[2]["metrics_requests_counted"], lines[2]["requests_sent"],
+        "{lines:?}"
+    );
+    assert_eq!(lines[2]["requests_sent"], lines[1]["requests"]);
     assert_eq!(lines[0]["target"], "ceiling");
     assert_eq!(lines[1]["target"], "vault");
     for l in &lines[..2] {
         assert!(l["requests"].as_u64().unwrap() > 10, "{l}");
         assert_eq!(l["errors"], 0, "{l}");
     }
-    assert!(lines[2]["ratio_of_ceiling"].as_f64().unwrap() > 0.0);
+    assert!(lines[3]["ratio_of_ceiling"].as_f64().unwrap() > 0.0);
     // The vault counted what the tool sent (plus the tool's one preparing
     // tokenize request).
     let sent = lines[1]["requests"].as_u64().unwrap();
