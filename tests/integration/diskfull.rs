@@ -16,7 +16,6 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vault_sdk::wire::Status;
 use vault_sdk::Client;
 
@@ -109,23 +108,8 @@ fn fill(path: &Path, leave: u64) {
     f.sync_all().unwrap();
 }
 
-async fn ops_get(ops: &str, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(ops).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.unwrap();
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let status = text.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
 async fn writable_gauge(ops: &str) -> String {
-    let (_, text) = ops_get(ops, "/metrics").await;
+    let (_, text) = ops_get_at(ops, "/metrics").await;
     text.lines()
         .find(|l| l.starts_with("vault_store_writable "))
         .unwrap_or("vault_store_writable missing")
@@ -199,7 +183,7 @@ async fn disk_full_gives_clean_503s_and_recovers_when_space_returns() {
         assert!(tokenize(&c, &acked, r, 50).await);
     }
     let before: Vec<String> = acked.lock().unwrap()[0].1.clone();
-    assert_eq!(ops_get(&ops, "/readyz").await.0, 200);
+    assert_eq!(ops_get_at(&ops, "/readyz").await.0, 200);
 
     // During: fill the disk, then load it with large batches until
     // writes are refused.
@@ -234,7 +218,7 @@ async fn disk_full_gives_clean_503s_and_recovers_when_space_returns() {
             "write {r} landed on a full disk"
         );
     }
-    let (status, body) = ops_get(&ops, "/readyz").await;
+    let (status, body) = ops_get_at(&ops, "/readyz").await;
     assert_eq!(status, 503, "readyz while full: {body}");
     assert_eq!(writable_gauge(&ops).await, "vault_store_writable 0");
     // Detokenize releases only once its audit event is durable: nothing now.
@@ -275,7 +259,7 @@ async fn disk_full_gives_clean_503s_and_recovers_when_space_returns() {
         "diskfull: writable again {:?} after space returned",
         freed.elapsed()
     );
-    assert_eq!(ops_get(&ops, "/readyz").await.0, 200);
+    assert_eq!(ops_get_at(&ops, "/readyz").await.0, 200);
     assert_eq!(writable_gauge(&ops).await, "vault_store_writable 1");
     for r in 2000..2004 {
         assert!(tokenize(&c, &acked, r, 50).await);

@@ -95,19 +95,24 @@ impl TestVault {
 
     /// A plain HTTP/1.1 GET on the ops listener: (status, body).
     pub async fn ops_get(&self, path: &str) -> (u16, String) {
-        let mut s = tokio::net::TcpStream::connect(self.ops).await.unwrap();
-        let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.unwrap();
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.unwrap();
-        let text = String::from_utf8_lossy(&buf).to_string();
-        let status = text.split(' ').nth(1).unwrap().parse().unwrap();
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        (status, body)
+        ops_get_at(&self.ops.to_string(), path).await
     }
+}
+
+/// A plain HTTP/1.1 GET on an ops listener at `addr`: (status, body).
+pub async fn ops_get_at(addr: &str, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }
 
 /// A previous server on the same directory may still be letting go of the
@@ -200,6 +205,11 @@ pub async fn assert_identity_refused(v: &TestVault, dir: &Path) {
         .retries(0)
         .build()
         .unwrap();
+    assert_transport_refused(&c).await;
+}
+
+/// A tokenize through `c` fails in the transport, never with an HTTP answer.
+pub async fn assert_transport_refused(c: &Client) {
     let err = c
         .tokenize(&tok_req(
             "s1",

@@ -14,18 +14,7 @@ async fn a_client_without_certificate_is_refused_in_the_handshake() {
         .retries(0)
         .build()
         .unwrap();
-    let err = c
-        .tokenize(&tok_req(
-            "s1",
-            "notification",
-            vec![field("phone", "13800138000")],
-        ))
-        .await
-        .unwrap_err();
-    assert!(
-        err.status().is_none(),
-        "expected a transport failure, got {err:?}"
-    );
+    assert_transport_refused(&c).await;
 }
 
 #[tokio::test]
