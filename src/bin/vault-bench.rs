@@ -101,6 +101,7 @@ fn client(args: &Args, endpoint: &str) -> Result<Client, String> {
         .and_then(|b| b.identity_files(tls.join("app.pem"), tls.join("app.key")))
         .map(|b| {
             b.http2(args.http2)
+                .http1(!args.http2)
                 .retries(0)
                 .pool_max_idle_per_host(1)
                 .timeout(Duration::from_secs(10))

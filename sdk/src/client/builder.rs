@@ -8,7 +8,8 @@
 //! speaks whichever the server picks; with [`ClientBuilder::http2`] only
 //! `enable_http2()` is called, which offers `h2` alone, and the hyper client is
 //! built `http2_only`, so a server without HTTP/2 fails the handshake instead
-//! of being spoken to in HTTP/1.1.
+//! of being spoken to in HTTP/1.1; with [`ClientBuilder::http1`] only
+//! `enable_http1()` is called and `http/1.1` alone is offered.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -47,6 +48,7 @@ pub struct ClientBuilder {
     connect_timeout: Duration,
     retries: u32,
     http2: bool,
+    http1: bool,
     pool_max_idle_per_host: usize,
 }
 
@@ -61,6 +63,7 @@ impl std::fmt::Debug for ClientBuilder {
             .field("connect_timeout", &self.connect_timeout)
             .field("retries", &self.retries)
             .field("http2", &self.http2)
+            .field("http1", &self.http1)
             .field("pool_max_idle_per_host", &self.pool_max_idle_per_host)
             .finish()
     }
@@ -78,6 +81,7 @@ impl ClientBuilder {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             retries: DEFAULT_RETRIES,
             http2: false,
+            http1: false,
             pool_max_idle_per_host: usize::MAX,
         }
     }
@@ -153,6 +157,14 @@ impl ClientBuilder {
         self
     }
 
+    /// `true`: offer only `http/1.1` in ALPN and speak only HTTP/1.1 (a
+    /// server that insists on HTTP/2 fails the handshake). Default `false`.
+    /// Cannot be combined with [`http2`](Self::http2).
+    pub fn http1(mut self, on: bool) -> Self {
+        self.http1 = on;
+        self
+    }
+
     /// Idle keep-alive connections kept per host. Default unbounded.
     pub fn pool_max_idle_per_host(mut self, n: usize) -> Self {
         self.pool_max_idle_per_host = n;
@@ -162,6 +174,11 @@ impl ClientBuilder {
     /// Parses the PEMs and builds the client. Needs no runtime; requests do.
     pub fn build(self) -> Result<Client, Error> {
         let base = parse_endpoint(&self.endpoint)?;
+        if self.http1 && self.http2 {
+            return Err(Error::Config(
+                "http1 and http2 exclude each other: choose one or neither".into(),
+            ));
+        }
         if self.ca_pem.is_empty() {
             return Err(Error::Config(
                 "no CA configured: call ca_pem or ca_file".into(),
@@ -188,6 +205,8 @@ impl ClientBuilder {
             .https_only();
         let connector = if self.http2 {
             protocols.enable_http2().wrap_connector(tcp)
+        } else if self.http1 {
+            protocols.enable_http1().wrap_connector(tcp)
         } else {
             protocols.enable_http1().enable_http2().wrap_connector(tcp)
         };

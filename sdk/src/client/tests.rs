@@ -630,6 +630,36 @@ async fn default_alpn_offers_h2_first() {
 }
 
 #[tokio::test]
+async fn http1_mode_offers_only_http1_and_an_h2_only_server_refuses_it() {
+    let srv = TestServer::start(
+        &[b"h2", b"http/1.1"],
+        vec![Reply::Json(200, r#"{"events":[]}"#)],
+    );
+    let client = builder(&srv.endpoint()).http1(true).build().unwrap();
+    client.audit(None, None, None).await.unwrap();
+    assert_eq!(srv.log().alpn, [Some(b"http/1.1".to_vec())]);
+
+    let h2_only = TestServer::start(&[b"h2"], vec![]);
+    let client = builder(&h2_only.endpoint())
+        .http1(true)
+        .retries(0)
+        .build()
+        .unwrap();
+    let e = client.audit(None, None, None).await.unwrap_err();
+    assert!(e.to_string().contains("NoApplicationProtocol"), "{e}");
+}
+
+#[test]
+fn http1_and_http2_together_are_refused() {
+    let e = builder("https://127.0.0.1:1")
+        .http1(true)
+        .http2(true)
+        .build()
+        .unwrap_err();
+    assert!(matches!(e, Error::Config(_)), "{e:?}");
+}
+
+#[tokio::test]
 async fn http2_mode_offers_only_h2() {
     let srv = TestServer::start(HTTP1, vec![Reply::Json(200, r#"{"events":[]}"#)]);
     let client = builder(&srv.endpoint()).http2(true).build().unwrap();
