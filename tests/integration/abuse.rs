@@ -257,23 +257,33 @@ async fn still_serves(v: &TestVault) {
     }
 }
 
+/// The `vault_http_in_flight_requests` gauge.
+async fn in_flight(v: &TestVault) -> u64 {
+    let (_, m) = v.ops_get("/metrics").await;
+    m.lines()
+        .find_map(|l| l.strip_prefix("vault_http_in_flight_requests "))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Waits up to 3 s for the in-flight gauge to satisfy `want`.
+async fn in_flight_reaches(v: &TestVault, what: &str, want: impl Fn(u64) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let g = in_flight(v).await;
+        if want(g) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "in-flight gauge at {g}, {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The `vault_http_in_flight_requests` gauge comes back to zero: no
 /// request, even one a client abandoned, is counted forever.
 async fn in_flight_returns_to_zero(v: &TestVault) {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let (_, m) = v.ops_get("/metrics").await;
-        let g = m
-            .lines()
-            .find_map(|l| l.strip_prefix("vault_http_in_flight_requests "))
-            .unwrap()
-            .to_string();
-        if g == "0" {
-            return;
-        }
-        assert!(Instant::now() < deadline, "in-flight gauge stuck at {g}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    in_flight_reaches(v, "stuck", |g| g == 0).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -408,6 +418,22 @@ async fn an_idle_http2_connection_gets_goaway_and_is_closed() {
     .expect("idle HTTP/2 connection kept for 3 s");
     println!("idle HTTP/2 connection closed after {took:?}");
     assert!(answered && goaway, "answered {answered}, goaway {goaway}");
+    assert!(took >= Duration::from_millis(250), "{took:?}");
+}
+
+#[tokio::test]
+async fn a_silent_idle_http2_connection_is_closed_soon_after_the_idle_deadline() {
+    // The request timeout keeps its default (10 s): closing an idle
+    // connection must not wait that long for a PING answer that never comes.
+    let v = TestVault::start_with(|c| c.server.idle_timeout_ms = 300).await;
+    let mut s = tls_conn(&v, b"h2").await;
+    h2raw::handshake(&mut s).await;
+    let since = Instant::now();
+    // Reads the GOAWAY and the PING, and never answers.
+    let took = closed_within(&mut s, since, Duration::from_secs(4))
+        .await
+        .expect("a silent idle HTTP/2 connection kept for 4 s");
+    println!("silent idle HTTP/2 connection closed after {took:?}");
     assert!(took >= Duration::from_millis(250), "{took:?}");
 }
 
