@@ -63,6 +63,10 @@ pub struct Server {
     pub max_concurrent_requests: usize,
     #[serde(default = "default_connections")]
     pub max_connections: usize,
+    /// Requests one connection may have in flight at once: the HTTP/2
+    /// stream limit it is told (HTTP/1.1 has one at a time).
+    #[serde(default = "default_streams")]
+    pub max_streams_per_connection: u32,
     #[serde(default)]
     pub log_format: LogFormat,
 }
@@ -104,6 +108,9 @@ fn default_concurrency() -> usize {
 }
 fn default_connections() -> usize {
     4096
+}
+fn default_streams() -> u32 {
+    32
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -288,6 +295,9 @@ impl Config {
         }
         if self.server.max_connections == 0 || self.server.max_connections > 1_000_000 {
             p.push("server.max-connections: must be 1..=1000000".into());
+        }
+        if !(1..=1024).contains(&self.server.max_streams_per_connection) {
+            p.push("server.max-streams-per-connection: must be 1..=1024".into());
         }
         for (key, ms) in [
             ("server.request-timeout-ms", self.server.request_timeout_ms),

@@ -27,6 +27,7 @@ pub struct Limits {
     pub idle_timeout: Duration,
     pub max_concurrent_requests: usize,
     pub max_connections: usize,
+    pub max_streams_per_connection: u32,
 }
 
 /// Everything a request handler can reach.
@@ -194,6 +195,7 @@ pub fn build(
             idle_timeout: Duration::from_millis(s.idle_timeout_ms),
             max_concurrent_requests: s.max_concurrent_requests,
             max_connections: s.max_connections,
+            max_streams_per_connection: s.max_streams_per_connection,
         },
         unseal: std::sync::Mutex::new(crate::shares::Collector::default()),
         key_ops: tokio::sync::Mutex::new(()),

@@ -27,6 +27,7 @@ fn the_example_parses_and_validates() {
     assert_eq!(cfg.server.max_body_bytes, 1 << 20);
     assert_eq!(cfg.server.handshake_timeout_ms, 5_000);
     assert_eq!(cfg.server.idle_timeout_ms, 60_000);
+    assert_eq!(cfg.server.max_streams_per_connection, 32);
     assert_eq!(cfg.grants.len(), 5);
     let policy = Policy::from_config(&cfg);
     assert!(policy.may_collect("app", "traffic_statistics", Class::Ip));
@@ -116,12 +117,17 @@ fn connection_deadlines_and_limits_are_bounded() {
     let text = EXAMPLE
         .replace("idle-timeout-ms = 60000", "idle-timeout-ms = 0")
         .replace("handshake-timeout-ms = 5000", "handshake-timeout-ms = 0")
-        .replace("max-connections = 4096", "max-connections = 0");
+        .replace("max-connections = 4096", "max-connections = 0")
+        .replace(
+            "max-streams-per-connection = 32",
+            "max-streams-per-connection = 0",
+        );
     let all = load(&text, &[]).unwrap_err().to_string();
     for key in [
         "server.idle-timeout-ms",
         "server.handshake-timeout-ms",
         "server.max-connections",
+        "server.max-streams-per-connection",
     ] {
         assert!(all.contains(key), "missing {key} in:\n{all}");
     }

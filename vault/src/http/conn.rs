@@ -27,8 +27,6 @@ const H1_MAX_HEAD: usize = 32 * 1024;
 const H1_MAX_HEADERS: usize = 100;
 /// Largest decoded HTTP/2 header list a client may send.
 const H2_MAX_HEADER_LIST: u32 = 32 * 1024;
-/// Streams one HTTP/2 client may have open at once.
-const H2_MAX_STREAMS: u32 = 256;
 /// Streams a client may reset before the server has accepted them; beyond,
 /// the connection gets GOAWAY (the rapid-reset flood, CVE-2023-44487).
 const H2_MAX_PENDING_RESETS: usize = 20;
@@ -59,7 +57,7 @@ impl Builders {
             .max_headers(H1_MAX_HEADERS);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
-            .max_concurrent_streams(H2_MAX_STREAMS)
+            .max_concurrent_streams(limits.max_streams_per_connection)
             .max_header_list_size(H2_MAX_HEADER_LIST)
             .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
             .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
