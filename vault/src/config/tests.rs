@@ -136,6 +136,25 @@ fn connection_deadlines_and_limits_are_bounded() {
 }
 
 #[test]
+fn the_body_deadline_is_within_the_request_deadline() {
+    let cfg = load(EXAMPLE, &[]).unwrap();
+    assert_eq!(cfg.server.body_timeout_ms(), 5_000);
+    for bad in ["0", "10001"] {
+        let text = EXAMPLE.replace(
+            "body-timeout-ms = 5000",
+            &format!("body-timeout-ms = {bad}"),
+        );
+        let all = load(&text, &[]).unwrap_err().to_string();
+        assert!(all.contains("server.body-timeout-ms"), "{bad}: {all}");
+    }
+    // Unset, it is the default unless the request deadline is shorter.
+    let unset = EXAMPLE.replace("body-timeout-ms = 5000\n", "");
+    assert_eq!(load(&unset, &[]).unwrap().server.body_timeout_ms(), 5_000);
+    let short = load(&unset, &[("VAULT__SERVER__REQUEST_TIMEOUT_MS", "2000")]).unwrap();
+    assert_eq!(short.server.body_timeout_ms(), 2_000);
+}
+
+#[test]
 fn legal_exceptions_cannot_be_granted() {
     let text = format!(
         "{EXAMPLE}\n[[grants]]\ncaller = \"app\"\npurpose = \"criminal_investigation\"\nfull = [\"name\"]\n"
