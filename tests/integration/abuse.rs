@@ -123,6 +123,7 @@ async fn read_h1_response<S: AsyncReadExt + Unpin>(s: &mut S) -> Option<(u16, St
 mod h2raw {
     use super::*;
 
+    pub const DATA: u8 = 0;
     pub const HEADERS: u8 = 1;
     pub const RST_STREAM: u8 = 3;
     pub const SETTINGS: u8 = 4;
@@ -257,23 +258,33 @@ async fn still_serves(v: &TestVault) {
     }
 }
 
+/// The `vault_http_in_flight_requests` gauge.
+async fn in_flight(v: &TestVault) -> u64 {
+    let (_, m) = v.ops_get("/metrics").await;
+    m.lines()
+        .find_map(|l| l.strip_prefix("vault_http_in_flight_requests "))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Waits up to 3 s for the in-flight gauge to satisfy `want`.
+async fn in_flight_reaches(v: &TestVault, what: &str, want: impl Fn(u64) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let g = in_flight(v).await;
+        if want(g) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "in-flight gauge at {g}, {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The `vault_http_in_flight_requests` gauge comes back to zero: no
 /// request, even one a client abandoned, is counted forever.
 async fn in_flight_returns_to_zero(v: &TestVault) {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let (_, m) = v.ops_get("/metrics").await;
-        let g = m
-            .lines()
-            .find_map(|l| l.strip_prefix("vault_http_in_flight_requests "))
-            .unwrap()
-            .to_string();
-        if g == "0" {
-            return;
-        }
-        assert!(Instant::now() < deadline, "in-flight gauge stuck at {g}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    in_flight_reaches(v, "stuck", |g| g == 0).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -411,6 +422,94 @@ async fn an_idle_http2_connection_gets_goaway_and_is_closed() {
     assert!(took >= Duration::from_millis(250), "{took:?}");
 }
 
+#[tokio::test]
+async fn a_silent_idle_http2_connection_is_closed_soon_after_the_idle_deadline() {
+    // The request timeout keeps its default (10 s): closing an idle
+    // connection must not wait that long for a PING answer that never comes.
+    let v = TestVault::start_with(|c| c.server.idle_timeout_ms = 300).await;
+    let mut s = tls_conn(&v, b"h2").await;
+    h2raw::handshake(&mut s).await;
+    let since = Instant::now();
+    // Reads the GOAWAY and the PING, and never answers.
+    let took = closed_within(&mut s, since, Duration::from_secs(4))
+        .await
+        .expect("a silent idle HTTP/2 connection kept for 4 s");
+    println!("silent idle HTTP/2 connection closed after {took:?}");
+    assert!(took >= Duration::from_millis(250), "{took:?}");
+}
+
+#[tokio::test]
+async fn a_body_that_stalls_gets_a_timeout_at_the_body_deadline() {
+    let v = TestVault::start_with(|c| c.server.body_timeout_ms = Some(500)).await;
+    let in_time = |took: Duration| {
+        assert!(took >= Duration::from_millis(450), "{took:?}");
+        assert!(took < Duration::from_millis(2000), "{took:?}");
+    };
+    // HTTP/1.1: 10 of the 100 bytes declared, then nothing.
+    let mut s = tls_conn(&v, b"http/1.1").await;
+    let since = Instant::now();
+    s.write_all(
+        b"POST /v1/tokenize HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"subject\"",
+    )
+    .await
+    .unwrap();
+    let (status, text) = tokio::time::timeout(Duration::from_secs(3), read_h1_response(&mut s))
+        .await
+        .expect("no answer to a stalled body in 3 s")
+        .expect("closed without an answer");
+    println!("HTTP/1.1 stalled body answered after {:?}", since.elapsed());
+    in_time(since.elapsed());
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains(r#""code":"timeout""#), "{text}");
+    // HTTP/2: the same on one stream; the connection lives on.
+    let mut s = tls_conn(&v, b"h2").await;
+    h2raw::handshake(&mut s).await;
+    let block = h2raw::block(
+        true,
+        "/v1/tokenize",
+        &[
+            ("content-type", b"application/json"),
+            ("content-length", b"100"),
+        ],
+    );
+    let since = Instant::now();
+    let mut out = h2raw::headers(1, &block, false);
+    out.extend(h2raw::frame(h2raw::DATA, 0, 1, b"{\"subject\""));
+    s.write_all(&out).await.unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(3), async {
+        while let Some((kind, _, stream, p)) = h2raw::read_frame(&mut s).await {
+            if kind == h2raw::DATA && stream == 1 {
+                return String::from_utf8_lossy(&p).to_string();
+            }
+        }
+        panic!("connection closed without an answer");
+    })
+    .await
+    .expect("no answer to a stalled HTTP/2 body in 3 s");
+    println!("HTTP/2 stalled body answered after {:?}", since.elapsed());
+    in_time(since.elapsed());
+    assert!(answer.contains(r#""code":"timeout""#), "{answer}");
+    // Nothing is held for it any more, and the connection serves the next.
+    in_flight_returns_to_zero(&v).await;
+    s.write_all(&h2raw::headers(
+        3,
+        &h2raw::block(false, "/v1/nothing", &[]),
+        true,
+    ))
+    .await
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some((kind, _, stream, _)) = h2raw::read_frame(&mut s).await {
+            if kind == h2raw::HEADERS && stream == 3 {
+                return;
+            }
+        }
+        panic!("connection closed after a body timeout");
+    })
+    .await
+    .expect("no answer on the connection after a body timeout");
+}
+
 // ---------------------------------------------------------------------------
 // 2. Oversized heads and bodies
 
@@ -534,6 +633,48 @@ async fn an_oversized_chunked_body_gets_413() {
         .scan(Space::Values, b"", None, 1)
         .unwrap()
         .is_empty());
+}
+
+#[tokio::test]
+async fn bodies_held_in_memory_stay_within_the_body_budget() {
+    // One request handled at once and bodies of 1 KiB at most: 2 KiB of
+    // bodies in memory at most, counted as they arrive.
+    let v = TestVault::start_with(|c| {
+        c.server.max_concurrent_requests = 1;
+        c.server.max_body_bytes = 1024;
+        c.server.body_timeout_ms = Some(800);
+    })
+    .await;
+    // Three clients send 900 of the 1,000 bytes they declare, then stall.
+    let mut conns = Vec::new();
+    for _ in 0..3 {
+        let mut s = tls_conn(&v, b"http/1.1").await;
+        let head = "POST /v1/tokenize HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\r\n";
+        s.write_all(format!("{head}{}", "a".repeat(900)).as_bytes())
+            .await
+            .unwrap();
+        conns.push(s);
+    }
+    // Two fit; the third would not, and is refused rather than buffered.
+    let mut codes = Vec::new();
+    for s in &mut conns {
+        let (status, text) = tokio::time::timeout(Duration::from_secs(3), read_h1_response(s))
+            .await
+            .expect("no answer in 3 s")
+            .expect("closed without an answer");
+        assert_eq!(status, 503, "{text}");
+        codes.push(if text.contains(r#""code":"overloaded""#) {
+            "overloaded"
+        } else if text.contains(r#""code":"timeout""#) {
+            "timeout"
+        } else {
+            panic!("{text}")
+        });
+    }
+    codes.sort_unstable();
+    assert_eq!(codes, ["overloaded", "timeout", "timeout"]);
+    // Given back: whole bodies go through again.
+    still_serves(&v).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -692,7 +833,7 @@ async fn opening_more_streams_than_allowed_is_refused_and_harmless() {
     let v = TestVault::start().await;
     let mut s = tls_conn(&v, b"h2").await;
     let max = h2raw::handshake(&mut s).await;
-    assert_eq!(max, Some(256), "the server must advertise its stream limit");
+    assert_eq!(max, Some(32), "the server must advertise its stream limit");
     // 1,000 POSTs at once, each waiting for a body that never comes.
     let block = h2raw::block(
         true,
@@ -714,7 +855,7 @@ async fn opening_more_streams_than_allowed_is_refused_and_harmless() {
                 goaway = true;
                 return;
             }
-            if refused >= 1000 - 256 {
+            if refused >= 1000 - 32 {
                 return;
             }
         }
@@ -725,10 +866,46 @@ async fn opening_more_streams_than_allowed_is_refused_and_harmless() {
         refused > 0 || goaway,
         "streams over the limit were accepted"
     );
-    // The 256 accepted ones wait for their bodies: the server must still
+    // The 32 accepted ones wait for their bodies: the server must still
     // serve others, and forget the abandoned ones once the client leaves.
     still_serves(&v).await;
     drop(s);
+    in_flight_returns_to_zero(&v).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_waiting_for_their_bodies_do_not_starve_other_clients() {
+    // Four connections open every stream the server allows, each declaring
+    // a body it never sends: twice as many requests as may be handled at
+    // once. Waiting for bodies, they must not take the places of requests
+    // that are ready to be handled.
+    let v = TestVault::start_with(|c| c.server.max_concurrent_requests = 64).await;
+    let block = h2raw::block(
+        true,
+        "/v1/tokenize",
+        &[
+            ("content-type", b"application/json"),
+            ("content-length", b"100"),
+        ],
+    );
+    let (mut conns, mut opened) = (Vec::new(), 0u64);
+    for _ in 0..4 {
+        let mut s = tls_conn(&v, b"h2").await;
+        let max = h2raw::handshake(&mut s).await.unwrap();
+        let mut out = Vec::new();
+        for i in 0..max {
+            out.extend(h2raw::headers(2 * i + 1, &block, false));
+        }
+        s.write_all(&out).await.unwrap();
+        opened += u64::from(max);
+        conns.push(s);
+    }
+    in_flight_reaches(&v, "streams not started", |g| g >= 64).await;
+    still_serves(&v).await;
+    // And all of them were in flight, waiting for their bodies.
+    in_flight_reaches(&v, "streams not all started", |g| g == opened).await;
+    println!("{opened} streams waiting for their bodies did not starve a client");
+    drop(conns);
     in_flight_returns_to_zero(&v).await;
 }
 

@@ -55,6 +55,10 @@ pub struct Server {
     pub max_items: usize,
     #[serde(default = "default_timeout")]
     pub request_timeout_ms: u64,
+    /// How long after its head a request's body may take to arrive in full;
+    /// unset: [`DEFAULT_BODY_TIMEOUT_MS`], or the request timeout if lower.
+    #[serde(default)]
+    pub body_timeout_ms: Option<u64>,
     #[serde(default = "default_handshake")]
     pub handshake_timeout_ms: u64,
     #[serde(default = "default_idle")]
@@ -63,8 +67,22 @@ pub struct Server {
     pub max_concurrent_requests: usize,
     #[serde(default = "default_connections")]
     pub max_connections: usize,
+    /// Requests one connection may have in flight at once: the HTTP/2
+    /// stream limit it is told (HTTP/1.1 has one at a time).
+    #[serde(default = "default_streams")]
+    pub max_streams_per_connection: u32,
     #[serde(default)]
     pub log_format: LogFormat,
+}
+
+impl Server {
+    /// The body deadline in force: as set, else the default capped by the
+    /// request timeout (the request deadline covers the body too).
+    pub fn body_timeout_ms(&self) -> u64 {
+        self.body_timeout_ms
+            .unwrap_or(DEFAULT_BODY_TIMEOUT_MS)
+            .min(self.request_timeout_ms)
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -93,6 +111,9 @@ fn default_items() -> usize {
 fn default_timeout() -> u64 {
     10_000
 }
+/// The body deadline when none is set: half the default request timeout,
+/// so that a body arriving at the last moment leaves time to handle it.
+pub const DEFAULT_BODY_TIMEOUT_MS: u64 = 5_000;
 fn default_handshake() -> u64 {
     5_000
 }
@@ -104,6 +125,9 @@ fn default_concurrency() -> usize {
 }
 fn default_connections() -> usize {
     4096
+}
+fn default_streams() -> u32 {
+    32
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -289,6 +313,9 @@ impl Config {
         if self.server.max_connections == 0 || self.server.max_connections > 1_000_000 {
             p.push("server.max-connections: must be 1..=1000000".into());
         }
+        if !(1..=1024).contains(&self.server.max_streams_per_connection) {
+            p.push("server.max-streams-per-connection: must be 1..=1024".into());
+        }
         for (key, ms) in [
             ("server.request-timeout-ms", self.server.request_timeout_ms),
             (
@@ -301,6 +328,13 @@ impl Config {
             if ms == 0 || ms > 86_400_000 {
                 p.push(format!("{key}: must be 1..=86400000"));
             }
+        }
+        if self
+            .server
+            .body_timeout_ms
+            .is_some_and(|ms| ms == 0 || ms > self.server.request_timeout_ms)
+        {
+            p.push("server.body-timeout-ms: must be 1..=request-timeout-ms".into());
         }
         if !matches!(self.tls.min_version.as_str(), "1.2" | "1.3") {
             p.push("tls.min-version: must be \"1.3\" or \"1.2\"".into());

@@ -1,9 +1,20 @@
 //! The HTTP layer: both listeners, the request stack, routing, and the one
 //! place where an error becomes a status and a code. The stack, outermost
 //! first: connection limit, TLS handshake under a deadline with the client
-//! certificate required, the connection's protocol and deadlines
-//! (`http/conn.rs`), caller identity, request id, metrics, concurrency
-//! limit with load shedding, request deadline, body limit, router, handler.
+//! certificate required, the connection's protocol, deadlines and stream
+//! limit (`http/conn.rs`), request id, metrics, request deadline, caller
+//! identity, the whole body read under the body deadline, the body limit and
+//! the body budget (`http/body.rs`), concurrency limit with load shedding,
+//! router, handler.
+//!
+//! Invariant: a request holds one of `max-concurrent-requests` handling
+//! places only once its body is in, so a client slow to send bodies holds
+//! no more than its own connection's `max-streams-per-connection` requests,
+//! each for at most `body-timeout-ms`, and cannot shed anyone else's load.
+//! Memory for bodies is bounded all the same: in total by the body budget,
+//! `2 × max-concurrent-requests × max-body-bytes` bytes, charged as they
+//! arrive (a withheld body costs nothing), besides what HTTP/2 flow control
+//! lets a connection buffer.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +23,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -25,6 +36,7 @@ use vault_sdk::wire::{ErrorBody, ErrorDetail};
 use crate::api::{self, admin, ApiError, Ctx};
 use crate::server::Vault;
 
+mod body;
 mod conn;
 
 type Body = Full<Bytes>;
@@ -156,7 +168,9 @@ fn request_id() -> String {
 struct Conn {
     vault: Arc<Vault>,
     caller: Option<Arc<str>>,
+    /// Handling places, `max-concurrent-requests` of them.
     permits: Arc<Semaphore>,
+    bodies: body::Budget,
     activity: conn::Activity,
 }
 
@@ -184,15 +198,11 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
     let v = &conn.vault;
     let busy = conn.activity.begin();
     let in_flight = InFlight::new(&v.metrics);
-    let mut resp = match conn.permits.clone().try_acquire_owned() {
-        Err(_) => error_response(&ApiError::Overloaded),
-        Ok(_permit) => {
-            let work = dispatch(&conn, rid.clone(), req);
-            match tokio::time::timeout(v.limits.request_timeout, work).await {
-                Ok(resp) => resp,
-                Err(_) => error_response(&ApiError::Timeout),
-            }
-        }
+    let work = admit(&conn, rid.clone(), req);
+    let mut resp = match tokio::time::timeout(v.limits.request_timeout, work).await {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => error_response(&e),
+        Err(_) => error_response(&ApiError::Timeout),
     };
     drop(in_flight);
     drop(busy);
@@ -207,73 +217,67 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
     resp
 }
 
-async fn dispatch(conn: &Conn, request_id: String, req: Request<Incoming>) -> Response<Body> {
+/// Who is calling, then the whole body within the body deadline, then a
+/// handling place, then the handler. Everything taken is given back when
+/// this ends or is dropped at the request deadline.
+async fn admit(
+    conn: &Conn,
+    request_id: String,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let v = &conn.vault;
-    let Some(caller) = conn.caller.clone() else {
-        return error_response(&ApiError::UnknownCaller);
-    };
-    let Some(role) = v.policy.role(&caller) else {
-        return error_response(&ApiError::UnknownCaller);
-    };
+    let caller = conn.caller.clone().ok_or(ApiError::UnknownCaller)?;
+    let role = v.policy.role(&caller).ok_or(ApiError::UnknownCaller)?;
     let ctx = Ctx {
         caller,
         role,
         request_id,
     };
-    let (parts, body) = req.into_parts();
+    let (parts, incoming) = req.into_parts();
+    let max = v.limits.max_body_bytes;
+    let reading = body::read(&conn.bodies, max, &parts.headers, incoming);
+    let body = tokio::time::timeout(v.limits.body_timeout, reading)
+        .await
+        .map_err(|_| ApiError::Timeout)??;
+    let _permit = conn
+        .permits
+        .try_acquire()
+        .map_err(|_| ApiError::Overloaded)?;
+    Ok(dispatch(v, &ctx, &parts, body.bytes()).await)
+}
+
+async fn dispatch(
+    v: &Arc<Vault>,
+    ctx: &Ctx,
+    parts: &http::request::Parts,
+    b: &Bytes,
+) -> Response<Body> {
     match (&parts.method, parts.uri.path()) {
-        (&Method::POST, "/v1/tokenize") => match read_body(v, &parts, body).await {
-            Ok(b) => ok(api::tokenize(v, &ctx, &b).await),
-            Err(e) => error_response(&e),
-        },
-        (&Method::POST, "/v1/detokenize") => match read_body(v, &parts, body).await {
-            Ok(b) => ok(api::detokenize(v, &ctx, &b).await),
-            Err(e) => error_response(&e),
-        },
-        (&Method::POST, "/v1/deidentify") => match read_body(v, &parts, body).await {
-            Ok(b) => ok(api::deidentify(v, &ctx, &b).await),
-            Err(e) => error_response(&e),
-        },
-        (&Method::POST, "/v1/reidentify") => match read_body(v, &parts, body).await {
-            Ok(b) => ok(api::reidentify(v, &ctx, &b).await),
-            Err(e) => error_response(&e),
-        },
-        (&Method::POST, "/v1/records") => match read_body(v, &parts, body).await {
-            Ok(b) => ok(api::records(v, &ctx, &b).await),
-            Err(e) => error_response(&e),
-        },
-        (&Method::GET, "/v1/audit") => ok(api::audit(v, &ctx, parts.uri.query())),
-        (&Method::GET, "/v1/admin/keys") => ok(admin::keys_status(v, &ctx).await),
-        (&Method::POST, "/v1/admin/keys/rotate") => ok(admin::rotate(v, &ctx).await),
-        (&Method::POST, "/v1/admin/keys/config") => match read_body(v, &parts, body).await {
-            Ok(b) => ok(admin::configure(v, &ctx, &b).await),
-            Err(e) => error_response(&e),
-        },
-        (&Method::POST, "/v1/admin/keys/retire") => match read_body(v, &parts, body).await {
-            Ok(b) => ok(admin::retire(v, &ctx, &b).await),
-            Err(e) => error_response(&e),
-        },
-        (&Method::POST, "/v1/admin/keys/rewrap") => ok(admin::rewrap_start(v, &ctx).await),
-        (&Method::GET, "/v1/admin/keys/rewrap") => ok(admin::rewrap_status(v, &ctx)),
+        (&Method::POST, "/v1/tokenize") => ok(api::tokenize(v, ctx, b).await),
+        (&Method::POST, "/v1/detokenize") => ok(api::detokenize(v, ctx, b).await),
+        (&Method::POST, "/v1/deidentify") => ok(api::deidentify(v, ctx, b).await),
+        (&Method::POST, "/v1/reidentify") => ok(api::reidentify(v, ctx, b).await),
+        (&Method::POST, "/v1/records") => ok(api::records(v, ctx, b).await),
+        (&Method::GET, "/v1/audit") => ok(api::audit(v, ctx, parts.uri.query())),
+        (&Method::GET, "/v1/admin/keys") => ok(admin::keys_status(v, ctx).await),
+        (&Method::POST, "/v1/admin/keys/rotate") => ok(admin::rotate(v, ctx).await),
+        (&Method::POST, "/v1/admin/keys/config") => ok(admin::configure(v, ctx, b).await),
+        (&Method::POST, "/v1/admin/keys/retire") => ok(admin::retire(v, ctx, b).await),
+        (&Method::POST, "/v1/admin/keys/rewrap") => ok(admin::rewrap_start(v, ctx).await),
+        (&Method::GET, "/v1/admin/keys/rewrap") => ok(admin::rewrap_status(v, ctx)),
         (&Method::GET, "/v1/admin/stats/anonymized") => {
-            ok(api::lifecycle::anonymized_stats(v, &ctx))
+            ok(api::lifecycle::anonymized_stats(v, ctx))
         }
         (&Method::GET, "/v1/admin/incidents/exposure") => {
-            ok(api::exposure::exposure(v, &ctx, parts.uri.query()).await)
+            ok(api::exposure::exposure(v, ctx, parts.uri.query()).await)
         }
-        (&Method::POST, "/v1/admin/approvals") => match read_body(v, &parts, body).await {
-            Ok(b) => ok(api::consent::approve(v, &ctx, &b).await),
-            Err(e) => error_response(&e),
-        },
+        (&Method::POST, "/v1/admin/approvals") => ok(api::consent::approve(v, ctx, b).await),
         (m, path) if path.starts_with("/v1/subjects/") => {
             let m = m.clone();
-            subjects(v, &ctx, &m, path, parts.uri.query(), &parts, body).await
+            subjects(v, ctx, &m, path, parts.uri.query(), b).await
         }
-        (&Method::POST, "/v1/admin/seal") => ok(admin::seal(v, &ctx).await),
-        (&Method::POST, "/v1/admin/unseal") => match read_body(v, &parts, body).await {
-            Ok(b) => ok(admin::unseal(v, &ctx, &b).await),
-            Err(e) => error_response(&e),
-        },
+        (&Method::POST, "/v1/admin/seal") => ok(admin::seal(v, ctx).await),
+        (&Method::POST, "/v1/admin/unseal") => ok(admin::unseal(v, ctx, b).await),
         (
             _,
             "/v1/tokenize"
@@ -315,8 +319,7 @@ async fn subjects(
     m: &Method,
     path: &str,
     query: Option<&str>,
-    parts: &http::request::Parts,
-    body: Incoming,
+    b: &Bytes,
 ) -> Response<Body> {
     use api::{consent, lifecycle, subjects};
     let Some((subject, rest)) = subject_path(path) else {
@@ -335,50 +338,18 @@ async fn subjects(
     if !allowed.contains(m) {
         return error_response(&ApiError::MethodNotAllowed);
     }
-    let b = match read_body(v, parts, body).await {
-        Ok(b) => b,
-        Err(e) => return error_response(&e),
-    };
     match (segments.as_slice(), m) {
         ([""], &Method::GET) => ok(subjects::export(v, ctx, &subject, query).await),
         ([""], _) => ok(lifecycle::erase(v, ctx, &subject).await),
         (["access-log"], _) => ok(subjects::access_log(v, &subject)),
         (["consents", p], _) => match api::percent_decode(p) {
-            Some(p) => ok(consent::consent(v, ctx, m, &subject, &p, &b).await),
+            Some(p) => ok(consent::consent(v, ctx, m, &subject, &p, b).await),
             None => error_response(&ApiError::NotFound),
         },
         (["hold"], _) => ok(lifecycle::hold(v, ctx, &subject, *m == Method::PUT).await),
-        (["events"], _) => ok(lifecycle::event(v, ctx, &subject, &b).await),
-        (["tokens", t], _) => ok(lifecycle::correct(v, ctx, &subject, t, &b).await),
+        (["events"], _) => ok(lifecycle::event(v, ctx, &subject, b).await),
+        (["tokens", t], _) => ok(lifecycle::correct(v, ctx, &subject, t, b).await),
         _ => error_response(&ApiError::NotFound),
-    }
-}
-
-/// Reads the whole body, refusing more than the limit before reading it
-/// when the length is declared, and while reading when it is not.
-async fn read_body(
-    v: &Vault,
-    parts: &http::request::Parts,
-    body: Incoming,
-) -> Result<Bytes, ApiError> {
-    let max = v.limits.max_body_bytes;
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|s| s.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
-        return Err(ApiError::BodyTooLarge(max));
-    }
-    match Limited::new(body, max).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(ApiError::BodyTooLarge(max))
-        }
-        Err(_) => Err(ApiError::BadRequest("the request body could not be read")),
     }
 }
 
@@ -394,6 +365,7 @@ pub async fn serve_api(
     let max_conns = vault.limits.max_connections;
     let conns = Arc::new(Semaphore::new(max_conns));
     let permits = Arc::new(Semaphore::new(vault.limits.max_concurrent_requests));
+    let bodies = body::Budget::new(&vault.limits);
     let builders = Arc::new(conn::Builders::new(&vault.limits));
     loop {
         let (tcp, _) = tokio::select! {
@@ -415,6 +387,7 @@ pub async fn serve_api(
         let acceptor = acceptor.clone();
         let vault = vault.clone();
         let permits = permits.clone();
+        let bodies = bodies.clone();
         let builders = builders.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
@@ -443,6 +416,7 @@ pub async fn serve_api(
                 vault,
                 caller,
                 permits,
+                bodies,
                 activity: conn::Activity::new(),
             });
             let svc_conn = conn.clone();

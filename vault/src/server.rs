@@ -23,10 +23,13 @@ pub struct Limits {
     pub max_body_bytes: usize,
     pub max_items: usize,
     pub request_timeout: Duration,
+    /// Never longer than `request_timeout`.
+    pub body_timeout: Duration,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_concurrent_requests: usize,
     pub max_connections: usize,
+    pub max_streams_per_connection: u32,
 }
 
 /// Everything a request handler can reach.
@@ -190,10 +193,12 @@ pub fn build(
             max_body_bytes: s.max_body_bytes,
             max_items: s.max_items,
             request_timeout: Duration::from_millis(s.request_timeout_ms),
+            body_timeout: Duration::from_millis(s.body_timeout_ms()),
             handshake_timeout: Duration::from_millis(s.handshake_timeout_ms),
             idle_timeout: Duration::from_millis(s.idle_timeout_ms),
             max_concurrent_requests: s.max_concurrent_requests,
             max_connections: s.max_connections,
+            max_streams_per_connection: s.max_streams_per_connection,
         },
         unseal: std::sync::Mutex::new(crate::shares::Collector::default()),
         key_ops: tokio::sync::Mutex::new(()),

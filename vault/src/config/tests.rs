@@ -27,6 +27,7 @@ fn the_example_parses_and_validates() {
     assert_eq!(cfg.server.max_body_bytes, 1 << 20);
     assert_eq!(cfg.server.handshake_timeout_ms, 5_000);
     assert_eq!(cfg.server.idle_timeout_ms, 60_000);
+    assert_eq!(cfg.server.max_streams_per_connection, 32);
     assert_eq!(cfg.grants.len(), 5);
     let policy = Policy::from_config(&cfg);
     assert!(policy.may_collect("app", "traffic_statistics", Class::Ip));
@@ -116,17 +117,41 @@ fn connection_deadlines_and_limits_are_bounded() {
     let text = EXAMPLE
         .replace("idle-timeout-ms = 60000", "idle-timeout-ms = 0")
         .replace("handshake-timeout-ms = 5000", "handshake-timeout-ms = 0")
-        .replace("max-connections = 4096", "max-connections = 0");
+        .replace("max-connections = 4096", "max-connections = 0")
+        .replace(
+            "max-streams-per-connection = 32",
+            "max-streams-per-connection = 0",
+        );
     let all = load(&text, &[]).unwrap_err().to_string();
     for key in [
         "server.idle-timeout-ms",
         "server.handshake-timeout-ms",
         "server.max-connections",
+        "server.max-streams-per-connection",
     ] {
         assert!(all.contains(key), "missing {key} in:\n{all}");
     }
     let cfg = load(EXAMPLE, &[("VAULT__SERVER__IDLE_TIMEOUT_MS", "250")]).unwrap();
     assert_eq!(cfg.server.idle_timeout_ms, 250);
+}
+
+#[test]
+fn the_body_deadline_is_within_the_request_deadline() {
+    let cfg = load(EXAMPLE, &[]).unwrap();
+    assert_eq!(cfg.server.body_timeout_ms(), 5_000);
+    for bad in ["0", "10001"] {
+        let text = EXAMPLE.replace(
+            "body-timeout-ms = 5000",
+            &format!("body-timeout-ms = {bad}"),
+        );
+        let all = load(&text, &[]).unwrap_err().to_string();
+        assert!(all.contains("server.body-timeout-ms"), "{bad}: {all}");
+    }
+    // Unset, it is the default unless the request deadline is shorter.
+    let unset = EXAMPLE.replace("body-timeout-ms = 5000\n", "");
+    assert_eq!(load(&unset, &[]).unwrap().server.body_timeout_ms(), 5_000);
+    let short = load(&unset, &[("VAULT__SERVER__REQUEST_TIMEOUT_MS", "2000")]).unwrap();
+    assert_eq!(short.server.body_timeout_ms(), 2_000);
 }
 
 #[test]

@@ -2,7 +2,9 @@
 //! HTTP limits, and the deadlines that free it. Invariant: every connection
 //! ends within a bounded time of going quiet or of a shutdown: idle past
 //! `idle-timeout-ms` or asked to stop, it is closed gracefully, and dropped
-//! if it has not finished within the grace that follows.
+//! if it has not finished within the grace that follows: [`IDLE_GRACE`]
+//! when it was closed for being idle and is still so, the request timeout
+//! while a request is in flight.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -25,14 +27,17 @@ const H1_MAX_HEAD: usize = 32 * 1024;
 const H1_MAX_HEADERS: usize = 100;
 /// Largest decoded HTTP/2 header list a client may send.
 const H2_MAX_HEADER_LIST: u32 = 32 * 1024;
-/// Streams one HTTP/2 client may have open at once.
-const H2_MAX_STREAMS: u32 = 256;
 /// Streams a client may reset before the server has accepted them; beyond,
 /// the connection gets GOAWAY (the rapid-reset flood, CVE-2023-44487).
 const H2_MAX_PENDING_RESETS: usize = 20;
 /// Streams the server may reset for a client's errors before it gives up on
 /// the connection (RUSTSEC-2024-0003 and CVE-2025-8671).
 const H2_MAX_LOCAL_RESETS: usize = 256;
+/// How long an idle connection has to finish closing once told to. A
+/// graceful HTTP/2 close waits for the client to answer a PING; a client
+/// that stays silent would otherwise keep the connection for the whole
+/// request timeout with nothing to finish.
+const IDLE_GRACE: Duration = Duration::from_secs(1);
 
 /// The builders of the two protocols: ALPN decides which one serves a
 /// connection, so no time is spent sniffing the first bytes, and the
@@ -52,7 +57,7 @@ impl Builders {
             .max_headers(H1_MAX_HEADERS);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
-            .max_concurrent_streams(H2_MAX_STREAMS)
+            .max_concurrent_streams(limits.max_streams_per_connection)
             .max_header_list_size(H2_MAX_HEADER_LIST)
             .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
             .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
@@ -94,12 +99,16 @@ impl Activity {
         Busy(self)
     }
 
+    fn busy(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) > 0
+    }
+
     /// Resolves once no request has been in flight for `limit`.
     async fn idle_for(&self, limit: Duration) {
         loop {
             let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
             let quiet = self.opened.elapsed().saturating_sub(last);
-            let busy = self.in_flight.load(Ordering::Relaxed) > 0;
+            let busy = self.busy();
             if !busy && quiet >= limit {
                 return;
             }
@@ -121,7 +130,7 @@ impl Drop for Busy<'_> {
 
 /// Serves one connection until it ends, goes idle past the limit, or a
 /// shutdown is asked for; the last two close it gracefully, then drop it
-/// after the request timeout if it has not finished by then.
+/// if it has not finished within the grace (see the module doc).
 pub async fn serve<I, S, B>(
     builders: &Builders,
     h2: bool,
@@ -185,8 +194,24 @@ async fn drive<C, E>(
     };
     tracing::debug!(reason = why, "Closing connection");
     graceful(conn.as_mut());
-    let grace = limits.request_timeout + Duration::from_secs(1);
-    if tokio::time::timeout(grace, conn).await.is_err() {
+    let long = limits.request_timeout + Duration::from_secs(1);
+    let started = Instant::now();
+    if why == "idle" {
+        // A request may still slip in before the client sees the GOAWAY; it
+        // gets the long grace like any other.
+        if tokio::time::timeout(IDLE_GRACE, conn.as_mut())
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        if !activity.busy() {
+            tracing::debug!(reason = why, "Connection dropped after the grace period");
+            return;
+        }
+    }
+    let rest = long.saturating_sub(started.elapsed());
+    if tokio::time::timeout(rest, conn).await.is_err() {
         tracing::debug!(reason = why, "Connection dropped after the grace period");
     }
 }

@@ -1,0 +1,146 @@
+//! Request bodies, read in full before a request may take a handling place.
+//! Invariant: the body bytes held in memory by all requests together, those
+//! still arriving and those being handled, never exceed the [`Budget`],
+//! `2 × max-concurrent-requests × max-body-bytes`; a body that would go past
+//! it is refused with 503 `overloaded`. A body is charged for its bytes as
+//! they arrive, not as declared: a client that declares a body and withholds
+//! it holds no memory, only its stream (at most `max-streams-per-connection`
+//! per connection), and only until the body deadline.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use http::{header, HeaderMap};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::api::ApiError;
+use crate::server::Limits;
+
+/// The bytes all request bodies together may hold, one permit a byte.
+#[derive(Clone, Debug)]
+pub struct Budget(Arc<Semaphore>);
+
+impl Budget {
+    pub fn new(limits: &Limits) -> Budget {
+        Budget::of_bytes(
+            limits
+                .max_concurrent_requests
+                .saturating_mul(2)
+                .saturating_mul(limits.max_body_bytes),
+        )
+    }
+
+    fn of_bytes(bytes: usize) -> Budget {
+        Budget(Arc::new(Semaphore::new(bytes.min(Semaphore::MAX_PERMITS))))
+    }
+
+    /// Takes `n` bytes from the budget, adding them to `charge`.
+    fn take(&self, n: usize, charge: &mut Option<OwnedSemaphorePermit>) -> Result<(), ApiError> {
+        let n = u32::try_from(n).map_err(|_| ApiError::Overloaded)?;
+        let more = self
+            .0
+            .clone()
+            .try_acquire_many_owned(n)
+            .map_err(|_| ApiError::Overloaded)?;
+        match charge {
+            Some(c) => c.merge(more),
+            None => *charge = Some(more),
+        }
+        Ok(())
+    }
+}
+
+/// A whole request body and its share of the budget, given back on drop.
+#[derive(Debug)]
+pub struct Body {
+    bytes: Bytes,
+    _charge: Option<OwnedSemaphorePermit>,
+}
+
+impl Body {
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+}
+
+/// Reads the whole body: refused (413) before reading when the declared
+/// length is over `max`, and while reading when the bytes are; refused (503
+/// `overloaded`) when the budget runs out. The caller bounds it in time.
+pub async fn read(
+    budget: &Budget,
+    max: usize,
+    headers: &HeaderMap,
+    mut body: Incoming,
+) -> Result<Body, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|s| s.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(ApiError::BodyTooLarge(max));
+    }
+    let mut buf = BytesMut::new();
+    let mut charge = None;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|_| ApiError::BadRequest("the request body could not be read"))?;
+        // Trailers are not used.
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if buf.len().saturating_add(data.len()) > max {
+            return Err(ApiError::BodyTooLarge(max));
+        }
+        budget.take(data.len(), &mut charge)?;
+        // Copied out of the frame: a small frame's bytes can share a large
+        // receive buffer, which they would otherwise keep alive.
+        buf.extend_from_slice(&data);
+    }
+    Ok(Body {
+        bytes: buf.freeze(),
+        _charge: charge,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_budget_is_charged_until_the_body_is_dropped() {
+        let budget = Budget::of_bytes(100);
+        let mut a = None;
+        budget.take(60, &mut a).unwrap();
+        budget.take(30, &mut a).unwrap();
+        let mut b = None;
+        assert!(matches!(budget.take(20, &mut b), Err(ApiError::Overloaded)));
+        budget.take(10, &mut b).unwrap();
+        let body = Body {
+            bytes: Bytes::new(),
+            _charge: a,
+        };
+        drop(body);
+        budget.take(90, &mut b).unwrap();
+        assert_eq!(budget.0.available_permits(), 0);
+    }
+
+    #[test]
+    fn a_huge_budget_is_capped_not_overflowed() {
+        let limits = Limits {
+            max_body_bytes: 64 << 20,
+            max_items: 1,
+            request_timeout: std::time::Duration::from_secs(1),
+            body_timeout: std::time::Duration::from_secs(1),
+            handshake_timeout: std::time::Duration::from_secs(1),
+            idle_timeout: std::time::Duration::from_secs(1),
+            max_concurrent_requests: usize::MAX,
+            max_connections: 1,
+            max_streams_per_connection: 1,
+        };
+        let budget = Budget::new(&limits);
+        assert_eq!(budget.0.available_permits(), Semaphore::MAX_PERMITS);
+    }
+}
