@@ -99,9 +99,21 @@ pub enum AuditError {
 /// the new head with the stored bytes.
 pub fn chain(prev: &Head, event: &mut AuditEvent) -> (Head, Vec<u8>) {
     event.hash.clear();
-    let hash = event_hash(&prev.hash, event);
+    let canonical = serde_json::to_vec(&*event).unwrap_or_default();
+    let hash = hash_of(&prev.hash, &canonical);
     event.hash = hex::encode(hash);
-    let bytes = serde_json::to_vec(event).unwrap_or_default();
+    // `hash` is the last field, so the sealed form is the canonical one with
+    // the empty `"hash":""` filled in: one serialization, not two.
+    let bytes = match canonical.strip_suffix(b"\"}") {
+        Some(open) if open.ends_with(b"\"hash\":\"") => {
+            let mut out = Vec::with_capacity(canonical.len() + event.hash.len());
+            out.extend_from_slice(open);
+            out.extend_from_slice(event.hash.as_bytes());
+            out.extend_from_slice(b"\"}");
+            out
+        }
+        _ => serde_json::to_vec(&*event).unwrap_or_default(),
+    };
     (
         Head {
             seq: event.seq,
@@ -111,13 +123,15 @@ pub fn chain(prev: &Head, event: &mut AuditEvent) -> (Head, Vec<u8>) {
     )
 }
 
-fn event_hash(prev: &[u8; 32], event: &AuditEvent) -> [u8; 32] {
-    let mut unsealed = event.clone();
-    unsealed.hash.clear();
-    let canonical = serde_json::to_vec(&unsealed).unwrap_or_default();
+/// The hash of an event whose `hash` field is empty, chained onto `prev`.
+fn event_hash(prev: &[u8; 32], unsealed: &AuditEvent) -> [u8; 32] {
+    hash_of(prev, &serde_json::to_vec(unsealed).unwrap_or_default())
+}
+
+fn hash_of(prev: &[u8; 32], canonical: &[u8]) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(prev);
-    h.update(&canonical);
+    h.update(canonical);
     h.finalize().into()
 }
 
@@ -162,7 +176,7 @@ pub fn verify(store: &dyn Store) -> Result<Verdict, AuditError> {
                     why: "missing or inserted event",
                 });
             }
-            let Ok(event) = serde_json::from_slice::<AuditEvent>(bytes) else {
+            let Ok(mut event) = serde_json::from_slice::<AuditEvent>(bytes) else {
                 return Ok(Verdict::Broken {
                     seq: expected_seq,
                     why: "undecodable event",
@@ -174,8 +188,9 @@ pub fn verify(store: &dyn Store) -> Result<Verdict, AuditError> {
                     why: "event moved",
                 });
             }
+            let stored = std::mem::take(&mut event.hash);
             let hash = event_hash(&prev.hash, &event);
-            if hex::encode(hash) != event.hash {
+            if hex::encode(hash) != stored {
                 return Ok(Verdict::Broken {
                     seq: expected_seq,
                     why: "hash mismatch",

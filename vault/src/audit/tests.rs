@@ -179,3 +179,31 @@ fn a_row_at_the_last_sequence_number_ends_every_walk() {
     assert_eq!(query(&s, None, 0, 10).unwrap().len(), 4);
     assert_eq!(for_each_in_window(&s, 0, u64::MAX, |_| {}).unwrap(), 4);
 }
+
+#[test]
+fn the_sealed_bytes_are_the_event_serialized_with_its_hash() {
+    let drafts = [
+        Draft::default(),
+        Draft {
+            request_id: "r\"1\\\n".into(),
+            caller: "app".into(),
+            action: "detokenize",
+            purpose: Some("notification".into()),
+            subject: Some("用户-7".into()),
+            class: Some("phone".into()),
+            token: Some("tok".into()),
+            outcome: "released",
+            reference: Some("case \"9\"".into()),
+        },
+    ];
+    let mut prev = Head::EMPTY;
+    for (i, d) in drafts.into_iter().enumerate() {
+        let mut event = d.into_event(i as u64 + 1, 1_700_000_000_000);
+        let (head, bytes) = chain(&prev, &mut event);
+        assert_eq!(bytes, serde_json::to_vec(&event).unwrap());
+        let back: AuditEvent = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(back, event);
+        assert_eq!(hex::encode(head.hash), event.hash);
+        prev = head;
+    }
+}
