@@ -70,6 +70,12 @@ struct Args {
     ceiling: bool,
     #[arg(long)]
     json: bool,
+    /// Open loop: send this many requests per second in all (spread evenly
+    /// over the connections) instead of as fast as answers come back.
+    /// Latency then counts from when a request was due, so a server that
+    /// falls behind shows it (no coordinated omission).
+    #[arg(long, value_name = "REQ_PER_S")]
+    rate: Option<f64>,
     /// The vault's ops listener (e.g. 127.0.0.1:9464): scrape /metrics
     /// before and after the vault run and print how many requests the vault
     /// counted against how many the tool sent.
@@ -83,6 +89,8 @@ struct Report {
     scenario: Scenario,
     connections: usize,
     http2: bool,
+    /// The open-loop rate asked for, if any.
+    rate: Option<f64>,
     seconds: f64,
     requests: u64,
     errors: u64,
@@ -182,13 +190,36 @@ async fn run(
     let seq = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut workers = Vec::new();
-    for _ in 0..args.connections {
+    // Under --rate each connection sends every `gap`, the connections
+    // staggered across one gap.
+    let gap = args
+        .rate
+        .filter(|r| *r > 0.0)
+        .map(|r| Duration::from_secs_f64(args.connections as f64 / r));
+    for w in 0..args.connections {
         let c = client(args, endpoint)?;
         let (seq, tokens, scenario) = (seq.clone(), tokens.clone(), args.scenario);
+        let first = gap.map(|g| started + g.mul_f64(w as f64 / args.connections as f64));
         workers.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut errors = 0u64;
+            let mut due = first;
             while Instant::now() < deadline {
+                // Latency counts from when the request was due if the
+                // previous answer made it late (the server's delay), else
+                // from when it left (the timer's millisecond slack is ours).
+                let mut t0 = None;
+                if let (Some(d), Some(g)) = (due, gap) {
+                    if d >= deadline {
+                        break;
+                    }
+                    if Instant::now() >= d {
+                        t0 = Some(d);
+                    } else {
+                        tokio::time::sleep_until(d.into()).await;
+                    }
+                    due = Some(d + g);
+                }
                 let i = seq.fetch_add(1, Ordering::Relaxed);
                 let detok = match scenario {
                     Scenario::Detokenize => true,
@@ -207,7 +238,7 @@ async fn run(
                 } else {
                     ("/v1/tokenize", tokenize_body(i, fields_of(scenario)))
                 };
-                let t0 = Instant::now();
+                let t0 = t0.unwrap_or_else(Instant::now);
                 let ok = c
                     .raw(Method::POST, path, Some(body))
                     .await
@@ -244,6 +275,7 @@ async fn run(
         scenario: args.scenario,
         connections: args.connections,
         http2: args.http2,
+        rate: args.rate,
         seconds: secs,
         requests,
         errors,
@@ -325,8 +357,10 @@ fn print(r: &Report, json: bool) {
         println!("{}", serde_json::to_string(r).unwrap_or_default());
     } else {
         println!(
-            "{:<8} {:?} conns={} h2={} {:.1}s: {} req ({} errors), {:.0} req/s, {:.0} fields/s, p50 {:.2} ms p90 {:.2} ms p99 {:.2} ms max {:.2} ms",
-            r.target, r.scenario, r.connections, r.http2, r.seconds, r.requests, r.errors, r.requests_per_s, r.fields_per_s, r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms
+            "{:<8} {:?} conns={} h2={}{} {:.1}s: {} req ({} errors), {:.0} req/s, {:.0} fields/s, p50 {:.2} ms p90 {:.2} ms p99 {:.2} ms max {:.2} ms",
+            r.target, r.scenario, r.connections, r.http2,
+            r.rate.map_or(String::new(), |x| format!(" rate={x:.0}/s")),
+            r.seconds, r.requests, r.errors, r.requests_per_s, r.fields_per_s, r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms
         );
     }
 }
@@ -334,6 +368,10 @@ fn print(r: &Report, json: bool) {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    if args.rate.is_some() && args.ceiling {
+        eprintln!("vault-bench: --rate measures latency at a given load; a ratio of two rate-limited runs means nothing, so it does not go with --ceiling");
+        return std::process::ExitCode::from(2);
+    }
     let result = async {
         let tokens = if matches!(args.scenario, Scenario::Detokenize | Scenario::Mixed) {
             prepare_tokens(&client(&args, &args.endpoint)?).await?
