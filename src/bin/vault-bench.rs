@@ -68,6 +68,11 @@ struct Args {
     /// answering a fixed body, and print the vault as a ratio of it.
     #[arg(long)]
     ceiling: bool,
+    /// Repeat the run (with --ceiling: ceiling then vault) this many times
+    /// and print the median ratio: on a shared machine the speed drifts
+    /// between runs, and alternating keeps each pair close in time.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     #[arg(long)]
     json: bool,
     /// Open loop: send this many requests per second in all (spread evenly
@@ -330,6 +335,36 @@ async fn ceiling_server(args: &Args) -> Result<String, String> {
     Ok(format!("https://127.0.0.1:{}", addr.port()))
 }
 
+/// One run against the vault, with the metrics check when `--ops` is given.
+async fn vault_run(args: &Args, tokens: Arc<Vec<String>>) -> Result<Report, String> {
+    let before = match &args.ops {
+        Some(ops) => Some(requests_counted(ops).await?),
+        None => None,
+    };
+    let r = run(args, &args.endpoint, "vault", tokens).await?;
+    print(&r, args.json);
+    if let (Some(ops), Some(before)) = (&args.ops, before) {
+        let counted = requests_counted(ops).await?.saturating_sub(before);
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({"metrics_requests_counted": counted, "requests_sent": r.requests})
+            );
+        } else {
+            let verdict = if counted == r.requests {
+                "agree"
+            } else {
+                "DISAGREE"
+            };
+            println!(
+                "metrics: the vault counted {counted} requests, the tool sent {}: {verdict}",
+                r.requests
+            );
+        }
+    }
+    Ok(r)
+}
+
 /// The sum of `vault_http_requests_total` over every label set, from the
 /// ops listener's plain-HTTP `/metrics`.
 async fn requests_counted(ops: &str) -> Result<u64, String> {
@@ -379,41 +414,48 @@ async fn main() -> std::process::ExitCode {
             Vec::new()
         };
         let tokens = Arc::new(tokens);
-        let ceiling = if args.ceiling {
-            let url = ceiling_server(&args).await?;
-            let r = run(&args, &url, "ceiling", tokens.clone()).await?;
-            print(&r, args.json);
-            Some(r)
+        let ceiling_url = if args.ceiling {
+            Some(ceiling_server(&args).await?)
         } else {
             None
         };
-        let before = match &args.ops {
-            Some(ops) => Some(requests_counted(ops).await?),
-            None => None,
-        };
-        let r = run(&args, &args.endpoint, "vault", tokens).await?;
-        print(&r, args.json);
-        if let (Some(ops), Some(before)) = (&args.ops, before) {
-            let counted = requests_counted(ops).await?.saturating_sub(before);
+        let mut ratios = Vec::new();
+        for _ in 0..args.rounds.max(1) {
+            let ceiling = match &ceiling_url {
+                Some(url) => {
+                    let r = run(&args, url, "ceiling", tokens.clone()).await?;
+                    print(&r, args.json);
+                    Some(r)
+                }
+                None => None,
+            };
+            let r = vault_run(&args, tokens.clone()).await?;
+            if let Some(c) = ceiling {
+                let ratio = r.requests_per_s / c.requests_per_s.max(1e-9);
+                ratios.push(ratio);
+                if args.json {
+                    println!("{}", serde_json::json!({"ratio_of_ceiling": ratio}));
+                } else {
+                    println!("vault/ceiling = {:.1}%", ratio * 100.0);
+                }
+            }
+        }
+        if ratios.len() > 1 {
+            ratios.sort_by(f64::total_cmp);
+            let median = ratios.get(ratios.len() / 2).copied().unwrap_or(0.0);
             if args.json {
                 println!(
                     "{}",
-                    serde_json::json!({"metrics_requests_counted": counted, "requests_sent": r.requests})
+                    serde_json::json!({"median_ratio_of_ceiling": median, "rounds": ratios.len()})
                 );
             } else {
-                let verdict = if counted == r.requests { "agree" } else { "DISAGREE" };
                 println!(
-                    "metrics: the vault counted {counted} requests, the tool sent {}: {verdict}",
-                    r.requests
+                    "median vault/ceiling over {} rounds = {:.1}% (lowest {:.1}%, highest {:.1}%)",
+                    ratios.len(),
+                    median * 100.0,
+                    ratios.first().copied().unwrap_or(0.0) * 100.0,
+                    ratios.last().copied().unwrap_or(0.0) * 100.0
                 );
-            }
-        }
-        if let Some(c) = ceiling {
-            let ratio = r.requests_per_s / c.requests_per_s.max(1e-9);
-            if args.json {
-                println!("{}", serde_json::json!({"ratio_of_ceiling": ratio}));
-            } else {
-                println!("vault/ceiling = {:.1}%", ratio * 100.0);
             }
         }
         Ok::<_, String>(())

@@ -77,3 +77,47 @@ async fn the_load_tool_drives_the_vault_and_its_ceiling() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_loop_holds_its_rate_and_refuses_a_ceiling_ratio() {
+    let v = TestVault::start().await;
+    let bin = vault_bin().with_file_name("vault-bench");
+    let endpoint = format!("https://127.0.0.1:{}", v.api.port());
+    let dir = v.dir.path().to_path_buf();
+    let run = move |extra: &'static [&'static str]| {
+        let (bin, endpoint, dir) = (bin.clone(), endpoint.clone(), dir.clone());
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(bin)
+                .args([
+                    "--endpoint",
+                    &endpoint,
+                    "--connections",
+                    "2",
+                    "--seconds",
+                    "2",
+                ])
+                .args(["--json", "--rate", "100"])
+                .args(extra)
+                .arg("--dev")
+                .arg(dir)
+                .output()
+                .unwrap()
+        })
+    };
+    let out = run(&[]).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // 100 requests a second for 2 s: the schedule, not the server, decides.
+    let n = r["requests"].as_u64().unwrap();
+    assert!((190..=201).contains(&n), "{r}");
+    assert_eq!(r["errors"], 0, "{r}");
+    assert_eq!(r["rate"], 100.0, "{r}");
+
+    let out = run(&["--ceiling"]).await.unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--ceiling"));
+}
