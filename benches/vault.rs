@@ -106,6 +106,62 @@ fn store(c: &mut Criterion) {
     g.finish();
 }
 
+/// Reads at scale: a million `Values` rows in table files (flushed every
+/// 100,000, so several levels and files), then detokenize's lookup (a
+/// token's rows by prefix) for present and absent tokens, and a point read
+/// of an absent key.
+fn store_large(c: &mut Criterion) {
+    use rand::{Rng, SeedableRng};
+    const ROWS: usize = 1_000_000;
+    let Ok(dir) = tempfile::tempdir() else { return };
+    let Ok(store) = RocksStore::open(dir.path()) else {
+        return;
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut tokens = Vec::with_capacity(ROWS);
+    for chunk in 0..ROWS / 10_000 {
+        let mut batch = Batch::default();
+        for _ in 0..10_000 {
+            let t: [u8; 24] = rng.gen();
+            batch.put(
+                Space::Values,
+                [&t[..], b"subject-1"].concat(),
+                vec![0u8; 96],
+            );
+            tokens.push(t);
+        }
+        if store.write(batch).is_err() {
+            return;
+        }
+        if chunk % 10 == 9 && store.flush().is_err() {
+            return;
+        }
+    }
+    let mut g = c.benchmark_group("store_1m_rows");
+    g.throughput(Throughput::Elements(1));
+    let mut i = 0usize;
+    g.bench_function("token_rows_present", |b| {
+        b.iter(|| {
+            i = (i + 7919) % ROWS;
+            let t = tokens.get(i).copied().unwrap_or_default();
+            vault::store::scan_prefix(&store, Space::Values, &t, 16)
+        })
+    });
+    g.bench_function("token_rows_absent", |b| {
+        b.iter(|| {
+            let t: [u8; 24] = rng.gen();
+            vault::store::scan_prefix(&store, Space::Values, &t, 16)
+        })
+    });
+    g.bench_function("get_absent", |b| {
+        b.iter(|| {
+            let t: [u8; 24] = rng.gen();
+            store.get(Space::Values, &[&t[..], b"subject-1"].concat())
+        })
+    });
+    g.finish();
+}
+
 /// Durable tokenize through the real request handler (JSON parse, policy,
 /// normalize, token, seal, group commit to RocksDB with a synced WAL), with
 /// `CONCURRENCY` requests of `FIELDS` fields in flight.
@@ -332,6 +388,7 @@ criterion_group!(
     normalize_tokenize,
     aes_siv,
     store,
+    store_large,
     batch_tokenize,
     rewrap,
     exposure

@@ -84,10 +84,52 @@ fn db_options() -> Options {
     opts
 }
 
+/// `Values` keys begin with the token: the prefix detokenize seeks.
+const VALUES_PREFIX: usize = crate::crypto::TOKEN_BYTES;
+
+/// Table files and memtables carry bloom filters (whole keys, and in
+/// `Values` also the token prefix), so a point read of an absent key (a
+/// restriction, a hold, a new subject's key) or a token's seek skips the
+/// files and memtables that cannot hold it instead of searching each: what
+/// keeps reads flat as a database grows.
+fn cf_options(space: Space) -> Options {
+    let mut table = rocksdb::BlockBasedOptions::default();
+    table.set_bloom_filter(10.0, false);
+    let mut o = Options::default();
+    o.set_block_based_table_factory(&table);
+    o.set_memtable_whole_key_filtering(true);
+    o.set_memtable_prefix_bloom_ratio(0.02);
+    if space == Space::Values {
+        o.set_prefix_extractor(rocksdb::SliceTransform::create_fixed_prefix(VALUES_PREFIX));
+    }
+    o
+}
+
+/// How a scan reads: a token's rows in `Values` (exactly the range
+/// `[token, prefix_end(token))`) seek by prefix, with the filters; every
+/// other scan is total-order, which a prefix extractor would otherwise make
+/// undefined past the first prefix.
+fn scan_options(space: Space, from: &[u8], to: Option<&[u8]>) -> ReadOptions {
+    let mut ro = ReadOptions::default();
+    let one_token = space == Space::Values
+        && from.len() == VALUES_PREFIX
+        && to.is_some()
+        && to == crate::store::prefix_end(from).as_deref();
+    if one_token {
+        ro.set_prefix_same_as_start(true);
+    } else {
+        ro.set_total_order_seek(true);
+    }
+    if let Some(t) = to {
+        ro.set_iterate_upper_bound(t.to_vec());
+    }
+    ro
+}
+
 fn open_read_write(dir: &Path) -> Result<DB, StoreError> {
     let cfs = Space::ALL
         .iter()
-        .map(|s| ColumnFamilyDescriptor::new(s.name(), Options::default()));
+        .map(|s| ColumnFamilyDescriptor::new(s.name(), cf_options(*s)));
     DB::open_cf_descriptors(&db_options(), dir, cfs).map_err(engine)
 }
 
@@ -244,10 +286,7 @@ impl Store for RocksStore {
         limit: usize,
     ) -> Result<Rows, StoreError> {
         self.with_db(|db| {
-            let mut ro = ReadOptions::default();
-            if let Some(t) = to {
-                ro.set_iterate_upper_bound(t.to_vec());
-            }
+            let ro = scan_options(space, from, to);
             let iter = db.iterator_cf_opt(
                 cf(db, space)?,
                 ro,
