@@ -9,7 +9,7 @@
 //! `enable_http2()` is called, which offers `h2` alone, and the hyper client is
 //! built `http2_only`, so a server without HTTP/2 fails the handshake instead
 //! of being spoken to in HTTP/1.1; with [`ClientBuilder::http1`] only
-//! `enable_http1()` is called and `http/1.1` alone is offered.
+//! `enable_http1()` is called, no ALPN is sent, and the server speaks HTTP/1.1.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -157,9 +157,9 @@ impl ClientBuilder {
         self
     }
 
-    /// `true`: offer only `http/1.1` in ALPN and speak only HTTP/1.1 (a
-    /// server that insists on HTTP/2 fails the handshake). Default `false`.
-    /// Cannot be combined with [`http2`](Self::http2).
+    /// `true`: offer no `h2` and speak only HTTP/1.1 (hyper-rustls then
+    /// sends no ALPN at all, which servers read as HTTP/1.1). Default
+    /// `false`. Cannot be combined with [`http2`](Self::http2).
     pub fn http1(mut self, on: bool) -> Self {
         self.http1 = on;
         self
