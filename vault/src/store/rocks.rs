@@ -87,15 +87,20 @@ fn db_options() -> Options {
 /// `Values` keys begin with the token: the prefix detokenize seeks.
 const VALUES_PREFIX: usize = crate::crypto::TOKEN_BYTES;
 
-/// Table files and memtables carry bloom filters (whole keys, and in
-/// `Values` also the token prefix), so a point read of an absent key (a
-/// restriction, a hold, a new subject's key) or a token's seek skips the
-/// files and memtables that cannot hold it instead of searching each: what
-/// keeps reads flat as a database grows.
+/// The spaces read by key (a value, a subject's key, a restriction or hold,
+/// an approval) carry bloom filters in their table files and memtables
+/// (whole keys, and in `Values` also the token prefix), so a read of an
+/// absent key or a token's seek skips what cannot hold it instead of
+/// searching each file: what keeps reads flat as a database grows. The
+/// spaces only ever scanned in order (indexes, audit) go without, sparing
+/// their inserts and flushes the filter work.
 fn cf_options(space: Space) -> Options {
+    let mut o = Options::default();
+    if matches!(space, Space::Subjects | Space::Expiry | Space::Audit) {
+        return o;
+    }
     let mut table = rocksdb::BlockBasedOptions::default();
     table.set_bloom_filter(10.0, false);
-    let mut o = Options::default();
     o.set_block_based_table_factory(&table);
     o.set_memtable_whole_key_filtering(true);
     o.set_memtable_prefix_bloom_ratio(0.02);
