@@ -222,4 +222,18 @@ fn token_prefix_seeks_and_total_order_scans_agree_with_the_model() {
         model.scan(Space::Values, b"", None, 1000).unwrap().len(),
         41 * 3 - 2
     );
+    // Offline tools open the same files read-only, without the options.
+    rocks.flush().unwrap();
+    drop(rocks);
+    let ro = RocksStore::open_read_only(dir.path()).unwrap();
+    assert_eq!(
+        ro.scan(Space::Values, b"", None, 1000).unwrap(),
+        model.scan(Space::Values, b"", None, 1000).unwrap()
+    );
+    for t in &tokens {
+        assert_eq!(
+            scan_prefix(&ro, Space::Values, t, 10).unwrap(),
+            scan_prefix(&model, Space::Values, t, 10).unwrap()
+        );
+    }
 }
