@@ -199,8 +199,7 @@ async fn run(
     // staggered across one gap.
     let gap = args
         .rate
-        .filter(|r| *r > 0.0)
-        .map(|r| Duration::from_secs_f64(args.connections as f64 / r));
+        .and_then(|r| Duration::try_from_secs_f64(args.connections as f64 / r).ok());
     for w in 0..args.connections {
         let c = client(args, endpoint)?;
         let (seq, tokens, scenario) = (seq.clone(), tokens.clone(), args.scenario);
@@ -403,6 +402,14 @@ fn print(r: &Report, json: bool) {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    if let Some(r) = args.rate {
+        // The gap between a connection's requests must be a real duration.
+        let gap = args.connections.max(1) as f64 / r;
+        if !(r.is_finite() && r > 0.0 && Duration::try_from_secs_f64(gap).is_ok()) {
+            eprintln!("vault-bench: --rate must be a positive number of requests per second");
+            return std::process::ExitCode::from(2);
+        }
+    }
     if args.rate.is_some() && args.ceiling {
         eprintln!("vault-bench: --rate measures latency at a given load; a ratio of two rate-limited runs means nothing, so it does not go with --ceiling");
         return std::process::ExitCode::from(2);

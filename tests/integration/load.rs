@@ -96,7 +96,7 @@ async fn the_open_loop_holds_its_rate_and_refuses_a_ceiling_ratio() {
                     "--seconds",
                     "2",
                 ])
-                .args(["--json", "--rate", "100"])
+                .arg("--json")
                 .args(extra)
                 .arg("--dev")
                 .arg(dir)
@@ -104,7 +104,7 @@ async fn the_open_loop_holds_its_rate_and_refuses_a_ceiling_ratio() {
                 .unwrap()
         })
     };
-    let out = run(&[]).await.unwrap();
+    let out = run(&["--rate", "100"]).await.unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -117,7 +117,12 @@ async fn the_open_loop_holds_its_rate_and_refuses_a_ceiling_ratio() {
     assert_eq!(r["errors"], 0, "{r}");
     assert_eq!(r["rate"], 100.0, "{r}");
 
-    let out = run(&["--ceiling"]).await.unwrap();
+    let out = run(&["--rate", "100", "--ceiling"]).await.unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--ceiling"));
+    // A rate whose gap is no duration (here: 1e-300 per second) is refused,
+    // not a panic.
+    let out = run(&["--rate", "1e-300"]).await.unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--rate"));
 }
