@@ -142,6 +142,36 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreError::Conflict`] and writes nothing when a check fails.
     fn write(&self, batch: Batch) -> Result<(), StoreError>;
 
+    /// Group commit: writes, as one atomic and durable batch, every batch
+    /// of `group` whose checks hold (against the store, and against the
+    /// keys the kept batches before it write), plus what `finish` adds for
+    /// the kept ones (their audit events). Answers which were kept: a
+    /// failed check leaves out only its own batch. On an engine error
+    /// nothing is known to be written. Engines that hold their write lock
+    /// across the checks and the write (RocksDB) check each key once; this
+    /// default checks before and again inside [`Store::write`].
+    fn write_group(
+        &self,
+        group: Vec<Batch>,
+        finish: &mut dyn FnMut(&[bool]) -> Batch,
+    ) -> Result<Vec<bool>, StoreError> {
+        let kept = screen(&group, |space, keys| {
+            Ok(keys
+                .iter()
+                .map(|k| self.get(space, k).ok().flatten())
+                .collect())
+        })?;
+        let mut merged = Batch::default();
+        for (b, keep) in group.into_iter().zip(&kept) {
+            if *keep {
+                merged.absorb(b);
+            }
+        }
+        merged.absorb(finish(&kept));
+        self.write(merged)?;
+        Ok(kept)
+    }
+
     /// Makes deletions in `space` physical: afterwards no file of the
     /// engine (table files, write-ahead log) still holds a deleted value.
     /// Erasure relies on it for subject keys. Engines without old versions
@@ -166,6 +196,55 @@ impl std::fmt::Debug for dyn Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Store")
     }
+}
+
+/// Which batches of a group to keep: each one whose checks hold against
+/// the current values (`lookup` answers a space's keys, all at once) and
+/// against the writes of the batches kept before it.
+pub(crate) fn screen(
+    group: &[Batch],
+    mut lookup: impl FnMut(Space, &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StoreError>,
+) -> Result<Vec<bool>, StoreError> {
+    use std::collections::{HashMap, HashSet};
+    let mut current: HashMap<(Space, &[u8]), Option<Vec<u8>>> = HashMap::new();
+    for space in Space::ALL {
+        let keys: Vec<&[u8]> = group
+            .iter()
+            .flat_map(|b| &b.checks)
+            .filter(|c| c.space == space)
+            .map(|c| c.key.as_slice())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        if keys.is_empty() {
+            continue;
+        }
+        let found = lookup(space, &keys)?;
+        current.extend(keys.into_iter().map(|k| (space, k)).zip(found));
+    }
+    // A key a kept batch writes fails every later check of it: checks
+    // compare with what was read before the group, which that write
+    // changes.
+    let mut written: HashSet<(Space, &[u8])> = HashSet::new();
+    let mut kept = Vec::with_capacity(group.len());
+    for b in group {
+        let holds = b.checks.iter().all(|c| {
+            let k = (c.space, c.key.as_slice());
+            !written.contains(&k) && current.get(&k).is_some_and(|cur| *cur == c.expected)
+        });
+        if holds && !current.is_empty() {
+            for op in &b.ops {
+                let k = match op {
+                    Op::Put(space, k, _) | Op::Delete(space, k) => (*space, k.as_slice()),
+                };
+                if current.contains_key(&k) {
+                    written.insert(k);
+                }
+            }
+        }
+        kept.push(holds);
+    }
+    Ok(kept)
 }
 
 /// The smallest key greater than every key that starts with `prefix`, for

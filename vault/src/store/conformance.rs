@@ -90,6 +90,60 @@ fn batches_are_atomic_under_failed_checks() {
 }
 
 #[test]
+fn a_group_write_keeps_each_batch_whose_checks_hold_and_only_those() {
+    for (store, _dir) in engines() {
+        store.write(put(Space::SubjectKeys, b"s2", b"w2")).unwrap();
+        let guarded = |key: &[u8], expected: Option<&[u8]>, value: &[u8]| {
+            let mut b = put(Space::Values, value, value);
+            b.expect(
+                Space::SubjectKeys,
+                key.to_vec(),
+                expected.map(<[u8]>::to_vec),
+            );
+            b
+        };
+        let mut create = guarded(b"s1", None, b"v1");
+        create.put(Space::SubjectKeys, b"s1".to_vec(), b"w1".to_vec());
+        let group = vec![
+            create,
+            // Held before the group, but the batch before writes it.
+            guarded(b"s1", None, b"v2"),
+            guarded(b"s2", Some(b"wrong"), b"v3"),
+            guarded(b"s2", Some(b"w2"), b"v4"),
+            put(Space::Values, b"v5", b"v5"),
+        ];
+        let mut seen = Vec::new();
+        let kept = store
+            .write_group(group, &mut |kept| {
+                seen = kept.to_vec();
+                put(Space::Audit, b"e", b"kept")
+            })
+            .unwrap();
+        assert_eq!(kept, vec![true, false, false, true, true]);
+        assert_eq!(seen, kept);
+        let values = store.scan(Space::Values, b"", None, 10).unwrap();
+        let keys: Vec<&[u8]> = values.iter().map(|(k, _)| k.as_slice()).collect();
+        assert_eq!(keys, vec![&b"v1"[..], b"v4", b"v5"]);
+        assert_eq!(
+            store.get(Space::SubjectKeys, b"s1").unwrap(),
+            Some(b"w1".to_vec())
+        );
+        assert_eq!(
+            store.get(Space::Audit, b"e").unwrap(),
+            Some(b"kept".to_vec())
+        );
+        // Nothing kept: only what `finish` adds is written.
+        let kept = store
+            .write_group(vec![guarded(b"s9", Some(b"x"), b"v9")], &mut |_| {
+                Batch::default()
+            })
+            .unwrap();
+        assert_eq!(kept, vec![false]);
+        assert_eq!(store.get(Space::Values, b"v9").unwrap(), None);
+    }
+}
+
+#[test]
 fn rocks_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {

@@ -53,6 +53,17 @@ struct Health {
     last_reopen: Option<Instant>,
 }
 
+impl Health {
+    /// Records a write's outcome: a conflict says nothing of the engine.
+    fn note<T>(&mut self, result: &Result<T, StoreError>) {
+        match result {
+            Ok(_) => self.failed = false,
+            Err(StoreError::Conflict) => {}
+            Err(_) => self.failed = true,
+        }
+    }
+}
+
 impl std::fmt::Debug for RocksStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RocksStore")
@@ -264,8 +275,13 @@ fn apply(db: &DB, batch: &Batch) -> Result<(), StoreError> {
     if !checks_hold(db, batch)? {
         return Err(StoreError::Conflict);
     }
+    write_ops(db, [batch.ops.as_slice()])
+}
+
+/// Writes `ops` as one synced batch, checks already done.
+fn write_ops<'a>(db: &DB, ops: impl IntoIterator<Item = &'a [Op]>) -> Result<(), StoreError> {
     let mut wb = WriteBatch::default();
-    for op in &batch.ops {
+    for op in ops.into_iter().flatten() {
         match op {
             Op::Put(s, k, v) => wb.put_cf(cf(db, *s)?, k, v),
             Op::Delete(s, k) => wb.delete_cf(cf(db, *s)?, k),
@@ -274,6 +290,30 @@ fn apply(db: &DB, batch: &Batch) -> Result<(), StoreError> {
     let mut wo = WriteOptions::default();
     wo.set_sync(true);
     db.write_opt(wb, &wo).map_err(engine)
+}
+
+/// Group commit under the write lock: one batched lookup per space for all
+/// the group's checks, and no second look inside the write.
+fn apply_group(
+    db: &DB,
+    group: &[Batch],
+    finish: &mut dyn FnMut(&[bool]) -> Batch,
+) -> Result<Vec<bool>, StoreError> {
+    let kept = crate::store::screen(group, |space, keys| {
+        db.batched_multi_get_cf(cf(db, space)?, keys, false)
+            .into_iter()
+            .map(|r| r.map(|v| v.map(|v| v.to_vec())).map_err(engine))
+            .collect()
+    })?;
+    let extra = finish(&kept);
+    let ops = group
+        .iter()
+        .zip(&kept)
+        .filter(|(_, k)| **k)
+        .map(|(b, _)| b.ops.as_slice())
+        .chain([extra.ops.as_slice()]);
+    write_ops(db, ops)?;
+    Ok(kept)
 }
 
 impl Store for RocksStore {
@@ -322,11 +362,18 @@ impl Store for RocksStore {
     fn write(&self, batch: Batch) -> Result<(), StoreError> {
         let mut health = self.write_lock.lock().map_err(|_| poisoned())?;
         let result = self.with_db(|db| apply(db, &batch));
-        match &result {
-            Ok(()) => health.failed = false,
-            Err(StoreError::Conflict) => {}
-            Err(_) => health.failed = true,
-        }
+        health.note(&result);
+        result
+    }
+
+    fn write_group(
+        &self,
+        group: Vec<Batch>,
+        finish: &mut dyn FnMut(&[bool]) -> Batch,
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut health = self.write_lock.lock().map_err(|_| poisoned())?;
+        let result = self.with_db(|db| apply_group(db, &group, finish));
+        health.note(&result);
         result
     }
 
