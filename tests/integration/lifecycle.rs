@@ -104,6 +104,42 @@ async fn erasure_shreds_the_subject_and_spares_shared_values() {
         .is_some());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_erased_after_its_key_was_cached_starts_over_with_a_new_key() {
+    let v = TestVault::start().await;
+    let app = v.client("app");
+    let first = tokenize_one(&app, "acct-c", "notification", "phone", PHONE).await;
+    // A second write and a read of the subject: its key is now cached.
+    tokenize_one(&app, "acct-c", "notification", "email", "c@example.cn").await;
+    let out = app
+        .detokenize(&detok_req("notification", &[&first]))
+        .await
+        .unwrap();
+    assert_eq!(out.values[0].status, Status::Ok);
+    let old = v
+        .store()
+        .get(Space::SubjectKeys, b"acct-c")
+        .unwrap()
+        .unwrap();
+
+    assert_eq!(app.erase_subject("acct-c").await.unwrap().values_erased, 2);
+    // A value sealed under the cached (erased) key would fail its guard;
+    // the erasure made the cache forget it, so this write takes a new key.
+    let again = tokenize_one(&app, "acct-c", "notification", "phone", PHONE).await;
+    assert_eq!(again, first, "tokens are deterministic");
+    let new = v
+        .store()
+        .get(Space::SubjectKeys, b"acct-c")
+        .unwrap()
+        .unwrap();
+    assert_ne!(new, old);
+    let out = app
+        .detokenize(&detok_req("notification", &[&again]))
+        .await
+        .unwrap();
+    assert_eq!(out.values[0].value.as_deref(), Some("+8613800138000"));
+}
+
 #[tokio::test]
 async fn legal_hold_blocks_erasure_until_lifted() {
     let v = TestVault::start().await;

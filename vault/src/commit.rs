@@ -7,7 +7,6 @@
 //! recover and reloads the chain head from it, so the chain goes on from
 //! what is durable whether or not the failed batch landed.
 
-use std::collections::HashSet;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -16,7 +15,8 @@ use tokio::sync::oneshot;
 
 use crate::audit::{self, Draft, Head};
 use crate::metrics::Metrics;
-use crate::store::{Batch, Op, Space, Store, StoreError};
+use crate::store::{Batch, Space, Store, StoreError};
+use crate::subject_keys::KeyCache;
 
 /// Most jobs folded into one write; bounds the batch and the latency of the
 /// first job in it.
@@ -65,11 +65,29 @@ impl Committer {
     /// Starts the committer thread over `store`. It stops once the
     /// `Committer` is dropped and its queue is drained.
     pub fn start(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Result<Self, CommitError> {
+        Self::start_with_cache(store, metrics, None)
+    }
+
+    /// As [`Committer::start`], also keeping `cache` true: every write that
+    /// touches a subject key makes it forget that subject before the write
+    /// is answered.
+    pub fn start_with_cache(
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        cache: Option<Arc<KeyCache>>,
+    ) -> Result<Self, CommitError> {
         let head = Head::load(store.as_ref())?;
         let (tx, rx) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
             .name("vault-commit".into())
-            .spawn(move || run(store, metrics, rx, head))
+            .spawn(move || {
+                let w = Writer {
+                    store: store.as_ref(),
+                    metrics: &metrics,
+                    cache: cache.as_deref(),
+                };
+                run(&w, rx, head)
+            })
             .map_err(|e| CommitError::Store(StoreError::Engine(e.to_string())))?;
         Ok(Self {
             tx: Some(tx),
@@ -100,7 +118,15 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn run(store: Arc<dyn Store>, metrics: Arc<Metrics>, rx: mpsc::Receiver<Job>, mut head: Head) {
+/// What the committer thread writes with.
+struct Writer<'a> {
+    store: &'a dyn Store,
+    metrics: &'a Metrics,
+    cache: Option<&'a KeyCache>,
+}
+
+fn run(w: &Writer<'_>, rx: mpsc::Receiver<Job>, mut head: Head) {
+    let (store, metrics) = (w.store, w.metrics);
     let mut last_time = 0u64;
     let mut failed = false;
     while let Ok(first) = rx.recv() {
@@ -112,16 +138,15 @@ fn run(store: Arc<dyn Store>, metrics: Arc<Metrics>, rx: mpsc::Receiver<Job>, mu
             }
         }
         if failed {
-            match resync(store.as_ref()) {
+            match resync(store) {
                 Ok(h) => head = h,
                 Err(e) => {
-                    refuse(&metrics, group, &e);
+                    refuse(metrics, group, &e);
                     continue;
                 }
             }
         }
-        let group = screen(store.as_ref(), group);
-        failed = !write_group(store.as_ref(), &metrics, &mut head, &mut last_time, group);
+        failed = !write_group(w, &mut head, &mut last_time, group);
     }
 }
 
@@ -146,90 +171,84 @@ fn refuse(metrics: &Metrics, group: Vec<Job>, e: &StoreError) {
     }
 }
 
-/// Answers `Conflict` at once to every job whose checks do not hold, against
-/// the store or against a key an earlier job of the group writes, and
-/// returns the rest: a failed check fails only its own job, never its
-/// neighbours. The merged write re-checks the survivors atomically, so a
-/// write that bypasses the committer can still only cause a conflict, never
-/// a lost update.
-fn screen(store: &dyn Store, group: Vec<Job>) -> Vec<Job> {
-    if group.iter().all(|j| j.batch.checks.is_empty()) {
-        return group;
-    }
-    let mut touched: HashSet<(Space, Vec<u8>)> = HashSet::new();
-    let mut kept = Vec::with_capacity(group.len());
-    for job in group {
-        let holds = job.batch.checks.iter().all(|c| {
-            !touched.contains(&(c.space, c.key.clone()))
-                && store
-                    .get(c.space, &c.key)
-                    .is_ok_and(|cur| cur == c.expected)
-        });
-        if !holds {
-            let _ = job
-                .reply
-                .send(Err(CommitError::Store(StoreError::Conflict)));
-            continue;
-        }
-        for op in &job.batch.ops {
-            let key = match op {
-                Op::Put(space, k, _) | Op::Delete(space, k) => (*space, k.clone()),
-            };
-            touched.insert(key);
-        }
-        kept.push(job);
-    }
-    kept
-}
-
-/// Writes a screened group as one batch; `false` when the store failed.
-fn write_group(
-    store: &dyn Store,
-    metrics: &Metrics,
-    head: &mut Head,
-    last_time: &mut u64,
-    group: Vec<Job>,
-) -> bool {
-    if group.is_empty() {
-        return true;
-    }
-    let mut merged = Batch::default();
-    let mut next = *head;
+/// Writes a group as one batch: the jobs whose checks hold, with their
+/// audit events chained; a job whose check fails is answered `Conflict`
+/// alone. Returns `false` when the store failed.
+fn write_group(w: &Writer<'_>, head: &mut Head, last_time: &mut u64, group: Vec<Job>) -> bool {
+    let (store, metrics) = (w.store, w.metrics);
     let time = now_ms().max(*last_time);
-    let mut events = 0u64;
+    let mut batches = Vec::with_capacity(group.len());
+    let mut drafts = Vec::with_capacity(group.len());
     let mut replies = Vec::with_capacity(group.len());
     for job in group {
-        merged.absorb(job.batch);
-        for draft in job.audit {
-            let mut event = draft.into_event(next.seq + 1, time);
-            let (h, bytes) = audit::chain(&next, &mut event);
-            merged.put(Space::Audit, audit::seq_key(h.seq), bytes);
-            next = h;
-            events += 1;
-        }
+        batches.push(job.batch);
+        drafts.push(job.audit);
         replies.push(job.reply);
     }
-    if events > 0 {
-        merged.put(Space::Meta, audit::HEAD_KEY.to_vec(), next.encode());
-    }
+    // Per job, the subject keys it writes (none, mostly).
+    let touched: Vec<Vec<Vec<u8>>> = match w.cache {
+        Some(_) => batches.iter().map(|b| KeyCache::touched(&b.ops)).collect(),
+        None => Vec::new(),
+    };
+    let all_events: usize = drafts.iter().map(Vec::len).sum();
+    let mut next = *head;
+    let mut events = 0u64;
+    // Chains the kept jobs' events, once the store has said which are kept
+    // (it asks once).
+    let mut finish = |kept: &[bool]| {
+        let mut extra = Batch::default();
+        for (audit, _) in drafts.iter_mut().zip(kept).filter(|(_, k)| **k) {
+            for draft in std::mem::take(audit) {
+                let mut event = draft.into_event(next.seq + 1, time);
+                let (h, bytes) = audit::chain(&next, &mut event);
+                extra.put(Space::Audit, audit::seq_key(h.seq), bytes);
+                next = h;
+                events += 1;
+            }
+        }
+        if events > 0 {
+            extra.put(Space::Meta, audit::HEAD_KEY.to_vec(), next.encode());
+        }
+        extra
+    };
     let started = Instant::now();
-    let result = store.write(merged);
-    metrics.observe_store_write(started.elapsed().as_secs_f64(), replies.len());
+    let result = store.write_group(batches, &mut finish);
+    // Landed or not (a failed write may have), the keys it touched are
+    // forgotten before anyone hears of it.
+    if let Some(cache) = w.cache {
+        let kept = result.as_ref().ok();
+        for (i, keys) in touched.iter().enumerate() {
+            if kept.is_none_or(|k| k.get(i).copied().unwrap_or(true)) {
+                cache.forget(keys);
+            }
+        }
+    }
     match result {
-        Ok(()) => {
-            *head = next;
-            *last_time = time;
-            metrics.audit_appended(events);
+        Ok(kept) => {
+            let written = kept.iter().filter(|k| **k).count();
+            metrics.observe_store_write(started.elapsed().as_secs_f64(), written);
+            if written > 0 {
+                *head = next;
+                *last_time = time;
+                metrics.audit_appended(events);
+            }
             metrics.set_store_writable(true);
-            for r in replies {
-                let _ = r.send(Ok(()));
+            for (r, k) in replies.into_iter().zip(kept) {
+                let answer = if k {
+                    Ok(())
+                } else {
+                    Err(CommitError::Store(StoreError::Conflict))
+                };
+                let _ = r.send(answer);
             }
             true
         }
         Err(e) => {
-            // A conflict is the batch's own fault; the store is fine.
+            metrics.observe_store_write(started.elapsed().as_secs_f64(), replies.len());
+            metrics.audit_failed(u64::try_from(all_events).unwrap_or(u64::MAX));
+            // A conflict (a store re-checking inside its write) is the
+            // batch's own fault; the store is fine.
             let broken = !matches!(e, StoreError::Conflict);
-            metrics.audit_failed(events);
             if broken {
                 metrics.set_store_writable(false);
             }
@@ -246,7 +265,7 @@ fn write_group(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
-    use crate::store::{MemoryStore, Rows};
+    use crate::store::{MemoryStore, Op, Rows};
 
     fn draft(i: usize) -> Draft {
         Draft {
@@ -430,5 +449,56 @@ mod tests {
             audit::verify(store.as_ref()).unwrap(),
             audit::Verdict::Intact { events: 1 }
         );
+    }
+
+    #[tokio::test]
+    async fn a_write_of_a_subject_key_is_forgotten_before_it_is_answered() {
+        let store = Arc::new(Flaky {
+            inner: MemoryStore::new(),
+            fail: false.into(),
+        });
+        let mut root = [3u8; 32];
+        let ring = crate::keys::Keyring::open(
+            &crate::secret::SecretKey::from_array(&mut root),
+            store.as_ref(),
+        )
+        .unwrap();
+        let cache = Arc::new(KeyCache::new(8));
+        cache.reset(true);
+        let c = Committer::start_with_cache(
+            store.clone(),
+            Arc::new(Metrics::new()),
+            Some(cache.clone()),
+        )
+        .unwrap();
+        for s in ["s1", "s2"] {
+            let (_, b) = crate::subject_keys::create(&ring, s).unwrap();
+            c.commit(b, vec![]).await.unwrap();
+            crate::subject_keys::load_cached(store.as_ref(), &ring, &cache, s).unwrap();
+        }
+        assert_eq!(cache.len(), 2);
+        // A write that touches no subject key leaves the cache alone, and
+        // so does one screened out by its check: nothing of it was written.
+        c.commit(Batch::default(), vec![draft(0)]).await.unwrap();
+        let mut screened = Batch::default();
+        screened.expect(Space::Meta, b"absent".to_vec(), Some(vec![1]));
+        crate::subject_keys::destroy(&mut screened, "s2");
+        assert!(c.commit(screened, vec![]).await.is_err());
+        assert_eq!(cache.len(), 2);
+        let mut erase = Batch::default();
+        crate::subject_keys::destroy(&mut erase, "s1");
+        c.commit(erase, vec![draft(1)]).await.unwrap();
+        assert_eq!(cache.len(), 1);
+        assert!(
+            crate::subject_keys::load_cached(store.as_ref(), &ring, &cache, "s1")
+                .unwrap()
+                .is_none()
+        );
+        // A write the engine failed forgets too: it may have landed.
+        store.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut erase = Batch::default();
+        crate::subject_keys::destroy(&mut erase, "s2");
+        assert!(c.commit(erase, vec![]).await.is_err());
+        assert!(cache.is_empty());
     }
 }

@@ -12,6 +12,7 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::crypto::{derive, DataKey, TokenKey};
 use crate::secret::SecretKey;
 use crate::store::{Batch, Space, Store, StoreError};
+use crate::subject_keys::KeyCache;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -328,17 +329,31 @@ fn encode_meta(meta: &KeyMeta) -> Result<Vec<u8>, KeyError> {
 
 /// The keyring, or nothing while sealed. Readers take a cheap `Arc` clone so
 /// a seal never waits for requests in flight, and they finish with the keys
-/// they already hold.
-#[derive(Debug, Default)]
+/// they already hold. The subject-key cache goes with it: emptied and
+/// closed by a seal, emptied again by every new keyring.
+#[derive(Debug)]
 pub struct KeyState {
     inner: RwLock<Option<Arc<Keyring>>>,
+    cache: Arc<KeyCache>,
 }
+
+impl Default for KeyState {
+    fn default() -> Self {
+        Self {
+            inner: RwLock::new(None),
+            cache: Arc::new(KeyCache::new(SUBJECT_KEY_CACHE)),
+        }
+    }
+}
+
+/// Subjects whose unwrapped key is kept (about 200 bytes each).
+pub const SUBJECT_KEY_CACHE: usize = 65_536;
 
 impl KeyState {
     pub fn unsealed(keyring: Keyring) -> Self {
-        Self {
-            inner: RwLock::new(Some(Arc::new(keyring))),
-        }
+        let state = Self::default();
+        state.install(keyring);
+        state
     }
 
     pub fn get(&self) -> Result<Arc<Keyring>, KeyError> {
@@ -348,15 +363,21 @@ impl KeyState {
         }
     }
 
+    /// Unwrapped subject keys; see [`KeyCache`].
+    pub fn cache(&self) -> &Arc<KeyCache> {
+        &self.cache
+    }
+
     pub fn is_sealed(&self) -> bool {
         self.get().is_err()
     }
 
-    /// Drops the keyring; its keys are zeroized once the last request holding
-    /// it finishes.
+    /// Drops the keyring and every cached subject key; the keyring's keys
+    /// are zeroized once the last request holding it finishes.
     pub fn seal(&self) {
         if let Ok(mut guard) = self.inner.write() {
             *guard = None;
+            self.cache.reset(false);
         }
     }
 
@@ -366,6 +387,7 @@ impl KeyState {
         if let Ok(mut guard) = self.inner.write() {
             if guard.is_some() {
                 *guard = Some(Arc::new(keyring));
+                self.cache.reset(true);
             }
         }
     }
@@ -373,6 +395,7 @@ impl KeyState {
     pub fn install(&self, keyring: Keyring) {
         if let Ok(mut guard) = self.inner.write() {
             *guard = Some(Arc::new(keyring));
+            self.cache.reset(true);
         }
     }
 }
@@ -606,5 +629,34 @@ mod tests {
         assert!(state.is_sealed());
         let dbg = format!("{:?}", Keyring::open(&root(9), &store).unwrap());
         assert!(!dbg.contains("9, 9"), "{dbg}");
+    }
+
+    #[test]
+    fn seal_empties_the_subject_key_cache_and_unseal_reopens_it() {
+        let store = MemoryStore::new();
+        let ring = Keyring::open(&root(9), &store).unwrap();
+        let (_, b) = crate::subject_keys::create(&ring, "s1").unwrap();
+        store.write(b).unwrap();
+        let state = KeyState::unsealed(ring);
+        let load = |state: &KeyState| {
+            let ring = state.get().unwrap();
+            crate::subject_keys::load_cached(&store, &ring, state.cache(), "s1")
+                .unwrap()
+                .unwrap();
+        };
+        load(&state);
+        assert_eq!(state.cache().len(), 1);
+        // A request still holding the old keyring cannot refill it sealed.
+        let held = state.get().unwrap();
+        state.seal();
+        assert!(state.cache().is_empty());
+        crate::subject_keys::load_cached(&store, &held, state.cache(), "s1").unwrap();
+        assert!(state.cache().is_empty());
+        state.install(Keyring::open(&root(9), &store).unwrap());
+        load(&state);
+        assert_eq!(state.cache().len(), 1);
+        // A new keyring (a rotation) starts with an empty cache too.
+        state.replace_if_unsealed(Keyring::open(&root(9), &store).unwrap());
+        assert!(state.cache().is_empty());
     }
 }

@@ -181,7 +181,8 @@ pub fn build(
 ) -> Result<Arc<Vault>, StartError> {
     let metrics = Arc::new(Metrics::new());
     metrics.set_sealed(keys.is_sealed());
-    let committer = Committer::start(store.clone(), metrics.clone())?;
+    let committer =
+        Committer::start_with_cache(store.clone(), metrics.clone(), Some(keys.cache().clone()))?;
     let s = &cfg.server;
     Ok(Arc::new(Vault {
         policy: Policy::from_config(cfg),

@@ -4,9 +4,12 @@
 //! at most once (compare-and-set), and never written anywhere else; values
 //! are sealed under keys derived from it (`DataKey::for_subject`).
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use crate::keys::{KeyError, Keyring};
 use crate::secret::SecretKey;
-use crate::store::{Batch, Space, Store, StoreError};
+use crate::store::{Batch, Op, Space, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SubjectKeyError {
@@ -57,6 +60,161 @@ pub fn load_guarded(
     }
 }
 
+/// As [`load_guarded`], served from `cache` when the subject was seen
+/// recently: the store read and the unwrap are what a tokenize or a
+/// detokenize of a known subject would otherwise spend most of its
+/// handler time on. The guard still carries the wrapped bytes, so a write
+/// sealed under a cached key that was erased meanwhile fails its check.
+pub fn load_cached(
+    store: &dyn Store,
+    keys: &Keyring,
+    cache: &KeyCache,
+    subject: &str,
+) -> Result<Option<(Arc<SecretKey<32>>, Batch)>, SubjectKeyError> {
+    let guard = |wrapped: Vec<u8>| {
+        let mut b = Batch::default();
+        b.expect(
+            Space::SubjectKeys,
+            subject.as_bytes().to_vec(),
+            Some(wrapped),
+        );
+        b
+    };
+    let (epoch, hit) = cache.get(subject);
+    if let Some(c) = hit {
+        return Ok(Some((c.key, guard(c.wrapped))));
+    }
+    match store.get(Space::SubjectKeys, subject.as_bytes())? {
+        None => Ok(None),
+        Some(w) => {
+            let key = Arc::new(keys.unwrap_subject_key(subject, &w)?);
+            cache.insert(epoch, subject, w.clone(), key.clone());
+            Ok(Some((key, guard(w))))
+        }
+    }
+}
+
+/// Unwrapped keys of recently used subjects. Invariants: an entry is the
+/// key stored for its subject at some moment after its epoch was read, and
+/// no entry outlives a write of that subject's key (the committer calls
+/// [`KeyCache::written`] after every write that touches one, before it
+/// answers) or a seal (nothing is kept, or added, while sealed). A fill
+/// that raced with either is dropped, because both move the epoch.
+/// Bounded; each key is zeroized when its last holder drops it.
+pub struct KeyCache {
+    capacity: usize,
+    inner: Mutex<CacheInner>,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    epoch: u64,
+    open: bool,
+    map: HashMap<String, Cached>,
+}
+
+#[derive(Clone)]
+struct Cached {
+    wrapped: Vec<u8>,
+    key: Arc<SecretKey<32>>,
+}
+
+impl std::fmt::Debug for KeyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyCache")
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyCache {
+    /// A closed (sealed) cache holding at most `capacity` subjects; 0
+    /// disables it.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            inner: Mutex::new(CacheInner::default()),
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut CacheInner) -> T) -> Option<T> {
+        // A poisoned lock only means a panic elsewhere; the map is still
+        // consistent (every change is one call), but serve nothing from it.
+        self.inner.lock().ok().map(|mut g| f(&mut g))
+    }
+
+    /// The current epoch and the cached key of `subject`, if any.
+    fn get(&self, subject: &str) -> (u64, Option<Cached>) {
+        self.with(|c| (c.epoch, c.map.get(subject).cloned()))
+            .unwrap_or((u64::MAX, None))
+    }
+
+    /// Keeps `key` unless the epoch moved since `epoch` was read.
+    fn insert(&self, epoch: u64, subject: &str, wrapped: Vec<u8>, key: Arc<SecretKey<32>>) {
+        let capacity = self.capacity;
+        self.with(|c| {
+            if !c.open || c.epoch != epoch || capacity == 0 {
+                return;
+            }
+            if c.map.len() >= capacity && !c.map.contains_key(subject) {
+                // Evicts an arbitrary entry: the hasher's order is random.
+                if let Some(k) = c.map.keys().next().cloned() {
+                    c.map.remove(&k);
+                }
+            }
+            c.map.insert(subject.to_string(), Cached { wrapped, key });
+        });
+    }
+
+    /// The subjects whose key `ops` put or delete.
+    pub fn touched(ops: &[Op]) -> Vec<Vec<u8>> {
+        ops.iter()
+            .filter_map(|op| match op {
+                Op::Put(Space::SubjectKeys, k, _) | Op::Delete(Space::SubjectKeys, k) => {
+                    Some(k.clone())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Forgets `subjects` (as [`KeyCache::touched`] lists them). Called
+    /// after a write of their keys was attempted, whatever its outcome, and
+    /// before it is answered.
+    pub fn forget(&self, subjects: &[Vec<u8>]) {
+        if subjects.is_empty() {
+            return;
+        }
+        self.with(|c| {
+            c.epoch = c.epoch.wrapping_add(1);
+            for k in subjects {
+                if let Ok(s) = std::str::from_utf8(k) {
+                    c.map.remove(s);
+                }
+            }
+        });
+    }
+
+    /// Drops every key and refuses new ones (seal), or starts taking them
+    /// again (unseal, a new keyring).
+    pub fn reset(&self, open: bool) {
+        self.with(|c| {
+            c.epoch = c.epoch.wrapping_add(1);
+            c.open = open;
+            c.map.clear();
+        });
+    }
+
+    /// How many subjects are cached (tests, metrics).
+    pub fn len(&self) -> usize {
+        self.with(|c| c.map.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// A new key for `subject` and the batch that stores it if, and only if,
 /// the subject has none yet.
 pub fn create(keys: &Keyring, subject: &str) -> Result<(SecretKey<32>, Batch), KeyError> {
@@ -88,4 +246,110 @@ pub fn value_key(
         return Ok(None);
     };
     Ok(Some(keys.version(version)?.for_subject(&sk)))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn ring(store: &MemoryStore) -> Keyring {
+        let mut root = [7u8; 32];
+        Keyring::open(&SecretKey::from_array(&mut root), store).unwrap()
+    }
+
+    fn open_cache(capacity: usize) -> KeyCache {
+        let c = KeyCache::new(capacity);
+        c.reset(true);
+        c
+    }
+
+    /// Stores a key for `subject` straight into the store.
+    fn stored(store: &MemoryStore, keys: &Keyring, subject: &str) -> SecretKey<32> {
+        let (k, b) = create(keys, subject).unwrap();
+        store.write(b).unwrap();
+        k
+    }
+
+    fn delete_behind(store: &MemoryStore, subject: &str) -> Batch {
+        let mut b = Batch::default();
+        destroy(&mut b, subject);
+        store.write(b.clone()).unwrap();
+        b
+    }
+
+    #[test]
+    fn a_second_load_is_served_from_the_cache_until_a_write_is_forgotten() {
+        let store = MemoryStore::new();
+        let keys = ring(&store);
+        let cache = open_cache(16);
+        let k = stored(&store, &keys, "s1");
+        let (a, guard) = load_cached(&store, &keys, &cache, "s1").unwrap().unwrap();
+        assert_eq!(a.expose_secret(), k.expose_secret());
+        assert_eq!(cache.len(), 1);
+        // The guard names the wrapped bytes the store holds.
+        store.write(guard).unwrap();
+        // Deleted behind the cache's back: still served, which shows the
+        // hit, and why every key write must go through `forget`.
+        let erase = delete_behind(&store, "s1");
+        assert!(load_cached(&store, &keys, &cache, "s1").unwrap().is_some());
+        cache.forget(&KeyCache::touched(&erase.ops));
+        assert!(load_cached(&store, &keys, &cache, "s1").unwrap().is_none());
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn a_guard_from_a_stale_entry_fails_its_check() {
+        let store = MemoryStore::new();
+        let keys = ring(&store);
+        let cache = open_cache(16);
+        stored(&store, &keys, "s1");
+        load_cached(&store, &keys, &cache, "s1").unwrap();
+        delete_behind(&store, "s1");
+        stored(&store, &keys, "s1");
+        let (_, guard) = load_cached(&store, &keys, &cache, "s1").unwrap().unwrap();
+        assert!(matches!(store.write(guard), Err(StoreError::Conflict)));
+    }
+
+    #[test]
+    fn a_fill_that_raced_with_a_forget_or_a_seal_is_dropped() {
+        let cache = open_cache(16);
+        let key = || Arc::new(SecretKey::<32>::generate());
+        let (epoch, _) = cache.get("s1");
+        cache.forget(&[b"other".to_vec()]);
+        cache.insert(epoch, "s1", vec![1], key());
+        assert!(cache.is_empty());
+        let (epoch, _) = cache.get("s1");
+        cache.reset(false);
+        cache.insert(epoch, "s1", vec![1], key());
+        assert!(cache.is_empty());
+        // Sealed: nothing is taken, even with the current epoch.
+        let (epoch, _) = cache.get("s1");
+        cache.insert(epoch, "s1", vec![1], key());
+        assert!(cache.is_empty());
+        cache.reset(true);
+        let (epoch, _) = cache.get("s1");
+        cache.insert(epoch, "s1", vec![1], key());
+        assert_eq!(cache.len(), 1);
+        cache.reset(false);
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn the_cache_stays_within_its_capacity() {
+        let store = MemoryStore::new();
+        let keys = ring(&store);
+        let cache = open_cache(3);
+        for i in 0..10 {
+            let s = format!("s{i}");
+            stored(&store, &keys, &s);
+            load_cached(&store, &keys, &cache, &s).unwrap().unwrap();
+            assert!(cache.len() <= 3);
+        }
+        assert_eq!(cache.len(), 3);
+        let off = open_cache(0);
+        load_cached(&store, &keys, &off, "s1").unwrap().unwrap();
+        assert!(off.is_empty());
+    }
 }

@@ -329,8 +329,10 @@ impl Lookup<'_> {
         if let Some(known) = self.subject_keys.borrow().get(subject) {
             return Ok(known.clone());
         }
-        let key = match subject_keys::load(self.v.store.as_ref(), self.keys, subject) {
-            Ok(k) => k.map(Arc::new),
+        let cache = self.v.keys.cache();
+        let key = match subject_keys::load_cached(self.v.store.as_ref(), self.keys, cache, subject)
+        {
+            Ok(k) => k.map(|(k, _guard)| k),
             Err(subject_keys::SubjectKeyError::Store(_)) => return Err(ApiError::Unavailable),
             Err(subject_keys::SubjectKeyError::Key(_)) => {
                 tracing::error!(request_id = %self.ctx.request_id, "A subject key failed its integrity check");

@@ -106,15 +106,18 @@ async fn store_once(
     let subject = collect.subject;
     let keys = keyring(v)?;
     let active = keys.active().map_err(|_| ApiError::Internal)?;
-    let (subject_key, create) = match subject_keys::load_guarded(v.store.as_ref(), &keys, subject) {
-        Ok(Some((k, guard))) => (k, Some(guard)),
-        Ok(None) => {
-            let (k, b) = subject_keys::create(&keys, subject).map_err(|_| ApiError::Internal)?;
-            (k, Some(b))
-        }
-        Err(subject_keys::SubjectKeyError::Store(_)) => return Err(ApiError::Unavailable),
-        Err(subject_keys::SubjectKeyError::Key(_)) => return Err(ApiError::Internal),
-    };
+    let cache = v.keys.cache();
+    let (subject_key, create) =
+        match subject_keys::load_cached(v.store.as_ref(), &keys, cache, subject) {
+            Ok(Some((k, guard))) => (k, Some(guard)),
+            Ok(None) => {
+                let (k, b) =
+                    subject_keys::create(&keys, subject).map_err(|_| ApiError::Internal)?;
+                (std::sync::Arc::new(k), Some(b))
+            }
+            Err(subject_keys::SubjectKeyError::Store(_)) => return Err(ApiError::Unavailable),
+            Err(subject_keys::SubjectKeyError::Key(_)) => return Err(ApiError::Internal),
+        };
     let data_key = active.for_subject(&subject_key);
     drop(subject_key);
     let now = now_ms();
