@@ -90,6 +90,25 @@ fn batches_are_atomic_under_failed_checks() {
 }
 
 #[test]
+fn ops_on_one_key_apply_in_batch_order() {
+    for (store, _dir) in engines() {
+        let mut b = Batch::default();
+        b.put(Space::Values, b"k".to_vec(), b"1".to_vec());
+        b.put(Space::Values, b"j".to_vec(), b"0".to_vec());
+        b.delete(Space::Values, b"k".to_vec());
+        b.put(Space::Values, b"k".to_vec(), b"2".to_vec());
+        b.put(Space::Meta, b"k".to_vec(), b"m".to_vec());
+        b.put(Space::Values, b"m".to_vec(), b"x".to_vec());
+        b.delete(Space::Values, b"m".to_vec());
+        store.write(b).unwrap();
+        assert_eq!(store.get(Space::Values, b"k").unwrap(), Some(b"2".to_vec()));
+        assert_eq!(store.get(Space::Values, b"j").unwrap(), Some(b"0".to_vec()));
+        assert_eq!(store.get(Space::Values, b"m").unwrap(), None);
+        assert_eq!(store.get(Space::Meta, b"k").unwrap(), Some(b"m".to_vec()));
+    }
+}
+
+#[test]
 fn a_group_write_keeps_each_batch_whose_checks_hold_and_only_those() {
     for (store, _dir) in engines() {
         store.write(put(Space::SubjectKeys, b"s2", b"w2")).unwrap();
