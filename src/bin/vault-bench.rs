@@ -65,9 +65,19 @@ struct Args {
     #[arg(long, default_value_t = 10)]
     seconds: u64,
     /// Also measure a bare hyper + rustls server with the same TLS setup
-    /// answering a fixed body, and print the vault as a ratio of it.
+    /// answering a fixed body, and print the vault as a ratio of it. The
+    /// ceiling server runs in a process of its own, as the vault does.
     #[arg(long)]
     ceiling: bool,
+    /// Run the ceiling server inside this process instead, on the load
+    /// generator's own threads (how it ran before: cheaper for the ceiling,
+    /// which then skips every cross-process wakeup the vault pays).
+    #[arg(long, requires = "ceiling")]
+    ceiling_in_process: bool,
+    /// Internal: be the ceiling server, print its URL, and serve until
+    /// standard input closes (the parent's run is over).
+    #[arg(long, hide = true)]
+    serve_ceiling: bool,
     /// Repeat the run (with --ceiling: ceiling then vault) this many times
     /// and print the median ratio: on a shared machine the speed drifts
     /// between runs, and alternating keeps each pair close in time.
@@ -334,6 +344,54 @@ async fn ceiling_server(args: &Args) -> Result<String, String> {
     Ok(format!("https://127.0.0.1:{}", addr.port()))
 }
 
+/// The ceiling server's own process: this binary with `--serve-ceiling`.
+/// It lives until its standard input closes, so it cannot outlive us.
+async fn spawn_ceiling(args: &Args) -> Result<(tokio::process::Child, String), String> {
+    use tokio::io::AsyncBufReadExt;
+    let exe = std::env::current_exe().map_err(|e| format!("ceiling: {e}"))?;
+    let mut child = tokio::process::Command::new(exe)
+        .arg("--serve-ceiling")
+        .arg("--dev")
+        .arg(&args.dev)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("ceiling: {e}"))?;
+    let out = child.stdout.take().ok_or("ceiling: no output")?;
+    let mut line = String::new();
+    tokio::io::BufReader::new(out)
+        .read_line(&mut line)
+        .await
+        .map_err(|e| format!("ceiling: {e}"))?;
+    let url = line.trim().to_string();
+    if !url.starts_with("https://") {
+        return Err("ceiling: the server did not start".into());
+    }
+    Ok((child, url))
+}
+
+async fn serve_ceiling(args: &Args) -> std::process::ExitCode {
+    use std::io::{Read, Write};
+    match ceiling_server(args).await {
+        Ok(url) => {
+            println!("{url}");
+            let _ = std::io::stdout().flush();
+            // Serve until the parent closes our standard input.
+            let _ = tokio::task::spawn_blocking(|| {
+                let mut sink = [0u8; 64];
+                while matches!(std::io::stdin().read(&mut sink), Ok(n) if n > 0) {}
+            })
+            .await;
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vault-bench: {e}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
 /// One run against the vault, with the metrics check when `--ops` is given.
 async fn vault_run(args: &Args, tokens: Arc<Vec<String>>) -> Result<Report, String> {
     let before = match &args.ops {
@@ -402,6 +460,9 @@ fn print(r: &Report, json: bool) {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    if args.serve_ceiling {
+        return serve_ceiling(&args).await;
+    }
     if let Some(r) = args.rate {
         // The gap between a connection's requests must be a real duration.
         let gap = args.connections.max(1) as f64 / r;
@@ -421,10 +482,16 @@ async fn main() -> std::process::ExitCode {
             Vec::new()
         };
         let tokens = Arc::new(tokens);
-        let ceiling_url = if args.ceiling {
-            Some(ceiling_server(&args).await?)
-        } else {
-            None
+        // Kept for the whole run; dropping it ends the child.
+        let mut _child = None;
+        let ceiling_url = match (args.ceiling, args.ceiling_in_process) {
+            (false, _) => None,
+            (true, true) => Some(ceiling_server(&args).await?),
+            (true, false) => {
+                let (child, url) = spawn_ceiling(&args).await?;
+                _child = Some(child);
+                Some(url)
+            }
         };
         let mut ratios = Vec::new();
         for _ in 0..args.rounds.max(1) {
