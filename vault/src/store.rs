@@ -207,6 +207,9 @@ pub(crate) fn screen(
 ) -> Result<Vec<bool>, StoreError> {
     use std::collections::{HashMap, HashSet};
     let mut current: HashMap<(Space, &[u8]), Option<Vec<u8>>> = HashMap::new();
+    // The spaces some check reads: only ops there can matter (and need
+    // hashing) below.
+    let mut checked: Vec<Space> = Vec::new();
     for space in Space::ALL {
         let keys: Vec<&[u8]> = group
             .iter()
@@ -219,6 +222,7 @@ pub(crate) fn screen(
         if keys.is_empty() {
             continue;
         }
+        checked.push(space);
         let found = lookup(space, &keys)?;
         current.extend(keys.into_iter().map(|k| (space, k)).zip(found));
     }
@@ -232,12 +236,12 @@ pub(crate) fn screen(
             let k = (c.space, c.key.as_slice());
             !written.contains(&k) && current.get(&k).is_some_and(|cur| *cur == c.expected)
         });
-        if holds && !current.is_empty() {
+        if holds {
             for op in &b.ops {
                 let k = match op {
                     Op::Put(space, k, _) | Op::Delete(space, k) => (*space, k.as_slice()),
                 };
-                if current.contains_key(&k) {
+                if checked.contains(&k.0) && current.contains_key(&k) {
                     written.insert(k);
                 }
             }
