@@ -97,7 +97,7 @@ pub fn load_cached(
 /// Unwrapped keys of recently used subjects. Invariants: an entry is the
 /// key stored for its subject at some moment after its epoch was read, and
 /// no entry outlives a write of that subject's key (the committer calls
-/// [`KeyCache::written`] after every write that touches one, before it
+/// [`KeyCache::forget`] after every write that touches one, before it
 /// answers) or a seal (nothing is kept, or added, while sealed). A fill
 /// that raced with either is dropped, because both move the epoch.
 /// Bounded; each key is zeroized when its last holder drops it.
