@@ -104,6 +104,22 @@ async fn erasure_shreds_the_subject_and_spares_shared_values() {
         .is_some());
 }
 
+#[tokio::test]
+async fn the_subject_key_cache_follows_its_setting() {
+    for (setting, cached) in [(65_536, 1), (0, 0)] {
+        let v = TestVault::start_with(|c| c.keys.subject_key_cache = setting).await;
+        let app = v.client("app");
+        tokenize_one(&app, "acct-d", "notification", "phone", PHONE).await;
+        // The second write reads the key the first one created.
+        tokenize_one(&app, "acct-d", "notification", "email", "d@example.cn").await;
+        let cache = v.running().vault.keys.cache().clone();
+        assert_eq!(cache.len(), cached, "subject-key-cache = {setting}");
+        // A seal drops whatever was kept.
+        v.running().vault.keys.seal();
+        assert!(cache.is_empty());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subject_erased_after_its_key_was_cached_starts_over_with_a_new_key() {
     let v = TestVault::start().await;

@@ -165,10 +165,18 @@ pub struct Keys {
     pub rewrap_batch: usize,
     #[serde(default)]
     pub rewrap_pause_ms: u64,
+    /// Subjects whose unwrapped key is kept in memory (about 200 bytes
+    /// each); 0 turns the cache off.
+    #[serde(default = "default_subject_key_cache")]
+    pub subject_key_cache: usize,
 }
 
 fn default_rewrap_batch() -> usize {
     1024
+}
+
+fn default_subject_key_cache() -> usize {
+    crate::keys::SUBJECT_KEY_CACHE
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -375,6 +383,9 @@ impl Config {
         }
         if k.rewrap_batch == 0 || k.rewrap_batch > 100_000 {
             p.push("keys.rewrap-batch: must be 1..=100000".into());
+        }
+        if k.subject_key_cache > 10_000_000 {
+            p.push("keys.subject-key-cache: must be 0..=10000000".into());
         }
         for (key, d) in [
             ("retention.max", &self.retention.max),

@@ -346,7 +346,8 @@ impl Default for KeyState {
     }
 }
 
-/// Subjects whose unwrapped key is kept (about 200 bytes each).
+/// The default of `keys.subject-key-cache`: subjects whose unwrapped key is
+/// kept (about 200 bytes each).
 pub const SUBJECT_KEY_CACHE: usize = 65_536;
 
 impl KeyState {

@@ -181,6 +181,7 @@ pub fn build(
 ) -> Result<Arc<Vault>, StartError> {
     let metrics = Arc::new(Metrics::new());
     metrics.set_sealed(keys.is_sealed());
+    keys.cache().set_capacity(cfg.keys.subject_key_cache);
     let committer =
         Committer::start_with_cache(store.clone(), metrics.clone(), Some(keys.cache().clone()))?;
     let s = &cfg.server;

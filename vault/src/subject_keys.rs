@@ -5,6 +5,7 @@
 //! are sealed under keys derived from it (`DataKey::for_subject`).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::keys::{KeyError, Keyring};
@@ -102,7 +103,7 @@ pub fn load_cached(
 /// that raced with either is dropped, because both move the epoch.
 /// Bounded; each key is zeroized when its last holder drops it.
 pub struct KeyCache {
-    capacity: usize,
+    capacity: AtomicUsize,
     inner: Mutex<CacheInner>,
 }
 
@@ -122,7 +123,7 @@ struct Cached {
 impl std::fmt::Debug for KeyCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyCache")
-            .field("capacity", &self.capacity)
+            .field("capacity", &self.capacity.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
@@ -132,9 +133,19 @@ impl KeyCache {
     /// disables it.
     pub fn new(capacity: usize) -> Self {
         Self {
-            capacity,
+            capacity: AtomicUsize::new(capacity),
             inner: Mutex::new(CacheInner::default()),
         }
+    }
+
+    /// Sets the bound (the configured `keys.subject-key-cache`) and drops
+    /// what is cached.
+    pub fn set_capacity(&self, capacity: usize) {
+        self.capacity.store(capacity, Ordering::Relaxed);
+        self.with(|c| {
+            c.epoch = c.epoch.wrapping_add(1);
+            c.map.clear();
+        });
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut CacheInner) -> T) -> Option<T> {
@@ -151,7 +162,7 @@ impl KeyCache {
 
     /// Keeps `key` unless the epoch moved since `epoch` was read.
     fn insert(&self, epoch: u64, subject: &str, wrapped: Vec<u8>, key: Arc<SecretKey<32>>) {
-        let capacity = self.capacity;
+        let capacity = self.capacity.load(Ordering::Relaxed);
         self.with(|c| {
             if !c.open || c.epoch != epoch || capacity == 0 {
                 return;

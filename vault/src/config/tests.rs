@@ -188,9 +188,15 @@ fn key_source_must_be_exactly_one() {
             "master-key-file = \"master.key\"",
             "master-key-command = []\nauto-rotate-period = \"often\"",
         )
-        .replace("rewrap-batch = 1024", "rewrap-batch = 0");
+        .replace("rewrap-batch = 1024", "rewrap-batch = 0")
+        .replace("subject-key-cache = 65536", "subject-key-cache = 20000000");
     let all = load(&bad, &[]).unwrap_err().to_string();
-    for want in ["master-key-command", "auto-rotate-period", "rewrap-batch"] {
+    for want in [
+        "master-key-command",
+        "auto-rotate-period",
+        "rewrap-batch",
+        "subject-key-cache",
+    ] {
         assert!(all.contains(want), "{want}: {all}");
     }
 }
