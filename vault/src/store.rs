@@ -156,10 +156,7 @@ pub trait Store: Send + Sync + 'static {
         finish: &mut dyn FnMut(&[bool]) -> Batch,
     ) -> Result<Vec<bool>, StoreError> {
         let kept = screen(&group, |space, keys| {
-            Ok(keys
-                .iter()
-                .map(|k| self.get(space, k).ok().flatten())
-                .collect())
+            keys.iter().map(|k| self.get(space, k)).collect()
         })?;
         let mut merged = Batch::default();
         for (b, keep) in group.into_iter().zip(&kept) {
@@ -168,7 +165,9 @@ pub trait Store: Send + Sync + 'static {
             }
         }
         merged.absorb(finish(&kept));
-        self.write(merged)?;
+        if !merged.is_empty() {
+            self.write(merged)?;
+        }
         Ok(kept)
     }
 

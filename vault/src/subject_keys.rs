@@ -64,34 +64,51 @@ pub fn load_guarded(
 /// As [`load_guarded`], served from `cache` when the subject was seen
 /// recently: the store read and the unwrap are what a tokenize or a
 /// detokenize of a known subject would otherwise spend most of its
-/// handler time on. The guard still carries the wrapped bytes, so a write
-/// sealed under a cached key that was erased meanwhile fails its check.
+/// handler time on. [`Loaded::guard`] still carries the wrapped bytes, so a
+/// write sealed under a cached key that was erased meanwhile fails its
+/// check.
 pub fn load_cached(
     store: &dyn Store,
     keys: &Keyring,
     cache: &KeyCache,
     subject: &str,
-) -> Result<Option<(Arc<SecretKey<32>>, Batch)>, SubjectKeyError> {
-    let guard = |wrapped: Vec<u8>| {
-        let mut b = Batch::default();
-        b.expect(
-            Space::SubjectKeys,
-            subject.as_bytes().to_vec(),
-            Some(wrapped),
-        );
-        b
-    };
+) -> Result<Option<Loaded>, SubjectKeyError> {
     let (epoch, hit) = cache.get(subject);
     if let Some(c) = hit {
-        return Ok(Some((c.key, guard(c.wrapped))));
+        return Ok(Some(c));
     }
     match store.get(Space::SubjectKeys, subject.as_bytes())? {
         None => Ok(None),
         Some(w) => {
-            let key = Arc::new(keys.unwrap_subject_key(subject, &w)?);
-            cache.insert(epoch, subject, w.clone(), key.clone());
-            Ok(Some((key, guard(w))))
+            let loaded = Loaded {
+                key: Arc::new(keys.unwrap_subject_key(subject, &w)?),
+                wrapped: w.into(),
+            };
+            cache.insert(epoch, subject, loaded.clone());
+            Ok(Some(loaded))
         }
+    }
+}
+
+/// A subject's key as [`load_cached`] found it, with the wrapped bytes it
+/// was stored as.
+#[derive(Clone)]
+pub struct Loaded {
+    pub key: Arc<SecretKey<32>>,
+    wrapped: Arc<[u8]>,
+}
+
+impl Loaded {
+    /// A batch that holds only while `subject`'s stored key is still this
+    /// one: a write of values sealed under it carries it.
+    pub fn guard(&self, subject: &str) -> Batch {
+        let mut b = Batch::default();
+        b.expect(
+            Space::SubjectKeys,
+            subject.as_bytes().to_vec(),
+            Some(self.wrapped.to_vec()),
+        );
+        b
     }
 }
 
@@ -111,13 +128,7 @@ pub struct KeyCache {
 struct CacheInner {
     epoch: u64,
     open: bool,
-    map: HashMap<String, Cached>,
-}
-
-#[derive(Clone)]
-struct Cached {
-    wrapped: Vec<u8>,
-    key: Arc<SecretKey<32>>,
+    map: HashMap<String, Loaded>,
 }
 
 impl std::fmt::Debug for KeyCache {
@@ -155,13 +166,13 @@ impl KeyCache {
     }
 
     /// The current epoch and the cached key of `subject`, if any.
-    fn get(&self, subject: &str) -> (u64, Option<Cached>) {
+    fn get(&self, subject: &str) -> (u64, Option<Loaded>) {
         self.with(|c| (c.epoch, c.map.get(subject).cloned()))
             .unwrap_or((u64::MAX, None))
     }
 
     /// Keeps `key` unless the epoch moved since `epoch` was read.
-    fn insert(&self, epoch: u64, subject: &str, wrapped: Vec<u8>, key: Arc<SecretKey<32>>) {
+    fn insert(&self, epoch: u64, subject: &str, loaded: Loaded) {
         let capacity = self.capacity.load(Ordering::Relaxed);
         self.with(|c| {
             if !c.open || c.epoch != epoch || capacity == 0 {
@@ -173,7 +184,7 @@ impl KeyCache {
                     c.map.remove(&k);
                 }
             }
-            c.map.insert(subject.to_string(), Cached { wrapped, key });
+            c.map.insert(subject.to_string(), loaded);
         });
     }
 
@@ -296,8 +307,9 @@ mod tests {
         let keys = ring(&store);
         let cache = open_cache(16);
         let k = stored(&store, &keys, "s1");
-        let (a, guard) = load_cached(&store, &keys, &cache, "s1").unwrap().unwrap();
-        assert_eq!(a.expose_secret(), k.expose_secret());
+        let a = load_cached(&store, &keys, &cache, "s1").unwrap().unwrap();
+        assert_eq!(a.key.expose_secret(), k.expose_secret());
+        let guard = a.guard("s1");
         assert_eq!(cache.len(), 1);
         // The guard names the wrapped bytes the store holds.
         store.write(guard).unwrap();
@@ -319,29 +331,35 @@ mod tests {
         load_cached(&store, &keys, &cache, "s1").unwrap();
         delete_behind(&store, "s1");
         stored(&store, &keys, "s1");
-        let (_, guard) = load_cached(&store, &keys, &cache, "s1").unwrap().unwrap();
+        let guard = load_cached(&store, &keys, &cache, "s1")
+            .unwrap()
+            .unwrap()
+            .guard("s1");
         assert!(matches!(store.write(guard), Err(StoreError::Conflict)));
     }
 
     #[test]
     fn a_fill_that_raced_with_a_forget_or_a_seal_is_dropped() {
         let cache = open_cache(16);
-        let key = || Arc::new(SecretKey::<32>::generate());
+        let key = || Loaded {
+            key: Arc::new(SecretKey::<32>::generate()),
+            wrapped: vec![1u8].into(),
+        };
         let (epoch, _) = cache.get("s1");
         cache.forget(&[b"other".to_vec()]);
-        cache.insert(epoch, "s1", vec![1], key());
+        cache.insert(epoch, "s1", key());
         assert!(cache.is_empty());
         let (epoch, _) = cache.get("s1");
         cache.reset(false);
-        cache.insert(epoch, "s1", vec![1], key());
+        cache.insert(epoch, "s1", key());
         assert!(cache.is_empty());
         // Sealed: nothing is taken, even with the current epoch.
         let (epoch, _) = cache.get("s1");
-        cache.insert(epoch, "s1", vec![1], key());
+        cache.insert(epoch, "s1", key());
         assert!(cache.is_empty());
         cache.reset(true);
         let (epoch, _) = cache.get("s1");
-        cache.insert(epoch, "s1", vec![1], key());
+        cache.insert(epoch, "s1", key());
         assert_eq!(cache.len(), 1);
         cache.reset(false);
         assert!(cache.is_empty());

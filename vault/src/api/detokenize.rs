@@ -332,7 +332,7 @@ impl Lookup<'_> {
         let cache = self.v.keys.cache();
         let key = match subject_keys::load_cached(self.v.store.as_ref(), self.keys, cache, subject)
         {
-            Ok(k) => k.map(|(k, _guard)| k),
+            Ok(k) => k.map(|l| l.key),
             Err(subject_keys::SubjectKeyError::Store(_)) => return Err(ApiError::Unavailable),
             Err(subject_keys::SubjectKeyError::Key(_)) => {
                 tracing::error!(request_id = %self.ctx.request_id, "A subject key failed its integrity check");

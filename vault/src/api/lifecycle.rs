@@ -393,10 +393,10 @@ pub async fn correct(
         let norm = classes::normalize(old.class, &req.value)
             .map_err(|reason| ApiError::InvalidValue { field: 0, reason })?;
         let new_token: [u8; TOKEN_BYTES] = keys.token_key().token(old.class, norm.token_form());
-        let (sk, guard) =
-            subject_keys::load_cached(v.store.as_ref(), &keys, v.keys.cache(), subject)
-                .map_err(|_| ApiError::Unavailable)?
-                .ok_or(ApiError::NotFound)?;
+        let loaded = subject_keys::load_cached(v.store.as_ref(), &keys, v.keys.cache(), subject)
+            .map_err(|_| ApiError::Unavailable)?
+            .ok_or(ApiError::NotFound)?;
+        let (sk, guard) = (loaded.key.clone(), loaded.guard(subject));
         let active = keys.active().map_err(|_| ApiError::Internal)?;
         let aad = value_aad(subject, old.class, active.version());
         let ciphertext = active

@@ -109,7 +109,10 @@ async fn store_once(
     let cache = v.keys.cache();
     let (subject_key, create) =
         match subject_keys::load_cached(v.store.as_ref(), &keys, cache, subject) {
-            Ok(Some((k, guard))) => (k, Some(guard)),
+            Ok(Some(l)) => {
+                let guard = l.guard(subject);
+                (l.key, Some(guard))
+            }
             Ok(None) => {
                 let (k, b) =
                     subject_keys::create(&keys, subject).map_err(|_| ApiError::Internal)?;

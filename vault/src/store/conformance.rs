@@ -310,3 +310,42 @@ fn token_prefix_seeks_and_total_order_scans_agree_with_the_model() {
         );
     }
 }
+
+/// A store whose reads fail: a group's checks cannot be screened.
+struct Unreadable(MemoryStore);
+
+impl Store for Unreadable {
+    fn get(&self, _: Space, _: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Err(StoreError::Engine("read failed".into()))
+    }
+    fn scan(&self, s: Space, f: &[u8], t: Option<&[u8]>, l: usize) -> Result<Rows, StoreError> {
+        self.0.scan(s, f, t, l)
+    }
+    fn write(&self, b: Batch) -> Result<(), StoreError> {
+        self.0.write(b)
+    }
+}
+
+#[test]
+fn a_group_whose_checks_cannot_be_read_writes_nothing() {
+    let store = Unreadable(MemoryStore::new());
+    let mut b = put(Space::Values, b"v", b"v");
+    b.expect(Space::SubjectKeys, b"s".to_vec(), None);
+    let mut asked = false;
+    let r = store.write_group(vec![b], &mut |_| {
+        asked = true;
+        put(Space::Audit, b"e", b"e")
+    });
+    assert!(matches!(r, Err(StoreError::Engine(_))));
+    assert!(!asked);
+    assert!(store
+        .0
+        .scan(Space::Values, b"", None, 10)
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .0
+        .scan(Space::Audit, b"", None, 10)
+        .unwrap()
+        .is_empty());
+}

@@ -325,7 +325,10 @@ fn apply_group(
         .filter(|(_, k)| **k)
         .map(|(b, _)| b.ops.as_slice())
         .chain([extra.ops.as_slice()]);
-    write_ops(db, ops)?;
+    // A group whose every job failed its check writes (and syncs) nothing.
+    if kept.iter().any(|k| *k) || !extra.ops.is_empty() {
+        write_ops(db, ops)?;
+    }
     Ok(kept)
 }
 
