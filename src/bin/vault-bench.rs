@@ -142,12 +142,26 @@ fn fields_of(s: Scenario) -> u64 {
     }
 }
 
+/// The subject of request `seed`: one of 100,000, drawn uniformly (a
+/// SplitMix64 hash of the sequence number), so no cache in the vault is
+/// favoured or defeated by the order. (Taking `seed % 100_000` cycled
+/// through the subjects in order, the worst case for a cache smaller than
+/// the cycle.)
+fn subject_of(seed: u64) -> String {
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    format!("bench-{}", (z ^ (z >> 31)) % 100_000)
+}
+
 fn tokenize_body(seed: u64, n: u64) -> Vec<u8> {
     let fields: Vec<_> = (0..n)
         .map(|k| serde_json::json!({"class":"phone","value":format!("139{:08}", (seed * n + k) % 100_000_000)}))
         .collect();
-    serde_json::to_vec(&serde_json::json!({"subject":format!("bench-{}", seed % 100_000),"purpose":"notification","fields":fields}))
-        .unwrap_or_default()
+    serde_json::to_vec(
+        &serde_json::json!({"subject":subject_of(seed),"purpose":"notification","fields":fields}),
+    )
+    .unwrap_or_default()
 }
 
 /// A 2 KB portal complaint with a name, a resident ID, a mobile, an email
@@ -162,10 +176,8 @@ fn deidentify_body(seed: u64) -> Vec<u8> {
         seed % 100_000_000,
         seed % 1000
     );
-    serde_json::to_vec(
-        &serde_json::json!({"subject":format!("bench-{}", seed % 100_000),
-        "purpose":"respond_to_request","mode":"tokenize","text":text}),
-    )
+    serde_json::to_vec(&serde_json::json!({"subject":subject_of(seed),
+        "purpose":"respond_to_request","mode":"tokenize","text":text}))
     .unwrap_or_default()
 }
 

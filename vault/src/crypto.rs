@@ -47,8 +47,21 @@ pub fn derive<const N: usize>(master: &SecretKey<32>, label: &[u8]) -> SecretKey
 
 /// The key that turns normalized values into tokens. Separate from data keys
 /// and never rotated, so tokens stay stable across data-key rotations.
-#[derive(Debug)]
-pub struct TokenKey(SecretKey<32>, fpe::PreservingKey);
+pub struct TokenKey {
+    key: SecretKey<32>,
+    /// HMAC-SHA256 already keyed with `key`, cloned per token: two
+    /// compressions per token instead of four.
+    prf: Option<Hmac<Sha256>>,
+    preserving: fpe::PreservingKey,
+}
+
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenKey")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
 
 /// A token's raw bytes.
 pub type TokenBytes = [u8; TOKEN_BYTES];
@@ -56,13 +69,18 @@ pub type TokenBytes = [u8; TOKEN_BYTES];
 impl TokenKey {
     pub fn new(key: SecretKey<32>) -> Self {
         let preserving = fpe::PreservingKey::new(derive(&key, b"vault/fpe/v1"));
-        Self(key, preserving)
+        let prf = <Hmac<Sha256> as Mac>::new_from_slice(key.expose_secret()).ok();
+        Self {
+            key,
+            prf,
+            preserving,
+        }
     }
 
     /// The key of format-preserving tokens, derived from this one so that
     /// they are as stable as opaque tokens.
     pub fn preserving(&self) -> &fpe::PreservingKey {
-        &self.1
+        &self.preserving
     }
 
     /// The token of `value` in `class`: HMAC-SHA256 over the class tag and the
@@ -70,7 +88,7 @@ impl TokenKey {
     /// two classes apart.
     pub fn token(&self, class: Class, token_form: &str) -> TokenBytes {
         let mut out = [0u8; TOKEN_BYTES];
-        if let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(self.0.expose_secret()) {
+        if let Some(mut mac) = self.prf.clone() {
             mac.update(&[class.tag(), 0]);
             mac.update(token_form.as_bytes());
             let full = mac.finalize().into_bytes();
@@ -106,8 +124,9 @@ pub struct DataKey {
     /// HMAC-SHA512 already keyed with `key` (its inner and outer pad
     /// blocks hashed), so deriving a subject's value key costs two
     /// compressions instead of four: half the work of a rewrap's key
-    /// derivations. Only on keys that derive; value keys carry `None`.
-    prf: Option<Hmac<Sha512>>,
+    /// derivations. Only on keys that derive; value keys carry `None`
+    /// (boxed, so the value keys the subject-key cache holds stay small).
+    prf: Option<Box<Hmac<Sha512>>>,
 }
 
 impl std::fmt::Debug for DataKey {
@@ -121,7 +140,9 @@ impl std::fmt::Debug for DataKey {
 
 impl DataKey {
     pub fn new(version: u32, key: SecretKey<64>) -> Self {
-        let prf = <Hmac<Sha512> as Mac>::new_from_slice(key.expose_secret()).ok();
+        let prf = <Hmac<Sha512> as Mac>::new_from_slice(key.expose_secret())
+            .ok()
+            .map(Box::new);
         Self { version, key, prf }
     }
 
@@ -138,7 +159,7 @@ impl DataKey {
     pub fn for_subject(&self, subject_key: &SecretKey<32>) -> DataKey {
         let mut out = SecretKey::<64>::zeroed();
         let keyed = match &self.prf {
-            Some(prf) => Some(prf.clone()),
+            Some(prf) => Some((**prf).clone()),
             None => <Hmac<Sha512> as Mac>::new_from_slice(self.key.expose_secret()).ok(),
         };
         if let Some(mut mac) = keyed {

@@ -19,7 +19,6 @@ use crate::keys::Keyring;
 use crate::ledger;
 use crate::policy::{PurposeInfo, Release, DATA_SUBJECT_REQUEST};
 use crate::schema::{self, Record};
-use crate::secret::SecretKey;
 use crate::server::Vault;
 use crate::store::{scan_prefix, Batch, Space};
 use crate::subject_keys;
@@ -150,7 +149,7 @@ struct Lookup<'a> {
     /// Whether each subject seen so far has live consent to the purpose.
     consents: RefCell<HashMap<String, bool>>,
     /// Each subject's key, looked up once per request.
-    subject_keys: RefCell<HashMap<String, Option<Arc<SecretKey<32>>>>>,
+    subject_keys: RefCell<HashMap<String, Option<subject_keys::Loaded>>>,
 }
 
 impl Lookup<'_> {
@@ -223,7 +222,7 @@ impl Lookup<'_> {
             draft.outcome = "gone";
             return Ok((out, draft));
         }
-        let key = key.zip(sk).map(|(k, sk)| k.for_subject(&sk));
+        let key = key.zip(sk).map(|(k, sk)| sk.value_key(k));
         let opened = key.and_then(|k| k.open(&aad, &record.ciphertext).ok());
         let Some(plain) = opened.and_then(|p| String::from_utf8(p.to_vec()).ok()) else {
             // Tampered, swapped or undecryptable: the same opaque answer as a
@@ -325,14 +324,14 @@ impl Lookup<'_> {
     }
 
     /// The subject's key; `None` once it is erased.
-    fn subject_key(&self, subject: &str) -> Result<Option<Arc<SecretKey<32>>>, ApiError> {
+    fn subject_key(&self, subject: &str) -> Result<Option<subject_keys::Loaded>, ApiError> {
         if let Some(known) = self.subject_keys.borrow().get(subject) {
             return Ok(known.clone());
         }
         let cache = self.v.keys.cache();
         let key = match subject_keys::load_cached(self.v.store.as_ref(), self.keys, cache, subject)
         {
-            Ok(k) => k.map(|l| l.key),
+            Ok(k) => k,
             Err(subject_keys::SubjectKeyError::Store(_)) => return Err(ApiError::Unavailable),
             Err(subject_keys::SubjectKeyError::Key(_)) => {
                 tracing::error!(request_id = %self.ctx.request_id, "A subject key failed its integrity check");

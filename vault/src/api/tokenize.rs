@@ -107,22 +107,17 @@ async fn store_once(
     let keys = keyring(v)?;
     let active = keys.active().map_err(|_| ApiError::Internal)?;
     let cache = v.keys.cache();
-    let (subject_key, create) =
+    let (data_key, create) =
         match subject_keys::load_cached(v.store.as_ref(), &keys, cache, subject) {
-            Ok(Some(l)) => {
-                let guard = l.guard(subject);
-                (l.key, Some(guard))
-            }
+            Ok(Some(l)) => (l.value_key(active), Some(l.guard(subject))),
             Ok(None) => {
                 let (k, b) =
                     subject_keys::create(&keys, subject).map_err(|_| ApiError::Internal)?;
-                (std::sync::Arc::new(k), Some(b))
+                (std::sync::Arc::new(active.for_subject(&k)), Some(b))
             }
             Err(subject_keys::SubjectKeyError::Store(_)) => return Err(ApiError::Unavailable),
             Err(subject_keys::SubjectKeyError::Key(_)) => return Err(ApiError::Internal),
         };
-    let data_key = active.for_subject(&subject_key);
-    drop(subject_key);
     let now = now_ms();
     let mut batch = Batch::default();
     let mut out = Vec::with_capacity(items.len());
