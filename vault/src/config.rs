@@ -165,8 +165,8 @@ pub struct Keys {
     pub rewrap_batch: usize,
     #[serde(default)]
     pub rewrap_pause_ms: u64,
-    /// Subjects whose unwrapped key is kept in memory (about 200 bytes
-    /// each); 0 turns the cache off.
+    /// Subjects whose unwrapped key is kept in memory, with its derived
+    /// value key (about 500 bytes each); 0 turns the cache off.
     #[serde(default = "default_subject_key_cache")]
     pub subject_key_cache: usize,
 }

@@ -347,7 +347,7 @@ impl Default for KeyState {
 }
 
 /// The default of `keys.subject-key-cache`: subjects whose unwrapped key is
-/// kept (about 200 bytes each).
+/// kept, with its derived value key (about 500 bytes each: 33 MB full).
 pub const SUBJECT_KEY_CACHE: usize = 65_536;
 
 impl KeyState {
