@@ -114,6 +114,26 @@ async fn the_subject_key_cache_follows_its_setting() {
         tokenize_one(&app, "acct-d", "notification", "email", "d@example.cn").await;
         let cache = v.running().vault.keys.cache().clone();
         assert_eq!(cache.len(), cached, "subject-key-cache = {setting}");
+        // The metrics say how the cache does. The first write created the
+        // key and the second read it from the store (the creating write
+        // dropped it from the cache); a third is a hit, unless the cache
+        // is off.
+        tokenize_one(&app, "acct-d", "notification", "email", "d2@example.cn").await;
+        let (_, metrics) = v.ops_get("/metrics").await;
+        let value = |name: &str| {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("{name} missing"))
+        };
+        let hits = value("vault_keys_subject_cache_hits_total");
+        let misses = value("vault_keys_subject_cache_misses_total");
+        assert_eq!(value("vault_keys_subject_cache_entries"), cached as f64);
+        if setting == 0 {
+            assert_eq!((hits, misses), (0.0, 3.0));
+        } else {
+            assert_eq!((hits, misses), (1.0, 2.0));
+        }
         // A seal drops whatever was kept.
         v.running().vault.keys.seal();
         assert!(cache.is_empty());

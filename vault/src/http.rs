@@ -483,6 +483,7 @@ async fn ops(v: &Vault, req: &Request<Incoming>) -> Response<Body> {
     match req.uri().path() {
         "/metrics" => {
             v.metrics.set_sealed(v.keys.is_sealed());
+            v.metrics.set_subject_cache(v.keys.cache().stats());
             text(
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",

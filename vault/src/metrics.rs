@@ -53,6 +53,9 @@ pub struct Metrics {
     pub retention_anonymized: Counter,
     pub sweep_lag_seconds: Gauge,
     pub retention_due: Gauge,
+    subject_cache_hits: Counter,
+    subject_cache_misses: Counter,
+    subject_cache_entries: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -97,6 +100,24 @@ impl Metrics {
         let retention_anonymized = Counter::default();
         let sweep_lag_seconds = Gauge::default();
         let retention_due = Gauge::default();
+        let subject_cache_hits = Counter::default();
+        let subject_cache_misses = Counter::default();
+        let subject_cache_entries = Gauge::default();
+        registry.register(
+            "vault_keys_subject_cache_hits",
+            "Subject-key lookups served from the cache (keys.subject-key-cache)",
+            subject_cache_hits.clone(),
+        );
+        registry.register(
+            "vault_keys_subject_cache_misses",
+            "Subject-key lookups that read and unwrapped the key from the store",
+            subject_cache_misses.clone(),
+        );
+        registry.register(
+            "vault_keys_subject_cache_entries",
+            "Subjects whose unwrapped key is cached",
+            subject_cache_entries.clone(),
+        );
         registry.register(
             "vault_retention_due_values",
             "Values past their expiry and not yet swept, at the last sweep (counted up to one batch)",
@@ -213,6 +234,9 @@ impl Metrics {
             retention_anonymized,
             sweep_lag_seconds,
             retention_due,
+            subject_cache_hits,
+            subject_cache_misses,
+            subject_cache_entries,
         }
     }
 
@@ -272,6 +296,20 @@ impl Metrics {
 
     pub fn set_sealed(&self, sealed: bool) {
         self.sealed.set(i64::from(sealed));
+    }
+
+    /// Copies the subject-key cache's counts (kept by the cache itself,
+    /// read at each scrape).
+    pub fn set_subject_cache(&self, (hits, misses, entries): (u64, u64, usize)) {
+        use std::sync::atomic::Ordering;
+        self.subject_cache_hits
+            .inner()
+            .store(hits, Ordering::Relaxed);
+        self.subject_cache_misses
+            .inner()
+            .store(misses, Ordering::Relaxed);
+        self.subject_cache_entries
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
     }
 
     /// The Prometheus text exposition of every metric.

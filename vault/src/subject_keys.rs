@@ -5,7 +5,7 @@
 //! are sealed under keys derived from it (`DataKey::for_subject`).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::crypto::DataKey;
@@ -76,8 +76,10 @@ pub fn load_cached(
 ) -> Result<Option<Loaded>, SubjectKeyError> {
     let (epoch, hit) = cache.get(subject);
     if let Some(c) = hit {
+        cache.hits.fetch_add(1, Ordering::Relaxed);
         return Ok(Some(c));
     }
+    cache.misses.fetch_add(1, Ordering::Relaxed);
     match store.get(Space::SubjectKeys, subject.as_bytes())? {
         None => Ok(None),
         Some(w) => {
@@ -161,6 +163,10 @@ impl Loaded {
 pub struct KeyCache {
     capacity: AtomicUsize,
     inner: Mutex<CacheInner>,
+    /// Lookups served from the cache, and those that went to the store
+    /// (for `vault_keys_subject_cache_*`, to size the cache by).
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 #[derive(Default)]
@@ -214,6 +220,8 @@ impl KeyCache {
         Self {
             capacity: AtomicUsize::new(capacity),
             inner: Mutex::new(CacheInner::default()),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         }
     }
 
@@ -297,6 +305,16 @@ impl KeyCache {
             c.clear();
             c.open = open;
         });
+    }
+
+    /// Lookups served so far, lookups that went to the store, and how many
+    /// subjects are cached now.
+    pub fn stats(&self) -> (u64, u64, usize) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+            self.len(),
+        )
     }
 
     /// How many subjects are cached (tests, metrics).
