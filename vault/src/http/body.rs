@@ -14,6 +14,7 @@ use http::{header, HeaderMap};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use zeroize::Zeroize;
 
 use crate::api::ApiError;
 use crate::server::Limits;
@@ -63,6 +64,23 @@ impl Body {
     pub fn bytes(&self) -> &Bytes {
         &self.bytes
     }
+}
+
+/// A body carries the caller's plaintext (values to tokenize, texts to
+/// deidentify): it is wiped when the request is done with it, unless a
+/// copy of the handle still lives elsewhere (then that copy's owner frees
+/// it unwiped; nothing in the server keeps one).
+impl Drop for Body {
+    fn drop(&mut self) {
+        drop(wiped(std::mem::take(&mut self.bytes)));
+    }
+}
+
+/// `bytes` zeroed in place, if this was the only handle to them.
+fn wiped(bytes: Bytes) -> Option<BytesMut> {
+    let mut b = bytes.try_into_mut().ok()?;
+    b.as_mut().zeroize();
+    Some(b)
 }
 
 /// Reads the whole body: refused (413) before reading when the declared
@@ -125,6 +143,22 @@ mod tests {
         drop(body);
         budget.take(90, &mut b).unwrap();
         assert_eq!(budget.0.available_permits(), 0);
+    }
+
+    #[test]
+    fn a_body_is_wiped_in_place_unless_shared() {
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(b"13812345678");
+        let bytes = buf.freeze();
+        let ptr = bytes.as_ptr();
+        let w = wiped(bytes).unwrap();
+        assert_eq!(w.as_ptr(), ptr, "the same memory, not a copy");
+        assert!(w.iter().all(|b| *b == 0) && w.len() == 11);
+        // A handle that is not the only one is left alone.
+        let shared = Bytes::from(b"13812345678".to_vec());
+        let other = shared.clone();
+        assert!(wiped(shared).is_none());
+        assert_eq!(&other[..], b"13812345678");
     }
 
     #[test]
