@@ -176,6 +176,30 @@ fn rocks_survives_reopen() {
     assert_eq!(ro.get(Space::Audit, b"1").unwrap(), Some(b"e".to_vec()));
 }
 
+/// The bound on the write-ahead logs reaches the engine: RocksDB records
+/// the options it runs with in an `OPTIONS-*` file beside the data.
+#[test]
+fn rocks_bounds_its_write_ahead_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let _s = RocksStore::open(dir.path()).unwrap();
+    let options = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("OPTIONS-")
+        })
+        .unwrap();
+    let text = std::fs::read_to_string(options).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.trim() == format!("max_total_wal_size={}", 256u64 << 20)),
+        "{text}"
+    );
+}
+
 #[test]
 fn prefix_end_edges() {
     assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
