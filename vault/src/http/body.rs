@@ -99,7 +99,7 @@ pub async fn read(
     if declared.is_some_and(|n| n > max as u64) {
         return Err(ApiError::BodyTooLarge(max));
     }
-    let mut buf = BytesMut::new();
+    let mut buf = Wiping(BytesMut::new());
     let mut charge = None;
     while let Some(frame) = body.frame().await {
         let frame =
@@ -108,18 +108,42 @@ pub async fn read(
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        if buf.len().saturating_add(data.len()) > max {
+        if buf.0.len().saturating_add(data.len()) > max {
             return Err(ApiError::BodyTooLarge(max));
         }
         budget.take(data.len(), &mut charge)?;
         // Copied out of the frame: a small frame's bytes can share a large
         // receive buffer, which they would otherwise keep alive.
-        buf.extend_from_slice(&data);
+        buf.push(&data);
     }
     Ok(Body {
-        bytes: buf.freeze(),
+        bytes: std::mem::take(&mut buf.0).freeze(),
         _charge: charge,
     })
+}
+
+/// A body while it arrives: wiped if the read fails part-way, and each
+/// buffer it outgrows is wiped before it is freed (a plain `extend` would
+/// leave the old one behind, unwiped, in the allocator).
+struct Wiping(BytesMut);
+
+impl Wiping {
+    fn push(&mut self, data: &[u8]) {
+        let need = self.0.len().saturating_add(data.len());
+        if need > self.0.capacity() {
+            let mut bigger = BytesMut::with_capacity(need.max(self.0.capacity().saturating_mul(2)));
+            bigger.extend_from_slice(&self.0);
+            self.0.as_mut().zeroize();
+            self.0 = bigger;
+        }
+        self.0.extend_from_slice(data);
+    }
+}
+
+impl Drop for Wiping {
+    fn drop(&mut self) {
+        self.0.as_mut().zeroize();
+    }
 }
 
 #[cfg(test)]
@@ -159,6 +183,19 @@ mod tests {
         let other = shared.clone();
         assert!(wiped(shared).is_none());
         assert_eq!(&other[..], b"13812345678");
+    }
+
+    #[test]
+    fn a_growing_body_moves_to_bigger_buffers_in_order() {
+        let mut w = Wiping(BytesMut::new());
+        let mut want = Vec::new();
+        for i in 0..100u8 {
+            let chunk = vec![i; usize::from(i) + 1];
+            w.push(&chunk);
+            want.extend_from_slice(&chunk);
+            assert!(w.0.capacity() >= w.0.len());
+        }
+        assert_eq!(&w.0[..], &want[..]);
     }
 
     #[test]

@@ -195,7 +195,7 @@ fn rocks_bounds_its_write_ahead_logs() {
     let text = std::fs::read_to_string(options).unwrap();
     assert!(
         text.lines()
-            .any(|l| l.trim() == format!("max_total_wal_size={}", 256u64 << 20)),
+            .any(|l| l.trim() == format!("max_total_wal_size={}", rocks::MAX_TOTAL_WAL)),
         "{text}"
     );
 }

@@ -98,7 +98,7 @@ fn db_options() -> Options {
     opts.set_allow_concurrent_memtable_write(false);
     // A write-ahead log retires once every space with writes in it has
     // flushed, and the small spaces fill their memtables slowly: under
-    // sustained tokenize load the logs held 408 MB after 80 s and kept
+    // sustained tokenize load the logs held 408 MB after 60 s and kept
     // growing (RocksDB's own bound here is 4 x all write buffers, about
     // 5 GB), all of it replayed after a crash and all of it what a reopen
     // after a full disk must find room for. Past this size the spaces
@@ -108,7 +108,7 @@ fn db_options() -> Options {
 }
 
 /// Most write-ahead log bytes kept before the oldest log's spaces flush.
-const MAX_TOTAL_WAL: u64 = 256 << 20;
+pub(super) const MAX_TOTAL_WAL: u64 = 256 << 20;
 
 /// `Values` keys begin with the token: the prefix detokenize seeks.
 const VALUES_PREFIX: usize = crate::crypto::TOKEN_BYTES;
