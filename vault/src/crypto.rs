@@ -45,6 +45,22 @@ pub fn derive<const N: usize>(master: &SecretKey<32>, label: &[u8]) -> SecretKey
     out
 }
 
+// The keyed HMAC states kept beside the keys (cloned per token and per
+// subject key, and inside HKDF) are as good as the keys, so they must wipe
+// themselves when dropped. An `Hmac` is its two hash states (keyed with
+// the inner and outer pads) and a block buffer; with the `zeroize`
+// features of hmac and sha2 each of those zeroes itself on drop (the
+// `Hmac` type itself carries no marker). This stops the build if a
+// dependency change takes that away.
+const _: () = {
+    use hmac::digest::block_api::{Buffer, EagerHash};
+    fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+    let _ = wiped_on_drop::<<Sha256 as EagerHash>::Core>;
+    let _ = wiped_on_drop::<<Sha512 as EagerHash>::Core>;
+    let _ = wiped_on_drop::<Buffer<hmac::block_api::HmacCore<Sha256>>>;
+    let _ = wiped_on_drop::<Buffer<hmac::block_api::HmacCore<Sha512>>>;
+};
+
 /// The key that turns normalized values into tokens. Separate from data keys
 /// and never rotated, so tokens stay stable across data-key rotations.
 pub struct TokenKey {
@@ -69,7 +85,7 @@ pub type TokenBytes = [u8; TOKEN_BYTES];
 impl TokenKey {
     pub fn new(key: SecretKey<32>) -> Self {
         let preserving = fpe::PreservingKey::new(derive(&key, b"vault/fpe/v1"));
-        let prf = <Hmac<Sha256> as Mac>::new_from_slice(key.expose_secret()).ok();
+        let prf = <Hmac<Sha256> as KeyInit>::new_from_slice(key.expose_secret()).ok();
         Self {
             key,
             prf,
@@ -140,7 +156,7 @@ impl std::fmt::Debug for DataKey {
 
 impl DataKey {
     pub fn new(version: u32, key: SecretKey<64>) -> Self {
-        let prf = <Hmac<Sha512> as Mac>::new_from_slice(key.expose_secret())
+        let prf = <Hmac<Sha512> as KeyInit>::new_from_slice(key.expose_secret())
             .ok()
             .map(Box::new);
         Self { version, key, prf }
@@ -160,7 +176,7 @@ impl DataKey {
         let mut out = SecretKey::<64>::zeroed();
         let keyed = match &self.prf {
             Some(prf) => Some((**prf).clone()),
-            None => <Hmac<Sha512> as Mac>::new_from_slice(self.key.expose_secret()).ok(),
+            None => <Hmac<Sha512> as KeyInit>::new_from_slice(self.key.expose_secret()).ok(),
         };
         if let Some(mut mac) = keyed {
             mac.update(b"vault/value-key/v1\0");
