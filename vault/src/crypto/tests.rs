@@ -38,6 +38,29 @@ fn rfc5869_case1_known_answer() {
     );
 }
 
+/// Tokens and value keys stay what stored data was written with, across
+/// crate upgrades: both pinned to values computed outside this code (Python's
+/// `hmac`: HMAC-SHA256 over the class tag, 0 and the token form, truncated;
+/// HMAC-SHA512 over the label, the version and the subject key).
+#[test]
+fn token_and_value_key_constructions_are_pinned() {
+    let tk = TokenKey::new(SecretKey::from_slice(&[7u8; 32]).unwrap());
+    assert_eq!(
+        tk.token(Class::Phone, "+8613800138000").to_vec(),
+        unhex("b522366236dfb514434f7756887153b2b80a339790e39ca1")
+    );
+    let dk = DataKey::new(3, SecretKey::from_slice(&[9u8; 64]).unwrap());
+    let vk = dk.for_subject(&SecretKey::from_slice(&[5u8; 32]).unwrap());
+    assert_eq!(vk.version(), 3);
+    assert_eq!(
+        vk.key.expose_secret().to_vec(),
+        unhex(
+            "a372f9dbab12eec67d3ad652d6fead1b620a1646ea088d138164fa082c1b9826\
+             40494b577dd357ffcc6dd808ce3072c745d02abf3024cfc49f85f7dd3aa12443"
+        )
+    );
+}
+
 fn master() -> SecretKey<32> {
     SecretKey::from_slice(&[42u8; 32]).unwrap()
 }
