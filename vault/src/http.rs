@@ -116,9 +116,8 @@ fn error_response(e: &ApiError) -> Response<Body> {
     json_response(status, &body)
 }
 
-fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response<Body> {
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
-    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    let mut resp = Response::new(Full::new(body::json(value)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -1,4 +1,5 @@
-//! Request bodies, read in full before a request may take a handling place.
+//! Request bodies, read in full before a request may take a handling place,
+//! and response bodies, serialized without leaving copies behind.
 //! Invariant: the body bytes held in memory by all requests together, those
 //! still arriving and those being handled, never exceed the [`Budget`],
 //! `2 × max-concurrent-requests × max-body-bytes`; a body that would go past
@@ -146,10 +147,53 @@ impl Drop for Wiping {
     }
 }
 
+impl std::io::Write for Wiping {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.push(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AsRef<[u8]> for Wiping {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// `value` as a JSON response body (empty if it cannot be serialized). A
+/// response can carry plaintext (a detokenize, a subject's export): each
+/// buffer the serializer outgrows is wiped before it is freed, and the
+/// body itself once hyper has written it and dropped the last handle.
+pub fn json<T: serde::Serialize>(value: &T) -> Bytes {
+    let mut out = Wiping(BytesMut::with_capacity(256));
+    if serde_json::to_writer(&mut out, value).is_err() {
+        out.0.as_mut().zeroize();
+        out.0.clear();
+    }
+    Bytes::from_owner(out)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_json_body_is_what_serde_writes_through_every_growth() {
+        // Far past the first buffer, so it grows several times.
+        let value: Vec<String> = (0..500).map(|i| format!("value-{i}")).collect();
+        let body = json(&value);
+        assert!(body.len() > 4 * 256);
+        assert_eq!(
+            body.as_ref(),
+            serde_json::to_vec(&value).unwrap().as_slice()
+        );
+        assert_eq!(json(&serde_json::json!({})).as_ref(), b"{}");
+    }
 
     #[test]
     fn the_budget_is_charged_until_the_body_is_dropped() {
