@@ -3,6 +3,62 @@
 //! in the caller that must surface, not a silently ignored option.
 
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroize;
+
+/// Wipes the named plaintext fields of a wire type when it is dropped: the
+/// values collected, released, exported or corrected, deidentified and
+/// reidentified texts, records, key shares. A field is taken out with
+/// `std::mem::take` (leaving the owner to wipe nothing) only where its new
+/// owner wipes it in turn.
+macro_rules! wipe_on_drop {
+    ($t:ty: $($field:ident),+) => {
+        impl Drop for $t {
+            fn drop(&mut self) {
+                $(self.$field.wipe();)+
+            }
+        }
+    };
+}
+
+/// What a plaintext field can be, wiped in place.
+trait Wipe {
+    fn wipe(&mut self);
+}
+
+impl Wipe for String {
+    fn wipe(&mut self) {
+        self.zeroize();
+    }
+}
+
+impl Wipe for Option<String> {
+    fn wipe(&mut self) {
+        if let Some(s) = self {
+            s.zeroize();
+        }
+    }
+}
+
+/// Every string in a JSON document (keys included, which can be data too);
+/// numbers are not: serde_json keeps them in an enum of plain integers.
+impl Wipe for serde_json::Value {
+    fn wipe(&mut self) {
+        match self {
+            serde_json::Value::String(s) => s.zeroize(),
+            serde_json::Value::Array(a) => a.iter_mut().for_each(Wipe::wipe),
+            serde_json::Value::Object(o) => {
+                for (_, v) in o.iter_mut() {
+                    v.wipe();
+                }
+                // Keys are immutable in the map: wipe each one as it goes.
+                for (mut k, _) in std::mem::take(o) {
+                    k.zeroize();
+                }
+            }
+            _ => {}
+        }
+    }
+}
 
 /// One value to tokenize: its class and the raw value as collected.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -11,6 +67,8 @@ pub struct Field {
     pub class: String,
     pub value: String,
 }
+
+wipe_on_drop!(Field: value);
 
 impl std::fmt::Debug for Field {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -104,6 +162,8 @@ pub struct ValueOut {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
+
+wipe_on_drop!(ValueOut: value);
 
 impl std::fmt::Debug for ValueOut {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -207,10 +267,20 @@ pub struct KeysStatus {
 }
 
 /// `POST /v1/admin/unseal`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UnsealRequest {
     pub share: String,
+}
+
+wipe_on_drop!(UnsealRequest: share);
+
+impl std::fmt::Debug for UnsealRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnsealRequest")
+            .field("share", &"[REDACTED]")
+            .finish()
+    }
 }
 
 /// `POST /v1/admin/keys/config`.
@@ -302,7 +372,7 @@ pub struct Approval {
 }
 
 /// One live value in a subject's export.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubjectValue {
     pub class: String,
@@ -313,6 +383,21 @@ pub struct SubjectValue {
     pub collected_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_ms: Option<u64>,
+}
+
+wipe_on_drop!(SubjectValue: value);
+
+impl std::fmt::Debug for SubjectValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubjectValue")
+            .field("class", &self.class)
+            .field("token", &self.token)
+            .field("purpose", &self.purpose)
+            .field("collected_ms", &self.collected_ms)
+            .field("expires_ms", &self.expires_ms)
+            .field("value", &"[REDACTED]")
+            .finish()
+    }
 }
 
 /// `GET /v1/subjects/{subject}?purpose=data_subject_request`.
@@ -381,10 +466,20 @@ pub struct SubjectStatus {
 }
 
 /// `PUT /v1/subjects/{subject}/tokens/{token}`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CorrectionRequest {
     pub value: String,
+}
+
+wipe_on_drop!(CorrectionRequest: value);
+
+impl std::fmt::Debug for CorrectionRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CorrectionRequest")
+            .field("value", &"[REDACTED]")
+            .finish()
+    }
 }
 
 /// One subject whose plaintext was released in the window.
@@ -457,6 +552,8 @@ pub struct DeidentifyRequest {
     pub text: String,
 }
 
+wipe_on_drop!(DeidentifyRequest: text);
+
 impl std::fmt::Debug for DeidentifyRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DeidentifyRequest")
@@ -491,6 +588,8 @@ pub struct DeidentifyResponse {
     pub findings: Vec<Finding>,
 }
 
+wipe_on_drop!(DeidentifyResponse: text);
+
 impl std::fmt::Debug for DeidentifyResponse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Masked text still carries the unmasked ends of values.
@@ -514,6 +613,8 @@ pub struct ReidentifyRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub legal_basis: Option<LegalBasis>,
 }
+
+wipe_on_drop!(ReidentifyRequest: text);
 
 impl std::fmt::Debug for ReidentifyRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -547,6 +648,8 @@ pub struct ReidentifyResponse {
     pub markers: Vec<MarkerOut>,
 }
 
+wipe_on_drop!(ReidentifyResponse: text);
+
 impl std::fmt::Debug for ReidentifyResponse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReidentifyResponse")
@@ -577,6 +680,8 @@ pub struct RecordsRequest {
     pub mode: DeidentifyMode,
     pub document: serde_json::Value,
 }
+
+wipe_on_drop!(RecordsRequest: document);
 
 impl std::fmt::Debug for RecordsRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -613,11 +718,69 @@ pub struct RecordsResponse {
     pub fields: Vec<RecordField>,
 }
 
+wipe_on_drop!(RecordsResponse: document);
+
 impl std::fmt::Debug for RecordsResponse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RecordsResponse")
             .field("document", &"[REDACTED]")
             .field("fields", &self.fields)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn wiping_a_document_reaches_every_string() {
+        let mut doc = serde_json::json!(["x", {"name": "y", "list": ["z"]}, 7, null]);
+        doc.wipe();
+        // Strings are zeroed and emptied, objects lose their (zeroed) keys,
+        // numbers stay.
+        assert_eq!(doc, serde_json::json!(["", {}, 7, null]));
+    }
+
+    #[test]
+    fn types_that_carry_plaintext_never_print_it() {
+        let secret = "13800138000-secret";
+        let shown = [
+            format!(
+                "{:?}",
+                UnsealRequest {
+                    share: secret.into()
+                }
+            ),
+            format!(
+                "{:?}",
+                CorrectionRequest {
+                    value: secret.into()
+                }
+            ),
+            format!(
+                "{:?}",
+                SubjectValue {
+                    class: "phone".into(),
+                    token: "tok".into(),
+                    value: secret.into(),
+                    purpose: "p".into(),
+                    collected_ms: 1,
+                    expires_ms: None,
+                }
+            ),
+            format!(
+                "{:?}",
+                Field {
+                    class: "phone".into(),
+                    value: secret.into()
+                }
+            ),
+        ];
+        for s in shown {
+            assert!(!s.contains(secret), "{s}");
+            assert!(s.contains("[REDACTED]"), "{s}");
+        }
     }
 }

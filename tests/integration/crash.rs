@@ -96,7 +96,7 @@ async fn check_live(c: &vault_sdk::Client, ledger: &Ledger) {
                 ));
             } else {
                 assert_eq!(v.status, Status::Ok, "acknowledged write {r}/{k} lost");
-                assert_eq!(v.value.unwrap(), format!("+86{}", phone(*r, *k)));
+                assert_eq!(v.value.as_deref().unwrap(), format!("+86{}", phone(*r, *k)));
             }
         }
     }

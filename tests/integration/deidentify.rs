@@ -256,13 +256,9 @@ async fn reidentify_follows_each_policy_row_and_is_audited() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Some("purpose_not_allowed"));
-    let e = app
-        .reidentify(&ReidentifyRequest {
-            purpose: None,
-            ..reid("x", &d.text)
-        })
-        .await
-        .unwrap_err();
+    let mut no_purpose = reid("x", &d.text);
+    no_purpose.purpose = None;
+    let e = app.reidentify(&no_purpose).await.unwrap_err();
     assert_eq!(e.code(), Some("purpose_required"));
     // Every marker of every request is in the audit log as a reidentify.
     let officer = tv.client("officer");

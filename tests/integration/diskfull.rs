@@ -156,7 +156,10 @@ async fn check_acked(c: &Client, acked: &[(u64, Vec<String>)]) {
         assert_eq!(out.values.len(), toks.len());
         for (k, v) in out.values.into_iter().enumerate() {
             assert_eq!(v.status, Status::Ok, "acknowledged write {r}/{k} lost");
-            assert_eq!(v.value.unwrap(), format!("+86{}", phone(*r, k as u64)));
+            assert_eq!(
+                v.value.as_deref().unwrap(),
+                format!("+86{}", phone(*r, k as u64))
+            );
         }
     }
 }

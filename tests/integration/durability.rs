@@ -139,7 +139,7 @@ async fn acknowledged_writes_survive_sigkill() {
             .unwrap();
         for ((i, _), v) in chunk.iter().zip(r.values) {
             assert_eq!(v.status, Status::Ok, "acknowledged write {i} lost");
-            assert_eq!(v.value.unwrap(), format!("+86{}", phone(*i)));
+            assert_eq!(v.value.as_deref().unwrap(), format!("+86{}", phone(*i)));
         }
     }
     second.child.kill().unwrap();

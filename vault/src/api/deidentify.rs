@@ -225,10 +225,17 @@ pub async fn reidentify(
         legal_basis: req.legal_basis.as_ref(),
     };
     let values = release(v, ctx, &ask, &tokens).await?;
-    let mut text = String::with_capacity(req.text.len());
+    // Room for every value put back, so the text never grows into a new
+    // buffer and leaves a plaintext copy in the old one.
+    let room: usize = values
+        .iter()
+        .filter_map(|v| v.value.as_ref())
+        .map(String::len)
+        .sum();
+    let mut text = String::with_capacity(req.text.len() + room);
     let mut at = 0;
     let mut out = Vec::with_capacity(markers.len());
-    for (m, val) in markers.iter().zip(values) {
+    for (m, mut val) in markers.iter().zip(values) {
         text.push_str(req.text.get(at..m.byte_start).unwrap_or_default());
         // A marker names its class; a token of another class is not put
         // back in its place (its release is still audited as made).
@@ -241,15 +248,16 @@ pub async fn reidentify(
         out.push(MarkerOut {
             start: m.start,
             end: m.end,
-            token: val.token,
+            // The value stays in `val`, which wipes it when dropped.
+            token: std::mem::take(&mut val.token),
             status: if fits || val.status != Status::Ok {
                 val.status
             } else {
                 Status::Unknown
             },
             masked: val.masked && fits,
-            class: val.class,
-            reason: val.reason,
+            class: val.class.take(),
+            reason: val.reason.take(),
         });
     }
     text.push_str(req.text.get(at..).unwrap_or_default());

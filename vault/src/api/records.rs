@@ -32,7 +32,7 @@ enum Change {
 }
 
 pub async fn records(v: &Vault, ctx: &Ctx, body: &Bytes) -> Result<RecordsResponse, ApiError> {
-    let req: RecordsRequest = parse_json(body)?;
+    let mut req: RecordsRequest = parse_json(body)?;
     // Sealed means no processing of PII at all, storing or not.
     keyring(v)?;
     let collect = Collect {
@@ -114,7 +114,10 @@ pub async fn records(v: &Vault, ctx: &Ctx, body: &Bytes) -> Result<RecordsRespon
     } else {
         Vec::new()
     };
-    let mut document = req.document;
+    // Taken out of the request (which would wipe it on drop): the response
+    // that carries it on wipes it instead, and each leaf replaced below is
+    // wiped as it goes.
+    let mut document = std::mem::take(&mut req.document);
     let mut fields = Vec::new();
     for change in changes {
         match change {
@@ -132,7 +135,7 @@ pub async fn records(v: &Vault, ctx: &Ctx, body: &Bytes) -> Result<RecordsRespon
                     Replacement::Redacted => format!("[[{}]]", class.as_str()),
                 };
                 if let Some(slot) = document.pointer_mut(&pointer) {
-                    *slot = Value::String(new);
+                    replace_wiped(slot, new);
                 }
                 fields.push(RecordField {
                     pointer,
@@ -147,7 +150,7 @@ pub async fn records(v: &Vault, ctx: &Ctx, body: &Bytes) -> Result<RecordsRespon
                 if let Some(slot) = document.pointer_mut(&pointer) {
                     if let Value::String(text) = slot {
                         let new = render(text, &spans, &tokens);
-                        *slot = Value::String(new);
+                        replace_wiped(slot, new);
                     }
                 }
                 for s in spans {
@@ -164,4 +167,11 @@ pub async fn records(v: &Vault, ctx: &Ctx, body: &Bytes) -> Result<RecordsRespon
         }
     }
     Ok(RecordsResponse { document, fields })
+}
+
+/// Puts `new` in a leaf's place and wipes the plaintext it held.
+fn replace_wiped(slot: &mut Value, new: String) {
+    if let Value::String(mut old) = std::mem::replace(slot, Value::String(new)) {
+        zeroize::Zeroize::zeroize(&mut old);
+    }
 }
