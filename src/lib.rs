@@ -3,3 +3,4 @@
 
 pub mod corpus;
 pub mod fuzzing;
+pub mod scrape;

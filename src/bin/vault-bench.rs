@@ -93,7 +93,9 @@ struct Args {
     rate: Option<f64>,
     /// The vault's ops listener (e.g. 127.0.0.1:9464): scrape /metrics
     /// before and after the vault run and print how many requests the vault
-    /// counted against how many the tool sent.
+    /// counted against how many the tool sent, and the vault's own p99
+    /// (from its request histogram) and slow store writes beside the
+    /// tool's p99: whether a tail is the vault's or the connections'.
     #[arg(long, value_name = "ADDR")]
     ops: Option<String>,
 }
@@ -428,19 +430,32 @@ async fn serve_ceiling(args: &Args) -> std::process::ExitCode {
 /// One run against the vault, with the metrics check when `--ops` is given.
 async fn vault_run(args: &Args, tokens: Arc<Vec<String>>) -> Result<Report, String> {
     let before = match &args.ops {
-        Some(ops) => Some(requests_counted(ops).await?),
+        Some(ops) => Some(scrape(ops).await?),
         None => None,
     };
     let r = run(args, &args.endpoint, "vault", tokens).await?;
     print(&r, args.json);
     if let (Some(ops), Some(before)) = (&args.ops, before) {
-        let counted = requests_counted(ops).await?.saturating_sub(before);
+        let m = scrape(ops).await?.since(&before);
         // The run's requests and each connection's opening request.
         let sent = r.requests + args.connections as u64;
+        let counted = m.requests;
+        // The vault's own view of the tail, from its histograms (bucket
+        // bounds double from 50 us: 6.4 and 25.6 ms are two of them).
+        let vault_p99 = m.request_seconds.quantile_at_most(0.99).map(|s| s * 1e3);
+        let (slow, stalls) = (m.request_seconds.over(0.0064), m.write_seconds.over(0.0256));
         if args.json {
             println!(
                 "{}",
-                serde_json::json!({"metrics_requests_counted": counted, "requests_sent": sent})
+                serde_json::json!({
+                    "metrics_requests_counted": counted,
+                    "requests_sent": sent,
+                    "vault_requests_timed": m.request_seconds.total(),
+                    "vault_p99_ms_at_most": vault_p99,
+                    "vault_requests_over_6_4_ms": slow,
+                    "store_writes": m.write_seconds.total(),
+                    "store_writes_over_25_6_ms": stalls,
+                })
             );
         } else {
             let verdict = if counted == sent { "agree" } else { "DISAGREE" };
@@ -448,14 +463,20 @@ async fn vault_run(args: &Args, tokens: Arc<Vec<String>>) -> Result<Report, Stri
                 "metrics: the vault counted {counted} requests, the tool sent {sent} ({} of them to open the connections): {verdict}",
                 args.connections
             );
+            let p99 = vault_p99.map_or("-".into(), |ms| format!("{ms:.1} ms"));
+            println!(
+                "metrics: in the vault's own histogram p99 <= {p99} (the tool saw {:.2} ms), {slow} requests over 6.4 ms; {} store writes, {stalls} over 25.6 ms",
+                r.p99_ms,
+                m.write_seconds.total()
+            );
         }
     }
     Ok(r)
 }
 
-/// The sum of `vault_http_requests_total` over every label set, from the
-/// ops listener's plain-HTTP `/metrics`.
-async fn requests_counted(ops: &str) -> Result<u64, String> {
+/// The vault's counters and histograms, from the ops listener's
+/// plain-HTTP `/metrics`.
+async fn scrape(ops: &str) -> Result<vault_suite::scrape::Scrape, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = tokio::net::TcpStream::connect(ops)
         .await
@@ -467,12 +488,7 @@ async fn requests_counted(ops: &str) -> Result<u64, String> {
     tcp.read_to_string(&mut text)
         .await
         .map_err(|e| format!("ops {ops}: {e}"))?;
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with("vault_http_requests_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum())
+    Ok(vault_suite::scrape::Scrape::parse(&text))
 }
 
 fn print(r: &Report, json: bool) {

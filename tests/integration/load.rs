@@ -49,6 +49,24 @@ async fn the_load_tool_drives_the_vault_and_its_ceiling() {
         lines[2]["metrics_requests_counted"], lines[2]["requests_sent"],
         "{lines:?}"
     );
+    // The vault timed each request it counted, the tail figures come with
+    // the run, and the run's writes went through the committer.
+    let m = &lines[2];
+    assert_eq!(
+        m["vault_requests_timed"], m["metrics_requests_counted"],
+        "{m}"
+    );
+    assert!(m["vault_p99_ms_at_most"].as_f64().unwrap() > 0.0, "{m}");
+    assert!(
+        m["vault_requests_over_6_4_ms"].as_u64().unwrap() <= m["requests_sent"].as_u64().unwrap(),
+        "{m}"
+    );
+    let writes = m["store_writes"].as_u64().unwrap();
+    assert!(writes > 0, "{m}");
+    assert!(
+        m["store_writes_over_25_6_ms"].as_u64().unwrap() <= writes,
+        "{m}"
+    );
     // The run's requests, and one per connection to open it before the
     // clock started.
     assert_eq!(
