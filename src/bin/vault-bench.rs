@@ -463,7 +463,7 @@ async fn vault_run(args: &Args, tokens: Arc<Vec<String>>) -> Result<Report, Stri
                 "metrics: the vault counted {counted} requests, the tool sent {sent} ({} of them to open the connections): {verdict}",
                 args.connections
             );
-            let p99 = vault_p99.map_or("-".into(), |ms| format!("{ms:.1} ms"));
+            let p99 = vault_p99.map_or("-".into(), |ms| format!("{ms:.2} ms"));
             println!(
                 "metrics: in the vault's own histogram p99 <= {p99} (the tool saw {:.2} ms), {slow} requests over 6.4 ms; {} store writes, {stalls} over 25.6 ms",
                 r.p99_ms,
