@@ -46,13 +46,11 @@ impl Wipe for serde_json::Value {
         match self {
             serde_json::Value::String(s) => s.zeroize(),
             serde_json::Value::Array(a) => a.iter_mut().for_each(Wipe::wipe),
+            // Keys cannot be changed inside the map: take each entry out.
             serde_json::Value::Object(o) => {
-                for (_, v) in o.iter_mut() {
-                    v.wipe();
-                }
-                // Keys are immutable in the map: wipe each one as it goes.
-                for (mut k, _) in std::mem::take(o) {
+                for (mut k, mut v) in std::mem::take(o) {
                     k.zeroize();
+                    v.wipe();
                 }
             }
             _ => {}
