@@ -4,3 +4,4 @@
 pub mod corpus;
 pub mod fuzzing;
 pub mod scrape;
+pub mod slow;

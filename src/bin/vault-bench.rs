@@ -98,6 +98,28 @@ struct Args {
     /// tool's p99: whether a tail is the vault's or the connections'.
     #[arg(long, value_name = "ADDR")]
     ops: Option<String>,
+    /// Also report the requests slower than this, grouped into windows of
+    /// time (slow requests due within 30 ms of each other share one), with
+    /// the connections each window touched: a tail where every connection
+    /// was late at once is a stall of the server or the backlog behind it,
+    /// not one connection's bad luck.
+    #[arg(long, value_name = "MS")]
+    slow_ms: Option<f64>,
+}
+
+/// Slow requests due within this of each other share a window.
+const SLOW_GAP_US: u64 = 30_000;
+
+/// How many of the largest windows a report lists.
+const SLOW_WINDOWS_LISTED: usize = 5;
+
+#[derive(Debug, Serialize)]
+struct SlowReport {
+    threshold_ms: f64,
+    requests: u64,
+    windows: usize,
+    /// The largest windows (most requests first).
+    largest: Vec<vault_suite::slow::Window>,
 }
 
 #[derive(Debug, Serialize)]
@@ -117,6 +139,8 @@ struct Report {
     p90_ms: f64,
     p99_ms: f64,
     max_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    slow: Option<SlowReport>,
 }
 
 fn client(args: &Args, endpoint: &str) -> Result<Client, String> {
@@ -248,9 +272,12 @@ async fn run(
         .and_then(|r| Duration::try_from_secs_f64(args.connections as f64 / r).ok());
     for (w, c) in clients.into_iter().enumerate() {
         let (seq, tokens, scenario) = (seq.clone(), tokens.clone(), args.scenario);
+        let slow_us = args.slow_ms.map(|ms| (ms * 1000.0) as u64);
+        let conn = u32::try_from(w).unwrap_or(u32::MAX);
         let first = gap.map(|g| started + g.mul_f64(w as f64 / args.connections as f64));
         workers.push(tokio::spawn(async move {
             let mut lat = Vec::new();
+            let mut slow = Vec::new();
             let mut errors = 0u64;
             let mut due = first;
             while Instant::now() < deadline {
@@ -292,21 +319,44 @@ async fn run(
                     .raw(Method::POST, path, Some(body))
                     .await
                     .is_ok_and(|r| r.status == 200);
-                lat.push(u32::try_from(t0.elapsed().as_micros()).unwrap_or(u32::MAX));
+                let us = u32::try_from(t0.elapsed().as_micros()).unwrap_or(u32::MAX);
+                lat.push(us);
+                if slow_us.is_some_and(|t| u64::from(us) > t) {
+                    slow.push(vault_suite::slow::Slow {
+                        at_us: u64::try_from(t0.saturating_duration_since(started).as_micros())
+                            .unwrap_or(u64::MAX),
+                        conn,
+                        latency_us: us,
+                    });
+                }
                 if !ok {
                     errors += 1;
                 }
             }
-            (lat, errors)
+            (lat, slow, errors)
         }));
     }
     let mut lat = Vec::new();
+    let mut slow = Vec::new();
     let mut errors = 0;
     for w in workers {
-        let (l, e) = w.await.map_err(|e| format!("worker: {e}"))?;
+        let (l, s, e) = w.await.map_err(|e| format!("worker: {e}"))?;
         lat.extend(l);
+        slow.extend(s);
         errors += e;
     }
+    let slow = args.slow_ms.map(|threshold_ms| {
+        let mut windows = vault_suite::slow::windows(&mut slow, SLOW_GAP_US);
+        let count = windows.len();
+        windows.sort_by_key(|w| std::cmp::Reverse(w.requests));
+        windows.truncate(SLOW_WINDOWS_LISTED);
+        SlowReport {
+            threshold_ms,
+            requests: slow.len() as u64,
+            windows: count,
+            largest: windows,
+        }
+    });
     let secs = started.elapsed().as_secs_f64();
     lat.sort_unstable();
     let pct = |p: f64| {
@@ -334,6 +384,7 @@ async fn run(
         p90_ms: pct(0.90),
         p99_ms: pct(0.99),
         max_ms: lat.last().map_or(0.0, |us| f64::from(*us) / 1000.0),
+        slow,
     })
 }
 
@@ -501,6 +552,21 @@ fn print(r: &Report, json: bool) {
             r.rate.map_or(String::new(), |x| format!(" rate={x:.0}/s")),
             r.seconds, r.requests, r.errors, r.requests_per_s, r.fields_per_s, r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms
         );
+        if let Some(s) = &r.slow {
+            println!(
+                "slow: {} requests over {} ms, in {} windows (due within {} ms of each other)",
+                s.requests,
+                s.threshold_ms,
+                s.windows,
+                SLOW_GAP_US / 1000
+            );
+            for w in &s.largest {
+                println!(
+                    "  at {:.1} ms for {:.1} ms: {} requests from {} of {} connections, max {:.2} ms",
+                    w.start_ms, w.span_ms, w.requests, w.connections, r.connections, w.max_latency_ms
+                );
+            }
+        }
     }
 }
 
@@ -517,6 +583,13 @@ async fn main() -> std::process::ExitCode {
             eprintln!("vault-bench: --rate must be a positive number of requests per second");
             return std::process::ExitCode::from(2);
         }
+    }
+    if args
+        .slow_ms
+        .is_some_and(|ms| !(ms.is_finite() && ms >= 0.0))
+    {
+        eprintln!("vault-bench: --slow-ms must be a number of milliseconds, 0 or more");
+        return std::process::ExitCode::from(2);
     }
     if args.rate.is_some() && args.ceiling {
         eprintln!("vault-bench: --rate measures latency at a given load; a ratio of two rate-limited runs means nothing, so it does not go with --ceiling");

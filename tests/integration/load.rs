@@ -140,6 +140,31 @@ async fn the_open_loop_holds_its_rate_and_refuses_a_ceiling_ratio() {
     assert_eq!(r["errors"], 0, "{r}");
     assert_eq!(r["rate"], 100.0, "{r}");
 
+    assert!(r.get("slow").is_none(), "{r}");
+
+    // Every request over 0 ms is slow; due 10 ms apart, they make one
+    // window that both connections are in.
+    let out = run(&["--rate", "100", "--slow-ms", "0"]).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let slow = &r["slow"];
+    assert_eq!(slow["requests"], r["requests"], "{r}");
+    assert_eq!(slow["windows"], 1, "{r}");
+    assert_eq!(slow["largest"][0]["requests"], r["requests"], "{r}");
+    assert_eq!(slow["largest"][0]["connections"], 2, "{r}");
+    for bad in [&["--slow-ms=-1"], &["--slow-ms=NaN"], &["--slow-ms=inf"]] {
+        let out = run(bad).await.unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("--slow-ms"),
+            "{bad:?}"
+        );
+    }
+
     let out = run(&["--rate", "100", "--ceiling"]).await.unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--ceiling"));
