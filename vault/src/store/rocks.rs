@@ -112,8 +112,10 @@ fn db_options() -> Options {
     // out every millisecond, up to TABLE_WRITE_RATE, and written back to
     // the disk every TABLE_WRITE_BACK bytes as they go (not all at a table
     // file's final sync), so a log sync waits behind a small piece at most.
-    // The rate is well above what this vault's peak batch ingest needs
-    // (about 60 MB/s of table data at 250 k fields/s).
+    // The rate is about twice the table data of this vault's peak batch
+    // ingest (some 60 MB/s at 250 k fields/s, which compactions write
+    // again): sustained batch load was slowed for moments, never stopped,
+    // while 64 and 96 MB/s stopped writes for seconds.
     opts.set_ratelimiter(TABLE_WRITE_RATE, 1_000, 10);
     opts.set_bytes_per_sync(TABLE_WRITE_BACK);
     opts
