@@ -396,11 +396,11 @@ pub async fn correct(
         let loaded = subject_keys::load_cached(v.store.as_ref(), &keys, v.keys.cache(), subject)
             .map_err(|_| ApiError::Unavailable)?
             .ok_or(ApiError::NotFound)?;
-        let (sk, guard) = (loaded.key.clone(), loaded.guard(subject));
+        let guard = loaded.guard(subject);
         let active = keys.active().map_err(|_| ApiError::Internal)?;
         let aad = value_aad(subject, old.class, active.version());
-        let ciphertext = active
-            .for_subject(&sk)
+        let ciphertext = loaded
+            .value_key(active)
             .seal(&aad, norm.value().as_bytes())
             .map_err(|_| ApiError::Internal)?;
         let rec = Record {
