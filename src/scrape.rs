@@ -70,9 +70,16 @@ pub struct Scrape {
     pub requests: u64,
     /// `vault_http_request_duration_seconds`, every route.
     pub request_seconds: Buckets,
+    /// The sum of `request_seconds`' observations, in seconds.
+    pub request_seconds_sum: f64,
     /// `vault_store_write_duration_seconds`: one observation per group
     /// commit.
     pub write_seconds: Buckets,
+    /// The sum of `write_seconds`' observations, in seconds.
+    pub write_seconds_sum: f64,
+    /// `vault_store_commit_jobs_total`: requests whose writes the group
+    /// commits carried.
+    pub commit_jobs: u64,
 }
 
 impl Scrape {
@@ -92,6 +99,12 @@ impl Scrape {
                 s.request_seconds.add(le, count);
             } else if let Some(le) = bucket_of(series, "vault_store_write_duration_seconds") {
                 s.write_seconds.add(le, count);
+            } else if is_series(series, "vault_http_request_duration_seconds_sum") {
+                s.request_seconds_sum += value;
+            } else if is_series(series, "vault_store_write_duration_seconds_sum") {
+                s.write_seconds_sum += value;
+            } else if is_series(series, "vault_store_commit_jobs_total") {
+                s.commit_jobs += count;
             }
         }
         s
@@ -103,8 +116,37 @@ impl Scrape {
             requests: self.requests.saturating_sub(before.requests),
             request_seconds: self.request_seconds.since(&before.request_seconds),
             write_seconds: self.write_seconds.since(&before.write_seconds),
+            write_seconds_sum: (self.write_seconds_sum - before.write_seconds_sum).max(0.0),
+            request_seconds_sum: (self.request_seconds_sum - before.request_seconds_sum).max(0.0),
+            commit_jobs: self.commit_jobs.saturating_sub(before.commit_jobs),
         }
     }
+
+    /// Mean seconds per request inside the vault; `None` without requests.
+    pub fn request_mean(&self) -> Option<f64> {
+        mean(self.request_seconds_sum, self.request_seconds.total())
+    }
+
+    /// Mean seconds per store write (group commit); `None` without writes.
+    pub fn write_mean(&self) -> Option<f64> {
+        mean(self.write_seconds_sum, self.write_seconds.total())
+    }
+
+    /// Requests carried per store write; `None` without writes.
+    pub fn jobs_per_write(&self) -> Option<f64> {
+        mean(self.commit_jobs as f64, self.write_seconds.total())
+    }
+}
+
+fn mean(sum: f64, n: u64) -> Option<f64> {
+    (n > 0).then(|| sum / n as f64)
+}
+
+/// Whether `series` is `name`, bare or with labels.
+fn is_series(series: &str, name: &str) -> bool {
+    series
+        .strip_prefix(name)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('{'))
 }
 
 /// The `le` of a `<family>_bucket{...}` series.
@@ -131,10 +173,14 @@ vault_http_request_duration_seconds_bucket{le="+Inf",route="tokenize"} 100
 vault_http_request_duration_seconds_bucket{le="0.0016",route="other"} 2
 vault_http_request_duration_seconds_bucket{le="0.0064",route="other"} 2
 vault_http_request_duration_seconds_bucket{le="+Inf",route="other"} 2
+vault_http_request_duration_seconds_sum{route="tokenize"} 0.1
 vault_http_request_duration_seconds_sum{route="other"} 0.001
+vault_http_request_duration_seconds_sum_not_this 7
 vault_store_write_duration_seconds_bucket{le="0.0256"} 10
 vault_store_write_duration_seconds_bucket{le="+Inf"} 10
+vault_store_write_duration_seconds_sum 0.005
 vault_store_write_duration_seconds_count 10
+vault_store_commit_jobs_total 40
 "#;
 
     #[test]
@@ -150,7 +196,10 @@ vault_store_write_duration_seconds_count 10
                 .replace("} 100\n", "} 1100\n")
                 .replace("\"tokenize\"} 90", "\"tokenize\"} 1080")
                 .replace("\"tokenize\"} 99", "\"tokenize\"} 1095")
-                .replace("le=\"+Inf\"} 10\n", "le=\"+Inf\"} 13\n"),
+                .replace("le=\"+Inf\"} 10\n", "le=\"+Inf\"} 13\n")
+                .replace("\"tokenize\"} 0.1\n", "\"tokenize\"} 1.101\n")
+                .replace("seconds_sum 0.005\n", "seconds_sum 0.0065\n")
+                .replace("jobs_total 40\n", "jobs_total 1040\n"),
         );
         let run = after.since(&before);
         assert_eq!(run.requests, 1000);
@@ -164,6 +213,12 @@ vault_store_write_duration_seconds_count 10
         );
         assert_eq!(run.write_seconds.total(), 3);
         assert_eq!(run.write_seconds.over(0.0256), 3);
+        assert!((before.request_seconds_sum - 0.101).abs() < 1e-12);
+        assert!((run.request_mean().unwrap() - 0.001_001).abs() < 1e-9);
+        assert!((run.write_mean().unwrap() - 0.0005).abs() < 1e-9);
+        assert!((run.jobs_per_write().unwrap() - 1000.0 / 3.0).abs() < 1e-9);
+        assert_eq!(Scrape::default().request_mean(), None);
+        assert_eq!(Scrape::default().jobs_per_write(), None);
         assert_eq!(
             Scrape::default().request_seconds.quantile_at_most(0.99),
             None

@@ -135,6 +135,9 @@ struct Report {
     errors: u64,
     requests_per_s: f64,
     fields_per_s: f64,
+    /// The mean latency: with the connections, what Little's law needs
+    /// (connections / mean = the rate a closed loop can reach).
+    mean_ms: f64,
     p50_ms: f64,
     p90_ms: f64,
     p99_ms: f64,
@@ -380,6 +383,11 @@ async fn run(
         errors,
         requests_per_s: requests as f64 / secs,
         fields_per_s: (requests - errors) as f64 * fields as f64 / secs,
+        mean_ms: if lat.is_empty() {
+            0.0
+        } else {
+            lat.iter().map(|us| f64::from(*us)).sum::<f64>() / lat.len() as f64 / 1000.0
+        },
         p50_ms: pct(0.50),
         p90_ms: pct(0.90),
         p99_ms: pct(0.99),
@@ -506,6 +514,9 @@ async fn vault_run(args: &Args, tokens: Arc<Vec<String>>) -> Result<Report, Stri
                     "vault_requests_over_6_4_ms": slow,
                     "store_writes": m.write_seconds.total(),
                     "store_writes_over_25_6_ms": stalls,
+                    "vault_request_mean_ms": m.request_mean().map(|s| s * 1e3),
+                    "store_write_mean_ms": m.write_mean().map(|s| s * 1e3),
+                    "requests_per_store_write": m.jobs_per_write(),
                 })
             );
         } else {
@@ -519,6 +530,14 @@ async fn vault_run(args: &Args, tokens: Arc<Vec<String>>) -> Result<Report, Stri
                 "metrics: in the vault's own histogram p99 <= {p99} (the tool saw {:.2} ms), {slow} requests over 6.4 ms; {} store writes, {stalls} over 25.6 ms",
                 r.p99_ms,
                 m.write_seconds.total()
+            );
+            let ms = |s: Option<f64>| s.map_or("-".into(), |s| format!("{:.3} ms", s * 1e3));
+            println!(
+                "metrics: mean time inside the vault {}, the tool's mean {:.3} ms; mean store write {}, {} requests per write",
+                ms(m.request_mean()),
+                r.mean_ms,
+                ms(m.write_mean()),
+                m.jobs_per_write().map_or("-".into(), |j| format!("{j:.1}"))
             );
         }
     }

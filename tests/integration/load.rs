@@ -67,6 +67,14 @@ async fn the_load_tool_drives_the_vault_and_its_ceiling() {
         m["store_writes_over_25_6_ms"].as_u64().unwrap() <= writes,
         "{m}"
     );
+    // The means Little's law needs: each request's time inside the vault
+    // lies within the tool's time for it, so the vault's mean cannot exceed
+    // the tool's; every write carried requests.
+    let inside = m["vault_request_mean_ms"].as_f64().unwrap();
+    let tool = lines[1]["mean_ms"].as_f64().unwrap();
+    assert!(inside > 0.0 && inside <= tool, "{m} {}", lines[1]);
+    assert!(m["store_write_mean_ms"].as_f64().unwrap() > 0.0, "{m}");
+    assert!(m["requests_per_store_write"].as_f64().unwrap() > 0.0, "{m}");
     // The run's requests, and one per connection to open it before the
     // clock started.
     assert_eq!(
