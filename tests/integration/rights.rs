@@ -263,6 +263,22 @@ async fn legal_exceptions_need_a_live_approval_by_someone_else() {
         Some("approval_not_found")
     );
 
+    // The reference goes into the audit log: it is bounded and printable.
+    for bad in ["x".repeat(129), "case\n17".to_string()] {
+        let mut req = detok_req("criminal_investigation", &[&tok]);
+        req.legal_basis = basis(&granted.id, &bad);
+        let e = app.detokenize(&req).await.unwrap_err();
+        assert_eq!((e.status(), e.code()), (Some(400), Some("invalid_request")));
+    }
+    // A purpose that is no legal exception ignores a legal basis and does
+    // not record its reference.
+    let mut req = detok_req("identity_verification", &[&tok]);
+    req.legal_basis = basis(&granted.id, "not-a-case");
+    assert_eq!(
+        app.detokenize(&req).await.unwrap().values[0].status,
+        Status::Ok
+    );
+
     // The covered subject is released in full; the other is not.
     let out = ask(
         basis(&granted.id, "case-2026-17"),
@@ -299,6 +315,9 @@ async fn legal_exceptions_need_a_live_approval_by_someone_else() {
     assert!(events.iter().any(|e| e.action == "detokenize"
         && e.outcome == "released"
         && e.reference.as_deref() == Some("case-2026-17")));
+    assert!(events
+        .iter()
+        .all(|e| e.reference.as_deref() != Some("not-a-case")));
     assert!(events
         .iter()
         .any(|e| e.action == "approval" && e.outcome == "refused_self_approval"));
@@ -373,6 +392,20 @@ async fn subjects_see_their_data_and_who_saw_it() {
         3
     );
     assert!(app.access_log("acct-2").await.unwrap().entries.is_empty());
+    // An officer exports nobody's data: plaintext reaches an officer only
+    // under a legal exception approved by another officer.
+    for who in ["officer", "officer2"] {
+        let e = v.client(who).export_subject("acct-1").await.unwrap_err();
+        assert_eq!(
+            (e.status(), e.code()),
+            (Some(403), Some("purpose_not_allowed"))
+        );
+    }
+    assert_eq!(
+        app.access_log("acct-1").await.unwrap().entries.len(),
+        log.entries.len(),
+        "a refused export is no release"
+    );
     assert!(app
         .export_subject("nobody")
         .await

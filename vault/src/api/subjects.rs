@@ -9,7 +9,7 @@ use vault_sdk::wire::{AccessEntry, AccessLog, SubjectExport, SubjectValue};
 use super::{keyring, now_ms, ApiError, Ctx};
 use crate::audit::{self, Draft};
 use crate::crypto::{encode_token, value_aad};
-use crate::policy::DATA_SUBJECT_REQUEST;
+use crate::policy::{Role, DATA_SUBJECT_REQUEST};
 use crate::schema::valid_subject;
 use crate::server::Vault;
 use crate::store::Batch;
@@ -51,7 +51,11 @@ pub async fn export(
     if v.policy.purpose(&purpose).is_none() {
         return Err(ApiError::UnknownPurpose);
     }
-    if purpose != DATA_SUBJECT_REQUEST {
+    // The subject's own data goes back through the application that acts
+    // for the subject (SPEC's default policy: `app` gets it). An officer's
+    // way to plaintext is a legal exception under another officer's
+    // approval, never an export.
+    if purpose != DATA_SUBJECT_REQUEST || ctx.role != Role::App {
         return Err(ApiError::PurposeNotAllowed);
     }
     let keys = keyring(v)?;
