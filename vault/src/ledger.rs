@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use vault_sdk::wire::{Approval, ConsentEntry};
 
-use crate::store::{scan_prefix, Batch, Space, Store, StoreError};
+use crate::store::{scan_prefix_rev, Batch, Space, Store, StoreError};
 
 /// Most entries kept in view for one subject and purpose.
 const MAX_HISTORY: usize = 1000;
@@ -52,13 +52,15 @@ pub fn append_consent(
     Ok(b)
 }
 
-/// Every entry for `subject` and `purpose`, oldest first.
+/// The newest [`MAX_HISTORY`] entries for `subject` and `purpose` (all of
+/// them, mostly), oldest first: the last one is the one in force, however
+/// long the history.
 pub fn consent_history(
     store: &dyn Store,
     subject: &str,
     purpose: &str,
 ) -> Result<Vec<ConsentEntry>, StoreError> {
-    let rows = scan_prefix(
+    let rows = scan_prefix_rev(
         store,
         Space::Consents,
         &consent_prefix(subject, purpose),
@@ -66,6 +68,7 @@ pub fn consent_history(
     )?;
     Ok(rows
         .iter()
+        .rev()
         .filter_map(|(_, v)| serde_json::from_slice(v).ok())
         .collect())
 }
@@ -165,6 +168,42 @@ mod tests {
         assert!(consent_history(&store, "s", "user_specified")
             .unwrap()
             .is_empty());
+    }
+
+    #[test]
+    fn a_withdrawal_counts_however_long_the_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let rocks = crate::store::RocksStore::open(dir.path()).unwrap();
+        let memory = MemoryStore::new();
+        for store in [&rocks as &dyn Store, &memory] {
+            let mut b = Batch::default();
+            for _ in 0..MAX_HISTORY + 5 {
+                b.absorb(
+                    append_consent("s1", "user_specified", &entry(true, "2024-01-01", 5)).unwrap(),
+                );
+            }
+            store.write(b).unwrap();
+            store
+                .write(
+                    append_consent("s1", "user_specified", &entry(false, "2024-01-01", 6)).unwrap(),
+                )
+                .unwrap();
+            let h = consent_history(store, "s1", "user_specified").unwrap();
+            assert_eq!(h.len(), MAX_HISTORY);
+            assert!(
+                !h.last().unwrap().given,
+                "the withdrawal is the newest entry"
+            );
+            assert!(!consent_is_live(&h, None));
+            store
+                .write(
+                    append_consent("s1", "user_specified", &entry(true, "2024-01-01", 7)).unwrap(),
+                )
+                .unwrap();
+            let h = consent_history(store, "s1", "user_specified").unwrap();
+            assert!(consent_is_live(&h, None));
+            assert!(!h[h.len() - 2].given);
+        }
     }
 
     #[test]

@@ -137,6 +137,41 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Rows, StoreError>;
 
+    /// The last `limit` rows with `from <= key < to`, in descending key
+    /// order: the newest entries of a log keyed by time. This default pages
+    /// forward through the whole range; engines that can iterate backwards
+    /// override it.
+    fn scan_rev(
+        &self,
+        space: Space,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Rows, StoreError> {
+        const PAGE: usize = 1024;
+        let mut last = std::collections::VecDeque::new();
+        let mut start = from.to_vec();
+        loop {
+            let page = self.scan(space, &start, to, PAGE)?;
+            let full = page.len() == PAGE;
+            if let Some((k, _)) = page.last() {
+                start = k.clone();
+                start.push(0);
+            }
+            for row in page {
+                if last.len() == limit {
+                    last.pop_front();
+                }
+                if limit > 0 {
+                    last.push_back(row);
+                }
+            }
+            if !full {
+                return Ok(last.into_iter().rev().collect());
+            }
+        }
+    }
+
     /// Applies `batch` atomically and durably: when this returns `Ok`, the
     /// batch survives a crash or power loss. Fails with
     /// [`StoreError::Conflict`] and writes nothing when a check fails.
@@ -261,6 +296,17 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
         }
     }
     None
+}
+
+/// The last `limit` rows whose key starts with `prefix`, newest (greatest
+/// key) first.
+pub fn scan_prefix_rev(
+    store: &dyn Store,
+    space: Space,
+    prefix: &[u8],
+    limit: usize,
+) -> Result<Rows, StoreError> {
+    store.scan_rev(space, prefix, prefix_end(prefix).as_deref(), limit)
 }
 
 /// All rows whose key starts with `prefix`.

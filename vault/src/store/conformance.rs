@@ -66,6 +66,68 @@ fn scans_are_ordered_bounded_and_limited() {
 }
 
 #[test]
+fn reverse_scans_give_the_last_rows_newest_first() {
+    for (store, _dir) in engines() {
+        let paged = Paged(MemoryStore::new());
+        let mut b = Batch::default();
+        for i in 0u16..3000 {
+            let k = [&b"c\0"[..], &i.to_be_bytes()].concat();
+            b.put(Space::Consents, k, i.to_be_bytes().to_vec());
+        }
+        // Neighbours on both sides, and the same keys in another space.
+        b.put(Space::Consents, b"b\xff".to_vec(), vec![]);
+        b.put(Space::Consents, b"d".to_vec(), vec![]);
+        b.put(Space::Meta, b"c\0\xff\xff".to_vec(), vec![]);
+        paged.write(b.clone()).unwrap();
+        store.write(b).unwrap();
+        let vals = |rows: Rows| {
+            rows.into_iter()
+                .map(|(_, v)| u16::from_be_bytes([v[0], v[1]]))
+                .collect::<Vec<_>>()
+        };
+        let last = scan_prefix_rev(store.as_ref(), Space::Consents, b"c\0", 3).unwrap();
+        assert_eq!(vals(last), [2999, 2998, 2997]);
+        let all = scan_prefix_rev(store.as_ref(), Space::Consents, b"c\0", 5000).unwrap();
+        assert_eq!(all.len(), 3000);
+        assert_eq!(vals(all), (0..3000).rev().collect::<Vec<_>>());
+        assert!(scan_prefix_rev(store.as_ref(), Space::Consents, b"e", 9)
+            .unwrap()
+            .is_empty());
+        // No upper bound: up to the end of the space, not into the next.
+        let tail = store.scan_rev(Space::Consents, b"c", None, 2).unwrap();
+        assert_eq!(tail[0].0, b"d".to_vec());
+        assert_eq!(tail.len(), 2);
+        // The trait's default (forward pages) agrees with the engine's own.
+        for limit in [0, 1, 1023, 1024, 1025, 3000, 4000] {
+            assert_eq!(
+                paged
+                    .scan_rev(Space::Consents, b"c\0", Some(b"c\x01"), limit)
+                    .unwrap(),
+                store
+                    .scan_rev(Space::Consents, b"c\0", Some(b"c\x01"), limit)
+                    .unwrap(),
+                "limit {limit}"
+            );
+        }
+    }
+}
+
+/// A store that keeps the trait's default `scan_rev`.
+struct Paged(MemoryStore);
+
+impl Store for Paged {
+    fn get(&self, s: Space, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.0.get(s, k)
+    }
+    fn scan(&self, s: Space, f: &[u8], t: Option<&[u8]>, l: usize) -> Result<Rows, StoreError> {
+        self.0.scan(s, f, t, l)
+    }
+    fn write(&self, b: Batch) -> Result<(), StoreError> {
+        self.0.write(b)
+    }
+}
+
+#[test]
 fn batches_are_atomic_under_failed_checks() {
     for (store, _dir) in engines() {
         store.write(put(Space::Meta, b"head", b"1")).unwrap();

@@ -53,6 +53,28 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    fn scan_rev(
+        &self,
+        space: Space,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Rows, StoreError> {
+        let map = self.lock()?;
+        let lower = Bound::Included((space, from.to_vec()));
+        let upper = match to {
+            Some(t) => Bound::Excluded((space, t.to_vec())),
+            None => Bound::Unbounded,
+        };
+        Ok(map
+            .range((lower, upper))
+            .rev()
+            .filter(|((s, _), _)| *s == space)
+            .take(limit)
+            .map(|((_, k), v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
     fn write(&self, batch: Batch) -> Result<(), StoreError> {
         let mut map = self.lock()?;
         for check in &batch.checks {

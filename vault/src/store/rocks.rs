@@ -439,6 +439,30 @@ impl Store for RocksStore {
         })
     }
 
+    fn scan_rev(
+        &self,
+        space: Space,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Rows, StoreError> {
+        self.with_db(|db| {
+            let mut ro = ReadOptions::default();
+            ro.set_total_order_seek(true);
+            ro.set_iterate_lower_bound(from.to_vec());
+            if let Some(t) = to {
+                ro.set_iterate_upper_bound(t.to_vec());
+            }
+            let iter = db.iterator_cf_opt(cf(db, space)?, ro, IteratorMode::End);
+            let mut rows = Vec::new();
+            for item in iter.take(limit) {
+                let (k, v) = item.map_err(engine)?;
+                rows.push((k.into_vec(), v.into_vec()));
+            }
+            Ok(rows)
+        })
+    }
+
     fn write(&self, batch: Batch) -> Result<(), StoreError> {
         let mut health = self.write_lock.lock().map_err(|_| poisoned())?;
         let result = self.with_db(|db| apply(db, &batch));
