@@ -712,6 +712,24 @@ async fn format_preserving_tokens_keep_the_shape_and_resolve() {
         .await
         .unwrap();
     assert_eq!(d.values[0].status, Status::Unknown);
+    // Its event records the outcome, not the number: a real phone number
+    // sent as a token must not land in the permanent audit log.
+    let events = tv
+        .client("officer")
+        .audit(None, None, Some(1000))
+        .await
+        .unwrap()
+        .events;
+    let unknown: Vec<_> = events.iter().filter(|e| e.outcome == "unknown").collect();
+    assert_eq!(unknown.len(), 1);
+    assert_eq!(unknown[0].token, None);
+    assert!(!serde_json::to_string(&events)
+        .unwrap()
+        .contains("13912345678"));
+    // A token it did issue is recorded.
+    assert!(events
+        .iter()
+        .any(|e| e.outcome == "released" && e.token.as_deref() == Some(tok[0])));
 }
 
 #[tokio::test]

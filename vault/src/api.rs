@@ -163,6 +163,15 @@ pub fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     })
 }
 
+/// Longest case reference of a legal exception, in characters.
+pub(crate) const MAX_REFERENCE: usize = 128;
+
+/// Not blank, at most `max` characters, no control characters: a name or
+/// reference fit for the audit log.
+fn printable(s: &str, max: usize) -> bool {
+    !s.trim().is_empty() && s.chars().count() <= max && !s.chars().any(char::is_control)
+}
+
 fn require_officer(ctx: &Ctx) -> Result<(), ApiError> {
     match ctx.role {
         Role::Officer => Ok(()),

@@ -25,10 +25,6 @@ fn valid_version(v: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
-fn printable(s: &str, max: usize) -> bool {
-    !s.trim().is_empty() && s.chars().count() <= max && !s.chars().any(char::is_control)
-}
-
 async fn commit(v: &Vault, batch: Batch, audit: Vec<Draft>) -> Result<(), ApiError> {
     v.committer.commit(batch, audit).await.map_err(|e| {
         tracing::error!(error = %e, "Ledger write failed");
@@ -144,7 +140,7 @@ pub async fn approve(v: &Vault, ctx: &Ctx, body: &Bytes) -> Result<Approval, Api
     {
         return Err(ApiError::BadRequest("subjects: 1 to 100 valid subject ids"));
     }
-    if !printable(&req.reference, 128) {
+    if !super::printable(&req.reference, super::MAX_REFERENCE) {
         return Err(ApiError::BadRequest(
             "reference: 1-128 printable characters",
         ));

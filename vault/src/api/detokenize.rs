@@ -71,6 +71,19 @@ pub(crate) async fn release(
     if tokens.len() > v.limits.max_items {
         return Err(ApiError::TooManyItems(v.limits.max_items));
     }
+    // The reference goes into every event of the request, for ever: it is
+    // held to what an approval's own reference may be. (A blank one is
+    // refused per token below, as no legal basis at all.)
+    if let Some(b) = ask.legal_basis {
+        let blank = b.reference.trim().is_empty();
+        if (!blank && !super::printable(&b.reference, super::MAX_REFERENCE))
+            || b.approval.len() > 64
+        {
+            return Err(ApiError::BadRequest(
+                "legal_basis: a reference of 1-128 printable characters and an approval id",
+            ));
+        }
+    }
     let keys = keyring(v)?;
     let now = now_ms();
     // A legal exception's approval is looked up once for the request.
@@ -168,21 +181,27 @@ impl Lookup<'_> {
             action: self.action,
             purpose: Some(self.purpose.to_string()),
             outcome: "unknown",
+            // Only a legal exception's case reference is recorded; other
+            // purposes ignore a legal basis.
             reference: self
                 .basis
+                .filter(|_| self.info.legal_exception)
                 .map(|b| b.reference.clone())
-                .filter(|r| !r.is_empty()),
+                .filter(|r| !r.trim().is_empty()),
             ..Draft::default()
         };
         let Some(bytes) = self.v.tokens.resolve(self.keys, token) else {
             return Ok((out, draft));
         };
         // A token that is not ours is recorded only by its shape: the audit
-        // log must not become a store of whatever strings callers send.
-        draft.token = Some(token.to_string());
+        // log must not become a store of whatever strings callers send. Nor
+        // one that merely has our shape: where tokens preserve a format,
+        // every well-formed phone or card number decodes, and a real number
+        // sent here would otherwise land in the log for good.
         let Some((subject, record)) = self.find(&bytes)? else {
             return Ok((out, draft));
         };
+        draft.token = Some(token.to_string());
         draft.class = Some(record.class.as_str().to_string());
         out.class = Some(record.class.as_str().to_string());
         draft.subject = Some(subject.clone());
