@@ -181,6 +181,10 @@ fn prepare(
     mut cursor: Cursor,
     limit: usize,
 ) -> Result<Prepared, RewrapError> {
+    // The step holds only while the cursor is still the one it started
+    // from: a new job started meanwhile (or a step of another runner) wins,
+    // and this one is dropped unwritten.
+    let started_from = encode(&cursor)?;
     let from = hex::decode(&cursor.next).map_err(|_| RewrapError::Corrupt)?;
     let rows = store.scan(Space::Values, &from, None, limit)?;
     let target = keys
@@ -235,6 +239,7 @@ fn prepare(
         }
         _ => cursor.done = true,
     }
+    batch.expect(Space::Meta, CURSOR_KEY.to_vec(), Some(started_from));
     batch.put(Space::Meta, CURSOR_KEY.to_vec(), encode(&cursor)?);
     Ok(Prepared {
         batch,
@@ -243,7 +248,7 @@ fn prepare(
     })
 }
 
-/// Re-seals the values of `rows` not yet under `version`: (index in
+/// Re-seals the values of `rows` under a version older than `version`: (index in
 /// `rows`, new record bytes) for each. A value that does not open
 /// (tampered, its version refused, its subject erased) is left as it is:
 /// rewrap never makes data readable again.
@@ -270,7 +275,9 @@ fn reseal<'r>(
         let Some(subject) = subject_of_value_key(key) else {
             continue;
         };
-        if rec.key_version == version {
+        // Under the target or a newer version already: a job that outlived
+        // a rotation must not move values back to an older key.
+        if rec.key_version >= version {
             continue;
         }
         let entry = subject_keys.entry(subject).or_insert_with(|| {
@@ -464,6 +471,50 @@ mod tests {
         assert_eq!(check_all(&store, &keys), [(2, 2500)].into());
         // Done is done: another step changes nothing.
         assert_eq!(step(&store, &keys, 1000).unwrap(), (true, 0));
+    }
+
+    #[test]
+    fn a_job_never_moves_values_to_an_older_version_nor_outlives_a_newer_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = SecretKey::<32>::from_slice(&[5; 32]).unwrap();
+        let store = RocksStore::open(dir.path()).unwrap();
+        let k1 = Keyring::open(&root, &store).unwrap();
+        put_values(&store, &k1, 300);
+        store.write(k1.rotation(2).unwrap().0).unwrap();
+        let k2 = k1.reload(&store).unwrap();
+        store.write(Rewrap::start_batch(2).unwrap()).unwrap();
+        assert_eq!(step(&store, &k2, 1000).unwrap(), (true, 300));
+        // A job towards version 1 (one that outlived a rotation) leaves the
+        // values under 2 alone.
+        store.write(Rewrap::start_batch(1).unwrap()).unwrap();
+        assert_eq!(step(&store, &k2, 1000).unwrap(), (true, 0));
+        assert_eq!(check_all(&store, &k2), [(2, 300)].into());
+
+        // A step prepared before a new job started is not written over it.
+        store.write(k2.rotation(3).unwrap().0).unwrap();
+        let k3 = k2.reload(&store).unwrap();
+        store.write(Rewrap::start_batch(3).unwrap()).unwrap();
+        let stale = prepare(&store, &k3, load(&store).unwrap().unwrap(), 100).unwrap();
+        store.write(Rewrap::start_batch(3).unwrap()).unwrap();
+        let mut restarted = load(&store).unwrap().unwrap();
+        restarted.scanned = 7;
+        store
+            .write({
+                let mut b = Batch::default();
+                b.put(
+                    Space::Meta,
+                    CURSOR_KEY.to_vec(),
+                    encode(&restarted).unwrap(),
+                );
+                b
+            })
+            .unwrap();
+        assert!(matches!(
+            store.write(stale.batch),
+            Err(StoreError::Conflict)
+        ));
+        assert_eq!(status(&store, false).unwrap().scanned, 7);
+        assert_eq!(check_all(&store, &k3), [(2, 300)].into());
     }
 
     #[test]
