@@ -514,6 +514,54 @@ async fn a_body_that_stalls_gets_a_timeout_at_the_body_deadline() {
 // 2. Oversized heads and bodies
 
 #[tokio::test]
+async fn the_ops_listener_bounds_its_connections_and_their_lifetime() {
+    let v = TestVault::start().await;
+    // 64 connections at most: the ones past that are closed on arrival.
+    let mut held = Vec::new();
+    for _ in 0..80 {
+        held.push(TcpStream::connect(v.ops).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut closed = 0;
+    for s in &mut held {
+        let t = Instant::now();
+        if closed_within(s, t, Duration::from_millis(50))
+            .await
+            .is_some()
+        {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 16, "connections closed past the bound");
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(v.ops_get("/healthz").await.0, 200);
+
+    // A client that sends many requests and never reads the answers holds
+    // its connection only for the connection's lifetime (10 s), not for
+    // ever: it gets fewer answers than it asked for, then the end.
+    let mut hog = TcpStream::connect(v.ops).await.unwrap();
+    let asked = 2000;
+    hog.write_all(
+        "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+            .repeat(asked)
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), hog.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the stalled connection was never closed");
+    let answers = got.windows(15).filter(|w| w == b"HTTP/1.1 200 OK").count();
+    assert!(
+        answers < asked,
+        "{answers} answers: the connection outlived its lifetime"
+    );
+    assert_eq!(v.ops_get("/readyz").await.0, 200);
+}
+
+#[tokio::test]
 async fn oversized_http1_heads_are_refused() {
     let v = TestVault::start().await;
     let big = format!(

@@ -436,28 +436,80 @@ pub async fn serve_api(
     let _ = tokio::time::timeout(drain, conns.acquire_many(all)).await;
 }
 
+/// Most connections the ops listener serves at once; more are closed as
+/// they arrive. Scrapers and probes need a handful.
+const OPS_MAX_CONNECTIONS: usize = 64;
+/// How long one ops connection may live, however it is used: a client that
+/// stops reading its answers holds nothing for longer.
+const OPS_CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The ops listener: `/metrics`, `/healthz`, `/readyz`, plain HTTP/1.1.
+/// Invariant: unauthenticated as it is, it holds at most
+/// [`OPS_MAX_CONNECTIONS`] connections, each for at most
+/// [`OPS_CONNECTION_LIFETIME`], and its probes put at most one write at a
+/// time into the commit queue.
 pub async fn serve_ops(vault: Arc<Vault>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    let conns = Arc::new(Semaphore::new(OPS_MAX_CONNECTIONS));
+    let ready = Arc::new(ReadyProbe::default());
     loop {
         let tcp = tokio::select! {
             r = listener.accept() => match r {
                 Ok((tcp, _)) => tcp,
-                Err(_) => continue,
+                Err(e) => {
+                    // Out of descriptors, mostly: the socket stays ready,
+                    // so retrying at once would spin.
+                    tracing::warn!(error = %e, "Ops accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
             },
             _ = stop.changed() => break,
         };
+        let Ok(permit) = conns.clone().try_acquire_owned() else {
+            drop(tcp);
+            continue;
+        };
         let vault = vault.clone();
+        let ready = ready.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let svc = service_fn(move |req: Request<Incoming>| {
-                let vault = vault.clone();
-                async move { Ok::<_, Infallible>(ops(&vault, &req).await) }
+                let (vault, ready) = (vault.clone(), ready.clone());
+                async move { Ok::<_, Infallible>(ops(&vault, &ready, &req).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(5))
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
+                .serve_connection(TokioIo::new(tcp), svc);
+            let _ = tokio::time::timeout(OPS_CONNECTION_LIFETIME, conn).await;
         });
+    }
+}
+
+/// `/readyz` proves the store writable with a durable write. Probes share
+/// it: one write at a time, and a success stands for [`ReadyProbe::FRESH`].
+#[derive(Default)]
+struct ReadyProbe {
+    gate: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl ReadyProbe {
+    const FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+    async fn writable(&self, v: &Vault) -> bool {
+        let mut last_ok = self.gate.lock().await;
+        if last_ok.is_some_and(|t| t.elapsed() < Self::FRESH) {
+            return true;
+        }
+        let mut probe = crate::store::Batch::default();
+        probe.put(
+            crate::store::Space::Meta,
+            b"readyz".to_vec(),
+            api::now_ms().to_be_bytes().to_vec(),
+        );
+        let ok = v.committer.commit(probe, Vec::new()).await.is_ok();
+        *last_ok = ok.then(Instant::now);
+        ok
     }
 }
 
@@ -471,7 +523,7 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
     resp
 }
 
-async fn ops(v: &Vault, req: &Request<Incoming>) -> Response<Body> {
+async fn ops(v: &Vault, ready: &ReadyProbe, req: &Request<Incoming>) -> Response<Body> {
     if req.method() != Method::GET {
         return text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -498,19 +550,14 @@ async fn ops(v: &Vault, req: &Request<Incoming>) -> Response<Body> {
                     "sealed\n".into(),
                 );
             }
-            let mut probe = crate::store::Batch::default();
-            probe.put(
-                crate::store::Space::Meta,
-                b"readyz".to_vec(),
-                api::now_ms().to_be_bytes().to_vec(),
-            );
-            match v.committer.commit(probe, Vec::new()).await {
-                Ok(()) => text(StatusCode::OK, "text/plain", "ready\n".into()),
-                Err(_) => text(
+            if ready.writable(v).await {
+                text(StatusCode::OK, "text/plain", "ready\n".into())
+            } else {
+                text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain",
                     "storage not writable\n".into(),
-                ),
+                )
             }
         }
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
