@@ -253,6 +253,17 @@ fn serve(cfg: &Config) -> ExitCode {
     for step in crate::hardening::disable_core_dumps() {
         tracing::warn!(step, "Process hardening step failed");
     }
+    let files = crate::hardening::raise_open_files_limit();
+    let wanted = u64::try_from(cfg.server.max_connections)
+        .unwrap_or(u64::MAX)
+        .saturating_add(1024);
+    if files.is_some_and(|n| n < wanted) {
+        tracing::warn!(
+            open_files = files,
+            max_connections = cfg.server.max_connections,
+            "The open-files limit is below server.max-connections plus 1024 for the database; raise it (ulimit -n) or lower max-connections"
+        );
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,6 +1,8 @@
-//! Process hardening, the only module allowed `unsafe`: three libc calls
-//! that keep key material out of core dumps and swap. Each call passes
-//! constants, stack values or a live slice, and checks the return code.
+//! Process hardening, the only module allowed `unsafe`: the libc calls that
+//! keep key material out of core dumps and swap, and the one that lets the
+//! process open the descriptors its connection limit promises. Each call
+//! passes constants, stack values or a live slice, and checks the return
+//! code.
 #![allow(unsafe_code)]
 
 /// Turns core dumps off (`RLIMIT_CORE` 0) and marks the process
@@ -22,6 +24,34 @@ pub fn disable_core_dumps() -> Vec<&'static str> {
         failed.push("prctl(PR_SET_DUMPABLE)");
     }
     failed
+}
+
+/// Raises the soft limit on open descriptors to the hard limit, which any
+/// process may do, and returns the soft limit now in force (`None` when it
+/// cannot be read). The common default of 1,024 is below the default
+/// `server.max-connections` (4,096): connections would otherwise take the
+/// descriptors RocksDB needs for its files.
+pub fn raise_open_files_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit that outlives the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return None;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above; raising the soft limit up to the hard one needs
+        // no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim = raised;
+        }
+    }
+    Some(lim.rlim_cur)
 }
 
 /// Locks the pages holding `bytes` in RAM (`mlock`) so key material is never
@@ -59,6 +89,20 @@ pub fn lock_in_memory(bytes: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::expect_used)]
+
+    #[test]
+    fn the_open_files_limit_ends_at_the_hard_limit() {
+        let now = super::raise_open_files_limit().expect("readable");
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: a valid, writable rlimit.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+        assert_eq!((now, lim.rlim_cur), (lim.rlim_max, lim.rlim_max));
+    }
+
     #[test]
     fn locking_a_live_buffer_succeeds_or_fails_cleanly() {
         let buf = vec![7u8; 64];
