@@ -3,8 +3,10 @@
 //! Invariant: the body bytes held in memory by all requests together, those
 //! still arriving and those being handled, never exceed the [`Budget`],
 //! `2 × max-concurrent-requests × max-body-bytes`; a body that would go past
-//! it is refused with 503 `overloaded`. A body is charged for its bytes as
-//! they arrive, not as declared: a client that declares a body and withholds
+//! it is refused with 503 `overloaded`. A body is charged for the buffer
+//! that holds it, as it grows with the bytes that arrive (not as declared,
+//! and not just the bytes: a doubling buffer holds up to twice them, and is
+//! charged before it is allocated): a client that declares a body and withholds
 //! it holds no memory, only its stream (at most `max-streams-per-connection`
 //! per connection), and only until the body deadline.
 
@@ -100,8 +102,7 @@ pub async fn read(
     if declared.is_some_and(|n| n > max as u64) {
         return Err(ApiError::BodyTooLarge(max));
     }
-    let mut buf = Wiping(BytesMut::new());
-    let mut charge = None;
+    let mut buf = Arriving::default();
     while let Some(frame) = body.frame().await {
         let frame =
             frame.map_err(|_| ApiError::BadRequest("the request body could not be read"))?;
@@ -109,30 +110,68 @@ pub async fn read(
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        if buf.0.len().saturating_add(data.len()) > max {
-            return Err(ApiError::BodyTooLarge(max));
-        }
-        budget.take(data.len(), &mut charge)?;
-        // Copied out of the frame: a small frame's bytes can share a large
-        // receive buffer, which they would otherwise keep alive.
-        buf.push(&data);
+        buf.append(&data, max, budget)?;
     }
     Ok(Body {
-        bytes: std::mem::take(&mut buf.0).freeze(),
-        _charge: charge,
+        bytes: std::mem::take(&mut buf.bytes.0).freeze(),
+        _charge: buf.charge,
     })
+}
+
+/// A body while it arrives, and its charge: the capacity of its buffer, what
+/// it holds in memory (up to twice the bytes received, as the buffer
+/// doubles), not just the bytes.
+#[derive(Default)]
+struct Arriving {
+    bytes: Wiping,
+    charge: Option<OwnedSemaphorePermit>,
+}
+
+impl Arriving {
+    /// Appends `data`: 413 past `max` bytes, 503 when the budget cannot
+    /// cover the bigger buffer, charged before it is allocated.
+    fn append(&mut self, data: &[u8], max: usize, budget: &Budget) -> Result<(), ApiError> {
+        let need = self.bytes.0.len().saturating_add(data.len());
+        if need > max {
+            return Err(ApiError::BodyTooLarge(max));
+        }
+        let have = self.bytes.0.capacity();
+        let cap = self.bytes.capacity_for(need, max);
+        budget.take(cap.saturating_sub(have), &mut self.charge)?;
+        // Copied out of the frame: a small frame's bytes can share a large
+        // receive buffer, which they would otherwise keep alive.
+        self.bytes.push_within(data, cap);
+        Ok(())
+    }
 }
 
 /// A body while it arrives: wiped if the read fails part-way, and each
 /// buffer it outgrows is wiped before it is freed (a plain `extend` would
 /// leave the old one behind, unwiped, in the allocator).
+#[derive(Default)]
 struct Wiping(BytesMut);
 
 impl Wiping {
+    /// The capacity to hold `need` bytes: the present one if it does, else
+    /// double it (at least `need`), but not past `limit` unless `need` is.
+    fn capacity_for(&self, need: usize, limit: usize) -> usize {
+        let have = self.0.capacity();
+        if need <= have {
+            return have;
+        }
+        have.saturating_mul(2).min(limit).max(need)
+    }
+
     fn push(&mut self, data: &[u8]) {
         let need = self.0.len().saturating_add(data.len());
+        self.push_within(data, self.capacity_for(need, usize::MAX));
+    }
+
+    /// Appends `data`, moving to a buffer of `cap` bytes if it does not fit.
+    fn push_within(&mut self, data: &[u8], cap: usize) {
+        let need = self.0.len().saturating_add(data.len());
         if need > self.0.capacity() {
-            let mut bigger = BytesMut::with_capacity(need.max(self.0.capacity().saturating_mul(2)));
+            let mut bigger = BytesMut::with_capacity(cap.max(need));
             bigger.extend_from_slice(&self.0);
             self.0.as_mut().zeroize();
             self.0 = bigger;
@@ -240,6 +279,43 @@ mod tests {
             assert!(w.0.capacity() >= w.0.len());
         }
         assert_eq!(&w.0[..], &want[..]);
+    }
+
+    #[test]
+    fn a_body_is_charged_for_the_memory_it_holds_not_just_its_bytes() {
+        let budget = Budget::of_bytes(1 << 20);
+        let free = || budget.0.available_permits();
+        let mut a = Arriving::default();
+        // Chunks that make the buffer double past what arrived.
+        for _ in 0..5 {
+            a.append(&[7u8; 1000], 64 << 10, &budget).unwrap();
+            assert!((1 << 20) - free() >= a.bytes.0.capacity());
+            assert!(a.bytes.0.capacity() >= a.bytes.0.len());
+        }
+        assert_eq!(a.bytes.0.len(), 5000);
+        // Never past the body limit, so the last doubling stops at it.
+        let mut b = Arriving::default();
+        b.append(&[1u8; 40_000], 50_000, &budget).unwrap();
+        b.append(&[1u8; 10_000], 50_000, &budget).unwrap();
+        assert_eq!(b.bytes.0.len(), 50_000);
+        assert!(b.bytes.0.capacity() < 80_000);
+        assert!(matches!(
+            b.append(&[1u8], 50_000, &budget),
+            Err(ApiError::BodyTooLarge(50_000))
+        ));
+        // When the budget cannot cover the next buffer (3000 bytes, 1500
+        // more), 503 before it exists; the bytes already in keep their
+        // charge until dropped.
+        let small = Budget::of_bytes(2999);
+        let mut c = Arriving::default();
+        c.append(&[1u8; 1500], 1 << 20, &small).unwrap();
+        assert!(matches!(
+            c.append(&[1u8; 100], 1 << 20, &small),
+            Err(ApiError::Overloaded)
+        ));
+        assert_eq!(c.bytes.0.len(), 1500);
+        drop(c);
+        assert_eq!(small.0.available_permits(), 2999);
     }
 
     #[test]
