@@ -95,18 +95,60 @@ pub fn server_config(cfg: &Config) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(sc))
 }
 
-/// The caller a verified client certificate names: its subject CN, else its
-/// first DNS SAN.
+/// The caller a verified client certificate names: its subject CN, else
+/// (only when the subject has no CN at all) its first DNS SAN. A subject
+/// with several CNs, or one this parser cannot read as text, names nobody:
+/// falling through to the SAN would let a certificate issued to one name
+/// authenticate as another.
 pub fn caller_name(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, x509) = X509Certificate::from_der(cert.as_ref()).ok()?;
-    if let Some(cn) = x509.subject().iter_common_name().next() {
-        if let Ok(s) = cn.as_str() {
-            return Some(s.to_string());
+    let mut cns = x509.subject().iter_common_name();
+    if let Some(cn) = cns.next() {
+        if cns.next().is_some() {
+            return None;
         }
+        return cn.as_str().ok().map(str::to_string);
     }
     let san = x509.subject_alternative_name().ok()??;
     san.value.general_names.iter().find_map(|n| match n {
         GeneralName::DNSName(d) => Some((*d).to_string()),
         _ => None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use rcgen::{BmpString, CertificateParams, DnType, DnValue, KeyPair};
+
+    fn cert(cn: Option<DnValue>, san: &[&str]) -> CertificateDer<'static> {
+        let key = KeyPair::generate().unwrap();
+        let mut p =
+            CertificateParams::new(san.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        if let Some(cn) = cn {
+            p.distinguished_name.push(DnType::CommonName, cn);
+        }
+        p.self_signed(&key).unwrap().der().clone()
+    }
+
+    use super::*;
+
+    #[test]
+    fn the_caller_is_the_cn_and_the_san_only_without_one() {
+        assert_eq!(
+            caller_name(&cert(Some("app".into()), &["officer"])).as_deref(),
+            Some("app")
+        );
+        assert_eq!(
+            caller_name(&cert(None, &["officer", "app"])).as_deref(),
+            Some("officer")
+        );
+        // A CN that cannot be read as text (a BMPString here) does not let
+        // the SAN speak instead.
+        let bmp = DnValue::BmpString(BmpString::try_from("web01").unwrap());
+        assert_eq!(caller_name(&cert(Some(bmp), &["officer"])), None);
+        assert_eq!(caller_name(&cert(None, &[])), None);
+        assert_eq!(caller_name(&CertificateDer::from(vec![0x30, 0x00])), None);
+    }
 }
