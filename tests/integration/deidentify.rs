@@ -596,6 +596,17 @@ async fn records_refuse_bad_documents_and_store_nothing() {
             assert!(!v.to_string().contains("陈明"));
         }
     }
+    // A document keyed by phone number: the error names the member by its
+    // position, never by its name.
+    let mut req = records_req(Some(&[("/contacts/*", "phone")]), None, false);
+    req.document = serde_json::json!({"contacts": {"13800138000": 5}});
+    let (status, v) = post_raw(&app, "/v1/records", serde_json::to_vec(&req).unwrap()).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (422, Some("invalid_value"))
+    );
+    assert_eq!(v["error"]["pointer"], "/contacts/[member 0]");
+    assert!(!v.to_string().contains("13800138000"), "{v}");
     // A class the caller may not collect for the purpose.
     let mut req = records_req(Some(&[("/applicant/phone", "phone")]), None, false);
     req.purpose = "traffic_statistics".into();

@@ -42,40 +42,58 @@ impl Pattern {
     /// Every concrete pointer into `doc` this pattern names, in document
     /// order. Paths that do not exist in `doc` match nothing.
     pub fn matches(&self, doc: &Value) -> Vec<String> {
+        self.matches_shown(doc)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect()
+    }
+
+    /// As [`Pattern::matches`], each with the form an error may show: an
+    /// object member reached through `*` is named by its position
+    /// (`/contacts/[member 1]`), not its name, which is the caller's data
+    /// (a document keyed by phone number, say). What the mapping names and
+    /// array indexes are structure, and stay.
+    pub fn matches_shown(&self, doc: &Value) -> Vec<(String, String)> {
         let mut out = Vec::new();
-        let mut stack: Vec<(usize, &Value, String)> = vec![(0, doc, String::new())];
-        while let Some((depth, node, path)) = stack.pop() {
+        let mut stack: Vec<(usize, &Value, String, String)> =
+            vec![(0, doc, String::new(), String::new())];
+        while let Some((depth, node, path, shown)) = stack.pop() {
             let Some(seg) = self.0.get(depth) else {
-                out.push(path);
+                out.push((path, shown));
                 continue;
             };
-            let mut children: Vec<(&Value, String)> = Vec::new();
+            let mut children: Vec<(&Value, String, String)> = Vec::new();
             match (seg, node) {
                 (Segment::Any, Value::Array(items)) => {
                     for (i, item) in items.iter().enumerate() {
-                        children.push((item, format!("{path}/{i}")));
+                        children.push((item, format!("{path}/{i}"), format!("{shown}/{i}")));
                     }
                 }
                 (Segment::Any, Value::Object(map)) => {
-                    for (k, item) in map {
-                        children.push((item, format!("{path}/{}", escape(k))));
+                    for (n, (k, item)) in map.iter().enumerate() {
+                        children.push((
+                            item,
+                            format!("{path}/{}", escape(k)),
+                            format!("{shown}/[member {n}]"),
+                        ));
                     }
                 }
                 (Segment::Key(k), Value::Object(map)) => {
                     if let Some(item) = map.get(k) {
-                        children.push((item, format!("{path}/{}", escape(k))));
+                        let seg = escape(k);
+                        children.push((item, format!("{path}/{seg}"), format!("{shown}/{seg}")));
                     }
                 }
                 (Segment::Key(k), Value::Array(items)) => {
                     if let Some(item) = array_index(k).and_then(|i| items.get(i)) {
-                        children.push((item, format!("{path}/{k}")));
+                        children.push((item, format!("{path}/{k}"), format!("{shown}/{k}")));
                     }
                 }
                 _ => {}
             }
             // Reversed so the stack pops them in document order.
-            for (item, p) in children.into_iter().rev() {
-                stack.push((depth + 1, item, p));
+            for (item, p, sh) in children.into_iter().rev() {
+                stack.push((depth + 1, item, p, sh));
             }
         }
         out
@@ -226,6 +244,37 @@ mod tests {
         for p in m("/co_applicants/*/*") {
             assert!(d.pointer(&p).is_some(), "{p}");
         }
+    }
+
+    #[test]
+    fn the_shown_form_names_members_under_a_star_by_position_only() {
+        let d = serde_json::json!({
+            "contacts": {"13800138000": 5, "chen@fj.gov.cn": "x"},
+            "list": [{"13900000000": 1}],
+        });
+        let shown = |p: &str| Pattern::parse(p).unwrap().matches_shown(&d);
+        assert_eq!(
+            shown("/contacts/*"),
+            [
+                (
+                    "/contacts/13800138000".to_string(),
+                    "/contacts/[member 0]".to_string()
+                ),
+                (
+                    "/contacts/chen@fj.gov.cn".into(),
+                    "/contacts/[member 1]".into()
+                ),
+            ]
+        );
+        assert_eq!(
+            shown("/list/*/*"),
+            [(
+                "/list/0/13900000000".to_string(),
+                "/list/0/[member 0]".to_string()
+            )]
+        );
+        // Named in the mapping: the caller's own structure, shown as is.
+        assert_eq!(shown("/contacts/13800138000")[0].1, "/contacts/13800138000");
     }
 
     #[test]

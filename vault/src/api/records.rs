@@ -65,23 +65,30 @@ pub async fn records(v: &Vault, ctx: &Ctx, body: &Bytes) -> Result<RecordsRespon
     let mut changes = Vec::new();
     let mut mapped = BTreeSet::new();
     for (_, pattern, class) in mapping {
-        for pointer in pattern.matches(&req.document) {
+        // Errors name a leaf by its shown form: no member name of the
+        // document (the caller's data) goes back in an error.
+        for (pointer, shown) in pattern.matches_shown(&req.document) {
             let leaf = match req.document.pointer(&pointer) {
                 Some(Value::Null) | None => continue,
                 Some(Value::String(s)) => s,
-                Some(_) => return Err(ApiError::LeafNotString { pointer }),
+                Some(_) => return Err(ApiError::LeafNotString { pointer: shown }),
             };
             if !mapped.insert(pointer.clone()) {
-                return Err(ApiError::LeafMappedTwice { pointer });
+                return Err(ApiError::LeafMappedTwice { pointer: shown });
             }
             if req.mode == DeidentifyMode::Tokenize
                 && !v.policy.may_collect(&ctx.caller, &req.purpose, *class)
             {
-                return Err(ApiError::LeafNotAllowed { pointer });
+                return Err(ApiError::LeafNotAllowed { pointer: shown });
             }
             let norm = match classes::normalize(*class, leaf) {
                 Ok(n) => n,
-                Err(reason) => return Err(ApiError::LeafInvalid { pointer, reason }),
+                Err(reason) => {
+                    return Err(ApiError::LeafInvalid {
+                        pointer: shown,
+                        reason,
+                    })
+                }
             };
             let with = plan.decide(*class, norm, false)?;
             changes.push(Change::Mapped {
