@@ -6,11 +6,10 @@
 use serde_json::json;
 use vault::store::Space;
 use vault_sdk::wire::{
-    DeidentifyMode, DeidentifyRequest, LegalBasis, RecordsRequest, ReidentifyRequest, Reveal,
-    Status,
+    DeidentifyMode, DeidentifyRequest, LegalBasis, RecordsRequest, Reveal, Status,
 };
 
-use crate::harness::{code, detok_req, field, post_raw, tok_req, TestVault};
+use crate::harness::{code, detok_req, field, post_raw, reid, tok_req, TestVault};
 
 const TEXT: &str = "我叫陈明,身份证350102199003071234,电话13800138000";
 
@@ -26,15 +25,6 @@ fn deid(
         mode,
         retention: None,
         text: text.into(),
-    }
-}
-
-fn reid(purpose: &str, text: &str) -> ReidentifyRequest {
-    ReidentifyRequest {
-        purpose: Some(purpose.into()),
-        text: text.into(),
-        reveal: Reveal::Full,
-        legal_basis: None,
     }
 }
 

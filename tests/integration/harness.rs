@@ -170,6 +170,16 @@ pub async fn tokenize_one(
 }
 
 /// Sends raw JSON bytes; returns (status, parsed body).
+/// A reidentify request of `text` for `purpose`, in full.
+pub fn reid(purpose: &str, text: &str) -> vault_sdk::wire::ReidentifyRequest {
+    vault_sdk::wire::ReidentifyRequest {
+        purpose: Some(purpose.into()),
+        text: text.into(),
+        reveal: Reveal::Full,
+        legal_basis: None,
+    }
+}
+
 pub async fn post_raw(c: &Client, path: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
     let r = c.raw(http::Method::POST, path, Some(body)).await.unwrap();
     let v = serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null);

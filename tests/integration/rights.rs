@@ -348,6 +348,14 @@ async fn subjects_see_their_data_and_who_saw_it() {
         .await
         .unwrap();
 
+    // A release through reidentify is a release too.
+    let marked = format!("电话 [[phone:{}]]", toks[1].token);
+    let back = app
+        .reidentify(&reid("identity_verification", &marked))
+        .await
+        .unwrap();
+    assert_eq!(back.text, "电话 138****8000");
+
     let export = app.export_subject("acct-1").await.unwrap();
     assert_eq!(export.values.len(), 3);
     let mut got: Vec<(&str, &str)> = export
@@ -383,6 +391,14 @@ async fn subjects_see_their_data_and_who_saw_it() {
     assert!(
         outcomes.contains(&("notification", "denied")),
         "{outcomes:?}"
+    );
+    assert_eq!(
+        log.entries
+            .iter()
+            .filter(|e| e.purpose.as_deref() == Some("identity_verification"))
+            .count(),
+        2,
+        "the detokenize and the reidentify: {outcomes:?}"
     );
     assert_eq!(
         outcomes

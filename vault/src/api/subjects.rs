@@ -14,6 +14,10 @@ use crate::schema::valid_subject;
 use crate::server::Vault;
 use crate::store::Batch;
 
+/// The actions that release (or refuse to release) a subject's values:
+/// what the access log lists.
+const RELEASES: [&str; 3] = ["detokenize", "reidentify", "subject_export"];
+
 /// Most audit events one access log returns.
 const MAX_ENTRIES: usize = 10_000;
 
@@ -132,7 +136,7 @@ pub fn access_log(v: &Vault, subject: &str) -> Result<AccessLog, ApiError> {
         .map_err(|_| ApiError::Unavailable)?;
     let entries = events
         .into_iter()
-        .filter(|e| e.action == "detokenize" || e.action == "subject_export")
+        .filter(|e| RELEASES.contains(&e.action.as_str()))
         .map(|e| AccessEntry {
             time_ms: e.time_ms,
             caller: e.caller,
