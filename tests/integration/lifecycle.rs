@@ -216,6 +216,67 @@ async fn legal_hold_blocks_erasure_until_lifted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_subject_with_many_due_values_does_not_stall_the_sweeper() {
+    let v = TestVault::start_with(|cfg| {
+        cfg.retention.sweep_interval_ms = 100;
+    })
+    .await;
+    let app = v.client("app");
+    let officer = v.client("officer");
+    officer.legal_hold("acct-held", true).await.unwrap();
+    // More due values of the held subject than one sweep batch (1,000),
+    // all due before the other subject's one.
+    let mut held = Vec::new();
+    for part in 0..2 {
+        let fields = (0..600)
+            .map(|i| field("phone", &format!("1390000{:04}", part * 600 + i)))
+            .collect();
+        let mut req = tok_req("acct-held", "notification", fields);
+        req.retention = Some("PT1S".into());
+        held.extend(app.tokenize(&req).await.unwrap().tokens);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let mut req = tok_req("acct-free", "notification", vec![field("phone", PHONE)]);
+    req.retention = Some("PT1S".into());
+    let free = app.tokenize(&req).await.unwrap().tokens[0].token.clone();
+    let store = v.store();
+    let key = |t: &str, s: &str| {
+        let mut k = vault::crypto::decode_token(t).unwrap().to_vec();
+        k.extend_from_slice(s.as_bytes());
+        k
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store
+        .get(Space::Values, &key(&free, "acct-free"))
+        .unwrap()
+        .is_some()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the free subject's value was never swept"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // The held subject's values all stay.
+    for t in &held {
+        assert!(store
+            .get(Space::Values, &key(&t.token, "acct-held"))
+            .unwrap()
+            .is_some());
+    }
+    let (_, metrics) = v.ops_get("/metrics").await;
+    assert!(
+        metrics.contains("vault_retention_due_values 1200"),
+        "the held values are counted as due: {}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("retention"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn account_closure_starts_the_clocks_and_the_sweeper_purges() {
     let v = TestVault::start_with(|cfg| {
         cfg.retention.after_account_closed = "PT1S".into();
@@ -414,7 +475,7 @@ async fn an_erasure_racing_detokenize_gives_the_value_or_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn erasure_within_a_legal_retention_period_restricts_then_erases() {
-    let v = TestVault::start_with(|cfg| {
+    let mut v = TestVault::start_with(|cfg| {
         cfg.retention
             .legal_minimum
             .insert("cn_resident_id".into(), "PT2S".into());
@@ -431,6 +492,11 @@ async fn erasure_within_a_legal_retention_period_restricts_then_erases() {
         ID,
     )
     .await;
+    let wrapped = v
+        .store()
+        .get(Space::SubjectKeys, b"acct-l")
+        .unwrap()
+        .unwrap();
     let receipt = app.erase_subject("acct-l").await.unwrap();
     assert_eq!(receipt.values_erased, 0);
     let until = receipt.restricted_until.expect("restricted, not erased");
@@ -488,6 +554,17 @@ async fn erasure_within_a_legal_retention_period_restricts_then_erases() {
         && e.outcome == "restricted"
         && e.reference.as_deref() == Some(receipt.digest.as_str())));
     assert!(events.iter().any(|e| e.action == "retention_purge"));
+    // As with an immediate erasure, the key is in no file of the database.
+    v.stop().await;
+    let mut files = Vec::new();
+    all_files(v.dir.path(), &mut files);
+    for f in &files {
+        assert!(
+            !contains(&std::fs::read(f).unwrap(), &wrapped),
+            "the erased subject key survives in {}",
+            f.display()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

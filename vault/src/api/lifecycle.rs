@@ -19,7 +19,7 @@ use crate::commit::CommitError;
 use crate::crypto::{decode_token, encode_token, value_aad, TokenBytes, TOKEN_BYTES};
 use crate::schema::{expiry_key, subject_key, valid_subject, value_key, Record};
 use crate::server::Vault;
-use crate::store::{scan_prefix, Batch, Space, Store, StoreError};
+use crate::store::{scan_prefix, Batch, Rows, Space, Store, StoreError};
 use crate::subject_keys;
 
 const MAX_VALUES: usize = 10_000;
@@ -291,6 +291,13 @@ pub async fn erase(v: &Vault, ctx: &Ctx, subject: &str) -> Result<ErasureReceipt
         })
     })
     .await?;
+    purge_subject_keys(v).await;
+    Ok(receipt)
+}
+
+/// Removes destroyed subject keys from the engine's files (logs and tables)
+/// once their deletion is durable.
+async fn purge_subject_keys(v: &Vault) {
     let store = v.store.clone();
     let purged = tokio::task::spawn_blocking(move || store.purge(Space::SubjectKeys)).await;
     if !matches!(purged, Ok(Ok(()))) {
@@ -298,7 +305,6 @@ pub async fn erase(v: &Vault, ctx: &Ctx, subject: &str) -> Result<ErasureReceipt
         // for the engine's own compaction.
         tracing::error!("Purging erased subject keys failed; compaction will remove them later");
     }
-    Ok(receipt)
 }
 
 fn erasure_digest(subject: &str, time_ms: u64, tokens: &mut [String]) -> String {
@@ -441,20 +447,64 @@ pub async fn correct(
     .await
 }
 
+/// Up to `SWEEP_BATCH` due entries of the expiry index (oldest first) whose
+/// subjects are not held, and how many due entries of held subjects came
+/// before the last of them. Held entries are passed over, however many:
+/// a pass that stopped at the first `SWEEP_BATCH` due entries would find
+/// only held ones once enough piled up, and never delete anything again.
+fn due_entries(v: &Vault, upper: &[u8]) -> Result<(Rows, i64), ApiError> {
+    let mut due = Vec::new();
+    let mut held_entries = 0i64;
+    let mut held: std::collections::HashMap<Vec<u8>, bool> = std::collections::HashMap::new();
+    let mut from = Vec::new();
+    while due.len() < SWEEP_BATCH {
+        let rows = v
+            .store
+            .scan(Space::Expiry, &from, Some(upper), SWEEP_BATCH)
+            .map_err(|_| ApiError::Unavailable)?;
+        let last_page = rows.len() < SWEEP_BATCH;
+        if let Some((k, _)) = rows.last() {
+            from = k.clone();
+            from.push(0);
+        }
+        for (key, value) in rows {
+            let subject = key.get(8 + TOKEN_BYTES..).unwrap_or_default();
+            let is = match held.get(subject) {
+                Some(h) => *h,
+                None => {
+                    let h = std::str::from_utf8(subject)
+                        .ok()
+                        .map(|s| is_held(v.store.as_ref(), s))
+                        .transpose()
+                        .map_err(|_| ApiError::Unavailable)?
+                        .unwrap_or(false);
+                    held.insert(subject.to_vec(), h);
+                    h
+                }
+            };
+            if is {
+                held_entries += 1;
+            } else if due.len() < SWEEP_BATCH {
+                due.push((key, value));
+            }
+        }
+        if last_page {
+            break;
+        }
+    }
+    Ok((due, held_entries))
+}
+
 /// One sweeper pass: deletes up to `SWEEP_BATCH` values whose time is
 /// up, oldest first, by the expiry index (no full scan). Held subjects are
-/// skipped. Returns how many values it purged.
+/// passed over. Returns how many values it purged.
 pub async fn sweep_once(v: &Vault) -> Result<u64, ApiError> {
     let now = now_ms();
     let upper = now.saturating_add(1).to_be_bytes();
-    let due = v
-        .store
-        .scan(Space::Expiry, b"", Some(&upper), SWEEP_BATCH)
-        .map_err(|_| ApiError::Unavailable)?;
+    let (due, left) = due_entries(v, &upper)?;
     // Due values this pass leaves behind: held subjects, or a full batch's
     // overflow (counted on the next pass, which follows at once).
     let full = due.len() >= SWEEP_BATCH;
-    let mut left = 0i64;
     let oldest = due
         .first()
         .and_then(|(k, _)| k.get(..8))
@@ -475,6 +525,7 @@ pub async fn sweep_once(v: &Vault) -> Result<u64, ApiError> {
     let mut b = Batch::default();
     let mut events = Vec::new();
     let mut purged = 0u64;
+    let mut destroyed = false;
     for (key, _) in due {
         let (Some(exp), Some(token), Some(subject)) = (
             key.get(..8)
@@ -487,10 +538,6 @@ pub async fn sweep_once(v: &Vault) -> Result<u64, ApiError> {
         ) else {
             continue;
         };
-        if is_held(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)? {
-            left += 1;
-            continue;
-        }
         let vk = value_key(&token, subject);
         let current = v
             .store
@@ -532,6 +579,7 @@ pub async fn sweep_once(v: &Vault) -> Result<u64, ApiError> {
                 {
                     subject_keys::destroy(&mut b, subject);
                     b.delete(Space::Meta, restricted_key(subject));
+                    destroyed = true;
                 }
                 events.push(Draft {
                     request_id: "retention-sweeper".into(),
@@ -578,6 +626,11 @@ pub async fn sweep_once(v: &Vault) -> Result<u64, ApiError> {
         .map_err(|_| ApiError::Conflict)?;
     v.metrics.retention_anonymized.inc_by(anonymized);
     v.metrics.retention_purged.inc_by(purged);
+    if destroyed {
+        // As an immediate erasure does: the destroyed keys leave the
+        // engine's files now, not at some later compaction.
+        purge_subject_keys(v).await;
+    }
     Ok(purged)
 }
 
