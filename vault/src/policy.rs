@@ -138,10 +138,27 @@ impl Policy {
                     *x = true;
                 }
             }
-            for (list, level) in [(&g.masked, Release::Masked), (&g.full, Release::Full)] {
-                for c in classes(list) {
-                    if let Some(x) = grant.release.get_mut(slot(c)) {
+            // `*` first, then the classes named: a class named in one list
+            // gets that list's level whatever `*` says in the other, so
+            // `full = ["*"], masked = ["phone"]` masks the phone, as it reads.
+            let lists = [(&g.masked, Release::Masked), (&g.full, Release::Full)];
+            for (list, level) in lists {
+                if list.iter().any(|c| c == "*") {
+                    for x in grant.release.iter_mut() {
                         *x = (*x).max(level);
+                    }
+                }
+            }
+            let mut named = [false; 11];
+            for (list, level) in lists {
+                for c in list.iter().filter_map(|c| Class::parse(c)) {
+                    if let (Some(x), Some(n)) =
+                        (grant.release.get_mut(slot(c)), named.get_mut(slot(c)))
+                    {
+                        // Named in both (a problem `check-config` reports):
+                        // the lower level.
+                        *x = if *n { (*x).min(level) } else { level };
+                        *n = true;
                     }
                 }
             }

@@ -21,6 +21,45 @@ fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
 const EXAMPLE: &str = include_str!("../../../config/vault.example.toml");
 
 #[test]
+fn a_class_named_in_a_grant_wins_over_a_star_in_the_other_list() {
+    let mut cfg = load(EXAMPLE, &[]).unwrap();
+    let g = cfg
+        .grants
+        .iter_mut()
+        .find(|g| g.purpose == "respond_to_request")
+        .unwrap();
+    g.full = vec!["*".into()];
+    g.masked = vec!["phone".into()];
+    assert!(policy::problems(&cfg).is_empty());
+    let policy = Policy::from_config(&cfg);
+    assert_eq!(
+        policy.release("app", "respond_to_request", Class::Phone),
+        policy::Release::Masked
+    );
+    assert_eq!(
+        policy.release("app", "respond_to_request", Class::Email),
+        policy::Release::Full
+    );
+    // And the other way round.
+    let g = cfg
+        .grants
+        .iter_mut()
+        .find(|g| g.purpose == "respond_to_request")
+        .unwrap();
+    g.full = vec!["name".into()];
+    g.masked = vec!["*".into()];
+    let policy = Policy::from_config(&cfg);
+    assert_eq!(
+        policy.release("app", "respond_to_request", Class::Name),
+        policy::Release::Full
+    );
+    assert_eq!(
+        policy.release("app", "respond_to_request", Class::Phone),
+        policy::Release::Masked
+    );
+}
+
+#[test]
 fn the_example_parses_and_validates() {
     let cfg = load(EXAMPLE, &[]).unwrap();
     assert_eq!(cfg.server.api_addr, "127.0.0.1:8443");
