@@ -296,13 +296,24 @@ async fn account_closure_starts_the_clocks_and_the_sweeper_purges() {
         app.account_closed("acct-d").await.unwrap().values_affected,
         1
     );
-    // Within the period, still there.
+    // Within the period, still there; and a value collected after the
+    // closure gets the closure's clock, not none.
     let out = app
         .detokenize(&detok_req("notification", &[&a]))
         .await
         .unwrap();
     assert_eq!(out.values[0].status, Status::Ok);
+    let late = tokenize_one(&app, "acct-c", "notification", "email", "c@example.cn").await;
     tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
+    let out = app
+        .detokenize(&detok_req("notification", &[&late]))
+        .await
+        .unwrap();
+    assert_ne!(
+        out.values[0].status,
+        Status::Ok,
+        "the late value expired too"
+    );
     let out = app
         .detokenize(&detok_req("notification", &[&a, &held]))
         .await
@@ -346,7 +357,7 @@ async fn account_closure_starts_the_clocks_and_the_sweeper_purges() {
     );
     let (_, metrics) = v.ops_get("/metrics").await;
     assert!(
-        metrics.contains("vault_retention_purged_values_total 2"),
+        metrics.contains("vault_retention_purged_values_total 3"),
         "{metrics}"
     );
     // Bad events.
@@ -492,15 +503,42 @@ async fn erasure_within_a_legal_retention_period_restricts_then_erases() {
         ID,
     )
     .await;
+    // A phone, which no law requires keeping, beside it.
+    let phone = tokenize_one(&app, "acct-l", "identity_verification", "phone", PHONE).await;
     let wrapped = v
         .store()
         .get(Space::SubjectKeys, b"acct-l")
         .unwrap()
         .unwrap();
     let receipt = app.erase_subject("acct-l").await.unwrap();
-    assert_eq!(receipt.values_erased, 0);
+    assert_eq!(receipt.values_erased, 1, "the phone goes at once");
     let until = receipt.restricted_until.expect("restricted, not erased");
     assert!(until > receipt.time_ms);
+    let out = app
+        .detokenize(&detok_req("identity_verification", &[&phone]))
+        .await
+        .unwrap();
+    assert!(
+        matches!(out.values[0].status, Status::Gone | Status::Unknown),
+        "{:?}",
+        out.values[0]
+    );
+    // Nothing new is collected for the subject meanwhile, nor is a kept
+    // value collected again (which would have restarted its clock).
+    for (class, value) in [("phone", PHONE), ("cn_resident_id", ID)] {
+        let e = app
+            .tokenize(&tok_req(
+                "acct-l",
+                "identity_verification",
+                vec![field(class, value)],
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.status(), e.code()),
+            (Some(409), Some("subject_restricted"))
+        );
+    }
     // Restricted: nothing for ordinary purposes...
     let out = app
         .detokenize(&detok_req("identity_verification", &[&tok]))

@@ -90,6 +90,8 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("the subject is under legal hold; nothing was erased")]
     LegalHold,
+    #[error("this subject's erasure waits for a legal retention period to end; nothing new is collected for it")]
+    SubjectRestricted,
     #[error("an officer may not approve a disclosure they make themselves")]
     SelfApproval,
     #[error("a concurrent change won; retry")]

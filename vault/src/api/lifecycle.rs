@@ -46,6 +46,54 @@ pub fn restricted_until(
         .filter(|&until| until > now))
 }
 
+fn closed_key(subject: &str) -> Vec<u8> {
+    let mut k = b"closed/".to_vec();
+    k.extend_from_slice(subject.as_bytes());
+    k
+}
+
+/// What the lifecycle says of a subject when values are collected for it:
+/// the stored markers, raw, for the write to be guarded on (so a closure or
+/// an erasure committed meanwhile makes it run again).
+pub(crate) struct Standing {
+    restricted: Option<Vec<u8>>,
+    closed: Option<Vec<u8>>,
+}
+
+impl Standing {
+    pub fn read(store: &dyn Store, subject: &str) -> Result<Standing, StoreError> {
+        Ok(Standing {
+            restricted: store.get(Space::Meta, &restricted_key(subject))?,
+            closed: store.get(Space::Meta, &closed_key(subject))?,
+        })
+    }
+
+    /// Whether an erasure is pending for the subject (PIPL Art. 47): it
+    /// takes no new values.
+    pub fn restricted(&self) -> bool {
+        self.restricted.is_some()
+    }
+
+    /// When a value collected now must expire at the latest: the end of the
+    /// post-closure period of a closed account, else never.
+    pub fn latest_expiry(&self, v: &Vault) -> Option<u64> {
+        let closed = self
+            .closed
+            .as_deref()
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes)?;
+        let period =
+            u64::try_from(v.policy.retention.after_account_closed.as_millis()).unwrap_or(u64::MAX);
+        Some(closed.saturating_add(period))
+    }
+
+    /// Adds to `b` the checks that hold while these markers are unchanged.
+    pub fn guard(self, b: &mut Batch, subject: &str) {
+        b.expect(Space::Meta, restricted_key(subject), self.restricted);
+        b.expect(Space::Meta, closed_key(subject), self.closed);
+    }
+}
+
 fn hold_key(subject: &str) -> Vec<u8> {
     let mut k = b"hold/".to_vec();
     k.extend_from_slice(subject.as_bytes());
@@ -180,44 +228,69 @@ pub async fn event(
     if req.event != "account_closed" {
         return Err(ApiError::BadRequest("the only event is account_closed"));
     }
-    retrying(|| async {
-        let now = now_ms();
-        let period =
-            u64::try_from(v.policy.retention.after_account_closed.as_millis()).unwrap_or(u64::MAX);
-        let until = now.saturating_add(period);
-        let mut b = Batch::default();
-        let mut n = 0u64;
-        for (token, bytes, mut rec) in values_of(v.store.as_ref(), subject)? {
-            if rec.expires_ms.is_some_and(|e| e <= until) {
-                continue;
-            }
-            b.expect(Space::Values, value_key(&token, subject), Some(bytes));
-            if let Some(e) = rec.expires_ms {
-                b.delete(Space::Expiry, expiry_key(e, &token, subject));
-            }
-            rec.expires_ms = Some(until);
-            b.put(Space::Values, value_key(&token, subject), rec.encode());
-            b.put(
-                Space::Expiry,
-                expiry_key(until, &token, subject),
-                Vec::new(),
-            );
-            n += 1;
-        }
-        commit(
-            v,
-            b,
-            vec![draft(ctx, "account_closed", subject, "clocks_started")],
-        )
-        .await?;
-        let held = is_held(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)?;
-        Ok(SubjectStatus {
-            subject: subject.to_string(),
-            held,
-            values_affected: n,
-        })
+    // The first pass records the closure (its time, kept from the first
+    // closure) and starts the clocks of the values it finds. A value written
+    // by a request that read the markers before that commit, and committed
+    // before it too, is not among them: a second pass catches it. After the
+    // first commit no such value can land (collection is guarded on the
+    // markers).
+    let first = retrying(|| close_pass(v, Some(ctx), subject)).await?;
+    let late = retrying(|| close_pass(v, None, subject)).await?;
+    let held = is_held(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)?;
+    Ok(SubjectStatus {
+        subject: subject.to_string(),
+        held,
+        values_affected: first + late,
     })
-    .await
+}
+
+/// One pass of `account_closed`: every value of `subject` whose clock would
+/// run past the post-closure period now expires at its end. Records the
+/// closure and audits it when `ctx` is given; otherwise writes only if some
+/// value needed a clock. Returns how many values it changed.
+async fn close_pass(v: &Vault, ctx: Option<&Ctx>, subject: &str) -> Result<u64, ApiError> {
+    let standing = Standing::read(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)?;
+    let now = now_ms();
+    let closed_at = standing
+        .closed
+        .as_deref()
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map_or(now, u64::from_be_bytes);
+    let period =
+        u64::try_from(v.policy.retention.after_account_closed.as_millis()).unwrap_or(u64::MAX);
+    let until = closed_at.saturating_add(period);
+    let mut b = Batch::default();
+    let mut n = 0u64;
+    for (token, bytes, mut rec) in values_of(v.store.as_ref(), subject)? {
+        if rec.expires_ms.is_some_and(|e| e <= until) {
+            continue;
+        }
+        b.expect(Space::Values, value_key(&token, subject), Some(bytes));
+        if let Some(e) = rec.expires_ms {
+            b.delete(Space::Expiry, expiry_key(e, &token, subject));
+        }
+        rec.expires_ms = Some(until);
+        b.put(Space::Values, value_key(&token, subject), rec.encode());
+        b.put(
+            Space::Expiry,
+            expiry_key(until, &token, subject),
+            Vec::new(),
+        );
+        n += 1;
+    }
+    let events = match ctx {
+        Some(ctx) => vec![draft(ctx, "account_closed", subject, "clocks_started")],
+        None if n == 0 => return Ok(0),
+        None => Vec::new(),
+    };
+    standing.guard(&mut b, subject);
+    b.put(
+        Space::Meta,
+        closed_key(subject),
+        closed_at.to_be_bytes().to_vec(),
+    );
+    commit(v, b, events).await?;
+    Ok(n)
 }
 
 /// `DELETE /v1/subjects/{subject}`: erasure. The subject's key is destroyed
@@ -256,17 +329,10 @@ pub async fn erase(v: &Vault, ctx: &Ctx, subject: &str) -> Result<ErasureReceipt
         // subject is restricted instead, and erased when the period ends.
         let legal_end = values
             .iter()
-            .filter_map(|(_, _, rec)| {
-                let min = v.policy.retention.legal_minimum(rec.class)?;
-                Some(
-                    rec.collected_ms
-                        .saturating_add(u64::try_from(min.as_millis()).unwrap_or(u64::MAX)),
-                )
-            })
-            .max()
-            .filter(|&end| end > time_ms);
+            .filter_map(|(_, _, rec)| legal_end(v, rec, time_ms))
+            .max();
         if let Some(until) = legal_end {
-            return restrict(v, ctx, subject, &values, until, time_ms).await;
+            return restrict(v, Some(ctx), subject, &values, until, time_ms).await;
         }
         let mut tokens: Vec<String> = Vec::with_capacity(values.len());
         for (token, bytes, rec) in &values {
@@ -291,6 +357,18 @@ pub async fn erase(v: &Vault, ctx: &Ctx, subject: &str) -> Result<ErasureReceipt
         })
     })
     .await?;
+    if let Some(until) = receipt.restricted_until {
+        // Values that landed while the restriction was being written.
+        let late = retrying(|| async {
+            let values = values_of(v.store.as_ref(), subject)?;
+            restrict(v, None, subject, &values, until, receipt.time_ms).await
+        })
+        .await?;
+        return Ok(ErasureReceipt {
+            values_erased: receipt.values_erased + late.values_erased,
+            ..receipt
+        });
+    }
     purge_subject_keys(v).await;
     Ok(receipt)
 }
@@ -319,49 +397,80 @@ fn erasure_digest(subject: &str, time_ms: u64, tokens: &mut [String]) -> String 
     hex::encode(h.finalize())
 }
 
+/// When the law's minimum retention of `rec` ends, if it is still running
+/// at `now`.
+fn legal_end(v: &Vault, rec: &Record, now: u64) -> Option<u64> {
+    let min = v.policy.retention.legal_minimum(rec.class)?;
+    let end = rec
+        .collected_ms
+        .saturating_add(u64::try_from(min.as_millis()).unwrap_or(u64::MAX));
+    (end > now).then_some(end)
+}
+
 /// The Art. 47 branch of erasure: marks the subject restricted until
-/// `until` and makes every value expire then, when the sweeper deletes
-/// them and destroys the subject's key.
+/// `until` (the last legal end among its values); a value the law still
+/// requires is kept until its own legal end, every other value is erased
+/// now. The sweeper deletes the kept ones as their ends come, and destroys
+/// the subject's key with the last. With `ctx`, the first pass: it writes
+/// the marker and the receipt's event. Without, a later pass for values
+/// that landed while the first was being written (after its commit, a
+/// collection for the subject is refused).
 async fn restrict(
     v: &Vault,
-    ctx: &Ctx,
+    ctx: Option<&Ctx>,
     subject: &str,
     values: &[(TokenBytes, Vec<u8>, Record)],
     until: u64,
     time_ms: u64,
 ) -> Result<ErasureReceipt, ApiError> {
     let mut b = Batch::default();
-    b.put(
-        Space::Meta,
-        restricted_key(subject),
-        until.to_be_bytes().to_vec(),
-    );
+    b.expect(Space::Meta, hold_key(subject), None);
     let mut tokens = Vec::with_capacity(values.len());
+    let mut erased = 0u64;
     for (token, bytes, rec) in values {
         tokens.push(encode_token(token));
-        if rec.expires_ms == Some(until) {
+        let end = legal_end(v, rec, time_ms);
+        if end.is_some() && rec.expires_ms == end {
             continue;
         }
-        let mut rec = rec.clone();
         b.expect(
             Space::Values,
             value_key(token, subject),
             Some(bytes.clone()),
         );
+        let Some(end) = end else {
+            delete_value(&mut b, token, subject, rec);
+            erased += 1;
+            continue;
+        };
+        let mut rec = rec.clone();
         if let Some(e) = rec.expires_ms {
             b.delete(Space::Expiry, expiry_key(e, token, subject));
         }
-        rec.expires_ms = Some(until);
+        rec.expires_ms = Some(end);
         b.put(Space::Values, value_key(token, subject), rec.encode());
-        b.put(Space::Expiry, expiry_key(until, token, subject), Vec::new());
+        b.put(Space::Expiry, expiry_key(end, token, subject), Vec::new());
     }
     let digest = erasure_digest(subject, time_ms, &mut tokens);
-    let mut event = draft(ctx, "erasure", subject, "restricted");
-    event.reference = Some(digest.clone());
-    commit(v, b, vec![event]).await?;
+    let events = match ctx {
+        Some(ctx) => {
+            b.put(
+                Space::Meta,
+                restricted_key(subject),
+                until.to_be_bytes().to_vec(),
+            );
+            let mut event = draft(ctx, "erasure", subject, "restricted");
+            event.reference = Some(digest.clone());
+            vec![event]
+        }
+        None => Vec::new(),
+    };
+    if ctx.is_some() || !b.ops.is_empty() {
+        commit(v, b, events).await?;
+    }
     Ok(ErasureReceipt {
         subject: subject.to_string(),
-        values_erased: 0,
+        values_erased: erased,
         time_ms,
         digest,
         restricted_until: Some(until),

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use vault_sdk::wire::{TokenOut, TokenizeRequest, TokenizeResponse};
 
-use super::{keyring, now_ms, parse_json, ApiError, Ctx};
+use super::{keyring, lifecycle, now_ms, parse_json, ApiError, Ctx};
 use crate::audit::Draft;
 use crate::classes::{self, Class, Normalized};
 use crate::commit::CommitError;
@@ -118,20 +118,37 @@ async fn store_once(
             Err(subject_keys::SubjectKeyError::Store(_)) => return Err(ApiError::Unavailable),
             Err(subject_keys::SubjectKeyError::Key(_)) => return Err(ApiError::Internal),
         };
+    // A subject whose erasure waits for a legal period takes nothing new; a
+    // closed account's new values get its post-closure clock. The write is
+    // guarded on both markers, so a closure or an erasure committed
+    // meanwhile makes it run again under the new standing.
+    let standing =
+        lifecycle::Standing::read(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)?;
+    if standing.restricted() {
+        return Err(ApiError::SubjectRestricted);
+    }
+    let latest = standing.latest_expiry(v);
     let now = now_ms();
     let mut batch = Batch::default();
+    standing.guard(&mut batch, subject);
     let mut out = Vec::with_capacity(items.len());
     let mut counts = [(0u64, 0u64); 11];
     for (class, norm) in items {
         let class = *class;
         let (token, shown) = v.tokens.issue(&keys, class, norm);
         let rules = &v.policy.retention;
-        let expires = expiry_ms(
-            now,
-            collect.requested,
-            rules.from_collection(class),
-            rules.max,
-        );
+        let expires = match (
+            expiry_ms(
+                now,
+                collect.requested,
+                rules.from_collection(class),
+                rules.max,
+            ),
+            latest,
+        ) {
+            (Some(e), Some(l)) => Some(e.min(l)),
+            (e, l) => e.or(l),
+        };
         let aad = value_aad(subject, class, data_key.version());
         let ciphertext = data_key
             .seal(&aad, norm.value().as_bytes())
