@@ -26,10 +26,68 @@ const MAX_VALUES: usize = 10_000;
 /// Most due values one sweeper tick handles.
 const SWEEP_BATCH: usize = 1000;
 
-fn restricted_key(subject: &str) -> Vec<u8> {
-    let mut k = b"restricted/".to_vec();
+fn standing_key(subject: &str) -> Vec<u8> {
+    let mut k = b"standing/".to_vec();
     k.extend_from_slice(subject.as_bytes());
     k
+}
+
+/// What the lifecycle says of a subject, in one record (`standing/` in
+/// `Meta`, so collecting values costs one read and one check): when its
+/// account was first closed, and until when an erasure held back by a legal
+/// retention period restricts it (PIPL Art. 47). Read with the bytes it was
+/// read from, for a write to be guarded on: a closure or an erasure
+/// committed meanwhile makes that write run again under the new standing.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Standing {
+    closed_ms: Option<u64>,
+    restricted_until: Option<u64>,
+    raw: Option<Vec<u8>>,
+}
+
+impl Standing {
+    pub fn read(store: &dyn Store, subject: &str) -> Result<Standing, StoreError> {
+        let raw = store.get(Space::Meta, &standing_key(subject))?;
+        let field = |i: usize| {
+            raw.as_deref()
+                .and_then(|b| b.get(i..i + 8))
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+                .filter(|&t| t != 0)
+        };
+        Ok(Standing {
+            closed_ms: field(0),
+            restricted_until: field(8),
+            raw,
+        })
+    }
+
+    /// Whether an erasure is pending for the subject: it takes no new
+    /// values until the sweeper completes the erasure.
+    pub fn restricted(&self) -> bool {
+        self.restricted_until.is_some()
+    }
+
+    /// When a value collected now must expire at the latest: the end of the
+    /// post-closure period of a closed account, else never.
+    pub fn latest_expiry(&self, v: &Vault) -> Option<u64> {
+        let period =
+            u64::try_from(v.policy.retention.after_account_closed.as_millis()).unwrap_or(u64::MAX);
+        Some(self.closed_ms?.saturating_add(period))
+    }
+
+    /// Adds to `b` the check that holds while the standing is unchanged.
+    pub fn guard(&self, b: &mut Batch, subject: &str) {
+        b.expect(Space::Meta, standing_key(subject), self.raw.clone());
+    }
+
+    /// Adds to `b` the guard and the write of this standing as changed.
+    fn write(&self, b: &mut Batch, subject: &str, closed_ms: Option<u64>, until: Option<u64>) {
+        self.guard(b, subject);
+        let mut bytes = closed_ms.unwrap_or(0).to_be_bytes().to_vec();
+        bytes.extend_from_slice(&until.unwrap_or(0).to_be_bytes());
+        b.put(Space::Meta, standing_key(subject), bytes);
+    }
 }
 
 /// Until when (Unix ms) `subject` is restricted after an erasure request
@@ -39,59 +97,9 @@ pub fn restricted_until(
     subject: &str,
     now: u64,
 ) -> Result<Option<u64>, StoreError> {
-    Ok(store
-        .get(Space::Meta, &restricted_key(subject))?
-        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
-        .map(u64::from_be_bytes)
+    Ok(Standing::read(store, subject)?
+        .restricted_until
         .filter(|&until| until > now))
-}
-
-fn closed_key(subject: &str) -> Vec<u8> {
-    let mut k = b"closed/".to_vec();
-    k.extend_from_slice(subject.as_bytes());
-    k
-}
-
-/// What the lifecycle says of a subject when values are collected for it:
-/// the stored markers, raw, for the write to be guarded on (so a closure or
-/// an erasure committed meanwhile makes it run again).
-pub(crate) struct Standing {
-    restricted: Option<Vec<u8>>,
-    closed: Option<Vec<u8>>,
-}
-
-impl Standing {
-    pub fn read(store: &dyn Store, subject: &str) -> Result<Standing, StoreError> {
-        Ok(Standing {
-            restricted: store.get(Space::Meta, &restricted_key(subject))?,
-            closed: store.get(Space::Meta, &closed_key(subject))?,
-        })
-    }
-
-    /// Whether an erasure is pending for the subject (PIPL Art. 47): it
-    /// takes no new values.
-    pub fn restricted(&self) -> bool {
-        self.restricted.is_some()
-    }
-
-    /// When a value collected now must expire at the latest: the end of the
-    /// post-closure period of a closed account, else never.
-    pub fn latest_expiry(&self, v: &Vault) -> Option<u64> {
-        let closed = self
-            .closed
-            .as_deref()
-            .and_then(|b| <[u8; 8]>::try_from(b).ok())
-            .map(u64::from_be_bytes)?;
-        let period =
-            u64::try_from(v.policy.retention.after_account_closed.as_millis()).unwrap_or(u64::MAX);
-        Some(closed.saturating_add(period))
-    }
-
-    /// Adds to `b` the checks that hold while these markers are unchanged.
-    pub fn guard(self, b: &mut Batch, subject: &str) {
-        b.expect(Space::Meta, restricted_key(subject), self.restricted);
-        b.expect(Space::Meta, closed_key(subject), self.closed);
-    }
 }
 
 fn hold_key(subject: &str) -> Vec<u8> {
@@ -251,11 +259,7 @@ pub async fn event(
 async fn close_pass(v: &Vault, ctx: Option<&Ctx>, subject: &str) -> Result<u64, ApiError> {
     let standing = Standing::read(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)?;
     let now = now_ms();
-    let closed_at = standing
-        .closed
-        .as_deref()
-        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-        .map_or(now, u64::from_be_bytes);
+    let closed_at = standing.closed_ms.unwrap_or(now);
     let period =
         u64::try_from(v.policy.retention.after_account_closed.as_millis()).unwrap_or(u64::MAX);
     let until = closed_at.saturating_add(period);
@@ -283,12 +287,7 @@ async fn close_pass(v: &Vault, ctx: Option<&Ctx>, subject: &str) -> Result<u64, 
         None if n == 0 => return Ok(0),
         None => Vec::new(),
     };
-    standing.guard(&mut b, subject);
-    b.put(
-        Space::Meta,
-        closed_key(subject),
-        closed_at.to_be_bytes().to_vec(),
-    );
+    standing.write(&mut b, subject, Some(closed_at), standing.restricted_until);
     commit(v, b, events).await?;
     Ok(n)
 }
@@ -334,6 +333,11 @@ pub async fn erase(v: &Vault, ctx: &Ctx, subject: &str) -> Result<ErasureReceipt
         if let Some(until) = legal_end {
             return restrict(v, Some(ctx), subject, &values, until, time_ms).await;
         }
+        // Erased whole: its standing (a closure) goes with it.
+        let standing =
+            Standing::read(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)?;
+        standing.guard(&mut b, subject);
+        b.delete(Space::Meta, standing_key(subject));
         let mut tokens: Vec<String> = Vec::with_capacity(values.len());
         for (token, bytes, rec) in &values {
             b.expect(
@@ -454,11 +458,9 @@ async fn restrict(
     let digest = erasure_digest(subject, time_ms, &mut tokens);
     let events = match ctx {
         Some(ctx) => {
-            b.put(
-                Space::Meta,
-                restricted_key(subject),
-                until.to_be_bytes().to_vec(),
-            );
+            let standing =
+                Standing::read(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)?;
+            standing.write(&mut b, subject, standing.closed_ms, Some(until));
             let mut event = draft(ctx, "erasure", subject, "restricted");
             event.reference = Some(digest.clone());
             vec![event]
@@ -676,18 +678,14 @@ pub async fn sweep_once(v: &Vault) -> Result<u64, ApiError> {
                 }
                 b.expect(Space::Values, vk, current.clone());
                 delete_value(&mut b, &token, subject, &rec);
-                // An erasure held back by a legal period completes now.
-                let marker = v
-                    .store
-                    .get(Space::Meta, &restricted_key(subject))
-                    .map_err(|_| ApiError::Unavailable)?;
-                if marker.is_some()
-                    && restricted_until(v.store.as_ref(), subject, now)
-                        .map_err(|_| ApiError::Unavailable)?
-                        .is_none()
-                {
+                // An erasure held back by a legal period completes now: the
+                // key goes, and with it the subject's standing.
+                let standing =
+                    Standing::read(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)?;
+                if standing.restricted_until.is_some_and(|until| until <= now) {
                     subject_keys::destroy(&mut b, subject);
-                    b.delete(Space::Meta, restricted_key(subject));
+                    standing.guard(&mut b, subject);
+                    b.delete(Space::Meta, standing_key(subject));
                     destroyed = true;
                 }
                 events.push(Draft {

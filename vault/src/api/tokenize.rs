@@ -120,8 +120,8 @@ async fn store_once(
         };
     // A subject whose erasure waits for a legal period takes nothing new; a
     // closed account's new values get its post-closure clock. The write is
-    // guarded on both markers, so a closure or an erasure committed
-    // meanwhile makes it run again under the new standing.
+    // guarded on the standing, so a closure or an erasure committed
+    // meanwhile makes it run again under the new one.
     let standing =
         lifecycle::Standing::read(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)?;
     if standing.restricted() {
