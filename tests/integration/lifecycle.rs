@@ -433,6 +433,43 @@ async fn correction_replaces_the_value_and_its_token() {
     assert!(!serde_json::to_string(&events)
         .unwrap()
         .contains("13900139000"));
+    // Under a legal hold the data stays as it is.
+    v.client("officer")
+        .legal_hold("acct-e", true)
+        .await
+        .unwrap();
+    let e = app
+        .correct("acct-e", &new.token, "13900139001")
+        .await
+        .unwrap_err();
+    assert_eq!((e.status(), e.code()), (Some(409), Some("legal_hold")));
+    let out = app
+        .detokenize(&detok_req("notification", &[&new.token]))
+        .await
+        .unwrap();
+    assert_eq!(out.values[0].value.as_deref(), Some("+8613900139000"));
+}
+
+#[tokio::test]
+async fn correction_keeps_the_class_token_style() {
+    let v = TestVault::start_with(|cfg| {
+        cfg.tokens
+            .insert("phone".into(), vault::tokens::TokenStyle::Preserving);
+    })
+    .await;
+    let app = v.client("app");
+    let old = tokenize_one(&app, "acct-p", "notification", "phone", PHONE).await;
+    assert_eq!(old.len(), 11, "a phone-shaped token");
+    let new = app.correct("acct-p", &old, "13900139000").await.unwrap();
+    // The token tokenize gives the new value: same value, same token.
+    let again = tokenize_one(&app, "acct-q", "notification", "phone", "13900139000").await;
+    assert_eq!(new.token, again);
+    let out = app
+        .detokenize(&detok_req("notification", &[&old, &new.token]))
+        .await
+        .unwrap();
+    assert_ne!(out.values[0].status, Status::Ok);
+    assert_eq!(out.values[1].value.as_deref(), Some("+8613900139000"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

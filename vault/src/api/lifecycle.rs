@@ -16,7 +16,7 @@ use super::{keyring, now_ms, parse_json, require_officer, ApiError, Ctx};
 use crate::audit::Draft;
 use crate::classes;
 use crate::commit::CommitError;
-use crate::crypto::{decode_token, encode_token, value_aad, TokenBytes, TOKEN_BYTES};
+use crate::crypto::{encode_token, value_aad, TokenBytes, TOKEN_BYTES};
 use crate::schema::{expiry_key, subject_key, valid_subject, value_key, Record};
 use crate::server::Vault;
 use crate::store::{scan_prefix, Batch, Rows, Space, Store, StoreError};
@@ -493,9 +493,20 @@ pub async fn correct(
         return Err(ApiError::InvalidSubject);
     }
     let req: CorrectionRequest = parse_json(body)?;
-    let old_token = decode_token(token).ok_or(ApiError::NotFound)?;
     retrying(|| async {
         let keys = keyring(v)?;
+        // Either style the vault issues (opaque, or format-preserving).
+        let old_token = v.tokens.resolve(&keys, token).ok_or(ApiError::NotFound)?;
+        // A hold keeps the data as it is; a subject restricted by a pending
+        // erasure is only stored, no longer processed (PIPL Art. 47).
+        if is_held(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)? {
+            return Err(ApiError::LegalHold);
+        }
+        let standing =
+            Standing::read(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)?;
+        if standing.restricted() {
+            return Err(ApiError::SubjectRestricted);
+        }
         let now = now_ms();
         let key = value_key(&old_token, subject);
         let bytes = v
@@ -509,7 +520,8 @@ pub async fn correct(
         }
         let norm = classes::normalize(old.class, &req.value)
             .map_err(|reason| ApiError::InvalidValue { field: 0, reason })?;
-        let new_token: [u8; TOKEN_BYTES] = keys.token_key().token(old.class, norm.token_form());
+        // The token tokenize would give the new value, in its class's style.
+        let (new_token, shown) = v.tokens.issue(&keys, old.class, &norm);
         let loaded = subject_keys::load_cached(v.store.as_ref(), &keys, v.keys.cache(), subject)
             .map_err(|_| ApiError::Unavailable)?
             .ok_or(ApiError::NotFound)?;
@@ -529,6 +541,8 @@ pub async fn correct(
             ciphertext,
         };
         let mut b = guard;
+        b.expect(Space::Meta, hold_key(subject), None);
+        standing.guard(&mut b, subject);
         b.expect(Space::Values, key.clone(), Some(bytes.clone()));
         delete_value(&mut b, &old_token, subject, &old);
         b.put(Space::Values, value_key(&new_token, subject), rec.encode());
@@ -547,11 +561,11 @@ pub async fn correct(
         let mut event = draft(ctx, "correction", subject, "corrected");
         event.class = Some(old.class.as_str().to_string());
         event.token = Some(token.to_string());
-        event.reference = Some(encode_token(&new_token));
+        event.reference = Some(shown.clone());
         commit(v, b, vec![event]).await?;
         Ok(TokenOut {
             class: old.class.as_str().to_string(),
-            token: encode_token(&new_token),
+            token: shown,
             flag: norm.flag().map(|f| f.as_str().to_string()),
         })
     })
