@@ -144,6 +144,18 @@ pub fn run(
     limit: usize,
     steps: usize,
 ) -> Result<(bool, u64), RewrapError> {
+    run_while(store, keys, limit, steps, &|| true)
+}
+
+/// As [`run`], preparing a next step only while `go` says so: a seal stops
+/// a run between two steps, so no step starts decrypting after it.
+fn run_while(
+    store: &dyn Store,
+    keys: &Keyring,
+    limit: usize,
+    steps: usize,
+    go: &(dyn Fn() -> bool + Sync),
+) -> Result<(bool, u64), RewrapError> {
     let Some(cursor) = load(store)? else {
         return Ok((true, 0));
     };
@@ -158,7 +170,7 @@ pub fn run(
             cursor,
             rewrapped,
         } = current;
-        if cursor.done || i == steps.max(1) {
+        if cursor.done || i == steps.max(1) || !go() {
             store.write(batch)?;
             return Ok((cursor.done, total + rewrapped));
         }
@@ -336,7 +348,11 @@ async fn run_pending(v: &Arc<Vault>, stop: &watch::Receiver<bool>) {
         // Unthrottled, steps run in pipelined runs; with a pause configured,
         // one step at a time so the pause falls between every two.
         let steps = if v.rewrap.pause.is_zero() { 8 } else { 1 };
-        let job = tokio::task::spawn_blocking(move || run(store.as_ref(), &keys, limit, steps));
+        let vault = v.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            let unsealed = || !vault.keys.is_sealed();
+            run_while(store.as_ref(), &keys, limit, steps, &unsealed)
+        });
         v.metrics.rewrap_running.set(1);
         let result = job.await.unwrap_or(Err(RewrapError::Corrupt));
         if let Ok((_, n)) = result {
@@ -515,6 +531,25 @@ mod tests {
         ));
         assert_eq!(status(&store, false).unwrap().scanned, 7);
         assert_eq!(check_all(&store, &k3), [(2, 300)].into());
+    }
+
+    #[test]
+    fn a_run_stops_between_steps_once_told_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = SecretKey::<32>::from_slice(&[6; 32]).unwrap();
+        let store = RocksStore::open(dir.path()).unwrap();
+        let k1 = Keyring::open(&root, &store).unwrap();
+        put_values(&store, &k1, 2500);
+        store.write(k1.rotation(2).unwrap().0).unwrap();
+        let k2 = k1.reload(&store).unwrap();
+        store.write(Rewrap::start_batch(2).unwrap()).unwrap();
+        // Sealed after the first step was prepared: it is written, and no
+        // other step is prepared.
+        let asked = std::sync::atomic::AtomicUsize::new(0);
+        let go = || asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == usize::MAX;
+        assert_eq!(run_while(&store, &k2, 1000, 8, &go).unwrap(), (false, 1000));
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(check_all(&store, &k2), [(1, 1500), (2, 1000)].into());
     }
 
     #[test]
