@@ -63,9 +63,13 @@ pub fn requests(data: &[u8]) {
         // A share is checked for form before the threshold; whatever the
         // text, the answer is one of the fixed errors or progress.
         let mut collector = Collector::default();
+        let prints: std::collections::BTreeMap<u8, String> =
+            vault::shares::fingerprint(&req.share).into_iter().collect();
         for threshold in [2, 3] {
-            if let Err(e) = collector.add(&req.share, threshold) {
-                errors.push(e.to_string());
+            for fingerprints in [&std::collections::BTreeMap::new(), &prints] {
+                if let Err(e) = collector.add(&req.share, threshold, fingerprints) {
+                    errors.push(e.to_string());
+                }
             }
         }
     }

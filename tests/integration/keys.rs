@@ -100,6 +100,13 @@ async fn init_unseal_by_threshold_and_restart_sealed() {
         officer.unseal(&shares[0]).await.unwrap_err().code(),
         Some("invalid_share")
     );
+    // A well-formed share of another split (what an insider could forge)
+    // does not count, so it cannot spoil the set: the genuine holder of the
+    // same index still completes it.
+    let forged = vault::shares::split(&vault::secret::SecretKey::<32>::generate(), 3, 2).unwrap();
+    let st = officer.unseal(&forged[2]).await.unwrap_err();
+    assert_eq!(st.code(), Some("invalid_share"));
+    assert_eq!(officer.keys_status().await.unwrap().unseal_progress, 1);
     let st = officer.unseal(&shares[2]).await.unwrap();
     assert!(!st.sealed, "{st:?}");
     assert_eq!(v.ops_get("/readyz").await.0, 200);
@@ -128,10 +135,38 @@ async fn init_unseal_by_threshold_and_restart_sealed() {
         tok
     );
 
-    // Shares of another vault complete the count, fail, and reset progress.
+    // Shares of another vault are refused one by one: their fingerprints
+    // are not this vault's.
     officer.seal().await.unwrap();
     let other_dir = tempfile::tempdir().unwrap();
     let other = init_with_shares(other_dir.path(), 2, 2);
+    for s in &other {
+        assert_eq!(
+            officer.unseal(s).await.unwrap_err().code(),
+            Some("invalid_share")
+        );
+    }
+    assert_eq!(officer.keys_status().await.unwrap().unseal_progress, 0);
+    // A vault initialized before fingerprints were kept checks only the
+    // set: shares of another vault complete the count, fail, and reset
+    // progress.
+    let store = v.store();
+    let mut meta: vault::keys::UnsealMeta = serde_json::from_slice(
+        &store
+            .get(vault::store::Space::Meta, vault::keys::UNSEAL_SLOT)
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(meta.fingerprints.len(), 3);
+    meta.fingerprints.clear();
+    let mut b = vault::store::Batch::default();
+    b.put(
+        vault::store::Space::Meta,
+        vault::keys::UNSEAL_SLOT.to_vec(),
+        serde_json::to_vec(&meta).unwrap(),
+    );
+    store.write(b).unwrap();
     officer.unseal(&other[0]).await.unwrap();
     assert_eq!(
         officer.unseal(&other[1]).await.unwrap_err().code(),

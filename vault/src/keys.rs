@@ -75,11 +75,16 @@ pub struct KeyMeta {
     pub versions: BTreeMap<u32, u64>,
 }
 
-/// How the root key was split at `vault operator init`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// How the root key was split at `vault operator init`, with a fingerprint
+/// of each share (see [`crate::shares::fingerprint`]) so a forged share is
+/// refused before it counts towards the threshold. (A vault initialized
+/// before fingerprints were kept has none, and checks only the set.)
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UnsealMeta {
     pub shares: u8,
     pub threshold: u8,
+    #[serde(default)]
+    pub fingerprints: BTreeMap<u8, String>,
 }
 
 /// All keys the running vault uses. The hierarchy: the root key (from shares,

@@ -31,6 +31,8 @@ pub enum ShareError {
     Duplicate,
     #[error("this share belongs to a split with another threshold")]
     WrongThreshold,
+    #[error("this is not a share of this vault's key")]
+    NotOurs,
 }
 
 /// Splits `root` into `shares` shares, any `threshold` of which recover it.
@@ -55,6 +57,24 @@ pub fn split(
             Zeroizing::new(format!("{PREFIX}{}", hex::encode(&body[..])))
         })
         .collect())
+}
+
+/// A share's fingerprint, kept at init so each share given at unseal can
+/// be checked alone: (x, hex of SHA-256 over a label and the share's body).
+/// A share is 32 uniformly random bytes for any threshold of 2 or more, so
+/// its fingerprint says nothing of it, nor of the key. `None` for text that
+/// is no share.
+pub fn fingerprint(text: &str) -> Option<(u8, String)> {
+    let p = parse(text).ok()?;
+    Some((p.x, digest(&p)))
+}
+
+fn digest(p: &Parsed) -> String {
+    let mut h = Sha256::new();
+    h.update(b"vault/share-fingerprint/v1\0");
+    h.update([p.threshold]);
+    h.update(&p.bytes[..]);
+    hex::encode(h.finalize())
 }
 
 /// One parsed share: its threshold, x coordinate and `blahaj` bytes.
@@ -114,12 +134,23 @@ pub enum Progress {
 }
 
 impl Collector {
-    /// Adds one share. A malformed or duplicate share leaves the progress as
-    /// it was. On [`Progress::Complete`] the collector is emptied.
-    pub fn add(&mut self, text: &str, expected_threshold: u8) -> Result<Progress, ShareError> {
+    /// Adds one share. A malformed or duplicate share, or one whose
+    /// fingerprint is not among `fingerprints` (when the vault kept them),
+    /// leaves the progress as it was: a forged share cannot take a genuine
+    /// one's place and spoil the set. On [`Progress::Complete`] the
+    /// collector is emptied.
+    pub fn add(
+        &mut self,
+        text: &str,
+        expected_threshold: u8,
+        fingerprints: &BTreeMap<u8, String>,
+    ) -> Result<Progress, ShareError> {
         let p = parse(text)?;
         if p.threshold != expected_threshold {
             return Err(ShareError::WrongThreshold);
+        }
+        if !fingerprints.is_empty() && fingerprints.get(&p.x) != Some(&digest(&p)) {
+            return Err(ShareError::NotOurs);
         }
         if self.got.contains_key(&p.x) {
             return Err(ShareError::Duplicate);
@@ -169,6 +200,11 @@ mod tests {
     )]
     use super::*;
 
+    /// No fingerprints kept: a vault initialized before they were.
+    fn none() -> BTreeMap<u8, String> {
+        BTreeMap::new()
+    }
+
     fn complete(p: Progress) -> SecretKey<32> {
         match p {
             Progress::Complete(k) => k,
@@ -184,14 +220,14 @@ mod tests {
         for (a, b, c) in [(0, 1, 2), (0, 2, 4), (1, 3, 4), (4, 3, 0)] {
             let mut col = Collector::default();
             assert!(matches!(
-                col.add(&shares[a], 3).unwrap(),
+                col.add(&shares[a], 3, &none()).unwrap(),
                 Progress::Need(1, 3)
             ));
             assert!(matches!(
-                col.add(&shares[b], 3).unwrap(),
+                col.add(&shares[b], 3, &none()).unwrap(),
                 Progress::Need(2, 3)
             ));
-            let k = complete(col.add(&shares[c], 3).unwrap());
+            let k = complete(col.add(&shares[c], 3, &none()).unwrap());
             assert!(k.ct_eq(&root));
             assert_eq!(col.progress(), 0);
         }
@@ -202,25 +238,65 @@ mod tests {
         let root = SecretKey::<32>::generate();
         let shares = split(&root, 3, 3).unwrap();
         let mut col = Collector::default();
-        col.add(&shares[0], 3).unwrap();
-        assert_eq!(col.add(&shares[0], 3).unwrap_err(), ShareError::Duplicate);
-        assert_eq!(col.add("vs1-00", 3).unwrap_err(), ShareError::Malformed);
-        assert_eq!(col.add("hello", 3).unwrap_err(), ShareError::Malformed);
+        col.add(&shares[0], 3, &none()).unwrap();
+        assert_eq!(
+            col.add(&shares[0], 3, &none()).unwrap_err(),
+            ShareError::Duplicate
+        );
+        assert_eq!(
+            col.add("vs1-00", 3, &none()).unwrap_err(),
+            ShareError::Malformed
+        );
+        assert_eq!(
+            col.add("hello", 3, &none()).unwrap_err(),
+            ShareError::Malformed
+        );
         // One flipped character fails the check.
         let mut typo = shares[1].to_string();
         let last = typo.pop().unwrap();
         typo.push(if last == '0' { '1' } else { '0' });
-        assert_eq!(col.add(&typo, 3).unwrap_err(), ShareError::Malformed);
         assert_eq!(
-            col.add(&shares[1], 2).unwrap_err(),
+            col.add(&typo, 3, &none()).unwrap_err(),
+            ShareError::Malformed
+        );
+        assert_eq!(
+            col.add(&shares[1], 2, &none()).unwrap_err(),
             ShareError::WrongThreshold
         );
         assert_eq!(col.progress(), 1);
         // Shares of another split complete the count but give another key.
         let other = split(&SecretKey::<32>::generate(), 3, 3).unwrap();
-        col.add(&other[1], 3).unwrap();
-        let k = complete(col.add(&other[2], 3).unwrap());
+        col.add(&other[1], 3, &none()).unwrap();
+        let k = complete(col.add(&other[2], 3, &none()).unwrap());
         assert!(!k.ct_eq(&root));
+    }
+
+    #[test]
+    fn a_forged_share_cannot_spoil_the_set_when_fingerprints_are_kept() {
+        let root = SecretKey::<32>::generate();
+        let shares = split(&root, 3, 2).unwrap();
+        let prints: BTreeMap<u8, String> = shares.iter().filter_map(|s| fingerprint(s)).collect();
+        assert_eq!(prints.len(), 3);
+        // A well-formed share of another split at x = 1 (what an insider
+        // could make): refused, and the genuine x = 1 still counts.
+        let forged = split(&SecretKey::<32>::generate(), 3, 2).unwrap();
+        let mut col = Collector::default();
+        assert_eq!(
+            col.add(&forged[0], 2, &prints).unwrap_err(),
+            ShareError::NotOurs
+        );
+        assert_eq!(col.progress(), 0);
+        assert!(matches!(
+            col.add(&shares[0], 2, &prints).unwrap(),
+            Progress::Need(1, 2)
+        ));
+        assert_eq!(
+            col.add(&forged[1], 2, &prints).unwrap_err(),
+            ShareError::NotOurs
+        );
+        let k = complete(col.add(&shares[1], 2, &prints).unwrap());
+        assert!(k.ct_eq(&root));
+        assert_eq!(fingerprint("hello"), None);
     }
 
     #[test]
@@ -231,7 +307,7 @@ mod tests {
         assert_eq!(split(&root, 17, 3).unwrap_err(), ShareError::Parameters);
         let shares = split(&root, 2, 2).unwrap();
         let mut col = Collector::default();
-        col.add(&shares[0], 2).unwrap();
+        col.add(&shares[0], 2, &none()).unwrap();
         let dbg = format!("{col:?}");
         assert!(
             dbg.contains("progress: 1") && !dbg.contains(&shares[0][4..12]),

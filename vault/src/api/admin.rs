@@ -247,7 +247,7 @@ pub async fn unseal(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysStatu
         ));
     };
     let added = match v.unseal.lock() {
-        Ok(mut c) => c.add(&req.share, meta.threshold),
+        Ok(mut c) => c.add(&req.share, meta.threshold, &meta.fingerprints),
         Err(_) => return Err(ApiError::Internal),
     };
     let root = match added {

@@ -287,7 +287,14 @@ pub fn init(config: &std::path::Path, shares: u8, threshold: u8, json: bool) -> 
         return fail(EXIT_RUNTIME, &format!("cannot create the keys: {e}"));
     }
     drop(root);
-    let meta = UnsealMeta { shares, threshold };
+    let meta = UnsealMeta {
+        shares,
+        threshold,
+        fingerprints: printed
+            .iter()
+            .filter_map(|s| crate::shares::fingerprint(s))
+            .collect(),
+    };
     let mut batch = Batch::default();
     batch.put(
         Space::Meta,
