@@ -76,9 +76,46 @@ pub fn consent_history(
 /// Whether the latest entry is a consent to a policy version that still
 /// counts (`since`: the oldest version that does).
 pub fn consent_is_live(history: &[ConsentEntry], since: Option<&str>) -> bool {
-    history
-        .last()
-        .is_some_and(|e| e.given && since.is_none_or(|s| e.policy_version.as_str() >= s))
+    history.last().is_some_and(|e| {
+        e.given && since.is_none_or(|s| version_order(&e.policy_version, s).is_ge())
+    })
+}
+
+/// Policy versions in their natural order: runs of digits compare as
+/// numbers, anything else as text, so `2022-9-1` comes before `2022-10-01`
+/// and `v1.9` before `v1.10` (as plain strings both would sort the other way
+/// round, and an old consent would count for a newer policy).
+fn version_order(a: &str, b: &str) -> std::cmp::Ordering {
+    fn parts(s: &str) -> Vec<(bool, &str)> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        let bytes = s.as_bytes();
+        for i in 1..=bytes.len() {
+            let split = i == bytes.len()
+                || bytes.get(i).map(u8::is_ascii_digit) != bytes.get(i - 1).map(u8::is_ascii_digit);
+            if split {
+                if let Some(p) = s.get(start..i) {
+                    out.push((p.bytes().all(|c| c.is_ascii_digit()), p));
+                }
+                start = i;
+            }
+        }
+        out
+    }
+    let (pa, pb) = (parts(a), parts(b));
+    for (x, y) in pa.iter().zip(&pb) {
+        let o = match (x, y) {
+            ((true, x), (true, y)) => {
+                let (x, y) = (x.trim_start_matches('0'), y.trim_start_matches('0'));
+                x.len().cmp(&y.len()).then_with(|| x.cmp(y))
+            }
+            ((_, x), (_, y)) => x.cmp(y),
+        };
+        if o.is_ne() {
+            return o;
+        }
+    }
+    pa.len().cmp(&pb.len())
 }
 
 pub fn put_approval(a: &Approval) -> Result<Batch, StoreError> {
@@ -168,6 +205,25 @@ mod tests {
         assert!(consent_history(&store, "s", "user_specified")
             .unwrap()
             .is_empty());
+    }
+
+    #[test]
+    fn policy_versions_compare_in_their_natural_order() {
+        use std::cmp::Ordering::*;
+        for (a, b, o) in [
+            ("2022-9-1", "2022-10-01", Less),
+            ("2022-10-01", "2022-10-1", Equal),
+            ("2024-01-01", "2022-05-01", Greater),
+            ("v1.9", "v1.10", Less),
+            ("v2", "v1.10", Greater),
+            ("2022-05-01", "2022-05-01-b", Less),
+            ("a", "b", Less),
+        ] {
+            assert_eq!(version_order(a, b), o, "{a} {b}");
+        }
+        let h = [entry(true, "2022-9-1", 1)];
+        assert!(!consent_is_live(&h, Some("2022-10-01")));
+        assert!(consent_is_live(&h, Some("2022-09-01")));
     }
 
     #[test]
