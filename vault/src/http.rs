@@ -246,6 +246,19 @@ async fn admit(
     Ok(dispatch(v, &ctx, &parts, body.bytes()).await)
 }
 
+/// Runs a handler that walks the audit log (as much of it as the query
+/// asks) on the blocking pool, so a long walk holds a blocking thread, not
+/// one of the two runtime workers every other request needs.
+async fn off_runtime<T: Send + 'static>(
+    v: &Arc<Vault>,
+    f: impl FnOnce(&Vault) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let v = v.clone();
+    tokio::task::spawn_blocking(move || f(&v))
+        .await
+        .map_err(|_| ApiError::Internal)?
+}
+
 async fn dispatch(
     v: &Arc<Vault>,
     ctx: &Ctx,
@@ -258,7 +271,10 @@ async fn dispatch(
         (&Method::POST, "/v1/deidentify") => ok(api::deidentify(v, ctx, b).await),
         (&Method::POST, "/v1/reidentify") => ok(api::reidentify(v, ctx, b).await),
         (&Method::POST, "/v1/records") => ok(api::records(v, ctx, b).await),
-        (&Method::GET, "/v1/audit") => ok(api::audit(v, ctx, parts.uri.query())),
+        (&Method::GET, "/v1/audit") => {
+            let (ctx, query) = (ctx.clone(), parts.uri.query().map(str::to_string));
+            ok(off_runtime(v, move |v| api::audit(v, &ctx, query.as_deref())).await)
+        }
         (&Method::GET, "/v1/admin/keys") => ok(admin::keys_status(v, ctx).await),
         (&Method::POST, "/v1/admin/keys/rotate") => ok(admin::rotate(v, ctx).await),
         (&Method::POST, "/v1/admin/keys/config") => ok(admin::configure(v, ctx, b).await),
@@ -341,7 +357,10 @@ async fn subjects(
     match (segments.as_slice(), m) {
         ([""], &Method::GET) => ok(subjects::export(v, ctx, &subject, query).await),
         ([""], _) => ok(lifecycle::erase(v, ctx, &subject).await),
-        (["access-log"], _) => ok(subjects::access_log(v, &subject)),
+        (["access-log"], _) => {
+            let subject = subject.clone();
+            ok(off_runtime(v, move |v| subjects::access_log(v, &subject)).await)
+        }
         (["consents", p], _) => match api::percent_decode(p) {
             Some(p) => ok(consent::consent(v, ctx, m, &subject, &p, b).await),
             None => error_response(&ApiError::NotFound),
