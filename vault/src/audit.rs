@@ -253,6 +253,15 @@ pub fn query(
 #[cfg(test)]
 mod tests;
 
+/// The time of the chain's last event (0 for an empty chain): where the
+/// next event's time starts from, across restarts too.
+pub fn head_time(store: &dyn Store, head: &Head) -> Result<u64, AuditError> {
+    if head.seq == 0 {
+        return Ok(0);
+    }
+    Ok(event_at(store, head.seq)?.map_or(0, |e| e.time_ms))
+}
+
 fn event_at(store: &dyn Store, seq: u64) -> Result<Option<AuditEvent>, AuditError> {
     match store.get(Space::Audit, &seq_key(seq))? {
         None => Ok(None),

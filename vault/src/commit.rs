@@ -77,6 +77,10 @@ impl Committer {
         cache: Option<Arc<KeyCache>>,
     ) -> Result<Self, CommitError> {
         let head = Head::load(store.as_ref())?;
+        // Event times never decrease along the chain (the exposure report
+        // searches it by time): after a restart with the clock set back,
+        // they go on from the last one.
+        let last_time = audit::head_time(store.as_ref(), &head)?;
         let (tx, rx) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
             .name("vault-commit".into())
@@ -86,7 +90,7 @@ impl Committer {
                     metrics: &metrics,
                     cache: cache.as_deref(),
                 };
-                run(&w, rx, head)
+                run(&w, rx, head, last_time)
             })
             .map_err(|e| CommitError::Store(StoreError::Engine(e.to_string())))?;
         Ok(Self {
@@ -125,9 +129,8 @@ struct Writer<'a> {
     cache: Option<&'a KeyCache>,
 }
 
-fn run(w: &Writer<'_>, rx: mpsc::Receiver<Job>, mut head: Head) {
+fn run(w: &Writer<'_>, rx: mpsc::Receiver<Job>, mut head: Head, mut last_time: u64) {
     let (store, metrics) = (w.store, w.metrics);
-    let mut last_time = 0u64;
     let mut failed = false;
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
@@ -428,6 +431,29 @@ mod tests {
         assert_eq!(
             audit::verify(store.as_ref()).unwrap(),
             audit::Verdict::Intact { events: 41 }
+        );
+    }
+
+    #[tokio::test]
+    async fn event_times_go_on_from_the_last_one_after_a_restart() {
+        // A chain whose last event is an hour ahead of this clock (the
+        // clock was set back across a restart).
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let ahead = now_ms() + 3_600_000;
+        let mut first = draft(1).into_event(1, ahead);
+        let (head, bytes) = audit::chain(&Head::EMPTY, &mut first);
+        let mut b = Batch::default();
+        b.put(Space::Audit, audit::seq_key(1), bytes);
+        b.put(Space::Meta, audit::HEAD_KEY.to_vec(), head.encode());
+        store.write(b).unwrap();
+        let c = Committer::start(store.clone(), Arc::new(Metrics::new())).unwrap();
+        c.commit(Batch::default(), vec![draft(2)]).await.unwrap();
+        let events = audit::query(store.as_ref(), None, 0, 10).unwrap();
+        assert_eq!(events.len(), 2);
+        assert!(events[1].time_ms >= ahead, "times never go back");
+        assert_eq!(
+            audit::verify(store.as_ref()).unwrap(),
+            audit::Verdict::Intact { events: 2 }
         );
     }
 
