@@ -347,6 +347,14 @@ pub fn record_and_audit(data: &[u8]) {
     if let Some(h) = Head::decode(data) {
         assert_eq!(h.encode(), data, "head codec is not canonical");
     }
+    // A tombstone is never a record, and its codec is canonical too.
+    if let Some(t) = vault::schema::Tombstone::decode(data) {
+        assert_eq!(t.encode(), data, "tombstone codec is not canonical");
+        assert!(
+            Record::decode(data).is_none(),
+            "a tombstone read as a record"
+        );
+    }
     if let Ok(ev) = serde_json::from_slice::<AuditEvent>(data) {
         let again: AuditEvent = serde_json::from_slice(&serde_json::to_vec(&ev).unwrap()).unwrap();
         assert_eq!(again, ev, "audit event round trip");

@@ -170,6 +170,14 @@ pub async fn tokenize_one(
 }
 
 /// Sends raw JSON bytes; returns (status, parsed body).
+/// Whether `Values` holds a record (not a tombstone, nor nothing) at `key`.
+pub fn holds_record(store: &dyn vault::store::Store, key: &[u8]) -> bool {
+    store
+        .get(vault::store::Space::Values, key)
+        .unwrap()
+        .is_some_and(|b| vault::schema::Record::decode(&b).is_some())
+}
+
 /// A reidentify request of `text` for `purpose`, in full.
 pub fn reid(purpose: &str, text: &str) -> vault_sdk::wire::ReidentifyRequest {
     vault_sdk::wire::ReidentifyRequest {

@@ -507,7 +507,8 @@ pub async fn serve_ops(vault: Arc<Vault>, listener: TcpListener, mut stop: watch
 }
 
 /// `/readyz` proves the store writable with a durable write. Probes share
-/// it: one write at a time, and a success stands for [`ReadyProbe::FRESH`].
+/// it: one write at a time, and a success stands for [`ReadyProbe::FRESH`]
+/// unless a write has failed since (then the next probe writes again).
 #[derive(Default)]
 struct ReadyProbe {
     gate: tokio::sync::Mutex<Option<Instant>>,
@@ -518,7 +519,7 @@ impl ReadyProbe {
 
     async fn writable(&self, v: &Vault) -> bool {
         let mut last_ok = self.gate.lock().await;
-        if last_ok.is_some_and(|t| t.elapsed() < Self::FRESH) {
+        if last_ok.is_some_and(|t| t.elapsed() < Self::FRESH) && v.metrics.store_writable() {
             return true;
         }
         let mut probe = crate::store::Batch::default();

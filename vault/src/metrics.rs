@@ -290,6 +290,11 @@ impl Metrics {
         self.commit_jobs.inc_by(u64::try_from(jobs).unwrap_or(0));
     }
 
+    /// Whether the last store write succeeded, as the gauge says.
+    pub fn store_writable(&self) -> bool {
+        self.store_writable.get() != 0
+    }
+
     pub fn set_store_writable(&self, writable: bool) {
         self.store_writable.set(i64::from(writable));
     }

@@ -80,6 +80,60 @@ impl Record {
     }
 }
 
+/// First byte of a tombstone, never a record's format.
+const TOMBSTONE_FORMAT: u8 = 0xE7;
+
+/// How long a tombstone says `gone` before the sweeper removes it (and the
+/// token, for that subject, is `unknown` like one never issued).
+pub const TOMBSTONE_KEEP_MS: u64 = 366 * 86_400_000;
+
+/// What is left in `Values` of a value that was erased, corrected away or
+/// deleted at the end of its retention: its class and when it went, no
+/// ciphertext. It lets detokenize answer `gone` rather than `unknown`, until
+/// `keep_until` (indexed in `Expiry`, so the sweeper removes it then).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tombstone {
+    pub class: Class,
+    pub gone_ms: u64,
+    pub keep_until: u64,
+}
+
+impl Tombstone {
+    pub fn new(class: Class, gone_ms: u64) -> Tombstone {
+        Tombstone {
+            class,
+            gone_ms,
+            keep_until: gone_ms.saturating_add(TOMBSTONE_KEEP_MS),
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(18);
+        out.push(TOMBSTONE_FORMAT);
+        out.push(self.class.tag());
+        out.extend_from_slice(&self.gone_ms.to_be_bytes());
+        out.extend_from_slice(&self.keep_until.to_be_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Tombstone> {
+        let (&[format, tag], rest) = bytes.split_first_chunk::<2>()?;
+        if format != TOMBSTONE_FORMAT {
+            return None;
+        }
+        let (gone, rest) = rest.split_first_chunk::<8>()?;
+        let (keep, rest) = rest.split_first_chunk::<8>()?;
+        if !rest.is_empty() {
+            return None;
+        }
+        Some(Tombstone {
+            class: Class::from_tag(tag)?,
+            gone_ms: u64::from_be_bytes(*gone),
+            keep_until: u64::from_be_bytes(*keep),
+        })
+    }
+}
+
 /// `Values` key: token then subject.
 pub fn value_key(token: &TokenBytes, subject: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(TOKEN_BYTES + subject.len());
@@ -123,6 +177,30 @@ pub fn valid_subject(s: &str) -> bool {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
+
+    #[test]
+    fn tombstones_round_trip_and_are_never_records() {
+        let t = Tombstone::new(Class::Phone, 1_000);
+        assert_eq!(t.keep_until, 1_000 + TOMBSTONE_KEEP_MS);
+        let bytes = t.encode();
+        assert_eq!(Tombstone::decode(&bytes), Some(t));
+        assert!(Record::decode(&bytes).is_none());
+        let rec = Record {
+            class: Class::Phone,
+            key_version: 1,
+            collected_ms: 5,
+            expires_ms: None,
+            purpose: "p".into(),
+            ciphertext: vec![1, 2, 3],
+        };
+        assert!(Tombstone::decode(&rec.encode()).is_none());
+        for cut in 0..bytes.len() {
+            assert!(Tombstone::decode(&bytes[..cut]).is_none());
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(Tombstone::decode(&long).is_none());
+    }
 
     #[test]
     fn record_round_trip_and_garbage() {

@@ -148,6 +148,14 @@ fn count(v: &Vault, purpose: &str, values: &[ValueOut]) {
     }
 }
 
+/// What `Values` holds for a token.
+enum Found {
+    /// A record (live or not), and whose it is.
+    Record(String, Record),
+    /// Only tombstones: every holder's value was erased or deleted.
+    Erased(crate::classes::Class),
+}
+
 struct Lookup<'a> {
     v: &'a Vault,
     ctx: &'a Ctx,
@@ -198,8 +206,19 @@ impl Lookup<'_> {
         // one that merely has our shape: where tokens preserve a format,
         // every well-formed phone or card number decodes, and a real number
         // sent here would otherwise land in the log for good.
-        let Some((subject, record)) = self.find(&bytes)? else {
-            return Ok((out, draft));
+        let (subject, record) = match self.find(&bytes)? {
+            None => return Ok((out, draft)),
+            Some(Found::Erased(class)) => {
+                // Erased, corrected away or past retention: the class is
+                // all that is known, and no subject is named.
+                draft.token = Some(token.to_string());
+                draft.class = Some(class.as_str().to_string());
+                out.class = Some(class.as_str().to_string());
+                out.status = Status::Gone;
+                draft.outcome = "gone";
+                return Ok((out, draft));
+            }
+            Some(Found::Record(subject, record)) => (subject, record),
         };
         draft.token = Some(token.to_string());
         draft.class = Some(record.class.as_str().to_string());
@@ -263,24 +282,29 @@ impl Lookup<'_> {
         Ok((out, draft))
     }
 
-    /// The first live record of the token, else its first dead one.
-    fn find(&self, token: &TokenBytes) -> Result<Option<(String, Record)>, ApiError> {
+    /// The first live record of the token, else its first dead one, else
+    /// what an erased one left.
+    fn find(&self, token: &TokenBytes) -> Result<Option<Found>, ApiError> {
         let rows = scan_prefix(self.v.store.as_ref(), Space::Values, token, MAX_HOLDERS)
             .map_err(|_| ApiError::Unavailable)?;
         let mut dead = None;
+        let mut erased = None;
         for (key, bytes) in rows {
+            let Some(rec) = Record::decode(&bytes) else {
+                if let Some(t) = schema::Tombstone::decode(&bytes) {
+                    erased.get_or_insert(Found::Erased(t.class));
+                }
+                continue;
+            };
             let subject = schema::subject_of_value_key(&key)
                 .unwrap_or_default()
                 .to_string();
-            let Some(rec) = Record::decode(&bytes) else {
-                continue;
-            };
             if rec.is_live(self.now) {
-                return Ok(Some((subject, rec)));
+                return Ok(Some(Found::Record(subject, rec)));
             }
-            dead.get_or_insert((subject, rec));
+            dead.get_or_insert(Found::Record(subject, rec));
         }
-        Ok(dead)
+        Ok(dead.or(erased))
     }
 
     /// What the policy grants for this record, or why it grants nothing.
@@ -339,7 +363,7 @@ impl Lookup<'_> {
             .store
             .get(Space::Values, &key)
             .map_err(|_| ApiError::Unavailable)?
-            .is_some())
+            .is_some_and(|b| Record::decode(&b).is_some()))
     }
 
     /// The subject's key; `None` once it is erased.

@@ -17,7 +17,7 @@ use crate::audit::Draft;
 use crate::classes;
 use crate::commit::CommitError;
 use crate::crypto::{encode_token, value_aad, TokenBytes, TOKEN_BYTES};
-use crate::schema::{expiry_key, subject_key, valid_subject, value_key, Record};
+use crate::schema::{expiry_key, subject_key, valid_subject, value_key, Record, Tombstone};
 use crate::server::Vault;
 use crate::store::{scan_prefix, Batch, Rows, Space, Store, StoreError};
 use crate::subject_keys;
@@ -182,12 +182,22 @@ pub(crate) fn values_of(
 }
 
 /// Deletes one value and its index entries.
-fn delete_value(b: &mut Batch, token: &TokenBytes, subject: &str, rec: &Record) {
-    b.delete(Space::Values, value_key(token, subject));
+/// Deletes one value and its index entries, leaving a [`Tombstone`] so the
+/// token reads `gone` for this subject (SPEC: erased, or past retention),
+/// not `unknown`; the tombstone is indexed for the sweeper to remove when
+/// it has been kept long enough.
+fn delete_value(b: &mut Batch, token: &TokenBytes, subject: &str, rec: &Record, now: u64) {
+    let tomb = Tombstone::new(rec.class, now);
+    b.put(Space::Values, value_key(token, subject), tomb.encode());
     b.delete(Space::Subjects, subject_key(subject, token));
     if let Some(e) = rec.expires_ms {
         b.delete(Space::Expiry, expiry_key(e, token, subject));
     }
+    b.put(
+        Space::Expiry,
+        expiry_key(tomb.keep_until, token, subject),
+        Vec::new(),
+    );
 }
 
 /// `PUT` / `DELETE /v1/subjects/{subject}/hold` (officers).
@@ -345,7 +355,7 @@ pub async fn erase(v: &Vault, ctx: &Ctx, subject: &str) -> Result<ErasureReceipt
                 value_key(token, subject),
                 Some(bytes.clone()),
             );
-            delete_value(&mut b, token, subject, rec);
+            delete_value(&mut b, token, subject, rec, time_ms);
             tokens.push(encode_token(token));
         }
         let digest = erasure_digest(subject, time_ms, &mut tokens);
@@ -443,7 +453,7 @@ async fn restrict(
             Some(bytes.clone()),
         );
         let Some(end) = end else {
-            delete_value(&mut b, token, subject, rec);
+            delete_value(&mut b, token, subject, rec, time_ms);
             erased += 1;
             continue;
         };
@@ -544,7 +554,7 @@ pub async fn correct(
         b.expect(Space::Meta, hold_key(subject), None);
         standing.guard(&mut b, subject);
         b.expect(Space::Values, key.clone(), Some(bytes.clone()));
-        delete_value(&mut b, &old_token, subject, &old);
+        delete_value(&mut b, &old_token, subject, &old, now);
         b.put(Space::Values, value_key(&new_token, subject), rec.encode());
         b.put(
             Space::Subjects,
@@ -691,7 +701,7 @@ pub async fn sweep_once(v: &Vault) -> Result<u64, ApiError> {
                         .or_default() += 1;
                 }
                 b.expect(Space::Values, vk, current.clone());
-                delete_value(&mut b, &token, subject, &rec);
+                delete_value(&mut b, &token, subject, &rec, now);
                 // An erasure held back by a legal period completes now: the
                 // key goes, and with it the subject's standing.
                 let standing =
@@ -713,6 +723,16 @@ pub async fn sweep_once(v: &Vault) -> Result<u64, ApiError> {
                     ..Draft::default()
                 });
                 purged += 1;
+            }
+            // A tombstone kept long enough goes, with its index entry.
+            None if current
+                .as_deref()
+                .and_then(Tombstone::decode)
+                .is_some_and(|t| t.keep_until == exp) =>
+            {
+                b.expect(Space::Values, vk.clone(), current.clone());
+                b.delete(Space::Values, vk);
+                b.delete(Space::Expiry, key);
             }
             // The value was re-collected with another clock, or is gone:
             // only the stale index entry goes.
