@@ -22,7 +22,8 @@ use crate::server::Vault;
 use crate::store::{scan_prefix, Batch, Rows, Space, Store, StoreError};
 use crate::subject_keys;
 
-const MAX_VALUES: usize = 10_000;
+/// Values of one subject read per scan page.
+const VALUES_PAGE: usize = 10_000;
 /// Most due values one sweeper tick handles.
 const SWEEP_BATCH: usize = 1000;
 
@@ -158,8 +159,25 @@ pub(crate) fn values_of(
 ) -> Result<Vec<(TokenBytes, Vec<u8>, Record)>, ApiError> {
     let mut prefix = subject.as_bytes().to_vec();
     prefix.push(0);
-    let rows = scan_prefix(store, Space::Subjects, &prefix, MAX_VALUES)
-        .map_err(|_| ApiError::Unavailable)?;
+    // Every value, in pages: an erasure or a closure that saw only the first
+    // page would leave the rest without an end.
+    let end = crate::store::prefix_end(&prefix);
+    let mut rows = Vec::new();
+    let mut from = prefix.clone();
+    loop {
+        let page = store
+            .scan(Space::Subjects, &from, end.as_deref(), VALUES_PAGE)
+            .map_err(|_| ApiError::Unavailable)?;
+        let full = page.len() == VALUES_PAGE;
+        if let Some((k, _)) = page.last() {
+            from = k.clone();
+            from.push(0);
+        }
+        rows.extend(page);
+        if !full {
+            break;
+        }
+    }
     let mut out = Vec::with_capacity(rows.len());
     for (key, _) in rows {
         let Some(token) = key
@@ -817,5 +835,42 @@ pub async fn sweeper(
             _ = tokio::time::sleep(interval) => {}
             _ = stop.changed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::classes::Class;
+    use crate::store::MemoryStore;
+
+    #[test]
+    fn values_of_reads_every_value_past_one_page() {
+        let store = MemoryStore::new();
+        let rec = Record {
+            class: Class::Phone,
+            key_version: 1,
+            collected_ms: 1,
+            expires_ms: None,
+            purpose: "notification".into(),
+            ciphertext: vec![0; 8],
+        }
+        .encode();
+        let n = VALUES_PAGE * 2 + 7;
+        let mut b = Batch::default();
+        for i in 0..n {
+            let mut token = [0u8; TOKEN_BYTES];
+            token[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            b.put(Space::Subjects, subject_key("s", &token), Vec::new());
+            b.put(Space::Values, value_key(&token, "s"), rec.clone());
+        }
+        // A neighbour whose id extends this one's is not this subject.
+        let other = [9u8; TOKEN_BYTES];
+        b.put(Space::Subjects, subject_key("s2", &other), Vec::new());
+        b.put(Space::Values, value_key(&other, "s2"), rec.clone());
+        store.write(b).unwrap();
+        assert_eq!(values_of(&store, "s").unwrap().len(), n);
+        assert_eq!(values_of(&store, "s2").unwrap().len(), 1);
     }
 }
