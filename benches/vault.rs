@@ -50,7 +50,7 @@ fn normalize_tokenize(c: &mut Criterion) {
 
 fn aes_siv(c: &mut Criterion) {
     let dk = DataKey::new(1, derive(&master(), b"bench/data"));
-    let aad = vault::crypto::value_aad("acct-1001", Class::Text, 1);
+    let aad = vault::crypto::value_aad("acct-1001", Class::Text, 1, Some(&[7u8; 24]));
     let mut g = c.benchmark_group("aes_siv");
     for size in [16usize, 32, 256, 4096] {
         let pt = vec![b'x'; size];
@@ -254,7 +254,7 @@ fn rewrap_fixture(n: usize) -> Option<(tempfile::TempDir, RocksStore, vault::key
         let value = format!("139{i:08}");
         let subject = format!("acct-{i}");
         let token = keys.token_key().token(Class::Phone, &value);
-        let aad = vault::crypto::value_aad(&subject, Class::Phone, dk.version());
+        let aad = vault::crypto::value_aad(&subject, Class::Phone, dk.version(), Some(&token));
         let (sk, create) = vault::subject_keys::create(&keys, &subject).ok()?;
         b.absorb(create);
         let rec = vault::schema::Record {
@@ -264,6 +264,7 @@ fn rewrap_fixture(n: usize) -> Option<(tempfile::TempDir, RocksStore, vault::key
             expires_ms: None,
             purpose: "notification".into(),
             ciphertext: dk.for_subject(&sk).seal(&aad, value.as_bytes()).ok()?,
+            token_bound: true,
         };
         b.put(
             Space::Values,

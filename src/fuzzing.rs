@@ -391,6 +391,7 @@ fn record_from(input: &mut Input<'_>) -> Record {
         .filter(|c| c.is_ascii_alphanumeric() || "._:-".contains(*c))
         .collect();
     let n = usize::from(input.byte());
+    let token_bound = input.byte() & 1 == 1;
     Record {
         class,
         key_version,
@@ -398,6 +399,7 @@ fn record_from(input: &mut Input<'_>) -> Record {
         expires_ms,
         purpose,
         ciphertext: input.bytes(n).to_vec(),
+        token_bound,
     }
 }
 

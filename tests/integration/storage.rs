@@ -125,3 +125,32 @@ async fn a_ciphertext_moved_to_another_record_does_not_open() {
         .events;
     assert!(events.iter().any(|e| e.outcome == "integrity_failure"));
 }
+
+#[tokio::test]
+async fn a_ciphertext_moved_under_another_token_of_the_same_subject_does_not_open() {
+    let v = TestVault::start().await;
+    let c = v.client("app");
+    // Two phones of one subject: same subject, same class, same key.
+    let a = tokenize_one(&c, "acct-a", "notification", "phone", "13800138000").await;
+    let b = tokenize_one(&c, "acct-a", "notification", "phone", "13900139000").await;
+    let store = v.store();
+    let key = |t: &str| {
+        let mut k = vault::crypto::decode_token(t).unwrap().to_vec();
+        k.extend_from_slice(b"acct-a");
+        k
+    };
+    let rec_a = store.get(Space::Values, &key(&a)).unwrap().unwrap();
+    assert_eq!(rec_a[0], 2, "records are written in format 2");
+    let mut batch = Batch::default();
+    batch.put(Space::Values, key(&b), rec_a);
+    store.write(batch).unwrap();
+    // B's token no longer gives B's value, and does not give A's either:
+    // the token is in the ciphertext's AAD.
+    let r = c
+        .detokenize(&detok_req("notification", &[&b, &a]))
+        .await
+        .unwrap();
+    assert_eq!(r.values[0].status, Status::Unknown);
+    assert!(r.values[0].value.is_none());
+    assert_eq!(r.values[1].value.as_deref(), Some("+8613800138000"));
+}

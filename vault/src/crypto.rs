@@ -246,23 +246,41 @@ impl Opener {
     }
 }
 
-/// The associated data of a stored value: format version, subject, class and
-/// key version, each unambiguous (length-prefixed subject).
-pub fn value_aad(subject: &str, class: Class, key_version: u32) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(8 + subject.len());
-    value_aad_into(&mut aad, subject, class, key_version);
+/// The associated data of a stored value: subject, class, key version and,
+/// for records of format 2, the token it is filed under, each unambiguous
+/// (length-prefixed subject, fixed-size token). With the token bound, a
+/// ciphertext moved under another token of the same subject and class no
+/// longer opens; `token` is `None` only for format-1 records (written
+/// before), which rewrap moves to format 2.
+pub fn value_aad(
+    subject: &str,
+    class: Class,
+    key_version: u32,
+    token: Option<&TokenBytes>,
+) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(8 + subject.len() + TOKEN_BYTES);
+    value_aad_into(&mut aad, subject, class, key_version, token);
     aad
 }
 
 /// [`value_aad`] into a buffer the caller reuses (rewrap builds two per
 /// value).
-pub fn value_aad_into(aad: &mut Vec<u8>, subject: &str, class: Class, key_version: u32) {
+pub fn value_aad_into(
+    aad: &mut Vec<u8>,
+    subject: &str,
+    class: Class,
+    key_version: u32,
+    token: Option<&TokenBytes>,
+) {
     aad.clear();
-    aad.extend_from_slice(b"v1");
+    aad.extend_from_slice(if token.is_some() { b"v2" } else { b"v1" });
     aad.push(u8::try_from(subject.len()).unwrap_or(u8::MAX));
     aad.extend_from_slice(subject.as_bytes());
     aad.push(class.tag());
     aad.extend_from_slice(&key_version.to_be_bytes());
+    if let Some(t) = token {
+        aad.extend_from_slice(t);
+    }
 }
 
 pub mod fpe;

@@ -287,11 +287,19 @@ fn reseal<'r>(
         let Some(subject) = subject_of_value_key(key) else {
             continue;
         };
-        // Under the target or a newer version already: a job that outlived
-        // a rotation must not move values back to an older key.
-        if rec.key_version >= version {
+        // Under a newer version already: a job that outlived a rotation
+        // must not move values back to an older key. Under the target: done,
+        // unless the record still has the format-1 AAD (no token bound),
+        // which this moves to format 2.
+        if rec.key_version > version || (rec.key_version == version && rec.token_bound) {
             continue;
         }
+        let Some(token) = key
+            .get(..crate::crypto::TOKEN_BYTES)
+            .and_then(|t| crate::crypto::TokenBytes::try_from(t).ok())
+        else {
+            continue;
+        };
         let entry = subject_keys.entry(subject).or_insert_with(|| {
             let sk = crate::subject_keys::load_with(store, kek.as_mut()?, subject).ok()??;
             let t = target.for_subject(&sk);
@@ -309,17 +317,19 @@ fn reseal<'r>(
                 e.insert(old.for_subject(sk))
             }
         };
-        value_aad_into(&mut aad, subject, rec.class, rec.key_version);
+        let old_token = rec.token_bound.then_some(&token);
+        value_aad_into(&mut aad, subject, rec.class, rec.key_version, old_token);
         let Ok(plain) = old_key.open(&aad, &rec.ciphertext) else {
             continue;
         };
-        value_aad_into(&mut aad, subject, rec.class, version);
+        value_aad_into(&mut aad, subject, rec.class, version, Some(&token));
         let Ok(sealed) = target_key.seal(&aad, &plain) else {
             continue;
         };
         drop(plain);
         rec.ciphertext = sealed;
         rec.key_version = version;
+        rec.token_bound = true;
         out.push((i, rec.encode()));
     }
     out
@@ -406,6 +416,9 @@ mod tests {
     use crate::secret::SecretKey;
     use crate::store::RocksStore;
 
+    /// `n` values of `n` subjects under the active version, as format-1
+    /// records (no token in the AAD), as a vault before format 2 wrote
+    /// them.
     fn put_values(store: &dyn Store, keys: &Keyring, n: u32) {
         let mut b = Batch::default();
         let dk = keys.active().unwrap();
@@ -424,10 +437,11 @@ mod tests {
                 ciphertext: dk
                     .for_subject(&sk)
                     .seal(
-                        &value_aad(&subject, Class::Phone, dk.version()),
+                        &value_aad(&subject, Class::Phone, dk.version(), None),
                         value.as_bytes(),
                     )
                     .unwrap(),
+                token_bound: false,
             };
             b.put(Space::Values, value_key(&token, &subject), rec.encode());
         }
@@ -440,7 +454,9 @@ mod tests {
         for (k, bytes) in store.scan(Space::Values, b"", None, 100_000).unwrap() {
             let rec = Record::decode(&bytes).unwrap();
             let subject = subject_of_value_key(&k).unwrap();
-            let aad = value_aad(subject, rec.class, rec.key_version);
+            let token =
+                crate::crypto::TokenBytes::try_from(&k[..crate::crypto::TOKEN_BYTES]).unwrap();
+            let aad = rec.aad(subject, &token);
             let plain = crate::subject_keys::value_key(store, keys, subject, rec.key_version)
                 .unwrap()
                 .unwrap()
@@ -531,6 +547,52 @@ mod tests {
         ));
         assert_eq!(status(&store, false).unwrap().scanned, 7);
         assert_eq!(check_all(&store, &k3), [(2, 300)].into());
+    }
+
+    /// How many records bind their token in the AAD (format 2).
+    fn bound(store: &dyn Store) -> usize {
+        store
+            .scan(Space::Values, b"", None, 100_000)
+            .unwrap()
+            .iter()
+            .filter(|(_, b)| Record::decode(b).unwrap().token_bound)
+            .count()
+    }
+
+    #[test]
+    fn rewrap_moves_format_1_records_to_format_2_under_the_same_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = SecretKey::<32>::from_slice(&[7; 32]).unwrap();
+        let store = RocksStore::open(dir.path()).unwrap();
+        let keys = Keyring::open(&root, &store).unwrap();
+        put_values(&store, &keys, 300);
+        assert_eq!(bound(&store), 0);
+        // A job towards the version they already have.
+        store.write(Rewrap::start_batch(1).unwrap()).unwrap();
+        assert_eq!(step(&store, &keys, 1000).unwrap(), (true, 300));
+        assert_eq!(bound(&store), 300);
+        assert_eq!(check_all(&store, &keys), [(1, 300)].into());
+        // Now a ciphertext moved under another token of the same subject
+        // and class no longer opens.
+        let rows = store.scan(Space::Values, b"", None, 2).unwrap();
+        let (k0, b0) = &rows[0];
+        let moved = [
+            &[9u8; crate::crypto::TOKEN_BYTES][..],
+            &k0[crate::crypto::TOKEN_BYTES..],
+        ]
+        .concat();
+        let rec = Record::decode(b0).unwrap();
+        let subject = subject_of_value_key(k0).unwrap();
+        let key = crate::subject_keys::value_key(&store, &keys, subject, 1)
+            .unwrap()
+            .unwrap();
+        let token =
+            crate::crypto::TokenBytes::try_from(&moved[..crate::crypto::TOKEN_BYTES]).unwrap();
+        assert!(key
+            .open(&rec.aad(subject, &token), &rec.ciphertext)
+            .is_err());
+        // Done is done.
+        assert_eq!(step(&store, &keys, 1000).unwrap(), (true, 0));
     }
 
     #[test]

@@ -1,12 +1,17 @@
 //! The vault's layout on top of the [`Store`](crate::store::Store): key
 //! shapes per space and the binary record of one stored value. Invariant: a
 //! record holds ciphertext and metadata only; the subject and token it is
-//! filed under are its key, and both are bound into the ciphertext's AAD.
+//! filed under are its key, and both are bound into the ciphertext's AAD
+//! (the token from record format 2 on; format 1 bound the subject only, and
+//! rewrap moves such records to format 2).
 
 use crate::classes::Class;
 use crate::crypto::{TokenBytes, TOKEN_BYTES};
 
-const RECORD_FORMAT: u8 = 1;
+/// Records written now: the token is in the AAD.
+const RECORD_FORMAT: u8 = 2;
+/// Records written before the token was bound; still read.
+const RECORD_FORMAT_V1: u8 = 1;
 
 /// One stored value of one subject.
 #[derive(Clone, PartialEq, Eq)]
@@ -20,6 +25,9 @@ pub struct Record {
     /// guarantees (the encoding keeps at most 255 bytes).
     pub purpose: String,
     pub ciphertext: Vec<u8>,
+    /// Whether the ciphertext's AAD binds the token (format 2; every record
+    /// written now). `false` only for records read in format 1.
+    pub token_bound: bool,
 }
 
 impl std::fmt::Debug for Record {
@@ -30,6 +38,7 @@ impl std::fmt::Debug for Record {
             .field("collected_ms", &self.collected_ms)
             .field("expires_ms", &self.expires_ms)
             .field("purpose", &self.purpose)
+            .field("token_bound", &self.token_bound)
             .finish_non_exhaustive()
     }
 }
@@ -38,7 +47,11 @@ impl Record {
     pub fn encode(&self) -> Vec<u8> {
         let purpose = self.purpose.as_bytes();
         let mut out = Vec::with_capacity(24 + purpose.len() + self.ciphertext.len());
-        out.push(RECORD_FORMAT);
+        out.push(if self.token_bound {
+            RECORD_FORMAT
+        } else {
+            RECORD_FORMAT_V1
+        });
         out.push(self.class.tag());
         out.extend_from_slice(&self.key_version.to_be_bytes());
         out.extend_from_slice(&self.collected_ms.to_be_bytes());
@@ -55,9 +68,11 @@ impl Record {
 
     pub fn decode(bytes: &[u8]) -> Option<Record> {
         let (&[format, tag], rest) = bytes.split_first_chunk::<2>()?;
-        if format != RECORD_FORMAT {
-            return None;
-        }
+        let token_bound = match format {
+            RECORD_FORMAT => true,
+            RECORD_FORMAT_V1 => false,
+            _ => return None,
+        };
         let (version, rest) = rest.split_first_chunk::<4>()?;
         let (collected, rest) = rest.split_first_chunk::<8>()?;
         let (expires, rest) = rest.split_first_chunk::<8>()?;
@@ -71,7 +86,19 @@ impl Record {
             expires_ms: (expires != 0).then_some(expires),
             purpose: String::from_utf8(purpose.to_vec()).ok()?,
             ciphertext: ciphertext.to_vec(),
+            token_bound,
         })
+    }
+
+    /// The AAD this record's ciphertext was sealed with, filed under
+    /// `token` for `subject`.
+    pub fn aad(&self, subject: &str, token: &TokenBytes) -> Vec<u8> {
+        crate::crypto::value_aad(
+            subject,
+            self.class,
+            self.key_version,
+            self.token_bound.then_some(token),
+        )
     }
 
     /// Live at `now_ms`: expiry holds at read time, sweeper or not.
@@ -192,6 +219,7 @@ mod tests {
             expires_ms: None,
             purpose: "p".into(),
             ciphertext: vec![1, 2, 3],
+            token_bound: true,
         };
         assert!(Tombstone::decode(&rec.encode()).is_none());
         for cut in 0..bytes.len() {
@@ -211,9 +239,21 @@ mod tests {
             expires_ms: Some(456),
             purpose: "notification".into(),
             ciphertext: vec![1, 2, 3],
+            token_bound: true,
         };
         let bytes = r.encode();
+        assert_eq!(bytes[0], 2);
         assert_eq!(Record::decode(&bytes).unwrap(), r);
+        // A record of format 1 (no token in its AAD) still reads, as such.
+        let v1 = Record {
+            token_bound: false,
+            ..r.clone()
+        };
+        assert_eq!(v1.encode()[0], 1);
+        assert_eq!(Record::decode(&v1.encode()).unwrap(), v1);
+        let t = [3u8; TOKEN_BYTES];
+        assert_ne!(v1.aad("s", &t), r.aad("s", &t));
+        assert_eq!(v1.aad("s", &t), v1.aad("s", &[4u8; TOKEN_BYTES]));
         let forever = Record {
             expires_ms: None,
             ..r.clone()

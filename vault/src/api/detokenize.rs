@@ -14,7 +14,7 @@ use vault_sdk::wire::{
 use super::{keyring, now_ms, parse_json, ApiError, Ctx};
 use crate::audit::Draft;
 use crate::classes;
-use crate::crypto::{value_aad, TokenBytes};
+use crate::crypto::TokenBytes;
 use crate::keys::Keyring;
 use crate::ledger;
 use crate::policy::{PurposeInfo, Release, DATA_SUBJECT_REQUEST};
@@ -240,7 +240,7 @@ impl Lookup<'_> {
             draft.outcome = "denied";
             return Ok((out, draft));
         }
-        let aad = value_aad(&subject, record.class, record.key_version);
+        let aad = record.aad(&subject, &bytes);
         let key = match self.keys.version(record.key_version) {
             Err(crate::keys::KeyError::BelowMinimum(_)) => {
                 // Officers have retired this key version for decryption.

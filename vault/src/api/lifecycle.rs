@@ -555,7 +555,7 @@ pub async fn correct(
             .ok_or(ApiError::NotFound)?;
         let guard = loaded.guard(subject);
         let active = keys.active().map_err(|_| ApiError::Internal)?;
-        let aad = value_aad(subject, old.class, active.version());
+        let aad = value_aad(subject, old.class, active.version(), Some(&new_token));
         let ciphertext = loaded
             .value_key(active)
             .seal(&aad, norm.value().as_bytes())
@@ -567,6 +567,7 @@ pub async fn correct(
             expires_ms: old.expires_ms,
             purpose: old.purpose.clone(),
             ciphertext,
+            token_bound: true,
         };
         let mut b = guard;
         b.expect(Space::Meta, hold_key(subject), None);
@@ -703,13 +704,7 @@ pub async fn sweep_once(v: &Vault) -> Result<u64, ApiError> {
                         subject_keys::value_key(v.store.as_ref(), keys, subject, rec.key_version)
                             .ok()
                             .flatten()
-                            .and_then(|k| {
-                                k.open(
-                                    &value_aad(subject, rec.class, rec.key_version),
-                                    &rec.ciphertext,
-                                )
-                                .ok()
-                            })
+                            .and_then(|k| k.open(&rec.aad(subject, &token), &rec.ciphertext).ok())
                             .and_then(|p| String::from_utf8(p.to_vec()).ok());
                     let general = plain
                         .map(|p| classes::generalize(rec.class, &p))
@@ -855,6 +850,7 @@ mod tests {
             expires_ms: None,
             purpose: "notification".into(),
             ciphertext: vec![0; 8],
+            token_bound: true,
         }
         .encode();
         let n = VALUES_PAGE * 2 + 7;

@@ -8,7 +8,7 @@ use vault_sdk::wire::{AccessEntry, AccessLog, SubjectExport, SubjectValue};
 
 use super::{keyring, now_ms, ApiError, Ctx};
 use crate::audit::{self, Draft};
-use crate::crypto::{encode_token, value_aad};
+use crate::crypto::encode_token;
 use crate::policy::{Role, DATA_SUBJECT_REQUEST};
 use crate::schema::valid_subject;
 use crate::server::Vault;
@@ -76,7 +76,7 @@ pub async fn export(
         if !rec.is_live(now) {
             continue;
         }
-        let aad = value_aad(subject, rec.class, rec.key_version);
+        let aad = rec.aad(subject, &token);
         let Some(plain) = keys
             .version(rec.key_version)
             .ok()

@@ -149,7 +149,7 @@ async fn store_once(
             (Some(e), Some(l)) => Some(e.min(l)),
             (e, l) => e.or(l),
         };
-        let aad = value_aad(subject, class, data_key.version());
+        let aad = value_aad(subject, class, data_key.version(), Some(&token));
         let ciphertext = data_key
             .seal(&aad, norm.value().as_bytes())
             .map_err(|_| ApiError::Internal)?;
@@ -160,6 +160,7 @@ async fn store_once(
             expires_ms: expires,
             purpose: collect.purpose.to_string(),
             ciphertext,
+            token_bound: true,
         };
         batch.put(
             Space::Values,

@@ -114,16 +114,20 @@ fn decode_token_rejects_anything_else() {
 #[test]
 fn seal_open_round_trip_and_binding() {
     let dk = DataKey::new(1, derive(&master(), b"data/1"));
-    let aad = value_aad("acct-1", Class::Phone, 1);
+    let (t1, t2) = ([1u8; TOKEN_BYTES], [2u8; TOKEN_BYTES]);
+    let aad = value_aad("acct-1", Class::Phone, 1, Some(&t1));
     let ct = dk.seal(&aad, b"+8613800138000").unwrap();
     assert_eq!(&dk.open(&aad, &ct).unwrap()[..], b"+8613800138000");
     // Random nonce: the same value seals differently.
     assert_ne!(ct, dk.seal(&aad, b"+8613800138000").unwrap());
-    // Any other subject, class or version fails.
+    // Any other subject, class, version or token fails, and so does the
+    // format-1 AAD (no token) of the same value.
     for other in [
-        value_aad("acct-2", Class::Phone, 1),
-        value_aad("acct-1", Class::Email, 1),
-        value_aad("acct-1", Class::Phone, 2),
+        value_aad("acct-2", Class::Phone, 1, Some(&t1)),
+        value_aad("acct-1", Class::Email, 1, Some(&t1)),
+        value_aad("acct-1", Class::Phone, 2, Some(&t1)),
+        value_aad("acct-1", Class::Phone, 1, Some(&t2)),
+        value_aad("acct-1", Class::Phone, 1, None),
     ] {
         assert_eq!(dk.open(&other, &ct), Err(CryptoError::Open));
     }
