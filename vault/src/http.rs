@@ -10,11 +10,12 @@
 //! Invariant: a request holds one of `max-concurrent-requests` handling
 //! places only once its body is in, so a client slow to send bodies holds
 //! no more than its own connection's `max-streams-per-connection` requests,
-//! each for at most `body-timeout-ms`, and cannot shed anyone else's load.
-//! Memory for bodies is bounded all the same: in total by the body budget,
-//! `2 × max-concurrent-requests × max-body-bytes` bytes, charged as they
-//! arrive (a withheld body costs nothing), besides what HTTP/2 flow control
-//! lets a connection buffer.
+//! each for at most `body-timeout-ms`. Memory for bodies is bounded all the
+//! same: in total by the body budget, `2 × max-concurrent-requests ×
+//! max-body-bytes` bytes, charged as they arrive (a withheld body costs
+//! nothing), besides what HTTP/2 flow control lets a connection buffer; one
+//! caller holds at most half the budget, so it cannot take the room of the
+//! others.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -235,7 +236,7 @@ async fn admit(
     };
     let (parts, incoming) = req.into_parts();
     let max = v.limits.max_body_bytes;
-    let reading = body::read(&conn.bodies, max, &parts.headers, incoming);
+    let reading = body::read(&conn.bodies, &ctx.caller, max, &parts.headers, incoming);
     let body = tokio::time::timeout(v.limits.body_timeout, reading)
         .await
         .map_err(|_| ApiError::Timeout)??;

@@ -22,9 +22,15 @@ use zeroize::Zeroize;
 use crate::api::ApiError;
 use crate::server::Limits;
 
-/// The bytes all request bodies together may hold, one permit a byte.
+/// The bytes all request bodies together may hold, one permit a byte, and
+/// each caller's share of them: at most half, so one caller that withholds
+/// or floods bodies cannot leave another none.
 #[derive(Clone, Debug)]
-pub struct Budget(Arc<Semaphore>);
+pub struct Budget {
+    all: Arc<Semaphore>,
+    share: usize,
+    callers: Arc<std::sync::Mutex<std::collections::HashMap<Arc<str>, Arc<Semaphore>>>>,
+}
 
 impl Budget {
     pub fn new(limits: &Limits) -> Budget {
@@ -37,30 +43,60 @@ impl Budget {
     }
 
     fn of_bytes(bytes: usize) -> Budget {
-        Budget(Arc::new(Semaphore::new(bytes.min(Semaphore::MAX_PERMITS))))
+        let bytes = bytes.min(Semaphore::MAX_PERMITS);
+        Budget {
+            all: Arc::new(Semaphore::new(bytes)),
+            share: bytes / 2,
+            callers: Arc::default(),
+        }
     }
 
-    /// Takes `n` bytes from the budget, adding them to `charge`.
-    fn take(&self, n: usize, charge: &mut Option<OwnedSemaphorePermit>) -> Result<(), ApiError> {
+    /// The share of `caller` (a configured caller: bodies are read only
+    /// once the caller is known, so the map holds no more than those).
+    fn share_of(&self, caller: &Arc<str>) -> Result<Arc<Semaphore>, ApiError> {
+        let mut callers = self.callers.lock().map_err(|_| ApiError::Internal)?;
+        Ok(callers
+            .entry(caller.clone())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.share)))
+            .clone())
+    }
+
+    /// Takes `n` bytes from the budget and from `caller`'s share, adding
+    /// them to `charge`.
+    fn take(&self, caller: &Arc<str>, n: usize, charge: &mut Charge) -> Result<(), ApiError> {
         let n = u32::try_from(n).map_err(|_| ApiError::Overloaded)?;
-        let more = self
-            .0
+        let mine = self
+            .share_of(caller)?
+            .try_acquire_many_owned(n)
+            .map_err(|_| ApiError::Overloaded)?;
+        let all = self
+            .all
             .clone()
             .try_acquire_many_owned(n)
             .map_err(|_| ApiError::Overloaded)?;
-        match charge {
-            Some(c) => c.merge(more),
-            None => *charge = Some(more),
+        for (slot, more) in [(&mut charge.all, all), (&mut charge.mine, mine)] {
+            match slot {
+                Some(c) => c.merge(more),
+                None => *slot = Some(more),
+            }
         }
         Ok(())
     }
+}
+
+/// What a body holds of the budget and of its caller's share, given back
+/// on drop.
+#[derive(Debug, Default)]
+struct Charge {
+    all: Option<OwnedSemaphorePermit>,
+    mine: Option<OwnedSemaphorePermit>,
 }
 
 /// A whole request body and its share of the budget, given back on drop.
 #[derive(Debug)]
 pub struct Body {
     bytes: Bytes,
-    _charge: Option<OwnedSemaphorePermit>,
+    _charge: Charge,
 }
 
 impl Body {
@@ -91,6 +127,7 @@ fn wiped(bytes: Bytes) -> Option<BytesMut> {
 /// `overloaded`) when the budget runs out. The caller bounds it in time.
 pub async fn read(
     budget: &Budget,
+    caller: &Arc<str>,
     max: usize,
     headers: &HeaderMap,
     mut body: Incoming,
@@ -110,7 +147,7 @@ pub async fn read(
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        buf.append(&data, max, budget)?;
+        buf.append(&data, max, budget, caller)?;
     }
     Ok(Body {
         bytes: std::mem::take(&mut buf.bytes.0).freeze(),
@@ -124,20 +161,26 @@ pub async fn read(
 #[derive(Default)]
 struct Arriving {
     bytes: Wiping,
-    charge: Option<OwnedSemaphorePermit>,
+    charge: Charge,
 }
 
 impl Arriving {
     /// Appends `data`: 413 past `max` bytes, 503 when the budget cannot
     /// cover the bigger buffer, charged before it is allocated.
-    fn append(&mut self, data: &[u8], max: usize, budget: &Budget) -> Result<(), ApiError> {
+    fn append(
+        &mut self,
+        data: &[u8],
+        max: usize,
+        budget: &Budget,
+        caller: &Arc<str>,
+    ) -> Result<(), ApiError> {
         let need = self.bytes.0.len().saturating_add(data.len());
         if need > max {
             return Err(ApiError::BodyTooLarge(max));
         }
         let have = self.bytes.0.capacity();
         let cap = self.bytes.capacity_for(need, max);
-        budget.take(cap.saturating_sub(have), &mut self.charge)?;
+        budget.take(caller, cap.saturating_sub(have), &mut self.charge)?;
         // Copied out of the frame: a small frame's bytes can share a large
         // receive buffer, which they would otherwise keep alive.
         self.bytes.push_within(data, cap);
@@ -235,21 +278,41 @@ mod tests {
     }
 
     #[test]
-    fn the_budget_is_charged_until_the_body_is_dropped() {
+    fn the_budget_is_charged_until_the_body_is_dropped_and_shared_between_callers() {
         let budget = Budget::of_bytes(100);
-        let mut a = None;
-        budget.take(60, &mut a).unwrap();
-        budget.take(30, &mut a).unwrap();
-        let mut b = None;
-        assert!(matches!(budget.take(20, &mut b), Err(ApiError::Overloaded)));
-        budget.take(10, &mut b).unwrap();
+        let (app, other, third): (Arc<str>, Arc<str>, Arc<str>) =
+            ("app".into(), "officer".into(), "officer2".into());
+        let mut a = Charge::default();
+        budget.take(&app, 30, &mut a).unwrap();
+        budget.take(&app, 20, &mut a).unwrap();
+        // Half the budget is one caller's most: the other half stays for
+        // the others.
+        let mut more = Charge::default();
+        assert!(matches!(
+            budget.take(&app, 1, &mut more),
+            Err(ApiError::Overloaded)
+        ));
+        let mut b = Charge::default();
+        budget.take(&other, 50, &mut b).unwrap();
+        // And the whole budget bounds them all.
+        let mut c = Charge::default();
+        assert!(matches!(
+            budget.take(&third, 1, &mut c),
+            Err(ApiError::Overloaded)
+        ));
         let body = Body {
             bytes: Bytes::new(),
             _charge: a,
         };
         drop(body);
-        budget.take(90, &mut b).unwrap();
-        assert_eq!(budget.0.available_permits(), 0);
+        budget.take(&third, 50, &mut c).unwrap();
+        assert!(matches!(
+            budget.take(&app, 50, &mut more),
+            Err(ApiError::Overloaded)
+        ));
+        assert_eq!(budget.all.available_permits(), 0);
+        drop((b, c));
+        budget.take(&app, 50, &mut more).unwrap();
     }
 
     #[test]
@@ -284,38 +347,40 @@ mod tests {
     #[test]
     fn a_body_is_charged_for_the_memory_it_holds_not_just_its_bytes() {
         let budget = Budget::of_bytes(1 << 20);
-        let free = || budget.0.available_permits();
+        let free = || budget.all.available_permits();
+        let x: Arc<str> = "app".into();
         let mut a = Arriving::default();
         // Chunks that make the buffer double past what arrived.
         for _ in 0..5 {
-            a.append(&[7u8; 1000], 64 << 10, &budget).unwrap();
+            a.append(&[7u8; 1000], 64 << 10, &budget, &x).unwrap();
             assert!((1 << 20) - free() >= a.bytes.0.capacity());
             assert!(a.bytes.0.capacity() >= a.bytes.0.len());
         }
         assert_eq!(a.bytes.0.len(), 5000);
         // Never past the body limit, so the last doubling stops at it.
         let mut b = Arriving::default();
-        b.append(&[1u8; 40_000], 50_000, &budget).unwrap();
-        b.append(&[1u8; 10_000], 50_000, &budget).unwrap();
+        b.append(&[1u8; 40_000], 50_000, &budget, &x).unwrap();
+        b.append(&[1u8; 10_000], 50_000, &budget, &x).unwrap();
         assert_eq!(b.bytes.0.len(), 50_000);
         assert!(b.bytes.0.capacity() < 80_000);
         assert!(matches!(
-            b.append(&[1u8], 50_000, &budget),
+            b.append(&[1u8], 50_000, &budget, &x),
             Err(ApiError::BodyTooLarge(50_000))
         ));
         // When the budget cannot cover the next buffer (3000 bytes, 1500
         // more), 503 before it exists; the bytes already in keep their
         // charge until dropped.
-        let small = Budget::of_bytes(2999);
+        // A share of 2,999 bytes (half the budget).
+        let small = Budget::of_bytes(5998);
         let mut c = Arriving::default();
-        c.append(&[1u8; 1500], 1 << 20, &small).unwrap();
+        c.append(&[1u8; 1500], 1 << 20, &small, &x).unwrap();
         assert!(matches!(
-            c.append(&[1u8; 100], 1 << 20, &small),
+            c.append(&[1u8; 100], 1 << 20, &small, &x),
             Err(ApiError::Overloaded)
         ));
         assert_eq!(c.bytes.0.len(), 1500);
         drop(c);
-        assert_eq!(small.0.available_permits(), 2999);
+        assert_eq!(small.all.available_permits(), 5998);
     }
 
     #[test]
@@ -332,6 +397,6 @@ mod tests {
             max_streams_per_connection: 1,
         };
         let budget = Budget::new(&limits);
-        assert_eq!(budget.0.available_permits(), Semaphore::MAX_PERMITS);
+        assert_eq!(budget.all.available_permits(), Semaphore::MAX_PERMITS);
     }
 }
