@@ -146,6 +146,60 @@ async fn acknowledged_writes_survive_sigkill() {
     second.child.wait().unwrap();
     let (code, out, _) = audit_verify(dir.path());
     assert_eq!(code, 0, "{out}");
+    // The second run logged the head it found at start as an anchor; the
+    // chain passes through it, and not through a made-up one.
+    let logs2 = second.stderr.lock().unwrap().clone();
+    let line = logs2
+        .lines()
+        .find(|l| l.contains("Audit anchor"))
+        .unwrap_or_else(|| panic!("no anchor logged: {logs2}"));
+    // Without the terminal colours around field names, if any.
+    let mut plain = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for e in chars.by_ref() {
+                if e == 'm' {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    let line = plain.as_str();
+    let after = |key: &str| {
+        let i = line.find(key).unwrap() + key.len();
+        line[i..]
+            .trim_start_matches(['=', '"', ':'])
+            .chars()
+            .take_while(|c| c.is_ascii_hexdigit())
+            .collect::<String>()
+    };
+    let (seq, hash) = (after("seq"), after("hash"));
+    assert_eq!(hash.len(), 64, "{line}");
+    let anchored = |anchor: String| {
+        run_vault(&[
+            "audit".into(),
+            "verify".into(),
+            "--data".into(),
+            dir.path().as_os_str().to_owned(),
+            "--anchor".into(),
+            anchor.into(),
+        ])
+    };
+    let (code, out, _) = anchored(format!("{seq}:{hash}"));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("1 anchors on it"), "{out}");
+    let other = if hash.starts_with('0') { "1" } else { "0" };
+    let (code, out, _) = anchored(format!("{seq}:{other}{}", &hash[1..]));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("differs from an anchor"), "{out}");
+    let past: u64 = seq.parse::<u64>().unwrap() + 10;
+    let (code, out, _) = anchored(format!("{past}:{hash}"));
+    assert_eq!(code, 1, "{out}");
+    let (code, _, err) = anchored("nonsense".into());
+    assert_eq!(code, 64, "{err}");
     // Debug logs of both runs hold no submitted value.
     let logs = format!(
         "{}{}",

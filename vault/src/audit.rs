@@ -154,6 +154,27 @@ pub enum Verdict {
 
 /// Walks every event from sequence 1 and checks sequence, hash and head.
 pub fn verify(store: &dyn Store) -> Result<Verdict, AuditError> {
+    verify_anchored(store, &[])
+}
+
+/// A chain head recorded outside the database: `SEQ:HASH` (hex), as the
+/// server logs it (`Audit anchor`).
+pub fn parse_anchor(s: &str) -> Option<Head> {
+    let (seq, hash) = s.trim().split_once(':')?;
+    let mut h = [0u8; 32];
+    hex::decode_to_slice(hash, &mut h).ok()?;
+    Some(Head {
+        seq: seq.parse().ok().filter(|&n| n > 0)?,
+        hash: h,
+    })
+}
+
+/// As [`verify`], and each of `anchors` must be on the chain. The chain is
+/// plain SHA-256, so whoever can write the database can rewrite its tail,
+/// hashes and head included, and still verify; a head recorded elsewhere
+/// (the server's log, a monitoring system) cannot be rewritten with it, so
+/// an edit, a removal or a truncation before it shows.
+pub fn verify_anchored(store: &dyn Store, anchors: &[Head]) -> Result<Verdict, AuditError> {
     let head = Head::load(store)?;
     let mut prev = Head::EMPTY;
     let mut from = seq_key(1);
@@ -200,8 +221,27 @@ pub fn verify(store: &dyn Store) -> Result<Verdict, AuditError> {
                 seq: expected_seq,
                 hash,
             };
+            if anchors
+                .iter()
+                .any(|a| a.seq == prev.seq && a.hash != prev.hash)
+            {
+                return Ok(Verdict::Broken {
+                    seq: prev.seq,
+                    why: "differs from an anchor recorded outside the database",
+                });
+            }
         }
         from = seq_key(next.saturating_add(1));
+    }
+    if let Some(a) = anchors
+        .iter()
+        .filter(|a| a.seq > prev.seq)
+        .min_by_key(|a| a.seq)
+    {
+        return Ok(Verdict::Broken {
+            seq: a.seq,
+            why: "the chain ends before an anchor recorded outside the database",
+        });
     }
     if prev != head {
         return Ok(Verdict::Broken {
@@ -210,6 +250,42 @@ pub fn verify(store: &dyn Store) -> Result<Verdict, AuditError> {
         });
     }
     Ok(Verdict::Intact { events: prev.seq })
+}
+
+/// Logs the chain's head every `interval` when it has moved (and at start
+/// and at stop), `Audit anchor seq=N hash=H`, and keeps the
+/// `vault_audit_head_seq` gauge: anchors for `vault audit verify --anchor`,
+/// kept by whatever keeps the logs, outside the database an intruder could
+/// rewrite. Holds no value: sequence numbers and hashes only.
+pub async fn anchors(
+    v: std::sync::Arc<crate::server::Vault>,
+    interval: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut last = None;
+    loop {
+        let stopping = *stop.borrow();
+        let store = v.store.clone();
+        let head = tokio::task::spawn_blocking(move || Head::load(store.as_ref())).await;
+        match head {
+            Ok(Ok(head)) if last != Some(head) => {
+                tracing::info!(seq = head.seq, hash = %hex::encode(head.hash), "Audit anchor");
+                v.metrics
+                    .audit_head_seq
+                    .set(i64::try_from(head.seq).unwrap_or(i64::MAX));
+                last = Some(head);
+            }
+            Ok(Ok(_)) => {}
+            _ => tracing::warn!("Audit head unreadable; no anchor this time"),
+        }
+        if stopping {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => {}
+        }
+    }
 }
 
 /// Events after `since`, optionally only one subject's, at most `limit`.

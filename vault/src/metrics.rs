@@ -53,6 +53,7 @@ pub struct Metrics {
     pub retention_anonymized: Counter,
     pub sweep_lag_seconds: Gauge,
     pub retention_due: Gauge,
+    pub audit_head_seq: Gauge,
     subject_cache_hits: Counter,
     subject_cache_misses: Counter,
     subject_cache_entries: Gauge,
@@ -100,6 +101,7 @@ impl Metrics {
         let retention_anonymized = Counter::default();
         let sweep_lag_seconds = Gauge::default();
         let retention_due = Gauge::default();
+        let audit_head_seq = Gauge::default();
         let subject_cache_hits = Counter::default();
         let subject_cache_misses = Counter::default();
         let subject_cache_entries = Gauge::default();
@@ -122,6 +124,11 @@ impl Metrics {
             "vault_retention_due_values",
             "Values past their expiry and not yet swept, at the last sweep (counted up to one batch)",
             retention_due.clone(),
+        );
+        registry.register(
+            "vault_audit_head_seq",
+            "Sequence number of the audit chain's last event, as last logged as an anchor (it never goes down)",
+            audit_head_seq.clone(),
         );
         registry.register(
             "vault_retention_anonymized_values",
@@ -234,6 +241,7 @@ impl Metrics {
             retention_anonymized,
             sweep_lag_seconds,
             retention_due,
+            audit_head_seq,
             subject_cache_hits,
             subject_cache_misses,
             subject_cache_entries,

@@ -98,6 +98,9 @@ impl Running {
     }
 }
 
+/// How often the audit chain's head is logged as an anchor (when it moved).
+const ANCHOR_INTERVAL: Duration = Duration::from_secs(60);
+
 /// Opens the store and keys of `cfg` and starts both listeners. With
 /// `unseal-with-shares` the vault starts sealed and waits for officers.
 pub async fn start(cfg: &Config) -> Result<Running, StartError> {
@@ -145,6 +148,11 @@ pub async fn start_with(
     ];
     tasks.push(tokio::spawn(crate::rewrap::supervise(
         vault.clone(),
+        stopped.clone(),
+    )));
+    tasks.push(tokio::spawn(crate::audit::anchors(
+        vault.clone(),
+        ANCHOR_INTERVAL,
         stopped.clone(),
     )));
     let sweep = Duration::from_millis(cfg.retention.sweep_interval_ms.max(10));

@@ -207,3 +207,95 @@ fn the_sealed_bytes_are_the_event_serialized_with_its_hash() {
         prev = head;
     }
 }
+
+/// Rewrites the chain from `from` on as an intruder with write access to
+/// the database would: the events changed, every hash after them
+/// recomputed, the head moved along. Plain verification cannot tell.
+fn forge_from(store: &dyn Store, from: u64, keep: u64) {
+    let mut head = if from == 1 {
+        Head::EMPTY
+    } else {
+        let bytes = store
+            .get(Space::Audit, &seq_key(from - 1))
+            .unwrap()
+            .unwrap();
+        let ev: AuditEvent = serde_json::from_slice(&bytes).unwrap();
+        let mut h = [0u8; 32];
+        hex::decode_to_slice(&ev.hash, &mut h).unwrap();
+        Head {
+            seq: from - 1,
+            hash: h,
+        }
+    };
+    let old = Head::load(store).unwrap();
+    let mut b = Batch::default();
+    for seq in from..=old.seq {
+        if seq > keep {
+            b.delete(Space::Audit, seq_key(seq));
+            continue;
+        }
+        let bytes = store.get(Space::Audit, &seq_key(seq)).unwrap().unwrap();
+        let mut ev: AuditEvent = serde_json::from_slice(&bytes).unwrap();
+        ev.outcome = "denied".into();
+        let (h, bytes) = chain(&head, &mut ev);
+        b.put(Space::Audit, seq_key(seq), bytes);
+        head = h;
+    }
+    b.put(Space::Meta, HEAD_KEY.to_vec(), head.encode());
+    store.write(b).unwrap();
+}
+
+#[test]
+fn anchors_recorded_outside_catch_a_rewritten_or_cut_chain() {
+    let s = MemoryStore::new();
+    append(&s, 6);
+    let at4 = {
+        let bytes = s.get(Space::Audit, &seq_key(4)).unwrap().unwrap();
+        let ev: AuditEvent = serde_json::from_slice(&bytes).unwrap();
+        parse_anchor(&format!("4:{}", ev.hash)).unwrap()
+    };
+    let at6 = Head::load(&s).unwrap();
+    let anchors = [at4, at6];
+    assert_eq!(
+        verify_anchored(&s, &anchors).unwrap(),
+        Verdict::Intact { events: 6 }
+    );
+    // Events 3 to 6 rewritten with their hashes and the head: the plain
+    // walk passes, the anchors do not.
+    forge_from(&s, 3, 6);
+    assert_eq!(verify(&s).unwrap(), Verdict::Intact { events: 6 });
+    assert_eq!(
+        verify_anchored(&s, &anchors).unwrap(),
+        Verdict::Broken {
+            seq: 4,
+            why: "differs from an anchor recorded outside the database"
+        }
+    );
+    // Cut after event 5 (the head moved back): the anchor at 6 is past
+    // the end.
+    let t = MemoryStore::new();
+    append(&t, 6);
+    let at6 = Head::load(&t).unwrap();
+    forge_from(&t, 6, 5);
+    assert_eq!(verify(&t).unwrap(), Verdict::Intact { events: 5 });
+    assert_eq!(
+        verify_anchored(&t, &[at6]).unwrap(),
+        Verdict::Broken {
+            seq: 6,
+            why: "the chain ends before an anchor recorded outside the database"
+        }
+    );
+    // The anchor's written form.
+    let text = format!("{}:{}", at6.seq, hex::encode(at6.hash));
+    assert_eq!(parse_anchor(&text), Some(at6));
+    for bad in [
+        "",
+        "6",
+        "x:00",
+        "0:00",
+        "6:zz",
+        &format!("6:{}", "0".repeat(62)),
+    ] {
+        assert_eq!(parse_anchor(bad), None, "{bad}");
+    }
+}
