@@ -159,6 +159,14 @@ impl Keyring {
         Self::load(kek, store)
     }
 
+    /// Opens the key hierarchy `store` already holds, never creating one:
+    /// what unseal does. (Creating there would write a fresh hierarchy
+    /// over a database whose token key had gone missing, and every stored
+    /// value with it.)
+    pub fn open_existing(root: &SecretKey<32>, store: &dyn Store) -> Result<Self, KeyError> {
+        Self::load(kek_from_root(root), store)
+    }
+
     /// Whether `store` holds a key hierarchy yet.
     pub fn exists(store: &dyn Store) -> Result<bool, KeyError> {
         Ok(store.get(Space::Meta, TOKEN_SLOT)?.is_some())
@@ -623,6 +631,26 @@ mod tests {
             master_from_command(&[]),
             Err(KeyError::Command(_))
         ));
+    }
+
+    #[test]
+    fn opening_an_existing_hierarchy_never_creates_one() {
+        let store = MemoryStore::new();
+        let root = SecretKey::<32>::from_slice(&[9; 32]).unwrap();
+        assert!(matches!(
+            Keyring::open_existing(&root, &store),
+            Err(KeyError::Corrupt)
+        ));
+        assert!(!Keyring::exists(&store).unwrap());
+        let made = Keyring::open(&root, &store).unwrap();
+        let again = Keyring::open_existing(&root, &store).unwrap();
+        assert_eq!(
+            made.token_key().token(Class::Phone, "+8613800138000"),
+            again.token_key().token(Class::Phone, "+8613800138000")
+        );
+        // Another root opens nothing.
+        let other = SecretKey::<32>::from_slice(&[8; 32]).unwrap();
+        assert!(Keyring::open_existing(&other, &store).is_err());
     }
 
     #[test]

@@ -265,7 +265,7 @@ pub async fn unseal(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysStatu
         }
     };
     let store = v.store.clone();
-    let opened = blocking(move || Keyring::open(&root, store.as_ref())).await?;
+    let opened = blocking(move || Keyring::open_existing(&root, store.as_ref())).await?;
     match opened {
         Ok(keys) => {
             v.metrics
