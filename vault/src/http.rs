@@ -466,8 +466,8 @@ const OPS_CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_s
 
 /// The ops listener: `/metrics`, `/healthz`, `/readyz`, plain HTTP/1.1.
 /// Invariant: unauthenticated as it is, it holds at most
-/// [`OPS_MAX_CONNECTIONS`] connections, each for at most
-/// [`OPS_CONNECTION_LIFETIME`], and its probes put at most one write at a
+/// `OPS_MAX_CONNECTIONS` connections, each for at most
+/// `OPS_CONNECTION_LIFETIME`, and its probes put at most one write at a
 /// time into the commit queue.
 pub async fn serve_ops(vault: Arc<Vault>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
     let conns = Arc::new(Semaphore::new(OPS_MAX_CONNECTIONS));

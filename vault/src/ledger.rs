@@ -52,7 +52,7 @@ pub fn append_consent(
     Ok(b)
 }
 
-/// The newest [`MAX_HISTORY`] entries for `subject` and `purpose` (all of
+/// The newest `MAX_HISTORY` entries for `subject` and `purpose` (all of
 /// them, mostly), oldest first: the last one is the one in force, however
 /// long the history.
 pub fn consent_history(
