@@ -185,7 +185,11 @@ pub async fn retire(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysStatu
     let counts = blocking(move || rewrap::count_by_version(store.as_ref()))
         .await?
         .map_err(|_| ApiError::Unavailable)?;
-    if counts.get(&req.version).copied().unwrap_or(0) > 0 {
+    // A rewrap job still moving values to this version writes under it
+    // after the count: the version is in use until the job is done.
+    let job =
+        rewrap::status(v.store.as_ref(), v.keys.is_sealed()).map_err(|_| ApiError::Unavailable)?;
+    if counts.get(&req.version).copied().unwrap_or(0) > 0 || writes_under(&job, req.version) {
         audit_only(v, ctx, "keys_retire", "refused").await?;
         return Err(ApiError::KeyInUse);
     }
@@ -197,6 +201,11 @@ pub async fn retire(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysStatu
     })
     .await?;
     status(v).await
+}
+
+/// Whether the rewrap job `job` may still write values under `version`.
+fn writes_under(job: &RewrapStatus, version: u32) -> bool {
+    job.target_version == version && !matches!(job.state.as_str(), "done" | "idle")
 }
 
 /// `POST /v1/admin/keys/rewrap`: starts (or restarts) re-encryption of
@@ -317,5 +326,24 @@ pub async fn auto_rotate(
             _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_running_or_paused_job_holds_its_target_version() {
+        let job = |state: &str, target| RewrapStatus {
+            state: state.into(),
+            target_version: target,
+            ..RewrapStatus::default()
+        };
+        assert!(writes_under(&job("running", 2), 2));
+        assert!(writes_under(&job("paused_sealed", 2), 2));
+        assert!(!writes_under(&job("running", 3), 2));
+        assert!(!writes_under(&job("done", 2), 2));
+        assert!(!writes_under(&job("idle", 0), 2));
     }
 }
