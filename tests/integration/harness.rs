@@ -170,6 +170,12 @@ pub async fn tokenize_one(
 }
 
 /// Sends raw JSON bytes; returns (status, parsed body).
+/// The `Values` key of an opaque token (as tokenize returns it) and a
+/// subject.
+pub fn value_key(token: &str, subject: &str) -> Vec<u8> {
+    vault::schema::value_key(&vault::crypto::decode_token(token).unwrap(), subject)
+}
+
 /// Whether `Values` holds a record (not a tombstone, nor nothing) at `key`.
 pub fn holds_record(store: &dyn vault::store::Store, key: &[u8]) -> bool {
     store

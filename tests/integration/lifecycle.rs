@@ -244,11 +244,7 @@ async fn a_held_subject_with_many_due_values_does_not_stall_the_sweeper() {
     req.retention = Some("PT1S".into());
     let free = app.tokenize(&req).await.unwrap().tokens[0].token.clone();
     let store = v.store();
-    let key = |t: &str, s: &str| {
-        let mut k = vault::crypto::decode_token(t).unwrap().to_vec();
-        k.extend_from_slice(s.as_bytes());
-        k
-    };
+    let key = value_key;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while holds_record(store.as_ref(), &key(&free, "acct-free")) {
         assert!(
@@ -322,11 +318,7 @@ async fn account_closure_starts_the_clocks_and_the_sweeper_purges() {
         "expiry holds at read time"
     );
     let store = v.store();
-    let key = |t: &str, s: &str| {
-        let mut k = vault::crypto::decode_token(t).unwrap().to_vec();
-        k.extend_from_slice(s.as_bytes());
-        k
-    };
+    let key = value_key;
     let due = store.scan(Space::Expiry, b"", None, 10).unwrap();
     assert!(
         !holds_record(store.as_ref(), &key(&a, "acct-c")),

@@ -87,26 +87,13 @@ async fn a_ciphertext_moved_to_another_record_does_not_open() {
     let a = tokenize_one(&c, "acct-a", "notification", "phone", "13800138000").await;
     let b = tokenize_one(&c, "acct-b", "notification", "phone", "13900139000").await;
     let store = v.store();
-    let key = |t: &str, s: &str| {
-        let mut k = vault::crypto::decode_token(t).unwrap().to_vec();
-        k.extend_from_slice(s.as_bytes());
-        k
-    };
+    let key = value_key;
     let rec_a = store
         .get(Space::Values, &key(&a, "acct-a"))
         .unwrap()
         .unwrap();
     // Swap A's record (ciphertext included) into B's place.
-    let mut batch = Batch::default();
-    batch.put(Space::Values, key(&b, "acct-b"), rec_a.clone());
-    store.write(batch).unwrap();
-    let r = c
-        .detokenize(&detok_req("notification", &[&b, &a]))
-        .await
-        .unwrap();
-    assert_eq!(r.values[0].status, Status::Unknown);
-    assert!(r.values[0].value.is_none());
-    assert_eq!(r.values[1].value.as_deref(), Some("+8613800138000"));
+    moved_record_does_not_open(&c, store.as_ref(), key(&b, "acct-b"), rec_a.clone(), &b, &a).await;
     // And under A's own token but another subject: also refused.
     let mut batch = Batch::default();
     batch.delete(Space::Values, key(&a, "acct-a"));
@@ -134,20 +121,30 @@ async fn a_ciphertext_moved_under_another_token_of_the_same_subject_does_not_ope
     let a = tokenize_one(&c, "acct-a", "notification", "phone", "13800138000").await;
     let b = tokenize_one(&c, "acct-a", "notification", "phone", "13900139000").await;
     let store = v.store();
-    let key = |t: &str| {
-        let mut k = vault::crypto::decode_token(t).unwrap().to_vec();
-        k.extend_from_slice(b"acct-a");
-        k
-    };
+    let key = |t: &str| value_key(t, "acct-a");
     let rec_a = store.get(Space::Values, &key(&a)).unwrap().unwrap();
     assert_eq!(rec_a[0], 2, "records are written in format 2");
-    let mut batch = Batch::default();
-    batch.put(Space::Values, key(&b), rec_a);
-    store.write(batch).unwrap();
     // B's token no longer gives B's value, and does not give A's either:
     // the token is in the ciphertext's AAD.
+    moved_record_does_not_open(&c, store.as_ref(), key(&b), rec_a, &b, &a).await;
+}
+
+/// Writes `record` (A's, ciphertext included) at `at` (B's place), then
+/// checks that B's token gives nothing and A's token still gives A's value
+/// (`+8613800138000`).
+async fn moved_record_does_not_open(
+    c: &vault_sdk::Client,
+    store: &dyn vault::store::Store,
+    at: Vec<u8>,
+    record: Vec<u8>,
+    b: &str,
+    a: &str,
+) {
+    let mut batch = Batch::default();
+    batch.put(Space::Values, at, record);
+    store.write(batch).unwrap();
     let r = c
-        .detokenize(&detok_req("notification", &[&b, &a]))
+        .detokenize(&detok_req("notification", &[b, a]))
         .await
         .unwrap();
     assert_eq!(r.values[0].status, Status::Unknown);

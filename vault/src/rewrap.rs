@@ -507,14 +507,7 @@ mod tests {
 
     #[test]
     fn a_job_never_moves_values_to_an_older_version_nor_outlives_a_newer_job() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = SecretKey::<32>::from_slice(&[5; 32]).unwrap();
-        let store = RocksStore::open(dir.path()).unwrap();
-        let k1 = Keyring::open(&root, &store).unwrap();
-        put_values(&store, &k1, 300);
-        store.write(k1.rotation(2).unwrap().0).unwrap();
-        let k2 = k1.reload(&store).unwrap();
-        store.write(Rewrap::start_batch(2).unwrap()).unwrap();
+        let (_dir, store, k2) = rotated(5, 300);
         assert_eq!(step(&store, &k2, 1000).unwrap(), (true, 300));
         // A job towards version 1 (one that outlived a rotation) leaves the
         // values under 2 alone.
@@ -547,6 +540,20 @@ mod tests {
         ));
         assert_eq!(status(&store, false).unwrap().scanned, 7);
         assert_eq!(check_all(&store, &k3), [(2, 300)].into());
+    }
+
+    /// A store with `n` format-1 values under version 1, version 2 active
+    /// and a job towards it started (the directory must outlive the store).
+    fn rotated(seed: u8, n: u32) -> (tempfile::TempDir, RocksStore, Keyring) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = SecretKey::<32>::from_slice(&[seed; 32]).unwrap();
+        let store = RocksStore::open(dir.path()).unwrap();
+        let k1 = Keyring::open(&root, &store).unwrap();
+        put_values(&store, &k1, n);
+        store.write(k1.rotation(2).unwrap().0).unwrap();
+        let k2 = k1.reload(&store).unwrap();
+        store.write(Rewrap::start_batch(2).unwrap()).unwrap();
+        (dir, store, k2)
     }
 
     /// How many records bind their token in the AAD (format 2).
@@ -597,14 +604,7 @@ mod tests {
 
     #[test]
     fn a_run_stops_between_steps_once_told_to() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = SecretKey::<32>::from_slice(&[6; 32]).unwrap();
-        let store = RocksStore::open(dir.path()).unwrap();
-        let k1 = Keyring::open(&root, &store).unwrap();
-        put_values(&store, &k1, 2500);
-        store.write(k1.rotation(2).unwrap().0).unwrap();
-        let k2 = k1.reload(&store).unwrap();
-        store.write(Rewrap::start_batch(2).unwrap()).unwrap();
+        let (_dir, store, k2) = rotated(6, 2500);
         // Sealed after the first step was prepared: it is written, and no
         // other step is prepared.
         let asked = std::sync::atomic::AtomicUsize::new(0);
@@ -616,14 +616,7 @@ mod tests {
 
     #[test]
     fn a_pipelined_run_writes_every_step_with_its_cursor() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = SecretKey::<32>::from_slice(&[4; 32]).unwrap();
-        let store = RocksStore::open(dir.path()).unwrap();
-        let k1 = Keyring::open(&root, &store).unwrap();
-        put_values(&store, &k1, 2500);
-        store.write(k1.rotation(2).unwrap().0).unwrap();
-        let k2 = k1.reload(&store).unwrap();
-        store.write(Rewrap::start_batch(2).unwrap()).unwrap();
+        let (_dir, store, k2) = rotated(4, 2500);
         // Two steps of 1000 in one run: the cursor of the second is durable.
         assert_eq!(run(&store, &k2, 1000, 2).unwrap(), (false, 2000));
         let s = status(&store, false).unwrap();

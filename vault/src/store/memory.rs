@@ -27,6 +27,23 @@ impl MemoryStore {
     }
 }
 
+/// The rows of `space` with `from <= key < to` (to the space's end
+/// without `to`), in key order either way.
+fn in_space<'m>(
+    map: &'m Map,
+    space: Space,
+    from: &[u8],
+    to: Option<&[u8]>,
+) -> impl DoubleEndedIterator<Item = (&'m (Space, Vec<u8>), &'m Vec<u8>)> {
+    let lower = Bound::Included((space, from.to_vec()));
+    let upper = match to {
+        Some(t) => Bound::Excluded((space, t.to_vec())),
+        None => Bound::Unbounded,
+    };
+    map.range((lower, upper))
+        .filter(move |((s, _), _)| *s == space)
+}
+
 impl Store for MemoryStore {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.lock()?.get(&(space, key.to_vec())).cloned())
@@ -40,14 +57,7 @@ impl Store for MemoryStore {
         limit: usize,
     ) -> Result<Rows, StoreError> {
         let map = self.lock()?;
-        let lower = Bound::Included((space, from.to_vec()));
-        let upper = match to {
-            Some(t) => Bound::Excluded((space, t.to_vec())),
-            None => Bound::Unbounded,
-        };
-        Ok(map
-            .range((lower, upper))
-            .take_while(|((s, _), _)| *s == space)
+        Ok(in_space(&map, space, from, to)
             .take(limit)
             .map(|((_, k), v)| (k.clone(), v.clone()))
             .collect())
@@ -61,15 +71,8 @@ impl Store for MemoryStore {
         limit: usize,
     ) -> Result<Rows, StoreError> {
         let map = self.lock()?;
-        let lower = Bound::Included((space, from.to_vec()));
-        let upper = match to {
-            Some(t) => Bound::Excluded((space, t.to_vec())),
-            None => Bound::Unbounded,
-        };
-        Ok(map
-            .range((lower, upper))
+        Ok(in_space(&map, space, from, to)
             .rev()
-            .filter(|((s, _), _)| *s == space)
             .take(limit)
             .map(|((_, k), v)| (k.clone(), v.clone()))
             .collect())
