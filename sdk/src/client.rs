@@ -157,8 +157,11 @@ impl Client {
         let req = crate::wire::ConsentRequest {
             policy_version: policy_version.to_string(),
         };
-        self.put_json(&format!("/v1/subjects/{subject}/consents/{purpose}"), &req)
-            .await
+        self.put_json(
+            &subject_path(subject, &format!("/consents/{}", seg(purpose))),
+            &req,
+        )
+        .await
     }
 
     /// `DELETE /v1/subjects/{subject}/consents/{purpose}`: consent withdrawn.
@@ -167,35 +170,38 @@ impl Client {
         subject: &str,
         purpose: &str,
     ) -> Result<ConsentState, Error> {
-        self.delete_json(&format!("/v1/subjects/{subject}/consents/{purpose}"))
-            .await
+        self.delete_json(&subject_path(
+            subject,
+            &format!("/consents/{}", seg(purpose)),
+        ))
+        .await
     }
 
     /// `GET /v1/subjects/{subject}/consents/{purpose}`: state and history.
     pub async fn consent(&self, subject: &str, purpose: &str) -> Result<ConsentState, Error> {
-        self.get_json(&format!("/v1/subjects/{subject}/consents/{purpose}"))
-            .await
+        self.get_json(&subject_path(
+            subject,
+            &format!("/consents/{}", seg(purpose)),
+        ))
+        .await
     }
 
     /// `GET /v1/subjects/{subject}?purpose=data_subject_request`: every live
     /// value of the subject, in full (the right to view and copy).
     pub async fn export_subject(&self, subject: &str) -> Result<crate::wire::SubjectExport, Error> {
-        self.get_json(&format!(
-            "/v1/subjects/{subject}?purpose=data_subject_request"
-        ))
-        .await
+        self.get_json(&subject_path(subject, "?purpose=data_subject_request"))
+            .await
     }
 
     /// `GET /v1/subjects/{subject}/access-log`: every release of the
     /// subject's data.
     pub async fn access_log(&self, subject: &str) -> Result<crate::wire::AccessLog, Error> {
-        self.get_json(&format!("/v1/subjects/{subject}/access-log"))
-            .await
+        self.get_json(&subject_path(subject, "/access-log")).await
     }
 
     /// `DELETE /v1/subjects/{subject}`: erasure, with its receipt.
     pub async fn erase_subject(&self, subject: &str) -> Result<crate::wire::ErasureReceipt, Error> {
-        self.delete_json(&format!("/v1/subjects/{subject}")).await
+        self.delete_json(&subject_path(subject, "")).await
     }
 
     /// `PUT` (on) or `DELETE` (off) `/v1/subjects/{subject}/hold` (officers).
@@ -204,7 +210,7 @@ impl Client {
         subject: &str,
         on: bool,
     ) -> Result<crate::wire::SubjectStatus, Error> {
-        let path = format!("/v1/subjects/{subject}/hold");
+        let path = subject_path(subject, "/hold");
         if on {
             self.put_json(&path, &serde_json::json!({})).await
         } else {
@@ -217,8 +223,7 @@ impl Client {
         let ev = crate::wire::SubjectEvent {
             event: "account_closed".into(),
         };
-        self.post_json(&format!("/v1/subjects/{subject}/events"), &ev)
-            .await
+        self.post_json(&subject_path(subject, "/events"), &ev).await
     }
 
     /// `PUT /v1/subjects/{subject}/tokens/{token}`: correction; the answer
@@ -232,8 +237,11 @@ impl Client {
         let req = crate::wire::CorrectionRequest {
             value: value.to_string(),
         };
-        self.put_json(&format!("/v1/subjects/{subject}/tokens/{token}"), &req)
-            .await
+        self.put_json(
+            &subject_path(subject, &format!("/tokens/{}", seg(token))),
+            &req,
+        )
+        .await
     }
 
     /// `GET /v1/admin/incidents/exposure` (officers): subjects whose data
@@ -246,7 +254,7 @@ impl Client {
     ) -> Result<crate::wire::ExposureReport, Error> {
         let mut path = format!("/v1/admin/incidents/exposure?from={from_ms}&to={to_ms}");
         if let Some(c) = caller {
-            path.push_str(&format!("&caller={c}"));
+            path.push_str(&format!("&caller={}", seg(c)));
         }
         self.get_json(&path).await
     }
@@ -491,3 +499,16 @@ fn encode<T: Serialize + ?Sized>(req: &T) -> Result<Bytes, Error> {
 
 #[cfg(test)]
 mod tests;
+
+/// One path segment or query value, percent-encoded: a subject, purpose,
+/// token or caller is data, and must not become a `/`, `?`, `#` or `&` of
+/// the request (`erase_subject("a/consents/p")` would otherwise withdraw a
+/// consent instead of erasing anything).
+fn seg(s: &str) -> String {
+    crate::query::percent_encode(s)
+}
+
+/// `/v1/subjects/{subject}` then `tail` (already encoded).
+fn subject_path(subject: &str, tail: &str) -> String {
+    format!("/v1/subjects/{}{tail}", seg(subject))
+}

@@ -56,6 +56,14 @@ async fn consent_gates_a_requires_consent_purpose() {
     assert_eq!(out.values[0].reason.as_deref(), Some("consent_required"));
 
     // Withdrawal ends it at once; the ledger keeps the whole history.
+    // A subject id that would reach another resource stays one path
+    // segment: refused as a subject, the consent untouched.
+    let e = app
+        .erase_subject("acct-1/consents/user_specified")
+        .await
+        .unwrap_err();
+    assert_eq!((e.status(), e.code()), (Some(400), Some("invalid_subject")));
+    assert!(app.consent("acct-1", "user_specified").await.unwrap().live);
     let st = app
         .withdraw_consent("acct-1", "user_specified")
         .await

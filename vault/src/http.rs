@@ -368,7 +368,10 @@ async fn subjects(
         },
         (["hold"], _) => ok(lifecycle::hold(v, ctx, &subject, *m == Method::PUT).await),
         (["events"], _) => ok(lifecycle::event(v, ctx, &subject, b).await),
-        (["tokens", t], _) => ok(lifecycle::correct(v, ctx, &subject, t, b).await),
+        (["tokens", t], _) => match api::percent_decode(t) {
+            Some(t) => ok(lifecycle::correct(v, ctx, &subject, &t, b).await),
+            None => error_response(&ApiError::NotFound),
+        },
         _ => error_response(&ApiError::NotFound),
     }
 }

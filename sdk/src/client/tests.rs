@@ -698,3 +698,24 @@ async fn paths_must_be_absolute() {
     let e = client.raw(Method::GET, "/v1/a b", None).await.unwrap_err();
     assert!(matches!(e, Error::Config(_)), "{e:?}");
 }
+
+#[test]
+fn subjects_tokens_and_purposes_stay_inside_their_path_segment() {
+    assert_eq!(
+        subject_path("acct-1001", "/hold"),
+        "/v1/subjects/acct-1001/hold"
+    );
+    // A subject that would reach another resource, or cut the path, is one
+    // encoded segment; the server refuses it as a subject.
+    for (subject, want) in [
+        ("a/consents/p", "/v1/subjects/a%2Fconsents%2Fp"),
+        ("a#x", "/v1/subjects/a%23x"),
+        ("a?purpose=x", "/v1/subjects/a%3Fpurpose%3Dx"),
+        ("../admin", "/v1/subjects/..%2Fadmin"),
+        ("a:b", "/v1/subjects/a%3Ab"),
+    ] {
+        assert_eq!(subject_path(subject, ""), want);
+    }
+    assert_eq!(seg("x&caller=y"), "x%26caller%3Dy");
+    assert_eq!(seg("13812345678"), "13812345678");
+}
