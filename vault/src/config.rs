@@ -233,7 +233,8 @@ pub struct PurposeConfig {
     pub requires_consent: bool,
     /// With `requires-consent`: consents to a privacy-policy version older
     /// than this one no longer count (PIPL Art. 14: a changed purpose needs
-    /// new consent). Versions compare as strings, e.g. "2024-01-01".
+    /// new consent). Versions compare in natural order (runs of digits as
+    /// numbers), e.g. "2024-01-01", "2024-1-5", "v1.10".
     pub consent_since: Option<String>,
 }
 
@@ -460,19 +461,13 @@ fn apply_overrides(table: &mut toml::Table, env: &[(String, String)]) -> Result<
         let Some(path) = name.strip_prefix("VAULT__") else {
             continue;
         };
-        let keys: Vec<String> = path
-            .split("__")
-            .map(|k| k.to_ascii_lowercase().replace('_', "-"))
-            .collect();
-        let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or_else(|| toml::Value::String(raw.clone()));
+        let keys: Vec<&str> = path.split("__").collect();
         let Some((last, parents)) = keys.split_last() else {
             continue;
         };
         let mut cur = &mut *table;
         for k in parents {
+            let k = key_in(cur, k);
             let entry = cur
                 .entry(k.clone())
                 .or_insert_with(|| toml::Value::Table(toml::Table::new()));
@@ -480,9 +475,33 @@ fn apply_overrides(table: &mut toml::Table, env: &[(String, String)]) -> Result<
                 .as_table_mut()
                 .ok_or_else(|| format!("{name}: {k} is not a table"))?;
         }
-        cur.insert(last.clone(), value);
+        let last = key_in(cur, last);
+        let parsed = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"));
+        // Where the file has a string, the override is that string as
+        // written (`1.2` stays "1.2", a date stays a date's text).
+        let value = match (cur.get(&last), parsed) {
+            (Some(toml::Value::String(_)), _) | (_, None) => toml::Value::String(raw.clone()),
+            (_, Some(v)) => v,
+        };
+        cur.insert(last, value);
     }
     Ok(())
+}
+
+/// The key of `table` an override's path segment names: settings are
+/// kebab-case (`MAX_ITEMS` is `max-items`), but names the file defines
+/// (a purpose such as `respond_to_request`) keep their underscores; an
+/// existing key of either form wins, else the setting's form.
+fn key_in(table: &toml::Table, segment: &str) -> String {
+    let snake = segment.to_ascii_lowercase();
+    let kebab = snake.replace('_', "-");
+    if !table.contains_key(&kebab) && table.contains_key(&snake) {
+        snake
+    } else {
+        kebab
+    }
 }
 
 #[cfg(test)]

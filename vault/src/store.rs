@@ -14,11 +14,13 @@ pub use rocks::RocksStore;
 /// A keyspace (a column family in RocksDB, a table elsewhere).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Space {
-    /// token ‖ subject → sealed value record.
+    /// token ‖ subject → sealed value record, or the tombstone a deleted
+    /// value leaves (`schema::Tombstone`).
     Values,
     /// subject ‖ 0 ‖ token → empty: every value of a subject.
     Subjects,
-    /// expiry (big-endian ms) ‖ token ‖ subject → empty: due values in order.
+    /// expiry (big-endian ms) ‖ token ‖ subject → empty: due values in
+    /// order, and tombstones at the end of their keeping.
     Expiry,
     /// sequence (big-endian) → audit event.
     Audit,

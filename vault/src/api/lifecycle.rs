@@ -199,7 +199,6 @@ pub(crate) fn values_of(
     Ok(out)
 }
 
-/// Deletes one value and its index entries.
 /// Deletes one value and its index entries, leaving a [`Tombstone`] so the
 /// token reads `gone` for this subject (SPEC: erased, or past retention),
 /// not `unknown`; the tombstone is indexed for the sweeper to remove when

@@ -116,6 +116,33 @@ fn environment_overrides_win() {
 }
 
 #[test]
+fn overrides_reach_names_with_underscores_and_keep_strings_strings() {
+    let cfg = load(
+        EXAMPLE,
+        &[
+            (
+                "VAULT__PURPOSES__RESPOND_TO_REQUEST__REQUIRES_CONSENT",
+                "true",
+            ),
+            (
+                "VAULT__PURPOSES__USER_SPECIFIED__CONSENT_SINCE",
+                "2024-01-01",
+            ),
+            ("VAULT__TLS__MIN_VERSION", "1.2"),
+        ],
+    )
+    .unwrap();
+    // The purpose the file defines, not a new `respond-to-request`.
+    assert!(cfg.purposes["respond_to_request"].requires_consent);
+    assert!(!cfg.purposes.contains_key("respond-to-request"));
+    assert_eq!(
+        cfg.purposes["user_specified"].consent_since.as_deref(),
+        Some("2024-01-01")
+    );
+    assert_eq!(cfg.tls.min_version, "1.2");
+}
+
+#[test]
 fn unknown_keys_are_named() {
     let text = EXAMPLE.replace("max-items = 1000", "max-itemz = 1000");
     let err = load(&text, &[]).unwrap_err().to_string();
