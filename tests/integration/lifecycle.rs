@@ -537,6 +537,7 @@ async fn erasure_within_a_legal_retention_period_restricts_then_erases() {
             .legal_minimum
             .insert("cn_resident_id".into(), "PT2S".into());
         cfg.retention.sweep_interval_ms = 100;
+        cfg.retention.after_account_closed = "PT1S".into();
     })
     .await;
     let app = v.client("app");
@@ -560,6 +561,12 @@ async fn erasure_within_a_legal_retention_period_restricts_then_erases() {
     assert_eq!(receipt.values_erased, 1, "the phone goes at once");
     let until = receipt.restricted_until.expect("restricted, not erased");
     assert!(until > receipt.time_ms);
+    // Closing the account now changes no clock: the kept value stays to
+    // its legal end (a closure clock of 1 s would have cut it short).
+    assert_eq!(
+        app.account_closed("acct-l").await.unwrap().values_affected,
+        0
+    );
     let out = app
         .detokenize(&detok_req("identity_verification", &[&phone]))
         .await

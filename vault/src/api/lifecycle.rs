@@ -292,7 +292,15 @@ async fn close_pass(v: &Vault, ctx: Option<&Ctx>, subject: &str) -> Result<u64, 
     let until = closed_at.saturating_add(period);
     let mut b = Batch::default();
     let mut n = 0u64;
-    for (token, bytes, mut rec) in values_of(v.store.as_ref(), subject)? {
+    // A subject restricted by a pending erasure keeps each value exactly to
+    // its legal end, and its key until the last: a closure changes no clock
+    // there (it is recorded all the same).
+    let values = if standing.restricted() {
+        Vec::new()
+    } else {
+        values_of(v.store.as_ref(), subject)?
+    };
+    for (token, bytes, mut rec) in values {
         if rec.expires_ms.is_some_and(|e| e <= until) {
             continue;
         }
@@ -389,15 +397,31 @@ pub async fn erase(v: &Vault, ctx: &Ctx, subject: &str) -> Result<ErasureReceipt
     })
     .await?;
     if let Some(until) = receipt.restricted_until {
-        // Values that landed while the restriction was being written.
+        // Values that landed while the restriction was being written. The
+        // restriction itself is committed and audited: if this pass cannot
+        // be made (a hold placed meanwhile keeps everything as it is), the
+        // receipt stands and the failure is logged.
         let late = retrying(|| async {
+            if is_held(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)? {
+                return Ok(None);
+            }
             let values = values_of(v.store.as_ref(), subject)?;
-            restrict(v, None, subject, &values, until, receipt.time_ms).await
+            restrict(v, None, subject, &values, until, receipt.time_ms)
+                .await
+                .map(Some)
         })
-        .await?;
-        return Ok(ErasureReceipt {
-            values_erased: receipt.values_erased + late.values_erased,
-            ..receipt
+        .await;
+        return Ok(match late {
+            Ok(Some(late)) => ErasureReceipt {
+                values_erased: receipt.values_erased + late.values_erased,
+                restricted_until: late.restricted_until,
+                ..receipt
+            },
+            Ok(None) => receipt,
+            Err(e) => {
+                tracing::error!(error = %e, "Restriction committed; its second pass failed");
+                receipt
+            }
         });
     }
     purge_subject_keys(v).await;
@@ -483,16 +507,27 @@ async fn restrict(
         b.put(Space::Expiry, expiry_key(end, token, subject), Vec::new());
     }
     let digest = erasure_digest(subject, time_ms, &mut tokens);
+    // The restriction lasts until the last kept value's end: a value that
+    // landed late may end after the first pass's `until`, and the key must
+    // outlive it.
+    let until = values
+        .iter()
+        .filter_map(|(_, _, rec)| legal_end(v, rec, time_ms))
+        .fold(until, u64::max);
+    let standing = Standing::read(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)?;
     let events = match ctx {
         Some(ctx) => {
-            let standing =
-                Standing::read(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)?;
             standing.write(&mut b, subject, standing.closed_ms, Some(until));
             let mut event = draft(ctx, "erasure", subject, "restricted");
             event.reference = Some(digest.clone());
             vec![event]
         }
-        None => Vec::new(),
+        None => {
+            if standing.restricted_until.is_some_and(|u| u < until) {
+                standing.write(&mut b, subject, standing.closed_ms, Some(until));
+            }
+            Vec::new()
+        }
     };
     if ctx.is_some() || !b.ops.is_empty() {
         commit(v, b, events).await?;
