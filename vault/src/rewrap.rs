@@ -83,6 +83,17 @@ fn encode(c: &Cursor) -> Result<Vec<u8>, RewrapError> {
     serde_json::to_vec(c).map_err(|_| RewrapError::Corrupt)
 }
 
+/// The job's cursor as stored (`None`: no job ever), for a write that must
+/// hold only while the job is as it was read (a key retirement).
+pub fn cursor_bytes(store: &dyn Store) -> Result<Option<Vec<u8>>, StoreError> {
+    store.get(Space::Meta, CURSOR_KEY)
+}
+
+/// Adds to `b` the check that the job's cursor is still `bytes`.
+pub fn guard_cursor(b: &mut Batch, bytes: Option<Vec<u8>>) {
+    b.expect(Space::Meta, CURSOR_KEY.to_vec(), bytes);
+}
+
 fn load(store: &dyn Store) -> Result<Option<Cursor>, RewrapError> {
     match store.get(Space::Meta, CURSOR_KEY)? {
         None => Ok(None),

@@ -181,14 +181,18 @@ pub async fn configure(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysSt
 pub async fn retire(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysStatus, ApiError> {
     require_officer(ctx)?;
     let req: RetireRequest = parse_json(body)?;
+    // The job first, then the count: a rewrap job still moving values to
+    // this version writes under it after the count, so the version is in
+    // use until the job is done; and the retirement is written only while
+    // the job is as read here (a job that moved on meanwhile may have
+    // written under it behind the count).
+    let cursor = rewrap::cursor_bytes(v.store.as_ref()).map_err(|_| ApiError::Unavailable)?;
+    let job =
+        rewrap::status(v.store.as_ref(), v.keys.is_sealed()).map_err(|_| ApiError::Unavailable)?;
     let store = v.store.clone();
     let counts = blocking(move || rewrap::count_by_version(store.as_ref()))
         .await?
         .map_err(|_| ApiError::Unavailable)?;
-    // A rewrap job still moving values to this version writes under it
-    // after the count: the version is in use until the job is done.
-    let job =
-        rewrap::status(v.store.as_ref(), v.keys.is_sealed()).map_err(|_| ApiError::Unavailable)?;
     if counts.get(&req.version).copied().unwrap_or(0) > 0 || writes_under(&job, req.version) {
         audit_only(v, ctx, "keys_retire", "refused").await?;
         return Err(ApiError::KeyInUse);
@@ -197,7 +201,9 @@ pub async fn retire(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysStatu
         .unwrap_or(u64::MAX)
         .saturating_mul(2);
     change_keys(v, ctx, "keys_retire", |k| {
-        k.retirement(req.version, now_ms(), grace)
+        let mut b = k.retirement(req.version, now_ms(), grace)?;
+        rewrap::guard_cursor(&mut b, cursor);
+        Ok(b)
     })
     .await?;
     status(v).await
