@@ -151,3 +151,28 @@ async fn moved_record_does_not_open(
     assert!(r.values[0].value.is_none());
     assert_eq!(r.values[1].value.as_deref(), Some("+8613800138000"));
 }
+
+#[tokio::test]
+async fn many_tombstones_of_a_shared_value_do_not_hide_a_live_holder() {
+    let v = TestVault::start().await;
+    let c = v.client("app");
+    let tok = tokenize_one(&c, "zz-live", "notification", "phone", "13800138000").await;
+    // 300 holders of the same value, erased (their tombstones sort first).
+    let store = v.store();
+    let mut batch = Batch::default();
+    for i in 0..300 {
+        let tomb = vault::schema::Tombstone::new(vault::classes::Class::Phone, 1);
+        batch.put(
+            Space::Values,
+            value_key(&tok, &format!("a{i:03}")),
+            tomb.encode(),
+        );
+    }
+    store.write(batch).unwrap();
+    let r = c
+        .detokenize(&detok_req("notification", &[&tok]))
+        .await
+        .unwrap();
+    assert_eq!(r.values[0].status, Status::Ok);
+    assert_eq!(r.values[0].value.as_deref(), Some("+8613800138000"));
+}

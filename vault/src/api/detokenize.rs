@@ -20,11 +20,14 @@ use crate::ledger;
 use crate::policy::{PurposeInfo, Release, DATA_SUBJECT_REQUEST};
 use crate::schema::{self, Record};
 use crate::server::Vault;
-use crate::store::{scan_prefix, Batch, Space};
+use crate::store::{Batch, Space};
 use crate::subject_keys;
 
-/// Most records looked at for one token (one per subject holding the value).
+/// Rows of one token read at a time (one per subject holding the value, or
+/// a tombstone of one that did).
 const MAX_HOLDERS: usize = 256;
+/// Most pages read for one token: 65,536 holders and tombstones.
+const MAX_PAGES: usize = 256;
 
 pub async fn detokenize(
     v: &Vault,
@@ -284,25 +287,43 @@ impl Lookup<'_> {
 
     /// The first live record of the token, else its first dead one, else
     /// what an erased one left.
+    /// Reads the token's rows a page at a time until a live record turns
+    /// up: a shared value (a common name) may have many tombstones of
+    /// erased holders before a live one, for as long as they are kept.
     fn find(&self, token: &TokenBytes) -> Result<Option<Found>, ApiError> {
-        let rows = scan_prefix(self.v.store.as_ref(), Space::Values, token, MAX_HOLDERS)
-            .map_err(|_| ApiError::Unavailable)?;
+        let end = crate::store::prefix_end(token);
+        let mut from = token.to_vec();
         let mut dead = None;
         let mut erased = None;
-        for (key, bytes) in rows {
-            let Some(rec) = Record::decode(&bytes) else {
-                if let Some(t) = schema::Tombstone::decode(&bytes) {
-                    erased.get_or_insert(Found::Erased(t.class));
-                }
-                continue;
-            };
-            let subject = schema::subject_of_value_key(&key)
-                .unwrap_or_default()
-                .to_string();
-            if rec.is_live(self.now) {
-                return Ok(Some(Found::Record(subject, rec)));
+        for _ in 0..MAX_PAGES {
+            let rows = self
+                .v
+                .store
+                .scan(Space::Values, &from, end.as_deref(), MAX_HOLDERS)
+                .map_err(|_| ApiError::Unavailable)?;
+            let full = rows.len() == MAX_HOLDERS;
+            if let Some((k, _)) = rows.last() {
+                from = k.clone();
+                from.push(0);
             }
-            dead.get_or_insert(Found::Record(subject, rec));
+            for (key, bytes) in rows {
+                let Some(rec) = Record::decode(&bytes) else {
+                    if let Some(t) = schema::Tombstone::decode(&bytes) {
+                        erased.get_or_insert(Found::Erased(t.class));
+                    }
+                    continue;
+                };
+                let subject = schema::subject_of_value_key(&key)
+                    .unwrap_or_default()
+                    .to_string();
+                if rec.is_live(self.now) {
+                    return Ok(Some(Found::Record(subject, rec)));
+                }
+                dead.get_or_insert(Found::Record(subject, rec));
+            }
+            if !full {
+                break;
+            }
         }
         Ok(dead.or(erased))
     }

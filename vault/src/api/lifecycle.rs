@@ -683,9 +683,11 @@ fn due_entries(v: &Vault, upper: &[u8]) -> Result<(Rows, i64), ApiError> {
     Ok((due, held_entries))
 }
 
-/// One sweeper pass: deletes up to `SWEEP_BATCH` values whose time is
-/// up, oldest first, by the expiry index (no full scan). Held subjects are
-/// passed over. Returns how many values it purged.
+/// One sweeper pass: handles up to `SWEEP_BATCH` due entries of the expiry
+/// index, oldest first (no full scan): values whose time is up, tombstones
+/// kept long enough, stale entries. Held subjects are passed over. Returns
+/// how many entries it handled (a full batch: more may be due at once,
+/// whether or not they were values).
 pub async fn sweep_once(v: &Vault) -> Result<u64, ApiError> {
     let now = now_ms();
     let upper = now.saturating_add(1).to_be_bytes();
@@ -693,6 +695,7 @@ pub async fn sweep_once(v: &Vault) -> Result<u64, ApiError> {
     // Due values this pass leaves behind: held subjects, or a full batch's
     // overflow (counted on the next pass, which follows at once).
     let full = due.len() >= SWEEP_BATCH;
+    let handled = due.len() as u64;
     let oldest = due
         .first()
         .and_then(|(k, _)| k.get(..8))
@@ -818,7 +821,7 @@ pub async fn sweep_once(v: &Vault) -> Result<u64, ApiError> {
         // engine's files now, not at some later compaction.
         purge_subject_keys(v).await;
     }
-    Ok(purged)
+    Ok(handled)
 }
 
 const STATS_PREFIX: &[u8] = b"stats/";
