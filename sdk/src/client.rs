@@ -78,6 +78,21 @@ impl std::fmt::Debug for RawResponse {
     }
 }
 
+/// The body may carry released plaintext (a detokenize, an export): it is
+/// zeroed when the answer is dropped, if no copy of the handle lives on.
+impl Drop for RawResponse {
+    fn drop(&mut self) {
+        wipe(std::mem::take(&mut self.body));
+    }
+}
+
+/// Zeroes `bytes` in place when this is the only handle to them.
+fn wipe(bytes: Bytes) {
+    if let Ok(mut b) = bytes.try_into_mut() {
+        zeroize::Zeroize::zeroize(&mut b[..]);
+    }
+}
+
 impl RawResponse {
     pub fn is_success(&self) -> bool {
         (200..300).contains(&self.status)
@@ -409,6 +424,11 @@ impl Client {
                     Err((outcome, _)) => retry::should_retry(kind, *outcome),
                 };
             if !retry {
+                // The request body (values to tokenize, a share) is not
+                // needed any more.
+                if let Some(b) = body {
+                    wipe(b);
+                }
                 return result.map_err(|(_, e)| e);
             }
             tokio::time::sleep(retry::backoff(attempt)).await;

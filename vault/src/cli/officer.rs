@@ -233,7 +233,7 @@ pub fn unseal(conn: &Connection, share: Option<String>) -> ExitCode {
     let share = zeroize::Zeroizing::new(match share {
         Some(s) => s,
         None => {
-            let mut line = String::new();
+            let mut line = zeroize::Zeroizing::new(String::new());
             if std::io::stdin().read_line(&mut line).is_err() || line.trim().is_empty() {
                 return fail(
                     EXIT_CONFIG,
