@@ -1,6 +1,11 @@
 # Production image: built with the locked dependencies, run as a non-root user
 # on a distroless base (no shell, no package manager). Mount the configuration
-# read-only at /etc/vault and a volume for the data at /var/lib/vault.
+# read-only at /etc/vault (with `data-dir = "/var/lib/vault"` in it) and a
+# volume for the data at /var/lib/vault, which the image creates owned by the
+# nonroot user so a fresh named volume is writable. The ops listener (9464)
+# is plain HTTP without authentication and binds loopback by default; bind it
+# wider (VAULT__SERVER__OPS_ADDR=0.0.0.0:9464) only on a network that only
+# monitoring reaches.
 #
 #   docker build -t vault .
 #   docker run --read-only -v /path/to/config:/etc/vault:ro -v vault-data:/var/lib/vault \
@@ -11,9 +16,11 @@ RUN apt-get update && apt-get install -y --no-install-recommends clang libclang-
 WORKDIR /src
 COPY . .
 RUN cargo build --locked --release -p vault --bin vault
+RUN mkdir -p /out/var/lib/vault
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/vault /usr/local/bin/vault
+COPY --from=build --chown=65532:65532 /out/var/lib/vault /var/lib/vault
 USER nonroot:nonroot
 VOLUME ["/var/lib/vault"]
 EXPOSE 8443 9464

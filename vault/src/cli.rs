@@ -177,7 +177,10 @@ pub fn run(cli: Cli) -> ExitCode {
             Err(code) => code,
         },
         Command::CheckConfig { config } => match load(&config) {
-            Ok(_) => {
+            Ok(cfg) => {
+                for w in cfg.warnings() {
+                    eprintln!("warning: {w}");
+                }
                 println!("{}: valid", config.display());
                 ExitCode::SUCCESS
             }
@@ -256,6 +259,9 @@ fn init_logging(format: LogFormat) {
 
 fn serve(cfg: &Config) -> ExitCode {
     init_logging(cfg.server.log_format);
+    for w in cfg.warnings() {
+        tracing::warn!("{w}");
+    }
     for step in crate::hardening::disable_core_dumps() {
         tracing::warn!(step, "Process hardening step failed");
     }

@@ -300,6 +300,26 @@ impl Config {
         self.resolve(&self.server.data_dir)
     }
 
+    /// Settings that are valid but weaken the vault, each a sentence for a
+    /// warning (`check-config` prints them, `serve` logs them).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        let loopback = |addr: &str| {
+            addr.parse::<std::net::SocketAddr>()
+                .is_ok_and(|a| a.ip().is_loopback())
+        };
+        if !loopback(&self.server.ops_addr) {
+            w.push(format!(
+                "server.ops-addr {} is not loopback: /metrics, /healthz and /readyz answer anyone who reaches it, without authentication",
+                self.server.ops_addr
+            ));
+        }
+        if self.tls.min_version == "1.2" {
+            w.push("tls.min-version 1.2: TLS 1.2 clients are accepted as well as 1.3".into());
+        }
+        w
+    }
+
     fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         for (key, addr) in [

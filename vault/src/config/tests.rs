@@ -143,6 +143,23 @@ fn overrides_reach_names_with_underscores_and_keep_strings_strings() {
 }
 
 #[test]
+fn risky_but_valid_settings_are_warned_about() {
+    let cfg = load(EXAMPLE, &[]).unwrap();
+    assert!(cfg.warnings().is_empty(), "{:?}", cfg.warnings());
+    let cfg = load(
+        EXAMPLE,
+        &[
+            ("VAULT__SERVER__OPS_ADDR", "0.0.0.0:9464"),
+            ("VAULT__TLS__MIN_VERSION", "1.2"),
+        ],
+    )
+    .unwrap();
+    let w = cfg.warnings();
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(w[0].contains("0.0.0.0:9464") && w[1].contains("1.2"));
+}
+
+#[test]
 fn unknown_keys_are_named() {
     let text = EXAMPLE.replace("max-items = 1000", "max-itemz = 1000");
     let err = load(&text, &[]).unwrap_err().to_string();
