@@ -5,7 +5,7 @@
 //! exists is ever overwritten, and private keys are written owner-only.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -32,6 +32,8 @@ pub enum DevError {
         "{0} exists without the CA key; remove {1} to regenerate the development certificates"
     )]
     Partial(String, String),
+    #[error("{0}: {1}; vault dev keeps its keys there and will not use it")]
+    Unsafe(String, &'static str),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DevError + '_ {
@@ -48,9 +50,15 @@ fn cert_err(e: rcgen::Error) -> DevError {
 /// Makes sure `dir` holds everything `vault dev` runs with; returns the
 /// configuration file's path.
 pub fn prepare(dir: &Path) -> Result<PathBuf, DevError> {
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
     let tls = dir.join("tls");
-    std::fs::create_dir_all(&tls).map_err(io(&tls))?;
+    for d in [dir, &tls] {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(d)
+            .map_err(io(d))?;
+        private_dir(d)?;
+    }
     write_certs(&tls)?;
     let key = dir.join("master.key");
     if !key.exists() {
@@ -61,6 +69,25 @@ pub fn prepare(dir: &Path) -> Result<PathBuf, DevError> {
         write_new(&config, DEFAULT_CONFIG.as_bytes(), 0o644)?;
     }
     Ok(config)
+}
+
+/// Refuses a directory another user owns or may write to: its CA key,
+/// master key and database would be theirs to read or replace. (A new one
+/// is made owner-only.)
+fn private_dir(dir: &Path) -> Result<(), DevError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir).map_err(io(dir))?;
+    let name = || dir.display().to_string();
+    if meta.mode() & 0o022 != 0 {
+        return Err(DevError::Unsafe(name(), "group or others may write to it"));
+    }
+    // This process's user: the owner of its own /proc entry.
+    if let Ok(me) = std::fs::metadata("/proc/self").map(|m| m.uid()) {
+        if meta.uid() != me {
+            return Err(DevError::Unsafe(name(), "another user owns it"));
+        }
+    }
+    Ok(())
 }
 
 fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), DevError> {
@@ -165,6 +192,21 @@ fn leaf(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
+
+    #[test]
+    fn a_directory_others_may_write_is_refused_and_a_new_one_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = dir.path().join("new");
+        prepare(&fresh).unwrap();
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(matches!(prepare(&open), Err(DevError::Unsafe(..))));
+        assert!(!open.join("master.key").exists(), "nothing written there");
+    }
 
     #[test]
     fn prepare_creates_then_reuses() {
