@@ -167,6 +167,14 @@ impl Keyring {
         Self::load(kek_from_root(root), store)
     }
 
+    /// The batch that creates a key hierarchy under `root` in an empty
+    /// store (it holds only if none exists), for a caller that writes more
+    /// in the same atomic write (`operator init`: the split's metadata and
+    /// its audit event).
+    pub fn genesis_batch(root: &SecretKey<32>) -> Result<Batch, KeyError> {
+        Self::genesis(&kek_from_root(root), crate::api::now_ms())
+    }
+
     /// Whether `store` holds a key hierarchy yet.
     pub fn exists(store: &dyn Store) -> Result<bool, KeyError> {
         Ok(store.get(Space::Meta, TOKEN_SLOT)?.is_some())

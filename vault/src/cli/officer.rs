@@ -16,7 +16,7 @@ use vault_sdk::{Client, ClientBuilder};
 use super::{fail, load, EXIT_BROKEN, EXIT_CONFIG, EXIT_RUNTIME};
 use crate::audit::Draft;
 use crate::keys::{Keyring, UnsealMeta, UNSEAL_SLOT};
-use crate::store::{Batch, RocksStore, Space, Store};
+use crate::store::{RocksStore, Space, Store};
 
 /// Could not reach the vault (sysexits EX_UNAVAILABLE).
 pub const EXIT_UNREACHABLE: u8 = 69;
@@ -283,10 +283,13 @@ pub fn init(config: &std::path::Path, shares: u8, threshold: u8, json: bool) -> 
         }
         Err(e) => return fail(EXIT_RUNTIME, &format!("cannot read the database: {e}")),
     }
-    if let Err(e) = Keyring::open(&root, store.as_ref()) {
-        return fail(EXIT_RUNTIME, &format!("cannot create the keys: {e}"));
-    }
-    drop(root);
+    // The key hierarchy, the split's metadata and the audit event go in one
+    // durable write: a failure leaves the vault uninitialized (and init can
+    // run again), never initialized without anyone holding its shares.
+    let mut batch = match Keyring::genesis_batch(&root) {
+        Ok(b) => b,
+        Err(e) => return fail(EXIT_RUNTIME, &format!("cannot create the keys: {e}")),
+    };
     let meta = UnsealMeta {
         shares,
         threshold,
@@ -295,7 +298,6 @@ pub fn init(config: &std::path::Path, shares: u8, threshold: u8, json: bool) -> 
             .filter_map(|s| crate::shares::fingerprint(s))
             .collect(),
     };
-    let mut batch = Batch::default();
     batch.put(
         Space::Meta,
         UNSEAL_SLOT.to_vec(),
@@ -319,9 +321,14 @@ pub fn init(config: &std::path::Path, shares: u8, threshold: u8, json: bool) -> 
     });
     match written {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => return fail(EXIT_RUNTIME, &format!("cannot record the split: {e}")),
+        Ok(Err(e)) => return fail(EXIT_RUNTIME, &format!("cannot create the keys: {e}")),
         Err(code) => return code,
     }
+    // What was written opens under the root the shares carry.
+    if let Err(e) = Keyring::open_existing(&root, store.as_ref()) {
+        return fail(EXIT_RUNTIME, &format!("the keys written do not open: {e}"));
+    }
+    drop(root);
     if json {
         let list: Vec<&str> = printed.iter().map(|s| s.as_str()).collect();
         println!(
