@@ -393,6 +393,14 @@ impl Config {
                     .into(),
             );
         }
+        if let Some(f) = &k.master_key_file {
+            if !self.resolve(f).is_file() {
+                p.push(format!(
+                    "keys.master-key-file: no such file {}",
+                    self.resolve(f).display()
+                ));
+            }
+        }
         if k.master_key_command.as_ref().is_some_and(|c| c.is_empty()) {
             p.push("keys.master-key-command: give the program and its arguments".into());
         }

@@ -143,6 +143,17 @@ fn overrides_reach_names_with_underscores_and_keep_strings_strings() {
 }
 
 #[test]
+fn a_missing_master_key_file_is_a_problem_not_a_start_failure() {
+    let text = EXAMPLE.replace(
+        "master-key-file = \"master.key\"",
+        "master-key-file = \"nowhere.key\"",
+    );
+    assert_ne!(text, EXAMPLE);
+    let err = load(&text, &[]).unwrap_err().to_string();
+    assert!(err.contains("keys.master-key-file: no such file"), "{err}");
+}
+
+#[test]
 fn risky_but_valid_settings_are_warned_about() {
     let cfg = load(EXAMPLE, &[]).unwrap();
     assert!(cfg.warnings().is_empty(), "{:?}", cfg.warnings());
