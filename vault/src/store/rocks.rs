@@ -231,6 +231,19 @@ fn open_read_only(dir: &Path) -> Result<DB, StoreError> {
     DB::open_cf_for_read_only(&Options::default(), dir, names, false).map_err(engine)
 }
 
+/// The first `limit` rows an iterator gives, owned.
+fn rows(
+    iter: impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>>,
+    limit: usize,
+) -> Result<Rows, StoreError> {
+    iter.take(limit)
+        .map(|item| {
+            let (k, v) = item.map_err(engine)?;
+            Ok((k.into_vec(), v.into_vec()))
+        })
+        .collect()
+}
+
 fn cf(db: &DB, space: Space) -> Result<&rocksdb::ColumnFamily, StoreError> {
     db.cf_handle(space.name())
         .ok_or_else(|| StoreError::Engine(format!("missing column family {}", space.name())))
@@ -430,12 +443,7 @@ impl Store for RocksStore {
                 ro,
                 IteratorMode::From(from, Direction::Forward),
             );
-            let mut rows = Vec::new();
-            for item in iter.take(limit) {
-                let (k, v) = item.map_err(engine)?;
-                rows.push((k.into_vec(), v.into_vec()));
-            }
-            Ok(rows)
+            rows(iter, limit)
         })
     }
 
@@ -454,12 +462,7 @@ impl Store for RocksStore {
                 ro.set_iterate_upper_bound(t.to_vec());
             }
             let iter = db.iterator_cf_opt(cf(db, space)?, ro, IteratorMode::End);
-            let mut rows = Vec::new();
-            for item in iter.take(limit) {
-                let (k, v) = item.map_err(engine)?;
-                rows.push((k.into_vec(), v.into_vec()));
-            }
-            Ok(rows)
+            rows(iter, limit)
         })
     }
 
