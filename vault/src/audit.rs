@@ -269,7 +269,10 @@ pub async fn anchors(
         let head = tokio::task::spawn_blocking(move || Head::load(store.as_ref())).await;
         match head {
             Ok(Ok(head)) if last != Some(head) => {
-                tracing::info!(seq = head.seq, hash = %hex::encode(head.hash), "Audit anchor");
+                // An empty chain has nothing to anchor.
+                if head.seq > 0 {
+                    tracing::info!(seq = head.seq, hash = %hex::encode(head.hash), "Audit anchor");
+                }
                 v.metrics
                     .audit_head_seq
                     .set(i64::try_from(head.seq).unwrap_or(i64::MAX));
