@@ -1,6 +1,6 @@
 //! The subject's data lifecycle end to end: erasure by crypto-shredding
 //! (proved on the raw database files), legal hold, account closure with
-//! the sweeper, correction, and an erasure racing detokenize.
+//! the sweeper, correction, and erasures racing detokenize and collection.
 
 use std::sync::Arc;
 
@@ -656,6 +656,94 @@ async fn erasure_within_a_legal_retention_period_restricts_then_erases() {
             f.display()
         );
     }
+}
+
+/// Collections racing an erasure that the law turns into a restriction:
+/// each value acknowledged before the restriction was committed is either
+/// in the first pass or found by the second, so every phone (which no law
+/// keeps) is gone when the erasure answers, however the two interleaved,
+/// and nothing is collected afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collections_racing_a_restricting_erasure_leave_no_phone_behind() {
+    let v = TestVault::start_with(|cfg| {
+        cfg.retention
+            .legal_minimum
+            .insert("cn_resident_id".into(), "PT1H".into());
+    })
+    .await;
+    let app = v.client("app");
+    let mut raced = 0;
+    for round in 0..6u32 {
+        let subject = format!("acct-race-{round}");
+        let id = tokenize_one(
+            &app,
+            &subject,
+            "identity_verification",
+            "cn_resident_id",
+            ID,
+        )
+        .await;
+        let collectors: Vec<_> = (0..4u32)
+            .map(|c| {
+                let (app, subject) = (v.client("app"), subject.clone());
+                tokio::spawn(async move {
+                    let mut acked = Vec::new();
+                    for i in 0u32.. {
+                        let phone = format!("1390{round}{c}{i:05}");
+                        match app
+                            .tokenize(&tok_req(
+                                &subject,
+                                "identity_verification",
+                                vec![field("phone", &phone)],
+                            ))
+                            .await
+                        {
+                            Ok(r) => acked.push(r.tokens[0].token.clone()),
+                            Err(e) => {
+                                assert_eq!(
+                                    (e.status(), e.code()),
+                                    (Some(409), Some("subject_restricted")),
+                                    "{e}"
+                                );
+                                return acked;
+                            }
+                        }
+                    }
+                    acked
+                })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(20 + u64::from(round) * 5)).await;
+        let receipt = app.erase_subject(&subject).await.unwrap();
+        assert!(receipt.restricted_until.is_some(), "restricted, not erased");
+        let mut acked = Vec::new();
+        for c in collectors {
+            acked.extend(c.await.unwrap());
+        }
+        // Acknowledged phones the erasure counted: all of them, those of
+        // its first pass and those of its second.
+        assert_eq!(receipt.values_erased, acked.len() as u64, "round {round}");
+        for chunk in acked.chunks(100) {
+            let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            let out = app
+                .detokenize(&detok_req("identity_verification", &refs))
+                .await
+                .unwrap();
+            for r in &out.values {
+                assert_eq!(r.status, Status::Gone, "round {round}: {r:?}");
+            }
+        }
+        let out = app
+            .detokenize(&detok_req("identity_verification", &[&id]))
+            .await
+            .unwrap();
+        assert_eq!(
+            (out.values[0].status, out.values[0].reason.as_deref()),
+            (Status::Denied, Some("restricted"))
+        );
+        raced += u32::from(!acked.is_empty());
+    }
+    assert!(raced > 0, "no collection raced the erasure");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
