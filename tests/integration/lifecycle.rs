@@ -746,6 +746,68 @@ async fn collections_racing_a_restricting_erasure_leave_no_phone_behind() {
     assert!(raced > 0, "no collection raced the erasure");
 }
 
+/// Collections racing an account closure: a value acknowledged before the
+/// closure was committed gets the closure's clock from its first or its
+/// second pass, and one collected after it gets the clock at collection,
+/// so when the period ends every value is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collections_racing_an_account_closure_all_get_its_clock() {
+    let v = TestVault::start_with(|cfg| {
+        cfg.retention.after_account_closed = "PT1S".into();
+        cfg.retention.sweep_interval_ms = 100;
+    })
+    .await;
+    let app = v.client("app");
+    let mut acked = Vec::new();
+    let mut closures = Vec::new();
+    for round in 0..4u32 {
+        let subject = format!("acct-close-{round}");
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let collectors: Vec<_> = (0..4u32)
+            .map(|c| {
+                let (app, subject, stop) = (v.client("app"), subject.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut acked = Vec::new();
+                    let mut i = 0u32;
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        let phone = format!("1370{round}{c}{i:05}");
+                        let r = app
+                            .tokenize(&tok_req(
+                                &subject,
+                                "notification",
+                                vec![field("phone", &phone)],
+                            ))
+                            .await
+                            .unwrap();
+                        acked.push(r.tokens[0].token.clone());
+                        i += 1;
+                    }
+                    acked
+                })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(20 + u64::from(round) * 5)).await;
+        closures.push(app.account_closed(&subject).await.unwrap().values_affected);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for c in collectors {
+            acked.extend(c.await.unwrap());
+        }
+    }
+    assert!(closures.iter().all(|n| *n > 0), "{closures:?}");
+    // The period (1 s) and a few sweeps.
+    tokio::time::sleep(std::time::Duration::from_millis(1800)).await;
+    for chunk in acked.chunks(100) {
+        let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        let out = app
+            .detokenize(&detok_req("notification", &refs))
+            .await
+            .unwrap();
+        for r in &out.values {
+            assert_eq!(r.status, Status::Gone, "{r:?}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anonymizing_keeps_only_generalized_counts() {
     let v = TestVault::start_with(|cfg| {
