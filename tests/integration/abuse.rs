@@ -1,5 +1,6 @@
-//! Hostile clients at the door: slowloris and silent connections cut by
-//! deadlines, idle keep-alive connections closed, oversized heads and bodies
+//! Hostile clients at the door: slowloris, silent connections and clients
+//! that never read their answers cut by deadlines, idle keep-alive
+//! connections closed, oversized heads and bodies
 //! refused, JSON built to hurt the parser refused with nothing stored,
 //! HTTP/2 stream floods and rapid resets survived, bad client certificates
 //! refused in the handshake, and the peak memory of a child vault under
@@ -392,6 +393,42 @@ async fn an_idle_http1_keep_alive_connection_is_closed_and_a_busy_one_is_not() {
         .expect("idle HTTP/1.1 connection kept for 3 s");
     println!("idle HTTP/1.1 connection closed after {took:?}");
     assert!(took >= Duration::from_millis(150), "{took:?}");
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_its_answers_is_cut() {
+    // Slow read: pipelined requests whose answers are never read fill the
+    // socket, the vault's writes stall, and no request is in flight; the
+    // idle deadline frees the connection, not the client.
+    let v = TestVault::start_with(|c| {
+        c.server.idle_timeout_ms = 300;
+        c.server.request_timeout_ms = 1_000;
+    })
+    .await;
+    let s = tls_conn(&v, b"http/1.1").await;
+    let (mut rd, mut wr) = tokio::io::split(s);
+    let asked = 50_000;
+    let writer = tokio::spawn(async move {
+        let one = b"GET /v1/nothing HTTP/1.1\r\nHost: localhost\r\n\r\n";
+        for _ in 0..asked / 100 {
+            if wr.write_all(&one.repeat(100)).await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let since = Instant::now();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), rd.read_to_end(&mut got)).await;
+    let answers = got.windows(12).filter(|w| w == b"HTTP/1.1 404").count();
+    println!(
+        "{answers} answers of {asked} buffered; closed {:?} after reading began",
+        since.elapsed()
+    );
+    assert!(read.is_ok(), "the stalled connection was never closed");
+    assert!(answers < asked, "{answers} answers: nothing stalled");
+    writer.abort();
+    still_serves(&v).await;
 }
 
 #[tokio::test]
