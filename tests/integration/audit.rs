@@ -118,3 +118,57 @@ async fn check_config_lists_every_problem() {
         "{err}"
     );
 }
+
+/// `check-config` also finds what `serve` would stop on at start: a
+/// master key that is not one, TLS files that hold the wrong thing, a key
+/// that is not the certificate's, a variable that is not set; and it
+/// prints none of what the files hold.
+#[tokio::test]
+async fn check_config_finds_what_serve_would_fail_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = vault::dev::prepare(dir.path()).unwrap();
+    let check = || {
+        run_vault(&[
+            std::ffi::OsStr::new("check-config"),
+            "--config".as_ref(),
+            path.as_os_str(),
+        ])
+    };
+    let tls = dir.path().join("tls");
+    let garbage = "not-a-key-but-a-secret-looking-string";
+    std::fs::write(dir.path().join("master.key"), garbage).unwrap();
+    // The server's certificate file holds a key, and its key file holds
+    // the application's key, not the server's.
+    std::fs::copy(tls.join("server.key"), tls.join("server.pem")).unwrap();
+    let (code, _, err) = check();
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("holds no PEM certificate"), "{err}");
+    assert!(err.contains("is not 64 hex characters"), "{err}");
+    assert!(!err.contains(garbage), "{err}");
+    std::fs::copy(tls.join("app.pem"), tls.join("server.pem")).unwrap();
+    let (code, _, err) = check();
+    assert_eq!(code, 64);
+    assert!(
+        err.contains("is not the private key of the certificate in"),
+        "{err}"
+    );
+    assert!(!err.contains("PRIVATE KEY"), "{err}");
+    // A variable that is not set.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("master-key-file"))
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        &path,
+        text.replace(&line, "master-key-env = \"VAULT_TEST_NO_SUCH_VARIABLE\""),
+    )
+    .unwrap();
+    let (code, _, err) = check();
+    assert_eq!(code, 64);
+    assert!(
+        err.contains("environment variable VAULT_TEST_NO_SUCH_VARIABLE is not set"),
+        "{err}"
+    );
+}

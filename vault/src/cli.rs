@@ -178,6 +178,14 @@ pub fn run(cli: Cli) -> ExitCode {
         },
         Command::CheckConfig { config } => match load(&config) {
             Ok(cfg) => {
+                let problems = startup_problems(&cfg);
+                if !problems.is_empty() {
+                    eprintln!("{}: {} problem(s):", config.display(), problems.len());
+                    for p in &problems {
+                        eprintln!("  - {p}");
+                    }
+                    return ExitCode::from(EXIT_CONFIG);
+                }
                 for w in cfg.warnings() {
                     eprintln!("warning: {w}");
                 }
@@ -243,6 +251,26 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
         }
         ExitCode::from(EXIT_CONFIG)
     })
+}
+
+/// What `serve` would fail on at start beyond the file's own validity:
+/// TLS files it cannot read or use (unreadable, not PEM, a key that is not
+/// the certificate's), and a master-key file or variable it cannot read or
+/// that does not hold a key. A master-key command is not run (it may have
+/// effects, such as an HSM's audit log). The messages name sources and
+/// error kinds, never what a file holds.
+fn startup_problems(cfg: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Err(e) = crate::tls::server_config(cfg) {
+        problems.push(format!("tls: {e}"));
+    }
+    let k = &cfg.keys;
+    if k.master_key_file.is_some() || k.master_key_env.is_some() {
+        if let Err(e) = crate::server::load_master(cfg) {
+            problems.push(format!("keys: {e}"));
+        }
+    }
+    problems
 }
 
 fn init_logging(format: LogFormat) {

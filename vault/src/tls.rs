@@ -27,6 +27,8 @@ pub enum TlsError {
     NoCert { path: String },
     #[error("{path} holds no PEM private key")]
     NoKey { path: String },
+    #[error("{key} is not the private key of the certificate in {cert}")]
+    KeyMismatch { cert: String, key: String },
     #[error("TLS setup: {0}")]
     Rustls(String),
 }
@@ -82,15 +84,19 @@ pub fn server_config(cfg: &Config) -> Result<Arc<ServerConfig>, TlsError> {
     } else {
         &[&rustls::version::TLS13]
     };
+    let (cert, key) = (cfg.resolve(&cfg.tls.cert), cfg.resolve(&cfg.tls.key));
     let mut sc = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
         .map_err(rustls_err)?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            load_certs(&cfg.resolve(&cfg.tls.cert))?,
-            load_key(&cfg.resolve(&cfg.tls.key))?,
-        )
-        .map_err(rustls_err)?;
+        .with_single_cert(load_certs(&cert)?, load_key(&key)?)
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => TlsError::KeyMismatch {
+                cert: cert.display().to_string(),
+                key: key.display().to_string(),
+            },
+            e => rustls_err(e),
+        })?;
     sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(sc))
 }
