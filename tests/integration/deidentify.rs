@@ -677,11 +677,22 @@ async fn format_preserving_tokens_keep_the_shape_and_resolve() {
     assert!(tok[2].starts_with("622202"));
     assert_eq!(tok[3].len(), 18);
     assert_eq!(tok[4].len(), 32, "email has no preserving form");
-    // Each is a valid value of its class: it passes validation as one.
-    for (i, class) in [(0, "phone"), (2, "bank_card"), (3, "uscc")] {
+    // Phone and card tokens are valid values of their class; resident-ID
+    // and USCC tokens have the shape and a valid check character, but an
+    // address code or registering authority that does not exist, so they
+    // never pass for a real value.
+    for (i, class) in [(0, "phone"), (2, "bank_card")] {
         let c = vault::classes::Class::parse(class).unwrap();
         let n = vault::classes::normalize(c, tok[i]).unwrap();
         assert!(n.flag().is_none(), "{class} token passes its checksum");
+    }
+    for (i, class) in [(1, "cn_resident_id"), (3, "uscc")] {
+        let c = vault::classes::Class::parse(class).unwrap();
+        assert_eq!(
+            vault::classes::normalize(c, tok[i]).err(),
+            Some(vault::classes::Invalid::Format),
+            "{class}"
+        );
     }
     // They detokenize, in full where the policy says so.
     let d = app

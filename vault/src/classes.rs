@@ -299,6 +299,10 @@ pub fn generalize(class: Class, normalized_value: &str) -> String {
             .rsplit_once('@')
             .map(|(_, d)| format!("domain={d}"))
             .unwrap_or_default(),
+        // Coarser than PII-FORMATS.md's /24 or /48 on purpose: these counts
+        // outlive the values' deletion as anonymized data (PIPL Art. 73),
+        // and a /24 is often one household or one office. The network is
+        // written in RFC 5952 form.
         Class::Ip => match v.parse::<std::net::IpAddr>() {
             Ok(std::net::IpAddr::V4(a)) => {
                 let [x, y, ..] = a.octets();
@@ -306,11 +310,17 @@ pub fn generalize(class: Class, normalized_value: &str) -> String {
             }
             Ok(std::net::IpAddr::V6(a)) => {
                 let s = a.segments();
-                format!(
-                    "net={:x}:{:x}::/32",
+                let net = std::net::Ipv6Addr::new(
                     s.first().copied().unwrap_or(0),
-                    s.get(1).copied().unwrap_or(0)
-                )
+                    s.get(1).copied().unwrap_or(0),
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                );
+                format!("net={net}/32")
             }
             Err(_) => String::new(),
         },
@@ -358,11 +368,30 @@ fn precheck(raw: &str, max_chars: usize) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// Invisible formatting characters that copy and paste carry into values:
+/// zero-width spaces and joiners, the soft hyphen, the byte-order mark, and
+/// the bidirectional marks and overrides (which would also reorder a mask
+/// on a display). NFKC keeps them, and a value with one would get a second
+/// token for the same real value, so every class drops them (an e-mail
+/// local part, kept as entered, refuses them instead).
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{FEFF}'
+    )
+}
+
 /// Characters that separate groups in identity, card and phone numbers and
 /// carry no information (PII-FORMATS.md, normalization step 2). The katakana
 /// middle dot is in because NFKC leaves it alone and IMEs produce it for `·`.
 fn is_separator(c: char) -> bool {
     c.is_whitespace()
+        || is_invisible(c)
         || matches!(
             c,
             '-' | '\u{2010}'..='\u{2015}' | '.' | '(' | ')' | '（' | '）' | '/' | '·' | '・'
@@ -405,6 +434,11 @@ fn compact(raw: &str) -> Result<String, Invalid> {
 fn collapse_spaces(raw: &str, max_bytes: usize) -> Result<String, Invalid> {
     precheck(raw, max_bytes)?;
     let text = nfkc(raw);
+    let text: Cow<'_, str> = if text.chars().any(is_invisible) {
+        Cow::Owned(text.chars().filter(|&c| !is_invisible(c)).collect())
+    } else {
+        text
+    };
     let mut out = String::with_capacity(text.len());
     for word in text.split_whitespace() {
         if !out.is_empty() {

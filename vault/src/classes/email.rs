@@ -1,7 +1,7 @@
 //! `email`: an address with its local part exactly as entered and its domain
 //! in lower-case ASCII (IDNA). Invariant: a value that leaves here has one
-//! `@`, a non-empty local part of at most 64 bytes without whitespace or
-//! control characters, a domain of valid DNS labels with at least one dot,
+//! `@`, a non-empty local part of at most 64 bytes without whitespace,
+//! control or invisible formatting characters, a domain of valid DNS labels with at least one dot,
 //! and at most 254 bytes in all; its token form is the whole address
 //! lower-cased, so `A@X.cn` and `a@x.cn` share a token.
 
@@ -63,7 +63,10 @@ fn check_local(local: &str) -> Result<(), Invalid> {
     if local.len() > MAX_LOCAL_BYTES {
         return Err(Invalid::TooLong);
     }
-    if local.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if local
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || super::is_invisible(c))
+    {
         return Err(Invalid::Charset);
     }
     Ok(())

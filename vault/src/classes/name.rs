@@ -1,7 +1,8 @@
 //! `name`: a person's name, Chinese or Latin. Invariant: a value that leaves
-//! here is NFKC, trimmed, with single spaces, every middle-dot look-alike
-//! turned into U+00B7 (minority names join their parts with it) and no space
-//! beside one, 1-64 characters, no digits and no control characters. No
+//! here is NFKC, trimmed, without invisible formatting characters, with
+//! single spaces, every middle-dot look-alike turned into U+00B7 (minority
+//! names join their parts with it), no space beside one nor between two
+//! Chinese characters, 1-64 characters, no digits and no control characters. No
 //! simplified/traditional conversion: those are different names on paper.
 
 use super::{collapse_spaces, Invalid, FULL_MASK};
@@ -30,8 +31,14 @@ pub(super) fn normalize(raw: &str) -> Result<String, Invalid> {
         if c.is_numeric() && c != '〇' {
             return Err(Invalid::Charset);
         }
-        // `阿依古丽 · 买买提` and `阿依古丽·买买提` are one name.
-        if c == ' ' && (out.ends_with(MIDDLE_DOT) || chars.peek() == Some(&MIDDLE_DOT)) {
+        // `阿依古丽 · 买买提` and `阿依古丽·买买提` are one name, and so
+        // are `陈 明` and `陈明`: Chinese names have no spaces.
+        if c == ' '
+            && (out.ends_with(MIDDLE_DOT)
+                || chars.peek() == Some(&MIDDLE_DOT)
+                || out.chars().next_back().is_some_and(is_han)
+                    && chars.peek().copied().is_some_and(is_han))
+        {
             continue;
         }
         count += 1;
@@ -41,6 +48,15 @@ pub(super) fn normalize(raw: &str) -> Result<String, Invalid> {
         out.push(c);
     }
     Ok(out)
+}
+
+/// Whether `c` is a CJK ideograph (the BMP blocks, compatibility
+/// ideographs, and the supplementary planes where rare name characters
+/// live).
+fn is_han(c: char) -> bool {
+    matches!(c,
+        '\u{3400}'..='\u{4DBF}' | '\u{4E00}'..='\u{9FFF}' | '\u{F900}'..='\u{FAFF}'
+        | '\u{20000}'..='\u{3FFFF}')
 }
 
 /// Middle-dot look-alikes that IMEs and fonts produce for U+00B7: katakana

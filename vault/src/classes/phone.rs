@@ -151,7 +151,8 @@ fn check_national(n: &[u8]) -> Result<(), Invalid> {
 
 /// Mobile prefixes in service (libphonenumber's CN metadata, as listed in
 /// PII-FORMATS.md); 154, 179 and 194 were never assigned, and of 174 only
-/// 1740x is a mobile block.
+/// 17400-17405 are mobile blocks (libphonenumber has no valid number in
+/// 17406-17409).
 fn mobile_prefix_ok(n: &[u8]) -> bool {
     matches!(
         n,
@@ -160,7 +161,7 @@ fn mobile_prefix_ok(n: &[u8]) -> bool {
             | [b'1', b'5', b'0'..=b'3' | b'5'..=b'9', ..]
             | [b'1', b'6', b'2' | b'5'..=b'7', ..]
             | [b'1', b'7', b'0'..=b'3' | b'5'..=b'8', ..]
-            | [b'1', b'7', b'4', b'0', ..]
+            | [b'1', b'7', b'4', b'0', b'0'..=b'5', ..]
             | [b'1', b'9', b'0'..=b'3' | b'5'..=b'9', ..]
     )
 }

@@ -2,8 +2,11 @@
 //! 11643-1999, also used by the Hong Kong, Macau and Taiwan residence permits
 //! and the foreigner permanent-residence ID. Invariant: a value that leaves
 //! here has 17 digits, a correct ISO 7064 MOD 11-2 check character (upper-case
-//! `X`) and a birth date that is a real day between 1900-01-01 and today; the
-//! legacy 15-digit form comes out as its 18-digit equivalent.
+//! `X`), an address code not starting with `0` (no such code was ever
+//! issued; format-preserving tokens live there, so no token passes for an
+//! ID) and a birth date that is a real day between 1900-01-01 and today; the
+//! legacy 15-digit form comes out as its 18-digit equivalent. Unknown
+//! address codes are otherwise accepted: retired county codes stay valid.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -28,6 +31,9 @@ pub(super) fn normalize(raw: &str) -> Result<String, Invalid> {
     // Only the last place may hold `X`.
     if id.bytes().take(17).any(|b| b == b'X') {
         return Err(Invalid::Charset);
+    }
+    if id.starts_with('0') {
+        return Err(Invalid::Format);
     }
     if id.as_bytes().get(17).copied() != check_char(id.as_bytes()) {
         return Err(Invalid::Checksum);

@@ -756,7 +756,85 @@ fn generalizations_keep_nothing_identifying() {
     );
     assert_eq!(generalize(Class::Ip, "203.0.113.7"), "net=203.0.0.0/16");
     assert_eq!(generalize(Class::Ip, "2001:db8::1"), "net=2001:db8::/32");
+    // RFC 5952: zero groups compressed.
+    assert_eq!(generalize(Class::Ip, "fe80::1"), "net=fe80::/32");
+    assert_eq!(generalize(Class::Ip, "::1"), "net=::/32");
     assert_eq!(generalize(Class::Name, "陈明"), "");
     assert_eq!(generalize(Class::CnResidentId, "short"), "");
     assert_eq!(generalize(Class::Phone, "+1555"), "");
+}
+
+#[test]
+fn token_ranges_never_pass_for_real_values() {
+    // Resident-ID tokens start `000`: no address code starts with 0, even
+    // with a valid check character and a real birth date.
+    assert_eq!(
+        err(Class::CnResidentId, &with_check("00000019900307123")),
+        Invalid::Format
+    );
+    assert_eq!(
+        err(Class::CnResidentId, &with_check("01234519900307123")),
+        Invalid::Format
+    );
+    // USCC tokens start with letters no registering authority uses.
+    for code in [
+        "000000000000000000",
+        "B1350100M000100Y41",
+        "P9350100M000100Y4U",
+    ] {
+        assert_eq!(err(Class::Uscc, code), Invalid::Format, "{code}");
+    }
+    for first in ["1", "9", "A", "N", "Y"] {
+        let code = format!("{first}1350100M000100Y4");
+        let code = format!(
+            "{code}{}",
+            char::from(uscc::check_char(code.as_bytes()).unwrap())
+        );
+        assert_eq!(ok(Class::Uscc, &code), code);
+    }
+}
+
+#[test]
+fn mobile_block_1740_ends_at_17405() {
+    for n in ["17400123456", "17405123456"] {
+        assert_eq!(ok(Class::Phone, n), format!("+86{n}"));
+    }
+    for n in ["17406123456", "17409123456"] {
+        assert_eq!(err(Class::Phone, n), Invalid::Prefix, "{n}");
+    }
+}
+
+#[test]
+fn invisible_characters_make_no_second_value() {
+    for raw in [
+        "陈\u{200B}明",
+        "陈\u{200D}明",
+        "陈\u{00AD}明",
+        "陈明\u{FEFF}",
+        "\u{202E}陈明",
+        "陈 明",
+        "陈\u{3000}明",
+    ] {
+        assert_eq!(ok(Class::Name, raw), "陈明", "{raw:?}");
+    }
+    // A space between Latin words, or beside a Latin word, stays.
+    assert_eq!(ok(Class::Name, "Zhang  San"), "Zhang San");
+    assert_eq!(ok(Class::Name, "陈 Ming"), "陈 Ming");
+    assert_eq!(
+        ok(Class::Phone, "138\u{200B}0013\u{2060}8000"),
+        "+8613800138000"
+    );
+    assert_eq!(
+        ok(Class::CnResidentId, "\u{202D}350102199003071234"),
+        "350102199003071234"
+    );
+    // An e-mail local part is kept as entered, so one is refused instead.
+    assert_eq!(
+        err(Class::Email, "\u{202E}chen@example.com"),
+        Invalid::Charset
+    );
+    assert_eq!(
+        err(Class::Email, "ch\u{200B}en@example.com"),
+        Invalid::Charset
+    );
 }

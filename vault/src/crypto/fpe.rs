@@ -75,6 +75,8 @@ enum Domain {
     LastNonZero,
     /// A fixed line's local number never starts with 0 or 1.
     FirstAtLeastTwo,
+    /// After `1740`, only the blocks 17400-17405 are mobile.
+    FirstAtMostFive,
 }
 
 impl Domain {
@@ -83,6 +85,7 @@ impl Domain {
             Domain::All => true,
             Domain::LastNonZero => x.last().is_some_and(|&d| d != 0),
             Domain::FirstAtLeastTwo => x.first().is_some_and(|&d| d >= 2),
+            Domain::FirstAtMostFive => x.first().is_some_and(|&d| d <= 5),
         }
     }
 }
@@ -186,13 +189,16 @@ impl PreservingKey {
     /// `1740`; service `400`/`800`) or the area code (fixed line). Permuted:
     /// the rest of the number together with the extension digits, which
     /// keep their places; a fixed line's local number keeps a first digit of
-    /// 2-9, so every token is itself a valid number of the same kind.
+    /// 2-9, and a `1740` number a fifth digit of 0-5, so every token is
+    /// itself a valid number of the same kind.
     fn phone(&self, direction: Direction, input: &str) -> Option<Zeroizing<String>> {
         let layout = phone_layout(input)?;
         let ext = layout.ext.unwrap_or_default();
         let free = numerals(&[layout.local.as_bytes(), ext.as_bytes()], 0)?;
         let domain = if layout.kind == b'F' {
             Domain::FirstAtLeastTwo
+        } else if layout.kept == "1740" {
+            Domain::FirstAtMostFive
         } else {
             Domain::All
         };
