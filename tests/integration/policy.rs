@@ -240,3 +240,146 @@ async fn masked_reveal_never_upgrades() {
     );
     assert_eq!(r.values[1].status, Status::Denied);
 }
+
+/// One value held by several subjects has one token; restriction, consent
+/// and approvals belong to subjects. The release is decided per holder,
+/// the same whichever holder sorts first, and the audit event names the
+/// holder it was made for.
+#[tokio::test]
+async fn a_shared_value_is_released_for_a_holder_the_policy_allows_and_audited_as_theirs() {
+    let v = TestVault::start_with(|cfg| {
+        cfg.retention
+            .legal_minimum
+            .insert("cn_resident_id".into(), "P3Y".into());
+    })
+    .await;
+    let app = v.client("app");
+    let officer = v.client("officer");
+    // Consent: the first holder (by key order) has none, the second has.
+    let t = tokenize_one(&app, "acct-c", "user_specified", "name", "李雷").await;
+    assert_eq!(
+        tokenize_one(&app, "acct-z", "user_specified", "name", "李雷").await,
+        t
+    );
+    let out = app
+        .detokenize(&detok_req("user_specified", &[&t]))
+        .await
+        .unwrap();
+    assert_eq!(out.values[0].reason.as_deref(), Some("consent_required"));
+    app.give_consent("acct-z", "user_specified", "2022-05-01")
+        .await
+        .unwrap();
+    let out = app
+        .detokenize(&detok_req("user_specified", &[&t]))
+        .await
+        .unwrap();
+    assert_eq!(out.values[0].value.as_deref(), Some("李雷"));
+    // Restriction: acct-r restricted (the law keeps its ID), acct-s holds
+    // the same ID and is not.
+    let id = "11010519491231002X";
+    let tr = tokenize_one(
+        &app,
+        "acct-r",
+        "identity_verification",
+        "cn_resident_id",
+        id,
+    )
+    .await;
+    assert!(app
+        .erase_subject("acct-r")
+        .await
+        .unwrap()
+        .restricted_until
+        .is_some());
+    let out = app
+        .detokenize(&detok_req("identity_verification", &[&tr]))
+        .await
+        .unwrap();
+    assert_eq!(out.values[0].reason.as_deref(), Some("restricted"));
+    tokenize_one(
+        &app,
+        "acct-s",
+        "identity_verification",
+        "cn_resident_id",
+        id,
+    )
+    .await;
+    let out = app
+        .detokenize(&detok_req("identity_verification", &[&tr]))
+        .await
+        .unwrap();
+    assert_eq!(out.values[0].value.as_deref(), Some(id));
+    // A legal exception uses the holder its approval covers (acct-z sorts
+    // after acct-c, which the approval does not name).
+    let approval = officer
+        .approve(&vault_sdk::wire::ApprovalRequest {
+            requester: "app".into(),
+            purpose: "criminal_investigation".into(),
+            subjects: vec!["acct-z".into()],
+            reference: "case-7".into(),
+            valid_for: "PT1H".into(),
+        })
+        .await
+        .unwrap();
+    let mut req = detok_req("criminal_investigation", &[&t]);
+    req.legal_basis = Some(vault_sdk::wire::LegalBasis {
+        reference: "case-7".into(),
+        approval: approval.id,
+    });
+    assert_eq!(
+        app.detokenize(&req).await.unwrap().values[0]
+            .value
+            .as_deref(),
+        Some("李雷")
+    );
+    // Each release is audited under the holder it was made for.
+    let events = officer.audit(None, None, Some(1000)).await.unwrap().events;
+    let released: Vec<(Option<&str>, Option<&str>)> = events
+        .iter()
+        .filter(|e| e.action == "detokenize" && e.outcome == "released")
+        .map(|e| (e.subject.as_deref(), e.purpose.as_deref()))
+        .collect();
+    assert_eq!(
+        released,
+        [
+            (Some("acct-z"), Some("user_specified")),
+            (Some("acct-s"), Some("identity_verification")),
+            (Some("acct-z"), Some("criminal_investigation")),
+        ]
+    );
+}
+
+/// The eight legal-exception purposes are open to every caller; without a
+/// live approval for this caller and purpose, every token gets the same
+/// answer, stored, erased or never issued, with no class.
+#[tokio::test]
+async fn a_legal_exception_without_approval_is_no_oracle() {
+    let v = TestVault::start().await;
+    let app = v.client("app");
+    let live = tokenize_one(&app, "acct-1", "identity_verification", "name", "王五").await;
+    let erased = tokenize_one(&app, "acct-2", "identity_verification", "name", "赵六").await;
+    app.erase_subject("acct-2").await.unwrap();
+    let bogus = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    for basis in [
+        None,
+        Some(vault_sdk::wire::LegalBasis {
+            reference: "case-1".into(),
+            approval: "no-such-approval".into(),
+        }),
+    ] {
+        let mut req = detok_req("national_security", &[&live, &erased, bogus]);
+        req.legal_basis = basis.clone();
+        let out = app.detokenize(&req).await.unwrap();
+        let shapes: Vec<_> = out
+            .values
+            .iter()
+            .map(|x| (x.status, x.class.clone(), x.value.clone()))
+            .collect();
+        assert!(
+            shapes.iter().all(|s| *s == (Status::Denied, None, None)),
+            "{basis:?}: {shapes:?}"
+        );
+        let reasons: Vec<_> = out.values.iter().map(|x| x.reason.clone()).collect();
+        assert!(reasons.windows(2).all(|w| w[0] == w[1]), "{reasons:?}");
+    }
+}

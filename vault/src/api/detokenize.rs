@@ -28,6 +28,10 @@ use crate::subject_keys;
 const MAX_HOLDERS: usize = 256;
 /// Most pages read for one token: 65,536 holders and tombstones.
 const MAX_PAGES: usize = 256;
+/// Most live holders of one value whose standing, consent or approval is
+/// looked at before the first one's refusal stands: bounds the work a
+/// token of a very common value (a name) can cost.
+const MAX_CHECKED: usize = 256;
 
 pub async fn detokenize(
     v: &Vault,
@@ -153,8 +157,11 @@ fn count(v: &Vault, purpose: &str, values: &[ValueOut]) {
 
 /// What `Values` holds for a token.
 enum Found {
-    /// A record (live or not), and whose it is.
-    Record(String, Record),
+    /// A live record and whose it is, with what the subject-bound checks
+    /// (restriction, consent, approval) said for that holder.
+    Live(String, Record, Result<(), &'static str>),
+    /// Only dead records (past their expiry, not swept yet): the first one.
+    Dead(String, Record),
     /// Only tombstones: every holder's value was erased or deleted.
     Erased(crate::classes::Class),
 }
@@ -177,7 +184,30 @@ struct Lookup<'a> {
 }
 
 impl Lookup<'_> {
+    /// One token's answer and audit event. A legal exception without a
+    /// live approval for this caller and purpose is answered the same for
+    /// every token, stored or not: the eight purposes are open to every
+    /// caller, and would otherwise be an oracle for which values are stored
+    /// and of which class (with preserving tokens, every phone-shaped
+    /// string is a token). The audit event still names what was asked for.
     fn resolve(&self, token: &str) -> Result<(ValueOut, Draft), ApiError> {
+        let (mut out, mut draft) = self.resolve_stored(token)?;
+        if self.info.legal_exception && !self.approval_usable() {
+            // Nothing is released without an approval (the holders' checks
+            // said so already); the value slot is empty.
+            debug_assert!(out.value.is_none());
+            out.status = Status::Denied;
+            out.masked = false;
+            out.class = None;
+            out.reason = Some(self.approval_refusal().to_string());
+            if draft.token.is_some() {
+                draft.outcome = "denied";
+            }
+        }
+        Ok((out, draft))
+    }
+
+    fn resolve_stored(&self, token: &str) -> Result<(ValueOut, Draft), ApiError> {
         let mut out = ValueOut {
             token: token.to_string(),
             status: Status::Unknown,
@@ -209,7 +239,7 @@ impl Lookup<'_> {
         // one that merely has our shape: where tokens preserve a format,
         // every well-formed phone or card number decodes, and a real number
         // sent here would otherwise land in the log for good.
-        let (subject, record) = match self.find(&bytes)? {
+        let (subject, record, holder) = match self.find(&bytes)? {
             None => return Ok((out, draft)),
             Some(Found::Erased(class)) => {
                 // Erased, corrected away or past retention: the class is
@@ -221,18 +251,22 @@ impl Lookup<'_> {
                 draft.outcome = "gone";
                 return Ok((out, draft));
             }
-            Some(Found::Record(subject, record)) => (subject, record),
+            Some(Found::Dead(subject, record)) => {
+                draft.token = Some(token.to_string());
+                draft.class = Some(record.class.as_str().to_string());
+                out.class = Some(record.class.as_str().to_string());
+                draft.subject = Some(subject);
+                out.status = Status::Gone;
+                draft.outcome = "gone";
+                return Ok((out, draft));
+            }
+            Some(Found::Live(subject, record, holder)) => (subject, record, holder),
         };
         draft.token = Some(token.to_string());
         draft.class = Some(record.class.as_str().to_string());
         out.class = Some(record.class.as_str().to_string());
         draft.subject = Some(subject.clone());
-        if !record.is_live(self.now) {
-            out.status = Status::Gone;
-            draft.outcome = "gone";
-            return Ok((out, draft));
-        }
-        let grant = self.grant(&subject, &record)?;
+        let grant = holder.and_then(|()| self.class_grant(&record));
         let level = match self.reveal {
             Reveal::Full => grant,
             Reveal::Masked => grant.map(|g| g.min(Release::Masked)),
@@ -285,17 +319,25 @@ impl Lookup<'_> {
         Ok((out, draft))
     }
 
-    /// The first live record of the token, else its first dead one, else
-    /// what an erased one left.
-    /// Reads the token's rows a page at a time until a live record turns
-    /// up: a shared value (a common name) may have many tombstones of
-    /// erased holders before a live one, for as long as they are kept.
+    /// The record to answer a token from. One value held by several
+    /// subjects has one token, and restriction, consent and approvals
+    /// belong to subjects: the first live holder the policy allows is
+    /// released (and named in the audit event), so the answer does not
+    /// depend on which holder sorts first; if none does, the first live
+    /// holder's refusal stands. Else the first dead record, else what an
+    /// erased one left.
+    /// Reads the token's rows a page at a time: a shared value (a common
+    /// name) may have many tombstones of erased holders before a live one,
+    /// for as long as they are kept. At most [`MAX_CHECKED`] live holders
+    /// are asked.
     fn find(&self, token: &TokenBytes) -> Result<Option<Found>, ApiError> {
         let end = crate::store::prefix_end(token);
         let mut from = token.to_vec();
+        let mut first_live = None;
+        let mut checked = 0usize;
         let mut dead = None;
         let mut erased = None;
-        for _ in 0..MAX_PAGES {
+        'pages: for _ in 0..MAX_PAGES {
             let rows = self
                 .v
                 .store
@@ -316,65 +358,114 @@ impl Lookup<'_> {
                 let subject = schema::subject_of_value_key(&key)
                     .unwrap_or_default()
                     .to_string();
-                if rec.is_live(self.now) {
-                    return Ok(Some(Found::Record(subject, rec)));
+                if !rec.is_live(self.now) {
+                    dead.get_or_insert(Found::Dead(subject, rec));
+                    continue;
                 }
-                dead.get_or_insert(Found::Record(subject, rec));
+                if checked == MAX_CHECKED {
+                    break 'pages;
+                }
+                checked += 1;
+                match self.holder_grant(&subject)? {
+                    Ok(()) => return Ok(Some(Found::Live(subject, rec, Ok(())))),
+                    Err(reason) => {
+                        first_live.get_or_insert(Found::Live(subject, rec, Err(reason)));
+                    }
+                }
             }
             if !full {
                 break;
             }
         }
-        Ok(dead.or(erased))
+        Ok(first_live.or(dead).or(erased))
     }
 
-    /// What the policy grants for this record, or why it grants nothing.
-    fn grant(
-        &self,
-        subject: &str,
-        record: &Record,
-    ) -> Result<Result<Release, &'static str>, ApiError> {
-        if !self.info.legal_exception
-            && crate::api::lifecycle::restricted_until(self.v.store.as_ref(), subject, self.now)
-                .map_err(|_| ApiError::Unavailable)?
-                .is_some()
+    /// Whether the request's approval can serve this caller and purpose at
+    /// all (which subjects it covers is asked per holder).
+    fn approval_usable(&self) -> bool {
+        let Some(basis) = self
+            .basis
+            .filter(|b| !b.reference.trim().is_empty() && !b.approval.is_empty())
+        else {
+            return false;
+        };
+        match ledger::check_approval(
+            self.approval,
+            &self.ctx.caller,
+            self.purpose,
+            &basis.reference,
+            "",
+            self.now,
+        ) {
+            Ok(()) | Err("subject_not_covered") => true,
+            Err(_) => false,
+        }
+    }
+
+    /// Why [`Lookup::approval_usable`] said no.
+    fn approval_refusal(&self) -> &'static str {
+        let Some(basis) = self
+            .basis
+            .filter(|b| !b.reference.trim().is_empty() && !b.approval.is_empty())
+        else {
+            return "legal_basis_required";
+        };
+        ledger::check_approval(
+            self.approval,
+            &self.ctx.caller,
+            self.purpose,
+            &basis.reference,
+            "",
+            self.now,
+        )
+        .err()
+        .unwrap_or("approval_not_found")
+    }
+
+    /// What binds the release of one holder's value: a legal exception
+    /// needs the approval to cover that subject (restriction does not
+    /// apply); any other purpose needs the subject unrestricted, and live
+    /// consent where the purpose requires it.
+    fn holder_grant(&self, subject: &str) -> Result<Result<(), &'static str>, ApiError> {
+        if self.info.legal_exception {
+            let reference = self.basis.map(|b| b.reference.as_str()).unwrap_or_default();
+            return Ok(ledger::check_approval(
+                self.approval,
+                &self.ctx.caller,
+                self.purpose,
+                reference,
+                subject,
+                self.now,
+            ));
+        }
+        if crate::api::lifecycle::restricted_until(self.v.store.as_ref(), subject, self.now)
+            .map_err(|_| ApiError::Unavailable)?
+            .is_some()
         {
             // Erasure was asked while the law still requires keeping the
             // data: kept, but released for nothing but a legal exception.
             return Ok(Err("restricted"));
         }
-        if self.info.legal_exception {
-            // Only with a live approval that covers this caller, purpose,
-            // case reference and subject; then the whole value.
-            let Some(basis) = self
-                .basis
-                .filter(|b| !b.reference.trim().is_empty() && !b.approval.is_empty())
-            else {
-                return Ok(Err("legal_basis_required"));
-            };
-            return Ok(ledger::check_approval(
-                self.approval,
-                &self.ctx.caller,
-                self.purpose,
-                &basis.reference,
-                subject,
-                self.now,
-            )
-            .map(|()| Release::Full));
-        }
         if self.info.requires_consent && !self.has_consent(subject)? {
             return Ok(Err("consent_required"));
         }
-        Ok(
-            match self
-                .v
-                .policy
-                .release(&self.ctx.caller, self.purpose, record.class)
-            {
-                Release::None => Err("purpose_not_allowed"),
-                r => Ok(r),
-            },
-        )
+        Ok(Ok(()))
+    }
+
+    /// What the policy grants this caller for the record's class and the
+    /// purpose: a legal exception with its approval, the whole value.
+    fn class_grant(&self, record: &Record) -> Result<Release, &'static str> {
+        if self.info.legal_exception {
+            return Ok(Release::Full);
+        }
+        match self
+            .v
+            .policy
+            .release(&self.ctx.caller, self.purpose, record.class)
+        {
+            Release::None => Err("purpose_not_allowed"),
+            r => Ok(r),
+        }
     }
 
     fn still_stored(&self, token: &TokenBytes, subject: &str) -> Result<bool, ApiError> {
