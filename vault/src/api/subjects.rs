@@ -56,14 +56,41 @@ pub async fn export(
         return Err(ApiError::UnknownPurpose);
     }
     // The subject's own data goes back through the application that acts
-    // for the subject (SPEC's default policy: `app` gets it). An officer's
-    // way to plaintext is a legal exception under another officer's
-    // approval, never an export.
-    if purpose != DATA_SUBJECT_REQUEST || ctx.role != Role::App {
+    // for the subject, as far as its grant for `data_subject_request` says
+    // (SPEC's default policy: `app`, every class in full). An officer's way
+    // to plaintext is a legal exception under another officer's approval,
+    // never an export, whatever a grant says.
+    if purpose != DATA_SUBJECT_REQUEST
+        || ctx.role != Role::App
+        || !v.policy.may_release_any(&ctx.caller, &purpose)
+    {
         return Err(ApiError::PurposeNotAllowed);
     }
     let keys = keyring(v)?;
     let now = now_ms();
+    // A subject restricted by a pending erasure (PIPL Art. 47) is kept, not
+    // processed: nothing is released but under a legal exception.
+    if super::lifecycle::restricted_until(v.store.as_ref(), subject, now)
+        .map_err(|_| ApiError::Unavailable)?
+        .is_some()
+    {
+        v.committer
+            .commit(
+                Batch::default(),
+                vec![Draft {
+                    request_id: ctx.request_id.clone(),
+                    caller: ctx.caller.to_string(),
+                    action: "subject_export",
+                    purpose: Some(purpose),
+                    subject: Some(subject.to_string()),
+                    outcome: "refused_restricted",
+                    ..Draft::default()
+                }],
+            )
+            .await
+            .map_err(|_| ApiError::Unavailable)?;
+        return Err(ApiError::SubjectRestricted);
+    }
     let rows = super::lifecycle::values_of(v.store.as_ref(), subject)?;
     let subject_key = match crate::subject_keys::load(v.store.as_ref(), &keys, subject) {
         Ok(k) => k,
@@ -73,7 +100,8 @@ pub async fn export(
     let mut values = Vec::new();
     let mut events = Vec::new();
     for (token, _, rec) in rows {
-        if !rec.is_live(now) {
+        let level = v.policy.release(&ctx.caller, &purpose, rec.class);
+        if !rec.is_live(now) || level == crate::policy::Release::None {
             continue;
         }
         let aad = rec.aad(subject, &token);
@@ -98,10 +126,17 @@ pub async fn export(
             outcome: "released",
             ..Draft::default()
         });
+        let value = if level == crate::policy::Release::Masked {
+            let masked = crate::classes::mask(rec.class, &plain);
+            zeroize::Zeroize::zeroize(&mut { plain });
+            masked
+        } else {
+            plain
+        };
         values.push(SubjectValue {
             class: rec.class.as_str().to_string(),
             token,
-            value: plain,
+            value,
             purpose: rec.purpose,
             collected_ms: rec.collected_ms,
             expires_ms: rec.expires_ms,

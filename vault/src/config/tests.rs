@@ -67,7 +67,7 @@ fn the_example_parses_and_validates() {
     assert_eq!(cfg.server.handshake_timeout_ms, 5_000);
     assert_eq!(cfg.server.idle_timeout_ms, 60_000);
     assert_eq!(cfg.server.max_streams_per_connection, 32);
-    assert_eq!(cfg.grants.len(), 5);
+    assert_eq!(cfg.grants.len(), 6);
     let policy = Policy::from_config(&cfg);
     assert!(policy.may_collect("app", "traffic_statistics", Class::Ip));
     assert!(!policy.may_collect("app", "traffic_statistics", Class::Phone));
