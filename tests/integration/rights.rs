@@ -36,6 +36,19 @@ async fn consent_gates_a_requires_consent_purpose() {
         ask().await.unwrap().values[0].reason.as_deref(),
         Some("consent_required")
     );
+    // A version of another form could never count: refused, not kept
+    // (as text, `v1` would sort after any date).
+    for version in ["v1", "draft", "2024/01/01"] {
+        let e = app
+            .give_consent("acct-1", "user_specified", version)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.status(), e.code()),
+            (Some(400), Some("invalid_request")),
+            "{version}"
+        );
+    }
     let st = app
         .give_consent("acct-1", "user_specified", "2024-01-01")
         .await

@@ -77,15 +77,25 @@ pub fn consent_history(
 /// counts (`since`: the oldest version that does).
 pub fn consent_is_live(history: &[ConsentEntry], since: Option<&str>) -> bool {
     history.last().is_some_and(|e| {
-        e.given && since.is_none_or(|s| version_order(&e.policy_version, s).is_ge())
+        e.given
+            && since.is_none_or(|s| version_order(&e.policy_version, s).is_some_and(|o| o.is_ge()))
     })
+}
+
+/// Whether `version` can be compared with `since` at all (see
+/// [`version_order`]): a consent whose version cannot is never live.
+pub fn comparable_version(version: &str, since: &str) -> bool {
+    version_order(version, since).is_some()
 }
 
 /// Policy versions in their natural order: runs of digits compare as
 /// numbers, anything else as text, so `2022-9-1` comes before `2022-10-01`
 /// and `v1.9` before `v1.10` (as plain strings both would sort the other way
-/// round, and an old consent would count for a newer policy).
-fn version_order(a: &str, b: &str) -> std::cmp::Ordering {
+/// round, and an old consent would count for a newer policy). Versions of
+/// different forms have no order: a run of digits against text, or two
+/// different separators or labels (`v1` against `2024-01-01`: as text, `v`
+/// would beat `2` and any letter-led version would count as newest).
+fn version_order(a: &str, b: &str) -> Option<std::cmp::Ordering> {
     fn parts(s: &str) -> Vec<(bool, &str)> {
         let mut out = Vec::new();
         let mut start = 0;
@@ -109,13 +119,15 @@ fn version_order(a: &str, b: &str) -> std::cmp::Ordering {
                 let (x, y) = (x.trim_start_matches('0'), y.trim_start_matches('0'));
                 x.len().cmp(&y.len()).then_with(|| x.cmp(y))
             }
-            ((_, x), (_, y)) => x.cmp(y),
+            // The same separators and labels, or no order at all.
+            ((false, x), (false, y)) if x == y => std::cmp::Ordering::Equal,
+            _ => return None,
         };
         if o.is_ne() {
-            return o;
+            return Some(o);
         }
     }
-    pa.len().cmp(&pb.len())
+    Some(pa.len().cmp(&pb.len()))
 }
 
 pub fn put_approval(a: &Approval) -> Result<Batch, StoreError> {
@@ -217,13 +229,21 @@ mod tests {
             ("v1.9", "v1.10", Less),
             ("v2", "v1.10", Greater),
             ("2022-05-01", "2022-05-01-b", Less),
-            ("a", "b", Less),
         ] {
-            assert_eq!(version_order(a, b), o, "{a} {b}");
+            assert_eq!(version_order(a, b), Some(o), "{a} {b}");
         }
         let h = [entry(true, "2022-9-1", 1)];
         assert!(!consent_is_live(&h, Some("2022-10-01")));
         assert!(consent_is_live(&h, Some("2022-09-01")));
+        // Digits against letters have no order, and such a consent never
+        // counts against a date.
+        for v in ["v1", "draft", "A", "2024a", "2024/01/01"] {
+            assert_eq!(version_order(v, "2024-01-01"), None, "{v}");
+            assert!(
+                !consent_is_live(&[entry(true, v, 1)], Some("2024-01-01")),
+                "{v}"
+            );
+        }
     }
 
     #[test]

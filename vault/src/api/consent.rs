@@ -73,6 +73,18 @@ pub async fn consent(
                     "policy_version must be 1-32 characters of [A-Za-z0-9._-]",
                 ));
             }
+            // A consent that could never count is refused, not kept: its
+            // version must compare with the purpose's `consent-since`.
+            if given
+                && info
+                    .consent_since
+                    .as_deref()
+                    .is_some_and(|s| !ledger::comparable_version(&req.policy_version, s))
+            {
+                return Err(ApiError::BadRequest(
+                    "policy_version must have the form of the purpose's consent-since",
+                ));
+            }
             req.policy_version
         };
         let entry = ConsentEntry {
