@@ -182,8 +182,22 @@ pub(super) fn at(text: &str, start: usize, hits: &[Hit], out: &mut Vec<Candidate
     if first.is_alnum() {
         code(text, start, &cue, out);
     }
+    // A number labelled as something else (`订单号`) is not PII, unless
+    // it is a resident ID or USCC whose check character holds: an anti-cue
+    // is a guess about the label, the checksum is a fact about the number
+    // (`身份证编号` reads as `身份证` + `编号` to a shorter lexicon).
     if out.len() > before && cue.get() == Some(Cue::Anti) {
-        out.truncate(before);
+        let mut kept = before;
+        for i in before..out.len() {
+            let keep = out.get(i).is_some_and(|c| {
+                c.validated && matches!(c.class, Class::CnResidentId | Class::Uscc)
+            });
+            if keep {
+                out.swap(kept, i);
+                kept += 1;
+            }
+        }
+        out.truncate(kept);
     }
 }
 
@@ -471,8 +485,12 @@ fn code(text: &str, start: usize, cue: &LazyCue<'_>, out: &mut Vec<Candidate>) {
         18 if cued(Class::Uscc) => push(Class::Uscc, i, 0.995, false),
         _ => {}
     }
-    let prefix_upper = code.first().is_some_and(u8::is_ascii_uppercase);
-    if letters && prefix_upper && (8..=11).contains(&len) && digits + 2 >= len {
+    // Passports start with an upper-case letter; under a passport label a
+    // lower-case one is the same number typed carelessly.
+    let prefix_ok = code
+        .first()
+        .is_some_and(|b| b.is_ascii_uppercase() || b.is_ascii_lowercase() && cued(Class::Passport));
+    if letters && prefix_ok && (8..=11).contains(&len) && digits + 2 >= len {
         let confidence = if cued(Class::Passport) || cued(Class::CnResidentId) {
             0.92
         } else if code.first() == Some(&b'E') {

@@ -39,27 +39,82 @@ impl Tail {
     }
 }
 
-/// What follows byte `i`.
+/// What follows byte `i`. A `,`, `/` or dash after a run of at least
+/// [`COMPLETE`] digits ends it: no thousands group, date or number block
+/// is that long, so the run is a whole value and the separator lists the
+/// next one (`13800138000,13900139000`, a CSV line).
 pub(super) fn tail(bytes: &[u8], i: usize) -> Tail {
     let (c, w) = chars::at(bytes, i);
     let (next, _) = chars::at(bytes, i + w);
+    let complete = || digits_before(bytes, i) >= COMPLETE;
     match c {
         Ch::Digit(_) | Ch::Letter(_) | Ch::Punct(b'@' | b'_') => Tail::Joined,
         Ch::Space if next.is_digit() => Tail::SpaceMore,
-        Ch::Dash if next.is_alnum() => Tail::DashMore,
+        Ch::Dash if next.is_alnum() && !complete() => Tail::DashMore,
+        Ch::Punct(b',' | b'/') if next.is_digit() && complete() => Tail::Free,
         Ch::Punct(b'.' | b',' | b'/' | b':' | b'%') if next.is_digit() => Tail::Joined,
         _ => Tail::Free,
     }
 }
 
-/// Whether a token may start after `prev` (the character before) and
-/// `prev2` (the one before that).
-fn starts_token(prev: Ch, prev2: Ch) -> bool {
+/// Digits in a run that makes a whole value on its own: a mobile number
+/// has 11, a resident ID 18.
+const COMPLETE: usize = 11;
+/// Digits after a `:` or `,` that start a value even right after a digit:
+/// a time (`10:30`) or a thousands group (`1,234`) never has that many,
+/// a numbered label (`电话2：13900139000`) does.
+const LONG_AFTER: usize = 7;
+
+/// How many digits (ASCII or full width; a final `X` of an ID counts) end
+/// just before byte `end`, counted up to [`COMPLETE`].
+fn digits_before(bytes: &[u8], end: usize) -> usize {
+    let mut n = 0;
+    let mut i = end;
+    while n < COMPLETE && i > 0 {
+        // Back to the start of the previous character (at most 4 bytes).
+        let mut start = i - 1;
+        while start > 0 && i - start < 4 && bytes.get(start).is_some_and(|b| b & 0xC0 == 0x80) {
+            start -= 1;
+        }
+        match chars::at(bytes, start).0 {
+            Ch::Digit(_) => n += 1,
+            Ch::Letter(b'X' | b'x') if n == 0 => {}
+            _ => break,
+        }
+        i = start;
+    }
+    n
+}
+
+/// How many digits start at byte `i`, counted up to `cap`.
+fn digits_from(bytes: &[u8], mut i: usize, cap: usize) -> usize {
+    let mut n = 0;
+    while n < cap {
+        match chars::at(bytes, i) {
+            (Ch::Digit(_), w) => {
+                n += 1;
+                i += w;
+            }
+            _ => break,
+        }
+    }
+    n
+}
+
+/// Whether a token may start at byte `i`, after `prev` (the character
+/// before, at byte `prev_at`) and `prev2` (the one before that). After a
+/// joiner glued to a digit, only where the run before is a whole value
+/// (`13800138000/13900139000`), or, after `:` and `,`, where a long run
+/// follows (`手机2:13900139000`).
+fn starts_token(bytes: &[u8], i: usize, prev: Ch, prev_at: usize, prev2: Ch) -> bool {
+    let complete = || digits_before(bytes, prev_at) >= COMPLETE;
     match prev {
         Ch::Digit(_) | Ch::Letter(_) | Ch::Currency => false,
-        Ch::Punct(b'.' | b'_' | b'@' | b'+' | b'#' | b'&' | b'=' | b'%') => false,
-        Ch::Dash | Ch::Punct(b'/' | b'\\') => !prev2.is_alnum(),
-        Ch::Punct(b',' | b':') => !prev2.is_digit(),
+        Ch::Punct(b'.' | b'_' | b'@' | b'+' | b'#' | b'&' | b'%') => false,
+        Ch::Dash | Ch::Punct(b'/' | b'\\') => !prev2.is_alnum() || complete(),
+        Ch::Punct(b',' | b':') => {
+            !prev2.is_digit() || complete() || digits_from(bytes, i, LONG_AFTER) >= LONG_AFTER
+        }
         _ => true,
     }
 }
@@ -68,12 +123,13 @@ fn starts_token(prev: Ch, prev2: Ch) -> bool {
 pub(super) fn scan(text: &str, hits: &[Hit], out: &mut Vec<Candidate>) {
     let bytes = text.as_bytes();
     let (mut prev, mut prev2) = (Ch::Other, Ch::Other);
+    let mut prev_at = 0;
     let mut i = 0;
     while i < bytes.len() {
         // Han text is most of a Chinese page and starts nothing: skip it
         // without classifying.
         if bytes.get(i).is_some_and(|b| (0xE4..=0xE9).contains(b)) {
-            (prev2, prev) = (prev, Ch::Han);
+            (prev2, prev, prev_at) = (prev, Ch::Han, i);
             i += 3;
             continue;
         }
@@ -89,11 +145,12 @@ pub(super) fn scan(text: &str, hits: &[Hit], out: &mut Vec<Candidate>) {
                 prev
             };
             prev = chars::at(bytes, i - 1).0;
+            prev_at = i - 1;
             continue;
         }
         let (ch, w) = chars::at(bytes, i);
         let next = || chars::at(bytes, i + w).0;
-        let start = starts_token(prev, prev2);
+        let start = starts_token(bytes, i, prev, prev_at, prev2);
         match ch {
             Ch::Digit(_) | Ch::Letter(_) if start => {
                 numbers::at(text, i, hits, out);
@@ -111,7 +168,7 @@ pub(super) fn scan(text: &str, hits: &[Hit], out: &mut Vec<Candidate>) {
             Ch::Punct(b'@') => email(text, i, w, out),
             _ => {}
         }
-        (prev2, prev) = (prev, ch);
+        (prev2, prev, prev_at) = (prev, ch, i);
         i += w.max(1);
     }
 }
@@ -198,10 +255,22 @@ fn ipv4(text: &str, start: usize, hits: &[Hit], out: &mut Vec<Candidate>) {
             i += 1;
         }
     }
-    if !tail(bytes, i).bounded() {
+    if !tail(bytes, i).bounded() && !port_or_prefix(bytes, i) {
         return;
     }
     push_ip(text, start, i, hits, out);
+}
+
+/// Whether byte `i` starts a port (`:8080`) or a prefix length (`/24`)
+/// that ends there: the address before it is whole.
+fn port_or_prefix(bytes: &[u8], i: usize) -> bool {
+    let max = match bytes.get(i) {
+        Some(b':') => 5,
+        Some(b'/') => 2,
+        _ => return false,
+    };
+    let n = digits_from(bytes, i + 1, max + 1);
+    (1..=max).contains(&n) && tail(bytes, i + 1 + n).bounded()
 }
 
 /// An IPv6 address starting at `start`: a run of hex digits, colons and
@@ -220,7 +289,12 @@ fn ipv6(text: &str, start: usize, hits: &[Hit], out: &mut Vec<Candidate>) {
             return;
         }
     }
-    if colons < 2 {
+    // `::` alone is the unspecified address in theory and punctuation in
+    // text: an address has a hex digit.
+    let has_hex = bytes
+        .get(start..i)
+        .is_some_and(|s| s.iter().any(u8::is_ascii_hexdigit));
+    if colons < 2 || !has_hex {
         return;
     }
     while i > start && matches!(bytes.get(i - 1), Some(b'.')) {

@@ -526,3 +526,89 @@ fn a_hospital_number_after_a_live_in_cue_is_no_address() {
     let text = "患者吴桂英，住福州市鼓楼区五四路158号";
     assert!(detect(text).iter().any(|f| f.class == Class::Address));
 }
+
+#[test]
+fn labels_ending_in_a_serial_word_do_not_hide_a_valid_id() {
+    use Class::*;
+    for text in [
+        "身份证编号：350102199003071234",
+        "居民身份证编号：11010519491231002X",
+        "证件编号 350102199003071234",
+    ] {
+        assert_eq!(only(text).0, CnResidentId, "{text}");
+    }
+    assert_eq!(only("护照编号：E12345678").0, Passport);
+    // A checksum-valid ID survives even a real anti-label; anything else
+    // under one still does not count.
+    assert_eq!(only("订单编号：350102199003071234").0, CnResidentId);
+    nothing("订单编号：13800138000");
+}
+
+#[test]
+fn separators_between_whole_values_list_them() {
+    use Class::*;
+    let id2 = "11010519491231002X";
+    for (text, want) in [
+        (
+            "张三,350102199003071234,13800138000".to_string(),
+            vec![(CnResidentId, "350102199003071234"), (Phone, "13800138000")],
+        ),
+        (
+            "电话13800138000/13900139000".into(),
+            vec![(Phone, "13800138000"), (Phone, "13900139000")],
+        ),
+        (
+            "13800138000／13900139000".into(),
+            vec![(Phone, "13800138000"), (Phone, "13900139000")],
+        ),
+        (
+            "13800138000,13900139000".into(),
+            vec![(Phone, "13800138000"), (Phone, "13900139000")],
+        ),
+        (
+            "13800138000-13900139000".into(),
+            vec![(Phone, "13800138000"), (Phone, "13900139000")],
+        ),
+        (
+            format!("身份证号:350102199003071234/{id2}"),
+            vec![(CnResidentId, "350102199003071234"), (CnResidentId, id2)],
+        ),
+    ] {
+        let got = found(&text);
+        for w in &want {
+            assert!(got.contains(w), "{text}: {got:?} lacks {w:?}");
+        }
+    }
+    // Numbered labels.
+    for text in [
+        "联系电话1：13800138000，联系电话2：13900139000",
+        "手机2:13900139000",
+    ] {
+        assert!(found(text).iter().any(|(c, _)| *c == Phone), "{text}");
+    }
+    assert_eq!(only("身份证1：350102199003071234").0, CnResidentId);
+    // What the old rules guarded stays as it was: times, amounts, dates.
+    nothing("会议 10:30 开始，金额 1,234,567 元，日期 2023/10/01");
+    nothing("编号 12345678,12345678");
+}
+
+#[test]
+fn addresses_with_ports_prefixes_and_keys() {
+    use Class::*;
+    assert_eq!(only("IP 192.168.1.1:8080"), (Ip, "192.168.1.1"));
+    assert_eq!(only("10.0.0.1:8080 拒绝"), (Ip, "10.0.0.1"));
+    assert_eq!(only("网段 10.0.0.0/8"), (Ip, "10.0.0.0"));
+    assert_eq!(only("ip=10.1.2.3"), (Ip, "10.1.2.3"));
+    assert_eq!(only("phone=13800138000"), (Phone, "13800138000"));
+    assert_eq!(only("手机号=13800138000"), (Phone, "13800138000"));
+    // A port too long, or a version tail, is no address end.
+    nothing("版本 1.2.3.4:123456");
+    nothing("请注意 :: 这里");
+    nothing("a :: b");
+}
+
+#[test]
+fn a_lower_case_passport_counts_under_its_label() {
+    assert_eq!(only("护照号：e12345678"), (Class::Passport, "e12345678"));
+    assert_eq!(only("护照号码：g12345678").0, Class::Passport);
+}
