@@ -87,7 +87,7 @@ const WEAK_LABELS: [&str; 25] = [
 /// or before an honorific, a run starting with one of them is no name.
 /// Words that are common names too (高峰, 汪洋, 黄金) are left out: a cue
 /// makes them names.
-const NOT_NAMES: [&str; 115] = [
+const NOT_NAMES: [&str; 120] = [
     "明白", "明天", "明确", "明显", "明年", "明细", "高兴", "高级", "高速", "高度", "高中", "高校",
     "高新", "陈列", "陈述", "林业", "林地", "金额", "金融", "方便", "方式", "方法", "方面", "方案",
     "方向", "关于", "关注", "关系", "关键", "安排", "安全", "安装", "安置", "常见", "常用", "常住",
@@ -97,7 +97,15 @@ const NOT_NAMES: [&str; 115] = [
     "宁可", "尚未", "季度", "单位", "单独", "单元", "曲线", "路口", "路段", "路线", "连续", "连接",
     "熊猫", "秦朝", "江边", "苏醒", "鲁莽", "龙头", "毛病", "景区", "景点", "费用", "卫生", "米饭",
     "宗教", "全部", "全面", "应该", "应当", "师傅", "易于", "齐全", "左右", "柏油", "查询", "查看",
-    "燕麦", "冷静", "冷气", "席位", "简单", "简称", "车主",
+    "燕麦", "冷静", "冷气", "席位", "简单", "简称", "车主", "向法", "高一", "高二", "高三", "方可",
+];
+
+/// Common words whose second character is a surname, which an honorific
+/// right after would otherwise make a name of (`历史老师`, `值班医生`,
+/// `维修师傅`, `我们班主任`).
+const WORD_ENDS: [&str; 14] = [
+    "历史", "值班", "上班", "下班", "加班", "们班", "本班", "同班", "维修", "检修", "装修", "进修",
+    "翻修", "自修",
 ];
 
 /// Middle-dot look-alikes joining the parts of a minority name.
@@ -207,7 +215,10 @@ fn after_label(text: &str, h: &Hit, limit: usize, out: &mut Vec<Candidate>) {
         out.push(c);
         return;
     }
-    if weak && starts_with_word(run) {
+    // A word, not a name, after any label but one that says a name
+    // follows (`姓名：高峰`, `我叫叶子`: names whatever the dictionary says).
+    let says_name = label.contains('名') || label.contains('叫');
+    if (weak || !says_name) && starts_with_word(run) {
         return;
     }
     let (len, confidence) = match surname_len(run) {
@@ -317,6 +328,18 @@ fn before_honorific(text: &str, at: usize, floor: usize, out: &mut Vec<Candidate
     let Some((len, bounded)) = best else { return };
     let name = chars.get(n - len..).unwrap_or_default();
     let only_surname = surname_len(name) == Some(len);
+    // A lone surname that ends a common word (`历史老师`) is that word.
+    if only_surname {
+        let pair: String = (n - len)
+            .checked_sub(1)
+            .and_then(|from| chars.get(from..n))
+            .unwrap_or_default()
+            .iter()
+            .collect();
+        if WORD_ENDS.contains(&pair.as_str()) {
+            return;
+        }
+    }
     let confidence = match (bounded, only_surname) {
         (true, false) => 0.88,
         (false, false) => 0.7,

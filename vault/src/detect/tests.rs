@@ -612,3 +612,28 @@ fn a_lower_case_passport_counts_under_its_label() {
     assert_eq!(only("护照号：e12345678"), (Class::Passport, "e12345678"));
     assert_eq!(only("护照号码：g12345678").0, Class::Passport);
 }
+
+#[test]
+fn ordinary_words_next_to_name_cues_are_not_names() {
+    for text in [
+        "历史老师",
+        "我们班主任说",
+        "维修师傅来了",
+        "值班医生",
+        "申请人向法院提出申请",
+        "申请人陈述如下",
+        "当事人尚未缴纳罚款",
+        "联系人方式",
+        "我是高三学生",
+    ] {
+        assert!(
+            !found(text).iter().any(|(c, _)| *c == Class::Name),
+            "{text}: {:?}",
+            found(text)
+        );
+    }
+    // The cues still work on names.
+    assert_eq!(only("请张老师来"), (Class::Name, "张"));
+    assert_eq!(only("申请人陈明"), (Class::Name, "陈明"));
+    assert_eq!(only("姓名：高峰"), (Class::Name, "高峰"));
+}
