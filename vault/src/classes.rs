@@ -19,6 +19,7 @@ mod misc;
 mod name;
 mod org_code;
 mod phone;
+pub(crate) mod phone_areas;
 mod resident_id;
 mod uscc;
 

@@ -167,17 +167,29 @@ fn mobile_prefix_ok(n: &[u8]) -> bool {
 }
 
 /// Local numbers never start with 0 or 1 (those lead to trunk and special
-/// services). Two-digit areas have 8-digit locals; in Fujian, Fuzhou (591)
-/// and Quanzhou (595) have 8 and the other cities 7; elsewhere either.
+/// services). The area code must exist and the local number have one of its
+/// lengths, as libphonenumber says (`phone_areas.rs`): Beijing, Shanghai and
+/// the other 2-digit areas 8 digits, most 3-digit areas 7, Fuzhou (591) and
+/// Quanzhou (595) 8, a few either.
 fn check_fixed(n: &[u8], area_len: usize) -> Result<(), Invalid> {
     let (area, local) = n.split_at_checked(area_len).ok_or(Invalid::Length)?;
     if matches!(local.first(), None | Some(b'0' | b'1')) {
         return Err(Invalid::Format);
     }
-    let ok = match area {
-        [_, _] | b"591" | b"595" => local.len() == 8,
-        [b'5', b'9', b'2'..=b'9'] => local.len() == 7,
-        _ => (7..=8).contains(&local.len()),
+    let code = area
+        .iter()
+        .try_fold(0u16, |acc, &b| {
+            Some(acc * 10 + u16::from(b.checked_sub(b'0')?))
+        })
+        .ok_or(Invalid::Format)?;
+    let i = super::phone_areas::AREAS
+        .binary_search_by_key(&code, |&(a, _)| a)
+        .map_err(|_| Invalid::Prefix)?;
+    let mask = super::phone_areas::AREAS.get(i).map_or(0, |&(_, m)| m);
+    let ok = match local.len() {
+        7 => mask & 1 != 0,
+        8 => mask & 2 != 0,
+        _ => false,
     };
     if ok {
         Ok(())

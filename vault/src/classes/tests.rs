@@ -320,9 +320,18 @@ fn fixed_lines_in_fujian_and_elsewhere() {
     assert_eq!(ok(p, "010-62345678"), "+861062345678");
     assert_eq!(ok(p, "021 6234 5678"), "+862162345678");
     assert_eq!(err(p, "010-6234567"), Invalid::Length);
-    // Other three-digit area codes: 7 or 8.
+    // Other three-digit area codes: the lengths libphonenumber gives them
+    // (Shenzhen 8, Urumqi 7, Yanbian either); codes that do not exist and
+    // wrong lengths are refused.
     assert_eq!(ok(p, "0755-86123456"), "+8675586123456");
-    assert_eq!(ok(p, "0755-8612345"), "+867558612345");
+    assert_eq!(err(p, "0755-8612345"), Invalid::Length);
+    assert_eq!(ok(p, "0991-2345678"), "+869912345678");
+    assert_eq!(ok(p, "0433-2345678"), "+864332345678");
+    assert_eq!(ok(p, "0433-23456789"), "+8643323456789");
+    assert_eq!(err(p, "0311-2345678"), Invalid::Length);
+    for nowhere in ["0300-2345678", "026-23456789", "0590-2234567"] {
+        assert_eq!(err(p, nowhere), Invalid::Prefix, "{nowhere}");
+    }
     // Locals never start with 0 or 1.
     assert_eq!(err(p, "010-12345678"), Invalid::Format);
     assert_eq!(err(p, "0591-08088788"), Invalid::Format);

@@ -112,7 +112,7 @@ const MOBILE_PREFIXES: &[&str] = &[
 ];
 const AREAS: &[&str] = &[
     "10", "20", "21", "22", "23", "24", "25", "27", "28", "29", "591", "592", "593", "594", "595",
-    "596", "597", "598", "599", "311", "371", "411", "512", "755", "871", "951",
+    "596", "597", "598", "599", "311", "371", "411", "433", "512", "755", "871", "951",
 ];
 
 fn digits(rng: &mut StdRng, n: usize) -> String {
@@ -135,10 +135,16 @@ fn phone(rng: &mut StdRng) -> String {
         6 => format!("{}{}", ["400", "800"][rng.gen_range(0..2)], digits(rng, 7)),
         _ => {
             let area = AREAS[rng.gen_range(0..AREAS.len())];
-            let len = match area {
-                "591" | "595" => 8,
-                a if a.len() == 2 => 8,
-                a if a.starts_with("59") => 7,
+            // The local lengths libphonenumber gives the area.
+            let code: u16 = area.parse().unwrap();
+            let mask = crate::classes::phone_areas::AREAS
+                .iter()
+                .find(|(a, _)| *a == code)
+                .map(|(_, m)| *m)
+                .unwrap();
+            let len = match mask {
+                1 => 7,
+                2 => 8,
                 _ => rng.gen_range(7..=8),
             };
             let first = rng.gen_range(2..10u8);
