@@ -43,13 +43,44 @@ pub fn append_consent(
     purpose: &str,
     entry: &ConsentEntry,
 ) -> Result<Batch, StoreError> {
-    let mut key = consent_prefix(subject, purpose);
-    key.extend_from_slice(&next_seq(entry.time_ms).to_be_bytes());
+    append_consent_after(subject, purpose, entry, None)
+}
+
+/// As [`append_consent`], after the entry at sequence `newest` (from
+/// [`newest_consent_seq`]): the new entry sorts after it even when the
+/// clock was set back across a restart (a withdrawal sorting before the
+/// consent it withdraws would leave the consent in force); the write is
+/// guarded on its key being free.
+pub fn append_consent_after(
+    subject: &str,
+    purpose: &str,
+    entry: &ConsentEntry,
+    newest: Option<u64>,
+) -> Result<Batch, StoreError> {
+    let prefix = consent_prefix(subject, purpose);
+    let seq = next_seq(entry.time_ms).max(newest.map_or(0, |n| n.saturating_add(1)));
+    let mut key = prefix.clone();
+    key.extend_from_slice(&seq.to_be_bytes());
     let bytes =
         serde_json::to_vec(entry).map_err(|_| StoreError::Engine("unencodable consent".into()))?;
     let mut b = Batch::default();
+    b.expect(Space::Consents, key.clone(), None);
     b.put(Space::Consents, key, bytes);
     Ok(b)
+}
+
+/// The sequence of the newest entry for `subject` and `purpose`.
+pub fn newest_consent_seq(
+    store: &dyn Store,
+    subject: &str,
+    purpose: &str,
+) -> Result<Option<u64>, StoreError> {
+    let prefix = consent_prefix(subject, purpose);
+    let rows = scan_prefix_rev(store, Space::Consents, &prefix, 1)?;
+    Ok(rows.first().and_then(|(k, _)| {
+        let tail: [u8; 8] = k.get(prefix.len()..)?.try_into().ok()?;
+        Some(u64::from_be_bytes(tail))
+    }))
 }
 
 /// The newest `MAX_HISTORY` entries for `subject` and `purpose` (all of
@@ -244,6 +275,40 @@ mod tests {
                 "{v}"
             );
         }
+    }
+
+    #[test]
+    fn a_withdrawal_after_the_clock_went_back_still_comes_last() {
+        let store = MemoryStore::new();
+        // A consent written while the clock ran a day ahead.
+        let ahead = next_seq(1) + 86_400_000_000 * 20_000;
+        store
+            .write(
+                append_consent_after(
+                    "s",
+                    "user_specified",
+                    &entry(true, "2024-01-01", 1),
+                    Some(ahead),
+                )
+                .unwrap(),
+            )
+            .unwrap();
+        let newest = newest_consent_seq(&store, "s", "user_specified").unwrap();
+        assert_eq!(newest, Some(ahead + 1));
+        store
+            .write(
+                append_consent_after(
+                    "s",
+                    "user_specified",
+                    &entry(false, "2024-01-01", 2),
+                    newest,
+                )
+                .unwrap(),
+            )
+            .unwrap();
+        let h = consent_history(&store, "s", "user_specified").unwrap();
+        assert_eq!(h.iter().map(|e| e.given).collect::<Vec<_>>(), [true, false]);
+        assert!(!consent_is_live(&h, None));
     }
 
     #[test]

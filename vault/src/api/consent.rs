@@ -93,8 +93,10 @@ pub async fn consent(
             time_ms: now_ms(),
             caller: ctx.caller.to_string(),
         };
-        let batch =
-            ledger::append_consent(subject, purpose, &entry).map_err(|_| ApiError::Internal)?;
+        let newest = ledger::newest_consent_seq(store, subject, purpose)
+            .map_err(|_| ApiError::Unavailable)?;
+        let batch = ledger::append_consent_after(subject, purpose, &entry, newest)
+            .map_err(|_| ApiError::Internal)?;
         let event = Draft {
             request_id: ctx.request_id.clone(),
             caller: ctx.caller.to_string(),
