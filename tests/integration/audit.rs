@@ -93,17 +93,20 @@ async fn every_outcome_is_audited_and_officers_can_read_it() {
     assert!(out.contains("broken at event 4"), "{out}");
 }
 
+/// `vault check-config --config PATH`: (exit code, stdout, stderr).
+fn check_config(path: &std::path::Path) -> (i32, String, String) {
+    run_vault(&[
+        std::ffi::OsStr::new("check-config"),
+        "--config".as_ref(),
+        path.as_os_str(),
+    ])
+}
+
 #[tokio::test]
 async fn check_config_lists_every_problem() {
     let dir = tempfile::tempdir().unwrap();
     let path = vault::dev::prepare(dir.path()).unwrap();
-    let check = || {
-        run_vault(&[
-            std::ffi::OsStr::new("check-config"),
-            "--config".as_ref(),
-            path.as_os_str(),
-        ])
-    };
+    let check = || check_config(&path);
     let (code, _, err) = check();
     assert_eq!(code, 0, "{err}");
     let text = std::fs::read_to_string(&path)
@@ -127,13 +130,7 @@ async fn check_config_lists_every_problem() {
 async fn check_config_finds_what_serve_would_fail_on() {
     let dir = tempfile::tempdir().unwrap();
     let path = vault::dev::prepare(dir.path()).unwrap();
-    let check = || {
-        run_vault(&[
-            std::ffi::OsStr::new("check-config"),
-            "--config".as_ref(),
-            path.as_os_str(),
-        ])
-    };
+    let check = || check_config(&path);
     let tls = dir.path().join("tls");
     let garbage = "not-a-key-but-a-secret-looking-string";
     std::fs::write(dir.path().join("master.key"), garbage).unwrap();

@@ -192,14 +192,19 @@ impl Lookup<'_> {
     /// string is a token). The audit event still names what was asked for.
     fn resolve(&self, token: &str) -> Result<(ValueOut, Draft), ApiError> {
         let (mut out, mut draft) = self.resolve_stored(token)?;
-        if self.info.legal_exception && !self.approval_usable() {
+        let refusal = if self.info.legal_exception {
+            self.approval_state().err()
+        } else {
+            None
+        };
+        if let Some(why) = refusal {
             // Nothing is released without an approval (the holders' checks
             // said so already); the value slot is empty.
             debug_assert!(out.value.is_none());
             out.status = Status::Denied;
             out.masked = false;
             out.class = None;
-            out.reason = Some(self.approval_refusal().to_string());
+            out.reason = Some(why.to_string());
             if draft.token.is_some() {
                 draft.outcome = "denied";
             }
@@ -381,14 +386,12 @@ impl Lookup<'_> {
     }
 
     /// Whether the request's approval can serve this caller and purpose at
-    /// all (which subjects it covers is asked per holder).
-    fn approval_usable(&self) -> bool {
-        let Some(basis) = self
+    /// all (which subjects it covers is asked per holder), or why not.
+    fn approval_state(&self) -> Result<(), &'static str> {
+        let basis = self
             .basis
             .filter(|b| !b.reference.trim().is_empty() && !b.approval.is_empty())
-        else {
-            return false;
-        };
+            .ok_or("legal_basis_required")?;
         match ledger::check_approval(
             self.approval,
             &self.ctx.caller,
@@ -397,29 +400,9 @@ impl Lookup<'_> {
             "",
             self.now,
         ) {
-            Ok(()) | Err("subject_not_covered") => true,
-            Err(_) => false,
+            Ok(()) | Err("subject_not_covered") => Ok(()),
+            Err(why) => Err(why),
         }
-    }
-
-    /// Why [`Lookup::approval_usable`] said no.
-    fn approval_refusal(&self) -> &'static str {
-        let Some(basis) = self
-            .basis
-            .filter(|b| !b.reference.trim().is_empty() && !b.approval.is_empty())
-        else {
-            return "legal_basis_required";
-        };
-        ledger::check_approval(
-            self.approval,
-            &self.ctx.caller,
-            self.purpose,
-            &basis.reference,
-            "",
-            self.now,
-        )
-        .err()
-        .unwrap_or("approval_not_found")
     }
 
     /// What binds the release of one holder's value: a legal exception
