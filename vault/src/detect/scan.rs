@@ -181,10 +181,6 @@ fn local_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-')
 }
 
-fn domain_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-')
-}
-
 /// An address around the `@` at byte `at` (`width` bytes: `@`, `＠` or
 /// `﹫`). Both sides are read at most to their RFC limits, so a run of `@`
 /// costs a constant each.
@@ -204,24 +200,41 @@ fn email(text: &str, at: usize, width: usize, out: &mut Vec<Candidate>) {
     if start == at {
         return;
     }
+    // The domain, width-folded as it is read (an IME's full-width `．` or
+    // letters are the same domain to IDNA, which the validator applies):
+    // each end is where the folded domain ends too.
     let dom = at + width;
     let mut end = dom;
-    while bytes.get(end).copied().is_some_and(domain_char) {
-        end += 1;
-        if end - dom > MAX_DOMAIN {
+    let mut folded: Vec<u8> = Vec::new();
+    let mut ends: Vec<usize> = Vec::new();
+    loop {
+        let (c, w) = chars::at(bytes, end);
+        let b = match c {
+            Ch::Digit(b) | Ch::Letter(b) => b,
+            Ch::Punct(b'.') => b'.',
+            Ch::Dash if bytes.get(end) == Some(&b'-') => b'-',
+            _ => break,
+        };
+        folded.push(b);
+        end += w;
+        ends.push(end);
+        if folded.len() > MAX_DOMAIN {
             return;
         }
     }
-    while end > dom && matches!(bytes.get(end - 1), Some(b'.' | b'-')) {
-        end -= 1;
+    while matches!(folded.last(), Some(b'.' | b'-')) {
+        folded.pop();
+        ends.pop();
     }
+    end = ends.last().copied().unwrap_or(dom);
     if matches!(bytes.get(end), Some(b'@' | b'_')) {
         return;
     }
-    let tld_ok = text
-        .get(dom..end)
-        .and_then(|d| d.rsplit_once('.'))
-        .is_some_and(|(_, tld)| tld.len() >= 2 && tld.bytes().all(|b| b.is_ascii_alphabetic()));
+    let tld_ok = folded
+        .rsplit(|&b| b == b'.')
+        .next()
+        .filter(|_| folded.contains(&b'.'))
+        .is_some_and(|tld| tld.len() >= 2 && tld.iter().all(u8::is_ascii_alphabetic));
     if !tld_ok {
         return;
     }

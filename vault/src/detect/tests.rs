@@ -637,3 +637,20 @@ fn ordinary_words_next_to_name_cues_are_not_names() {
     assert_eq!(only("申请人陈明"), (Class::Name, "陈明"));
     assert_eq!(only("姓名：高峰"), (Class::Name, "高峰"));
 }
+
+#[test]
+fn an_email_with_a_full_width_dot_or_letters_in_its_domain() {
+    assert_eq!(
+        only("邮箱：zhangsan@example．com"),
+        (Class::Email, "zhangsan@example．com")
+    );
+    assert_eq!(
+        only("邮箱：zhangsan@ｅｘａｍｐｌｅ.ｃｏｍ，谢谢"),
+        (Class::Email, "zhangsan@ｅｘａｍｐｌｅ.ｃｏｍ")
+    );
+    // A sentence's full stop is no part of it.
+    assert_eq!(
+        only("请发到abc@example.com。谢谢"),
+        (Class::Email, "abc@example.com")
+    );
+}
