@@ -628,6 +628,15 @@ async fn export_follows_the_grant_and_stops_under_restriction() {
         .map(|x| (x.class.as_str(), x.value.as_str()))
         .collect();
     assert_eq!(got, [("cn_resident_id", "350102********1234")]);
+    let events = v
+        .client("officer")
+        .audit(Some("acct-x"), None, None)
+        .await
+        .unwrap()
+        .events;
+    assert!(events
+        .iter()
+        .any(|e| e.action == "subject_export" && e.outcome == "released_masked"));
     // Restricted: kept for the law, exported to nobody.
     assert!(app
         .erase_subject("acct-x")

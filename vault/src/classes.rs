@@ -434,12 +434,15 @@ fn compact(raw: &str) -> Result<String, Invalid> {
 /// rejected: the common front half of the free-text classes.
 fn collapse_spaces(raw: &str, max_bytes: usize) -> Result<String, Invalid> {
     precheck(raw, max_bytes)?;
-    let text = nfkc(raw);
-    let text: Cow<'_, str> = if text.chars().any(is_invisible) {
-        Cow::Owned(text.chars().filter(|&c| !is_invisible(c)).collect())
+    // Invisible characters go before NFKC: one between a letter and its
+    // combining mark (`e\u{200B}\u{301}`) would otherwise keep them apart,
+    // and normalizing the result again would compose them (two values).
+    let visible: Cow<'_, str> = if raw.chars().any(is_invisible) {
+        Cow::Owned(raw.chars().filter(|&c| !is_invisible(c)).collect())
     } else {
-        text
+        Cow::Borrowed(raw)
     };
+    let text = nfkc(&visible);
     let mut out = String::with_capacity(text.len());
     for word in text.split_whitespace() {
         if !out.is_empty() {

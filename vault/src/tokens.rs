@@ -88,9 +88,12 @@ impl TokenStyles {
         }
         let value = keys.token_key().preserving().value(class, token)?;
         // Re-normalized so the record key is computed on exactly the form
-        // tokenize used.
-        let norm = classes::normalize(class, &value).ok()?;
-        Some(keys.token_key().token(class, norm.token_form()))
+        // tokenize used. A value the class no longer accepts was stored
+        // under an older rule, in the form it had then: that form.
+        match classes::normalize(class, &value) {
+            Ok(norm) => Some(keys.token_key().token(class, norm.token_form())),
+            Err(_) => Some(keys.token_key().token(class, &value)),
+        }
     }
 }
 

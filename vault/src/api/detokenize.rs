@@ -111,6 +111,7 @@ pub(crate) async fn release(
         basis: ask.legal_basis,
         approval: approval.as_ref(),
         consents: RefCell::new(HashMap::new()),
+        restricted: RefCell::new(HashMap::new()),
         subject_keys: RefCell::new(HashMap::new()),
     };
     let mut values = Vec::with_capacity(tokens.len());
@@ -179,6 +180,8 @@ struct Lookup<'a> {
     approval: Option<&'a Approval>,
     /// Whether each subject seen so far has live consent to the purpose.
     consents: RefCell<HashMap<String, bool>>,
+    /// Whether each subject seen so far is restricted (PIPL Art. 47).
+    restricted: RefCell<HashMap<String, bool>>,
     /// Each subject's key, looked up once per request.
     subject_keys: RefCell<HashMap<String, Option<subject_keys::Loaded>>>,
 }
@@ -186,33 +189,13 @@ struct Lookup<'a> {
 impl Lookup<'_> {
     /// One token's answer and audit event. A legal exception without a
     /// live approval for this caller and purpose is answered the same for
-    /// every token, stored or not: the eight purposes are open to every
-    /// caller, and would otherwise be an oracle for which values are stored
-    /// and of which class (with preserving tokens, every phone-shaped
-    /// string is a token). The audit event still names what was asked for.
+    /// every token, stored or not, and without looking it up (so not even
+    /// the time taken tells): the eight purposes are open to every caller,
+    /// and would otherwise be an oracle for which values are stored and of
+    /// which class (with preserving tokens, every phone-shaped string is a
+    /// token). The audit event records the refused attempt, without the
+    /// token (which may be any string the caller sent).
     fn resolve(&self, token: &str) -> Result<(ValueOut, Draft), ApiError> {
-        let (mut out, mut draft) = self.resolve_stored(token)?;
-        let refusal = if self.info.legal_exception {
-            self.approval_state().err()
-        } else {
-            None
-        };
-        if let Some(why) = refusal {
-            // Nothing is released without an approval (the holders' checks
-            // said so already); the value slot is empty.
-            debug_assert!(out.value.is_none());
-            out.status = Status::Denied;
-            out.masked = false;
-            out.class = None;
-            out.reason = Some(why.to_string());
-            if draft.token.is_some() {
-                draft.outcome = "denied";
-            }
-        }
-        Ok((out, draft))
-    }
-
-    fn resolve_stored(&self, token: &str) -> Result<(ValueOut, Draft), ApiError> {
         let mut out = ValueOut {
             token: token.to_string(),
             status: Status::Unknown,
@@ -236,6 +219,23 @@ impl Lookup<'_> {
                 .filter(|r| !r.trim().is_empty()),
             ..Draft::default()
         };
+        if self.info.legal_exception {
+            if let Err(why) = self.approval_state() {
+                out.status = Status::Denied;
+                out.reason = Some(why.to_string());
+                draft.outcome = "denied";
+                return Ok((out, draft));
+            }
+        }
+        self.resolve_stored(token, out, draft)
+    }
+
+    fn resolve_stored(
+        &self,
+        token: &str,
+        mut out: ValueOut,
+        mut draft: Draft,
+    ) -> Result<(ValueOut, Draft), ApiError> {
         let Some(bytes) = self.v.tokens.resolve(self.keys, token) else {
             return Ok((out, draft));
         };
@@ -421,10 +421,7 @@ impl Lookup<'_> {
                 self.now,
             ));
         }
-        if crate::api::lifecycle::restricted_until(self.v.store.as_ref(), subject, self.now)
-            .map_err(|_| ApiError::Unavailable)?
-            .is_some()
-        {
+        if self.is_restricted(subject)? {
             // Erasure was asked while the law still requires keeping the
             // data: kept, but released for nothing but a legal exception.
             return Ok(Err("restricted"));
@@ -480,6 +477,23 @@ impl Lookup<'_> {
             .borrow_mut()
             .insert(subject.to_string(), key.clone());
         Ok(key)
+    }
+
+    /// Whether `subject` is restricted, looked up once per subject per
+    /// request (a token of a common value asks many holders, and a request
+    /// may hold that token many times).
+    fn is_restricted(&self, subject: &str) -> Result<bool, ApiError> {
+        if let Some(&known) = self.restricted.borrow().get(subject) {
+            return Ok(known);
+        }
+        let restricted =
+            crate::api::lifecycle::restricted_until(self.v.store.as_ref(), subject, self.now)
+                .map_err(|_| ApiError::Unavailable)?
+                .is_some();
+        self.restricted
+            .borrow_mut()
+            .insert(subject.to_string(), restricted);
+        Ok(restricted)
     }
 
     /// Live consent of `subject` to this purpose, looked up once per subject

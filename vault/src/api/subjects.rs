@@ -123,7 +123,11 @@ pub async fn export(
             subject: Some(subject.to_string()),
             class: Some(rec.class.as_str().to_string()),
             token: Some(token.clone()),
-            outcome: "released",
+            outcome: if level == crate::policy::Release::Masked {
+                "released_masked"
+            } else {
+                "released"
+            },
             ..Draft::default()
         });
         let value = if level == crate::policy::Release::Masked {

@@ -75,8 +75,6 @@ enum Domain {
     LastNonZero,
     /// A fixed line's local number never starts with 0 or 1.
     FirstAtLeastTwo,
-    /// After `1740`, only the blocks 17400-17405 are mobile.
-    FirstAtMostFive,
 }
 
 impl Domain {
@@ -85,7 +83,6 @@ impl Domain {
             Domain::All => true,
             Domain::LastNonZero => x.last().is_some_and(|&d| d != 0),
             Domain::FirstAtLeastTwo => x.first().is_some_and(|&d| d >= 2),
-            Domain::FirstAtMostFive => x.first().is_some_and(|&d| d <= 5),
         }
     }
 }
@@ -124,8 +121,9 @@ impl PreservingKey {
 
     /// Inverse of [`PreservingKey::token`]: the normalized value a preserving
     /// token stands for, if `token` has the shape of that class's preserving
-    /// tokens. Any string of that shape decrypts to some valid value, issued
-    /// or not: whether it was ever stored is for the caller to check.
+    /// tokens. Any string of that shape decrypts to some valid value (or one
+    /// valid under the rules it may have been stored by), issued or not:
+    /// whether it was ever stored is for the caller to check.
     pub fn value(&self, class: Class, token: &str) -> Option<Zeroizing<String>> {
         if Self::class_of(token) != Some(class) {
             return None;
@@ -137,7 +135,7 @@ impl PreservingKey {
             Class::Uscc => self.uscc(Direction::Decrypt, token),
             _ => None,
         }?;
-        is_normalized(class, &value).then_some(value)
+        (is_normalized(class, &value) || stored_under_older_rules(class, &value)).then_some(value)
     }
 
     /// Which class's preserving-token shape `token` has. Exact: the shapes
@@ -146,7 +144,10 @@ impl PreservingKey {
         let b = token.as_bytes();
         match b.first()? {
             b'+' => phone_layout(token)
-                .filter(|_| is_normalized(Class::Phone, token))
+                .filter(|_| {
+                    is_normalized(Class::Phone, token)
+                        || stored_under_older_rules(Class::Phone, token)
+                })
                 .map(|_| Class::Phone),
             b'0' => resident_id_shape(b).then_some(Class::CnResidentId),
             b'1'..=b'9' => bank_card_kept(b).map(|_| Class::BankCard),
@@ -189,16 +190,13 @@ impl PreservingKey {
     /// `1740`; service `400`/`800`) or the area code (fixed line). Permuted:
     /// the rest of the number together with the extension digits, which
     /// keep their places; a fixed line's local number keeps a first digit of
-    /// 2-9, and a `1740` number a fifth digit of 0-5, so every token is
-    /// itself a valid number of the same kind.
+    /// 2-9, so every token is itself a valid number of the same kind.
     fn phone(&self, direction: Direction, input: &str) -> Option<Zeroizing<String>> {
         let layout = phone_layout(input)?;
         let ext = layout.ext.unwrap_or_default();
         let free = numerals(&[layout.local.as_bytes(), ext.as_bytes()], 0)?;
         let domain = if layout.kind == b'F' {
             Domain::FirstAtLeastTwo
-        } else if layout.kept == "1740" {
-            Domain::FirstAtMostFive
         } else {
             Domain::All
         };
@@ -368,6 +366,28 @@ impl PreservingKey {
         let check_out = (uscc_check(s.as_bytes())? + offset_out) % 31;
         push_symbols(&mut s, USCC_ALPHABET, &[check_out])?;
         Some(s)
+    }
+}
+
+/// Whether `v` is a normalized value that an earlier, looser rule of
+/// `classes` accepted and the current one refuses: a fixed line whose area
+/// code or local length libphonenumber does not list (checked since
+/// 2026-12-07; its token keeps the area, and a local number starting 2-9),
+/// or a resident ID whose address code starts with 0 (refused since then
+/// too). Values stored under those rules, and their tokens, stay reachable.
+fn stored_under_older_rules(class: Class, v: &str) -> bool {
+    match class {
+        Class::Phone => phone_layout(v).is_some_and(|l| {
+            l.kind == b'F' && matches!(l.local.as_bytes().first(), Some(b'2'..=b'9'))
+        }),
+        Class::CnResidentId => {
+            let b = v.as_bytes();
+            b.len() == 18
+                && b.first() == Some(&b'0')
+                && b.iter().take(17).all(u8::is_ascii_digit)
+                && b.get(17).copied() == resident_id_check(b)
+        }
+        _ => false,
     }
 }
 

@@ -111,6 +111,22 @@ fn read_groups(bytes: &[u8], start: usize) -> Groups {
         if matches!(c, Ch::Letter(b'X' | b'x')) && n == 17 {
             g.x = Some((i + w, tail(bytes, i + w)));
         }
+        // `+86 (0)591 ...`: the trunk zero in parentheses after the country
+        // code is dropped, and the number goes on.
+        if g.plus
+            && g.ncuts == 0
+            && g.digits(Cut {
+                n,
+                end,
+                tail: Tail::Free,
+            }) == b"86"
+        {
+            if let Some(next) = trunk_in_parens(bytes, end) {
+                push_cut(&mut g, n, end, Tail::DashMore);
+                i = next;
+                continue;
+            }
+        }
         let t = tail(bytes, end);
         push_cut(&mut g, n, end, t);
         let more =
@@ -121,6 +137,25 @@ fn read_groups(bytes: &[u8], start: usize) -> Groups {
         i += w;
     }
     g
+}
+
+/// After `+86` at byte `i`: an optional space, `(0)`, an optional space,
+/// then a digit. Returns where that digit starts.
+fn trunk_in_parens(bytes: &[u8], mut i: usize) -> Option<usize> {
+    if let (Ch::Space, w) = chars::at(bytes, i) {
+        i += w;
+    }
+    for want in [Ch::Punct(b'('), Ch::Digit(b'0'), Ch::Punct(b')')] {
+        let (c, w) = chars::at(bytes, i);
+        if c != want {
+            return None;
+        }
+        i += w;
+    }
+    if let (Ch::Space, w) = chars::at(bytes, i) {
+        i += w;
+    }
+    chars::at(bytes, i).0.is_digit().then_some(i)
 }
 
 fn push_cut(g: &mut Groups, n: usize, end: usize, tail: Tail) {

@@ -481,3 +481,34 @@ fn throughput() {
         );
     }
 }
+
+/// Values stored under rules since tightened (a fixed line libphonenumber
+/// does not list, a resident ID with an address code starting 0) had
+/// preserving tokens issued: those tokens still decrypt to them.
+#[test]
+fn tokens_of_values_stored_under_older_rules_still_resolve() {
+    let k = key(7);
+    let phone = "+863112345678"; // Shijiazhuang has 8-digit locals now
+    assert!(!is_normalized(Class::Phone, phone));
+    let t = k.phone(Direction::Encrypt, phone).unwrap();
+    assert_eq!(PreservingKey::class_of(&t), Some(Class::Phone));
+    assert_eq!(
+        k.value(Class::Phone, &t).as_deref().map(String::as_str),
+        Some(phone)
+    );
+    let id = format!("0123451990030712{}", "3");
+    let id = format!(
+        "{}{}",
+        &id[..17],
+        char::from(resident_id_check(id.as_bytes()).unwrap())
+    );
+    assert!(!is_normalized(Class::CnResidentId, &id));
+    let t = k.resident_id_token(&id).unwrap();
+    assert_eq!(PreservingKey::class_of(&t), Some(Class::CnResidentId));
+    assert_eq!(
+        k.value(Class::CnResidentId, &t)
+            .as_deref()
+            .map(String::as_str),
+        Some(id.as_str())
+    );
+}
