@@ -112,9 +112,12 @@ fn starts_token(bytes: &[u8], i: usize, prev: Ch, prev_at: usize, prev2: Ch) -> 
         Ch::Digit(_) | Ch::Letter(_) | Ch::Currency => false,
         Ch::Punct(b'.' | b'_' | b'@' | b'+' | b'#' | b'&' | b'%') => false,
         Ch::Dash | Ch::Punct(b'/' | b'\\') => !prev2.is_alnum() || complete(),
-        Ch::Punct(b',' | b':') => {
+        Ch::Punct(b',') => {
             !prev2.is_digit() || complete() || digits_from(bytes, i, LONG_AFTER) >= LONG_AFTER
         }
+        // Not after a whole value: `…2001:db8::1` is one address, not a
+        // number and an address.
+        Ch::Punct(b':') => !prev2.is_digit() || digits_from(bytes, i, LONG_AFTER) >= LONG_AFTER,
         _ => true,
     }
 }

@@ -604,6 +604,7 @@ fn addresses_with_ports_prefixes_and_keys() {
     // A port too long, or a version tail, is no address end.
     nothing("版本 1.2.3.4:123456");
     nothing("请注意 :: 这里");
+    assert!(!found("E123456782001:db8::1").iter().any(|(c, _)| *c == Ip));
     nothing("a :: b");
 }
 
