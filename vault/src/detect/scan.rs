@@ -103,9 +103,9 @@ fn digits_from(bytes: &[u8], mut i: usize, cap: usize) -> usize {
 
 /// Whether a token may start at byte `i`, after `prev` (the character
 /// before, at byte `prev_at`) and `prev2` (the one before that). After a
-/// joiner glued to a digit, only where the run before is a whole value
-/// (`13800138000/13900139000`), or, after `:` and `,`, where a long run
-/// follows (`手机2:13900139000`).
+/// `,`, `/` or dash glued to a digit, only where the run before is a whole
+/// value (`13800138000/13900139000`); after `,` or `:` glued to a digit,
+/// also where a long run follows (`手机2:13900139000`).
 fn starts_token(bytes: &[u8], i: usize, prev: Ch, prev_at: usize, prev2: Ch) -> bool {
     let complete = || digits_before(bytes, prev_at) >= COMPLETE;
     match prev {
