@@ -114,7 +114,7 @@ pub fn consent_is_live(history: &[ConsentEntry], since: Option<&str>) -> bool {
 }
 
 /// Whether `version` can be compared with `since` at all (see
-/// [`version_order`]): a consent whose version cannot is never live.
+/// `version_order`): a consent whose version cannot is never live.
 pub fn comparable_version(version: &str, since: &str) -> bool {
     version_order(version, since).is_some()
 }
