@@ -111,18 +111,13 @@ fn read_groups(bytes: &[u8], start: usize) -> Groups {
         if matches!(c, Ch::Letter(b'X' | b'x')) && n == 17 {
             g.x = Some((i + w, tail(bytes, i + w)));
         }
-        // `+86 (0)591 ...`: the trunk zero in parentheses after the country
-        // code is dropped, and the number goes on.
-        if g.plus
-            && g.ncuts == 0
-            && g.digits(Cut {
-                n,
-                end,
-                tail: Tail::Free,
-            }) == b"86"
-        {
-            if let Some(next) = trunk_in_parens(bytes, end) {
+        // `+86 (0)591 ...`, `+86 (591) ...`: a group in parentheses after
+        // the country code (the trunk zero, the area code or both) is read
+        // like a leading `(0591)`, and the number goes on.
+        if g.plus && g.ncuts == 0 && g.digits.get(..n) == Some(b"86".as_slice()) {
+            if let Some(next) = paren_after(bytes, end) {
                 push_cut(&mut g, n, end, Tail::DashMore);
+                open = true;
                 i = next;
                 continue;
             }
@@ -139,23 +134,16 @@ fn read_groups(bytes: &[u8], start: usize) -> Groups {
     g
 }
 
-/// After `+86` at byte `i`: an optional space, `(0)`, an optional space,
-/// then a digit. Returns where that digit starts.
-fn trunk_in_parens(bytes: &[u8], mut i: usize) -> Option<usize> {
+/// After `+86` at byte `i`: an optional space, `(` and a digit. Returns
+/// where that digit starts.
+fn paren_after(bytes: &[u8], mut i: usize) -> Option<usize> {
     if let (Ch::Space, w) = chars::at(bytes, i) {
         i += w;
     }
-    for want in [Ch::Punct(b'('), Ch::Digit(b'0'), Ch::Punct(b')')] {
-        let (c, w) = chars::at(bytes, i);
-        if c != want {
-            return None;
-        }
-        i += w;
-    }
-    if let (Ch::Space, w) = chars::at(bytes, i) {
-        i += w;
-    }
-    chars::at(bytes, i).0.is_digit().then_some(i)
+    let (Ch::Punct(b'('), w) = chars::at(bytes, i) else {
+        return None;
+    };
+    chars::at(bytes, i + w).0.is_digit().then_some(i + w)
 }
 
 fn push_cut(g: &mut Groups, n: usize, end: usize, tail: Tail) {

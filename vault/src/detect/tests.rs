@@ -658,7 +658,13 @@ fn an_email_with_a_full_width_dot_or_letters_in_its_domain() {
 
 #[test]
 fn a_trunk_zero_in_parentheses_after_the_country_code() {
-    for text in ["电话 +86(0)591-88088788", "电话 +86 (0) 591 8808 8788"] {
+    for text in [
+        "电话 +86(0)591-88088788",
+        "电话 +86 (0)591 8808 8788",
+        "电话 +86 (0) 591 8808 8788",
+        "电话 +86 (591) 8808 8788",
+        "电话 +86 (0591) 88088788",
+    ] {
         let (class, span) = only(text);
         assert_eq!(class, Class::Phone, "{text}");
         assert!(
