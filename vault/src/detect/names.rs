@@ -197,16 +197,30 @@ fn after_label(text: &str, h: &Hit, limit: usize, out: &mut Vec<Candidate>) {
         }
     }
     let rest = rest.get(start - h.end..).unwrap_or_default();
+    // A word, not a name, after any label but one that says a name
+    // follows (`姓名：高峰`, `我叫叶子`: names whatever the dictionary says).
+    let says_name = label.contains('名') || label.contains('叫');
     // At most a compound surname, two given characters and one more to see
-    // whether the name stops there.
+    // whether the name stops there; after a name field, single spaces
+    // between its characters (`姓名：张 三`, as forms and OCR space them)
+    // are part of it. `ends[k]`: where character `k` ends in `rest`.
     let mut run = [' '; 5];
+    let mut ends = [0usize; 5];
     let mut n = 0;
-    for c in rest.chars().take(5) {
-        if !is_han(c) || (n > 0 && is_stop(c)) {
+    let mut chars = rest.char_indices().peekable();
+    while let Some((at, c)) = chars.next() {
+        if n > 0 && says_name && matches!(c, ' ' | '\u{3000}') {
+            if chars.peek().is_some_and(|&(_, d)| is_han(d) && !is_stop(d)) {
+                continue;
+            }
             break;
         }
-        if let Some(slot) = run.get_mut(n) {
+        if n == run.len() || !is_han(c) || (n > 0 && is_stop(c)) {
+            break;
+        }
+        if let (Some(slot), Some(e)) = (run.get_mut(n), ends.get_mut(n)) {
             *slot = c;
+            *e = at + c.len_utf8();
             n += 1;
         }
     }
@@ -215,9 +229,6 @@ fn after_label(text: &str, h: &Hit, limit: usize, out: &mut Vec<Candidate>) {
         out.push(c);
         return;
     }
-    // A word, not a name, after any label but one that says a name
-    // follows (`姓名：高峰`, `我叫叶子`: names whatever the dictionary says).
-    let says_name = label.contains('名') || label.contains('叫');
     if (weak || !says_name) && starts_with_word(run) {
         return;
     }
@@ -241,7 +252,12 @@ fn after_label(text: &str, h: &Hit, limit: usize, out: &mut Vec<Candidate>) {
         None if label.contains('名') && (2..=3).contains(&n) => (n, 0.6),
         None => return,
     };
-    let end = start + byte_len(run.get(..len).unwrap_or_default());
+    let end = start
+        + len
+            .checked_sub(1)
+            .and_then(|k| ends.get(k))
+            .copied()
+            .unwrap_or(0);
     out.push(Candidate {
         class: Class::Name,
         start,

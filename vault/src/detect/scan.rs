@@ -104,8 +104,9 @@ fn digits_from(bytes: &[u8], mut i: usize, cap: usize) -> usize {
 /// Whether a token may start at byte `i`, after `prev` (the character
 /// before, at byte `prev_at`) and `prev2` (the one before that). After a
 /// `,`, `/` or dash glued to a digit, only where the run before is a whole
-/// value (`13800138000/13900139000`); after `,` or `:` glued to a digit,
-/// also where a long run follows (`手机2:13900139000`).
+/// value (`13800138000/13900139000`; after `:`, only if a digit follows);
+/// after `,` or `:` glued to a digit, also where a long run follows
+/// (`手机2:13900139000`).
 fn starts_token(bytes: &[u8], i: usize, prev: Ch, prev_at: usize, prev2: Ch) -> bool {
     let complete = || digits_before(bytes, prev_at) >= COMPLETE;
     match prev {
@@ -115,9 +116,14 @@ fn starts_token(bytes: &[u8], i: usize, prev: Ch, prev_at: usize, prev2: Ch) -> 
         Ch::Punct(b',') => {
             !prev2.is_digit() || complete() || digits_from(bytes, i, LONG_AFTER) >= LONG_AFTER
         }
-        // Not after a whole value: `…2001:db8::1` is one address, not a
-        // number and an address.
-        Ch::Punct(b':') => !prev2.is_digit() || digits_from(bytes, i, LONG_AFTER) >= LONG_AFTER,
+        // After a whole value only where digits follow
+        // (`13800138000:192.168.1.1`): `…2001:db8::1` is one address, not
+        // a number and an address.
+        Ch::Punct(b':') => {
+            !prev2.is_digit()
+                || digits_from(bytes, i, LONG_AFTER) >= LONG_AFTER
+                || (complete() && digits_from(bytes, i, 1) == 1)
+        }
         _ => true,
     }
 }

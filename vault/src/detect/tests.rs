@@ -605,6 +605,9 @@ fn addresses_with_ports_prefixes_and_keys() {
     nothing("版本 1.2.3.4:123456");
     nothing("请注意 :: 这里");
     assert!(!found("E123456782001:db8::1").iter().any(|(c, _)| *c == Ip));
+    for text in ["13800138000:192.168.1.1", "13800138000:10.0.0.1 login"] {
+        assert!(found(text).iter().any(|(c, _)| *c == Ip), "{text}");
+    }
     nothing("a :: b");
 }
 
@@ -672,4 +675,12 @@ fn a_trunk_zero_in_parentheses_after_the_country_code() {
             "{text}: {span}"
         );
     }
+}
+
+#[test]
+fn a_name_spaced_out_in_a_name_field() {
+    assert_eq!(only("姓名：张 三"), (Class::Name, "张 三"));
+    assert_eq!(only("姓名：欧阳　娜娜，电话"), (Class::Name, "欧阳　娜娜"));
+    // Elsewhere a space still ends a name.
+    assert_eq!(only("申请人陈明 今天来"), (Class::Name, "陈明"));
 }
