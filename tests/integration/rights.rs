@@ -557,86 +557,106 @@ async fn exposure_lists_the_subjects_released_in_a_window() {
     }
 }
 
+const EXPORT_ID: &str = "350102199003071234";
+
+/// A vault whose resident IDs the law keeps for three years, after `edit`,
+/// with subject `acct-x` holding an ID and a name.
+async fn vault_with_acct_x(edit: impl FnOnce(&mut vault::config::Config)) -> TestVault {
+    let v = TestVault::start_with(|cfg| {
+        cfg.retention
+            .legal_minimum
+            .insert("cn_resident_id".into(), "P3Y".into());
+        edit(cfg);
+    })
+    .await;
+    v.client("app")
+        .tokenize(&tok_req(
+            "acct-x",
+            "identity_verification",
+            vec![field("cn_resident_id", EXPORT_ID), field("name", "陈明")],
+        ))
+        .await
+        .unwrap();
+    v
+}
+
+/// (class, value) of an export, sorted.
+async fn exported(c: &vault_sdk::Client) -> Vec<(String, String)> {
+    let mut got: Vec<_> = c
+        .export_subject("acct-x")
+        .await
+        .unwrap()
+        .values
+        .iter()
+        .map(|x| (x.class.clone(), x.value.clone()))
+        .collect();
+    got.sort();
+    got
+}
+
+/// Whether acct-x's audit trail has a subject export with `outcome`.
+async fn export_audited(v: &TestVault, outcome: &str) -> bool {
+    v.client("officer")
+        .audit(Some("acct-x"), None, None)
+        .await
+        .unwrap()
+        .events
+        .iter()
+        .any(|e| e.action == "subject_export" && e.outcome == outcome)
+}
+
 /// Export follows the caller's grant for `data_subject_request`: an app
 /// without one gets 403, one with a narrower grant gets only its classes
 /// (masked ones masked); and a subject restricted by a pending erasure is
 /// not exported at all.
 #[tokio::test]
 async fn export_follows_the_grant_and_stops_under_restriction() {
-    let v = TestVault::start_with(|cfg| {
+    let v = vault_with_acct_x(|cfg| {
         for c in cfg.callers.iter_mut() {
             if c.name == "officer2" {
                 c.role = vault::policy::Role::App;
             }
         }
-        cfg.retention
-            .legal_minimum
-            .insert("cn_resident_id".into(), "P3Y".into());
     })
     .await;
-    let app = v.client("app");
-    let other = v.client("officer2");
-    let id = "350102199003071234";
-    app.tokenize(&tok_req(
-        "acct-x",
-        "identity_verification",
-        vec![field("cn_resident_id", id), field("name", "陈明")],
-    ))
-    .await
-    .unwrap();
     // An app-role caller with no grant for the purpose.
-    let e = other.export_subject("acct-x").await.unwrap_err();
+    let e = v
+        .client("officer2")
+        .export_subject("acct-x")
+        .await
+        .unwrap_err();
     assert_eq!(
         (e.status(), e.code()),
         (Some(403), Some("purpose_not_allowed"))
     );
-    let all = app.export_subject("acct-x").await.unwrap();
-    let mut got: Vec<_> = all
-        .values
-        .iter()
-        .map(|x| (x.class.as_str(), x.value.as_str()))
-        .collect();
-    got.sort();
-    assert_eq!(got, [("cn_resident_id", id), ("name", "陈明")]);
+    assert_eq!(
+        exported(&v.client("app")).await,
+        [
+            ("cn_resident_id".to_string(), EXPORT_ID.to_string()),
+            ("name".into(), "陈明".into())
+        ]
+    );
     drop(v);
 
     // A narrower grant: the ID masked, the name not at all.
-    let v = TestVault::start_with(|cfg| {
+    let v = vault_with_acct_x(|cfg| {
         for g in cfg.grants.iter_mut() {
             if g.purpose == "data_subject_request" {
                 g.full.clear();
                 g.masked = vec!["cn_resident_id".into()];
             }
         }
-        cfg.retention
-            .legal_minimum
-            .insert("cn_resident_id".into(), "P3Y".into());
     })
     .await;
     let app = v.client("app");
-    app.tokenize(&tok_req(
-        "acct-x",
-        "identity_verification",
-        vec![field("cn_resident_id", id), field("name", "陈明")],
-    ))
-    .await
-    .unwrap();
-    let some = app.export_subject("acct-x").await.unwrap();
-    let got: Vec<_> = some
-        .values
-        .iter()
-        .map(|x| (x.class.as_str(), x.value.as_str()))
-        .collect();
-    assert_eq!(got, [("cn_resident_id", "350102********1234")]);
-    let events = v
-        .client("officer")
-        .audit(Some("acct-x"), None, None)
-        .await
-        .unwrap()
-        .events;
-    assert!(events
-        .iter()
-        .any(|e| e.action == "subject_export" && e.outcome == "released_masked"));
+    assert_eq!(
+        exported(&app).await,
+        [(
+            "cn_resident_id".to_string(),
+            "350102********1234".to_string()
+        )]
+    );
+    assert!(export_audited(&v, "released_masked").await);
     // Restricted: kept for the law, exported to nobody.
     assert!(app
         .erase_subject("acct-x")
@@ -649,13 +669,5 @@ async fn export_follows_the_grant_and_stops_under_restriction() {
         (e.status(), e.code()),
         (Some(409), Some("subject_restricted"))
     );
-    let events = v
-        .client("officer")
-        .audit(Some("acct-x"), None, None)
-        .await
-        .unwrap()
-        .events;
-    assert!(events
-        .iter()
-        .any(|e| e.action == "subject_export" && e.outcome == "refused_restricted"));
+    assert!(export_audited(&v, "refused_restricted").await);
 }
