@@ -48,7 +48,18 @@ pub enum KeyError {
 /// Meta keys of the key hierarchy. Values are AES-SIV wraps under the
 /// key-encryption key, bound by associated data to their slot.
 const TOKEN_SLOT: &[u8] = b"keys/token";
+/// The key metadata ([`KeyMeta`]): JSON sealed under the key-encryption
+/// key, bound to this slot, so whoever can write the database but lacks
+/// the root key cannot forge it (make an old, perhaps leaked, version the
+/// active one, or lower the minimum decryption version). Vaults made
+/// before it was sealed kept it in the clear; see [`TOKEN_AAD_SEALED`].
 const STATE_SLOT: &[u8] = b"keys/state";
+/// The name the token key's wrap is bound to (associated data, not a
+/// key) once the state record is sealed. A token key that opens under it
+/// means the state must be sealed, so writing the old clear form back
+/// cannot downgrade a vault; one that opens only under [`TOKEN_SLOT`] is
+/// an older vault, migrated when its keys are first opened.
+const TOKEN_AAD_SEALED: &[u8] = b"keys/token+sealed-state";
 const DATA_SLOT: &[u8] = b"keys/data/";
 /// How the root key is split, written by `vault operator init`.
 pub const UNSEAL_SLOT: &[u8] = b"keys/unseal";
@@ -97,6 +108,17 @@ pub struct Keyring {
     token: TokenKey,
     data: BTreeMap<u32, DataKey>,
     meta: KeyMeta,
+    /// The state record as stored, which every change is guarded on.
+    stored_state: Stored,
+}
+
+/// Stored bytes kept only to compare with; `Debug` shows their length.
+struct Stored(Vec<u8>);
+
+impl std::fmt::Debug for Stored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} bytes>", self.0.len())
+    }
 }
 
 fn wrap_aad(slot: &[u8]) -> Vec<u8> {
@@ -193,37 +215,96 @@ impl Keyring {
         b.put(
             Space::Meta,
             TOKEN_SLOT.to_vec(),
-            wrap(kek, TOKEN_SLOT, &token)?,
+            wrap(kek, TOKEN_AAD_SEALED, &token)?,
         );
         b.put(Space::Meta, data_slot(1), wrap(kek, &data_slot(1), &data)?);
-        b.put(Space::Meta, STATE_SLOT.to_vec(), encode_meta(&meta)?);
+        b.put(Space::Meta, STATE_SLOT.to_vec(), seal_meta(kek, &meta)?);
         Ok(b)
     }
 
     fn load(kek: DataKey, store: &dyn Store) -> Result<Self, KeyError> {
-        let wrapped = store
-            .get(Space::Meta, TOKEN_SLOT)?
-            .ok_or(KeyError::Corrupt)?;
-        let token = TokenKey::new(unwrap(&kek, TOKEN_SLOT, &wrapped)?);
-        let meta_bytes = store
-            .get(Space::Meta, STATE_SLOT)?
-            .ok_or(KeyError::Corrupt)?;
-        let meta: KeyMeta = serde_json::from_slice(&meta_bytes).map_err(|_| KeyError::Corrupt)?;
-        let mut data = BTreeMap::new();
-        for &v in meta.versions.keys() {
-            let slot = data_slot(v);
-            let wrapped = store.get(Space::Meta, &slot)?.ok_or(KeyError::Corrupt)?;
-            data.insert(v, DataKey::new(v, unwrap(&kek, &slot, &wrapped)?));
+        // One retry: a conflict means another opener migrated it first.
+        match Self::load_once(&kek, store) {
+            Err(KeyError::Store(StoreError::Conflict)) => Self::load_once(&kek, store),
+            other => other,
         }
-        if !data.contains_key(&meta.active) {
-            return Err(KeyError::Corrupt);
-        }
-        Ok(Self {
+        .map(|(token, data, meta, stored)| Self {
             kek,
             token,
             data,
             meta,
+            stored_state: Stored(stored),
         })
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn load_once(
+        kek: &DataKey,
+        store: &dyn Store,
+    ) -> Result<(TokenKey, BTreeMap<u32, DataKey>, KeyMeta, Vec<u8>), KeyError> {
+        let wrapped = store
+            .get(Space::Meta, TOKEN_SLOT)?
+            .ok_or(KeyError::Corrupt)?;
+        let stored = store
+            .get(Space::Meta, STATE_SLOT)?
+            .ok_or(KeyError::Corrupt)?;
+        let (token, meta, stored) = match unwrap::<32>(kek, TOKEN_AAD_SEALED, &wrapped) {
+            Ok(token) => {
+                let meta = open_meta(kek, &stored)?;
+                (token, meta, stored)
+            }
+            Err(_) => {
+                // A vault from before the state was sealed (or the wrong
+                // root, which fails here too): seal it now, guarded on
+                // both records as read.
+                let token = unwrap::<32>(kek, TOKEN_SLOT, &wrapped)?;
+                let meta = match open_meta(kek, &stored) {
+                    Ok(meta) => meta,
+                    Err(_) => serde_json::from_slice(&stored).map_err(|_| KeyError::Corrupt)?,
+                };
+                let sealed = seal_meta(kek, &meta)?;
+                let mut b = Batch::default();
+                b.expect(Space::Meta, TOKEN_SLOT.to_vec(), Some(wrapped));
+                b.expect(Space::Meta, STATE_SLOT.to_vec(), Some(stored));
+                b.put(
+                    Space::Meta,
+                    TOKEN_SLOT.to_vec(),
+                    wrap(kek, TOKEN_AAD_SEALED, &token)?,
+                );
+                b.put(Space::Meta, STATE_SLOT.to_vec(), sealed.clone());
+                store.write(b)?;
+                (token, meta, sealed)
+            }
+        };
+        // The versions listed are exactly the wrapped keys stored, and the
+        // newest is the active one: an older state written back (a copy
+        // taken before a rotation) cannot make new values use an old key
+        // without deleting the newer key, which breaks every value under it.
+        let stored_versions = crate::store::scan_prefix(
+            store,
+            Space::Meta,
+            DATA_SLOT,
+            meta.versions.len().saturating_add(1),
+        )?;
+        let listed = meta.versions.keys().map(|&v| data_slot(v));
+        if !stored_versions.iter().map(|(k, _)| k.clone()).eq(listed)
+            || meta.versions.keys().next_back() != Some(&meta.active)
+            || meta.min_decryption_version > meta.active
+        {
+            return Err(KeyError::Corrupt);
+        }
+        let mut data = BTreeMap::new();
+        for (slot, wrapped) in stored_versions {
+            let Some(v) = slot
+                .strip_prefix(DATA_SLOT)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map(u32::from_be_bytes)
+            else {
+                return Err(KeyError::Corrupt);
+            };
+            data.insert(v, DataKey::new(v, unwrap(kek, &slot, &wrapped)?));
+        }
+        Ok((TokenKey::new(token), data, meta, stored))
     }
 
     /// Wraps a subject's key material under the key-encryption key, bound
@@ -310,9 +391,13 @@ impl Keyring {
         b.expect(
             Space::Meta,
             STATE_SLOT.to_vec(),
-            Some(encode_meta(&self.meta)?),
+            Some(self.stored_state.0.clone()),
         );
-        b.put(Space::Meta, STATE_SLOT.to_vec(), encode_meta(meta)?);
+        b.put(
+            Space::Meta,
+            STATE_SLOT.to_vec(),
+            seal_meta(&self.kek, meta)?,
+        );
         Ok(b)
     }
 
@@ -344,8 +429,19 @@ impl Keyring {
     }
 }
 
-fn encode_meta(meta: &KeyMeta) -> Result<Vec<u8>, KeyError> {
-    serde_json::to_vec(meta).map_err(|_| KeyError::Corrupt)
+fn seal_meta(kek: &DataKey, meta: &KeyMeta) -> Result<Vec<u8>, KeyError> {
+    let json = serde_json::to_vec(meta).map_err(|_| KeyError::Corrupt)?;
+    kek.seal(&wrap_aad(STATE_SLOT), &json)
+        .map_err(|_| KeyError::Corrupt)
+}
+
+/// The sealed state record; anything else, the clear form included, is
+/// [`KeyError::Corrupt`] (the root already opened the token key).
+fn open_meta(kek: &DataKey, stored: &[u8]) -> Result<KeyMeta, KeyError> {
+    let json = kek
+        .open(&wrap_aad(STATE_SLOT), stored)
+        .map_err(|_| KeyError::Corrupt)?;
+    serde_json::from_slice(&json).map_err(|_| KeyError::Corrupt)
 }
 
 /// The keyring, or nothing while sealed. Readers take a cheap `Arc` clone so
@@ -620,6 +716,132 @@ mod tests {
         b.put(Space::Meta, data_slot(1), w);
         store.write(b).unwrap();
         assert!(Keyring::open(&root(9), &store).is_err());
+    }
+
+    /// The key records as a vault made before the state was sealed
+    /// wrote them: the token key bound to its slot, the state in the clear.
+    fn legacy_hierarchy(store: &MemoryStore, root: &SecretKey<32>) {
+        let kek = kek_from_root(root);
+        let meta = KeyMeta {
+            active: 1,
+            min_decryption_version: 1,
+            versions: BTreeMap::from([(1, 7)]),
+        };
+        let mut b = Batch::default();
+        let token = SecretKey::<32>::from_slice(&[3; 32]).unwrap();
+        let data = SecretKey::<64>::generate();
+        b.put(
+            Space::Meta,
+            TOKEN_SLOT.to_vec(),
+            wrap(&kek, TOKEN_SLOT, &token).unwrap(),
+        );
+        b.put(
+            Space::Meta,
+            data_slot(1),
+            wrap(&kek, &data_slot(1), &data).unwrap(),
+        );
+        b.put(
+            Space::Meta,
+            STATE_SLOT.to_vec(),
+            serde_json::to_vec(&meta).unwrap(),
+        );
+        store.write(b).unwrap();
+    }
+
+    fn put_meta(store: &MemoryStore, slot: &[u8], value: Vec<u8>) {
+        let mut b = Batch::default();
+        b.put(Space::Meta, slot.to_vec(), value);
+        store.write(b).unwrap();
+    }
+
+    fn clear_state(active: u32, min: u32, versions: &[u32]) -> Vec<u8> {
+        serde_json::to_vec(&KeyMeta {
+            active,
+            min_decryption_version: min,
+            versions: versions.iter().map(|&v| (v, 1)).collect(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn the_key_state_is_sealed_and_a_clear_one_is_refused() {
+        let store = MemoryStore::new();
+        let one = Keyring::open(&root(9), &store).unwrap();
+        let stored = store.get(Space::Meta, STATE_SLOT).unwrap().unwrap();
+        assert!(serde_json::from_slice::<serde_json::Value>(&stored).is_err());
+        assert!(!format!("{one:?}").contains(&format!("{:?}", &stored[..8])));
+        store.write(one.rotation(5).unwrap().0).unwrap();
+        let two = one.reload(&store).unwrap();
+        store.write(two.min_decryption(2).unwrap()).unwrap();
+        // Someone who can write the database but lacks the root: the old
+        // version made active again, or allowed to decrypt, in the clear.
+        for forged in [clear_state(1, 1, &[1, 2]), clear_state(2, 1, &[1, 2])] {
+            put_meta(&store, STATE_SLOT, forged);
+            assert!(matches!(
+                Keyring::open(&root(9), &store),
+                Err(KeyError::Corrupt)
+            ));
+            assert!(matches!(
+                Keyring::open_existing(&root(9), &store),
+                Err(KeyError::Corrupt)
+            ));
+        }
+        // A sealed record changed by one bit is no better.
+        let mut bad = stored.clone();
+        *bad.last_mut().unwrap() ^= 1;
+        put_meta(&store, STATE_SLOT, bad);
+        assert!(matches!(
+            Keyring::open(&root(9), &store),
+            Err(KeyError::Corrupt)
+        ));
+    }
+
+    #[test]
+    fn an_older_key_state_written_back_is_refused() {
+        let store = MemoryStore::new();
+        let one = Keyring::open(&root(9), &store).unwrap();
+        let before = store.get(Space::Meta, STATE_SLOT).unwrap().unwrap();
+        store.write(one.rotation(5).unwrap().0).unwrap();
+        let two = one.reload(&store).unwrap();
+        assert_eq!(two.active().unwrap().version(), 2);
+        // The copy from before the rotation names version 1 active, while
+        // version 2's key is stored: refused, new values never go under 1.
+        put_meta(&store, STATE_SLOT, before);
+        assert!(matches!(
+            Keyring::open(&root(9), &store),
+            Err(KeyError::Corrupt)
+        ));
+    }
+
+    #[test]
+    fn a_vault_with_the_clear_key_state_is_sealed_on_first_open() {
+        let store = MemoryStore::new();
+        legacy_hierarchy(&store, &root(9));
+        let token = |k: &Keyring| k.token_key().token(Class::Phone, "+8613800138000");
+        // The wrong root neither opens nor migrates it.
+        assert!(matches!(
+            Keyring::open_existing(&root(8), &store),
+            Err(KeyError::WrongRoot)
+        ));
+        assert!(serde_json::from_slice::<KeyMeta>(
+            &store.get(Space::Meta, STATE_SLOT).unwrap().unwrap()
+        )
+        .is_ok());
+        let first = Keyring::open_existing(&root(9), &store).unwrap();
+        assert_eq!(first.meta().versions, BTreeMap::from([(1, 7)]));
+        let stored = store.get(Space::Meta, STATE_SLOT).unwrap().unwrap();
+        assert!(serde_json::from_slice::<KeyMeta>(&stored).is_err());
+        // Same tokens, same keys; changes work on the migrated records.
+        let again = Keyring::open(&root(9), &store).unwrap();
+        assert_eq!(token(&again), token(&first));
+        store.write(again.rotation(9).unwrap().0).unwrap();
+        assert_eq!(again.reload(&store).unwrap().meta().active, 2);
+        // And the clear form cannot be written back.
+        put_meta(&store, STATE_SLOT, clear_state(1, 1, &[1]));
+        assert!(matches!(
+            Keyring::open(&root(9), &store),
+            Err(KeyError::Corrupt)
+        ));
     }
 
     #[test]
