@@ -123,9 +123,11 @@ pub fn comparable_version(version: &str, since: &str) -> bool {
 /// numbers, anything else as text, so `2022-9-1` comes before `2022-10-01`
 /// and `v1.9` before `v1.10` (as plain strings both would sort the other way
 /// round, and an old consent would count for a newer policy). Versions of
-/// different forms have no order: a run of digits against text, or two
+/// different forms have no order: a run of digits against text, two
 /// different separators or labels (`v1` against `2024-01-01`: as text, `v`
-/// would beat `2` and any letter-led version would count as newest).
+/// would beat `2` and any letter-led version would count as newest), or a
+/// different number of parts (`20220501` against `2024-01-01`: its first
+/// number beats 2024, and a consent to the older policy would count).
 fn version_order(a: &str, b: &str) -> Option<std::cmp::Ordering> {
     fn parts(s: &str) -> Vec<(bool, &str)> {
         let mut out = Vec::new();
@@ -155,10 +157,10 @@ fn version_order(a: &str, b: &str) -> Option<std::cmp::Ordering> {
             _ => return None,
         };
         if o.is_ne() {
-            return Some(o);
+            return (pa.len() == pb.len()).then_some(o);
         }
     }
-    Some(pa.len().cmp(&pb.len()))
+    (pa.len() == pb.len()).then_some(std::cmp::Ordering::Equal)
 }
 
 pub fn put_approval(a: &Approval) -> Result<Batch, StoreError> {
@@ -258,8 +260,8 @@ mod tests {
             ("2022-10-01", "2022-10-1", Equal),
             ("2024-01-01", "2022-05-01", Greater),
             ("v1.9", "v1.10", Less),
-            ("v2", "v1.10", Greater),
-            ("2022-05-01", "2022-05-01-b", Less),
+            ("v2.0", "v1.10", Greater),
+            ("12", "9", Greater),
         ] {
             assert_eq!(version_order(a, b), Some(o), "{a} {b}");
         }
@@ -268,7 +270,21 @@ mod tests {
         assert!(consent_is_live(&h, Some("2022-09-01")));
         // Digits against letters have no order, and such a consent never
         // counts against a date.
-        for v in ["v1", "draft", "A", "2024a", "2024/01/01"] {
+        // Nor have versions with more or fewer parts: a compact date, a
+        // bare number, a year, a suffix.
+        for v in [
+            "v1",
+            "draft",
+            "A",
+            "2024a",
+            "2024/01/01",
+            "20220501",
+            "99999",
+            "2024",
+            "2024-01",
+            "2024-01-01-b",
+            "v2",
+        ] {
             assert_eq!(version_order(v, "2024-01-01"), None, "{v}");
             assert!(
                 !consent_is_live(&[entry(true, v, 1)], Some("2024-01-01")),
