@@ -11,6 +11,7 @@
 mod harness;
 
 mod abuse;
+mod at_rest;
 mod audit;
 mod crash;
 mod deidentify;

@@ -35,6 +35,8 @@ pub enum KeyError {
     WrongRoot,
     #[error("the stored key hierarchy is unreadable")]
     Corrupt,
+    #[error("the database holds data but no keys; refusing to create new ones over it")]
+    KeysMissing,
     #[error("storage: {0}")]
     Store(#[from] StoreError),
     #[error("key version {0} was superseded too recently to retire; retry shortly")]
@@ -105,6 +107,8 @@ pub struct UnsealMeta {
 #[derive(Debug)]
 pub struct Keyring {
     kek: DataKey,
+    /// Seals the records the policy trusts (see [`Keyring::seal_record`]).
+    records: DataKey,
     token: TokenKey,
     data: BTreeMap<u32, DataKey>,
     meta: KeyMeta,
@@ -165,20 +169,41 @@ fn kek_from_root(root: &SecretKey<32>) -> DataKey {
     DataKey::new(0, derive(root, b"vault/kek/v1"))
 }
 
+fn records_from_root(root: &SecretKey<32>) -> DataKey {
+    DataKey::new(0, derive(root, b"vault/records/v1"))
+}
+
+fn record_aad(space: Space, key: &[u8]) -> Vec<u8> {
+    let mut aad = b"vault/record/v1/".to_vec();
+    aad.extend_from_slice(space.name().as_bytes());
+    aad.push(b'/');
+    aad.extend_from_slice(key);
+    aad
+}
+
 impl Keyring {
     /// Opens the key hierarchy stored in `store` with `root`, creating it
-    /// (a token key and data key version 1) on first use. A root that does
+    /// (a token key and data key version 1) on first use, that is while
+    /// the store holds no values, subject keys or audit events. A root that does
     /// not unwrap the stored keys fails with [`KeyError::WrongRoot`].
     pub fn open(root: &SecretKey<32>, store: &dyn Store) -> Result<Self, KeyError> {
         let kek = kek_from_root(root);
         if store.get(Space::Meta, TOKEN_SLOT)?.is_none() {
+            // New keys over stored values would orphan every one of them
+            // and change every token: a database whose keys went missing
+            // is refused, not silently started afresh.
+            for space in [Space::Values, Space::SubjectKeys, Space::Audit] {
+                if !store.scan(space, b"", None, 1)?.is_empty() {
+                    return Err(KeyError::KeysMissing);
+                }
+            }
             let batch = Self::genesis(&kek, crate::api::now_ms())?;
             match store.write(batch) {
                 Ok(()) | Err(StoreError::Conflict) => {}
                 Err(e) => return Err(e.into()),
             }
         }
-        Self::load(kek, store)
+        Self::load(kek, records_from_root(root), store)
     }
 
     /// Opens the key hierarchy `store` already holds, never creating one:
@@ -186,7 +211,7 @@ impl Keyring {
     /// over a database whose token key had gone missing, and every stored
     /// value with it.)
     pub fn open_existing(root: &SecretKey<32>, store: &dyn Store) -> Result<Self, KeyError> {
-        Self::load(kek_from_root(root), store)
+        Self::load(kek_from_root(root), records_from_root(root), store)
     }
 
     /// The batch that creates a key hierarchy under `root` in an empty
@@ -222,7 +247,7 @@ impl Keyring {
         Ok(b)
     }
 
-    fn load(kek: DataKey, store: &dyn Store) -> Result<Self, KeyError> {
+    fn load(kek: DataKey, records: DataKey, store: &dyn Store) -> Result<Self, KeyError> {
         // One retry: a conflict means another opener migrated it first.
         match Self::load_once(&kek, store) {
             Err(KeyError::Store(StoreError::Conflict)) => Self::load_once(&kek, store),
@@ -230,6 +255,7 @@ impl Keyring {
         }
         .map(|(token, data, meta, stored)| Self {
             kek,
+            records,
             token,
             data,
             meta,
@@ -404,7 +430,36 @@ impl Keyring {
     /// This keyring as the store now has it (after a rotation or a change
     /// of the minimum version was written).
     pub fn reload(&self, store: &dyn Store) -> Result<Self, KeyError> {
-        Self::load(DataKey::new(0, self.kek.duplicate_key()), store)
+        Self::load(
+            DataKey::new(0, self.kek.duplicate_key()),
+            DataKey::new(0, self.records.duplicate_key()),
+            store,
+        )
+    }
+
+    /// Seals a record the policy trusts (an approval, a consent entry, a
+    /// legal hold) for the row `key` of `space`: whoever can write the
+    /// database but lacks the root key can neither forge one nor move one
+    /// to another row. (Deleting a row, or writing back an old copy of
+    /// it, stays possible: that needs a record kept outside the database.)
+    pub fn seal_record(&self, space: Space, key: &[u8], plain: &[u8]) -> Result<Vec<u8>, KeyError> {
+        self.records
+            .seal(&record_aad(space, key), plain)
+            .map_err(|_| KeyError::Corrupt)
+    }
+
+    /// Opens what [`Keyring::seal_record`] sealed for the same row;
+    /// anything else (a forged, moved or clear record) is
+    /// [`KeyError::Corrupt`].
+    pub fn open_record(
+        &self,
+        space: Space,
+        key: &[u8],
+        stored: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        self.records
+            .open(&record_aad(space, key), stored)
+            .map_err(|_| KeyError::Corrupt)
     }
 
     pub fn meta(&self) -> &KeyMeta {
@@ -861,6 +916,21 @@ mod tests {
             master_from_command(&[]),
             Err(KeyError::Command(_))
         ));
+    }
+
+    #[test]
+    fn keys_are_never_created_over_stored_data() {
+        for space in [Space::Values, Space::SubjectKeys, Space::Audit] {
+            let store = MemoryStore::new();
+            let mut b = Batch::default();
+            b.put(space, b"row".to_vec(), b"x".to_vec());
+            store.write(b).unwrap();
+            assert!(
+                matches!(Keyring::open(&root(9), &store), Err(KeyError::KeysMissing)),
+                "{space:?}"
+            );
+            assert!(!Keyring::exists(&store).unwrap());
+        }
     }
 
     #[test]

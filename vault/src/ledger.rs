@@ -8,6 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use vault_sdk::wire::{Approval, ConsentEntry};
 
+use zeroize::Zeroizing;
+
+use crate::keys::Keyring;
 use crate::store::{scan_prefix_rev, Batch, Space, Store, StoreError};
 
 /// Most entries kept in view for one subject and purpose.
@@ -163,22 +166,49 @@ fn version_order(a: &str, b: &str) -> Option<std::cmp::Ordering> {
     (pa.len() == pb.len()).then_some(std::cmp::Ordering::Equal)
 }
 
-pub fn put_approval(a: &Approval) -> Result<Batch, StoreError> {
-    let bytes =
-        serde_json::to_vec(a).map_err(|_| StoreError::Engine("unencodable approval".into()))?;
+/// The batch that stores a granted approval, sealed for its row (see
+/// [`Keyring::seal_record`]) so no one who can only write the database can
+/// grant one.
+pub fn put_approval(keys: &Keyring, a: &Approval) -> Result<Batch, StoreError> {
+    let bytes = Zeroizing::new(
+        serde_json::to_vec(a).map_err(|_| StoreError::Engine("unencodable approval".into()))?,
+    );
+    let key = a.id.as_bytes().to_vec();
+    let sealed = keys
+        .seal_record(Space::Approvals, &key, &bytes)
+        .map_err(|_| StoreError::Engine("cannot seal the approval".into()))?;
     let mut b = Batch::default();
-    b.expect(Space::Approvals, a.id.as_bytes().to_vec(), None);
-    b.put(Space::Approvals, a.id.as_bytes().to_vec(), bytes);
+    b.expect(Space::Approvals, key.clone(), None);
+    b.put(Space::Approvals, key, sealed);
     Ok(b)
 }
 
-pub fn get_approval(store: &dyn Store, id: &str) -> Result<Option<Approval>, StoreError> {
+/// The approval `id`, if one was stored and opens as sealed for its row;
+/// one that does not (forged, moved from another row, or written in the
+/// clear) is no approval, and is logged by its id.
+pub fn get_approval(
+    store: &dyn Store,
+    keys: &Keyring,
+    id: &str,
+) -> Result<Option<Approval>, StoreError> {
     if id.is_empty() || id.len() > 64 {
         return Ok(None);
     }
-    Ok(store
-        .get(Space::Approvals, id.as_bytes())?
-        .and_then(|b| serde_json::from_slice::<Approval>(&b).ok()))
+    let Some(stored) = store.get(Space::Approvals, id.as_bytes())? else {
+        return Ok(None);
+    };
+    let opened = keys
+        .open_record(Space::Approvals, id.as_bytes(), &stored)
+        .ok()
+        .and_then(|plain| serde_json::from_slice::<Approval>(&plain).ok())
+        .filter(|a| a.id == id);
+    if opened.is_none() {
+        tracing::warn!(
+            approval = id,
+            "A stored approval failed its integrity check and was refused"
+        );
+    }
+    Ok(opened)
 }
 
 /// Why an approval does not cover a disclosure, as the per-token reason.
@@ -376,10 +406,11 @@ mod tests {
             expires_ms: 100,
         };
         let store = MemoryStore::new();
-        store.write(put_approval(&a).unwrap()).unwrap();
+        let keys = keyring(&store);
+        store.write(put_approval(&keys, &a).unwrap()).unwrap();
         // Ids are never reused.
-        assert!(store.write(put_approval(&a).unwrap()).is_err());
-        let got = get_approval(&store, "a1").unwrap();
+        assert!(store.write(put_approval(&keys, &a).unwrap()).is_err());
+        let got = get_approval(&store, &keys, "a1").unwrap();
         let ok = |caller, purpose, reference, subject, now| {
             check_approval(got.as_ref(), caller, purpose, reference, subject, now)
         };
@@ -411,6 +442,72 @@ mod tests {
             check_approval(None, "app", "x", "r", "s1", 0),
             Err("approval_not_found")
         );
-        assert!(get_approval(&store, "").unwrap().is_none());
+        assert!(get_approval(&store, &keys, "").unwrap().is_none());
+    }
+
+    fn keyring(store: &MemoryStore) -> Keyring {
+        Keyring::open(
+            &crate::secret::SecretKey::from_slice(&[5; 32]).unwrap(),
+            store,
+        )
+        .unwrap()
+    }
+
+    fn approval(id: &str, requester: &str) -> Approval {
+        Approval {
+            id: id.into(),
+            approver: "officer".into(),
+            requester: requester.into(),
+            purpose: "criminal_investigation".into(),
+            subjects: vec!["victim".into()],
+            reference: "case-17".into(),
+            created_ms: 0,
+            expires_ms: u64::MAX,
+        }
+    }
+
+    fn put_raw(store: &MemoryStore, id: &str, bytes: Vec<u8>) {
+        let mut b = Batch::default();
+        b.put(Space::Approvals, id.as_bytes().to_vec(), bytes);
+        store.write(b).unwrap();
+    }
+
+    #[test]
+    fn an_approval_written_into_the_database_is_no_approval() {
+        let store = MemoryStore::new();
+        let keys = keyring(&store);
+        // Stored sealed: neither the subject nor the reference in the clear.
+        store
+            .write(put_approval(&keys, &approval("apr-1", "app")).unwrap())
+            .unwrap();
+        let raw = store.get(Space::Approvals, b"apr-1").unwrap().unwrap();
+        assert!(!raw.windows(6).any(|w| w == b"victim"));
+        assert!(get_approval(&store, &keys, "apr-1").unwrap().is_some());
+        // In the clear, as the vault once stored them.
+        let forged = serde_json::to_vec(&approval("apr-2", "app")).unwrap();
+        put_raw(&store, "apr-2", forged);
+        assert_eq!(get_approval(&store, &keys, "apr-2").unwrap(), None);
+        // A genuine one copied to another id.
+        put_raw(&store, "apr-3", raw.clone());
+        assert_eq!(get_approval(&store, &keys, "apr-3").unwrap(), None);
+        // Sealed under another root.
+        let other_store = MemoryStore::new();
+        let other = Keyring::open(
+            &crate::secret::SecretKey::from_slice(&[6; 32]).unwrap(),
+            &other_store,
+        )
+        .unwrap();
+        let foreign = put_approval(&other, &approval("apr-4", "app")).unwrap();
+        other_store.write(foreign).unwrap();
+        let bytes = other_store
+            .get(Space::Approvals, b"apr-4")
+            .unwrap()
+            .unwrap();
+        put_raw(&store, "apr-4", bytes);
+        assert_eq!(get_approval(&store, &keys, "apr-4").unwrap(), None);
+        // The genuine one still opens after a key rotation.
+        store.write(keys.rotation(1).unwrap().0).unwrap();
+        let rotated = keys.reload(&store).unwrap();
+        assert!(get_approval(&store, &rotated, "apr-1").unwrap().is_some());
     }
 }

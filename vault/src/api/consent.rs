@@ -177,7 +177,8 @@ pub async fn approve(v: &Vault, ctx: &Ctx, body: &Bytes) -> Result<Approval, Api
         created_ms: now,
         expires_ms: now.saturating_add(valid_for),
     };
-    let batch = ledger::put_approval(&approval).map_err(|_| ApiError::Internal)?;
+    let keys = v.keys.get().map_err(|_| ApiError::Sealed)?;
+    let batch = ledger::put_approval(&keys, &approval).map_err(|_| ApiError::Internal)?;
     let events = approval
         .subjects
         .iter()

@@ -95,7 +95,7 @@ pub(crate) async fn release(
     let now = now_ms();
     // A legal exception's approval is looked up once for the request.
     let approval = match (ask.legal_basis, info.legal_exception) {
-        (Some(basis), true) => ledger::get_approval(v.store.as_ref(), &basis.approval)
+        (Some(basis), true) => ledger::get_approval(v.store.as_ref(), &keys, &basis.approval)
             .map_err(|_| ApiError::Unavailable)?,
         _ => None,
     };

@@ -1,0 +1,84 @@
+//! Someone who can write the database files (or a backup restored into
+//! them) but lacks the root key: rows written straight into the store, as
+//! editing the RocksDB files amounts to, must not change what the vault
+//! releases.
+
+use crate::harness::*;
+use vault::store::{Batch, Space};
+use vault_sdk::wire::{ApprovalRequest, LegalBasis, Status};
+
+const ID: &str = "350102199003071234";
+
+fn legal_for(approval: &str, token: &str) -> vault_sdk::wire::DetokenizeRequest {
+    let mut req = detok_req("criminal_investigation", &[token]);
+    req.legal_basis = Some(LegalBasis {
+        reference: "case-1".into(),
+        approval: approval.into(),
+    });
+    req
+}
+
+/// An approval no officer granted, written as a row: refused like a
+/// missing one, while a granted one still releases.
+#[tokio::test]
+async fn an_approval_written_into_the_database_releases_nothing() {
+    let v = TestVault::start().await;
+    let app = v.client("app");
+    let officer = v.client("officer");
+    let tok = tokenize_one(
+        &app,
+        "victim",
+        "identity_verification",
+        "cn_resident_id",
+        ID,
+    )
+    .await;
+    let forged = serde_json::json!({
+        "id": "apr-forged", "approver": "officer", "requester": "app",
+        "purpose": "criminal_investigation", "subjects": ["victim"],
+        "reference": "case-1", "created_ms": 0u64, "expires_ms": u64::MAX,
+    });
+    let mut b = Batch::default();
+    b.put(
+        Space::Approvals,
+        b"apr-forged".to_vec(),
+        serde_json::to_vec(&forged).unwrap(),
+    );
+    v.store().write(b).unwrap();
+    let out = app
+        .detokenize(&legal_for("apr-forged", &tok))
+        .await
+        .unwrap();
+    assert_eq!(out.values[0].status, Status::Denied);
+    assert_eq!(out.values[0].value, None);
+
+    // A granted approval's row copied under another id is no better.
+    let granted = officer
+        .approve(&ApprovalRequest {
+            requester: "app".into(),
+            purpose: "criminal_investigation".into(),
+            subjects: vec!["victim".into()],
+            reference: "case-1".into(),
+            valid_for: "PT1H".into(),
+        })
+        .await
+        .unwrap();
+    let row = v
+        .store()
+        .get(Space::Approvals, granted.id.as_bytes())
+        .unwrap()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&row).contains("victim"));
+    let mut b = Batch::default();
+    b.put(Space::Approvals, b"apr-copied".to_vec(), row);
+    v.store().write(b).unwrap();
+    let out = app
+        .detokenize(&legal_for("apr-copied", &tok))
+        .await
+        .unwrap();
+    assert_eq!(out.values[0].status, Status::Denied);
+
+    let out = app.detokenize(&legal_for(&granted.id, &tok)).await.unwrap();
+    assert_eq!(out.values[0].status, Status::Ok);
+    assert_eq!(out.values[0].value.as_deref(), Some(ID));
+}
