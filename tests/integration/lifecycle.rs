@@ -930,3 +930,28 @@ async fn values_due_while_the_vault_is_down_are_swept_after_restart() {
         .unwrap();
     assert!(out.values.iter().all(|x| x.status != Status::Ok));
 }
+
+/// An erasure marks, in its own write, that the destroyed key still has to
+/// leave the engine's files; the purge clears the mark, and a mark left by
+/// a crash between the two is purged at the next start.
+#[tokio::test]
+async fn a_purge_cut_short_is_made_at_the_next_start() {
+    use vault::store::{Batch, Space};
+    use vault::subject_keys::PURGE_PENDING;
+    let mut v = TestVault::start().await;
+    let app = v.client("app");
+    tokenize_one(&app, "acct-p", "notification", "phone", "13800138000").await;
+    app.erase_subject("acct-p").await.unwrap();
+    assert_eq!(v.store().get(Space::Meta, PURGE_PENDING).unwrap(), None);
+    // As the erasure's write leaves it when the process dies before the
+    // purge.
+    let mut b = Batch::default();
+    b.put(Space::Meta, PURGE_PENDING.to_vec(), vec![7; 8]);
+    v.store().write(b).unwrap();
+    v.restart().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while v.store().get(Space::Meta, PURGE_PENDING).unwrap().is_some() {
+        assert!(std::time::Instant::now() < deadline, "the mark stayed");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

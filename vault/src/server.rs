@@ -155,6 +155,9 @@ pub async fn start_with(
         ANCHOR_INTERVAL,
         stopped.clone(),
     )));
+    tasks.push(tokio::spawn(crate::api::lifecycle::resume_purge(
+        vault.clone(),
+    )));
     let sweep = Duration::from_millis(cfg.retention.sweep_interval_ms.max(10));
     tasks.push(tokio::spawn(crate::api::lifecycle::sweeper(
         vault.clone(),

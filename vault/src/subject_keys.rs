@@ -343,9 +343,22 @@ pub fn create(keys: &Keyring, subject: &str) -> Result<(SecretKey<32>, Batch), K
     Ok((key, b))
 }
 
-/// Adds the deletion of the subject's key to `batch`.
+/// A meta row set in the same batch as every destruction of a subject key
+/// and cleared once the engine's files no longer hold the key
+/// ([`crate::store::Store::purge`]), so a purge cut short by a crash is
+/// made at the next start. Its value changes with every batch, so a purge
+/// clears it only if no destruction landed while it ran.
+pub const PURGE_PENDING: &[u8] = b"purge/subject_keys";
+
+/// Adds the deletion of the subject's key to `batch`, with the mark that
+/// it still has to leave the engine's files.
 pub fn destroy(batch: &mut Batch, subject: &str) {
     batch.delete(Space::SubjectKeys, subject.as_bytes().to_vec());
+    batch.put(
+        Space::Meta,
+        PURGE_PENDING.to_vec(),
+        rand::random::<[u8; 8]>().to_vec(),
+    );
 }
 
 /// The key that opens (or seals) `subject`'s values under data-key

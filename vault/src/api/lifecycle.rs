@@ -429,14 +429,50 @@ pub async fn erase(v: &Vault, ctx: &Ctx, subject: &str) -> Result<ErasureReceipt
 }
 
 /// Removes destroyed subject keys from the engine's files (logs and tables)
-/// once their deletion is durable.
+/// once their deletion is durable, then clears the mark that a purge is
+/// due ([`subject_keys::PURGE_PENDING`]) unless a newer destruction set it
+/// meanwhile.
 async fn purge_subject_keys(v: &Vault) {
     let store = v.store.clone();
-    let purged = tokio::task::spawn_blocking(move || store.purge(Space::SubjectKeys)).await;
-    if !matches!(purged, Ok(Ok(()))) {
-        // The key is deleted either way; only its physical removal waits
-        // for the engine's own compaction.
-        tracing::error!("Purging erased subject keys failed; compaction will remove them later");
+    let purged = tokio::task::spawn_blocking(move || {
+        let mark = store.get(Space::Meta, subject_keys::PURGE_PENDING)?;
+        store.purge(Space::SubjectKeys)?;
+        Ok::<_, StoreError>(mark)
+    })
+    .await;
+    match purged {
+        Ok(Ok(Some(mark))) => {
+            let mut b = Batch::default();
+            b.expect(
+                Space::Meta,
+                subject_keys::PURGE_PENDING.to_vec(),
+                Some(mark),
+            );
+            b.delete(Space::Meta, subject_keys::PURGE_PENDING.to_vec());
+            // A conflict means another destruction landed; its own purge
+            // clears the mark.
+            let _ = v.committer.commit(b, Vec::new()).await;
+        }
+        Ok(Ok(None)) => {}
+        _ => {
+            // The key is deleted either way; its physical removal waits
+            // for the next start, or the engine's own compaction.
+            tracing::error!(
+                "Purging erased subject keys failed; retried at the next start, and compaction removes them meanwhile"
+            );
+        }
+    }
+}
+
+/// At start: makes the purge a crash or a failure left undone.
+pub async fn resume_purge(v: Arc<Vault>) {
+    match v.store.get(Space::Meta, subject_keys::PURGE_PENDING) {
+        Ok(Some(_)) => {
+            tracing::info!("Purging subject keys erased before the last stop");
+            purge_subject_keys(&v).await;
+        }
+        Ok(None) => {}
+        Err(e) => tracing::error!(error = %e, "Cannot read whether a purge is due"),
     }
 }
 
