@@ -120,6 +120,44 @@ async fn check_config_lists_every_problem() {
         err.contains("unknown class ipv4") && err.contains("unknown purpose spam"),
         "{err}"
     );
+    // A file with problems of its own is still looked into: the TLS files
+    // it names are tried as `serve` would, and each problem is listed once.
+    let tls = dir.path().join("tls");
+    std::fs::copy(tls.join("server.key"), tls.join("server.pem")).unwrap();
+    std::fs::remove_file(dir.path().join("master.key")).unwrap();
+    let (code, _, err) = check();
+    assert_eq!(code, 64);
+    for want in [
+        "unknown class ipv4",
+        "holds no PEM certificate",
+        "keys.master-key-file: no such file",
+    ] {
+        assert!(err.contains(want), "{want}: {err}");
+    }
+    assert_eq!(
+        err.lines().filter(|l| l.contains("master")).count(),
+        1,
+        "{err}"
+    );
+}
+
+/// A command line `vault` cannot parse exits 64 (bad usage), as the
+/// command line table promises; help is not an error.
+#[test]
+fn bad_usage_exits_64() {
+    for args in [
+        &["bogus"][..],
+        &["keys", "--dev", "./nowhere", "status", "--json"],
+        &["approve", "--dev", "./nowhere"],
+        &["check-config"],
+    ] {
+        let (code, out, err) = run_vault(args);
+        assert_eq!(code, 64, "{args:?}: {out}{err}");
+        assert!(err.contains("Usage"), "{args:?}: {err}");
+    }
+    let (code, out, _) = run_vault(&["--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("Usage"), "{out}");
 }
 
 /// `check-config` also finds what `serve` would stop on at start: a

@@ -176,15 +176,12 @@ pub fn run(cli: Cli) -> ExitCode {
             Ok(cfg) => serve(&cfg),
             Err(code) => code,
         },
-        Command::CheckConfig { config } => match load(&config) {
-            Ok(cfg) => {
-                let problems = startup_problems(&cfg);
+        Command::CheckConfig { config } => match Config::load_unchecked(&config) {
+            Ok((cfg, mut problems)) => {
+                let found = startup_problems(&cfg, &problems);
+                problems.extend(found);
                 if !problems.is_empty() {
-                    eprintln!("{}: {} problem(s):", config.display(), problems.len());
-                    for p in &problems {
-                        eprintln!("  - {p}");
-                    }
-                    return ExitCode::from(EXIT_CONFIG);
+                    return report_problems(&config, &problems);
                 }
                 for w in cfg.warnings() {
                     eprintln!("warning: {w}");
@@ -192,7 +189,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 println!("{}: valid", config.display());
                 ExitCode::SUCCESS
             }
-            Err(code) => code,
+            Err(errs) => report_problems(&config, &errs.0),
         },
         Command::Audit {
             command: AuditCommand::Verify { data, anchors },
@@ -244,13 +241,16 @@ fn fail(code: u8, msg: &str) -> ExitCode {
 }
 
 fn load(path: &Path) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|errs| {
-        eprintln!("{}: {} problem(s):", path.display(), errs.0.len());
-        for e in &errs.0 {
-            eprintln!("  - {e}");
-        }
-        ExitCode::from(EXIT_CONFIG)
-    })
+    Config::load(path).map_err(|errs| report_problems(path, &errs.0))
+}
+
+/// Lists a configuration's problems on stderr: exit 64.
+fn report_problems(path: &Path, problems: &[String]) -> ExitCode {
+    eprintln!("{}: {} problem(s):", path.display(), problems.len());
+    for p in problems {
+        eprintln!("  - {p}");
+    }
+    ExitCode::from(EXIT_CONFIG)
 }
 
 /// What `serve` would fail on at start beyond the file's own validity:
@@ -258,14 +258,19 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
 /// the certificate's), and a master-key file or variable it cannot read or
 /// that does not hold a key. A master-key command is not run (it may have
 /// effects, such as an HSM's audit log). The messages name sources and
-/// error kinds, never what a file holds.
-fn startup_problems(cfg: &Config) -> Vec<String> {
+/// error kinds, never what a file holds. A section the file's own checks
+/// already faulted (`known`) is not tried again, so a problem is listed
+/// once.
+fn startup_problems(cfg: &Config, known: &[String]) -> Vec<String> {
+    let faulted = |section: &str| known.iter().any(|p| p.starts_with(section));
     let mut problems = Vec::new();
-    if let Err(e) = crate::tls::server_config(cfg) {
-        problems.push(format!("tls: {e}"));
+    if !faulted("tls") {
+        if let Err(e) = crate::tls::server_config(cfg) {
+            problems.push(format!("tls: {e}"));
+        }
     }
     let k = &cfg.keys;
-    if k.master_key_file.is_some() || k.master_key_env.is_some() {
+    if !faulted("keys") && (k.master_key_file.is_some() || k.master_key_env.is_some()) {
         if let Err(e) = crate::server::load_master(cfg) {
             problems.push(format!("keys: {e}"));
         }

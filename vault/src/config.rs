@@ -259,11 +259,24 @@ pub struct ConfigErrors(pub Vec<String>);
 impl Config {
     /// Reads, overrides from the environment, parses and validates `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let (cfg, problems) = Self::load_unchecked(path)?;
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigErrors(problems))
+        }
+    }
+
+    /// As [`Config::load`], but a file that parses comes back with its
+    /// problems beside it (`check-config` looks further into such a file).
+    pub fn load_unchecked(path: &Path) -> Result<(Config, Vec<String>), ConfigErrors> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let vars: Vec<(String, String)> = std::env::vars().collect();
-        Self::from_toml(&text, &base, &vars)
+        let cfg = Self::parse(&text, &base, &vars)?;
+        let problems = cfg.problems();
+        Ok((cfg, problems))
     }
 
     /// Parses `text` with the `VAULT__…` overrides among `env`, then validates.
@@ -272,6 +285,16 @@ impl Config {
         base: &Path,
         env: &[(String, String)],
     ) -> Result<Config, ConfigErrors> {
+        let cfg = Self::parse(text, base, env)?;
+        let problems = cfg.problems();
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigErrors(problems))
+        }
+    }
+
+    fn parse(text: &str, base: &Path, env: &[(String, String)]) -> Result<Config, ConfigErrors> {
         let mut value: toml::Table =
             toml::from_str(text).map_err(|e| ConfigErrors(vec![format!("TOML: {e}")]))?;
         apply_overrides(&mut value, env).map_err(|e| ConfigErrors(vec![e]))?;
@@ -279,12 +302,7 @@ impl Config {
             .try_into()
             .map_err(|e: toml::de::Error| ConfigErrors(vec![format!("config: {}", e.message())]))?;
         cfg.base_dir = base.to_path_buf();
-        let problems = cfg.problems();
-        if problems.is_empty() {
-            Ok(cfg)
-        } else {
-            Err(ConfigErrors(problems))
-        }
+        Ok(cfg)
     }
 
     /// A path from the file, relative to the file's directory.
@@ -494,8 +512,10 @@ fn apply_overrides(table: &mut toml::Table, env: &[(String, String)]) -> Result<
             continue;
         };
         let mut cur = &mut *table;
+        let mut at: Vec<String> = Vec::new();
         for k in parents {
-            let k = key_in(cur, k);
+            let k = key_in(cur, k, names_in(&at));
+            at.push(k.clone());
             let entry = cur
                 .entry(k.clone())
                 .or_insert_with(|| toml::Value::Table(toml::Table::new()));
@@ -503,7 +523,7 @@ fn apply_overrides(table: &mut toml::Table, env: &[(String, String)]) -> Result<
                 .as_table_mut()
                 .ok_or_else(|| format!("{name}: {k} is not a table"))?;
         }
-        let last = key_in(cur, last);
+        let last = key_in(cur, last, names_in(&at));
         let parsed = toml::from_str::<toml::Table>(&format!("v = {raw}"))
             .ok()
             .and_then(|mut t| t.remove("v"));
@@ -518,14 +538,29 @@ fn apply_overrides(table: &mut toml::Table, env: &[(String, String)]) -> Result<
     Ok(())
 }
 
+/// Whether the table at `path` is keyed by names (purposes, classes,
+/// schemas) rather than settings.
+fn names_in(path: &[String]) -> bool {
+    matches!(
+        path,
+        [a] if a == "purposes" || a == "tokens" || a == "schemas"
+    ) || matches!(
+        path,
+        [a, b] if a == "retention" && (b == "from-collection" || b == "legal-minimum")
+    )
+}
+
 /// The key of `table` an override's path segment names: settings are
-/// kebab-case (`MAX_ITEMS` is `max-items`), but names the file defines
-/// (a purpose such as `respond_to_request`) keep their underscores; an
-/// existing key of either form wins, else the setting's form.
-fn key_in(table: &toml::Table, segment: &str) -> String {
+/// kebab-case (`MAX_ITEMS` is `max-items`), but names (a purpose such as
+/// `respond_to_request`, a class such as `cn_resident_id`) keep their
+/// underscores; an existing key of either form wins, else the form the
+/// table is keyed by (`names`: purposes, classes, schemas).
+fn key_in(table: &toml::Table, segment: &str, names: bool) -> String {
     let snake = segment.to_ascii_lowercase();
     let kebab = snake.replace('_', "-");
-    if !table.contains_key(&kebab) && table.contains_key(&snake) {
+    if table.contains_key(&kebab) {
+        kebab
+    } else if table.contains_key(&snake) || names {
         snake
     } else {
         kebab

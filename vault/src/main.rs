@@ -7,5 +7,17 @@ use clap::Parser;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    vault::cli::run(vault::cli::Cli::parse())
+    match vault::cli::Cli::try_parse() {
+        Ok(cli) => vault::cli::run(cli),
+        Err(e) => {
+            // Help and version go to stdout with exit 0; a usage error is
+            // 64 (EX_USAGE), as the command line promises, not clap's 2.
+            let _ = e.print();
+            if e.use_stderr() {
+                std::process::ExitCode::from(vault::cli::EXIT_CONFIG)
+            } else {
+                std::process::ExitCode::SUCCESS
+            }
+        }
+    }
 }

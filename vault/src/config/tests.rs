@@ -143,6 +143,39 @@ fn overrides_reach_names_with_underscores_and_keep_strings_strings() {
 }
 
 #[test]
+fn overrides_add_names_the_file_does_not_have_yet() {
+    let cfg = load(
+        EXAMPLE,
+        &[
+            ("VAULT__TOKENS__CN_RESIDENT_ID", "preserving"),
+            ("VAULT__RETENTION__LEGAL_MINIMUM__BANK_CARD", "P1Y"),
+            ("VAULT__RETENTION__FROM_COLLECTION__EMAIL", "P2Y"),
+            ("VAULT__PURPOSES__CASE_REVIEW__DESCRIPTION", "Case review"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        cfg.tokens.get("cn_resident_id"),
+        Some(&crate::tokens::TokenStyle::Preserving)
+    );
+    assert_eq!(
+        cfg.retention
+            .legal_minimum
+            .get("bank_card")
+            .map(String::as_str),
+        Some("P1Y")
+    );
+    assert_eq!(
+        cfg.retention
+            .from_collection
+            .get("email")
+            .map(String::as_str),
+        Some("P2Y")
+    );
+    assert!(cfg.purposes.contains_key("case_review"));
+}
+
+#[test]
 fn a_missing_master_key_file_is_a_problem_not_a_start_failure() {
     let text = EXAMPLE.replace(
         "master-key-file = \"master.key\"",
