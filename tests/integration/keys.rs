@@ -528,3 +528,27 @@ async fn retiring_a_version_needs_it_unused() {
         .iter()
         .any(|e| e.action == "keys_retire" && e.outcome == "ok"));
 }
+
+/// A version superseded moments ago may still be in use by requests that
+/// began under it: retiring it is refused as in use (409), not a 500; and
+/// the active version's gauge is right from the start, not only after a
+/// rotation.
+#[tokio::test]
+async fn retiring_a_version_just_superseded_is_in_use() {
+    let mut v = TestVault::start().await;
+    let officer = v.client("officer");
+    officer.rotate_keys().await.unwrap();
+    officer.start_rewrap().await.unwrap();
+    for _ in 0..200 {
+        if officer.rewrap_status().await.unwrap().state == "done" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let err = officer.retire_key_version(1).await.unwrap_err();
+    assert_eq!(err.status(), Some(409), "{err:?}");
+    assert_eq!(err.code(), Some("key_in_use"));
+    v.restart().await;
+    let (_, metrics) = v.ops_get("/metrics").await;
+    assert!(metrics.contains("vault_keys_active_version 2"), "{metrics}");
+}

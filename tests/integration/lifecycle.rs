@@ -414,12 +414,15 @@ async fn correction_replaces_the_value_and_its_token() {
             .code(),
         Some("not_found")
     );
-    assert_eq!(
-        app.correct("acct-x", &new.token, "13900139001")
-            .await
-            .unwrap_err()
-            .code(),
-        Some("not_found")
+    let e = app
+        .correct("acct-x", &new.token, "13900139001")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("not_found"));
+    // Not mistaken for a missing endpoint.
+    assert!(
+        e.to_string().contains("no live value under this token"),
+        "{e}"
     );
     let r = app
         .raw(

@@ -86,9 +86,11 @@ pub enum ApiError {
     Unavailable,
     #[error("no such endpoint")]
     NotFound,
+    #[error("the subject holds no live value under this token")]
+    NoSuchValue,
     #[error("method not allowed")]
     MethodNotAllowed,
-    #[error("the subject is under legal hold; nothing was erased")]
+    #[error("the subject is under legal hold; nothing was changed")]
     LegalHold,
     #[error("this subject's erasure waits for a legal retention period to end; nothing new is collected for it")]
     SubjectRestricted,

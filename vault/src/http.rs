@@ -65,7 +65,7 @@ pub fn error_parts(e: &ApiError) -> (StatusCode, &'static str) {
         E::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
         E::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
         E::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-        E::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+        E::NotFound | E::NoSuchValue => (StatusCode::NOT_FOUND, "not_found"),
         E::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
         E::Conflict => (StatusCode::CONFLICT, "conflict"),
         E::SelfApproval => (StatusCode::FORBIDDEN, "self_approval"),

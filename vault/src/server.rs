@@ -192,6 +192,11 @@ pub fn build(
 ) -> Result<Arc<Vault>, StartError> {
     let metrics = Arc::new(Metrics::new());
     metrics.set_sealed(keys.is_sealed());
+    if let Ok(ring) = keys.get() {
+        metrics
+            .key_active_version
+            .set(i64::from(ring.meta().active));
+    }
     keys.cache().set_capacity(cfg.keys.subject_key_cache);
     let committer =
         Committer::start_with_cache(store.clone(), metrics.clone(), Some(keys.cache().clone()))?;

@@ -140,6 +140,12 @@ async fn change_keys(
                 "no such key version (it must be 1..=active)",
             ));
         }
+        Err(KeyError::TooRecent(_)) => {
+            // Requests that began under the previous keyring may still
+            // seal under this version for a moment.
+            audit_only(v, ctx, action, "refused").await?;
+            return Err(ApiError::KeyInUse);
+        }
         Err(_) => return Err(ApiError::Internal),
     };
     commit(v, batch, draft(ctx, action, "ok")).await?;

@@ -594,7 +594,10 @@ pub async fn correct(
     retrying(|| async {
         let keys = keyring(v)?;
         // Either style the vault issues (opaque, or format-preserving).
-        let old_token = v.tokens.resolve(&keys, token).ok_or(ApiError::NotFound)?;
+        let old_token = v
+            .tokens
+            .resolve(&keys, token)
+            .ok_or(ApiError::NoSuchValue)?;
         // A hold keeps the data as it is; a subject restricted by a pending
         // erasure is only stored, no longer processed (PIPL Art. 47).
         if is_held(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)? {
@@ -611,10 +614,10 @@ pub async fn correct(
             .store
             .get(Space::Values, &key)
             .map_err(|_| ApiError::Unavailable)?
-            .ok_or(ApiError::NotFound)?;
-        let old = Record::decode(&bytes).ok_or(ApiError::NotFound)?;
+            .ok_or(ApiError::NoSuchValue)?;
+        let old = Record::decode(&bytes).ok_or(ApiError::NoSuchValue)?;
         if !old.is_live(now) {
-            return Err(ApiError::NotFound);
+            return Err(ApiError::NoSuchValue);
         }
         let norm = classes::normalize(old.class, &req.value)
             .map_err(|reason| ApiError::InvalidValue { field: 0, reason })?;
@@ -622,7 +625,7 @@ pub async fn correct(
         let (new_token, shown) = v.tokens.issue(&keys, old.class, &norm);
         let loaded = subject_keys::load_cached(v.store.as_ref(), &keys, v.keys.cache(), subject)
             .map_err(|_| ApiError::Unavailable)?
-            .ok_or(ApiError::NotFound)?;
+            .ok_or(ApiError::NoSuchValue)?;
         let guard = loaded.guard(subject);
         let active = keys.active().map_err(|_| ApiError::Internal)?;
         let aad = value_aad(subject, old.class, active.version(), Some(&new_token));
