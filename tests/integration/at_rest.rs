@@ -82,3 +82,40 @@ async fn an_approval_written_into_the_database_releases_nothing() {
     assert_eq!(out.values[0].status, Status::Ok);
     assert_eq!(out.values[0].value.as_deref(), Some(ID));
 }
+
+/// A consent written as a ledger row releases nothing for a purpose that
+/// requires consent, and shows in the history as a failed row; one the
+/// vault records does release.
+#[tokio::test]
+async fn a_consent_written_into_the_database_releases_nothing() {
+    let v = TestVault::start().await;
+    let app = v.client("app");
+    let tok = tokenize_one(&app, "acct-c", "user_specified", "name", "张伟").await;
+    let req = detok_req("user_specified", &[&tok]);
+    let ask = || app.detokenize(&req);
+    assert_eq!(
+        ask().await.unwrap().values[0].reason.as_deref(),
+        Some("consent_required")
+    );
+    let mut key = b"acct-c\0user_specified\0".to_vec();
+    key.extend_from_slice(&(u64::MAX / 2).to_be_bytes());
+    let forged = serde_json::json!({
+        "given": true, "policy_version": "2022-05-01", "time_ms": 1u64, "caller": "app",
+    });
+    let mut b = Batch::default();
+    b.put(Space::Consents, key, serde_json::to_vec(&forged).unwrap());
+    v.store().write(b).unwrap();
+    assert_eq!(
+        ask().await.unwrap().values[0].reason.as_deref(),
+        Some("consent_required")
+    );
+    let state = app.consent("acct-c", "user_specified").await.unwrap();
+    assert!(!state.live);
+    assert_eq!(state.history.len(), 1);
+    assert_eq!(state.history[0].caller, "(failed its integrity check)");
+    app.give_consent("acct-c", "user_specified", "2022-05-01")
+        .await
+        .unwrap();
+    let out = ask().await.unwrap();
+    assert_eq!(out.values[0].value.as_deref(), Some("张伟"));
+}

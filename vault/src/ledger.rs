@@ -42,19 +42,23 @@ fn next_seq(now_ms: u64) -> u64 {
 
 /// The batch that appends one consent entry.
 pub fn append_consent(
+    keys: &Keyring,
     subject: &str,
     purpose: &str,
     entry: &ConsentEntry,
 ) -> Result<Batch, StoreError> {
-    append_consent_after(subject, purpose, entry, None)
+    append_consent_after(keys, subject, purpose, entry, None)
 }
 
 /// As [`append_consent`], after the entry at sequence `newest` (from
 /// [`newest_consent_seq`]): the new entry sorts after it even when the
 /// clock was set back across a restart (a withdrawal sorting before the
 /// consent it withdraws would leave the consent in force); the write is
-/// guarded on its key being free.
+/// guarded on its key being free. The entry is sealed for its row (see
+/// [`Keyring::seal_record`]): no one who can only write the database can
+/// record a consent.
 pub fn append_consent_after(
+    keys: &Keyring,
     subject: &str,
     purpose: &str,
     entry: &ConsentEntry,
@@ -64,11 +68,15 @@ pub fn append_consent_after(
     let seq = next_seq(entry.time_ms).max(newest.map_or(0, |n| n.saturating_add(1)));
     let mut key = prefix.clone();
     key.extend_from_slice(&seq.to_be_bytes());
-    let bytes =
-        serde_json::to_vec(entry).map_err(|_| StoreError::Engine("unencodable consent".into()))?;
+    let bytes = Zeroizing::new(
+        serde_json::to_vec(entry).map_err(|_| StoreError::Engine("unencodable consent".into()))?,
+    );
+    let sealed = keys
+        .seal_record(Space::Consents, &key, &bytes)
+        .map_err(|_| StoreError::Engine("cannot seal the consent".into()))?;
     let mut b = Batch::default();
     b.expect(Space::Consents, key.clone(), None);
-    b.put(Space::Consents, key, bytes);
+    b.put(Space::Consents, key, sealed);
     Ok(b)
 }
 
@@ -80,10 +88,37 @@ pub fn newest_consent_seq(
 ) -> Result<Option<u64>, StoreError> {
     let prefix = consent_prefix(subject, purpose);
     let rows = scan_prefix_rev(store, Space::Consents, &prefix, 1)?;
-    Ok(rows.first().and_then(|(k, _)| {
-        let tail: [u8; 8] = k.get(prefix.len()..)?.try_into().ok()?;
-        Some(u64::from_be_bytes(tail))
-    }))
+    Ok(rows.first().and_then(|(k, _)| seq_of(k, &prefix)))
+}
+
+fn seq_of(key: &[u8], prefix: &[u8]) -> Option<u64> {
+    let tail: [u8; 8] = key.get(prefix.len()..)?.try_into().ok()?;
+    Some(u64::from_be_bytes(tail))
+}
+
+/// The `caller` of an entry that did not open as sealed for its row
+/// (forged, moved, or written in the clear before entries were sealed).
+/// It stands in the history as a withdrawal, so it never makes consent
+/// live, and shows that the row failed.
+pub const UNREADABLE: &str = "(failed its integrity check)";
+
+/// Opens one stored ledger row; one that fails is an [`UNREADABLE`]
+/// withdrawal at the time its key names.
+fn open_entry(keys: &Keyring, key: &[u8], prefix: &[u8], stored: &[u8]) -> ConsentEntry {
+    keys.open_record(Space::Consents, key, stored)
+        .ok()
+        .and_then(|plain| serde_json::from_slice(&plain).ok())
+        .unwrap_or_else(|| {
+            tracing::warn!(
+                "A consent ledger entry failed its integrity check; it counts as a withdrawal"
+            );
+            ConsentEntry {
+                given: false,
+                policy_version: "-".into(),
+                time_ms: seq_of(key, prefix).map_or(0, |s| s / 1000),
+                caller: UNREADABLE.into(),
+            }
+        })
 }
 
 /// The newest `MAX_HISTORY` entries for `subject` and `purpose` (all of
@@ -91,20 +126,30 @@ pub fn newest_consent_seq(
 /// long the history.
 pub fn consent_history(
     store: &dyn Store,
+    keys: &Keyring,
     subject: &str,
     purpose: &str,
 ) -> Result<Vec<ConsentEntry>, StoreError> {
-    let rows = scan_prefix_rev(
-        store,
-        Space::Consents,
-        &consent_prefix(subject, purpose),
-        MAX_HISTORY,
-    )?;
+    let prefix = consent_prefix(subject, purpose);
+    let rows = scan_prefix_rev(store, Space::Consents, &prefix, MAX_HISTORY)?;
     Ok(rows
         .iter()
         .rev()
-        .filter_map(|(_, v)| serde_json::from_slice(v).ok())
+        .map(|(k, v)| open_entry(keys, k, &prefix, v))
         .collect())
+}
+
+/// The entry in force for `subject` and `purpose` (the newest), if any:
+/// what a release checks, one row read and opened.
+pub fn newest_consent(
+    store: &dyn Store,
+    keys: &Keyring,
+    subject: &str,
+    purpose: &str,
+) -> Result<Option<ConsentEntry>, StoreError> {
+    let prefix = consent_prefix(subject, purpose);
+    let rows = scan_prefix_rev(store, Space::Consents, &prefix, 1)?;
+    Ok(rows.first().map(|(k, v)| open_entry(keys, k, &prefix, v)))
 }
 
 /// Whether the latest entry is a consent to a policy version that still
@@ -255,19 +300,20 @@ mod tests {
     #[test]
     fn the_ledger_keeps_history_and_the_last_entry_decides() {
         let store = MemoryStore::new();
+        let keys = keyring(&store);
         for e in [
             entry(true, "2022-05-01", 5),
             entry(false, "2022-05-01", 5),
             entry(true, "2024-01-01", 5),
         ] {
             store
-                .write(append_consent("s1", "user_specified", &e).unwrap())
+                .write(append_consent(&keys, "s1", "user_specified", &e).unwrap())
                 .unwrap();
         }
         store
-            .write(append_consent("s1", "user_specifiedx", &entry(false, "x", 1)).unwrap())
+            .write(append_consent(&keys, "s1", "user_specifiedx", &entry(false, "x", 1)).unwrap())
             .unwrap();
-        let h = consent_history(&store, "s1", "user_specified").unwrap();
+        let h = consent_history(&store, &keys, "s1", "user_specified").unwrap();
         assert_eq!(
             h.iter().map(|e| e.given).collect::<Vec<_>>(),
             [true, false, true]
@@ -277,7 +323,7 @@ mod tests {
         assert!(!consent_is_live(&h, Some("2025-01-01")));
         assert!(!consent_is_live(&h[..2], None));
         assert!(!consent_is_live(&[], None));
-        assert!(consent_history(&store, "s", "user_specified")
+        assert!(consent_history(&store, &keys, "s", "user_specified")
             .unwrap()
             .is_empty());
     }
@@ -326,11 +372,13 @@ mod tests {
     #[test]
     fn a_withdrawal_after_the_clock_went_back_still_comes_last() {
         let store = MemoryStore::new();
+        let keys = keyring(&store);
         // A consent written while the clock ran a day ahead.
         let ahead = next_seq(1) + 86_400_000_000 * 20_000;
         store
             .write(
                 append_consent_after(
+                    &keys,
                     "s",
                     "user_specified",
                     &entry(true, "2024-01-01", 1),
@@ -344,6 +392,7 @@ mod tests {
         store
             .write(
                 append_consent_after(
+                    &keys,
                     "s",
                     "user_specified",
                     &entry(false, "2024-01-01", 2),
@@ -352,7 +401,7 @@ mod tests {
                 .unwrap(),
             )
             .unwrap();
-        let h = consent_history(&store, "s", "user_specified").unwrap();
+        let h = consent_history(&store, &keys, "s", "user_specified").unwrap();
         assert_eq!(h.iter().map(|e| e.given).collect::<Vec<_>>(), [true, false]);
         assert!(!consent_is_live(&h, None));
     }
@@ -363,19 +412,27 @@ mod tests {
         let rocks = crate::store::RocksStore::open(dir.path()).unwrap();
         let memory = MemoryStore::new();
         for store in [&rocks as &dyn Store, &memory] {
+            let keys = keyring(store);
             let mut b = Batch::default();
             for _ in 0..MAX_HISTORY + 5 {
                 b.absorb(
-                    append_consent("s1", "user_specified", &entry(true, "2024-01-01", 5)).unwrap(),
+                    append_consent(&keys, "s1", "user_specified", &entry(true, "2024-01-01", 5))
+                        .unwrap(),
                 );
             }
             store.write(b).unwrap();
             store
                 .write(
-                    append_consent("s1", "user_specified", &entry(false, "2024-01-01", 6)).unwrap(),
+                    append_consent(
+                        &keys,
+                        "s1",
+                        "user_specified",
+                        &entry(false, "2024-01-01", 6),
+                    )
+                    .unwrap(),
                 )
                 .unwrap();
-            let h = consent_history(store, "s1", "user_specified").unwrap();
+            let h = consent_history(store, &keys, "s1", "user_specified").unwrap();
             assert_eq!(h.len(), MAX_HISTORY);
             assert!(
                 !h.last().unwrap().given,
@@ -384,10 +441,11 @@ mod tests {
             assert!(!consent_is_live(&h, None));
             store
                 .write(
-                    append_consent("s1", "user_specified", &entry(true, "2024-01-01", 7)).unwrap(),
+                    append_consent(&keys, "s1", "user_specified", &entry(true, "2024-01-01", 7))
+                        .unwrap(),
                 )
                 .unwrap();
-            let h = consent_history(store, "s1", "user_specified").unwrap();
+            let h = consent_history(store, &keys, "s1", "user_specified").unwrap();
             assert!(consent_is_live(&h, None));
             assert!(!h[h.len() - 2].given);
         }
@@ -445,7 +503,7 @@ mod tests {
         assert!(get_approval(&store, &keys, "").unwrap().is_none());
     }
 
-    fn keyring(store: &MemoryStore) -> Keyring {
+    fn keyring(store: &dyn Store) -> Keyring {
         Keyring::open(
             &crate::secret::SecretKey::from_slice(&[5; 32]).unwrap(),
             store,
@@ -464,6 +522,73 @@ mod tests {
             created_ms: 0,
             expires_ms: u64::MAX,
         }
+    }
+
+    #[test]
+    fn a_consent_written_into_the_database_never_counts() {
+        let store = MemoryStore::new();
+        let keys = keyring(&store);
+        store
+            .write(
+                append_consent(
+                    &keys,
+                    "s1",
+                    "user_specified",
+                    &entry(false, "2024-01-01", 5),
+                )
+                .unwrap(),
+            )
+            .unwrap();
+        let live = |store: &MemoryStore| {
+            let newest = newest_consent(store, &keys, "s1", "user_specified").unwrap();
+            consent_is_live(newest.as_slice(), None)
+        };
+        assert!(!live(&store));
+        // A consent row in the clear after the withdrawal, as the vault
+        // once stored them: it stands as a failed withdrawal.
+        let forged = serde_json::to_vec(&entry(true, "2024-01-01", 6)).unwrap();
+        let mut key = consent_prefix("s1", "user_specified");
+        key.extend_from_slice(&(u64::MAX - 1).to_be_bytes());
+        let mut b = Batch::default();
+        b.put(Space::Consents, key.clone(), forged);
+        store.write(b).unwrap();
+        assert!(!live(&store));
+        let h = consent_history(&store, &keys, "s1", "user_specified").unwrap();
+        assert_eq!(h.len(), 2);
+        assert_eq!(h[1].caller, UNREADABLE);
+        assert!(!h[1].given);
+        // A genuine consent of another subject moved here: the same.
+        store
+            .write(
+                append_consent(&keys, "s2", "user_specified", &entry(true, "2024-01-01", 7))
+                    .unwrap(),
+            )
+            .unwrap();
+        let other = scan_prefix_rev(
+            &store,
+            Space::Consents,
+            &consent_prefix("s2", "user_specified"),
+            1,
+        )
+        .unwrap();
+        let mut b = Batch::default();
+        b.put(Space::Consents, key, other[0].1.clone());
+        store.write(b).unwrap();
+        assert!(!live(&store));
+        // And a consent the vault records counts.
+        store
+            .write(
+                append_consent_after(
+                    &keys,
+                    "s1",
+                    "user_specified",
+                    &entry(true, "2024-01-01", 8),
+                    newest_consent_seq(&store, "s1", "user_specified").unwrap(),
+                )
+                .unwrap(),
+            )
+            .unwrap();
+        assert!(live(&store));
     }
 
     fn put_raw(store: &MemoryStore, id: &str, bytes: Vec<u8>) {

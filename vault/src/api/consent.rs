@@ -51,8 +51,9 @@ pub async fn consent(
         ));
     }
     let store = v.store.as_ref();
-    let history =
-        ledger::consent_history(store, subject, purpose).map_err(|_| ApiError::Unavailable)?;
+    let keys = v.keys.get().map_err(|_| ApiError::Sealed)?;
+    let history = ledger::consent_history(store, &keys, subject, purpose)
+        .map_err(|_| ApiError::Unavailable)?;
     let given = match *method {
         Method::GET => None,
         Method::PUT => Some(true),
@@ -95,7 +96,7 @@ pub async fn consent(
         };
         let newest = ledger::newest_consent_seq(store, subject, purpose)
             .map_err(|_| ApiError::Unavailable)?;
-        let batch = ledger::append_consent_after(subject, purpose, &entry, newest)
+        let batch = ledger::append_consent_after(&keys, subject, purpose, &entry, newest)
             .map_err(|_| ApiError::Internal)?;
         let event = Draft {
             request_id: ctx.request_id.clone(),
@@ -109,8 +110,8 @@ pub async fn consent(
         };
         commit(v, batch, vec![event]).await?;
     }
-    let history =
-        ledger::consent_history(store, subject, purpose).map_err(|_| ApiError::Unavailable)?;
+    let history = ledger::consent_history(store, &keys, subject, purpose)
+        .map_err(|_| ApiError::Unavailable)?;
     Ok(ConsentState {
         subject: subject.to_string(),
         purpose: purpose.to_string(),

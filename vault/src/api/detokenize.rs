@@ -502,9 +502,10 @@ impl Lookup<'_> {
         if let Some(&known) = self.consents.borrow().get(subject) {
             return Ok(known);
         }
-        let history = ledger::consent_history(self.v.store.as_ref(), subject, self.purpose)
-            .map_err(|_| ApiError::Unavailable)?;
-        let live = ledger::consent_is_live(&history, self.info.consent_since.as_deref());
+        let newest =
+            ledger::newest_consent(self.v.store.as_ref(), self.keys, subject, self.purpose)
+                .map_err(|_| ApiError::Unavailable)?;
+        let live = ledger::consent_is_live(newest.as_slice(), self.info.consent_since.as_deref());
         self.consents.borrow_mut().insert(subject.to_string(), live);
         Ok(live)
     }
