@@ -254,10 +254,10 @@ fn rewrap_fixture(n: usize) -> Option<(tempfile::TempDir, RocksStore, vault::key
         let value = format!("139{i:08}");
         let subject = format!("acct-{i}");
         let token = keys.token_key().token(Class::Phone, &value);
-        let aad = vault::crypto::value_aad(&subject, Class::Phone, dk.version(), Some(&token));
+        let aad = vault::crypto::tagged_value_aad(&subject, Class::Phone, dk.version(), &token);
         let (sk, create) = vault::subject_keys::create(&keys, &subject).ok()?;
         b.absorb(create);
-        let rec = vault::schema::Record {
+        let mut rec = vault::schema::Record {
             class: Class::Phone,
             key_version: dk.version(),
             collected_ms: 1,
@@ -265,11 +265,13 @@ fn rewrap_fixture(n: usize) -> Option<(tempfile::TempDir, RocksStore, vault::key
             purpose: "notification".into(),
             ciphertext: dk.for_subject(&sk).seal(&aad, value.as_bytes()).ok()?,
             token_bound: true,
+            restricted: false,
+            tag: None,
         };
         b.put(
             Space::Values,
             vault::schema::value_key(&token, &subject),
-            rec.encode(),
+            rec.encode_tagged(keys.header_key(), &subject, &token),
         );
         b.put(
             Space::Subjects,

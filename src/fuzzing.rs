@@ -391,7 +391,17 @@ fn record_from(input: &mut Input<'_>) -> Record {
         .filter(|c| c.is_ascii_alphanumeric() || "._:-".contains(*c))
         .collect();
     let n = usize::from(input.byte());
-    let token_bound = input.byte() & 1 == 1;
+    let form = input.byte();
+    // Format 3 (tagged, perhaps restricted), else 2 or 1.
+    let tag = (form & 4 == 4).then(|| {
+        let mut t = [0u8; vault::crypto::HEADER_TAG_BYTES];
+        for b in &mut t {
+            *b = input.byte();
+        }
+        t
+    });
+    let token_bound = tag.is_some() || form & 1 == 1;
+    let restricted = tag.is_some() && form & 2 == 2;
     Record {
         class,
         key_version,
@@ -400,6 +410,8 @@ fn record_from(input: &mut Input<'_>) -> Record {
         purpose,
         ciphertext: input.bytes(n).to_vec(),
         token_bound,
+        restricted,
+        tag,
     }
 }
 

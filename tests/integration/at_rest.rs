@@ -119,3 +119,106 @@ async fn a_consent_written_into_the_database_releases_nothing() {
     let out = ask().await.unwrap();
     assert_eq!(out.values[0].value.as_deref(), Some("张伟"));
 }
+
+/// A stored value's header (its clock, purpose, restriction) changed in
+/// the database: the value no longer opens, and the officers see an
+/// integrity failure. Dropping the tag (the older format) does not help.
+#[tokio::test]
+async fn a_value_whose_header_was_changed_does_not_open() {
+    use vault::schema::{value_key, Record};
+    let v = TestVault::start().await;
+    let app = v.client("app");
+    let tok = tokenize_one(&app, "acct-h", "notification", "phone", "13800138000").await;
+    let raw = vault::crypto::decode_token(&tok).unwrap();
+    let key = value_key(&raw, "acct-h");
+    let stored = v.store().get(Space::Values, &key).unwrap().unwrap();
+    let rec = Record::decode(&stored).unwrap();
+    assert!(rec.tag.is_some());
+    let put = |bytes: Vec<u8>| {
+        let mut b = Batch::default();
+        b.put(Space::Values, key.clone(), bytes);
+        v.store().write(b).unwrap();
+    };
+    let req = detok_req("notification", &[&tok]);
+    let ask = || app.detokenize(&req);
+    assert_eq!(ask().await.unwrap().values[0].status, Status::Ok);
+    for changed in [
+        Record {
+            expires_ms: Some(u64::MAX - 1),
+            ..rec.clone()
+        },
+        Record {
+            collected_ms: rec.collected_ms + 1,
+            ..rec.clone()
+        },
+        Record {
+            purpose: "identity_verification".into(),
+            ..rec.clone()
+        },
+        // The older format: no tag, no flags.
+        Record {
+            tag: None,
+            ..rec.clone()
+        },
+    ] {
+        put(changed.encode());
+        let out = ask().await.unwrap();
+        assert_eq!(out.values[0].status, Status::Unknown, "{changed:?}");
+        assert_eq!(out.values[0].value, None);
+    }
+    put(stored);
+    assert_eq!(ask().await.unwrap().values[0].status, Status::Ok);
+    let events = v
+        .client("officer")
+        .audit(None, None, Some(1000))
+        .await
+        .unwrap()
+        .events;
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.outcome == "integrity_failure")
+            .count(),
+        4
+    );
+}
+
+/// After an erasure request that the law makes a restriction (PIPL Art.
+/// 47), the kept values carry the restriction in their own tagged header:
+/// deleting the subject's standing record releases nothing.
+#[tokio::test]
+async fn a_restriction_holds_without_its_standing_record() {
+    let v = TestVault::start_with(|cfg| {
+        cfg.retention
+            .legal_minimum
+            .insert("cn_resident_id".into(), "P1D".into());
+    })
+    .await;
+    let app = v.client("app");
+    let tok = tokenize_one(
+        &app,
+        "acct-r",
+        "identity_verification",
+        "cn_resident_id",
+        ID,
+    )
+    .await;
+    let receipt = app.erase_subject("acct-r").await.unwrap();
+    assert!(receipt.restricted_until.is_some());
+    let req = detok_req("identity_verification", &[&tok]);
+    let ask = || app.detokenize(&req);
+    assert_eq!(
+        ask().await.unwrap().values[0].reason.as_deref(),
+        Some("restricted")
+    );
+    let mut b = Batch::default();
+    b.delete(Space::Meta, b"standing/acct-r".to_vec());
+    v.store().write(b).unwrap();
+    let out = ask().await.unwrap();
+    assert_eq!(out.values[0].reason.as_deref(), Some("restricted"));
+    assert_eq!(out.values[0].value, None);
+    assert_eq!(
+        app.export_subject("acct-r").await.unwrap_err().code(),
+        Some("subject_restricted")
+    );
+}

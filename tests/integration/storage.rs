@@ -123,7 +123,7 @@ async fn a_ciphertext_moved_under_another_token_of_the_same_subject_does_not_ope
     let store = v.store();
     let key = |t: &str| value_key(t, "acct-a");
     let rec_a = store.get(Space::Values, &key(&a)).unwrap().unwrap();
-    assert_eq!(rec_a[0], 2, "records are written in format 2");
+    assert_eq!(rec_a[0], 3, "records are written in format 3");
     // B's token no longer gives B's value, and does not give A's either:
     // the token is in the ciphertext's AAD.
     moved_record_does_not_open(&c, store.as_ref(), key(&b), rec_a, &b, &a).await;

@@ -116,6 +116,61 @@ impl TokenKey {
     }
 }
 
+/// Bytes of a stored value's header tag (HMAC-SHA256, truncated).
+pub const HEADER_TAG_BYTES: usize = 16;
+
+/// Authenticates what a stored value's record holds outside its
+/// ciphertext (its retention clock, purpose and restriction), so that
+/// someone who can write the database but lacks the root key cannot make
+/// a value outlive its retention or lift its restriction by editing it.
+pub struct HeaderKey {
+    key: SecretKey<32>,
+    /// HMAC-SHA256 already keyed with `key`, cloned per tag.
+    mac: Option<Hmac<Sha256>>,
+}
+
+impl std::fmt::Debug for HeaderKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeaderKey")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HeaderKey {
+    pub fn new(key: SecretKey<32>) -> Self {
+        let mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key.expose_secret()).ok();
+        Self { key, mac }
+    }
+
+    pub fn duplicate(&self) -> Self {
+        Self::new(self.key.duplicate())
+    }
+
+    /// The tag of `parts`, each length-prefixed so no two splits of the
+    /// same bytes share a tag.
+    pub fn tag(&self, parts: &[&[u8]]) -> [u8; HEADER_TAG_BYTES] {
+        let mut out = [0u8; HEADER_TAG_BYTES];
+        if let Some(mut mac) = self.mac.clone() {
+            for p in parts {
+                mac.update(&u32::try_from(p.len()).unwrap_or(u32::MAX).to_be_bytes());
+                mac.update(p);
+            }
+            let full = mac.finalize().into_bytes();
+            for (o, b) in out.iter_mut().zip(full.iter()) {
+                *o = *b;
+            }
+        }
+        out
+    }
+
+    /// Whether `tag` is the tag of `parts`, in constant time.
+    pub fn verify(&self, parts: &[&[u8]], tag: &[u8; HEADER_TAG_BYTES]) -> bool {
+        use subtle::ConstantTimeEq;
+        self.mac.is_some() && bool::from(self.tag(parts).ct_eq(tag))
+    }
+}
+
 /// Renders token bytes as the 32-character URL-safe string callers see.
 pub fn encode_token(bytes: &TokenBytes) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
@@ -263,6 +318,32 @@ pub fn value_aad(
     aad
 }
 
+/// The associated data of a record of format 3, whose header is tagged
+/// ([`HeaderKey`]): as format 2's under another label, so such a record
+/// rewritten as format 2 (its tag dropped, its header changed) no longer
+/// opens.
+pub fn tagged_value_aad(
+    subject: &str,
+    class: Class,
+    key_version: u32,
+    token: &TokenBytes,
+) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(8 + subject.len() + TOKEN_BYTES);
+    tagged_value_aad_into(&mut aad, subject, class, key_version, token);
+    aad
+}
+
+/// [`tagged_value_aad`] into a buffer the caller reuses.
+pub fn tagged_value_aad_into(
+    aad: &mut Vec<u8>,
+    subject: &str,
+    class: Class,
+    key_version: u32,
+    token: &TokenBytes,
+) {
+    aad_into(aad, b"v3", subject, class, key_version, Some(token));
+}
+
 /// [`value_aad`] into a buffer the caller reuses (rewrap builds two per
 /// value).
 pub fn value_aad_into(
@@ -272,8 +353,20 @@ pub fn value_aad_into(
     key_version: u32,
     token: Option<&TokenBytes>,
 ) {
+    let label = if token.is_some() { b"v2" } else { b"v1" };
+    aad_into(aad, label, subject, class, key_version, token);
+}
+
+fn aad_into(
+    aad: &mut Vec<u8>,
+    label: &[u8; 2],
+    subject: &str,
+    class: Class,
+    key_version: u32,
+    token: Option<&TokenBytes>,
+) {
     aad.clear();
-    aad.extend_from_slice(if token.is_some() { b"v2" } else { b"v1" });
+    aad.extend_from_slice(label);
     aad.push(u8::try_from(subject.len()).unwrap_or(u8::MAX));
     aad.extend_from_slice(subject.as_bytes());
     aad.push(class.tag());

@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::crypto::{derive, DataKey, TokenKey};
+use crate::crypto::{derive, DataKey, HeaderKey, TokenKey};
 use crate::secret::SecretKey;
 use crate::store::{Batch, Space, Store, StoreError};
 use crate::subject_keys::KeyCache;
@@ -109,6 +109,8 @@ pub struct Keyring {
     kek: DataKey,
     /// Seals the records the policy trusts (see [`Keyring::seal_record`]).
     records: DataKey,
+    /// Tags stored values' headers (see [`crate::schema::Record`]).
+    header: HeaderKey,
     token: TokenKey,
     data: BTreeMap<u32, DataKey>,
     meta: KeyMeta,
@@ -169,8 +171,11 @@ fn kek_from_root(root: &SecretKey<32>) -> DataKey {
     DataKey::new(0, derive(root, b"vault/kek/v1"))
 }
 
-fn records_from_root(root: &SecretKey<32>) -> DataKey {
-    DataKey::new(0, derive(root, b"vault/records/v1"))
+fn records_from_root(root: &SecretKey<32>) -> (DataKey, HeaderKey) {
+    (
+        DataKey::new(0, derive(root, b"vault/records/v1")),
+        HeaderKey::new(derive(root, b"vault/record-header/v1")),
+    )
 }
 
 fn record_aad(space: Space, key: &[u8]) -> Vec<u8> {
@@ -247,7 +252,11 @@ impl Keyring {
         Ok(b)
     }
 
-    fn load(kek: DataKey, records: DataKey, store: &dyn Store) -> Result<Self, KeyError> {
+    fn load(
+        kek: DataKey,
+        (records, header): (DataKey, HeaderKey),
+        store: &dyn Store,
+    ) -> Result<Self, KeyError> {
         // One retry: a conflict means another opener migrated it first.
         match Self::load_once(&kek, store) {
             Err(KeyError::Store(StoreError::Conflict)) => Self::load_once(&kek, store),
@@ -256,6 +265,7 @@ impl Keyring {
         .map(|(token, data, meta, stored)| Self {
             kek,
             records,
+            header,
             token,
             data,
             meta,
@@ -432,9 +442,17 @@ impl Keyring {
     pub fn reload(&self, store: &dyn Store) -> Result<Self, KeyError> {
         Self::load(
             DataKey::new(0, self.kek.duplicate_key()),
-            DataKey::new(0, self.records.duplicate_key()),
+            (
+                DataKey::new(0, self.records.duplicate_key()),
+                self.header.duplicate(),
+            ),
             store,
         )
+    }
+
+    /// The key of stored values' header tags.
+    pub fn header_key(&self) -> &HeaderKey {
+        &self.header
     }
 
     /// Seals a record the policy trusts (an approval, a consent entry, a

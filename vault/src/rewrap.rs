@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use vault_sdk::wire::RewrapStatus;
 
-use crate::crypto::value_aad_into;
+use crate::crypto::{tagged_value_aad_into, value_aad_into};
 use crate::keys::Keyring;
 use crate::schema::{subject_of_value_key, Record};
 use crate::secret::SecretKey;
@@ -300,9 +300,9 @@ fn reseal<'r>(
         };
         // Under a newer version already: a job that outlived a rotation
         // must not move values back to an older key. Under the target: done,
-        // unless the record still has the format-1 AAD (no token bound),
-        // which this moves to format 2.
-        if rec.key_version > version || (rec.key_version == version && rec.token_bound) {
+        // unless the record is of an older format (no token in its AAD, or
+        // no tag on its header), which this moves to format 3.
+        if rec.key_version > version || (rec.key_version == version && rec.tag.is_some()) {
             continue;
         }
         let Some(token) = key
@@ -311,6 +311,10 @@ fn reseal<'r>(
         else {
             continue;
         };
+        // A header changed outside the vault is not tagged anew.
+        if !rec.header_ok(keys.header_key(), subject, &token) {
+            continue;
+        }
         let entry = subject_keys.entry(subject).or_insert_with(|| {
             let sk = crate::subject_keys::load_with(store, kek.as_mut()?, subject).ok()??;
             let t = target.for_subject(&sk);
@@ -328,12 +332,16 @@ fn reseal<'r>(
                 e.insert(old.for_subject(sk))
             }
         };
-        let old_token = rec.token_bound.then_some(&token);
-        value_aad_into(&mut aad, subject, rec.class, rec.key_version, old_token);
+        if rec.tag.is_some() {
+            tagged_value_aad_into(&mut aad, subject, rec.class, rec.key_version, &token);
+        } else {
+            let old_token = rec.token_bound.then_some(&token);
+            value_aad_into(&mut aad, subject, rec.class, rec.key_version, old_token);
+        }
         let Ok(plain) = old_key.open(&aad, &rec.ciphertext) else {
             continue;
         };
-        value_aad_into(&mut aad, subject, rec.class, version, Some(&token));
+        tagged_value_aad_into(&mut aad, subject, rec.class, version, &token);
         let Ok(sealed) = target_key.seal(&aad, &plain) else {
             continue;
         };
@@ -341,7 +349,7 @@ fn reseal<'r>(
         rec.ciphertext = sealed;
         rec.key_version = version;
         rec.token_bound = true;
-        out.push((i, rec.encode()));
+        out.push((i, rec.encode_tagged(keys.header_key(), subject, &token)));
     }
     out
 }
@@ -453,6 +461,8 @@ mod tests {
                     )
                     .unwrap(),
                 token_bound: false,
+                restricted: false,
+                tag: None,
             };
             b.put(Space::Values, value_key(&token, &subject), rec.encode());
         }
@@ -567,28 +577,37 @@ mod tests {
         (dir, store, k2)
     }
 
-    /// How many records bind their token in the AAD (format 2).
-    fn bound(store: &dyn Store) -> usize {
+    /// How many records bind their token in the AAD and tag their header
+    /// (format 3), checking each tag.
+    fn bound(store: &dyn Store, keys: &Keyring) -> usize {
         store
             .scan(Space::Values, b"", None, 100_000)
             .unwrap()
             .iter()
-            .filter(|(_, b)| Record::decode(b).unwrap().token_bound)
+            .filter(|(k, b)| {
+                let rec = Record::decode(b).unwrap();
+                let token =
+                    crate::crypto::TokenBytes::try_from(&k[..crate::crypto::TOKEN_BYTES]).unwrap();
+                let subject = subject_of_value_key(k).unwrap();
+                rec.token_bound
+                    && rec.tag.is_some()
+                    && rec.header_ok(keys.header_key(), subject, &token)
+            })
             .count()
     }
 
     #[test]
-    fn rewrap_moves_format_1_records_to_format_2_under_the_same_version() {
+    fn rewrap_moves_format_1_records_to_format_3_under_the_same_version() {
         let dir = tempfile::tempdir().unwrap();
         let root = SecretKey::<32>::from_slice(&[7; 32]).unwrap();
         let store = RocksStore::open(dir.path()).unwrap();
         let keys = Keyring::open(&root, &store).unwrap();
         put_values(&store, &keys, 300);
-        assert_eq!(bound(&store), 0);
+        assert_eq!(bound(&store, &keys), 0);
         // A job towards the version they already have.
         store.write(Rewrap::start_batch(1).unwrap()).unwrap();
         assert_eq!(step(&store, &keys, 1000).unwrap(), (true, 300));
-        assert_eq!(bound(&store), 300);
+        assert_eq!(bound(&store, &keys), 300);
         assert_eq!(check_all(&store, &keys), [(1, 300)].into());
         // Now a ciphertext moved under another token of the same subject
         // and class no longer opens.
@@ -611,6 +630,21 @@ mod tests {
             .is_err());
         // Done is done.
         assert_eq!(step(&store, &keys, 1000).unwrap(), (true, 0));
+        // A tagged header changed outside the vault is not tagged anew:
+        // a rewrap to the next version leaves that record as it is.
+        let (k1, b1) = &rows[1];
+        let mut changed = Record::decode(b1).unwrap();
+        changed.expires_ms = Some(u64::MAX - 1);
+        let mut b = Batch::default();
+        b.put(Space::Values, k1.clone(), changed.encode());
+        store.write(b).unwrap();
+        assert_eq!(bound(&store, &keys), 299);
+        store.write(keys.rotation(9).unwrap().0).unwrap();
+        let keys = keys.reload(&store).unwrap();
+        store.write(Rewrap::start_batch(2).unwrap()).unwrap();
+        assert_eq!(step(&store, &keys, 1000).unwrap(), (true, 299));
+        assert_eq!(bound(&store, &keys), 299);
+        assert_eq!(count_by_version(&store).unwrap(), [(1, 1), (2, 299)].into());
     }
 
     #[test]

@@ -2,16 +2,23 @@
 //! shapes per space and the binary record of one stored value. Invariant: a
 //! record holds ciphertext and metadata only; the subject and token it is
 //! filed under are its key, and both are bound into the ciphertext's AAD
-//! (the token from record format 2 on; format 1 bound the subject only, and
-//! rewrap moves such records to format 2).
+//! (the token from record format 2 on; format 1 bound the subject only),
+//! and from format 3 on its header (retention clock, purpose, restriction)
+//! carries a tag over itself, the subject and the token. Records of formats
+//! 1 and 2 are still read; rewrap moves them to format 3.
 
 use crate::classes::Class;
-use crate::crypto::{TokenBytes, TOKEN_BYTES};
+use crate::crypto::{HeaderKey, TokenBytes, HEADER_TAG_BYTES, TOKEN_BYTES};
 
-/// Records written now: the token is in the AAD.
-const RECORD_FORMAT: u8 = 2;
+/// Records written now: the token is in the AAD, the header is tagged.
+const RECORD_FORMAT: u8 = 3;
+/// Records written before headers were tagged; still read.
+const RECORD_FORMAT_V2: u8 = 2;
 /// Records written before the token was bound; still read.
 const RECORD_FORMAT_V1: u8 = 1;
+/// The header flag of a value kept only for a legal retention period
+/// after its subject asked for erasure (PIPL Art. 47).
+const FLAG_RESTRICTED: u8 = 1;
 
 /// One stored value of one subject.
 #[derive(Clone, PartialEq, Eq)]
@@ -25,9 +32,17 @@ pub struct Record {
     /// guarantees (the encoding keeps at most 255 bytes).
     pub purpose: String,
     pub ciphertext: Vec<u8>,
-    /// Whether the ciphertext's AAD binds the token (format 2; every record
-    /// written now). `false` only for records read in format 1.
+    /// Whether the ciphertext's AAD binds the token (formats 2 and 3;
+    /// every record written now). `false` only for records read in
+    /// format 1.
     pub token_bound: bool,
+    /// Kept only for a legal retention period after an erasure request:
+    /// released for nothing but a legal exception. Stored in format 3 only.
+    pub restricted: bool,
+    /// The header's tag, for a record of format 3 (what
+    /// [`Record::encode_tagged`] wrote or [`Record::decode`] read); `None`
+    /// for the older formats.
+    pub tag: Option<[u8; HEADER_TAG_BYTES]>,
 }
 
 impl std::fmt::Debug for Record {
@@ -39,18 +54,74 @@ impl std::fmt::Debug for Record {
             .field("expires_ms", &self.expires_ms)
             .field("purpose", &self.purpose)
             .field("token_bound", &self.token_bound)
+            .field("restricted", &self.restricted)
+            .field("tagged", &self.tag.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl Record {
+    /// The stored bytes: format 3 with the tag the record carries, or
+    /// format 2 or 1 for a record read in those (see
+    /// [`Record::encode_tagged`] for a record being written).
     pub fn encode(&self) -> Vec<u8> {
-        let purpose = self.purpose.as_bytes();
-        let mut out = Vec::with_capacity(24 + purpose.len() + self.ciphertext.len());
-        out.push(if self.token_bound {
-            RECORD_FORMAT
+        let mut out = self.header();
+        if let Some(tag) = &self.tag {
+            out.extend_from_slice(tag);
+        }
+        out.extend_from_slice(&self.ciphertext);
+        out
+    }
+
+    /// Tags the header for the row `token`, `subject` and encodes the
+    /// record in format 3: how every record is written. Its ciphertext
+    /// must have been sealed with [`Record::aad`] of a tagged record
+    /// (`crate::crypto::tagged_value_aad`).
+    pub fn encode_tagged(&mut self, key: &HeaderKey, subject: &str, token: &TokenBytes) -> Vec<u8> {
+        self.tag = Some([0; HEADER_TAG_BYTES]);
+        let tag = key.tag(&[&self.header(), subject.as_bytes(), token]);
+        self.tag = Some(tag);
+        self.encode()
+    }
+
+    /// The bytes of a record read and then changed (its clock or
+    /// restriction): format 3 tagged again, an older format as it was
+    /// (its ciphertext's AAD is the older format's; rewrap moves it on).
+    /// Check [`Record::header_ok`] before changing a record: this tags
+    /// whatever the header now says.
+    pub fn encode_changed(
+        &mut self,
+        key: &HeaderKey,
+        subject: &str,
+        token: &TokenBytes,
+    ) -> Vec<u8> {
+        if self.tag.is_some() {
+            self.encode_tagged(key, subject, token)
         } else {
-            RECORD_FORMAT_V1
+            self.encode()
+        }
+    }
+
+    /// Whether the header is as the vault wrote it for this row: the tag
+    /// verifies (format 3). A record of format 1 or 2 has no tag and is
+    /// taken as it is (rewrap moves it to format 3).
+    pub fn header_ok(&self, key: &HeaderKey, subject: &str, token: &TokenBytes) -> bool {
+        match &self.tag {
+            Some(tag) => key.verify(&[&self.header(), subject.as_bytes(), token], tag),
+            None => true,
+        }
+    }
+
+    /// The bytes before the tag: format, class, key version, collection
+    /// time, expiry, then (format 3) the flags, then the purpose.
+    fn header(&self) -> Vec<u8> {
+        let purpose = self.purpose.as_bytes();
+        let mut out =
+            Vec::with_capacity(25 + purpose.len() + HEADER_TAG_BYTES + self.ciphertext.len());
+        out.push(match (self.tag.is_some(), self.token_bound) {
+            (true, _) => RECORD_FORMAT,
+            (false, true) => RECORD_FORMAT_V2,
+            (false, false) => RECORD_FORMAT_V1,
         });
         out.push(self.class.tag());
         out.extend_from_slice(&self.key_version.to_be_bytes());
@@ -60,24 +131,43 @@ impl Record {
         // back as one that never expires.
         let expires = self.expires_ms.map_or(0, |e| e.max(1));
         out.extend_from_slice(&expires.to_be_bytes());
+        if self.tag.is_some() {
+            out.push(if self.restricted { FLAG_RESTRICTED } else { 0 });
+        }
         out.push(u8::try_from(purpose.len()).unwrap_or(u8::MAX));
         out.extend_from_slice(purpose.get(..255).unwrap_or(purpose));
-        out.extend_from_slice(&self.ciphertext);
         out
     }
 
     pub fn decode(bytes: &[u8]) -> Option<Record> {
         let (&[format, tag], rest) = bytes.split_first_chunk::<2>()?;
-        let token_bound = match format {
-            RECORD_FORMAT => true,
-            RECORD_FORMAT_V1 => false,
+        let (token_bound, tagged) = match format {
+            RECORD_FORMAT => (true, true),
+            RECORD_FORMAT_V2 => (true, false),
+            RECORD_FORMAT_V1 => (false, false),
             _ => return None,
         };
         let (version, rest) = rest.split_first_chunk::<4>()?;
         let (collected, rest) = rest.split_first_chunk::<8>()?;
         let (expires, rest) = rest.split_first_chunk::<8>()?;
+        let (restricted, rest) = if tagged {
+            let (&flags, rest) = rest.split_first()?;
+            match flags {
+                0 => (false, rest),
+                FLAG_RESTRICTED => (true, rest),
+                _ => return None,
+            }
+        } else {
+            (false, rest)
+        };
         let (&plen, rest) = rest.split_first()?;
-        let (purpose, ciphertext) = rest.split_at_checked(usize::from(plen))?;
+        let (purpose, rest) = rest.split_at_checked(usize::from(plen))?;
+        let (header_tag, ciphertext) = if tagged {
+            let (t, rest) = rest.split_first_chunk::<HEADER_TAG_BYTES>()?;
+            (Some(*t), rest)
+        } else {
+            (None, rest)
+        };
         let expires = u64::from_be_bytes(*expires);
         Some(Record {
             class: Class::from_tag(tag)?,
@@ -87,12 +177,17 @@ impl Record {
             purpose: String::from_utf8(purpose.to_vec()).ok()?,
             ciphertext: ciphertext.to_vec(),
             token_bound,
+            restricted,
+            tag: header_tag,
         })
     }
 
     /// The AAD this record's ciphertext was sealed with, filed under
     /// `token` for `subject`.
     pub fn aad(&self, subject: &str, token: &TokenBytes) -> Vec<u8> {
+        if self.tag.is_some() {
+            return crate::crypto::tagged_value_aad(subject, self.class, self.key_version, token);
+        }
         crate::crypto::value_aad(
             subject,
             self.class,
@@ -220,6 +315,8 @@ mod tests {
             purpose: "p".into(),
             ciphertext: vec![1, 2, 3],
             token_bound: true,
+            restricted: false,
+            tag: None,
         };
         assert!(Tombstone::decode(&rec.encode()).is_none());
         for cut in 0..bytes.len() {
@@ -240,6 +337,8 @@ mod tests {
             purpose: "notification".into(),
             ciphertext: vec![1, 2, 3],
             token_bound: true,
+            restricted: false,
+            tag: None,
         };
         let bytes = r.encode();
         assert_eq!(bytes[0], 2);
@@ -247,6 +346,8 @@ mod tests {
         // A record of format 1 (no token in its AAD) still reads, as such.
         let v1 = Record {
             token_bound: false,
+            restricted: false,
+            tag: None,
             ..r.clone()
         };
         assert_eq!(v1.encode()[0], 1);

@@ -302,7 +302,13 @@ impl Lookup<'_> {
             draft.outcome = "gone";
             return Ok((out, draft));
         }
-        let key = key.zip(sk).map(|(k, sk)| sk.value_key(k));
+        // A header changed outside the vault (its clock, purpose or
+        // restriction) fails like a changed ciphertext.
+        let header_ok = record.header_ok(self.keys.header_key(), &subject, &bytes);
+        let key = key
+            .zip(sk)
+            .filter(|_| header_ok)
+            .map(|(k, sk)| sk.value_key(k));
         let opened = key.and_then(|k| k.open(&aad, &record.ciphertext).ok());
         let Some(plain) = opened.and_then(|p| String::from_utf8(p.to_vec()).ok()) else {
             // Tampered, swapped or undecryptable: the same opaque answer as a
@@ -371,7 +377,14 @@ impl Lookup<'_> {
                     break 'pages;
                 }
                 checked += 1;
-                match self.holder_grant(&subject)? {
+                // The record's own restriction (tagged, so it holds even if
+                // the subject's standing record went missing).
+                let grant = if rec.restricted && !self.info.legal_exception {
+                    Err("restricted")
+                } else {
+                    self.holder_grant(&subject)?
+                };
+                match grant {
                     Ok(()) => return Ok(Some(Found::Live(subject, rec, Ok(())))),
                     Err(reason) => {
                         first_live.get_or_insert(Found::Live(subject, rec, Err(reason)));

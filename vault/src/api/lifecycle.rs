@@ -16,7 +16,8 @@ use super::{keyring, now_ms, parse_json, require_officer, ApiError, Ctx};
 use crate::audit::Draft;
 use crate::classes;
 use crate::commit::CommitError;
-use crate::crypto::{encode_token, value_aad, TokenBytes, TOKEN_BYTES};
+use crate::crypto::{encode_token, tagged_value_aad, HeaderKey, TokenBytes, TOKEN_BYTES};
+use crate::keys::Keyring;
 use crate::schema::{expiry_key, subject_key, valid_subject, value_key, Record, Tombstone};
 use crate::server::Vault;
 use crate::store::{scan_prefix, Batch, Rows, Space, Store, StoreError};
@@ -152,9 +153,13 @@ where
     }
 }
 
-/// Every value of `subject`: (token, stored bytes, record).
+/// Every value of `subject`: (token, stored bytes, record). With `header`
+/// (the vault unsealed), a record whose header fails its tag (changed
+/// outside the vault) is left out and logged: nothing is released from
+/// it, and nothing re-tags what it says.
 pub(crate) fn values_of(
     store: &dyn Store,
+    header: Option<&HeaderKey>,
     subject: &str,
 ) -> Result<Vec<(TokenBytes, Vec<u8>, Record)>, ApiError> {
     let mut prefix = subject.as_bytes().to_vec();
@@ -193,6 +198,10 @@ pub(crate) fn values_of(
             continue;
         };
         if let Some(rec) = Record::decode(&bytes) {
+            if header.is_some_and(|h| !rec.header_ok(h, subject, &token)) {
+                tracing::error!("A stored value's header failed its integrity check; left out");
+                continue;
+            }
             out.push((token, bytes, rec));
         }
     }
@@ -269,8 +278,10 @@ pub async fn event(
     // before it too, is not among them: a second pass catches it. After the
     // first commit no such value can land (collection is guarded on the
     // markers).
-    let first = retrying(|| close_pass(v, Some(ctx), subject)).await?;
-    let late = retrying(|| close_pass(v, None, subject)).await?;
+    // Clocks live in tagged headers: changing them needs the keys.
+    let keys = keyring(v)?;
+    let first = retrying(|| close_pass(v, &keys, Some(ctx), subject)).await?;
+    let late = retrying(|| close_pass(v, &keys, None, subject)).await?;
     let held = is_held(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)?;
     Ok(SubjectStatus {
         subject: subject.to_string(),
@@ -283,7 +294,12 @@ pub async fn event(
 /// run past the post-closure period now expires at its end. Records the
 /// closure and audits it when `ctx` is given; otherwise writes only if some
 /// value needed a clock. Returns how many values it changed.
-async fn close_pass(v: &Vault, ctx: Option<&Ctx>, subject: &str) -> Result<u64, ApiError> {
+async fn close_pass(
+    v: &Vault,
+    keys: &Keyring,
+    ctx: Option<&Ctx>,
+    subject: &str,
+) -> Result<u64, ApiError> {
     let standing = Standing::read(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)?;
     let now = now_ms();
     let closed_at = standing.closed_ms.unwrap_or(now);
@@ -298,7 +314,7 @@ async fn close_pass(v: &Vault, ctx: Option<&Ctx>, subject: &str) -> Result<u64, 
     let values = if standing.restricted() {
         Vec::new()
     } else {
-        values_of(v.store.as_ref(), subject)?
+        values_of(v.store.as_ref(), Some(keys.header_key()), subject)?
     };
     for (token, bytes, mut rec) in values {
         if rec.expires_ms.is_some_and(|e| e <= until) {
@@ -309,7 +325,11 @@ async fn close_pass(v: &Vault, ctx: Option<&Ctx>, subject: &str) -> Result<u64, 
             b.delete(Space::Expiry, expiry_key(e, &token, subject));
         }
         rec.expires_ms = Some(until);
-        b.put(Space::Values, value_key(&token, subject), rec.encode());
+        b.put(
+            Space::Values,
+            value_key(&token, subject),
+            rec.encode_changed(keys.header_key(), subject, &token),
+        );
         b.put(
             Space::Expiry,
             expiry_key(until, &token, subject),
@@ -357,7 +377,14 @@ pub async fn erase(v: &Vault, ctx: &Ctx, subject: &str) -> Result<ErasureReceipt
             wrapped.clone(),
         );
         subject_keys::destroy(&mut b, subject);
-        let values = values_of(v.store.as_ref(), subject)?;
+        // Sealed, an erasure still deletes (tampered headers included);
+        // a restriction, which changes headers, needs the keys.
+        let keys = v.keys.get().ok();
+        let values = values_of(
+            v.store.as_ref(),
+            keys.as_deref().map(Keyring::header_key),
+            subject,
+        )?;
         let time_ms = now_ms();
         // PIPL Art. 47: while the law still requires keeping a value, the
         // subject is restricted instead, and erased when the period ends.
@@ -366,7 +393,8 @@ pub async fn erase(v: &Vault, ctx: &Ctx, subject: &str) -> Result<ErasureReceipt
             .filter_map(|(_, _, rec)| legal_end(v, rec, time_ms))
             .max();
         if let Some(until) = legal_end {
-            return restrict(v, Some(ctx), subject, &values, until, time_ms).await;
+            let keys = keys.ok_or(ApiError::Sealed)?;
+            return restrict(v, &keys, Some(ctx), subject, &values, until, time_ms).await;
         }
         // Erased whole: its standing (a closure) goes with it.
         let standing =
@@ -405,8 +433,9 @@ pub async fn erase(v: &Vault, ctx: &Ctx, subject: &str) -> Result<ErasureReceipt
             if is_held(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)? {
                 return Ok(None);
             }
-            let values = values_of(v.store.as_ref(), subject)?;
-            restrict(v, None, subject, &values, until, receipt.time_ms)
+            let keys = keyring(v)?;
+            let values = values_of(v.store.as_ref(), Some(keys.header_key()), subject)?;
+            restrict(v, &keys, None, subject, &values, until, receipt.time_ms)
                 .await
                 .map(Some)
         })
@@ -508,6 +537,7 @@ fn legal_end(v: &Vault, rec: &Record, now: u64) -> Option<u64> {
 /// collection for the subject is refused).
 async fn restrict(
     v: &Vault,
+    keys: &Keyring,
     ctx: Option<&Ctx>,
     subject: &str,
     values: &[(TokenBytes, Vec<u8>, Record)],
@@ -521,7 +551,8 @@ async fn restrict(
     for (token, bytes, rec) in values {
         tokens.push(encode_token(token));
         let end = legal_end(v, rec, time_ms);
-        if end.is_some() && rec.expires_ms == end {
+        // Done already: its end set, and (format 3) its restriction too.
+        if end.is_some() && rec.expires_ms == end && (rec.restricted || rec.tag.is_none()) {
             continue;
         }
         b.expect(
@@ -539,7 +570,12 @@ async fn restrict(
             b.delete(Space::Expiry, expiry_key(e, token, subject));
         }
         rec.expires_ms = Some(end);
-        b.put(Space::Values, value_key(token, subject), rec.encode());
+        rec.restricted = true;
+        b.put(
+            Space::Values,
+            value_key(token, subject),
+            rec.encode_changed(keys.header_key(), subject, token),
+        );
         b.put(Space::Expiry, expiry_key(end, token, subject), Vec::new());
     }
     let digest = erasure_digest(subject, time_ms, &mut tokens);
@@ -616,6 +652,14 @@ pub async fn correct(
             .map_err(|_| ApiError::Unavailable)?
             .ok_or(ApiError::NoSuchValue)?;
         let old = Record::decode(&bytes).ok_or(ApiError::NoSuchValue)?;
+        if !old.header_ok(keys.header_key(), subject, &old_token) {
+            // Its clock and purpose would pass to the new value.
+            tracing::error!("A stored value's header failed its integrity check; not corrected");
+            return Err(ApiError::NoSuchValue);
+        }
+        if old.restricted {
+            return Err(ApiError::SubjectRestricted);
+        }
         if !old.is_live(now) {
             return Err(ApiError::NoSuchValue);
         }
@@ -628,12 +672,12 @@ pub async fn correct(
             .ok_or(ApiError::NoSuchValue)?;
         let guard = loaded.guard(subject);
         let active = keys.active().map_err(|_| ApiError::Internal)?;
-        let aad = value_aad(subject, old.class, active.version(), Some(&new_token));
+        let aad = tagged_value_aad(subject, old.class, active.version(), &new_token);
         let ciphertext = loaded
             .value_key(active)
             .seal(&aad, norm.value().as_bytes())
             .map_err(|_| ApiError::Internal)?;
-        let rec = Record {
+        let mut rec = Record {
             class: old.class,
             key_version: active.version(),
             collected_ms: now,
@@ -641,13 +685,19 @@ pub async fn correct(
             purpose: old.purpose.clone(),
             ciphertext,
             token_bound: true,
+            restricted: false,
+            tag: None,
         };
         let mut b = guard;
         b.expect(Space::Meta, hold_key(subject), None);
         standing.guard(&mut b, subject);
         b.expect(Space::Values, key.clone(), Some(bytes.clone()));
         delete_value(&mut b, &old_token, subject, &old, now);
-        b.put(Space::Values, value_key(&new_token, subject), rec.encode());
+        b.put(
+            Space::Values,
+            value_key(&new_token, subject),
+            rec.encode_tagged(keys.header_key(), subject, &new_token),
+        );
         b.put(
             Space::Subjects,
             subject_key(subject, &new_token),
@@ -751,6 +801,13 @@ pub async fn sweep_once(v: &Vault) -> Result<u64, ApiError> {
             Err(_) => return Ok(0),
         },
     };
+    // A value whose header fails its tag (its clock changed outside the
+    // vault) is deleted when the index says it is due, whatever it says.
+    let keys = v.keys.get().ok();
+    let tampered = |rec: &Record, subject: &str, token: &TokenBytes| {
+        keys.as_ref()
+            .is_some_and(|k| !rec.header_ok(k.header_key(), subject, token))
+    };
     let mut stats: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
     let mut b = Batch::default();
     let mut events = Vec::new();
@@ -774,7 +831,7 @@ pub async fn sweep_once(v: &Vault) -> Result<u64, ApiError> {
             .get(Space::Values, &vk)
             .map_err(|_| ApiError::Unavailable)?;
         match current.as_deref().and_then(Record::decode) {
-            Some(rec) if rec.expires_ms == Some(exp) => {
+            Some(rec) if rec.expires_ms == Some(exp) || tampered(&rec, subject, &token) => {
                 if let Some(keys) = &anonymize {
                     let plain =
                         subject_keys::value_key(v.store.as_ref(), keys, subject, rec.key_version)
@@ -927,6 +984,8 @@ mod tests {
             purpose: "notification".into(),
             ciphertext: vec![0; 8],
             token_bound: true,
+            restricted: false,
+            tag: None,
         }
         .encode();
         let n = VALUES_PAGE * 2 + 7;
@@ -942,7 +1001,7 @@ mod tests {
         b.put(Space::Subjects, subject_key("s2", &other), Vec::new());
         b.put(Space::Values, value_key(&other, "s2"), rec.clone());
         store.write(b).unwrap();
-        assert_eq!(values_of(&store, "s").unwrap().len(), n);
-        assert_eq!(values_of(&store, "s2").unwrap().len(), 1);
+        assert_eq!(values_of(&store, None, "s").unwrap().len(), n);
+        assert_eq!(values_of(&store, None, "s2").unwrap().len(), 1);
     }
 }

@@ -70,9 +70,15 @@ pub async fn export(
     let now = now_ms();
     // A subject restricted by a pending erasure (PIPL Art. 47) is kept, not
     // processed: nothing is released but under a legal exception.
+    let rows = super::lifecycle::values_of(v.store.as_ref(), Some(keys.header_key()), subject)?;
+    // Its standing says so, or (should that record have gone missing) a
+    // value's own tagged header does.
     if super::lifecycle::restricted_until(v.store.as_ref(), subject, now)
         .map_err(|_| ApiError::Unavailable)?
         .is_some()
+        || rows
+            .iter()
+            .any(|(_, _, rec)| rec.restricted && rec.is_live(now))
     {
         v.committer
             .commit(
@@ -91,7 +97,7 @@ pub async fn export(
             .map_err(|_| ApiError::Unavailable)?;
         return Err(ApiError::SubjectRestricted);
     }
-    let rows = super::lifecycle::values_of(v.store.as_ref(), subject)?;
+
     let subject_key = match crate::subject_keys::load(v.store.as_ref(), &keys, subject) {
         Ok(k) => k,
         Err(crate::subject_keys::SubjectKeyError::Store(_)) => return Err(ApiError::Unavailable),

@@ -9,7 +9,7 @@ use super::{keyring, lifecycle, now_ms, parse_json, ApiError, Ctx};
 use crate::audit::Draft;
 use crate::classes::{self, Class, Normalized};
 use crate::commit::CommitError;
-use crate::crypto::value_aad;
+use crate::crypto::tagged_value_aad;
 use crate::retention::{expiry_ms, parse_duration};
 use crate::schema::{self, Record};
 use crate::server::Vault;
@@ -149,11 +149,11 @@ async fn store_once(
             (Some(e), Some(l)) => Some(e.min(l)),
             (e, l) => e.or(l),
         };
-        let aad = value_aad(subject, class, data_key.version(), Some(&token));
+        let aad = tagged_value_aad(subject, class, data_key.version(), &token);
         let ciphertext = data_key
             .seal(&aad, norm.value().as_bytes())
             .map_err(|_| ApiError::Internal)?;
-        let record = Record {
+        let mut record = Record {
             class,
             key_version: data_key.version(),
             collected_ms: now,
@@ -161,11 +161,13 @@ async fn store_once(
             purpose: collect.purpose.to_string(),
             ciphertext,
             token_bound: true,
+            restricted: false,
+            tag: None,
         };
         batch.put(
             Space::Values,
             schema::value_key(&token, subject),
-            record.encode(),
+            record.encode_tagged(keys.header_key(), subject, &token),
         );
         batch.put(
             Space::Subjects,
