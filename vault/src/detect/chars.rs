@@ -1,6 +1,7 @@
 //! Character classes for the scanner, width-folded: full-width digits,
 //! letters and punctuation (U+FF01..U+FF5E) fold to their ASCII forms, the
-//! ideographic space and the dashes U+2010..U+2015 to separators. Invariant:
+//! ideographic space, the zero-width spaces and joiners, and the dashes
+//! U+2010..U+2015 to separators. Invariant:
 //! `at` never reads past the end of the text and always returns a width of
 //! at least one byte for a non-empty rest, so every loop over it advances.
 
@@ -65,6 +66,11 @@ pub(super) fn at(bytes: &[u8], i: usize) -> (Ch, usize) {
             let ch = match c {
                 0x2010..=0x2015 | 0x2212 => Ch::Dash,
                 0x2028 | 0x2029 => Ch::Newline,
+                // Zero-width space, non-joiner, joiner and word joiner:
+                // pasted or planted inside a number (`138\u{200B}0013...`),
+                // they group its digits as a space would (normalization
+                // drops them).
+                0x200B..=0x200D | 0x2060 => Ch::Space,
                 0x20AC => Ch::Currency,
                 _ => Ch::Other,
             };
@@ -82,6 +88,8 @@ pub(super) fn at(bytes: &[u8], i: usize) -> (Ch, usize) {
                     ascii(u8::try_from(c - 0xFF01 + 0x21).unwrap_or(0))
                 }
                 0xFE6B => Ch::Punct(b'@'),
+                // The byte-order mark, used as a zero-width no-break space.
+                0xFEFF => Ch::Space,
                 0xFFE0 | 0xFFE1 | 0xFFE5 => Ch::Currency,
                 _ => Ch::Other,
             };

@@ -684,3 +684,24 @@ fn a_name_spaced_out_in_a_name_field() {
     // Elsewhere a space still ends a name.
     assert_eq!(only("申请人陈明 今天来"), (Class::Name, "陈明"));
 }
+
+#[test]
+fn numbers_split_by_zero_width_characters() {
+    let card = id("11010519491231002");
+    for sep in ['\u{200B}', '\u{200C}', '\u{200D}', '\u{2060}', '\u{FEFF}'] {
+        let phone = format!("电话138{sep}0013{sep}8000，谢谢");
+        let (class, span) = only(&phone);
+        assert_eq!(class, Class::Phone, "{sep:?}");
+        assert_eq!(span, format!("138{sep}0013{sep}8000"), "{sep:?}");
+        let resident = format!("身份证号{}{sep}{}", &card[..6], &card[6..]);
+        assert_eq!(only(&resident).0, Class::CnResidentId, "{sep:?}");
+    }
+    // The span normalizes to the plain number.
+    let span = only("电话138\u{200B}0013\u{200B}8000").1;
+    assert_eq!(
+        crate::classes::normalize(Class::Phone, span)
+            .unwrap()
+            .value(),
+        "+8613800138000"
+    );
+}
