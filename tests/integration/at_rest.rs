@@ -222,3 +222,187 @@ async fn a_restriction_holds_without_its_standing_record() {
         Some("subject_restricted")
     );
 }
+
+/// The stored row of `token` for `subject`, decoded.
+fn row(v: &TestVault, token: &str, subject: &str) -> (Vec<u8>, vault::schema::Record) {
+    let key = vault::schema::value_key(&vault::crypto::decode_token(token).unwrap(), subject);
+    let bytes = v.store().get(Space::Values, &key).unwrap().unwrap();
+    let rec = vault::schema::Record::decode(&bytes).unwrap();
+    (key, rec)
+}
+
+fn put_row(v: &TestVault, key: Vec<u8>, bytes: Vec<u8>) {
+    let mut b = Batch::default();
+    b.put(Space::Values, key, bytes);
+    v.store().write(b).unwrap();
+}
+
+/// Rewrites a value as a vault before tagged headers stored it (format 2:
+/// the token in the AAD, no tag, no flags).
+fn as_format_2(v: &TestVault, token: &str, subject: &str) {
+    let (key, rec) = row(v, token, subject);
+    let keys = v.running().vault.keys.get().unwrap();
+    let raw = vault::crypto::decode_token(token).unwrap();
+    let sk = vault::subject_keys::load(v.store().as_ref(), &keys, subject)
+        .unwrap()
+        .unwrap();
+    let dk = keys.version(rec.key_version).unwrap().for_subject(&sk);
+    let plain = dk.open(&rec.aad(subject, &raw), &rec.ciphertext).unwrap();
+    let old = vault::schema::Record {
+        ciphertext: dk
+            .seal(
+                &vault::crypto::value_aad(subject, rec.class, rec.key_version, Some(&raw)),
+                &plain,
+            )
+            .unwrap(),
+        restricted: false,
+        tag: None,
+        ..rec
+    };
+    put_row(v, key, old.encode());
+}
+
+/// A value whose clock was changed in the database is deleted by the
+/// sweeper when its index entry comes due, and an erasure deletes it too
+/// (counted in the receipt), whatever its header says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_with_changed_headers_are_swept_and_erased() {
+    let v = TestVault::start_with(|cfg| cfg.retention.sweep_interval_ms = 100).await;
+    let app = v.client("app");
+    let mut req = tok_req(
+        "acct-t",
+        "notification",
+        vec![field("phone", "13800138000")],
+    );
+    req.retention = Some("PT1S".into());
+    let swept = app.tokenize(&req).await.unwrap().tokens[0].token.clone();
+    let erased = tokenize_one(&app, "acct-t", "notification", "phone", "13900139000").await;
+    for t in [&swept, &erased] {
+        let (key, rec) = row(&v, t, "acct-t");
+        let forever = vault::schema::Record {
+            expires_ms: None,
+            ..rec
+        };
+        put_row(&v, key, forever.encode());
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let key = vault::schema::value_key(&vault::crypto::decode_token(&swept).unwrap(), "acct-t");
+        let bytes = v.store().get(Space::Values, &key).unwrap().unwrap();
+        if vault::schema::Tombstone::decode(&bytes).is_some() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never swept");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let receipt = app.erase_subject("acct-t").await.unwrap();
+    assert_eq!(receipt.values_erased, 1);
+    let out = app
+        .detokenize(&detok_req("notification", &[&erased]))
+        .await
+        .unwrap();
+    assert_eq!(out.values[0].status, Status::Gone);
+}
+
+/// A value stored before tagged headers, restricted by an erasure now,
+/// becomes format 3 with the restriction in its header; and one restricted
+/// before (its subject's standing says so, its header cannot) gets the
+/// restriction when a rewrap moves it to format 3. Either way deleting the
+/// standing record releases nothing, and closing the account does not
+/// shorten its legal period.
+#[tokio::test]
+async fn restrictions_reach_the_headers_of_older_records() {
+    let v = TestVault::start_with(|cfg| {
+        cfg.retention
+            .legal_minimum
+            .insert("cn_resident_id".into(), "P400D".into());
+    })
+    .await;
+    let app = v.client("app");
+    let officer = v.client("officer");
+    let ask = |tok: &str| {
+        let req = detok_req("identity_verification", &[tok]);
+        let app = &app;
+        async move { app.detokenize(&req).await.unwrap().values.remove(0) }
+    };
+    // Stored before, restricted now.
+    let a = tokenize_one(
+        &app,
+        "acct-a",
+        "identity_verification",
+        "cn_resident_id",
+        ID,
+    )
+    .await;
+    as_format_2(&v, &a, "acct-a");
+    assert!(row(&v, &a, "acct-a").1.tag.is_none());
+    app.erase_subject("acct-a").await.unwrap();
+    let (_, rec) = row(&v, &a, "acct-a");
+    assert!(rec.tag.is_some() && rec.restricted, "{rec:?}");
+    // Restricted before, moved by a rewrap.
+    let other = "11010519491231002X";
+    let b = tokenize_one(
+        &app,
+        "acct-b",
+        "identity_verification",
+        "cn_resident_id",
+        other,
+    )
+    .await;
+    app.erase_subject("acct-b").await.unwrap();
+    as_format_2(&v, &b, "acct-b");
+    officer.rotate_keys().await.unwrap();
+    officer.start_rewrap().await.unwrap();
+    for _ in 0..200 {
+        if officer.rewrap_status().await.unwrap().state == "done" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (_, rec) = row(&v, &b, "acct-b");
+    assert!(
+        rec.tag.is_some() && rec.restricted && rec.key_version == 2,
+        "{rec:?}"
+    );
+    for (tok, subject) in [(&a, "acct-a"), (&b, "acct-b")] {
+        let ends = row(&v, tok, subject).1.expires_ms;
+        let mut batch = Batch::default();
+        batch.delete(Space::Meta, format!("standing/{subject}").into_bytes());
+        v.store().write(batch).unwrap();
+        let out = ask(tok).await;
+        assert_eq!(out.reason.as_deref(), Some("restricted"), "{subject}");
+        assert_eq!(out.value, None);
+        app.account_closed(subject).await.unwrap();
+        assert_eq!(row(&v, tok, subject).1.expires_ms, ends, "{subject}");
+    }
+}
+
+/// `operator init` never creates keys over a database that holds data but
+/// lost its key records: every value would be orphaned.
+#[tokio::test]
+async fn init_refuses_a_database_with_data_but_no_keys() {
+    let mut v = TestVault::start().await;
+    let app = v.client("app");
+    tokenize_one(&app, "acct-1", "notification", "phone", "13800138000").await;
+    let mut b = Batch::default();
+    b.delete(Space::Meta, b"keys/token".to_vec());
+    v.store().write(b).unwrap();
+    v.stop().await;
+    let path = v.dir.path().join("vault.toml");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("master-key-file"))
+        .unwrap()
+        .to_string();
+    text = text.replace(&line, "unseal-with-shares = true");
+    std::fs::write(&path, text).unwrap();
+    let (code, _, err) = run_vault(&[
+        std::ffi::OsStr::new("operator"),
+        "init".as_ref(),
+        "--config".as_ref(),
+        path.as_os_str(),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("holds data but no keys"), "{err}");
+}

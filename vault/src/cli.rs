@@ -258,19 +258,25 @@ fn report_problems(path: &Path, problems: &[String]) -> ExitCode {
 /// the certificate's), and a master-key file or variable it cannot read or
 /// that does not hold a key. A master-key command is not run (it may have
 /// effects, such as an HSM's audit log). The messages name sources and
-/// error kinds, never what a file holds. A section the file's own checks
-/// already faulted (`known`) is not tried again, so a problem is listed
-/// once.
+/// error kinds, never what a file holds. What the file's own checks
+/// already faulted (`known`: a TLS file missing, the key sources) is not
+/// tried again, so a problem is listed once.
 fn startup_problems(cfg: &Config, known: &[String]) -> Vec<String> {
-    let faulted = |section: &str| known.iter().any(|p| p.starts_with(section));
+    let faulted = |prefixes: &[&str]| {
+        known
+            .iter()
+            .any(|p| prefixes.iter().any(|pre| p.starts_with(pre)))
+    };
     let mut problems = Vec::new();
-    if !faulted("tls") {
+    if !faulted(&["tls.ca:", "tls.cert:", "tls.key:"]) {
         if let Err(e) = crate::tls::server_config(cfg) {
             problems.push(format!("tls: {e}"));
         }
     }
     let k = &cfg.keys;
-    if !faulted("keys") && (k.master_key_file.is_some() || k.master_key_env.is_some()) {
+    if !faulted(&["keys:", "keys.master-key-file:"])
+        && (k.master_key_file.is_some() || k.master_key_env.is_some())
+    {
         if let Err(e) = crate::server::load_master(cfg) {
             problems.push(format!("keys: {e}"));
         }

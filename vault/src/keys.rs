@@ -194,14 +194,7 @@ impl Keyring {
     pub fn open(root: &SecretKey<32>, store: &dyn Store) -> Result<Self, KeyError> {
         let kek = kek_from_root(root);
         if store.get(Space::Meta, TOKEN_SLOT)?.is_none() {
-            // New keys over stored values would orphan every one of them
-            // and change every token: a database whose keys went missing
-            // is refused, not silently started afresh.
-            for space in [Space::Values, Space::SubjectKeys, Space::Audit] {
-                if !store.scan(space, b"", None, 1)?.is_empty() {
-                    return Err(KeyError::KeysMissing);
-                }
-            }
+            Self::refuse_over_data(store)?;
             let batch = Self::genesis(&kek, crate::api::now_ms())?;
             match store.write(batch) {
                 Ok(()) | Err(StoreError::Conflict) => {}
@@ -227,6 +220,25 @@ impl Keyring {
         Self::genesis(&kek_from_root(root), crate::api::now_ms())
     }
 
+    /// [`KeyError::KeysMissing`] when `store` holds values, subject keys,
+    /// audit events or any key record: new keys over them would orphan
+    /// every value and change every token, so a database whose keys went
+    /// missing is refused, never silently started afresh. `operator init`
+    /// and the first open check it before creating keys.
+    pub fn refuse_over_data(store: &dyn Store) -> Result<(), KeyError> {
+        for space in [Space::Values, Space::SubjectKeys, Space::Audit] {
+            if !store.scan(space, b"", None, 1)?.is_empty() {
+                return Err(KeyError::KeysMissing);
+            }
+        }
+        for slot in [STATE_SLOT, &data_slot(1)[..]] {
+            if store.get(Space::Meta, slot)?.is_some() {
+                return Err(KeyError::KeysMissing);
+            }
+        }
+        Ok(())
+    }
+
     /// Whether `store` holds a key hierarchy yet.
     pub fn exists(store: &dyn Store) -> Result<bool, KeyError> {
         Ok(store.get(Space::Meta, TOKEN_SLOT)?.is_some())
@@ -242,6 +254,8 @@ impl Keyring {
         };
         let mut b = Batch::default();
         b.expect(Space::Meta, TOKEN_SLOT.to_vec(), None);
+        b.expect(Space::Meta, STATE_SLOT.to_vec(), None);
+        b.expect(Space::Meta, data_slot(1), None);
         b.put(
             Space::Meta,
             TOKEN_SLOT.to_vec(),
@@ -455,8 +469,8 @@ impl Keyring {
         &self.header
     }
 
-    /// Seals a record the policy trusts (an approval, a consent entry, a
-    /// legal hold) for the row `key` of `space`: whoever can write the
+    /// Seals a record the policy trusts (an approval, a consent entry)
+    /// for the row `key` of `space`: whoever can write the
     /// database but lacks the root key can neither forge one nor move one
     /// to another row. (Deleting a row, or writing back an old copy of
     /// it, stays possible: that needs a record kept outside the database.)
@@ -938,11 +952,21 @@ mod tests {
 
     #[test]
     fn keys_are_never_created_over_stored_data() {
-        for space in [Space::Values, Space::SubjectKeys, Space::Audit] {
+        for (space, key) in [
+            (Space::Values, b"row".to_vec()),
+            (Space::SubjectKeys, b"row".to_vec()),
+            (Space::Audit, b"row".to_vec()),
+            (Space::Meta, STATE_SLOT.to_vec()),
+            (Space::Meta, data_slot(1)),
+        ] {
             let store = MemoryStore::new();
             let mut b = Batch::default();
-            b.put(space, b"row".to_vec(), b"x".to_vec());
+            b.put(space, key, b"x".to_vec());
             store.write(b).unwrap();
+            assert!(matches!(
+                Keyring::refuse_over_data(&store),
+                Err(KeyError::KeysMissing)
+            ));
             assert!(
                 matches!(Keyring::open(&root(9), &store), Err(KeyError::KeysMissing)),
                 "{space:?}"

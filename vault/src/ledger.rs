@@ -109,9 +109,14 @@ fn open_entry(keys: &Keyring, key: &[u8], prefix: &[u8], stored: &[u8]) -> Conse
         .ok()
         .and_then(|plain| serde_json::from_slice(&plain).ok())
         .unwrap_or_else(|| {
-            tracing::warn!(
-                "A consent ledger entry failed its integrity check; it counts as a withdrawal"
-            );
+            // Once per process: entries recorded in the clear before they
+            // were sealed would otherwise log on every release.
+            static LOGGED: std::sync::Once = std::sync::Once::new();
+            LOGGED.call_once(|| {
+                tracing::warn!(
+                    "A consent ledger entry failed its integrity check (forged, moved, or recorded before entries were sealed); such entries count as withdrawals"
+                );
+            });
             ConsentEntry {
                 given: false,
                 policy_version: "-".into(),

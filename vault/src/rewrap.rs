@@ -288,6 +288,9 @@ fn reseal<'r>(
     let mut subject_keys: HashMap<&'r str, Option<(SecretKey<32>, crate::crypto::DataKey)>> =
         HashMap::new();
     let mut old_keys: HashMap<(&'r str, u32), crate::crypto::DataKey> = HashMap::new();
+    // Per subject: restricted by a pending erasure (read for records of an
+    // older format, whose header could not say so).
+    let mut restricted: HashMap<&'r str, Option<bool>> = HashMap::new();
     let mut aad = Vec::with_capacity(64);
     // The key-encryption key's cipher, set up once for the whole part.
     let mut kek = keys.subject_key_opener().ok();
@@ -341,6 +344,19 @@ fn reseal<'r>(
         let Ok(plain) = old_key.open(&aad, &rec.ciphertext) else {
             continue;
         };
+        if rec.tag.is_none() {
+            // Restricted before headers could carry it: it does from now on.
+            // (A restriction written meanwhile changes the record, so this
+            // step's write, guarded on it, fails and is made again.)
+            let Some(r) = *restricted.entry(subject).or_insert_with(|| {
+                crate::api::lifecycle::Standing::read(store, subject)
+                    .ok()
+                    .map(|s| s.restricted())
+            }) else {
+                continue;
+            };
+            rec.restricted = r;
+        }
         tagged_value_aad_into(&mut aad, subject, rec.class, version, &token);
         let Ok(sealed) = target_key.seal(&aad, &plain) else {
             continue;

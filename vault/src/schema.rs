@@ -380,6 +380,89 @@ mod tests {
     }
 
     #[test]
+    fn format_3_round_trips_and_its_tag_binds_header_subject_and_token() {
+        let key = HeaderKey::new(crate::secret::SecretKey::from_slice(&[7; 32]).unwrap());
+        let other = HeaderKey::new(crate::secret::SecretKey::from_slice(&[8; 32]).unwrap());
+        let t = [3u8; TOKEN_BYTES];
+        let mut r = Record {
+            class: Class::CnResidentId,
+            key_version: 2,
+            collected_ms: 10,
+            expires_ms: Some(99),
+            purpose: "identity_verification".into(),
+            ciphertext: vec![9, 8, 7],
+            token_bound: true,
+            restricted: true,
+            tag: None,
+        };
+        let bytes = r.encode_tagged(&key, "s", &t);
+        assert_eq!(bytes[0], 3);
+        let back = Record::decode(&bytes).unwrap();
+        assert_eq!(back, r);
+        assert!(back.restricted && back.tag.is_some());
+        assert_eq!(back.encode(), bytes, "canonical");
+        assert!(back.header_ok(&key, "s", &t));
+        assert!(!back.header_ok(&other, "s", &t));
+        assert!(!back.header_ok(&key, "s2", &t));
+        assert!(!back.header_ok(&key, "s", &[4u8; TOKEN_BYTES]));
+        // Any header field changed: the tag fails.
+        for changed in [
+            Record {
+                expires_ms: None,
+                ..back.clone()
+            },
+            Record {
+                expires_ms: Some(100),
+                ..back.clone()
+            },
+            Record {
+                collected_ms: 11,
+                ..back.clone()
+            },
+            Record {
+                purpose: "notification".into(),
+                ..back.clone()
+            },
+            Record {
+                restricted: false,
+                ..back.clone()
+            },
+            Record {
+                key_version: 3,
+                ..back.clone()
+            },
+            Record {
+                class: Class::Phone,
+                ..back.clone()
+            },
+        ] {
+            let again = Record::decode(&changed.encode()).unwrap();
+            assert!(!again.header_ok(&key, "s", &t), "{changed:?}");
+        }
+        // The ciphertext is not in the tag (its AAD guards it).
+        let other_ct = Record {
+            ciphertext: vec![1],
+            ..back.clone()
+        };
+        assert!(other_ct.header_ok(&key, "s", &t));
+        // A format-3 AAD differs from format 2's for the same fields.
+        let v2 = Record {
+            tag: None,
+            restricted: false,
+            ..back.clone()
+        };
+        assert_ne!(v2.aad("s", &t), back.aad("s", &t));
+        // A flags byte other than 0 or 1 does not decode.
+        let mut bad = bytes.clone();
+        bad[22] = 2;
+        assert!(Record::decode(&bad).is_none());
+        // Cut anywhere before the ciphertext: nothing.
+        for cut in 0..(bytes.len() - 3) {
+            assert!(Record::decode(&bytes[..cut]).is_none(), "{cut}");
+        }
+    }
+
+    #[test]
     fn subjects() {
         assert!(valid_subject("acct-1001"));
         assert!(valid_subject("a.b:c_d-9"));

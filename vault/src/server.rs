@@ -114,6 +114,8 @@ pub async fn start(cfg: &Config) -> Result<Running, StartError> {
 pub fn open_keys(cfg: &Config, store: &dyn Store) -> Result<KeyState, keys::KeyError> {
     if cfg.keys.unseal_with_shares {
         if !Keyring::exists(store)? {
+            // Data without keys is not a vault to initialize.
+            Keyring::refuse_over_data(store)?;
             return Err(keys::KeyError::NotInitialized);
         }
         return Ok(KeyState::default());

@@ -348,6 +348,7 @@ impl Lookup<'_> {
         let mut checked = 0usize;
         let mut dead = None;
         let mut erased = None;
+        let mut tampered = None;
         'pages: for _ in 0..MAX_PAGES {
             let rows = self
                 .v
@@ -369,6 +370,13 @@ impl Lookup<'_> {
                 let subject = schema::subject_of_value_key(&key)
                     .unwrap_or_default()
                     .to_string();
+                // A header changed outside the vault decides nothing here
+                // (it could hide a holder, or pose as one): answered only
+                // if nothing else is, as an integrity failure.
+                if !rec.header_ok(self.keys.header_key(), &subject, token) {
+                    tampered.get_or_insert(Found::Live(subject, rec, Ok(())));
+                    continue;
+                }
                 if !rec.is_live(self.now) {
                     dead.get_or_insert(Found::Dead(subject, rec));
                     continue;
@@ -395,7 +403,7 @@ impl Lookup<'_> {
                 break;
             }
         }
-        Ok(first_live.or(dead).or(erased))
+        Ok(first_live.or(dead).or(erased).or(tampered))
     }
 
     /// Whether the request's approval can serve this caller and purpose at

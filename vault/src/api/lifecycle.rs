@@ -153,15 +153,18 @@ where
     }
 }
 
-/// Every value of `subject`: (token, stored bytes, record). With `header`
-/// (the vault unsealed), a record whose header fails its tag (changed
-/// outside the vault) is left out and logged: nothing is released from
-/// it, and nothing re-tags what it says.
+/// One stored value of a subject: its token, the stored bytes, the record.
+pub(crate) type Row = (TokenBytes, Vec<u8>, Record);
+
+/// Every value of `subject`, and apart from them (checked with `header`)
+/// those whose header fails its tag, changed outside the vault: nothing is
+/// released from those, nothing re-tags what they say, and an erasure
+/// deletes them. Without `header` every value counts as checked.
 pub(crate) fn values_of(
     store: &dyn Store,
     header: Option<&HeaderKey>,
     subject: &str,
-) -> Result<Vec<(TokenBytes, Vec<u8>, Record)>, ApiError> {
+) -> Result<(Vec<Row>, Vec<Row>), ApiError> {
     let mut prefix = subject.as_bytes().to_vec();
     prefix.push(0);
     // Every value, in pages: an erasure or a closure that saw only the first
@@ -184,6 +187,7 @@ pub(crate) fn values_of(
         }
     }
     let mut out = Vec::with_capacity(rows.len());
+    let mut tampered = Vec::new();
     for (key, _) in rows {
         let Some(token) = key
             .get(prefix.len()..)
@@ -199,13 +203,14 @@ pub(crate) fn values_of(
         };
         if let Some(rec) = Record::decode(&bytes) {
             if header.is_some_and(|h| !rec.header_ok(h, subject, &token)) {
-                tracing::error!("A stored value's header failed its integrity check; left out");
+                tracing::error!("A stored value's header failed its integrity check");
+                tampered.push((token, bytes, rec));
                 continue;
             }
             out.push((token, bytes, rec));
         }
     }
-    Ok(out)
+    Ok((out, tampered))
 }
 
 /// Deletes one value and its index entries, leaving a [`Tombstone`] so the
@@ -314,10 +319,12 @@ async fn close_pass(
     let values = if standing.restricted() {
         Vec::new()
     } else {
-        values_of(v.store.as_ref(), Some(keys.header_key()), subject)?
+        values_of(v.store.as_ref(), Some(keys.header_key()), subject)?.0
     };
     for (token, bytes, mut rec) in values {
-        if rec.expires_ms.is_some_and(|e| e <= until) {
+        // A value kept for its legal period keeps exactly that clock, even
+        // should the subject's standing record have gone missing.
+        if rec.restricted || rec.expires_ms.is_some_and(|e| e <= until) {
             continue;
         }
         b.expect(Space::Values, value_key(&token, subject), Some(bytes));
@@ -377,32 +384,37 @@ pub async fn erase(v: &Vault, ctx: &Ctx, subject: &str) -> Result<ErasureReceipt
             wrapped.clone(),
         );
         subject_keys::destroy(&mut b, subject);
-        // Sealed, an erasure still deletes (tampered headers included);
-        // a restriction, which changes headers, needs the keys.
-        let keys = v.keys.get().ok();
-        let values = values_of(
-            v.store.as_ref(),
-            keys.as_deref().map(Keyring::header_key),
-            subject,
-        )?;
+        // Which values the law still requires is read from their headers,
+        // so only checked ones count; the rest are deleted either way.
+        let keys = keyring(v)?;
+        let (checked, tampered) = values_of(v.store.as_ref(), Some(keys.header_key()), subject)?;
         let time_ms = now_ms();
         // PIPL Art. 47: while the law still requires keeping a value, the
         // subject is restricted instead, and erased when the period ends.
-        let legal_end = values
+        let legal_end = checked
             .iter()
             .filter_map(|(_, _, rec)| legal_end(v, rec, time_ms))
             .max();
         if let Some(until) = legal_end {
-            let keys = keys.ok_or(ApiError::Sealed)?;
-            return restrict(v, &keys, Some(ctx), subject, &values, until, time_ms).await;
+            return restrict(
+                v,
+                &keys,
+                Some(ctx),
+                subject,
+                (&checked, &tampered),
+                until,
+                time_ms,
+            )
+            .await;
         }
+        let values: Vec<&Row> = checked.iter().chain(&tampered).collect();
         // Erased whole: its standing (a closure) goes with it.
         let standing =
             Standing::read(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)?;
         standing.guard(&mut b, subject);
         b.delete(Space::Meta, standing_key(subject));
         let mut tokens: Vec<String> = Vec::with_capacity(values.len());
-        for (token, bytes, rec) in &values {
+        for (token, bytes, rec) in values.iter().copied() {
             b.expect(
                 Space::Values,
                 value_key(token, subject),
@@ -434,10 +446,19 @@ pub async fn erase(v: &Vault, ctx: &Ctx, subject: &str) -> Result<ErasureReceipt
                 return Ok(None);
             }
             let keys = keyring(v)?;
-            let values = values_of(v.store.as_ref(), Some(keys.header_key()), subject)?;
-            restrict(v, &keys, None, subject, &values, until, receipt.time_ms)
-                .await
-                .map(Some)
+            let (checked, tampered) =
+                values_of(v.store.as_ref(), Some(keys.header_key()), subject)?;
+            restrict(
+                v,
+                &keys,
+                None,
+                subject,
+                (&checked, &tampered),
+                until,
+                receipt.time_ms,
+            )
+            .await
+            .map(Some)
         })
         .await;
         return Ok(match late {
@@ -540,19 +561,38 @@ async fn restrict(
     keys: &Keyring,
     ctx: Option<&Ctx>,
     subject: &str,
-    values: &[(TokenBytes, Vec<u8>, Record)],
+    (values, tampered): (&[Row], &[Row]),
     until: u64,
     time_ms: u64,
 ) -> Result<ErasureReceipt, ApiError> {
     let mut b = Batch::default();
     b.expect(Space::Meta, hold_key(subject), None);
-    let mut tokens = Vec::with_capacity(values.len());
+    let mut tokens = Vec::with_capacity(values.len() + tampered.len());
     let mut erased = 0u64;
+    // A value whose header was changed outside the vault tells nothing
+    // about its legal period: it is deleted.
+    for (token, bytes, rec) in tampered {
+        tokens.push(encode_token(token));
+        b.expect(
+            Space::Values,
+            value_key(token, subject),
+            Some(bytes.clone()),
+        );
+        delete_value(&mut b, token, subject, rec, time_ms);
+        erased += 1;
+    }
+    // Older records become format 3 here, so each kept value carries its
+    // restriction in its tagged header.
+    let subject_key = if values.iter().any(|(_, _, r)| r.tag.is_none()) {
+        subject_keys::load(v.store.as_ref(), keys, subject).map_err(|_| ApiError::Unavailable)?
+    } else {
+        None
+    };
     for (token, bytes, rec) in values {
         tokens.push(encode_token(token));
         let end = legal_end(v, rec, time_ms);
-        // Done already: its end set, and (format 3) its restriction too.
-        if end.is_some() && rec.expires_ms == end && (rec.restricted || rec.tag.is_none()) {
+        // Done already: its end and its restriction set.
+        if end.is_some() && rec.expires_ms == end && rec.restricted {
             continue;
         }
         b.expect(
@@ -566,6 +606,9 @@ async fn restrict(
             continue;
         };
         let mut rec = rec.clone();
+        if rec.tag.is_none() {
+            to_format_3(keys, subject_key.as_ref(), subject, token, &mut rec)?;
+        }
         if let Some(e) = rec.expires_ms {
             b.delete(Space::Expiry, expiry_key(e, token, subject));
         }
@@ -574,7 +617,7 @@ async fn restrict(
         b.put(
             Space::Values,
             value_key(token, subject),
-            rec.encode_changed(keys.header_key(), subject, token),
+            rec.encode_tagged(keys.header_key(), subject, token),
         );
         b.put(Space::Expiry, expiry_key(end, token, subject), Vec::new());
     }
@@ -611,6 +654,36 @@ async fn restrict(
         digest,
         restricted_until: Some(until),
     })
+}
+
+/// Re-seals a record of format 1 or 2 (read and checked by the caller)
+/// under the tagged AAD of format 3, same key version, so its header can
+/// carry a tag.
+fn to_format_3(
+    keys: &Keyring,
+    subject_key: Option<&crate::secret::SecretKey<32>>,
+    subject: &str,
+    token: &TokenBytes,
+    rec: &mut Record,
+) -> Result<(), ApiError> {
+    let key = keys
+        .version(rec.key_version)
+        .ok()
+        .zip(subject_key)
+        .map(|(k, sk)| k.for_subject(sk))
+        .ok_or(ApiError::Internal)?;
+    let plain = key
+        .open(&rec.aad(subject, token), &rec.ciphertext)
+        .map_err(|_| ApiError::Internal)?;
+    rec.ciphertext = key
+        .seal(
+            &tagged_value_aad(subject, rec.class, rec.key_version, token),
+            &plain,
+        )
+        .map_err(|_| ApiError::Internal)?;
+    rec.token_bound = true;
+    rec.tag = Some([0; crate::crypto::HEADER_TAG_BYTES]);
+    Ok(())
 }
 
 /// `PUT /v1/subjects/{subject}/tokens/{token}` `{"value":"..."}`:
@@ -880,6 +953,10 @@ pub async fn sweep_once(v: &Vault) -> Result<u64, ApiError> {
                 b.delete(Space::Values, vk);
                 b.delete(Space::Expiry, key);
             }
+            // Sealed, a tagged header whose clock differs cannot be told
+            // from one changed outside the vault: its entry waits for the
+            // keys rather than go, which would leave the value unswept.
+            Some(rec) if keys.is_none() && rec.tag.is_some() => {}
             // The value was re-collected with another clock, or is gone:
             // only the stale index entry goes.
             _ => b.delete(Space::Expiry, key),
@@ -1001,7 +1078,7 @@ mod tests {
         b.put(Space::Subjects, subject_key("s2", &other), Vec::new());
         b.put(Space::Values, value_key(&other, "s2"), rec.clone());
         store.write(b).unwrap();
-        assert_eq!(values_of(&store, None, "s").unwrap().len(), n);
-        assert_eq!(values_of(&store, None, "s2").unwrap().len(), 1);
+        assert_eq!(values_of(&store, None, "s").unwrap().0.len(), n);
+        assert_eq!(values_of(&store, None, "s2").unwrap().0.len(), 1);
     }
 }

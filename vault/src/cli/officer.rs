@@ -283,6 +283,16 @@ pub fn init(config: &std::path::Path, shares: u8, threshold: u8, json: bool) -> 
         }
         Err(e) => return fail(EXIT_RUNTIME, &format!("cannot read the database: {e}")),
     }
+    match Keyring::refuse_over_data(store.as_ref()) {
+        Ok(()) => {}
+        Err(crate::keys::KeyError::KeysMissing) => {
+            return fail(
+                EXIT_BROKEN,
+                "this database holds data but no keys (its key records are missing); refusing to create new keys over it; nothing was changed",
+            )
+        }
+        Err(e) => return fail(EXIT_RUNTIME, &format!("cannot read the database: {e}")),
+    }
     // The key hierarchy, the split's metadata and the audit event go in one
     // durable write: a failure leaves the vault uninitialized (and init can
     // run again), never initialized without anyone holding its shares.
