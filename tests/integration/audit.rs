@@ -77,6 +77,8 @@ async fn every_outcome_is_audited_and_officers_can_read_it() {
     let (code, out, err) = verify();
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("intact: 5 events"));
+    // Without an anchor, it says what that leaves unchecked.
+    assert!(err.contains("no --anchor given"), "{err}");
     {
         let store = vault::store::RocksStore::open(data).unwrap();
         use vault::store::Store;

@@ -389,6 +389,13 @@ fn verify(data: &Path, anchors: &[String]) -> ExitCode {
                 "audit chain intact: {events} events, {} anchors on it",
                 heads.len()
             );
+            if heads.is_empty() {
+                // The chain has no key: whoever can write the database can
+                // rewrite it whole, and only an anchor kept elsewhere shows.
+                eprintln!(
+                    "note: no --anchor given; a chain rewritten with its head verifies too. Pass the latest `Audit anchor seq=N hash=H` from the vault's logs as --anchor N:H"
+                );
+            }
             ExitCode::SUCCESS
         }
         Ok(audit::Verdict::Broken { seq, why }) => {
