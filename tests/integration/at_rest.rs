@@ -352,13 +352,7 @@ async fn restrictions_reach_the_headers_of_older_records() {
     app.erase_subject("acct-b").await.unwrap();
     as_format_2(&v, &b, "acct-b");
     officer.rotate_keys().await.unwrap();
-    officer.start_rewrap().await.unwrap();
-    for _ in 0..200 {
-        if officer.rewrap_status().await.unwrap().state == "done" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    rewrap_until_done(&officer).await;
     let (_, rec) = row(&v, &b, "acct-b");
     assert!(
         rec.tag.is_some() && rec.restricted && rec.key_version == 2,

@@ -270,3 +270,15 @@ pub fn vault_bin() -> PathBuf {
     );
     bin
 }
+
+/// Starts a rewrap as `officer` and waits (up to 4 s) until it is done.
+pub async fn rewrap_until_done(officer: &Client) {
+    officer.start_rewrap().await.unwrap();
+    for _ in 0..200 {
+        if officer.rewrap_status().await.unwrap().state == "done" {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("the rewrap did not finish");
+}

@@ -504,13 +504,7 @@ async fn retiring_a_version_needs_it_unused() {
         officer.retire_key_version(2).await.unwrap_err().code(),
         Some("invalid_request")
     );
-    officer.start_rewrap().await.unwrap();
-    for _ in 0..200 {
-        if officer.rewrap_status().await.unwrap().state == "done" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    rewrap_until_done(&officer).await;
     tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     let st = officer.retire_key_version(1).await.unwrap();
     assert_eq!(st.versions.len(), 1, "{st:?}");
@@ -538,13 +532,7 @@ async fn retiring_a_version_just_superseded_is_in_use() {
     let mut v = TestVault::start().await;
     let officer = v.client("officer");
     officer.rotate_keys().await.unwrap();
-    officer.start_rewrap().await.unwrap();
-    for _ in 0..200 {
-        if officer.rewrap_status().await.unwrap().state == "done" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    rewrap_until_done(&officer).await;
     let err = officer.retire_key_version(1).await.unwrap_err();
     assert_eq!(err.status(), Some(409), "{err:?}");
     assert_eq!(err.code(), Some("key_in_use"));

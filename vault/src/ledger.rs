@@ -126,6 +126,22 @@ fn open_entry(keys: &Keyring, key: &[u8], prefix: &[u8], stored: &[u8]) -> Conse
         })
 }
 
+/// The newest `limit` entries for `subject` and `purpose`, newest first.
+fn newest_entries(
+    store: &dyn Store,
+    keys: &Keyring,
+    subject: &str,
+    purpose: &str,
+    limit: usize,
+) -> Result<Vec<ConsentEntry>, StoreError> {
+    let prefix = consent_prefix(subject, purpose);
+    let rows = scan_prefix_rev(store, Space::Consents, &prefix, limit)?;
+    Ok(rows
+        .iter()
+        .map(|(k, v)| open_entry(keys, k, &prefix, v))
+        .collect())
+}
+
 /// The newest `MAX_HISTORY` entries for `subject` and `purpose` (all of
 /// them, mostly), oldest first: the last one is the one in force, however
 /// long the history.
@@ -135,13 +151,9 @@ pub fn consent_history(
     subject: &str,
     purpose: &str,
 ) -> Result<Vec<ConsentEntry>, StoreError> {
-    let prefix = consent_prefix(subject, purpose);
-    let rows = scan_prefix_rev(store, Space::Consents, &prefix, MAX_HISTORY)?;
-    Ok(rows
-        .iter()
-        .rev()
-        .map(|(k, v)| open_entry(keys, k, &prefix, v))
-        .collect())
+    let mut entries = newest_entries(store, keys, subject, purpose, MAX_HISTORY)?;
+    entries.reverse();
+    Ok(entries)
 }
 
 /// The entry in force for `subject` and `purpose` (the newest), if any:
@@ -152,9 +164,7 @@ pub fn newest_consent(
     subject: &str,
     purpose: &str,
 ) -> Result<Option<ConsentEntry>, StoreError> {
-    let prefix = consent_prefix(subject, purpose);
-    let rows = scan_prefix_rev(store, Space::Consents, &prefix, 1)?;
-    Ok(rows.first().map(|(k, v)| open_entry(keys, k, &prefix, v)))
+    Ok(newest_entries(store, keys, subject, purpose, 1)?.pop())
 }
 
 /// Whether the latest entry is a consent to a policy version that still
