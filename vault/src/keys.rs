@@ -469,6 +469,24 @@ impl Keyring {
         &self.header
     }
 
+    /// Whether `plain`, a value of `class` as stored, is the value of
+    /// `token`: its token, from its normalized form or (stored under older
+    /// rules) the form it has. A record of format 1 has no token in its
+    /// AAD, so its ciphertext could have been moved under another token of
+    /// the same subject and class; this is checked before such a record is
+    /// bound to the token it is filed under.
+    pub fn is_token_of(&self, class: crate::classes::Class, plain: &[u8], token: &[u8]) -> bool {
+        let Ok(text) = std::str::from_utf8(plain) else {
+            return false;
+        };
+        let t = self.token.token(class, text);
+        let normalized = crate::classes::normalize(class, text)
+            .ok()
+            .map(|n| self.token.token(class, n.token_form()));
+        subtle::ConstantTimeEq::ct_eq(&t[..], token).into()
+            || normalized.is_some_and(|n| subtle::ConstantTimeEq::ct_eq(&n[..], token).into())
+    }
+
     /// Seals a record the policy trusts (an approval, a consent entry)
     /// for the row `key` of `space`: whoever can write the
     /// database but lacks the root key can neither forge one nor move one

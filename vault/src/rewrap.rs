@@ -344,6 +344,12 @@ fn reseal<'r>(
         let Ok(plain) = old_key.open(&aad, &rec.ciphertext) else {
             continue;
         };
+        // Format 1 bound no token: a ciphertext moved under another token
+        // of the subject and class would open here, and must not be bound
+        // to the token it was moved under.
+        if !rec.token_bound && !keys.is_token_of(rec.class, &plain, &token) {
+            continue;
+        }
         if rec.tag.is_none() {
             // Restricted before headers could carry it: it does from now on.
             // (A restriction written meanwhile changes the record, so this
@@ -661,6 +667,37 @@ mod tests {
         assert_eq!(step(&store, &keys, 1000).unwrap(), (true, 299));
         assert_eq!(bound(&store, &keys), 299);
         assert_eq!(count_by_version(&store).unwrap(), [(1, 1), (2, 299)].into());
+    }
+
+    #[test]
+    fn a_format_1_ciphertext_moved_under_another_token_is_not_bound_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = SecretKey::<32>::from_slice(&[8; 32]).unwrap();
+        let store = RocksStore::open(dir.path()).unwrap();
+        let keys = Keyring::open(&root, &store).unwrap();
+        put_values(&store, &keys, 3);
+        // s0's record copied under the token of another phone of s0: its
+        // format-1 AAD does not name the token, so it would open there.
+        let own = keys.token_key().token(Class::Phone, "13800130000");
+        let other = keys.token_key().token(Class::Phone, "13800139999");
+        let bytes = store
+            .get(Space::Values, &value_key(&own, "s0"))
+            .unwrap()
+            .unwrap();
+        let mut b = Batch::default();
+        b.put(Space::Values, value_key(&other, "s0"), bytes);
+        store.write(b).unwrap();
+        store.write(Rewrap::start_batch(1).unwrap()).unwrap();
+        assert_eq!(step(&store, &keys, 1000).unwrap(), (true, 3));
+        let moved = Record::decode(
+            &store
+                .get(Space::Values, &value_key(&other, "s0"))
+                .unwrap()
+                .unwrap(),
+        )
+        .unwrap();
+        assert!(!moved.token_bound && moved.tag.is_none());
+        assert_eq!(bound(&store, &keys), 3);
     }
 
     #[test]

@@ -606,19 +606,21 @@ async fn restrict(
             continue;
         };
         let mut rec = rec.clone();
-        if rec.tag.is_none() {
-            to_format_3(keys, subject_key.as_ref(), subject, token, &mut rec)?;
-        }
+        // One that cannot be moved (its key version refused, say) is kept
+        // as it is, restricted by the standing record alone.
+        let tagged =
+            rec.tag.is_some() || to_format_3(keys, subject_key.as_ref(), subject, token, &mut rec);
         if let Some(e) = rec.expires_ms {
             b.delete(Space::Expiry, expiry_key(e, token, subject));
         }
         rec.expires_ms = Some(end);
-        rec.restricted = true;
-        b.put(
-            Space::Values,
-            value_key(token, subject),
-            rec.encode_tagged(keys.header_key(), subject, token),
-        );
+        rec.restricted = tagged;
+        let bytes = if tagged {
+            rec.encode_tagged(keys.header_key(), subject, token)
+        } else {
+            rec.encode()
+        };
+        b.put(Space::Values, value_key(token, subject), bytes);
         b.put(Space::Expiry, expiry_key(end, token, subject), Vec::new());
     }
     let digest = erasure_digest(subject, time_ms, &mut tokens);
@@ -658,32 +660,37 @@ async fn restrict(
 
 /// Re-seals a record of format 1 or 2 (read and checked by the caller)
 /// under the tagged AAD of format 3, same key version, so its header can
-/// carry a tag.
+/// carry a tag; `false` (the record unchanged) when it does not open, or
+/// (format 1, no token in its AAD) holds another token's value.
 fn to_format_3(
     keys: &Keyring,
     subject_key: Option<&crate::secret::SecretKey<32>>,
     subject: &str,
     token: &TokenBytes,
     rec: &mut Record,
-) -> Result<(), ApiError> {
-    let key = keys
+) -> bool {
+    let Some(key) = keys
         .version(rec.key_version)
         .ok()
         .zip(subject_key)
         .map(|(k, sk)| k.for_subject(sk))
-        .ok_or(ApiError::Internal)?;
-    let plain = key
-        .open(&rec.aad(subject, token), &rec.ciphertext)
-        .map_err(|_| ApiError::Internal)?;
-    rec.ciphertext = key
-        .seal(
-            &tagged_value_aad(subject, rec.class, rec.key_version, token),
-            &plain,
-        )
-        .map_err(|_| ApiError::Internal)?;
+    else {
+        return false;
+    };
+    let Ok(plain) = key.open(&rec.aad(subject, token), &rec.ciphertext) else {
+        return false;
+    };
+    if !rec.token_bound && !keys.is_token_of(rec.class, &plain, token) {
+        return false;
+    }
+    let aad = tagged_value_aad(subject, rec.class, rec.key_version, token);
+    let Ok(sealed) = key.seal(&aad, &plain) else {
+        return false;
+    };
+    rec.ciphertext = sealed;
     rec.token_bound = true;
     rec.tag = Some([0; crate::crypto::HEADER_TAG_BYTES]);
-    Ok(())
+    true
 }
 
 /// `PUT /v1/subjects/{subject}/tokens/{token}` `{"value":"..."}`:
