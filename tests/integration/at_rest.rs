@@ -272,28 +272,34 @@ async fn values_with_changed_headers_are_swept_and_erased() {
     let mut req = tok_req(
         "acct-t",
         "notification",
-        vec![field("phone", "13800138000")],
+        vec![field("phone", "13800138000"), field("phone", "13700137000")],
     );
     req.retention = Some("PT1S".into());
-    let swept = app.tokenize(&req).await.unwrap().tokens[0].token.clone();
+    let tokens = app.tokenize(&req).await.unwrap().tokens;
+    let (swept, stripped) = (tokens[0].token.clone(), tokens[1].token.clone());
     let erased = tokenize_one(&app, "acct-t", "notification", "phone", "13900139000").await;
-    for t in [&swept, &erased] {
+    for t in [&swept, &erased, &stripped] {
         let (key, rec) = row(&v, t, "acct-t");
+        // One stripped of its tag too, posing as a record of format 2.
+        let tag = if t == &stripped { None } else { rec.tag };
         let forever = vault::schema::Record {
             expires_ms: None,
+            tag,
             ..rec
         };
         put_row(&v, key, forever.encode());
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let key = vault::schema::value_key(&vault::crypto::decode_token(&swept).unwrap(), "acct-t");
-        let bytes = v.store().get(Space::Values, &key).unwrap().unwrap();
-        if vault::schema::Tombstone::decode(&bytes).is_some() {
-            break;
+    for t in [&swept, &stripped] {
+        let key = vault::schema::value_key(&vault::crypto::decode_token(t).unwrap(), "acct-t");
+        loop {
+            let bytes = v.store().get(Space::Values, &key).unwrap().unwrap();
+            if vault::schema::Tombstone::decode(&bytes).is_some() {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "never swept");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
-        assert!(std::time::Instant::now() < deadline, "never swept");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let receipt = app.erase_subject("acct-t").await.unwrap();
     assert_eq!(receipt.values_erased, 1);
@@ -399,4 +405,75 @@ async fn init_refuses_a_database_with_data_but_no_keys() {
     ]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("holds data but no keys"), "{err}");
+}
+
+/// A value whose header was changed is no holder: whatever its header
+/// says (a class the purpose does not release, say), the answer is that of
+/// a token never issued, audited as an integrity failure.
+#[tokio::test]
+async fn a_changed_header_decides_nothing_in_detokenize() {
+    let v = TestVault::start().await;
+    let app = v.client("app");
+    let tok = tokenize_one(&app, "acct-d", "notification", "phone", "13800138000").await;
+    let (key, rec) = row(&v, &tok, "acct-d");
+    // A class `notification` does not release, written over the phone's.
+    let changed = vault::schema::Record {
+        class: vault::classes::Class::Passport,
+        ..rec
+    };
+    put_row(&v, key, changed.encode());
+    let out = app
+        .detokenize(&detok_req("notification", &[&tok]))
+        .await
+        .unwrap();
+    assert_eq!(out.values[0].status, Status::Unknown);
+    assert_eq!(out.values[0].class, None);
+    assert_eq!(out.values[0].reason, None);
+    let events = v
+        .client("officer")
+        .audit(None, None, Some(1000))
+        .await
+        .unwrap()
+        .events;
+    assert!(events
+        .iter()
+        .any(|e| e.outcome == "integrity_failure" && e.subject.as_deref() == Some("acct-d")));
+}
+
+/// A record stripped of its tag (posing as an older format) with its
+/// collection time moved forward cannot turn an erasure into a long
+/// restriction: it does not open as an older record would, so it is
+/// deleted with the rest.
+#[tokio::test]
+async fn a_stripped_tag_cannot_stretch_an_erasure() {
+    let v = TestVault::start_with(|cfg| {
+        cfg.retention
+            .legal_minimum
+            .insert("cn_resident_id".into(), "P400D".into());
+    })
+    .await;
+    let app = v.client("app");
+    tokenize_one(&app, "acct-s", "notification", "phone", "13800138000").await;
+    let id = tokenize_one(
+        &app,
+        "acct-s",
+        "identity_verification",
+        "cn_resident_id",
+        ID,
+    )
+    .await;
+    // Its legal period moved past any horizon, and its tag dropped.
+    let (key, rec) = row(&v, &id, "acct-s");
+    let forged = vault::schema::Record {
+        collected_ms: u64::MAX / 2,
+        tag: None,
+        restricted: false,
+        ..rec
+    };
+    put_row(&v, key, forged.encode());
+    // Without the forgery the ID would be kept (restricted); as forged it
+    // is deleted, and nothing else needs keeping.
+    let receipt = app.erase_subject("acct-s").await.unwrap();
+    assert_eq!(receipt.restricted_until, None, "{receipt:?}");
+    assert_eq!(receipt.values_erased, 2);
 }

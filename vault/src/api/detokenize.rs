@@ -165,6 +165,9 @@ enum Found {
     Dead(String, Record),
     /// Only tombstones: every holder's value was erased or deleted.
     Erased(crate::classes::Class),
+    /// Only a record whose tagged header fails (changed outside the
+    /// vault): whose it is, nothing else taken from it.
+    Tampered(String),
 }
 
 struct Lookup<'a> {
@@ -263,6 +266,15 @@ impl Lookup<'_> {
                 draft.subject = Some(subject);
                 out.status = Status::Gone;
                 draft.outcome = "gone";
+                return Ok((out, draft));
+            }
+            Some(Found::Tampered(subject)) => {
+                // As a changed ciphertext: the answer of a token never
+                // issued, and a loud event for the officers.
+                tracing::error!(request_id = %self.ctx.request_id, "Stored value failed its integrity check");
+                draft.token = Some(token.to_string());
+                draft.subject = Some(subject);
+                draft.outcome = "integrity_failure";
                 return Ok((out, draft));
             }
             Some(Found::Live(subject, record, holder)) => (subject, record, holder),
@@ -374,7 +386,7 @@ impl Lookup<'_> {
                 // (it could hide a holder, or pose as one): answered only
                 // if nothing else is, as an integrity failure.
                 if !rec.header_ok(self.keys.header_key(), &subject, token) {
-                    tampered.get_or_insert(Found::Live(subject, rec, Ok(())));
+                    tampered.get_or_insert(Found::Tampered(subject));
                     continue;
                 }
                 if !rec.is_live(self.now) {

@@ -16,7 +16,7 @@ use super::{keyring, now_ms, parse_json, require_officer, ApiError, Ctx};
 use crate::audit::Draft;
 use crate::classes;
 use crate::commit::CommitError;
-use crate::crypto::{encode_token, tagged_value_aad, HeaderKey, TokenBytes, TOKEN_BYTES};
+use crate::crypto::{encode_token, tagged_value_aad, TokenBytes, TOKEN_BYTES};
 use crate::keys::Keyring;
 use crate::schema::{expiry_key, subject_key, valid_subject, value_key, Record, Tombstone};
 use crate::server::Vault;
@@ -156,13 +156,17 @@ where
 /// One stored value of a subject: its token, the stored bytes, the record.
 pub(crate) type Row = (TokenBytes, Vec<u8>, Record);
 
-/// Every value of `subject`, and apart from them (checked with `header`)
-/// those whose header fails its tag, changed outside the vault: nothing is
-/// released from those, nothing re-tags what they say, and an erasure
-/// deletes them. Without `header` every value counts as checked.
+/// Every value of `subject`, and apart from them (checked with `keys`)
+/// those changed outside the vault: a header that fails its tag, or a
+/// record of an older format (no tag to check) that does not open under
+/// its own format's AAD, as a format-3 record stripped of its tag would
+/// not, or (format 1) holds another token's value. Nothing is released
+/// from those, nothing re-tags what they say, and an erasure deletes them.
+/// An older record whose key version is refused cannot be checked and
+/// counts as it is. Without `keys` every value counts as checked.
 pub(crate) fn values_of(
     store: &dyn Store,
-    header: Option<&HeaderKey>,
+    keys: Option<&Keyring>,
     subject: &str,
 ) -> Result<(Vec<Row>, Vec<Row>), ApiError> {
     let mut prefix = subject.as_bytes().to_vec();
@@ -188,6 +192,8 @@ pub(crate) fn values_of(
     }
     let mut out = Vec::with_capacity(rows.len());
     let mut tampered = Vec::new();
+    // Loaded for the first record of an older format, if any.
+    let mut subject_key: Option<Option<crate::secret::SecretKey<32>>> = None;
     for (key, _) in rows {
         let Some(token) = key
             .get(prefix.len()..)
@@ -202,8 +208,24 @@ pub(crate) fn values_of(
             continue;
         };
         if let Some(rec) = Record::decode(&bytes) {
-            if header.is_some_and(|h| !rec.header_ok(h, subject, &token)) {
-                tracing::error!("A stored value's header failed its integrity check");
+            let ok = match keys {
+                None => true,
+                Some(keys) if rec.tag.is_some() => {
+                    rec.header_ok(keys.header_key(), subject, &token)
+                }
+                Some(keys) => {
+                    if subject_key.is_none() {
+                        subject_key = Some(
+                            subject_keys::load(store, keys, subject)
+                                .map_err(|_| ApiError::Unavailable)?,
+                        );
+                    }
+                    let sk = subject_key.as_ref().and_then(Option::as_ref);
+                    older_record_ok(keys, sk, subject, &token, &rec)
+                }
+            };
+            if !ok {
+                tracing::error!("A stored value failed its integrity check");
                 tampered.push((token, bytes, rec));
                 continue;
             }
@@ -211,6 +233,28 @@ pub(crate) fn values_of(
         }
     }
     Ok((out, tampered))
+}
+
+/// Whether a record of format 1 or 2 is as the vault wrote it, as far as
+/// can be told without a tag: it opens under its format's AAD and, for
+/// format 1, holds its token's value. `true` when it cannot be checked:
+/// its key version refused or retired (then nothing opens it anyway), or
+/// its subject's key gone.
+fn older_record_ok(
+    keys: &Keyring,
+    subject_key: Option<&crate::secret::SecretKey<32>>,
+    subject: &str,
+    token: &TokenBytes,
+    rec: &Record,
+) -> bool {
+    let (Ok(data), Some(sk)) = (keys.version(rec.key_version), subject_key) else {
+        return true;
+    };
+    let key = data.for_subject(sk);
+    match key.open(&rec.aad(subject, token), &rec.ciphertext) {
+        Ok(plain) => rec.token_bound || keys.is_token_of(rec.class, &plain, token),
+        Err(_) => false,
+    }
 }
 
 /// Deletes one value and its index entries, leaving a [`Tombstone`] so the
@@ -319,7 +363,7 @@ async fn close_pass(
     let values = if standing.restricted() {
         Vec::new()
     } else {
-        values_of(v.store.as_ref(), Some(keys.header_key()), subject)?.0
+        values_of(v.store.as_ref(), Some(keys), subject)?.0
     };
     for (token, bytes, mut rec) in values {
         // A value kept for its legal period keeps exactly that clock, even
@@ -387,7 +431,7 @@ pub async fn erase(v: &Vault, ctx: &Ctx, subject: &str) -> Result<ErasureReceipt
         // Which values the law still requires is read from their headers,
         // so only checked ones count; the rest are deleted either way.
         let keys = keyring(v)?;
-        let (checked, tampered) = values_of(v.store.as_ref(), Some(keys.header_key()), subject)?;
+        let (checked, tampered) = values_of(v.store.as_ref(), Some(&keys), subject)?;
         let time_ms = now_ms();
         // PIPL Art. 47: while the law still requires keeping a value, the
         // subject is restricted instead, and erased when the period ends.
@@ -446,8 +490,7 @@ pub async fn erase(v: &Vault, ctx: &Ctx, subject: &str) -> Result<ErasureReceipt
                 return Ok(None);
             }
             let keys = keyring(v)?;
-            let (checked, tampered) =
-                values_of(v.store.as_ref(), Some(keys.header_key()), subject)?;
+            let (checked, tampered) = values_of(v.store.as_ref(), Some(&keys), subject)?;
             restrict(
                 v,
                 &keys,
@@ -884,9 +927,11 @@ pub async fn sweep_once(v: &Vault) -> Result<u64, ApiError> {
     // A value whose header fails its tag (its clock changed outside the
     // vault) is deleted when the index says it is due, whatever it says.
     let keys = v.keys.get().ok();
-    let tampered = |rec: &Record, subject: &str, token: &TokenBytes| {
-        keys.as_ref()
-            .is_some_and(|k| !rec.header_ok(k.header_key(), subject, token))
+    let tampered = |rec: &Record, subject: &str, token: &TokenBytes| match keys.as_ref() {
+        None => false,
+        Some(k) if rec.tag.is_some() => !rec.header_ok(k.header_key(), subject, token),
+        Some(k) => subject_keys::load(v.store.as_ref(), k, subject)
+            .is_ok_and(|sk| !older_record_ok(k, sk.as_ref(), subject, token, rec)),
     };
     let mut stats: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
     let mut b = Batch::default();
@@ -960,10 +1005,10 @@ pub async fn sweep_once(v: &Vault) -> Result<u64, ApiError> {
                 b.delete(Space::Values, vk);
                 b.delete(Space::Expiry, key);
             }
-            // Sealed, a tagged header whose clock differs cannot be told
-            // from one changed outside the vault: its entry waits for the
-            // keys rather than go, which would leave the value unswept.
-            Some(rec) if keys.is_none() && rec.tag.is_some() => {}
+            // Sealed, a header whose clock differs cannot be told from one
+            // changed outside the vault: its entry waits for the keys
+            // rather than go, which would leave the value unswept.
+            Some(_) if keys.is_none() => {}
             // The value was re-collected with another clock, or is gone:
             // only the stale index entry goes.
             _ => b.delete(Space::Expiry, key),

@@ -70,8 +70,7 @@ pub async fn export(
     let now = now_ms();
     // A subject restricted by a pending erasure (PIPL Art. 47) is kept, not
     // processed: nothing is released but under a legal exception.
-    let (rows, _) =
-        super::lifecycle::values_of(v.store.as_ref(), Some(keys.header_key()), subject)?;
+    let (rows, _) = super::lifecycle::values_of(v.store.as_ref(), Some(&keys), subject)?;
     // Its standing says so, or (should that record have gone missing) a
     // value's own tagged header does.
     if super::lifecycle::restricted_until(v.store.as_ref(), subject, now)
