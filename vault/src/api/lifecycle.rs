@@ -160,7 +160,7 @@ pub(crate) type Row = (TokenBytes, Vec<u8>, Record);
 /// those changed outside the vault: a header that fails its tag, or a
 /// record of an older format (no tag to check) that does not open under
 /// its own format's AAD, as a format-3 record stripped of its tag would
-/// not, or (format 1) holds another token's value. Nothing is released
+/// not. Nothing is released
 /// from those, nothing re-tags what they say, and an erasure deletes them.
 /// An older record whose key version is refused cannot be checked and
 /// counts as it is. Without `keys` every value counts as checked.
@@ -236,10 +236,13 @@ pub(crate) fn values_of(
 }
 
 /// Whether a record of format 1 or 2 is as the vault wrote it, as far as
-/// can be told without a tag: it opens under its format's AAD and, for
-/// format 1, holds its token's value. `true` when it cannot be checked:
-/// its key version refused or retired (then nothing opens it anyway), or
-/// its subject's key gone.
+/// can be told without a tag: it opens under its format's AAD (a format-3
+/// record stripped of its tag does not). `true` when it cannot be
+/// checked: its key version refused or retired (then nothing opens it
+/// anyway), or its subject's key gone. Whether a format-1 record holds its
+/// token's value is not asked here: a value stored under older
+/// normalization rules may not recompute to its token, and what this
+/// decides is deletion; binding it to its token asks (`to_format_3`).
 fn older_record_ok(
     keys: &Keyring,
     subject_key: Option<&crate::secret::SecretKey<32>>,
@@ -251,10 +254,7 @@ fn older_record_ok(
         return true;
     };
     let key = data.for_subject(sk);
-    match key.open(&rec.aad(subject, token), &rec.ciphertext) {
-        Ok(plain) => rec.token_bound || keys.is_token_of(rec.class, &plain, token),
-        Err(_) => false,
-    }
+    key.open(&rec.aad(subject, token), &rec.ciphertext).is_ok()
 }
 
 /// Deletes one value and its index entries, leaving a [`Tombstone`] so the
