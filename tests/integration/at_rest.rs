@@ -280,11 +280,17 @@ async fn values_with_changed_headers_are_swept_and_erased() {
     let erased = tokenize_one(&app, "acct-t", "notification", "phone", "13900139000").await;
     for t in [&swept, &erased, &stripped] {
         let (key, rec) = row(&v, t, "acct-t");
-        // One stripped of its tag too, posing as a record of format 2.
-        let tag = if t == &stripped { None } else { rec.tag };
+        // One stripped of its tag too, posing as a record of format 2 under
+        // a key version that does not exist.
+        let (tag, key_version) = if t == &stripped {
+            (None, 999)
+        } else {
+            (rec.tag, rec.key_version)
+        };
         let forever = vault::schema::Record {
             expires_ms: None,
             tag,
+            key_version,
             ..rec
         };
         put_row(&v, key, forever.encode());
@@ -414,30 +420,37 @@ async fn init_refuses_a_database_with_data_but_no_keys() {
 async fn a_changed_header_decides_nothing_in_detokenize() {
     let v = TestVault::start().await;
     let app = v.client("app");
-    let tok = tokenize_one(&app, "acct-d", "notification", "phone", "13800138000").await;
-    let (key, rec) = row(&v, &tok, "acct-d");
-    // A class `notification` does not release, written over the phone's.
-    let changed = vault::schema::Record {
-        class: vault::classes::Class::Passport,
-        ..rec
-    };
-    put_row(&v, key, changed.encode());
-    let out = app
-        .detokenize(&detok_req("notification", &[&tok]))
-        .await
-        .unwrap();
-    assert_eq!(out.values[0].status, Status::Unknown);
-    assert_eq!(out.values[0].class, None);
-    assert_eq!(out.values[0].reason, None);
-    let events = v
-        .client("officer")
-        .audit(None, None, Some(1000))
-        .await
-        .unwrap()
-        .events;
-    assert!(events
-        .iter()
-        .any(|e| e.outcome == "integrity_failure" && e.subject.as_deref() == Some("acct-d")));
+    let officer = v.client("officer");
+    // A class `notification` does not release, written over the phone's:
+    // with the tag kept, and with the tag stripped (posing as format 2).
+    for (subject, strip, phone) in [
+        ("acct-d", false, "13800138000"),
+        ("acct-e", true, "13900139000"),
+    ] {
+        let tok = tokenize_one(&app, subject, "notification", "phone", phone).await;
+        let (key, rec) = row(&v, &tok, subject);
+        let tag = if strip { None } else { rec.tag };
+        let changed = vault::schema::Record {
+            class: vault::classes::Class::Passport,
+            tag,
+            ..rec
+        };
+        put_row(&v, key, changed.encode());
+        let out = app
+            .detokenize(&detok_req("notification", &[&tok]))
+            .await
+            .unwrap();
+        assert_eq!(out.values[0].status, Status::Unknown, "{subject}");
+        assert_eq!(out.values[0].class, None, "{subject}");
+        assert_eq!(out.values[0].reason, None, "{subject}");
+        let events = officer.audit(None, None, Some(1000)).await.unwrap().events;
+        assert!(
+            events
+                .iter()
+                .any(|e| e.outcome == "integrity_failure" && e.subject.as_deref() == Some(subject)),
+            "{subject}"
+        );
+    }
 }
 
 /// A record stripped of its tag (posing as an older format) with its
@@ -453,27 +466,25 @@ async fn a_stripped_tag_cannot_stretch_an_erasure() {
     })
     .await;
     let app = v.client("app");
-    tokenize_one(&app, "acct-s", "notification", "phone", "13800138000").await;
-    let id = tokenize_one(
-        &app,
-        "acct-s",
-        "identity_verification",
-        "cn_resident_id",
-        ID,
-    )
-    .await;
-    // Its legal period moved past any horizon, and its tag dropped.
-    let (key, rec) = row(&v, &id, "acct-s");
-    let forged = vault::schema::Record {
-        collected_ms: u64::MAX / 2,
-        tag: None,
-        restricted: false,
-        ..rec
-    };
-    put_row(&v, key, forged.encode());
-    // Without the forgery the ID would be kept (restricted); as forged it
-    // is deleted, and nothing else needs keeping.
-    let receipt = app.erase_subject("acct-s").await.unwrap();
-    assert_eq!(receipt.restricted_until, None, "{receipt:?}");
-    assert_eq!(receipt.values_erased, 2);
+    // Its legal period moved past any horizon and its tag dropped; the
+    // second also names a key version that does not exist, which no
+    // record the vault keeps can.
+    for (subject, version) in [("acct-s", None), ("acct-v", Some(999))] {
+        tokenize_one(&app, subject, "notification", "phone", "13800138000").await;
+        let id = tokenize_one(&app, subject, "identity_verification", "cn_resident_id", ID).await;
+        let (key, rec) = row(&v, &id, subject);
+        let forged = vault::schema::Record {
+            collected_ms: u64::MAX / 2,
+            key_version: version.unwrap_or(rec.key_version),
+            tag: None,
+            restricted: false,
+            ..rec
+        };
+        put_row(&v, key, forged.encode());
+        // Without the forgery the ID would be kept (restricted); as forged
+        // it is deleted, and nothing else needs keeping.
+        let receipt = app.erase_subject(subject).await.unwrap();
+        assert_eq!(receipt.restricted_until, None, "{receipt:?}");
+        assert_eq!(receipt.values_erased, 2);
+    }
 }

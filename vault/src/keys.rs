@@ -479,12 +479,15 @@ impl Keyring {
         let Ok(text) = std::str::from_utf8(plain) else {
             return false;
         };
-        let t = self.token.token(class, text);
-        let normalized = crate::classes::normalize(class, text)
-            .ok()
-            .map(|n| self.token.token(class, n.token_form()));
-        subtle::ConstantTimeEq::ct_eq(&t[..], token).into()
-            || normalized.is_some_and(|n| subtle::ConstantTimeEq::ct_eq(&n[..], token).into())
+        let same = |t: crate::crypto::TokenBytes| -> bool {
+            subtle::ConstantTimeEq::ct_eq(&t[..], token).into()
+        };
+        // As stored; normalized by today's rules; and lower-cased, as
+        // email token forms were before invisible characters were refused.
+        same(self.token.token(class, text))
+            || crate::classes::normalize(class, text)
+                .is_ok_and(|n| same(self.token.token(class, n.token_form())))
+            || same(self.token.token(class, &text.to_lowercase()))
     }
 
     /// Seals a record the policy trusts (an approval, a consent entry)
@@ -523,6 +526,12 @@ impl Keyring {
     /// The key new values are sealed under.
     pub fn active(&self) -> Result<&DataKey, KeyError> {
         self.version(self.meta.active)
+    }
+
+    /// The key of `v` whatever the minimum decryption version: to check a
+    /// stored record, never to release one.
+    pub fn version_for_checks(&self, v: u32) -> Option<&DataKey> {
+        self.data.get(&v)
     }
 
     /// The key of `v`, unless `v` is below the minimum decryption version.
@@ -947,6 +956,28 @@ mod tests {
             Keyring::open(&root(9), &store),
             Err(KeyError::Corrupt)
         ));
+    }
+
+    #[test]
+    fn a_value_is_the_value_of_its_token_under_old_rules_too() {
+        let store = MemoryStore::new();
+        let keys = Keyring::open(&root(9), &store).unwrap();
+        let token = |form: &str| keys.token_key().token(Class::Email, form);
+        // Today's form.
+        let today = crate::classes::normalize(Class::Email, "Alice@Example.com").unwrap();
+        assert!(keys.is_token_of(
+            Class::Email,
+            b"Alice@Example.com",
+            &token(today.token_form())
+        ));
+        // Stored as it was, tokenized lower-cased before invisible
+        // characters were refused (normalize rejects it now).
+        let old = "Al\u{200B}ice@example.com";
+        assert!(crate::classes::normalize(Class::Email, old).is_err());
+        assert!(keys.is_token_of(Class::Email, old.as_bytes(), &token(&old.to_lowercase())));
+        // Another value's token is not.
+        assert!(!keys.is_token_of(Class::Email, b"bob@example.com", &token(today.token_form())));
+        assert!(!keys.is_token_of(Class::Email, &[0xff, 0xfe], &token("x")));
     }
 
     #[test]

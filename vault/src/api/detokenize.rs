@@ -385,7 +385,7 @@ impl Lookup<'_> {
                 // A header changed outside the vault decides nothing here
                 // (it could hide a holder, or pose as one): answered only
                 // if nothing else is, as an integrity failure.
-                if !rec.header_ok(self.keys.header_key(), &subject, token) {
+                if !self.record_ok(&rec, &subject, token)? {
                     tampered.get_or_insert(Found::Tampered(subject));
                     continue;
                 }
@@ -479,6 +479,28 @@ impl Lookup<'_> {
             Release::None => Err("purpose_not_allowed"),
             r => Ok(r),
         }
+    }
+
+    /// Whether a record is as the vault wrote it: its tag verifies, or (an
+    /// older format, no tag) it opens under its own format's AAD, as a
+    /// format-3 record stripped of its tag would not. A subject without a
+    /// key (erased meanwhile) is left to the release path, which answers
+    /// `gone`.
+    fn record_ok(&self, rec: &Record, subject: &str, token: &TokenBytes) -> Result<bool, ApiError> {
+        if rec.tag.is_some() {
+            return Ok(rec.header_ok(self.keys.header_key(), subject, token));
+        }
+        let Some(sk) = self.subject_key(subject)? else {
+            return Ok(true);
+        };
+        Ok(self
+            .keys
+            .version_for_checks(rec.key_version)
+            .is_some_and(|k| {
+                sk.value_key(k)
+                    .open(&rec.aad(subject, token), &rec.ciphertext)
+                    .is_ok()
+            }))
     }
 
     fn still_stored(&self, token: &TokenBytes, subject: &str) -> Result<bool, ApiError> {

@@ -215,10 +215,7 @@ pub(crate) fn values_of(
                 }
                 Some(keys) => {
                     if subject_key.is_none() {
-                        subject_key = Some(
-                            subject_keys::load(store, keys, subject)
-                                .map_err(|_| ApiError::Unavailable)?,
-                        );
+                        subject_key = Some(key_for_checks(store, keys, subject)?);
                     }
                     let sk = subject_key.as_ref().and_then(Option::as_ref);
                     older_record_ok(keys, sk, subject, &token, &rec)
@@ -237,24 +234,42 @@ pub(crate) fn values_of(
 
 /// Whether a record of format 1 or 2 is as the vault wrote it, as far as
 /// can be told without a tag: it opens under its format's AAD (a format-3
-/// record stripped of its tag does not). `true` when it cannot be
-/// checked: its key version refused or retired (then nothing opens it
-/// anyway), or its subject's key gone. Whether a format-1 record holds its
-/// token's value is not asked here: a value stored under older
-/// normalization rules may not recompute to its token, and what this
-/// decides is deletion; binding it to its token asks (`to_format_3`).
-fn older_record_ok(
+/// record stripped of its tag does not), with its version's key even if
+/// that version is below the minimum for decryption (nothing is
+/// released here). A version with no key (a retired version is refused
+/// while any value uses it) or a subject without a key cannot be a record
+/// the vault keeps readable: `false`, so its header decides nothing.
+/// Whether a format-1 record holds its token's value is not asked here: a
+/// value stored under older normalization rules may not recompute to its
+/// token, and what this decides is deletion; binding it to its token asks
+/// (`to_format_3`, rewrap).
+pub(crate) fn older_record_ok(
     keys: &Keyring,
     subject_key: Option<&crate::secret::SecretKey<32>>,
     subject: &str,
     token: &TokenBytes,
     rec: &Record,
 ) -> bool {
-    let (Ok(data), Some(sk)) = (keys.version(rec.key_version), subject_key) else {
-        return true;
+    let (Some(data), Some(sk)) = (keys.version_for_checks(rec.key_version), subject_key) else {
+        return false;
     };
     let key = data.for_subject(sk);
     key.open(&rec.aad(subject, token), &rec.ciphertext).is_ok()
+}
+
+/// A subject's key for checking its older records: `None` when it has none
+/// or its stored key does not unwrap (a damaged row is no key; an erasure
+/// still destroys it).
+fn key_for_checks(
+    store: &dyn Store,
+    keys: &Keyring,
+    subject: &str,
+) -> Result<Option<crate::secret::SecretKey<32>>, ApiError> {
+    match subject_keys::load(store, keys, subject) {
+        Ok(k) => Ok(k),
+        Err(subject_keys::SubjectKeyError::Key(_)) => Ok(None),
+        Err(subject_keys::SubjectKeyError::Store(_)) => Err(ApiError::Unavailable),
+    }
 }
 
 /// Deletes one value and its index entries, leaving a [`Tombstone`] so the
@@ -927,11 +942,13 @@ pub async fn sweep_once(v: &Vault) -> Result<u64, ApiError> {
     // A value whose header fails its tag (its clock changed outside the
     // vault) is deleted when the index says it is due, whatever it says.
     let keys = v.keys.get().ok();
+    // `None`: cannot tell now (sealed, or the store failed); the entry waits.
     let tampered = |rec: &Record, subject: &str, token: &TokenBytes| match keys.as_ref() {
-        None => false,
-        Some(k) if rec.tag.is_some() => !rec.header_ok(k.header_key(), subject, token),
-        Some(k) => subject_keys::load(v.store.as_ref(), k, subject)
-            .is_ok_and(|sk| !older_record_ok(k, sk.as_ref(), subject, token, rec)),
+        None => None,
+        Some(k) if rec.tag.is_some() => Some(!rec.header_ok(k.header_key(), subject, token)),
+        Some(k) => key_for_checks(v.store.as_ref(), k, subject)
+            .ok()
+            .map(|sk| !older_record_ok(k, sk.as_ref(), subject, token, rec)),
     };
     let mut stats: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
     let mut b = Batch::default();
@@ -956,7 +973,10 @@ pub async fn sweep_once(v: &Vault) -> Result<u64, ApiError> {
             .get(Space::Values, &vk)
             .map_err(|_| ApiError::Unavailable)?;
         match current.as_deref().and_then(Record::decode) {
-            Some(rec) if rec.expires_ms == Some(exp) || tampered(&rec, subject, &token) => {
+            Some(rec)
+                if rec.expires_ms == Some(exp)
+                    || tampered(&rec, subject, &token).unwrap_or(false) =>
+            {
                 if let Some(keys) = &anonymize {
                     let plain =
                         subject_keys::value_key(v.store.as_ref(), keys, subject, rec.key_version)
@@ -1005,10 +1025,10 @@ pub async fn sweep_once(v: &Vault) -> Result<u64, ApiError> {
                 b.delete(Space::Values, vk);
                 b.delete(Space::Expiry, key);
             }
-            // Sealed, a header whose clock differs cannot be told from one
-            // changed outside the vault: its entry waits for the keys
-            // rather than go, which would leave the value unswept.
-            Some(_) if keys.is_none() => {}
+            // Sealed (or the store failing), a header whose clock differs
+            // cannot be told from one changed outside the vault: its entry
+            // waits rather than go, which would leave the value unswept.
+            Some(rec) if tampered(&rec, subject, &token).is_none() => {}
             // The value was re-collected with another clock, or is gone:
             // only the stale index entry goes.
             _ => b.delete(Space::Expiry, key),
