@@ -188,12 +188,7 @@ async fn a_value_whose_header_was_changed_does_not_open() {
 /// deleting the subject's standing record releases nothing.
 #[tokio::test]
 async fn a_restriction_holds_without_its_standing_record() {
-    let v = TestVault::start_with(|cfg| {
-        cfg.retention
-            .legal_minimum
-            .insert("cn_resident_id".into(), "P1D".into());
-    })
-    .await;
+    let v = keeping_resident_ids_for("P1D").await;
     let app = v.client("app");
     let tok = tokenize_one(
         &app,
@@ -324,12 +319,7 @@ async fn values_with_changed_headers_are_swept_and_erased() {
 /// shorten its legal period.
 #[tokio::test]
 async fn restrictions_reach_the_headers_of_older_records() {
-    let v = TestVault::start_with(|cfg| {
-        cfg.retention
-            .legal_minimum
-            .insert("cn_resident_id".into(), "P400D".into());
-    })
-    .await;
+    let v = keeping_resident_ids_for("P400D").await;
     let app = v.client("app");
     let officer = v.client("officer");
     let ask = |tok: &str| {
@@ -459,12 +449,7 @@ async fn a_changed_header_decides_nothing_in_detokenize() {
 /// deleted with the rest.
 #[tokio::test]
 async fn a_stripped_tag_cannot_stretch_an_erasure() {
-    let v = TestVault::start_with(|cfg| {
-        cfg.retention
-            .legal_minimum
-            .insert("cn_resident_id".into(), "P400D".into());
-    })
-    .await;
+    let v = keeping_resident_ids_for("P400D").await;
     let app = v.client("app");
     // Its legal period moved past any horizon and its tag dropped; the
     // second also names a key version that does not exist, which no
@@ -487,4 +472,14 @@ async fn a_stripped_tag_cannot_stretch_an_erasure() {
         assert_eq!(receipt.restricted_until, None, "{receipt:?}");
         assert_eq!(receipt.values_erased, 2);
     }
+}
+
+/// A vault where the law keeps resident IDs for `period` after collection.
+async fn keeping_resident_ids_for(period: &str) -> TestVault {
+    TestVault::start_with(|cfg| {
+        cfg.retention
+            .legal_minimum
+            .insert("cn_resident_id".into(), period.into());
+    })
+    .await
 }
