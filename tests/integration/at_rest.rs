@@ -483,3 +483,56 @@ async fn keeping_resident_ids_for(period: &str) -> TestVault {
     })
     .await
 }
+
+/// While sealed, index entries whose record has another clock wait for the
+/// keys; a pile of them ahead of a due value does not hold its deletion up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_sweep_passes_over_entries_it_cannot_check() {
+    let v = TestVault::start_with(|cfg| cfg.retention.sweep_interval_ms = 100).await;
+    let app = v.client("app");
+    let kept = tokenize_one(&app, "acct-k", "notification", "phone", "13800138000").await;
+    let raw = vault::crypto::decode_token(&kept).unwrap();
+    // More stale entries than a sweep batch (1,000), all older than the
+    // value that comes due.
+    let mut b = Batch::default();
+    for exp in 1u64..=1200 {
+        b.put(
+            Space::Expiry,
+            vault::schema::expiry_key(exp, &raw, "acct-k"),
+            Vec::new(),
+        );
+    }
+    v.store().write(b).unwrap();
+    let mut req = tok_req(
+        "acct-due",
+        "notification",
+        vec![field("phone", "13900139000")],
+    );
+    req.retention = Some("PT1S".into());
+    let due = app.tokenize(&req).await.unwrap().tokens[0].token.clone();
+    v.client("officer").seal().await.unwrap();
+    let key = vault::schema::value_key(&vault::crypto::decode_token(&due).unwrap(), "acct-due");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let bytes = v.store().get(Space::Values, &key).unwrap().unwrap();
+        if vault::schema::Tombstone::decode(&bytes).is_some() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stalled behind the waiting entries"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // The waiting entries are all still there.
+    let left = v
+        .store()
+        .scan(
+            Space::Expiry,
+            &0u64.to_be_bytes(),
+            Some(&1201u64.to_be_bytes()),
+            2000,
+        )
+        .unwrap();
+    assert_eq!(left.len(), 1200);
+}
