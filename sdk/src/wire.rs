@@ -306,6 +306,11 @@ pub struct RewrapStatus {
     /// Values looked at and values re-encrypted so far in this job.
     pub scanned: u64,
     pub rewrapped: u64,
+    /// Values that needed moving but did not open (changed outside the
+    /// vault, their key version refused, their subject's key gone): they
+    /// keep their version, which cannot be retired while they do.
+    #[serde(default)]
+    pub left_behind: u64,
 }
 
 /// One entry of the consent ledger.

@@ -134,8 +134,16 @@ fn keys_text(s: &KeysStatus) -> String {
 }
 
 fn rewrap_text(s: &RewrapStatus) -> String {
+    let behind = if s.left_behind > 0 {
+        format!(
+            ", {} left behind (they did not open; their version cannot be retired)",
+            s.left_behind
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "rewrap: {} (target v{}, {} values looked at, {} re-encrypted)",
+        "rewrap: {} (target v{}, {} values looked at, {} re-encrypted{behind})",
         s.state, s.target_version, s.scanned, s.rewrapped
     )
 }
