@@ -306,9 +306,10 @@ pub struct RewrapStatus {
     /// Values looked at and values re-encrypted so far in this job.
     pub scanned: u64,
     pub rewrapped: u64,
-    /// Values that needed moving but did not open (changed outside the
-    /// vault, their key version refused, their subject's key gone): they
-    /// keep their version, which cannot be retired while they do.
+    /// Values that needed moving but were not moved (changed outside the
+    /// vault, their key version refused, their subject's key gone, or a
+    /// format-1 value not matched to its token): they keep their version,
+    /// which cannot be retired while they do.
     #[serde(default)]
     pub left_behind: u64,
 }

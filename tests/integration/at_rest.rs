@@ -492,6 +492,15 @@ async fn a_sealed_sweep_passes_over_entries_it_cannot_check() {
     let app = v.client("app");
     let kept = tokenize_one(&app, "acct-k", "notification", "phone", "13800138000").await;
     let raw = vault::crypto::decode_token(&kept).unwrap();
+    let mut req = tok_req(
+        "acct-due",
+        "notification",
+        vec![field("phone", "13900139000")],
+    );
+    req.retention = Some("PT2S".into());
+    let due = app.tokenize(&req).await.unwrap().tokens[0].token.clone();
+    // Sealed first, so no sweep unsealed drops the entries planted next.
+    v.client("officer").seal().await.unwrap();
     // More stale entries than a sweep batch (1,000), all older than the
     // value that comes due.
     let mut b = Batch::default();
@@ -503,14 +512,6 @@ async fn a_sealed_sweep_passes_over_entries_it_cannot_check() {
         );
     }
     v.store().write(b).unwrap();
-    let mut req = tok_req(
-        "acct-due",
-        "notification",
-        vec![field("phone", "13900139000")],
-    );
-    req.retention = Some("PT1S".into());
-    let due = app.tokenize(&req).await.unwrap().tokens[0].token.clone();
-    v.client("officer").seal().await.unwrap();
     let key = vault::schema::value_key(&vault::crypto::decode_token(&due).unwrap(), "acct-due");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
@@ -535,4 +536,28 @@ async fn a_sealed_sweep_passes_over_entries_it_cannot_check() {
         )
         .unwrap();
     assert_eq!(left.len(), 1200);
+}
+
+/// A record planted under a subject that has no key (stripped of any tag,
+/// and sorting before the real holder) does not hide the real holder's
+/// value.
+#[tokio::test]
+async fn a_record_planted_under_a_keyless_subject_hides_no_holder() {
+    let v = TestVault::start().await;
+    let app = v.client("app");
+    let tok = tokenize_one(&app, "zz-real", "notification", "phone", "13800138000").await;
+    let (_, rec) = row(&v, &tok, "zz-real");
+    let planted = vault::schema::Record { tag: None, ..rec };
+    let raw = vault::crypto::decode_token(&tok).unwrap();
+    put_row(
+        &v,
+        vault::schema::value_key(&raw, "aa-none"),
+        planted.encode(),
+    );
+    let out = app
+        .detokenize(&detok_req("notification", &[&tok]))
+        .await
+        .unwrap();
+    assert_eq!(out.values[0].status, Status::Ok);
+    assert_eq!(out.values[0].value.as_deref(), Some("+8613800138000"));
 }

@@ -482,12 +482,14 @@ impl Keyring {
         let same = |t: crate::crypto::TokenBytes| -> bool {
             subtle::ConstantTimeEq::ct_eq(&t[..], token).into()
         };
-        // As stored; normalized by today's rules; and lower-cased, as
-        // email token forms were before invisible characters were refused.
+        // As stored; normalized by today's rules; and, for an email,
+        // lower-cased, as its token form was before invisible characters
+        // were refused.
         same(self.token.token(class, text))
             || crate::classes::normalize(class, text)
                 .is_ok_and(|n| same(self.token.token(class, n.token_form())))
-            || same(self.token.token(class, &text.to_lowercase()))
+            || (class == crate::classes::Class::Email
+                && same(self.token.token(class, &text.to_lowercase())))
     }
 
     /// Seals a record the policy trusts (an approval, a consent entry)

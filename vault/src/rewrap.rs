@@ -31,9 +31,10 @@ struct Cursor {
     next: String,
     scanned: u64,
     rewrapped: u64,
-    /// Values that needed moving but did not open (changed outside the
-    /// vault, their key version refused, their subject's key gone): they
-    /// stay under their version, which then cannot be retired.
+    /// Values that needed moving but were not moved (changed outside the
+    /// vault, their key version refused, their subject's key gone, or a
+    /// format-1 value not matched to its token): they stay under their
+    /// version, which then cannot be retired.
     #[serde(default)]
     left_behind: u64,
     done: bool,

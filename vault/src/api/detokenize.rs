@@ -382,15 +382,25 @@ impl Lookup<'_> {
                 let subject = schema::subject_of_value_key(&key)
                     .unwrap_or_default()
                     .to_string();
-                // A header changed outside the vault decides nothing here
-                // (it could hide a holder, or pose as one): answered only
-                // if nothing else is, as an integrity failure.
-                if !self.record_ok(&rec, &subject, token)? {
-                    tampered.get_or_insert(Found::Tampered(subject));
-                    continue;
-                }
+                // A header changed outside the vault decides nothing: a
+                // record is checked (`record_ok`) before it becomes an
+                // answer, and one that fails is answered only if nothing
+                // else is, as an integrity failure. Checked only then, so
+                // a token with many holders costs a check per answer kept,
+                // not per row read.
+                let mut kept =
+                    |found: &mut Option<Found>, f: &dyn Fn() -> Found| -> Result<(), ApiError> {
+                        if found.is_none() {
+                            if self.record_ok(&rec, &subject, token)? {
+                                *found = Some(f());
+                            } else {
+                                tampered.get_or_insert(Found::Tampered(subject.clone()));
+                            }
+                        }
+                        Ok(())
+                    };
                 if !rec.is_live(self.now) {
-                    dead.get_or_insert(Found::Dead(subject, rec));
+                    kept(&mut dead, &|| Found::Dead(subject.clone(), rec.clone()))?;
                     continue;
                 }
                 if checked == MAX_CHECKED {
@@ -405,9 +415,19 @@ impl Lookup<'_> {
                     self.holder_grant(&subject)?
                 };
                 match grant {
-                    Ok(()) => return Ok(Some(Found::Live(subject, rec, Ok(())))),
+                    Ok(()) => {
+                        let mut allowed = None;
+                        kept(&mut allowed, &|| {
+                            Found::Live(subject.clone(), rec.clone(), Ok(()))
+                        })?;
+                        if allowed.is_some() {
+                            return Ok(allowed);
+                        }
+                    }
                     Err(reason) => {
-                        first_live.get_or_insert(Found::Live(subject, rec, Err(reason)));
+                        kept(&mut first_live, &|| {
+                            Found::Live(subject.clone(), rec.clone(), Err(reason))
+                        })?;
                     }
                 }
             }
@@ -491,7 +511,9 @@ impl Lookup<'_> {
             return Ok(rec.header_ok(self.keys.header_key(), subject, token));
         }
         let Some(sk) = self.subject_key(subject)? else {
-            return Ok(true);
+            // Erased meanwhile (its record gone): the release path says
+            // `gone`. Still stored without a key: planted.
+            return Ok(!self.still_stored(token, subject)?);
         };
         Ok(self
             .keys

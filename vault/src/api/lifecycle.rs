@@ -872,7 +872,11 @@ fn due_entries(v: &Vault, upper: &[u8]) -> Result<(Rows, i64), ApiError> {
     let mut held_entries = 0i64;
     let mut held: std::collections::HashMap<Vec<u8>, bool> = std::collections::HashMap::new();
     let mut from = Vec::new();
-    while due.len() < SWEEP_BATCH {
+    // Entries passed over while sealed cost a read each: a pass stops
+    // looking after this many (the next pass, an interval later, looks
+    // again).
+    let mut waiting = 0usize;
+    while due.len() < SWEEP_BATCH && waiting < MAX_WAITING {
         let rows = v
             .store
             .scan(Space::Expiry, &from, Some(upper), SWEEP_BATCH)
@@ -899,8 +903,12 @@ fn due_entries(v: &Vault, upper: &[u8]) -> Result<(Rows, i64), ApiError> {
             };
             if is {
                 held_entries += 1;
-            } else if due.len() < SWEEP_BATCH && !waits_for_keys(v, &key)? {
-                due.push((key, value));
+            } else if due.len() < SWEEP_BATCH && waiting < MAX_WAITING {
+                if waits_for_keys(v, &key)? {
+                    waiting += 1;
+                } else {
+                    due.push((key, value));
+                }
             }
         }
         if last_page {
@@ -918,6 +926,9 @@ fn expiry_entry(key: &[u8]) -> Option<(u64, TokenBytes, &str)> {
         std::str::from_utf8(key.get(8 + TOKEN_BYTES..)?).ok()?,
     ))
 }
+
+/// Most index entries one sealed sweep pass looks at and passes over.
+const MAX_WAITING: usize = 10 * SWEEP_BATCH;
 
 /// Whether the sweeper must pass over an index entry for now: the vault is
 /// sealed and the entry's record has another clock, which only the keys
@@ -947,6 +958,14 @@ fn waits_for_keys(v: &Vault, key: &[u8]) -> Result<bool, ApiError> {
 /// how many entries it handled (a full batch: more may be due at once,
 /// whether or not they were values).
 pub async fn sweep_once(v: &Vault) -> Result<u64, ApiError> {
+    // Anonymizing reads the values, so it waits while the vault is sealed.
+    let anonymize = match v.config_on_expiry {
+        crate::config::OnExpiry::Delete => None,
+        crate::config::OnExpiry::Anonymize => match v.keys.get() {
+            Ok(k) => Some(k),
+            Err(_) => return Ok(0),
+        },
+    };
     let now = now_ms();
     let upper = now.saturating_add(1).to_be_bytes();
     let (due, left) = due_entries(v, &upper)?;
@@ -962,14 +981,6 @@ pub async fn sweep_once(v: &Vault) -> Result<u64, ApiError> {
     v.metrics
         .sweep_lag_seconds
         .set(i64::try_from(oldest.map_or(0, |e| now.saturating_sub(e)) / 1000).unwrap_or(i64::MAX));
-    // Anonymizing reads the values, so it waits while the vault is sealed.
-    let anonymize = match v.config_on_expiry {
-        crate::config::OnExpiry::Delete => None,
-        crate::config::OnExpiry::Anonymize => match v.keys.get() {
-            Ok(k) => Some(k),
-            Err(_) => return Ok(0),
-        },
-    };
     // A value whose header fails its tag (its clock changed outside the
     // vault) is deleted when the index says it is due, whatever it says.
     let keys = v.keys.get().ok();

@@ -136,7 +136,7 @@ fn keys_text(s: &KeysStatus) -> String {
 fn rewrap_text(s: &RewrapStatus) -> String {
     let behind = if s.left_behind > 0 {
         format!(
-            ", {} left behind (they did not open; their version cannot be retired)",
+            ", {} left behind (not moved: changed outside the vault, version refused, subject key gone, or a format-1 value not matched to its token; their version cannot be retired while they stay)",
             s.left_behind
         )
     } else {
