@@ -808,3 +808,73 @@ async fn a_sealed_vault_processes_no_text_at_all() {
     let e = app.records(&req).await.unwrap_err();
     assert_eq!(e.code(), Some("sealed"));
 }
+
+/// Many patterns over a long list: each `*` pattern walks the whole list, so
+/// the work is patterns times elements. One request must not hold a worker
+/// for minutes: the walks share a budget and the patterns are counted.
+#[tokio::test]
+async fn records_cannot_buy_unbounded_work_with_a_wide_mapping() {
+    let tv = TestVault::start().await;
+    let app = tv.client("app");
+    let send = |mapping: serde_json::Map<String, serde_json::Value>, len: usize, mode: &str| {
+        json!({"subject":"acct-9","purpose":"respond_to_request","mode":mode,
+            "mapping": mapping, "document": vec![0; len]})
+    };
+    // More patterns than items a request may change: refused before any walk.
+    let many: serde_json::Map<_, _> = (0..1_001)
+        .map(|i| (format!("/*/k{i}"), json!("ip")))
+        .collect();
+    let started = std::time::Instant::now();
+    let (s, v) = post_raw(
+        &app,
+        "/v1/records",
+        serde_json::to_vec(&send(many, 10, "redact")).unwrap(),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (413, "too_many_items"), "{v}");
+    // Within the pattern count, but 1,000 walks of 200,000 elements (2e8
+    // nodes, minutes of a core before the budget): refused, at once.
+    let wide: serde_json::Map<_, _> = (0..1_000)
+        .map(|i| (format!("/*/k{i}"), json!("ip")))
+        .collect();
+    let (s, v) = post_raw(
+        &app,
+        "/v1/records",
+        serde_json::to_vec(&send(wide, 200_000, "redact")).unwrap(),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (413, "too_many_items"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("nodes"),
+        "{v}"
+    );
+    // Generous: the walks stop at the budget, well before the 10 s deadline.
+    assert!(started.elapsed() < std::time::Duration::from_secs(8));
+    // The item limit counts replacements in every mode, not only stored ones
+    // (SPEC: more than 1,000 fields in one request get 413).
+    for mode in ["mask", "redact"] {
+        let ips: Vec<String> = (0..1_001)
+            .map(|i| format!("10.0.{}.{}", i / 250, i % 250))
+            .collect();
+        let req = json!({"subject":"acct-9","purpose":"respond_to_request","mode":mode,
+            "mapping": {"/*": "ip"}, "document": ips});
+        let (s, v) = post_raw(&app, "/v1/records", serde_json::to_vec(&req).unwrap()).await;
+        assert_eq!((s, code(&v)), (413, "too_many_items"), "{mode}: {v}");
+        let text = (0..1_001)
+            .map(|i| format!("电话1380013{:04} ", i))
+            .collect::<String>();
+        let req =
+            json!({"subject":"acct-9","purpose":"respond_to_request","mode":mode,"text":text});
+        let (s, v) = post_raw(&app, "/v1/deidentify", serde_json::to_vec(&req).unwrap()).await;
+        assert_eq!((s, code(&v)), (413, "too_many_items"), "{mode}: {v}");
+    }
+    // At the limit it still works.
+    let ips: Vec<String> = (0..1_000)
+        .map(|i| format!("10.0.{}.{}", i / 250, i % 250))
+        .collect();
+    let req = json!({"subject":"acct-9","purpose":"respond_to_request","mode":"mask",
+        "mapping": {"/*": "ip"}, "document": ips});
+    let (s, v) = post_raw(&app, "/v1/records", serde_json::to_vec(&req).unwrap()).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(stored(&tv), 0);
+}

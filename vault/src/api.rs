@@ -108,6 +108,10 @@ pub enum ApiError {
     UnsealFailed,
     #[error("{0}")]
     BadMapping(crate::records::MappingError),
+    #[error(
+        "the mapping reaches more than {0} nodes of the document; name fewer or narrower pointers"
+    )]
+    MappingTooBroad(usize),
     #[error("no schema of that name is configured")]
     UnknownSchema,
     #[error("{pointer}: a string is required for this class")]
@@ -122,6 +126,39 @@ pub enum ApiError {
     TooDeep,
     #[error("internal error")]
     Internal,
+}
+
+/// A request refused as a whole still leaves its event (SPEC: every
+/// outcome, denied included, is in the audit log): one event naming the
+/// action, the purpose (a configured one, never a string the caller made
+/// up) and the subject where there is one. Answers `e`, or 503 when the
+/// refusal could not be written.
+pub(crate) async fn refused(
+    v: &Vault,
+    ctx: &Ctx,
+    action: &'static str,
+    purpose: Option<&str>,
+    subject: Option<&str>,
+    outcome: &'static str,
+    e: ApiError,
+) -> ApiError {
+    let draft = crate::audit::Draft {
+        request_id: ctx.request_id.clone(),
+        caller: ctx.caller.to_string(),
+        action,
+        purpose: purpose.map(str::to_string),
+        subject: subject.map(str::to_string),
+        outcome,
+        ..crate::audit::Draft::default()
+    };
+    match v
+        .committer
+        .commit(crate::store::Batch::default(), vec![draft])
+        .await
+    {
+        Ok(_) => e,
+        Err(_) => ApiError::Unavailable,
+    }
 }
 
 /// Parses a JSON body. serde's own messages can quote the offending input,

@@ -54,15 +54,35 @@ impl Pattern {
     /// (a document keyed by phone number, say). What the mapping names and
     /// array indexes are structure, and stay.
     pub fn matches_shown(&self, doc: &Value) -> Vec<(String, String)> {
+        let mut unbounded = usize::MAX;
+        self.matches_within(doc, &mut unbounded).unwrap_or_default()
+    }
+
+    /// As [`Pattern::matches_shown`], each node the walk reaches taken from
+    /// `budget`; `None` once it runs out. A mapping is many patterns, each
+    /// walking the document on its own: thousands of `/*/kN` over a long
+    /// array cost patterns times elements, so the walks of one request
+    /// share one budget.
+    pub fn matches_within(&self, doc: &Value, budget: &mut usize) -> Option<Vec<(String, String)>> {
         let mut out = Vec::new();
         let mut stack: Vec<(usize, &Value, String, String)> =
             vec![(0, doc, String::new(), String::new())];
         while let Some((depth, node, path, shown)) = stack.pop() {
+            *budget = budget.checked_sub(1)?;
             let Some(seg) = self.0.get(depth) else {
                 out.push((path, shown));
                 continue;
             };
             let mut children: Vec<(&Value, String, String)> = Vec::new();
+            // A `*` costs its children before they are built.
+            let fan_out = match (seg, node) {
+                (Segment::Any, Value::Array(items)) => items.len(),
+                (Segment::Any, Value::Object(map)) => map.len(),
+                _ => 0,
+            };
+            if *budget < fan_out {
+                return None;
+            }
             match (seg, node) {
                 (Segment::Any, Value::Array(items)) => {
                     for (i, item) in items.iter().enumerate() {
@@ -96,7 +116,7 @@ impl Pattern {
                 stack.push((depth + 1, item, p, sh));
             }
         }
-        out
+        Some(out)
     }
 }
 

@@ -106,6 +106,9 @@ pub(crate) struct Plan<'a> {
     mode: DeidentifyMode,
     purpose: &'a str,
     pub items: Vec<(Class, Normalized)>,
+    /// Replacements decided so far, in every mode: the item limit counts
+    /// what a request changes, stored or not.
+    decided: usize,
 }
 
 impl<'a> Plan<'a> {
@@ -116,6 +119,7 @@ impl<'a> Plan<'a> {
             mode,
             purpose,
             items: Vec::new(),
+            decided: 0,
         }
     }
 
@@ -128,6 +132,10 @@ impl<'a> Plan<'a> {
         marker: bool,
     ) -> Result<Replacement, ApiError> {
         let v = self.v;
+        if self.decided >= v.limits.max_items {
+            return Err(ApiError::TooManyItems(v.limits.max_items));
+        }
+        self.decided += 1;
         Ok(match self.mode {
             DeidentifyMode::Redact => Replacement::Redacted,
             DeidentifyMode::Mask => Replacement::Masked(classes::mask(class, norm.value())),
@@ -137,9 +145,6 @@ impl<'a> Plan<'a> {
                 Replacement::Redacted
             }
             DeidentifyMode::Tokenize => {
-                if self.items.len() >= v.limits.max_items {
-                    return Err(ApiError::TooManyItems(v.limits.max_items));
-                }
                 self.items.push((class, norm));
                 let i = self.items.len() - 1;
                 if marker {

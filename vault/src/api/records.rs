@@ -31,6 +31,11 @@ enum Change {
     Scanned { pointer: String, spans: Vec<Span> },
 }
 
+/// Most nodes the walks of one request's mapping may reach, all patterns
+/// together: a mapping of 1,000 patterns over a 2,000-element list is within
+/// it, and it costs a worker well under a second.
+pub const MAX_VISITS: usize = 2_000_000;
+
 pub async fn records(v: &Vault, ctx: &Ctx, body: &Bytes) -> Result<RecordsResponse, ApiError> {
     let mut req: RecordsRequest = parse_json(body)?;
     // Sealed means no processing of PII at all, storing or not.
@@ -47,6 +52,11 @@ pub async fn records(v: &Vault, ctx: &Ctx, body: &Bytes) -> Result<RecordsRespon
             ))
         }
         (Some(m), None) => {
+            // Each pattern is a walk of the document: no more of them than
+            // leaves one request may change.
+            if m.len() > v.limits.max_items {
+                return Err(ApiError::TooManyItems(v.limits.max_items));
+            }
             inline = compile(m).map_err(ApiError::BadMapping)?;
             &inline
         }
@@ -64,10 +74,14 @@ pub async fn records(v: &Vault, ctx: &Ctx, body: &Bytes) -> Result<RecordsRespon
     let mut plan = Plan::new(v, ctx, req.mode, &req.purpose);
     let mut changes = Vec::new();
     let mut mapped = BTreeSet::new();
+    let mut budget = MAX_VISITS;
     for (_, pattern, class) in mapping {
+        let matched = pattern
+            .matches_within(&req.document, &mut budget)
+            .ok_or(ApiError::MappingTooBroad(MAX_VISITS))?;
         // Errors name a leaf by its shown form: no member name of the
         // document (the caller's data) goes back in an error.
-        for (pointer, shown) in pattern.matches_shown(&req.document) {
+        for (pointer, shown) in matched {
             let leaf = match req.document.pointer(&pointer) {
                 Some(Value::Null) | None => continue,
                 Some(Value::String(s)) => s,
