@@ -365,11 +365,17 @@ fn exposure(c: &mut Criterion) {
     }
     let subjects = |from: u64, to: u64| {
         let mut seen = std::collections::HashSet::new();
-        let _ = vault::audit::for_each_in_window(&store, from, to, |e| {
-            if e.outcome == "released" {
-                seen.extend(e.subject);
-            }
-        });
+        let _ = vault::audit::for_each_in_window(
+            &store,
+            from,
+            to,
+            vault::audit::Deadline::NEVER,
+            |e| {
+                if e.outcome == "released" {
+                    seen.extend(e.subject);
+                }
+            },
+        );
         seen.len()
     };
     let mut g = c.benchmark_group("exposure");

@@ -451,10 +451,16 @@ fn chain_round_trip(input: &mut Input<'_>) {
         audit::verify(&store).unwrap(),
         Verdict::Intact { events: n }
     );
-    assert_eq!(audit::query(&store, None, 0, 1000).unwrap(), events);
+    assert_eq!(
+        audit::query(&store, None, 0, 1000, audit::Deadline::NEVER).unwrap(),
+        events
+    );
     let first = events[0].time_ms;
     let mut seen = Vec::new();
-    let read = audit::for_each_in_window(&store, first, u64::MAX, |e| seen.push(e)).unwrap();
+    let read = audit::for_each_in_window(&store, first, u64::MAX, audit::Deadline::NEVER, |e| {
+        seen.push(e)
+    })
+    .unwrap();
     assert_eq!((read, &seen), (n, &events));
     let t = first + u64::from(input.byte() % 8);
     let want = events
@@ -509,11 +515,27 @@ fn corrupt_store(input: &mut Input<'_>) {
     let _ = audit::verify(&store);
     let subject = input.string();
     let since = input.u64();
-    let _ = audit::query(&store, Some(&subject), since, 1 + usize::from(input.byte()));
-    let _ = audit::query(&store, None, since, 1 + usize::from(input.byte()));
+    let never = audit::Deadline::NEVER;
+    let _ = audit::query(
+        &store,
+        Some(&subject),
+        since,
+        1 + usize::from(input.byte()),
+        never,
+    );
+    let _ = audit::query(&store, None, since, 1 + usize::from(input.byte()), never);
+    let _ = audit::newest(&store, 1 + usize::from(input.byte()), never, |e| {
+        e.subject.as_deref() == Some(subject.as_str())
+    });
     let _ = audit::first_at_or_after(&store, input.u64());
     let from = input.u64();
-    let _ = audit::for_each_in_window(&store, from, from.saturating_add(input.u64()), |_| {});
+    let _ = audit::for_each_in_window(
+        &store,
+        from,
+        from.saturating_add(input.u64()),
+        never,
+        |_| {},
+    );
 }
 
 /// The detector over arbitrary text: findings sorted and non-overlapping,

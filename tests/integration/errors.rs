@@ -302,6 +302,11 @@ async fn detokenize_errors() {
         .await
         .unwrap();
     assert_eq!(r.status, 405);
+    let r = c
+        .raw(http::Method::POST, "/v1/admin/stats/anonymized", None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 405);
     let r = c.raw(http::Method::GET, "/v1/nothing", None).await.unwrap();
     assert_eq!(r.status, 404);
     let r = c.raw(http::Method::GET, "/v1/audit", None).await.unwrap();

@@ -282,3 +282,108 @@ pub async fn rewrap_until_done(officer: &Client) {
     }
     panic!("the rewrap did not finish");
 }
+
+/// An in-memory store that runs a hook once, on the next `get` of a chosen
+/// space after it is armed: how a test makes another writer's commit land
+/// between a reader's look and its own write.
+pub struct Hooked {
+    pub inner: vault::store::MemoryStore,
+    hook: HookSlot,
+    pub fired: std::sync::atomic::AtomicBool,
+    /// While set, group commits wait (the committer thread sleeps): the
+    /// requests behind them hold their places.
+    pub hold_writes: std::sync::atomic::AtomicBool,
+}
+
+type HookSlot = std::sync::Mutex<
+    Option<(
+        vault::store::Space,
+        Box<dyn FnOnce(&vault::store::MemoryStore) + Send>,
+    )>,
+>;
+
+impl Hooked {
+    /// Runs `hook` on the inner store at the next `get` of `space`.
+    pub fn arm(
+        &self,
+        space: vault::store::Space,
+        hook: impl FnOnce(&vault::store::MemoryStore) + Send + 'static,
+    ) {
+        *self.hook.lock().unwrap() = Some((space, Box::new(hook)));
+    }
+}
+
+impl vault::store::Store for Hooked {
+    fn get(
+        &self,
+        s: vault::store::Space,
+        k: &[u8],
+    ) -> Result<Option<Vec<u8>>, vault::store::StoreError> {
+        let due = {
+            let mut slot = self.hook.lock().unwrap();
+            match slot.as_ref() {
+                Some((space, _)) if *space == s => slot.take(),
+                _ => None,
+            }
+        };
+        if let Some((_, hook)) = due {
+            hook(&self.inner);
+            self.fired.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.inner.get(s, k)
+    }
+    fn scan(
+        &self,
+        s: vault::store::Space,
+        f: &[u8],
+        t: Option<&[u8]>,
+        l: usize,
+    ) -> Result<vault::store::Rows, vault::store::StoreError> {
+        self.inner.scan(s, f, t, l)
+    }
+    fn scan_rev(
+        &self,
+        s: vault::store::Space,
+        f: &[u8],
+        t: Option<&[u8]>,
+        l: usize,
+    ) -> Result<vault::store::Rows, vault::store::StoreError> {
+        self.inner.scan_rev(s, f, t, l)
+    }
+    fn write(&self, b: vault::store::Batch) -> Result<(), vault::store::StoreError> {
+        self.inner.write(b)
+    }
+    // The committer's own checks do not fire the hook.
+    fn write_group(
+        &self,
+        group: Vec<vault::store::Batch>,
+        finish: &mut dyn FnMut(&[bool]) -> vault::store::Batch,
+    ) -> Result<Vec<bool>, vault::store::StoreError> {
+        while self.hold_writes.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.inner.write_group(group, finish)
+    }
+}
+
+/// A vault over a [`Hooked`] in-memory store, after `edit`.
+pub async fn start_hooked(edit: impl FnOnce(&mut Config)) -> (TestVault, Arc<Hooked>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    edit(&mut cfg);
+    let store = Arc::new(Hooked {
+        inner: vault::store::MemoryStore::new(),
+        hook: std::sync::Mutex::new(None),
+        fired: std::sync::atomic::AtomicBool::new(false),
+        hold_writes: std::sync::atomic::AtomicBool::new(false),
+    });
+    let keys = server::open_keys(&cfg, store.as_ref()).unwrap();
+    let running = server::start_with(&cfg, keys, store.clone()).await.unwrap();
+    let v = TestVault {
+        dir,
+        api: running.api_addr,
+        ops: running.ops_addr,
+        running: Some(running),
+    };
+    (v, store)
+}

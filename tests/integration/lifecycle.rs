@@ -335,6 +335,15 @@ async fn account_closure_starts_the_clocks_and_the_sweeper_purges() {
         !holds_record(store.as_ref(), &key(&held, "acct-d")),
         "swept once the hold is lifted"
     );
+    // With the last value of each closed account gone, its key went too, as
+    // on erasure: copies in old files stay unreadable.
+    for subject in ["acct-c", "acct-d"] {
+        assert_eq!(
+            store.get(Space::SubjectKeys, subject.as_bytes()).unwrap(),
+            None,
+            "{subject}'s key outlived its values"
+        );
+    }
     // What a deleted value leaves says `gone` until it has been kept long
     // enough; then the sweeper removes it too (one planted as due now).
     let tomb = store
@@ -957,4 +966,114 @@ async fn a_purge_cut_short_is_made_at_the_next_start() {
         assert!(std::time::Instant::now() < deadline, "the mark stayed");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// An officer's hold that commits while a sweep pass is between reading
+/// its due entries and writing its deletions wins: the pass conflicts and
+/// the next one passes the held subject over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_placed_during_a_sweep_pass_keeps_the_values() {
+    let (v, store) = start_hooked(|cfg| {
+        cfg.retention.sweep_interval_ms = 50;
+    })
+    .await;
+    let app = v.client("app");
+    let mut req = tok_req("acct-h", "notification", vec![field("phone", PHONE)]);
+    req.retention = Some("PT1S".into());
+    let tok = app.tokenize(&req).await.unwrap().tokens[0].token.clone();
+    // The sweeper's read of the due value is the next read of `Values`:
+    // the hold lands right then, as a PUT committed mid-pass would.
+    store.arm(Space::Values, |inner| {
+        use vault::store::Store as _;
+        let mut b = vault::store::Batch::default();
+        b.put(Space::Meta, b"hold/acct-h".to_vec(), b"officer".to_vec());
+        inner.write(b).unwrap();
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !store.fired.load(std::sync::atomic::Ordering::SeqCst) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sweeper never came"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Several passes later, the held value is still there.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert!(
+        holds_record(store.as_ref(), &value_key(&tok, "acct-h")),
+        "a value under a hold acknowledged before the sweep's write was deleted"
+    );
+}
+
+/// Erasing a closed account does not undo its closure: a value collected
+/// for the subject afterwards still gets the post-closure clock.
+#[tokio::test]
+async fn an_erased_closed_account_stays_closed() {
+    let v = TestVault::start().await;
+    let app = v.client("app");
+    tokenize_one(&app, "acct-e", "notification", "phone", PHONE).await;
+    app.account_closed("acct-e").await.unwrap();
+    app.erase_subject("acct-e").await.unwrap();
+    let late = tokenize_one(&app, "acct-e", "notification", "email", "e@example.cn").await;
+    let bytes = v
+        .store()
+        .get(Space::Values, &value_key(&late, "acct-e"))
+        .unwrap()
+        .unwrap();
+    let rec = vault::schema::Record::decode(&bytes).unwrap();
+    assert!(
+        rec.expires_ms.is_some(),
+        "a value collected after the erasure of a closed account has no clock"
+    );
+}
+
+/// A collection that commits between an erasure's read of the subject's
+/// values and the erasure's own write (it is guarded on the key, which the
+/// erasure has not yet destroyed) is erased too, not left behind as a row
+/// nobody can open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collection_landing_inside_an_erasure_is_erased_with_it() {
+    use vault::store::Store as _;
+    let (v, store) = start_hooked(|_| {}).await;
+    let app = v.client("app");
+    let first = tokenize_one(&app, "acct-r", "notification", "phone", PHONE).await;
+    let late = tokenize_one(&app, "acct-r", "notification", "phone", "13900139000").await;
+    // Take the late value's rows out, to put them back at the moment the
+    // erasure has read the index (its first read of a value).
+    let vk = value_key(&late, "acct-r");
+    let token = vault::crypto::decode_token(&late).unwrap();
+    let sk = vault::schema::subject_key("acct-r", &token);
+    let row = store.inner.get(Space::Values, &vk).unwrap().unwrap();
+    let mut b = vault::store::Batch::default();
+    b.delete(Space::Values, vk.clone());
+    b.delete(Space::Subjects, sk.clone());
+    store.inner.write(b).unwrap();
+    store.arm(Space::Values, move |inner| {
+        let mut b = vault::store::Batch::default();
+        b.put(Space::Values, vk, row);
+        b.put(Space::Subjects, sk, Vec::new());
+        inner.write(b).unwrap();
+    });
+    let receipt = app.erase_subject("acct-r").await.unwrap();
+    assert!(store.fired.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(receipt.values_erased, 2);
+    let left = store
+        .inner
+        .scan(Space::Subjects, b"acct-r\0", Some(b"acct-r\x01"), 10)
+        .unwrap();
+    assert!(left.is_empty(), "{} index rows left", left.len());
+    let out = app
+        .detokenize(&detok_req("notification", &[&first, &late]))
+        .await
+        .unwrap();
+    assert_eq!(out.values[0].status, Status::Gone);
+    assert_eq!(out.values[1].status, Status::Gone);
+    // A value collected after the erasure (a new key) is not touched by a
+    // later look: it is the subject's new data.
+    let again = tokenize_one(&app, "acct-r", "notification", "phone", PHONE).await;
+    let out = app
+        .detokenize(&detok_req("notification", &[&again]))
+        .await
+        .unwrap();
+    assert_eq!(out.values[0].status, Status::Ok);
 }

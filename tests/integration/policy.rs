@@ -124,6 +124,47 @@ async fn purposes_the_caller_may_never_use_are_403() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some("purpose_not_allowed"));
+    // Each refusal left its event (SPEC: denied outcomes are audited too),
+    // and so does a legal basis refused whole, and an officer's export.
+    let bad = vault_sdk::wire::DetokenizeRequest {
+        legal_basis: Some(vault_sdk::wire::LegalBasis {
+            reference: "case\u{7}".into(),
+            approval: "apr-1".into(),
+        }),
+        ..detok_req("criminal_investigation", &[&tokens[0].1])
+    };
+    let err = c.detokenize(&bad).await.unwrap_err();
+    assert_eq!(err.code(), Some("invalid_request"));
+    let officer = v.client("officer");
+    let err = officer.export_subject("acct-1").await.unwrap_err();
+    assert_eq!(err.code(), Some("purpose_not_allowed"));
+    let events = officer.audit(None, None, Some(1000)).await.unwrap().events;
+    let refused: Vec<(String, String, Option<String>)> = events
+        .iter()
+        .filter(|e| e.outcome == "purpose_not_allowed" || e.outcome == "bad_legal_basis")
+        .map(|e| (e.caller.clone(), e.outcome.clone(), e.purpose.clone()))
+        .collect();
+    let want = |caller: &str, outcome: &str, purpose: &str| {
+        (
+            caller.to_string(),
+            outcome.to_string(),
+            Some(purpose.to_string()),
+        )
+    };
+    assert_eq!(
+        refused,
+        vec![
+            want("app", "purpose_not_allowed", "traffic_statistics"),
+            want("app", "purpose_not_allowed", "data_subject_request"),
+            want("officer", "purpose_not_allowed", "respond_to_request"),
+            want("app", "bad_legal_basis", "criminal_investigation"),
+            want("officer", "purpose_not_allowed", "data_subject_request"),
+        ]
+    );
+    // The refused reference itself is not written anywhere.
+    assert!(!events
+        .iter()
+        .any(|e| e.reference.as_deref().is_some_and(|r| r.contains("case"))));
 }
 
 #[tokio::test]

@@ -438,11 +438,13 @@ async fn subjects_see_their_data_and_who_saw_it() {
             (Some(403), Some("purpose_not_allowed"))
         );
     }
-    assert_eq!(
-        app.access_log("acct-1").await.unwrap().entries.len(),
-        log.entries.len(),
-        "a refused export is no release"
-    );
+    // A refused export is no release, but the subject sees the attempt.
+    let after = app.access_log("acct-1").await.unwrap().entries;
+    assert_eq!(after.len(), log.entries.len() + 2);
+    for e in &after[log.entries.len()..] {
+        assert_eq!(e.outcome, "purpose_not_allowed", "{e:?}");
+        assert!(e.caller.starts_with("officer"), "{e:?}");
+    }
     assert!(app
         .export_subject("nobody")
         .await

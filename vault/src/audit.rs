@@ -93,6 +93,30 @@ pub enum AuditError {
     Store(#[from] StoreError),
     #[error("audit event {seq} cannot be decoded")]
     Corrupt { seq: u64 },
+    #[error("the walk of the audit log ran out of time")]
+    TimedOut,
+}
+
+/// When a walk of the log gives up: the request it serves has run out of
+/// time. The walk runs on the blocking pool, where the request's timeout
+/// does not reach it; it looks at this between pages.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline(Option<std::time::Instant>);
+
+impl Deadline {
+    /// A walk that runs to its end (offline tools, tests).
+    pub const NEVER: Deadline = Deadline(None);
+
+    pub fn at(t: std::time::Instant) -> Deadline {
+        Deadline(Some(t))
+    }
+
+    fn check(self) -> Result<(), AuditError> {
+        match self.0 {
+            Some(t) if std::time::Instant::now() >= t => Err(AuditError::TimedOut),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Seals `event` onto the chain after `prev`: fills in its hash and returns
@@ -297,10 +321,12 @@ pub fn query(
     subject: Option<&str>,
     since: u64,
     limit: usize,
+    deadline: Deadline,
 ) -> Result<Vec<AuditEvent>, AuditError> {
     let mut out = Vec::new();
     let mut from = seq_key(since.saturating_add(1));
     while out.len() < limit {
+        deadline.check()?;
         let rows = store.scan(Space::Audit, &from, None, 1024)?;
         let Some((last_key, _)) = rows.last() else {
             break;
@@ -327,6 +353,48 @@ pub fn query(
         from = seq_key(next);
     }
     Ok(out)
+}
+
+/// The newest `limit` events that `keep` keeps, oldest first, walking the
+/// log from its end, and whether older ones were left out: a cap applied
+/// after the filter, so events of other kinds cannot push the ones asked
+/// for out of the answer.
+pub fn newest(
+    store: &dyn Store,
+    limit: usize,
+    deadline: Deadline,
+    keep: impl Fn(&AuditEvent) -> bool,
+) -> Result<(Vec<AuditEvent>, bool), AuditError> {
+    let mut out = Vec::new();
+    let mut to: Option<Vec<u8>> = None;
+    loop {
+        deadline.check()?;
+        let rows = store.scan_rev(Space::Audit, &seq_key(0), to.as_deref(), 1024)?;
+        let Some((first, _)) = rows.last() else {
+            break;
+        };
+        let next_to = first.clone();
+        for (key, bytes) in &rows {
+            let seq = <[u8; 8]>::try_from(key.as_slice())
+                .map(u64::from_be_bytes)
+                .map_err(|_| AuditError::Corrupt { seq: 0 })?;
+            let event: AuditEvent =
+                serde_json::from_slice(bytes).map_err(|_| AuditError::Corrupt { seq })?;
+            if keep(&event) {
+                if out.len() == limit {
+                    out.reverse();
+                    return Ok((out, true));
+                }
+                out.push(event);
+            }
+        }
+        if rows.len() < 1024 {
+            break;
+        }
+        to = Some(next_to);
+    }
+    out.reverse();
+    Ok((out, false))
 }
 
 #[cfg(test)]
@@ -372,11 +440,13 @@ pub fn for_each_in_window(
     store: &dyn Store,
     from_ms: u64,
     to_ms: u64,
+    deadline: Deadline,
     mut visit: impl FnMut(AuditEvent),
 ) -> Result<u64, AuditError> {
     let mut seq = first_at_or_after(store, from_ms)?;
     let mut read = 0u64;
     loop {
+        deadline.check()?;
         let rows = store.scan(Space::Audit, &seq_key(seq), None, 4096)?;
         let Some((last, _)) = rows.last() else {
             return Ok(read);

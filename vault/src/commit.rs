@@ -448,7 +448,7 @@ mod tests {
         store.write(b).unwrap();
         let c = Committer::start(store.clone(), Arc::new(Metrics::new())).unwrap();
         c.commit(Batch::default(), vec![draft(2)]).await.unwrap();
-        let events = audit::query(store.as_ref(), None, 0, 10).unwrap();
+        let events = audit::query(store.as_ref(), None, 0, 10, audit::Deadline::NEVER).unwrap();
         assert_eq!(events.len(), 2);
         assert!(events[1].time_ms >= ahead, "times never go back");
         assert_eq!(

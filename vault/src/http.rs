@@ -49,7 +49,9 @@ pub fn error_parts(e: &ApiError) -> (StatusCode, &'static str) {
         E::MalformedJson { .. } => (StatusCode::BAD_REQUEST, "malformed_json"),
         E::InvalidRequest { .. } | E::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
         E::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
-        E::TooManyItems(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_many_items"),
+        E::TooManyItems(_) | E::MappingTooBroad(_) => {
+            (StatusCode::PAYLOAD_TOO_LARGE, "too_many_items")
+        }
         E::UnknownCaller => (StatusCode::FORBIDDEN, "unknown_caller"),
         E::OfficerOnly => (StatusCode::FORBIDDEN, "forbidden"),
         E::InvalidSubject => (StatusCode::BAD_REQUEST, "invalid_subject"),
@@ -240,24 +242,48 @@ async fn admit(
     let body = tokio::time::timeout(v.limits.body_timeout, reading)
         .await
         .map_err(|_| ApiError::Timeout)??;
-    let _permit = conn
-        .permits
-        .try_acquire()
-        .map_err(|_| ApiError::Overloaded)?;
+    // An officer's seal needs no handling place: it must get through when
+    // a flood (a compromised app, say) holds every one of them.
+    let seal = parts.method == Method::POST
+        && parts.uri.path() == "/v1/admin/seal"
+        && ctx.role == crate::policy::Role::Officer;
+    let _permit = if seal {
+        None
+    } else {
+        Some(
+            conn.permits
+                .try_acquire()
+                .map_err(|_| ApiError::Overloaded)?,
+        )
+    };
     Ok(dispatch(v, &ctx, &parts, body.bytes()).await)
 }
 
 /// Runs a handler that walks the audit log (as much of it as the query
 /// asks) on the blocking pool, so a long walk holds a blocking thread, not
 /// one of the two runtime workers every other request needs.
-async fn off_runtime<T: Send + 'static>(
+///
+/// A request that times out drops its wait here, not the walk: so the walk
+/// gets the request's deadline and stops there itself, and it holds one of
+/// the few walking places until it does, so walks abandoned by their
+/// requests cannot pile up on the pool (more answer 503 `overloaded`).
+pub(crate) async fn off_runtime<T: Send + 'static>(
     v: &Arc<Vault>,
-    f: impl FnOnce(&Vault) -> Result<T, ApiError> + Send + 'static,
+    f: impl FnOnce(&Vault, crate::audit::Deadline) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
+    let place = v
+        .walks
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::Overloaded)?;
+    let deadline = crate::audit::Deadline::at(Instant::now() + v.limits.request_timeout);
     let v = v.clone();
-    tokio::task::spawn_blocking(move || f(&v))
-        .await
-        .map_err(|_| ApiError::Internal)?
+    tokio::task::spawn_blocking(move || {
+        let _place = place;
+        f(&v, deadline)
+    })
+    .await
+    .map_err(|_| ApiError::Internal)?
 }
 
 async fn dispatch(
@@ -274,7 +300,7 @@ async fn dispatch(
         (&Method::POST, "/v1/records") => ok(api::records(v, ctx, b).await),
         (&Method::GET, "/v1/audit") => {
             let (ctx, query) = (ctx.clone(), parts.uri.query().map(str::to_string));
-            ok(off_runtime(v, move |v| api::audit(v, &ctx, query.as_deref())).await)
+            ok(off_runtime(v, move |v, d| api::audit(v, &ctx, query.as_deref(), d)).await)
         }
         (&Method::GET, "/v1/admin/keys") => ok(admin::keys_status(v, ctx).await),
         (&Method::POST, "/v1/admin/keys/rotate") => ok(admin::rotate(v, ctx).await),
@@ -310,6 +336,7 @@ async fn dispatch(
             | "/v1/admin/approvals"
             | "/v1/admin/incidents/exposure"
             | "/v1/admin/keys/rewrap"
+            | "/v1/admin/stats/anonymized"
             | "/v1/admin/seal"
             | "/v1/admin/unseal",
         ) => error_response(&ApiError::MethodNotAllowed),
@@ -360,7 +387,7 @@ async fn subjects(
         ([""], _) => ok(lifecycle::erase(v, ctx, &subject).await),
         (["access-log"], _) => {
             let subject = subject.clone();
-            ok(off_runtime(v, move |v| subjects::access_log(v, &subject)).await)
+            ok(off_runtime(v, move |v, d| subjects::access_log(v, &subject, d)).await)
         }
         (["consents", p], _) => match api::percent_decode(p) {
             Some(p) => ok(consent::consent(v, ctx, m, &subject, &p, b).await),

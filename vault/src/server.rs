@@ -53,7 +53,16 @@ pub struct Vault {
     pub tokens: crate::tokens::TokenStyles,
     /// The named document schemas of `POST /v1/records`.
     pub schemas: std::collections::BTreeMap<String, crate::records::Mapping>,
+    /// Places for walks of the audit log (queries, access logs, exposure
+    /// reports), which run on the blocking pool: see `http::off_runtime`.
+    pub walks: Arc<tokio::sync::Semaphore>,
+    /// Erasures' purges of destroyed keys, coalesced.
+    pub purges: crate::api::lifecycle::Purges,
 }
+
+/// Walks of the audit log at once: one per core, and as many again waiting
+/// on the disk.
+pub const AUDIT_WALKS: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -232,6 +241,8 @@ pub fn build(
             .filter_map(|(name, m)| crate::records::compile(m).ok().map(|m| (name.clone(), m)))
             .collect(),
         rewrap: crate::rewrap::Rewrap::new(cfg.keys.rewrap_batch.max(1), cfg.keys.rewrap_pause_ms),
+        walks: Arc::new(tokio::sync::Semaphore::new(AUDIT_WALKS)),
+        purges: crate::api::lifecycle::Purges::default(),
     }))
 }
 

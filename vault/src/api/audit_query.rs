@@ -10,7 +10,12 @@ use crate::server::Vault;
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
 
-pub fn audit(v: &Vault, ctx: &Ctx, query: Option<&str>) -> Result<AuditResponse, ApiError> {
+pub fn audit(
+    v: &Vault,
+    ctx: &Ctx,
+    query: Option<&str>,
+    deadline: audit::Deadline,
+) -> Result<AuditResponse, ApiError> {
     require_officer(ctx)?;
     let mut subject = None;
     let mut since = 0u64;
@@ -47,10 +52,13 @@ pub fn audit(v: &Vault, ctx: &Ctx, query: Option<&str>) -> Result<AuditResponse,
             _ => return Err(ApiError::BadRequest("unknown query parameter")),
         }
     }
-    let events = audit::query(v.store.as_ref(), subject.as_deref(), since, limit).map_err(|e| {
-        tracing::error!(request_id = %ctx.request_id, error = %e, "Audit query failed");
-        ApiError::Unavailable
-    })?;
+    let events = audit::query(v.store.as_ref(), subject.as_deref(), since, limit, deadline)
+        .map_err(|e| {
+            if !matches!(e, audit::AuditError::TimedOut) {
+                tracing::error!(request_id = %ctx.request_id, error = %e, "Audit query failed");
+            }
+            super::subjects::walk_error(e)
+        })?;
     Ok(AuditResponse { events })
 }
 

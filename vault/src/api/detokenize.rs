@@ -73,7 +73,17 @@ pub(crate) async fn release(
     let info = v.policy.purpose(purpose).ok_or(ApiError::UnknownPurpose)?;
     let usable = info.legal_exception || v.policy.may_release_any(&ctx.caller, purpose);
     if purpose == DATA_SUBJECT_REQUEST || !usable {
-        return Err(ApiError::PurposeNotAllowed);
+        let e = ApiError::PurposeNotAllowed;
+        return Err(super::refused(
+            v,
+            ctx,
+            ask.action,
+            Some(purpose),
+            None,
+            "purpose_not_allowed",
+            e,
+        )
+        .await);
     }
     if tokens.len() > v.limits.max_items {
         return Err(ApiError::TooManyItems(v.limits.max_items));
@@ -86,9 +96,19 @@ pub(crate) async fn release(
         if (!blank && !super::printable(&b.reference, super::MAX_REFERENCE))
             || b.approval.len() > 64
         {
-            return Err(ApiError::BadRequest(
+            let e = ApiError::BadRequest(
                 "legal_basis: a reference of 1-128 printable characters and an approval id",
-            ));
+            );
+            return Err(super::refused(
+                v,
+                ctx,
+                ask.action,
+                Some(purpose),
+                None,
+                "bad_legal_basis",
+                e,
+            )
+            .await);
         }
     }
     let keys = keyring(v)?;

@@ -22,7 +22,7 @@ struct Tally {
 }
 
 pub async fn exposure(
-    v: &Vault,
+    v: &std::sync::Arc<Vault>,
     ctx: &Ctx,
     query: Option<&str>,
 ) -> Result<ExposureReport, ApiError> {
@@ -63,11 +63,10 @@ pub async fn exposure(
     if from >= to {
         return Err(ApiError::BadRequest("from must be before to"));
     }
-    let store = v.store.clone();
     let who = caller.clone();
-    let (read, tallies) = tokio::task::spawn_blocking(move || {
+    let (read, tallies) = crate::http::off_runtime(v, move |v, deadline| {
         let mut tallies: BTreeMap<String, Tally> = BTreeMap::new();
-        let read = audit::for_each_in_window(store.as_ref(), from, to, |e| {
+        let read = audit::for_each_in_window(v.store.as_ref(), from, to, deadline, |e| {
             let released = matches!(e.outcome.as_str(), "released" | "released_masked");
             if !released || who.as_deref().is_some_and(|c| c != e.caller) {
                 return;
@@ -83,10 +82,9 @@ pub async fn exposure(
             t.callers.insert(e.caller);
         });
         read.map(|r| (r, tallies))
+            .map_err(super::subjects::walk_error)
     })
-    .await
-    .map_err(|_| ApiError::Internal)?
-    .map_err(|_| ApiError::Unavailable)?;
+    .await?;
     let subjects = tallies
         .into_iter()
         .map(|(subject, t)| ExposedSubject {

@@ -5,6 +5,7 @@
 //! the data before or after, never half; a held subject is never erased or
 //! swept.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,6 +82,19 @@ impl Standing {
     /// Adds to `b` the check that holds while the standing is unchanged.
     pub fn guard(&self, b: &mut Batch, subject: &str) {
         b.expect(Space::Meta, standing_key(subject), self.raw.clone());
+    }
+
+    /// Adds to `b` the guard and what an erasure leaves of this standing:
+    /// the account's closure, whose clock a value collected for the
+    /// subject later still gets (the closure is not undone by erasing).
+    fn erase(&self, b: &mut Batch, subject: &str) {
+        match self.closed_ms {
+            Some(closed) => self.write(b, subject, Some(closed), None),
+            None => {
+                self.guard(b, subject);
+                b.delete(Space::Meta, standing_key(subject));
+            }
+        }
     }
 
     /// Adds to `b` the guard and the write of this standing as changed.
@@ -420,6 +434,8 @@ pub async fn erase(v: &Vault, ctx: &Ctx, subject: &str) -> Result<ErasureReceipt
     if !valid_subject(subject) {
         return Err(ApiError::InvalidSubject);
     }
+    // The destroyed key's wrapped form, when there was one.
+    let shredded: std::sync::Mutex<Option<Vec<u8>>> = std::sync::Mutex::new(None);
     let receipt = retrying(|| async {
         if is_held(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)? {
             commit(
@@ -442,7 +458,13 @@ pub async fn erase(v: &Vault, ctx: &Ctx, subject: &str) -> Result<ErasureReceipt
             subject.as_bytes().to_vec(),
             wrapped.clone(),
         );
-        subject_keys::destroy(&mut b, subject);
+        // A subject that has no key has nothing to shred (or purge).
+        if wrapped.is_some() {
+            subject_keys::destroy(&mut b, subject);
+        }
+        if let Ok(mut s) = shredded.lock() {
+            s.clone_from(&wrapped);
+        }
         // Which values the law still requires is read from their headers,
         // so only checked ones count; the rest are deleted either way.
         let keys = keyring(v)?;
@@ -467,11 +489,9 @@ pub async fn erase(v: &Vault, ctx: &Ctx, subject: &str) -> Result<ErasureReceipt
             .await;
         }
         let values: Vec<&Row> = checked.iter().chain(&tampered).collect();
-        // Erased whole: its standing (a closure) goes with it.
         let standing =
             Standing::read(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)?;
-        standing.guard(&mut b, subject);
-        b.delete(Space::Meta, standing_key(subject));
+        standing.erase(&mut b, subject);
         let mut tokens: Vec<String> = Vec::with_capacity(values.len());
         for (token, bytes, rec) in values.iter().copied() {
             b.expect(
@@ -532,15 +552,102 @@ pub async fn erase(v: &Vault, ctx: &Ctx, subject: &str) -> Result<ErasureReceipt
             }
         });
     }
+    let destroyed = shredded.lock().ok().and_then(|mut s| s.take());
+    let Some(wrapped) = destroyed else {
+        return Ok(receipt);
+    };
+    // A collection that committed between the erasure's read of the values
+    // and its write is not in the receipt: its value is sealed under the
+    // key just destroyed, which tells it apart from a value collected
+    // since (under a new key). Such values go now.
+    let late = retrying(|| erase_late(v, ctx, subject, &wrapped, receipt.time_ms)).await;
     purge_subject_keys(v).await;
-    Ok(receipt)
+    Ok(match late {
+        Ok(n) => ErasureReceipt {
+            values_erased: receipt.values_erased + n,
+            ..receipt
+        },
+        Err(e) => {
+            tracing::error!(error = %e, "Erasure committed; its second pass failed");
+            receipt
+        }
+    })
+}
+
+/// The values of `subject` still indexed that open under the destroyed key
+/// `wrapped`, deleted and audited; how many.
+async fn erase_late(
+    v: &Vault,
+    ctx: &Ctx,
+    subject: &str,
+    wrapped: &[u8],
+    time_ms: u64,
+) -> Result<u64, ApiError> {
+    let keys = keyring(v)?;
+    let (checked, _) = values_of(v.store.as_ref(), Some(&keys), subject)?;
+    if checked.is_empty() {
+        return Ok(0);
+    }
+    let old = keys
+        .unwrap_subject_key(subject, wrapped)
+        .map_err(|_| ApiError::Internal)?;
+    let mut b = Batch::default();
+    let mut tokens = Vec::new();
+    for (token, bytes, rec) in &checked {
+        let under_old = keys
+            .version(rec.key_version)
+            .ok()
+            .map(|k| k.for_subject(&old))
+            .is_some_and(|k| k.open(&rec.aad(subject, token), &rec.ciphertext).is_ok());
+        if under_old {
+            b.expect(
+                Space::Values,
+                value_key(token, subject),
+                Some(bytes.clone()),
+            );
+            delete_value(&mut b, token, subject, rec, time_ms);
+            tokens.push(encode_token(token));
+        }
+    }
+    if tokens.is_empty() {
+        return Ok(0);
+    }
+    let n = tokens.len() as u64;
+    let mut event = draft(ctx, "erasure", subject, "erased");
+    event.reference = Some(erasure_digest(subject, time_ms, &mut tokens));
+    commit(v, b, vec![event]).await?;
+    Ok(n)
 }
 
 /// Removes destroyed subject keys from the engine's files (logs and tables)
 /// once their deletion is durable, then clears the mark that a purge is
 /// due ([`subject_keys::PURGE_PENDING`]) unless a newer destruction set it
 /// meanwhile.
+///
+/// Purges are coalesced: each erasure waits for a purge that began after
+/// its own deletion was written, and a burst of erasures shares one
+/// purge (a flush and a compaction each) rather than queueing one apiece.
 async fn purge_subject_keys(v: &Vault) {
+    let ticket = v.purges.asked.fetch_add(1, Ordering::SeqCst) + 1;
+    let mut covered = v.purges.done.lock().await;
+    if *covered >= ticket {
+        return;
+    }
+    let upto = v.purges.asked.load(Ordering::SeqCst);
+    if purge_now(v).await {
+        *covered = upto;
+    }
+}
+
+/// Erasures' key purges so far: asked for, and covered by one made.
+#[derive(Debug, Default)]
+pub struct Purges {
+    asked: std::sync::atomic::AtomicU64,
+    done: tokio::sync::Mutex<u64>,
+}
+
+/// One purge; whether it was made.
+async fn purge_now(v: &Vault) -> bool {
     let store = v.store.clone();
     let purged = tokio::task::spawn_blocking(move || {
         let mark = store.get(Space::Meta, subject_keys::PURGE_PENDING)?;
@@ -560,14 +667,16 @@ async fn purge_subject_keys(v: &Vault) {
             // A conflict means another destruction landed; its own purge
             // clears the mark.
             let _ = v.committer.commit(b, Vec::new()).await;
+            true
         }
-        Ok(Ok(None)) => {}
+        Ok(Ok(None)) => true,
         _ => {
             // The key is deleted either way; its physical removal waits
             // for the next start, or the engine's own compaction.
             tracing::error!(
                 "Purging erased subject keys failed; retried at the next start, and compaction removes them meanwhile"
             );
+            false
         }
     }
 }
@@ -775,12 +884,32 @@ pub async fn correct(
         // A hold keeps the data as it is; a subject restricted by a pending
         // erasure is only stored, no longer processed (PIPL Art. 47).
         if is_held(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)? {
-            return Err(ApiError::LegalHold);
+            let e = ApiError::LegalHold;
+            return Err(super::refused(
+                v,
+                ctx,
+                "correction",
+                None,
+                Some(subject),
+                "refused_legal_hold",
+                e,
+            )
+            .await);
         }
         let standing =
             Standing::read(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)?;
         if standing.restricted() {
-            return Err(ApiError::SubjectRestricted);
+            let e = ApiError::SubjectRestricted;
+            return Err(super::refused(
+                v,
+                ctx,
+                "correction",
+                None,
+                Some(subject),
+                "refused_restricted",
+                e,
+            )
+            .await);
         }
         let now = now_ms();
         let key = value_key(&old_token, subject);
@@ -997,6 +1126,8 @@ pub async fn sweep_once(v: &Vault) -> Result<u64, ApiError> {
     let mut events = Vec::new();
     let mut purged = 0u64;
     let mut destroyed = false;
+    let mut unheld: std::collections::BTreeMap<String, Vec<TokenBytes>> =
+        std::collections::BTreeMap::new();
     for (key, _) in due {
         let Some((exp, token, subject)) = expiry_entry(&key) else {
             continue;
@@ -1026,15 +1157,21 @@ pub async fn sweep_once(v: &Vault) -> Result<u64, ApiError> {
                         .or_default() += 1;
                 }
                 b.expect(Space::Values, vk, current.clone());
+                // A hold placed since the entries were read wins: the pass
+                // conflicts, and the next one passes the subject over.
+                let swept = unheld.entry(subject.to_string()).or_insert_with(|| {
+                    b.expect(Space::Meta, hold_key(subject), None);
+                    Vec::new()
+                });
+                swept.push(token);
                 delete_value(&mut b, &token, subject, &rec, now);
                 // An erasure held back by a legal period completes now: the
-                // key goes, and with it the subject's standing.
+                // key goes, and with it the restriction.
                 let standing =
                     Standing::read(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)?;
                 if standing.restricted_until.is_some_and(|until| until <= now) {
                     subject_keys::destroy(&mut b, subject);
-                    standing.guard(&mut b, subject);
-                    b.delete(Space::Meta, standing_key(subject));
+                    standing.erase(&mut b, subject);
                     destroyed = true;
                 }
                 events.push(Draft {
@@ -1067,6 +1204,9 @@ pub async fn sweep_once(v: &Vault) -> Result<u64, ApiError> {
             // only the stale index entry goes.
             _ => b.delete(Space::Expiry, key),
         }
+    }
+    for (subject, swept) in &unheld {
+        destroyed |= shred_after_closure(v, &mut b, subject, swept, now)?;
     }
     v.metrics.retention_due.set(if full {
         i64::try_from(SWEEP_BATCH).unwrap_or(i64::MAX)
@@ -1101,6 +1241,57 @@ pub async fn sweep_once(v: &Vault) -> Result<u64, ApiError> {
         purge_subject_keys(v).await;
     }
     Ok(handled)
+}
+
+/// When a closed account's post-closure period is over and `swept` (this
+/// pass's deletions of the subject) takes its last indexed value, adds the
+/// destruction of its key to `b`, as an erasure does: the deleted values
+/// are then unreadable in old files and backups too, not only gone from
+/// the live view. Values with a longer legal period keep the key until the
+/// pass that deletes the last of them. The closure stays: a value
+/// collected later still gets its clock (and a new key).
+fn shred_after_closure(
+    v: &Vault,
+    b: &mut Batch,
+    subject: &str,
+    swept: &[TokenBytes],
+    now: u64,
+) -> Result<bool, ApiError> {
+    let standing = Standing::read(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)?;
+    // A restriction's end destroys the key on its own path.
+    if standing.restricted() || standing.latest_expiry(v).is_none_or(|end| end > now) {
+        return Ok(false);
+    }
+    let mut prefix = subject.as_bytes().to_vec();
+    prefix.push(0);
+    let end = crate::store::prefix_end(&prefix);
+    let indexed = v
+        .store
+        .scan(Space::Subjects, &prefix, end.as_deref(), swept.len() + 1)
+        .map_err(|_| ApiError::Unavailable)?;
+    let all_swept = indexed.iter().all(|(k, _)| {
+        k.get(prefix.len()..)
+            .is_some_and(|t| swept.iter().any(|s| s.as_slice() == t))
+    });
+    if !all_swept {
+        return Ok(false);
+    }
+    let Some(wrapped) = v
+        .store
+        .get(Space::SubjectKeys, subject.as_bytes())
+        .map_err(|_| ApiError::Unavailable)?
+    else {
+        return Ok(false);
+    };
+    // Guards: the key and the standing are still the ones read.
+    b.expect(
+        Space::SubjectKeys,
+        subject.as_bytes().to_vec(),
+        Some(wrapped),
+    );
+    standing.guard(b, subject);
+    subject_keys::destroy(b, subject);
+    Ok(true)
 }
 
 const STATS_PREFIX: &[u8] = b"stats/";

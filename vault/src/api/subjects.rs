@@ -18,7 +18,7 @@ use crate::store::Batch;
 /// what the access log lists.
 const RELEASES: [&str; 3] = ["detokenize", "reidentify", "subject_export"];
 
-/// Most audit events one access log returns.
+/// Most releases one access log returns (the newest).
 const MAX_ENTRIES: usize = 10_000;
 
 fn purpose_of(query: Option<&str>) -> Result<String, ApiError> {
@@ -64,7 +64,18 @@ pub async fn export(
         || ctx.role != Role::App
         || !v.policy.may_release_any(&ctx.caller, &purpose)
     {
-        return Err(ApiError::PurposeNotAllowed);
+        let e = ApiError::PurposeNotAllowed;
+        let outcome = "purpose_not_allowed";
+        return Err(super::refused(
+            v,
+            ctx,
+            "subject_export",
+            Some(&purpose),
+            Some(subject),
+            outcome,
+            e,
+        )
+        .await);
     }
     let keys = keyring(v)?;
     let now = now_ms();
@@ -173,15 +184,23 @@ pub async fn export(
     })
 }
 
-pub fn access_log(v: &Vault, subject: &str) -> Result<AccessLog, ApiError> {
+/// The newest releases first, capped after the filter: no number of other
+/// events naming the subject can push a release out of the answer, and
+/// `truncated` says when older releases were left out.
+pub fn access_log(
+    v: &Vault,
+    subject: &str,
+    deadline: audit::Deadline,
+) -> Result<AccessLog, ApiError> {
     if !valid_subject(subject) {
         return Err(ApiError::InvalidSubject);
     }
-    let events = audit::query(v.store.as_ref(), Some(subject), 0, MAX_ENTRIES)
-        .map_err(|_| ApiError::Unavailable)?;
+    let (events, truncated) = audit::newest(v.store.as_ref(), MAX_ENTRIES, deadline, |e| {
+        e.subject.as_deref() == Some(subject) && RELEASES.contains(&e.action.as_str())
+    })
+    .map_err(walk_error)?;
     let entries = events
         .into_iter()
-        .filter(|e| RELEASES.contains(&e.action.as_str()))
         .map(|e| AccessEntry {
             time_ms: e.time_ms,
             caller: e.caller,
@@ -193,5 +212,14 @@ pub fn access_log(v: &Vault, subject: &str) -> Result<AccessLog, ApiError> {
     Ok(AccessLog {
         subject: subject.to_string(),
         entries,
+        truncated,
     })
+}
+
+/// A walk of the audit log that failed: out of time, or the store.
+pub(crate) fn walk_error(e: audit::AuditError) -> ApiError {
+    match e {
+        audit::AuditError::TimedOut => ApiError::Timeout,
+        _ => ApiError::Unavailable,
+    }
 }

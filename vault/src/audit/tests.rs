@@ -124,16 +124,57 @@ fn a_cut_tail_is_found() {
 fn query_filters_by_subject_and_since() {
     let s = MemoryStore::new();
     append(&s, 30);
-    let all = query(&s, None, 0, 100).unwrap();
+    let all = query(&s, None, 0, 100, Deadline::NEVER).unwrap();
     assert_eq!(all.len(), 30);
-    let s1 = query(&s, Some("s1"), 0, 100).unwrap();
+    let s1 = query(&s, Some("s1"), 0, 100, Deadline::NEVER).unwrap();
     assert_eq!(s1.len(), 10);
     assert!(s1.iter().all(|e| e.subject.as_deref() == Some("s1")));
-    let later = query(&s, None, 25, 3).unwrap();
+    let later = query(&s, None, 25, 3, Deadline::NEVER).unwrap();
     assert_eq!(
         later.iter().map(|e| e.seq).collect::<Vec<_>>(),
         vec![26, 27, 28]
     );
+}
+
+#[test]
+fn newest_caps_after_its_filter_and_says_when_it_left_some_out() {
+    let s = MemoryStore::new();
+    // 3,000 events, a third each for s0, s1, s2.
+    append(&s, 3_000);
+    let of_s1 = |e: &AuditEvent| e.subject.as_deref() == Some("s1");
+    let (got, truncated) = newest(&s, 5, Deadline::NEVER, of_s1).unwrap();
+    // The newest five of s1, oldest first.
+    assert_eq!(
+        got.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![2987, 2990, 2993, 2996, 2999]
+    );
+    assert!(truncated);
+    let (got, truncated) = newest(&s, 1_000, Deadline::NEVER, of_s1).unwrap();
+    assert_eq!((got.len(), truncated), (1_000, false));
+    assert_eq!(got.first().map(|e| e.seq), Some(2));
+    // Events of other kinds, however many, cannot hide the one asked for.
+    let (got, _) = newest(&s, 1, Deadline::NEVER, |e| e.seq == 7).unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        newest(&MemoryStore::new(), 5, Deadline::NEVER, |_| true)
+            .unwrap()
+            .0,
+        vec![]
+    );
+    // A walk past its request's deadline stops.
+    let gone = Deadline::at(std::time::Instant::now());
+    assert!(matches!(
+        newest(&s, 5, gone, |_| false),
+        Err(AuditError::TimedOut)
+    ));
+    assert!(matches!(
+        query(&s, Some("nobody"), 0, 5, gone),
+        Err(AuditError::TimedOut)
+    ));
+    assert!(matches!(
+        for_each_in_window(&s, 0, u64::MAX, gone, |_| {}),
+        Err(AuditError::TimedOut)
+    ));
 }
 
 #[test]
@@ -147,14 +188,23 @@ fn windows_are_found_by_binary_search() {
     assert_eq!(first_at_or_after(&s, 5000).unwrap(), 4001);
     assert_eq!(first_at_or_after(&s, 99_999).unwrap(), 10_001);
     let mut seen = Vec::new();
-    let read = for_each_in_window(&s, 5000, 5005, |e| seen.push((e.seq, e.time_ms))).unwrap();
+    let read = for_each_in_window(&s, 5000, 5005, Deadline::NEVER, |e| {
+        seen.push((e.seq, e.time_ms))
+    })
+    .unwrap();
     assert_eq!(read, 5);
     assert_eq!(
         seen,
         (4001..=4005).map(|q| (q, q + 999)).collect::<Vec<_>>()
     );
-    assert_eq!(for_each_in_window(&s, 20_000, 30_000, |_| {}).unwrap(), 0);
-    assert_eq!(for_each_in_window(&s, 0, 20_000, |_| {}).unwrap(), 10_000);
+    assert_eq!(
+        for_each_in_window(&s, 20_000, 30_000, Deadline::NEVER, |_| {}).unwrap(),
+        0
+    );
+    assert_eq!(
+        for_each_in_window(&s, 0, 20_000, Deadline::NEVER, |_| {}).unwrap(),
+        10_000
+    );
 }
 
 #[test]
@@ -175,9 +225,15 @@ fn a_row_at_the_last_sequence_number_ends_every_walk() {
     let mut b = Batch::default();
     b.put(Space::Audit, seq_key(u64::MAX), bytes);
     s.write(b).unwrap();
-    assert_eq!(query(&s, Some("nobody"), 0, 10).unwrap(), vec![]);
-    assert_eq!(query(&s, None, 0, 10).unwrap().len(), 4);
-    assert_eq!(for_each_in_window(&s, 0, u64::MAX, |_| {}).unwrap(), 4);
+    assert_eq!(
+        query(&s, Some("nobody"), 0, 10, Deadline::NEVER).unwrap(),
+        vec![]
+    );
+    assert_eq!(query(&s, None, 0, 10, Deadline::NEVER).unwrap().len(), 4);
+    assert_eq!(
+        for_each_in_window(&s, 0, u64::MAX, Deadline::NEVER, |_| {}).unwrap(),
+        4
+    );
 }
 
 #[test]
