@@ -11,7 +11,8 @@
 //! - A `503` answer with code `overloaded` is retried for safe requests
 //!   (`GET`, `HEAD`, `OPTIONS`) and for the `POST`s that are idempotent by
 //!   design: `/v1/detokenize` and `/v1/reidentify` are reads, `/v1/tokenize`,
-//!   `/v1/deidentify` and `/v1/records` give the same token for the same value. A retried read
+//!   `/v1/deidentify` and `/v1/records` give the same token for the same value, and
+//!   `/v1/admin/seal` seals a sealed vault to no further effect. A retried read
 //!   may leave one more audit event; that is the truth about what was asked.
 //! - A timeout, or a connection broken after the request may have been sent,
 //!   is retried only for safe requests: the server may have done the work.
@@ -52,7 +53,8 @@ pub(crate) enum Outcome<'a> {
 }
 
 /// The paths whose `POST` is idempotent by design (see the module doc).
-const IDEMPOTENT_POSTS: [&str; 5] = [
+const IDEMPOTENT_POSTS: [&str; 6] = [
+    "/v1/admin/seal",
     "/v1/tokenize",
     "/v1/detokenize",
     "/v1/deidentify",
@@ -123,6 +125,10 @@ mod tests {
         }
         assert_eq!(
             idempotency(&Method::POST, "/v1/admin/seal"),
+            Idempotency::Idempotent
+        );
+        assert_eq!(
+            idempotency(&Method::POST, "/v1/admin/keys/rotate"),
             Idempotency::Unsafe
         );
         assert_eq!(

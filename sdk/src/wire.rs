@@ -1,6 +1,9 @@
 //! The JSON on the wire, shared by the server and every client, so the two can
 //! never drift apart. Requests refuse unknown fields: a misspelt field is a bug
-//! in the caller that must surface, not a silently ignored option.
+//! in the caller that must surface, not a silently ignored option. Responses
+//! accept them: a field a newer vault adds to an answer must not break the
+//! clients already deployed (the server only ever reads responses back from
+//! its own sealed rows, which nobody else can write).
 
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroize;
@@ -235,7 +238,6 @@ pub struct AuditResponse {
 
 /// One data-key version as `GET /v1/admin/keys` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct KeyVersion {
     pub version: u32,
     /// Unix time in milliseconds.
@@ -249,7 +251,6 @@ pub struct KeyVersion {
 
 /// `GET /v1/admin/keys` and the answer of every key operation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct KeysStatus {
     pub sealed: bool,
     /// While sealed: shares given so far and shares needed (0 when the
@@ -297,7 +298,6 @@ pub struct RetireRequest {
 
 /// `GET` / `POST /v1/admin/keys/rewrap`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RewrapStatus {
     /// `idle`, `running`, `done` or `failed`.
     pub state: String,
@@ -316,7 +316,6 @@ pub struct RewrapStatus {
 
 /// One entry of the consent ledger.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ConsentEntry {
     /// `true` consent given, `false` withdrawn.
     pub given: bool,
@@ -337,7 +336,6 @@ pub struct ConsentRequest {
 
 /// The consent of one subject for one purpose, with its whole history.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ConsentState {
     pub subject: String,
     pub purpose: String,
@@ -363,7 +361,6 @@ pub struct ApprovalRequest {
 
 /// A granted, time-boxed approval of a legal-exception disclosure.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Approval {
     pub id: String,
     pub approver: String,
@@ -377,7 +374,6 @@ pub struct Approval {
 
 /// One live value in a subject's export.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SubjectValue {
     pub class: String,
     pub token: String,
@@ -406,7 +402,6 @@ impl std::fmt::Debug for SubjectValue {
 
 /// `GET /v1/subjects/{subject}?purpose=data_subject_request`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SubjectExport {
     pub subject: String,
     pub values: Vec<SubjectValue>,
@@ -414,7 +409,6 @@ pub struct SubjectExport {
 
 /// One release of a subject's data.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct AccessEntry {
     pub time_ms: u64,
     pub caller: String,
@@ -427,15 +421,17 @@ pub struct AccessEntry {
 
 /// `GET /v1/subjects/{subject}/access-log`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct AccessLog {
     pub subject: String,
+    /// Oldest first: the newest releases, up to 10,000.
     pub entries: Vec<AccessEntry>,
+    /// Older releases were left out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
 }
 
 /// `DELETE /v1/subjects/{subject}`: what the erasure did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ErasureReceipt {
     pub subject: String,
     pub values_erased: u64,
@@ -461,7 +457,6 @@ pub struct SubjectEvent {
 
 /// What a subject event or hold changed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SubjectStatus {
     pub subject: String,
     pub held: bool,
@@ -488,7 +483,6 @@ impl std::fmt::Debug for CorrectionRequest {
 
 /// One subject whose plaintext was released in the window.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ExposedSubject {
     pub subject: String,
     /// Releases of its data (full or masked) in the window.
@@ -501,7 +495,6 @@ pub struct ExposedSubject {
 
 /// `GET /v1/admin/incidents/exposure?from=&to=&caller=`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ExposureReport {
     pub from_ms: u64,
     pub to_ms: u64,
@@ -514,7 +507,6 @@ pub struct ExposureReport {
 
 /// One counter kept by anonymization.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct AnonymizedCount {
     pub class: String,
     /// e.g. `province=35;birth_year=1990`; empty when the class keeps none.
@@ -524,7 +516,6 @@ pub struct AnonymizedCount {
 
 /// `GET /v1/admin/stats/anonymized`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct AnonymizedStats {
     pub entries: Vec<AnonymizedCount>,
 }
@@ -786,5 +777,26 @@ mod tests {
             assert!(!s.contains(secret), "{s}");
             assert!(s.contains("[REDACTED]"), "{s}");
         }
+    }
+
+    #[test]
+    fn answers_from_a_newer_vault_still_parse_but_requests_stay_strict() {
+        // A field added to an answer later (as `left_behind` was) must not
+        // break a deployed client.
+        let status: RewrapStatus = serde_json::from_str(
+            r#"{"state":"idle","target_version":2,"scanned":0,"rewrapped":0,"added_later":1}"#,
+        )
+        .unwrap();
+        assert_eq!(status.target_version, 2);
+        let keys: KeysStatus = serde_json::from_str(
+            r#"{"sealed":false,"unseal_progress":0,"unseal_threshold":0,"active_version":1,"versions":[{"version":1,"created_ms":5,"state":"active","values":0,"new":true}],"new":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(keys.versions.len(), 1);
+        // A misspelt field in a request is still the caller's bug.
+        assert!(
+            serde_json::from_str::<ConsentRequest>(r#"{"policy_version":"1","purpse":"x"}"#)
+                .is_err()
+        );
     }
 }

@@ -340,6 +340,59 @@ async fn rotation_under_load_then_rewrap_and_min_version() {
     );
 }
 
+/// In an incident the app may be the attacker, holding every handling
+/// place: the officer's seal still gets through, and takes effect before
+/// anything it waits for (its own audit event) is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_officer_seals_while_every_handling_place_is_taken() {
+    let (v, store) = start_hooked(|cfg| cfg.server.max_concurrent_requests = 1).await;
+    let app = v.client("app");
+    let tok = tokenize_one(&app, "s", "notification", "phone", PHONE).await;
+    store.hold_writes.store(true, Ordering::SeqCst);
+    // Writes resume however this test ends, so a failure cannot hang it.
+    struct Resume(Arc<Hooked>);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            self.0.hold_writes.store(false, Ordering::SeqCst);
+        }
+    }
+    let _resume = Resume(store.clone());
+    // With retries: a probe below may hold the place for a moment first.
+    let holder = v.builder("app").retries(8).build().unwrap();
+    let held =
+        tokio::spawn(async move { holder.detokenize(&detok_req("notification", &[&tok])).await });
+    // The detokenize waits on its audit write, in the one place there is.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let r = app
+            .raw(http::Method::GET, "/v1/admin/keys", None)
+            .await
+            .unwrap();
+        if r.status == 503 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the place was never taken"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let officer = v.client("officer");
+    let seal = tokio::spawn(async move { officer.seal().await });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while !v.running().vault.keys.is_sealed() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the seal was held back by the flood"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    store.hold_writes.store(false, Ordering::SeqCst);
+    assert!(seal.await.unwrap().unwrap().sealed);
+    // The held detokenize either finished before the seal or is refused.
+    let _ = held.await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seal_during_load_stops_every_release() {
     let v = TestVault::start().await;

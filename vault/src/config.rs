@@ -229,7 +229,8 @@ pub struct CallerConfig {
 pub struct PurposeConfig {
     #[serde(default)]
     pub description: String,
-    #[serde(default)]
+    /// Also spelt `requires_consent`, as the SPEC names the marking.
+    #[serde(default, alias = "requires_consent")]
     pub requires_consent: bool,
     /// With `requires-consent`: consents to a privacy-policy version older
     /// than this one no longer count (PIPL Art. 14: a changed purpose needs

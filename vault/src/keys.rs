@@ -568,6 +568,8 @@ fn open_meta(kek: &DataKey, stored: &[u8]) -> Result<KeyMeta, KeyError> {
 pub struct KeyState {
     inner: RwLock<Option<Arc<Keyring>>>,
     cache: Arc<KeyCache>,
+    /// Seals so far: an unseal that began before a seal installs nothing.
+    seals: std::sync::atomic::AtomicU64,
 }
 
 impl Default for KeyState {
@@ -575,6 +577,7 @@ impl Default for KeyState {
         Self {
             inner: RwLock::new(None),
             cache: Arc::new(KeyCache::new(SUBJECT_KEY_CACHE)),
+            seals: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
@@ -610,9 +613,29 @@ impl KeyState {
     /// are zeroized once the last request holding it finishes.
     pub fn seal(&self) {
         if let Ok(mut guard) = self.inner.write() {
+            self.seals.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             *guard = None;
             self.cache.reset(false);
         }
+    }
+
+    /// How many seals there have been: what [`KeyState::install_unless_sealed_since`]
+    /// compares.
+    pub fn seals(&self) -> u64 {
+        self.seals.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Installs `keyring` unless a seal came after `seals` was read (an
+    /// officer sealed while the unseal was opening the keys): the seal wins.
+    pub fn install_unless_sealed_since(&self, seals: u64, keyring: Keyring) -> bool {
+        if let Ok(mut guard) = self.inner.write() {
+            if self.seals.load(std::sync::atomic::Ordering::SeqCst) == seals {
+                *guard = Some(Arc::new(keyring));
+                self.cache.reset(true);
+                return true;
+            }
+        }
+        false
     }
 
     /// Swaps in a newer keyring (after a rotation) unless the vault was

@@ -566,7 +566,7 @@ async fn overloaded_is_not_retried_for_other_writes() {
     let srv = TestServer::start(HTTP1, vec![OVERLOADED]);
     let client = builder(&srv.endpoint()).build().unwrap();
     let raw = client
-        .raw(Method::POST, "/v1/admin/seal", None)
+        .raw(Method::POST, "/v1/admin/keys/rotate", None)
         .await
         .unwrap();
     assert_eq!(raw.status, 503);

@@ -239,9 +239,11 @@ pub fn rewrap_status(v: &Vault, ctx: &Ctx) -> Result<RewrapStatus, ApiError> {
 
 /// `POST /v1/admin/seal`: no more decryption from this moment; the keyring
 /// is dropped (and zeroized once the requests holding it finish).
+/// It takes no lock and, in the HTTP layer, no handling place: a flood of
+/// requests or a key operation stuck on storage cannot hold an officer's
+/// seal back. A rotation or an unseal under way installs nothing after it.
 pub async fn seal(v: &Arc<Vault>, ctx: &Ctx) -> Result<KeysStatus, ApiError> {
     require_officer(ctx)?;
-    let _guard = v.key_ops.lock().await;
     v.keys.seal();
     v.metrics.set_sealed(true);
     if let Ok(mut c) = v.unseal.lock() {
@@ -259,6 +261,7 @@ pub async fn unseal(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysStatu
     require_officer(ctx)?;
     let req: UnsealRequest = parse_json(body)?;
     let _guard = v.key_ops.lock().await;
+    let seals = v.keys.seals();
     if !v.keys.is_sealed() {
         return status(v).await;
     }
@@ -289,10 +292,16 @@ pub async fn unseal(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysStatu
     let opened = blocking(move || Keyring::open_existing(&root, store.as_ref())).await?;
     match opened {
         Ok(keys) => {
-            v.metrics
-                .key_active_version
-                .set(i64::from(keys.meta().active));
-            v.keys.install(keys);
+            let active = keys.meta().active;
+            if !v.keys.install_unless_sealed_since(seals, keys) {
+                // Sealed again while the keys were opening: the seal wins,
+                // and unsealing starts over.
+                if let Ok(mut c) = v.unseal.lock() {
+                    c.reset();
+                }
+                return Err(ApiError::Sealed);
+            }
+            v.metrics.key_active_version.set(i64::from(active));
             v.metrics.set_sealed(false);
             tracing::info!("Vault unsealed");
             audit_only(v, ctx, "unseal", "unsealed").await?;

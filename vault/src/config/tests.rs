@@ -211,6 +211,14 @@ fn unknown_keys_are_named() {
 }
 
 #[test]
+fn the_spec_spelling_of_requires_consent_is_the_same_key() {
+    let text = EXAMPLE.replace("requires-consent = true", "requires_consent = true");
+    assert_ne!(text, EXAMPLE);
+    let cfg = load(&text, &[]).unwrap();
+    assert!(cfg.purposes["user_specified"].requires_consent);
+}
+
+#[test]
 fn every_problem_is_listed() {
     let text = EXAMPLE
         .replace("api-addr = \"127.0.0.1:8443\"", "api-addr = \"nowhere\"")
