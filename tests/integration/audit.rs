@@ -95,6 +95,64 @@ async fn every_outcome_is_audited_and_officers_can_read_it() {
     assert!(out.contains("broken at event 4"), "{out}");
 }
 
+/// Tampering that leaves rows the verifier cannot read as events (a key
+/// that is not a sequence number, a head that does not decode) is still
+/// "broken at event N", exit 1, not a runtime failure (70).
+#[tokio::test]
+async fn structural_tampering_exits_1_naming_the_event() {
+    let mut v = TestVault::start().await;
+    let c = v.client("app");
+    for i in 0..3 {
+        tokenize_one(
+            &c,
+            &format!("acct-{i}"),
+            "identity_verification",
+            "phone",
+            "13800138000",
+        )
+        .await;
+    }
+    v.stop().await;
+    let data = v.dir.path();
+    let (code, out, err) = audit_verify(data);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("intact: 3 events"), "{out}");
+    use vault::store::Store;
+    let put = |space: Space, key: Vec<u8>, value: Vec<u8>| {
+        let store = vault::store::RocksStore::open(data).unwrap();
+        let mut b = Batch::default();
+        b.put(space, key, value);
+        store.write(b).unwrap();
+    };
+    // A head row that does not decode.
+    let head = {
+        let store = vault::store::RocksStore::open(data).unwrap();
+        store
+            .get(Space::Meta, vault::audit::HEAD_KEY)
+            .unwrap()
+            .unwrap()
+    };
+    put(
+        Space::Meta,
+        vault::audit::HEAD_KEY.to_vec(),
+        head[..39].to_vec(),
+    );
+    let (code, out, err) = audit_verify(data);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("broken at event 4"), "{out}");
+    put(Space::Meta, vault::audit::HEAD_KEY.to_vec(), head);
+    // A row after the last event under a 9-byte key.
+    let mut key = vault::audit::seq_key(3);
+    key.push(0);
+    put(Space::Audit, key, b"{}".to_vec());
+    let (code, out, err) = audit_verify(data);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("broken at event 4: missing or inserted event"),
+        "{out}"
+    );
+}
+
 /// `vault check-config --config PATH`: (exit code, stdout, stderr).
 fn check_config(path: &std::path::Path) -> (i32, String, String) {
     run_vault(&[
