@@ -72,6 +72,7 @@ async fn init_unseal_by_threshold_and_restart_sealed() {
     let mut v = start_in(dir).await;
     let app = v.client("app");
     let officer = v.client("officer");
+    let officer2 = v.client("officer2");
 
     // Sealed: data endpoints refuse, readiness fails, progress is visible.
     let err = app
@@ -107,7 +108,17 @@ async fn init_unseal_by_threshold_and_restart_sealed() {
     let st = officer.unseal(&forged[2]).await.unwrap_err();
     assert_eq!(st.code(), Some("invalid_share"));
     assert_eq!(officer.keys_status().await.unwrap().unseal_progress, 1);
-    let st = officer.unseal(&shares[2]).await.unwrap();
+    // The threshold is one of officers: a second genuine share from the
+    // same officer is refused and does not count; another officer's does.
+    let err = officer.unseal(&shares[2]).await.unwrap_err();
+    assert_eq!(
+        (err.status(), err.code()),
+        (Some(400), Some("invalid_share"))
+    );
+    assert!(err.to_string().contains("another officer"), "{err}");
+    let st = officer.keys_status().await.unwrap();
+    assert!(st.sealed && st.unseal_progress == 1, "{st:?}");
+    let st = officer2.unseal(&shares[2]).await.unwrap();
     assert!(!st.sealed, "{st:?}");
     assert_eq!(v.ops_get("/readyz").await.0, 200);
     let tok = tokenize_one(&app, "s1", "notification", "phone", PHONE).await;
@@ -116,6 +127,7 @@ async fn init_unseal_by_threshold_and_restart_sealed() {
     v.restart().await;
     let app = v.client("app");
     let officer = v.client("officer");
+    let officer2 = v.client("officer2");
     assert_eq!(
         app.detokenize(&detok_req("notification", &[&tok]))
             .await
@@ -124,7 +136,7 @@ async fn init_unseal_by_threshold_and_restart_sealed() {
         Some("sealed")
     );
     officer.unseal(&shares[1]).await.unwrap();
-    officer.unseal(&shares[2]).await.unwrap();
+    officer2.unseal(&shares[2]).await.unwrap();
     let out = app
         .detokenize(&detok_req("notification", &[&tok]))
         .await
@@ -169,7 +181,7 @@ async fn init_unseal_by_threshold_and_restart_sealed() {
     store.write(b).unwrap();
     officer.unseal(&other[0]).await.unwrap();
     assert_eq!(
-        officer.unseal(&other[1]).await.unwrap_err().code(),
+        officer2.unseal(&other[1]).await.unwrap_err().code(),
         Some("unseal_failed")
     );
     let st = officer.keys_status().await.unwrap();
@@ -177,7 +189,7 @@ async fn init_unseal_by_threshold_and_restart_sealed() {
 
     // Every attempt is in the audit log, the failed ones too.
     officer.unseal(&shares[0]).await.unwrap();
-    officer.unseal(&shares[1]).await.unwrap();
+    officer2.unseal(&shares[1]).await.unwrap();
     let events = officer.audit(None, None, Some(1000)).await.unwrap().events;
     let seen = |action: &str, outcome: &str| {
         events
