@@ -552,3 +552,72 @@ async fn retiring_a_version_just_superseded_is_in_use() {
     let (_, metrics) = v.ops_get("/metrics").await;
     assert!(metrics.contains("vault_keys_active_version 2"), "{metrics}");
 }
+
+/// `vault unseal` turns core dumps off before it reads a share, and
+/// `--share` is warned about: the command line is readable by every local
+/// user. (Nobody listens at the endpoint: exit 69 after the warning.)
+#[test]
+fn unseal_cli_hardens_itself_and_warns_about_share_on_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    vault::dev::prepare(dir.path()).unwrap();
+    let d = dir.path().to_str().unwrap();
+    let conn = ["--dev", d, "--endpoint", "https://127.0.0.1:1"];
+    let mut args = vec!["unseal"];
+    args.extend_from_slice(&conn);
+    args.extend_from_slice(&["--share", "vs1-00"]);
+    let (code, _, err) = cli(&args);
+    assert_eq!(code, 69, "{err}");
+    assert!(
+        err.contains("--share puts the share on the command line")
+            && err.contains("standard input"),
+        "{err}"
+    );
+    assert!(!err.contains("vs1-00"), "{err}");
+    // From standard input: no warning. While it waits for the share, its
+    // core-file limit is already 0 (raised first, as a shell may leave it).
+    let script = format!(
+        "ulimit -c unlimited && exec {} unseal {}",
+        vault_bin().display(),
+        conn.join(" ")
+    );
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let limits = format!("/proc/{}/limits", child.id());
+    let core = || {
+        std::fs::read_to_string(&limits)
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("Max core file size"))
+            .map(|l| {
+                l.split_whitespace()
+                    .skip(4)
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while core() != "0 0" && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let seen = core();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"vs1-00\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        seen, "0 0",
+        "core-file limit (soft hard) while waiting for the share"
+    );
+    assert_eq!(out.status.code(), Some(69), "{err}");
+    assert!(!err.contains("--share puts"), "{err}");
+}

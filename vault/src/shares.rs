@@ -57,7 +57,15 @@ pub fn split(
             body.extend_from_slice(&raw);
             let check = Sha256::digest(&body[..]);
             body.extend_from_slice(check.get(..CHECK).unwrap_or_default());
-            Zeroizing::new(format!("{PREFIX}{}", hex::encode(&body[..])))
+            // Hex straight into the share's own buffer, sized up front: no
+            // temporary `String` of the share is left behind unwiped.
+            let mut hex = Zeroizing::new(vec![0u8; 2 * body.len()]);
+            let mut text = Zeroizing::new(String::with_capacity(PREFIX.len() + hex.len()));
+            text.push_str(PREFIX);
+            if hex::encode_to_slice(&body[..], &mut hex[..]).is_ok() {
+                text.push_str(std::str::from_utf8(&hex).unwrap_or_default());
+            }
+            text
         })
         .collect())
 }
