@@ -279,7 +279,9 @@ pub fn verify_anchored(store: &dyn Store, anchors: &[Head]) -> Result<Verdict, A
 }
 
 /// Logs the chain's head every `interval` when it has moved (and at start
-/// and at stop), `Audit anchor seq=N hash=H`, and keeps the
+/// and at stop: `stop` must be sent only once nothing commits any more, as
+/// [`crate::server::Running::shutdown`] does, so the last anchor covers
+/// every event), `Audit anchor seq=N hash=H`, and keeps the
 /// `vault_audit_head_seq` gauge: anchors for `vault audit verify --anchor`,
 /// kept by whatever keeps the logs, outside the database an intruder could
 /// rewrite. Holds no value: sequence numbers and hashes only.
@@ -289,8 +291,11 @@ pub async fn anchors(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut last = None;
+    // A sender dropped without a stop (a server dropped, not shut down)
+    // counts as one: waiting on it again would spin.
+    let mut closed = false;
     loop {
-        let stopping = *stop.borrow();
+        let stopping = closed || *stop.borrow();
         let store = v.store.clone();
         let head = tokio::task::spawn_blocking(move || Head::load(store.as_ref())).await;
         match head {
@@ -312,7 +317,7 @@ pub async fn anchors(
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
-            _ = stop.changed() => {}
+            r = stop.changed() => closed = r.is_err(),
         }
     }
 }
