@@ -95,6 +95,64 @@ async fn every_outcome_is_audited_and_officers_can_read_it() {
     assert!(out.contains("broken at event 4"), "{out}");
 }
 
+/// Tampering that leaves rows the verifier cannot read as events (a key
+/// that is not a sequence number, a head that does not decode) is still
+/// "broken at event N", exit 1, not a runtime failure (70).
+#[tokio::test]
+async fn structural_tampering_exits_1_naming_the_event() {
+    let mut v = TestVault::start().await;
+    let c = v.client("app");
+    for i in 0..3 {
+        tokenize_one(
+            &c,
+            &format!("acct-{i}"),
+            "identity_verification",
+            "phone",
+            "13800138000",
+        )
+        .await;
+    }
+    v.stop().await;
+    let data = v.dir.path();
+    let (code, out, err) = audit_verify(data);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("intact: 3 events"), "{out}");
+    use vault::store::Store;
+    let put = |space: Space, key: Vec<u8>, value: Vec<u8>| {
+        let store = vault::store::RocksStore::open(data).unwrap();
+        let mut b = Batch::default();
+        b.put(space, key, value);
+        store.write(b).unwrap();
+    };
+    // A head row that does not decode.
+    let head = {
+        let store = vault::store::RocksStore::open(data).unwrap();
+        store
+            .get(Space::Meta, vault::audit::HEAD_KEY)
+            .unwrap()
+            .unwrap()
+    };
+    put(
+        Space::Meta,
+        vault::audit::HEAD_KEY.to_vec(),
+        head[..39].to_vec(),
+    );
+    let (code, out, err) = audit_verify(data);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("broken at event 4"), "{out}");
+    put(Space::Meta, vault::audit::HEAD_KEY.to_vec(), head);
+    // A row after the last event under a 9-byte key.
+    let mut key = vault::audit::seq_key(3);
+    key.push(0);
+    put(Space::Audit, key, b"{}".to_vec());
+    let (code, out, err) = audit_verify(data);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("broken at event 4: missing or inserted event"),
+        "{out}"
+    );
+}
+
 /// `vault check-config --config PATH`: (exit code, stdout, stderr).
 fn check_config(path: &std::path::Path) -> (i32, String, String) {
     run_vault(&[
@@ -207,5 +265,96 @@ async fn check_config_finds_what_serve_would_fail_on() {
     assert!(
         err.contains("environment variable VAULT_TEST_NO_SUCH_VARIABLE is not set"),
         "{err}"
+    );
+}
+
+/// The audit anchor "at stop" comes after the API has drained: a request
+/// whose commit is still held when shutdown begins has its event covered
+/// by it. (The anchor logger sets `vault_audit_head_seq` with each anchor
+/// it logs, so the gauge after shutdown is the last anchor's sequence.)
+#[tokio::test]
+async fn the_anchor_at_stop_covers_events_written_while_draining() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Condvar, Mutex};
+    use std::time::Duration;
+    use vault::store::{MemoryStore, Rows, Store, StoreError};
+
+    /// Holds every write while `hold` is set, until `release`.
+    #[derive(Default)]
+    struct Holding {
+        inner: MemoryStore,
+        hold: AtomicBool,
+        held: AtomicBool,
+        gate: (Mutex<bool>, Condvar),
+    }
+    impl Holding {
+        fn release(&self) {
+            self.hold.store(false, Ordering::SeqCst);
+            *self.gate.0.lock().unwrap() = true;
+            self.gate.1.notify_all();
+        }
+    }
+    impl Store for Holding {
+        fn get(&self, s: Space, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(s, k)
+        }
+        fn scan(&self, s: Space, f: &[u8], t: Option<&[u8]>, l: usize) -> Result<Rows, StoreError> {
+            self.inner.scan(s, f, t, l)
+        }
+        fn write(&self, b: Batch) -> Result<(), StoreError> {
+            if self.hold.load(Ordering::SeqCst) {
+                self.held.store(true, Ordering::SeqCst);
+                let mut open = self.gate.0.lock().unwrap();
+                while !*open {
+                    open = self.gate.1.wait(open).unwrap();
+                }
+            }
+            self.inner.write(b)
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let store = Arc::new(Holding::default());
+    let keys = vault::server::open_keys(&cfg, store.as_ref()).unwrap();
+    let running = vault::server::start_with(&cfg, keys, store.clone())
+        .await
+        .unwrap();
+    let vault_state = running.vault.clone();
+    let mut v = TestVault {
+        dir,
+        api: running.api_addr,
+        ops: running.ops_addr,
+        running: Some(running),
+    };
+    let c = v.client("app");
+    tokenize_one(&c, "s1", "notification", "phone", "13800138000").await;
+    // A second tokenize, held in its commit.
+    store.hold.store(true, Ordering::SeqCst);
+    let held = tokio::spawn(async move {
+        c.tokenize(&tok_req(
+            "s2",
+            "notification",
+            vec![field("phone", "13900139000")],
+        ))
+        .await
+    });
+    while !store.held.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let running = v.running.take().unwrap();
+    let shutdown = tokio::spawn(running.shutdown());
+    // Time for an anchor logger stopped with the listeners to log the head
+    // it reads now, before the held event.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    store.release();
+    held.await.unwrap().unwrap();
+    shutdown.await.unwrap();
+    let head = vault::audit::Head::load(store.as_ref()).unwrap();
+    assert_eq!(head.seq, 2);
+    assert_eq!(
+        vault_state.metrics.audit_head_seq.get(),
+        2,
+        "the last anchor does not cover the event written while draining"
     );
 }

@@ -72,6 +72,7 @@ async fn init_unseal_by_threshold_and_restart_sealed() {
     let mut v = start_in(dir).await;
     let app = v.client("app");
     let officer = v.client("officer");
+    let officer2 = v.client("officer2");
 
     // Sealed: data endpoints refuse, readiness fails, progress is visible.
     let err = app
@@ -107,7 +108,17 @@ async fn init_unseal_by_threshold_and_restart_sealed() {
     let st = officer.unseal(&forged[2]).await.unwrap_err();
     assert_eq!(st.code(), Some("invalid_share"));
     assert_eq!(officer.keys_status().await.unwrap().unseal_progress, 1);
-    let st = officer.unseal(&shares[2]).await.unwrap();
+    // The threshold is one of officers: a second genuine share from the
+    // same officer is refused and does not count; another officer's does.
+    let err = officer.unseal(&shares[2]).await.unwrap_err();
+    assert_eq!(
+        (err.status(), err.code()),
+        (Some(400), Some("invalid_share"))
+    );
+    assert!(err.to_string().contains("another officer"), "{err}");
+    let st = officer.keys_status().await.unwrap();
+    assert!(st.sealed && st.unseal_progress == 1, "{st:?}");
+    let st = officer2.unseal(&shares[2]).await.unwrap();
     assert!(!st.sealed, "{st:?}");
     assert_eq!(v.ops_get("/readyz").await.0, 200);
     let tok = tokenize_one(&app, "s1", "notification", "phone", PHONE).await;
@@ -116,6 +127,7 @@ async fn init_unseal_by_threshold_and_restart_sealed() {
     v.restart().await;
     let app = v.client("app");
     let officer = v.client("officer");
+    let officer2 = v.client("officer2");
     assert_eq!(
         app.detokenize(&detok_req("notification", &[&tok]))
             .await
@@ -124,7 +136,7 @@ async fn init_unseal_by_threshold_and_restart_sealed() {
         Some("sealed")
     );
     officer.unseal(&shares[1]).await.unwrap();
-    officer.unseal(&shares[2]).await.unwrap();
+    officer2.unseal(&shares[2]).await.unwrap();
     let out = app
         .detokenize(&detok_req("notification", &[&tok]))
         .await
@@ -169,7 +181,7 @@ async fn init_unseal_by_threshold_and_restart_sealed() {
     store.write(b).unwrap();
     officer.unseal(&other[0]).await.unwrap();
     assert_eq!(
-        officer.unseal(&other[1]).await.unwrap_err().code(),
+        officer2.unseal(&other[1]).await.unwrap_err().code(),
         Some("unseal_failed")
     );
     let st = officer.keys_status().await.unwrap();
@@ -177,7 +189,7 @@ async fn init_unseal_by_threshold_and_restart_sealed() {
 
     // Every attempt is in the audit log, the failed ones too.
     officer.unseal(&shares[0]).await.unwrap();
-    officer.unseal(&shares[1]).await.unwrap();
+    officer2.unseal(&shares[1]).await.unwrap();
     let events = officer.audit(None, None, Some(1000)).await.unwrap().events;
     let seen = |action: &str, outcome: &str| {
         events
@@ -592,4 +604,73 @@ async fn retiring_a_version_just_superseded_is_in_use() {
     v.restart().await;
     let (_, metrics) = v.ops_get("/metrics").await;
     assert!(metrics.contains("vault_keys_active_version 2"), "{metrics}");
+}
+
+/// `vault unseal` turns core dumps off before it reads a share, and
+/// `--share` is warned about: the command line is readable by every local
+/// user. (Nobody listens at the endpoint: exit 69 after the warning.)
+#[test]
+fn unseal_cli_hardens_itself_and_warns_about_share_on_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    vault::dev::prepare(dir.path()).unwrap();
+    let d = dir.path().to_str().unwrap();
+    let conn = ["--dev", d, "--endpoint", "https://127.0.0.1:1"];
+    let mut args = vec!["unseal"];
+    args.extend_from_slice(&conn);
+    args.extend_from_slice(&["--share", "vs1-00"]);
+    let (code, _, err) = cli(&args);
+    assert_eq!(code, 69, "{err}");
+    assert!(
+        err.contains("--share puts the share on the command line")
+            && err.contains("standard input"),
+        "{err}"
+    );
+    assert!(!err.contains("vs1-00"), "{err}");
+    // From standard input: no warning. While it waits for the share, its
+    // core-file limit is already 0 (raised first, as a shell may leave it).
+    let script = format!(
+        "ulimit -c unlimited && exec {} unseal {}",
+        vault_bin().display(),
+        conn.join(" ")
+    );
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let limits = format!("/proc/{}/limits", child.id());
+    let core = || {
+        std::fs::read_to_string(&limits)
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("Max core file size"))
+            .map(|l| {
+                l.split_whitespace()
+                    .skip(4)
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while core() != "0 0" && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let seen = core();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"vs1-00\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        seen, "0 0",
+        "core-file limit (soft hard) while waiting for the share"
+    );
+    assert_eq!(out.status.code(), Some(69), "{err}");
+    assert!(!err.contains("--share puts"), "{err}");
 }

@@ -198,23 +198,33 @@ pub fn parse_anchor(s: &str) -> Option<Head> {
 /// hashes and head included, and still verify; a head recorded elsewhere
 /// (the server's log, a monitoring system) cannot be rewritten with it, so
 /// an edit, a removal or a truncation before it shows.
+///
+/// Whatever the database holds, tampering is a [`Verdict::Broken`] naming
+/// the first event it breaks, never an error: a row under a key that is not
+/// a sequence number (anywhere, a page's end included) and an unreadable
+/// head too. `Err` is left for the store failing to answer.
 pub fn verify_anchored(store: &dyn Store, anchors: &[Head]) -> Result<Verdict, AuditError> {
-    let head = Head::load(store)?;
     let mut prev = Head::EMPTY;
-    let mut from = seq_key(1);
+    // From the very first key, not `seq_key(1)`: a row before event 1
+    // (`seq_key(0)`, a short key) is an inserted event too.
+    let mut from = Vec::new();
     loop {
         let rows = store.scan(Space::Audit, &from, None, 1024)?;
         let Some((last_key, _)) = rows.last() else {
             break;
         };
-        let next = u64::from_be_bytes(
-            last_key
-                .as_slice()
-                .try_into()
-                .map_err(|_| AuditError::Corrupt { seq: prev.seq + 1 })?,
-        );
+        // The next page starts just past this page's last key, whatever its
+        // length: every row is then seen, and the per-row check below judges
+        // it (a key that is not 8 bytes never matches `seq_key`).
+        let mut next = last_key.clone();
+        next.push(0);
         for (key, bytes) in &rows {
-            let expected_seq = prev.seq + 1;
+            let Some(expected_seq) = prev.seq.checked_add(1) else {
+                return Ok(Verdict::Broken {
+                    seq: prev.seq,
+                    why: "missing or inserted event",
+                });
+            };
             if key.as_slice() != seq_key(expected_seq).as_slice() {
                 return Ok(Verdict::Broken {
                     seq: expected_seq,
@@ -255,7 +265,7 @@ pub fn verify_anchored(store: &dyn Store, anchors: &[Head]) -> Result<Verdict, A
                 });
             }
         }
-        from = seq_key(next.saturating_add(1));
+        from = next;
     }
     if let Some(a) = anchors
         .iter()
@@ -267,9 +277,25 @@ pub fn verify_anchored(store: &dyn Store, anchors: &[Head]) -> Result<Verdict, A
             why: "the chain ends before an anchor recorded outside the database",
         });
     }
+    // The head is judged after the events, so an earlier broken event is
+    // the one named; a head that does not decode is where the chain can no
+    // longer be confirmed, like one it does not reach.
+    let after = prev.seq.saturating_add(1);
+    let head = match store.get(Space::Meta, HEAD_KEY)? {
+        None => Head::EMPTY,
+        Some(b) => match Head::decode(&b) {
+            Some(h) => h,
+            None => {
+                return Ok(Verdict::Broken {
+                    seq: after,
+                    why: "the stored head cannot be decoded",
+                })
+            }
+        },
+    };
     if prev != head {
         return Ok(Verdict::Broken {
-            seq: prev.seq + 1,
+            seq: after,
             why: "chain does not reach the stored head",
         });
     }
@@ -277,7 +303,9 @@ pub fn verify_anchored(store: &dyn Store, anchors: &[Head]) -> Result<Verdict, A
 }
 
 /// Logs the chain's head every `interval` when it has moved (and at start
-/// and at stop), `Audit anchor seq=N hash=H`, and keeps the
+/// and at stop: `stop` must be sent only once nothing commits any more, as
+/// [`crate::server::Running::shutdown`] does, so the last anchor covers
+/// every event), `Audit anchor seq=N hash=H`, and keeps the
 /// `vault_audit_head_seq` gauge: anchors for `vault audit verify --anchor`,
 /// kept by whatever keeps the logs, outside the database an intruder could
 /// rewrite. Holds no value: sequence numbers and hashes only.
@@ -287,8 +315,11 @@ pub async fn anchors(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut last = None;
+    // A sender dropped without a stop (a server dropped, not shut down)
+    // counts as one: waiting on it again would spin.
+    let mut closed = false;
     loop {
-        let stopping = *stop.borrow();
+        let stopping = closed || *stop.borrow();
         let store = v.store.clone();
         let head = tokio::task::spawn_blocking(move || Head::load(store.as_ref())).await;
         match head {
@@ -310,7 +341,7 @@ pub async fn anchors(
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
-            _ = stop.changed() => {}
+            r = stop.changed() => closed = r.is_err(),
         }
     }
 }

@@ -96,6 +96,8 @@ pub enum Command {
     Unseal {
         #[command(flatten)]
         conn: Connection,
+        /// The share, on the command line: other local users can read it
+        /// there (a warning says so); prefer standard input.
         #[arg(long)]
         share: Option<String>,
     },

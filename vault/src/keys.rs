@@ -674,28 +674,74 @@ pub fn master_from_env(var: &str) -> Result<SecretKey<32>, KeyError> {
     parse_master(&text, var)
 }
 
+/// The most a master-key command may print: the 64 hex characters with
+/// room for whitespace around them. More is refused, not read.
+const COMMAND_OUTPUT_MAX: usize = 256;
+
 /// Runs a configured command (a hook for an HSM or KMS client) and reads
 /// the master key, 64 hex characters, from its standard output. Its output
-/// is wiped after parsing; its standard error is not kept.
+/// goes into one buffer allocated at full size before the command runs
+/// and wiped after parsing (`Command::output` grows a `Vec` and probes
+/// through a stack buffer, leaving freed copies of the key text behind);
+/// its standard error is not kept.
 pub fn master_from_command(argv: &[String]) -> Result<SecretKey<32>, KeyError> {
+    use std::process::{Command, Stdio};
     let (program, args) = argv
         .split_first()
         .ok_or_else(|| KeyError::Command("empty command".into()))?;
-    let out = std::process::Command::new(program)
+    let mut child = Command::new(program)
         .args(args)
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .output()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
         .map_err(|e| KeyError::Command(format!("cannot run {program}: {}", e.kind())))?;
-    let stdout = Zeroizing::new(out.stdout);
-    if !out.status.success() {
+    // One byte over the cap, to tell "exactly full" from "too much".
+    let mut buf = Zeroizing::new(vec![0u8; COMMAND_OUTPUT_MAX + 1]);
+    let read = match child.stdout.take() {
+        Some(mut out) => read_capped(&mut out, &mut buf),
+        None => Err(std::io::ErrorKind::BrokenPipe.into()),
+    };
+    // The pipe is closed by now: a command still writing gets EPIPE, and
+    // one that would not stop is killed, so the wait cannot hang on it.
+    let too_long = matches!(read, Ok(n) if n > COMMAND_OUTPUT_MAX);
+    if too_long || read.is_err() {
+        let _ = child.kill();
+    }
+    let status = child
+        .wait()
+        .map_err(|e| KeyError::Command(format!("{program}: {}", e.kind())))?;
+    let len = read.map_err(|e| KeyError::Command(format!("{program}: {}", e.kind())))?;
+    if too_long {
         return Err(KeyError::Command(format!(
-            "{program} exited with {}",
-            out.status
+            "{program} printed more than {COMMAND_OUTPUT_MAX} bytes"
         )));
     }
-    let text = Zeroizing::new(String::from_utf8_lossy(&stdout).into_owned());
-    parse_master(&text, program)
+    if !status.success() {
+        return Err(KeyError::Command(format!("{program} exited with {status}")));
+    }
+    let text = buf
+        .get(..len)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .ok_or_else(|| KeyError::Malformed {
+            source_name: program.to_string(),
+        })?;
+    parse_master(text, program)
+}
+
+/// Reads from `from` into `buf` until end of input or until `buf` is
+/// full; returns how many bytes it holds. Nothing is copied elsewhere.
+fn read_capped(from: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut len = 0;
+    while let Some(rest) = buf.get_mut(len..).filter(|r| !r.is_empty()) {
+        match from.read(rest) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(len)
 }
 
 fn parse_master(text: &str, source_name: &str) -> Result<SecretKey<32>, KeyError> {
@@ -1022,6 +1068,37 @@ mod tests {
             master_from_command(&[]),
             Err(KeyError::Command(_))
         ));
+    }
+
+    #[test]
+    fn key_command_output_is_capped() {
+        let hexkey = "cd".repeat(32);
+        // Whitespace around the key is fine, up to the cap.
+        let padded = format!("printf '%s\\n%s' '{hexkey}' \"$(printf '%150s' '')\"");
+        let k = master_from_command(&["sh".into(), "-c".into(), padded]).unwrap();
+        assert_eq!(k.expose_secret(), &[0xcd; 32]);
+        // Exactly at the cap is read.
+        let at_cap = format!("printf '%s%192s' '{hexkey}' ''");
+        let k = master_from_command(&["sh".into(), "-c".into(), at_cap]).unwrap();
+        assert_eq!(k.expose_secret(), &[0xcd; 32]);
+        // More is refused as too long, not read and parsed.
+        let err = master_from_command(&["sh".into(), "-c".into(), "head -c 300 /dev/zero".into()])
+            .unwrap_err();
+        assert!(
+            matches!(&err, KeyError::Command(m) if m.contains("more than 256 bytes")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn key_command_that_never_stops_printing_is_cut_off() {
+        // Read up to the cap, then killed: the start neither hangs nor
+        // fills memory.
+        let err = master_from_command(&["yes".into()]).unwrap_err();
+        assert!(
+            matches!(&err, KeyError::Command(m) if m.contains("more than 256 bytes")),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Assembles a running vault from a configuration: keys, store, committer,
 //! policy, metrics, and the two listeners. Invariant: [`start`] returns only
 //! once both listeners accept, and [`Running::shutdown`] stops accepting,
-//! drains requests in flight and waits for the last durable write.
+//! drains requests in flight, waits for the last durable write, and only
+//! then logs the final audit anchor.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -88,17 +89,29 @@ pub struct Running {
     pub ops_addr: SocketAddr,
     pub vault: Arc<Vault>,
     stop: watch::Sender<bool>,
+    /// The listeners and every background task that commits.
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The audit anchor logger, stopped on its own once `tasks` have all
+    /// ended: its anchor "at stop" must come after the last event.
+    anchor_stop: watch::Sender<bool>,
+    anchor_task: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
     /// Stops accepting, lets requests in flight finish (up to the request
-    /// timeout), then returns.
+    /// timeout) and background tasks end, then logs the final audit anchor
+    /// and returns.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         for t in self.tasks {
             let _ = t.await;
         }
+        // Only now: the API has drained and nothing else commits, so the
+        // head this anchor logs covers every event of the run, those
+        // written during the drain included. Logged with the two stopped
+        // together, it could come before them, leaving them unanchored.
+        let _ = self.anchor_stop.send(true);
+        let _ = self.anchor_task.await;
     }
 
     /// Resolves when a shutdown has been asked for from elsewhere.
@@ -161,11 +174,12 @@ pub async fn start_with(
         vault.clone(),
         stopped.clone(),
     )));
-    tasks.push(tokio::spawn(crate::audit::anchors(
+    let (anchor_stop, anchor_stopped) = watch::channel(false);
+    let anchor_task = tokio::spawn(crate::audit::anchors(
         vault.clone(),
         ANCHOR_INTERVAL,
-        stopped.clone(),
-    )));
+        anchor_stopped,
+    ));
     tasks.push(tokio::spawn(crate::api::lifecycle::resume_purge(
         vault.clone(),
     )));
@@ -191,6 +205,8 @@ pub async fn start_with(
         vault,
         stop,
         tasks,
+        anchor_stop,
+        anchor_task,
     })
 }
 

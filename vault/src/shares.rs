@@ -2,7 +2,8 @@
 //! collector that puts it back together during unseal. Invariants: a share is
 //! printed once by `vault operator init` and never stored; every buffer that
 //! held a share or the recombined key is zeroized; the collector never says
-//! which share was wrong, only that the set did not open the vault.
+//! which share was wrong, only that the set did not open the vault; the
+//! shares that count come from as many different officers as the threshold.
 //!
 //! Wire form of a share: `vs1-` then 76 hex characters, the bytes
 //! `threshold ‖ x ‖ y[32] ‖ check[3]`, where `check` is the first three bytes
@@ -10,7 +11,7 @@
 //! no integrity protection (the wrapped keys are: a wrong set fails to unwrap
 //! them).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -33,6 +34,8 @@ pub enum ShareError {
     WrongThreshold,
     #[error("this is not a share of this vault's key")]
     NotOurs,
+    #[error("this officer has already given a share; the next must come from another officer")]
+    SameOfficer,
 }
 
 /// Splits `root` into `shares` shares, any `threshold` of which recover it.
@@ -54,7 +57,15 @@ pub fn split(
             body.extend_from_slice(&raw);
             let check = Sha256::digest(&body[..]);
             body.extend_from_slice(check.get(..CHECK).unwrap_or_default());
-            Zeroizing::new(format!("{PREFIX}{}", hex::encode(&body[..])))
+            // Hex straight into the share's own buffer, sized up front: no
+            // temporary `String` of the share is left behind unwiped.
+            let mut hex = Zeroizing::new(vec![0u8; 2 * body.len()]);
+            let mut text = Zeroizing::new(String::with_capacity(PREFIX.len() + hex.len()));
+            text.push_str(PREFIX);
+            if hex::encode_to_slice(&body[..], &mut hex[..]).is_ok() {
+                text.push_str(std::str::from_utf8(&hex).unwrap_or_default());
+            }
+            text
         })
         .collect())
 }
@@ -108,11 +119,16 @@ fn parse(text: &str) -> Result<Parsed, ShareError> {
     })
 }
 
-/// What an unseal attempt has collected so far.
+/// What an unseal attempt has collected so far, and from whom: the
+/// threshold is one of officers, not of shares, so one officer holding
+/// others' shares (gathered by a ruse, or from a shared safe) cannot unseal
+/// alone.
 #[derive(Default)]
 pub struct Collector {
     threshold: Option<u8>,
     got: BTreeMap<u8, Zeroizing<Vec<u8>>>,
+    /// The callers whose shares are in `got`, one share each.
+    officers: BTreeSet<String>,
 }
 
 impl std::fmt::Debug for Collector {
@@ -134,13 +150,16 @@ pub enum Progress {
 }
 
 impl Collector {
-    /// Adds one share. A malformed or duplicate share, or one whose
-    /// fingerprint is not among `fingerprints` (when the vault kept them),
-    /// leaves the progress as it was: a forged share cannot take a genuine
-    /// one's place and spoil the set. On [`Progress::Complete`] the
-    /// collector is emptied.
+    /// Adds one share given by `officer` (the caller's name). A malformed
+    /// or duplicate share, one whose fingerprint is not among
+    /// `fingerprints` (when the vault kept them), or a second share from
+    /// an officer who already gave one, leaves the progress as it was: a
+    /// forged share cannot take a genuine one's place and spoil the set,
+    /// and one officer counts once. On [`Progress::Complete`] the collector
+    /// is emptied.
     pub fn add(
         &mut self,
+        officer: &str,
         text: &str,
         expected_threshold: u8,
         fingerprints: &BTreeMap<u8, String>,
@@ -155,8 +174,12 @@ impl Collector {
         if self.got.contains_key(&p.x) {
             return Err(ShareError::Duplicate);
         }
+        if self.officers.contains(officer) {
+            return Err(ShareError::SameOfficer);
+        }
         self.threshold = Some(p.threshold);
         self.got.insert(p.x, p.bytes);
+        self.officers.insert(officer.to_string());
         let need = usize::from(p.threshold);
         if self.got.len() < need {
             return Ok(Progress::Need(self.got.len(), need));
@@ -186,6 +209,7 @@ impl Collector {
     /// Forgets every share given so far.
     pub fn reset(&mut self) {
         self.got.clear();
+        self.officers.clear();
         self.threshold = None;
     }
 }
@@ -220,14 +244,14 @@ mod tests {
         for (a, b, c) in [(0, 1, 2), (0, 2, 4), (1, 3, 4), (4, 3, 0)] {
             let mut col = Collector::default();
             assert!(matches!(
-                col.add(&shares[a], 3, &none()).unwrap(),
+                col.add("a", &shares[a], 3, &none()).unwrap(),
                 Progress::Need(1, 3)
             ));
             assert!(matches!(
-                col.add(&shares[b], 3, &none()).unwrap(),
+                col.add("b", &shares[b], 3, &none()).unwrap(),
                 Progress::Need(2, 3)
             ));
-            let k = complete(col.add(&shares[c], 3, &none()).unwrap());
+            let k = complete(col.add("c", &shares[c], 3, &none()).unwrap());
             assert!(k.ct_eq(&root));
             assert_eq!(col.progress(), 0);
         }
@@ -238,17 +262,17 @@ mod tests {
         let root = SecretKey::<32>::generate();
         let shares = split(&root, 3, 3).unwrap();
         let mut col = Collector::default();
-        col.add(&shares[0], 3, &none()).unwrap();
+        col.add("a", &shares[0], 3, &none()).unwrap();
         assert_eq!(
-            col.add(&shares[0], 3, &none()).unwrap_err(),
+            col.add("a", &shares[0], 3, &none()).unwrap_err(),
             ShareError::Duplicate
         );
         assert_eq!(
-            col.add("vs1-00", 3, &none()).unwrap_err(),
+            col.add("b", "vs1-00", 3, &none()).unwrap_err(),
             ShareError::Malformed
         );
         assert_eq!(
-            col.add("hello", 3, &none()).unwrap_err(),
+            col.add("b", "hello", 3, &none()).unwrap_err(),
             ShareError::Malformed
         );
         // One flipped character fails the check.
@@ -256,18 +280,18 @@ mod tests {
         let last = typo.pop().unwrap();
         typo.push(if last == '0' { '1' } else { '0' });
         assert_eq!(
-            col.add(&typo, 3, &none()).unwrap_err(),
+            col.add("b", &typo, 3, &none()).unwrap_err(),
             ShareError::Malformed
         );
         assert_eq!(
-            col.add(&shares[1], 2, &none()).unwrap_err(),
+            col.add("b", &shares[1], 2, &none()).unwrap_err(),
             ShareError::WrongThreshold
         );
         assert_eq!(col.progress(), 1);
         // Shares of another split complete the count but give another key.
         let other = split(&SecretKey::<32>::generate(), 3, 3).unwrap();
-        col.add(&other[1], 3, &none()).unwrap();
-        let k = complete(col.add(&other[2], 3, &none()).unwrap());
+        col.add("b", &other[1], 3, &none()).unwrap();
+        let k = complete(col.add("c", &other[2], 3, &none()).unwrap());
         assert!(!k.ct_eq(&root));
     }
 
@@ -282,21 +306,55 @@ mod tests {
         let forged = split(&SecretKey::<32>::generate(), 3, 2).unwrap();
         let mut col = Collector::default();
         assert_eq!(
-            col.add(&forged[0], 2, &prints).unwrap_err(),
+            col.add("a", &forged[0], 2, &prints).unwrap_err(),
             ShareError::NotOurs
         );
         assert_eq!(col.progress(), 0);
         assert!(matches!(
-            col.add(&shares[0], 2, &prints).unwrap(),
+            col.add("a", &shares[0], 2, &prints).unwrap(),
             Progress::Need(1, 2)
         ));
         assert_eq!(
-            col.add(&forged[1], 2, &prints).unwrap_err(),
+            col.add("b", &forged[1], 2, &prints).unwrap_err(),
             ShareError::NotOurs
         );
-        let k = complete(col.add(&shares[1], 2, &prints).unwrap());
+        let k = complete(col.add("b", &shares[1], 2, &prints).unwrap());
         assert!(k.ct_eq(&root));
         assert_eq!(fingerprint("hello"), None);
+    }
+
+    #[test]
+    fn an_officer_counts_once() {
+        let root = SecretKey::<32>::generate();
+        let shares = split(&root, 3, 2).unwrap();
+        let prints: BTreeMap<u8, String> = shares.iter().filter_map(|s| fingerprint(s)).collect();
+        for prints in [prints, none()] {
+            let mut col = Collector::default();
+            assert!(matches!(
+                col.add("officer", &shares[0], 2, &prints).unwrap(),
+                Progress::Need(1, 2)
+            ));
+            // Another genuine share, from the same officer: refused, and
+            // it does not count.
+            assert_eq!(
+                col.add("officer", &shares[1], 2, &prints).unwrap_err(),
+                ShareError::SameOfficer
+            );
+            assert_eq!(col.progress(), 1);
+            // Another officer completes the set, with that very share.
+            let k = complete(col.add("officer2", &shares[1], 2, &prints).unwrap());
+            assert!(k.ct_eq(&root));
+            // Completion forgets who gave: the next unseal starts afresh.
+            assert!(matches!(
+                col.add("officer", &shares[2], 2, &prints).unwrap(),
+                Progress::Need(1, 2)
+            ));
+            col.reset();
+            assert!(matches!(
+                col.add("officer", &shares[1], 2, &prints).unwrap(),
+                Progress::Need(1, 2)
+            ));
+        }
     }
 
     #[test]
@@ -307,7 +365,7 @@ mod tests {
         assert_eq!(split(&root, 17, 3).unwrap_err(), ShareError::Parameters);
         let shares = split(&root, 2, 2).unwrap();
         let mut col = Collector::default();
-        col.add(&shares[0], 2, &none()).unwrap();
+        col.add("a", &shares[0], 2, &none()).unwrap();
         let dbg = format!("{col:?}");
         assert!(
             dbg.contains("progress: 1") && !dbg.contains(&shares[0][4..12]),

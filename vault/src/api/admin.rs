@@ -270,8 +270,10 @@ pub async fn unseal(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysStatu
             "this vault does not unseal with shares",
         ));
     };
+    // The caller's name from its certificate: the threshold counts
+    // officers, so a second share from the same one is refused.
     let added = match v.unseal.lock() {
-        Ok(mut c) => c.add(&req.share, meta.threshold, &meta.fingerprints),
+        Ok(mut c) => c.add(&ctx.caller, &req.share, meta.threshold, &meta.fingerprints),
         Err(_) => return Err(ApiError::Internal),
     };
     let root = match added {
@@ -284,6 +286,9 @@ pub async fn unseal(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysStatu
             audit_only(v, ctx, "unseal_share", "rejected").await?;
             return Err(match e {
                 ShareError::Duplicate => ApiError::InvalidShare("this share was already given"),
+                ShareError::SameOfficer => ApiError::InvalidShare(
+                    "this officer has already given a share; the next must come from another officer",
+                ),
                 _ => ApiError::InvalidShare("this is not a share of this vault's key"),
             });
         }

@@ -355,3 +355,79 @@ fn anchors_recorded_outside_catch_a_rewritten_or_cut_chain() {
         assert_eq!(parse_anchor(bad), None, "{bad}");
     }
 }
+
+/// Puts one raw row into the audit space, as an intruder with write access
+/// to the database could.
+fn plant(store: &dyn Store, key: Vec<u8>) {
+    let mut b = Batch::default();
+    b.put(Space::Audit, key, b"{}".to_vec());
+    store.write(b).unwrap();
+}
+
+#[test]
+fn a_row_under_a_key_that_is_not_a_sequence_number_is_an_inserted_event() {
+    // (events, planted key, the event named). 1023 events put the planted
+    // row last in the verifier's first 1024-row page; 1024 put it first in
+    // the second page, just past the key the first page ended on.
+    let after = |seq: u64| {
+        let mut k = seq_key(seq);
+        k.push(0);
+        k
+    };
+    let cases = [
+        (10, after(10), 11),
+        (10, after(4), 5),
+        (10, seq_key(4)[..7].to_vec(), 1),
+        (10, seq_key(0), 1),
+        (10, Vec::new(), 1),
+        (1023, after(1023), 1024),
+        (1024, after(1024), 1025),
+        (1024, after(1023), 1024),
+    ];
+    for (events, key, named) in cases {
+        let s = MemoryStore::new();
+        append(&s, events);
+        assert_eq!(verify(&s).unwrap(), Verdict::Intact { events });
+        plant(&s, key.clone());
+        assert_eq!(
+            verify(&s).unwrap(),
+            Verdict::Broken {
+                seq: named,
+                why: "missing or inserted event"
+            },
+            "{events} events, key {key:?}"
+        );
+    }
+}
+
+#[test]
+fn a_head_that_does_not_decode_breaks_the_chain() {
+    for (events, head) in [(10, vec![0u8; 39]), (10, vec![0u8; 41]), (0, Vec::new())] {
+        let s = MemoryStore::new();
+        append(&s, events);
+        let mut b = Batch::default();
+        b.put(Space::Meta, HEAD_KEY.to_vec(), head);
+        s.write(b).unwrap();
+        assert_eq!(
+            verify(&s).unwrap(),
+            Verdict::Broken {
+                seq: events + 1,
+                why: "the stored head cannot be decoded"
+            }
+        );
+    }
+    // An event broken before the end is still the one named.
+    let s = MemoryStore::new();
+    append(&s, 10);
+    rewrite(&s, 4, |e| e.outcome = "denied".into());
+    let mut b = Batch::default();
+    b.put(Space::Meta, HEAD_KEY.to_vec(), vec![1, 2, 3]);
+    s.write(b).unwrap();
+    assert_eq!(
+        verify(&s).unwrap(),
+        Verdict::Broken {
+            seq: 4,
+            why: "hash mismatch"
+        }
+    );
+}

@@ -235,11 +235,26 @@ pub fn seal(conn: &Connection) -> ExitCode {
     rt.block_on(async { report(conn.json, c.seal().await, keys_text) })
 }
 
+/// Turns core dumps off before a command holds a share or the root key:
+/// a crash must not write them to disk, nor another user read them from
+/// memory. Best effort, as in `serve`: a failed step is warned about.
+fn harden() {
+    for step in crate::hardening::disable_core_dumps() {
+        eprintln!("warning: process hardening step failed: {step}");
+    }
+}
+
 /// Unseals with one share, from `--share` or, so it stays out of the shell
-/// history, from the first line of standard input.
+/// history and the process list, from the first line of standard input.
 pub fn unseal(conn: &Connection, share: Option<String>) -> ExitCode {
+    harden();
     let share = zeroize::Zeroizing::new(match share {
-        Some(s) => s,
+        Some(s) => {
+            eprintln!(
+                "warning: --share puts the share on the command line, where other local users can read it (/proc/PID/cmdline) and the shell may keep it in its history; give it on standard input instead (`vault unseal ... < FILE`, or type it at the prompt)"
+            );
+            s
+        }
         None => {
             let mut line = zeroize::Zeroizing::new(String::new());
             if std::io::stdin().read_line(&mut line).is_err() || line.trim().is_empty() {
@@ -262,6 +277,7 @@ pub fn unseal(conn: &Connection, share: Option<String>) -> ExitCode {
 /// `unseal-with-shares`, stores its key hierarchy, and prints the shares
 /// once. The server must not be running (the database is opened directly).
 pub fn init(config: &std::path::Path, shares: u8, threshold: u8, json: bool) -> ExitCode {
+    harden();
     let cfg = match load(config) {
         Ok(c) => c,
         Err(code) => return code,
@@ -348,11 +364,8 @@ pub fn init(config: &std::path::Path, shares: u8, threshold: u8, json: bool) -> 
     }
     drop(root);
     if json {
-        let list: Vec<&str> = printed.iter().map(|s| s.as_str()).collect();
-        println!(
-            "{}",
-            serde_json::json!({"shares": list, "threshold": threshold})
-        );
+        let text = shares_json(&printed, threshold);
+        println!("{}", text.as_str());
     } else {
         println!("Vault initialized. {shares} key shares; any {threshold} unseal it.");
         println!("Give each to a different officer. They are shown once and stored nowhere.\n");
@@ -361,4 +374,49 @@ pub fn init(config: &std::path::Path, shares: u8, threshold: u8, json: bool) -> 
         }
     }
     ExitCode::SUCCESS
+}
+
+/// `{"shares":[...],"threshold":N}`, written by hand into one buffer sized
+/// up front and wiped on drop: a `serde_json::Value` would hold its own
+/// copy of every share, never wiped. A share is `vs1-` and hex, so it needs
+/// no escaping.
+fn shares_json(shares: &[zeroize::Zeroizing<String>], threshold: u8) -> zeroize::Zeroizing<String> {
+    let size = shares.iter().map(|s| s.len() + 3).sum::<usize>() + 32;
+    let mut out = zeroize::Zeroizing::new(String::with_capacity(size));
+    out.push_str("{\"shares\":[");
+    for (i, s) in shares.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    }
+    out.push_str("],\"threshold\":");
+    out.push_str(&threshold.to_string());
+    out.push('}');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    #[test]
+    fn the_shares_json_is_what_serde_would_write_and_sized_up_front() {
+        let root = crate::secret::SecretKey::<32>::generate();
+        for (n, t) in [(2, 2), (5, 3), (16, 16)] {
+            let shares = crate::shares::split(&root, n, t).unwrap();
+            let text = shares_json(&shares, t);
+            let list: Vec<&str> = shares.iter().map(|s| s.as_str()).collect();
+            let want = serde_json::json!({"shares": list, "threshold": t});
+            let got: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(got, want);
+            // No reallocation: no freed copy of a share left behind.
+            assert!(text.len() <= text.capacity());
+            let size = shares.iter().map(|s| s.len() + 3).sum::<usize>() + 32;
+            assert_eq!(text.capacity(), size);
+        }
+    }
 }
