@@ -274,63 +274,15 @@ async fn check_config_finds_what_serve_would_fail_on() {
 /// it logs, so the gauge after shutdown is the last anchor's sequence.)
 #[tokio::test]
 async fn the_anchor_at_stop_covers_events_written_while_draining() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Condvar, Mutex};
+    use std::sync::atomic::Ordering;
     use std::time::Duration;
-    use vault::store::{MemoryStore, Rows, Store, StoreError};
 
-    /// Holds every write while `hold` is set, until `release`.
-    #[derive(Default)]
-    struct Holding {
-        inner: MemoryStore,
-        hold: AtomicBool,
-        held: AtomicBool,
-        gate: (Mutex<bool>, Condvar),
-    }
-    impl Holding {
-        fn release(&self) {
-            self.hold.store(false, Ordering::SeqCst);
-            *self.gate.0.lock().unwrap() = true;
-            self.gate.1.notify_all();
-        }
-    }
-    impl Store for Holding {
-        fn get(&self, s: Space, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-            self.inner.get(s, k)
-        }
-        fn scan(&self, s: Space, f: &[u8], t: Option<&[u8]>, l: usize) -> Result<Rows, StoreError> {
-            self.inner.scan(s, f, t, l)
-        }
-        fn write(&self, b: Batch) -> Result<(), StoreError> {
-            if self.hold.load(Ordering::SeqCst) {
-                self.held.store(true, Ordering::SeqCst);
-                let mut open = self.gate.0.lock().unwrap();
-                while !*open {
-                    open = self.gate.1.wait(open).unwrap();
-                }
-            }
-            self.inner.write(b)
-        }
-    }
-
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path());
-    let store = Arc::new(Holding::default());
-    let keys = vault::server::open_keys(&cfg, store.as_ref()).unwrap();
-    let running = vault::server::start_with(&cfg, keys, store.clone())
-        .await
-        .unwrap();
-    let vault_state = running.vault.clone();
-    let mut v = TestVault {
-        dir,
-        api: running.api_addr,
-        ops: running.ops_addr,
-        running: Some(running),
-    };
+    let (mut v, store) = start_hooked(|_| {}).await;
+    let vault_state = v.running().vault.clone();
     let c = v.client("app");
     tokenize_one(&c, "s1", "notification", "phone", "13800138000").await;
     // A second tokenize, held in its commit.
-    store.hold.store(true, Ordering::SeqCst);
+    store.hold_writes.store(true, Ordering::SeqCst);
     let held = tokio::spawn(async move {
         c.tokenize(&tok_req(
             "s2",
@@ -347,7 +299,7 @@ async fn the_anchor_at_stop_covers_events_written_while_draining() {
     // Time for an anchor logger stopped with the listeners to log the head
     // it reads now, before the held event.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    store.release();
+    store.hold_writes.store(false, Ordering::SeqCst);
     held.await.unwrap().unwrap();
     shutdown.await.unwrap();
     let head = vault::audit::Head::load(store.as_ref()).unwrap();

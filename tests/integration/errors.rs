@@ -316,50 +316,12 @@ async fn detokenize_errors() {
 
 #[tokio::test]
 async fn an_audit_write_failure_releases_nothing() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
-    use vault::store::{Batch, MemoryStore, Rows, Store, StoreError};
+    use std::sync::atomic::Ordering;
 
-    struct Failing {
-        inner: MemoryStore,
-        fail: AtomicBool,
-    }
-    impl Store for Failing {
-        fn get(&self, s: Space, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-            self.inner.get(s, k)
-        }
-        fn scan(&self, s: Space, f: &[u8], t: Option<&[u8]>, l: usize) -> Result<Rows, StoreError> {
-            self.inner.scan(s, f, t, l)
-        }
-        fn write(&self, b: Batch) -> Result<(), StoreError> {
-            if self.fail.load(Ordering::SeqCst) {
-                return Err(StoreError::Engine(
-                    "IO error: No space left on device".into(),
-                ));
-            }
-            self.inner.write(b)
-        }
-    }
-
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path());
-    let store = Arc::new(Failing {
-        inner: MemoryStore::new(),
-        fail: AtomicBool::new(false),
-    });
-    let keys = vault::server::open_keys(&cfg, store.as_ref()).unwrap();
-    let running = vault::server::start_with(&cfg, keys, store.clone())
-        .await
-        .unwrap();
-    let mut v = TestVault {
-        dir,
-        api: running.api_addr,
-        ops: running.ops_addr,
-        running: Some(running),
-    };
+    let (mut v, store) = start_hooked(|_| {}).await;
     let c = v.client("app");
     let tok = tokenize_one(&c, "s", "notification", "phone", "13800138000").await;
-    store.fail.store(true, Ordering::SeqCst);
+    store.fail_writes.store(true, Ordering::SeqCst);
     let err = c
         .detokenize(&detok_req("notification", &[&tok]))
         .await
@@ -376,7 +338,7 @@ async fn an_audit_write_failure_releases_nothing() {
         .unwrap_err();
     assert_eq!(err.code(), Some("unavailable"));
     assert_eq!(v.ops_get("/readyz").await.0, 503);
-    store.fail.store(false, Ordering::SeqCst);
+    store.fail_writes.store(false, Ordering::SeqCst);
     assert_eq!(
         c.detokenize(&detok_req("notification", &[&tok]))
             .await

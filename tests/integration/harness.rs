@@ -291,8 +291,11 @@ pub struct Hooked {
     hook: HookSlot,
     pub fired: std::sync::atomic::AtomicBool,
     /// While set, group commits wait (the committer thread sleeps): the
-    /// requests behind them hold their places.
+    /// requests behind them hold their places. `held` says one has waited.
     pub hold_writes: std::sync::atomic::AtomicBool,
+    pub held: std::sync::atomic::AtomicBool,
+    /// While set, writes fail as on a full disk.
+    pub fail_writes: std::sync::atomic::AtomicBool,
 }
 
 type HookSlot = std::sync::Mutex<
@@ -360,7 +363,13 @@ impl vault::store::Store for Hooked {
         finish: &mut dyn FnMut(&[bool]) -> vault::store::Batch,
     ) -> Result<Vec<bool>, vault::store::StoreError> {
         while self.hold_writes.load(std::sync::atomic::Ordering::SeqCst) {
+            self.held.store(true, std::sync::atomic::Ordering::SeqCst);
             std::thread::sleep(Duration::from_millis(5));
+        }
+        if self.fail_writes.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(vault::store::StoreError::Engine(
+                "IO error: No space left on device".into(),
+            ));
         }
         self.inner.write_group(group, finish)
     }
@@ -376,6 +385,8 @@ pub async fn start_hooked(edit: impl FnOnce(&mut Config)) -> (TestVault, Arc<Hoo
         hook: std::sync::Mutex::new(None),
         fired: std::sync::atomic::AtomicBool::new(false),
         hold_writes: std::sync::atomic::AtomicBool::new(false),
+        held: std::sync::atomic::AtomicBool::new(false),
+        fail_writes: std::sync::atomic::AtomicBool::new(false),
     });
     let keys = server::open_keys(&cfg, store.as_ref()).unwrap();
     let running = server::start_with(&cfg, keys, store.clone()).await.unwrap();

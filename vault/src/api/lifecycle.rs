@@ -304,6 +304,26 @@ fn delete_value(b: &mut Batch, token: &TokenBytes, subject: &str, rec: &Record, 
     );
 }
 
+/// Adds to `b` the deletion of each of `rows`, each guarded on the bytes
+/// read, and returns their tokens as an erasure receipt names them.
+fn delete_read<'a>(
+    b: &mut Batch,
+    subject: &str,
+    rows: impl Iterator<Item = &'a Row>,
+    time_ms: u64,
+) -> Vec<String> {
+    rows.map(|(token, bytes, rec)| {
+        b.expect(
+            Space::Values,
+            value_key(token, subject),
+            Some(bytes.clone()),
+        );
+        delete_value(b, token, subject, rec, time_ms);
+        encode_token(token)
+    })
+    .collect()
+}
+
 /// `PUT` / `DELETE /v1/subjects/{subject}/hold` (officers).
 pub async fn hold(
     v: &Vault,
@@ -492,16 +512,7 @@ pub async fn erase(v: &Vault, ctx: &Ctx, subject: &str) -> Result<ErasureReceipt
         let standing =
             Standing::read(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)?;
         standing.erase(&mut b, subject);
-        let mut tokens: Vec<String> = Vec::with_capacity(values.len());
-        for (token, bytes, rec) in values.iter().copied() {
-            b.expect(
-                Space::Values,
-                value_key(token, subject),
-                Some(bytes.clone()),
-            );
-            delete_value(&mut b, token, subject, rec, time_ms);
-            tokens.push(encode_token(token));
-        }
+        let mut tokens = delete_read(&mut b, subject, values.iter().copied(), time_ms);
         let digest = erasure_digest(subject, time_ms, &mut tokens);
         let mut event = draft(ctx, "erasure", subject, "erased");
         event.reference = Some(digest.clone());
@@ -591,24 +602,14 @@ async fn erase_late(
     let old = keys
         .unwrap_subject_key(subject, wrapped)
         .map_err(|_| ApiError::Internal)?;
-    let mut b = Batch::default();
-    let mut tokens = Vec::new();
-    for (token, bytes, rec) in &checked {
-        let under_old = keys
-            .version(rec.key_version)
+    let under_old = checked.iter().filter(|(token, _, rec)| {
+        keys.version(rec.key_version)
             .ok()
             .map(|k| k.for_subject(&old))
-            .is_some_and(|k| k.open(&rec.aad(subject, token), &rec.ciphertext).is_ok());
-        if under_old {
-            b.expect(
-                Space::Values,
-                value_key(token, subject),
-                Some(bytes.clone()),
-            );
-            delete_value(&mut b, token, subject, rec, time_ms);
-            tokens.push(encode_token(token));
-        }
-    }
+            .is_some_and(|k| k.open(&rec.aad(subject, token), &rec.ciphertext).is_ok())
+    });
+    let mut b = Batch::default();
+    let mut tokens = delete_read(&mut b, subject, under_old, time_ms);
     if tokens.is_empty() {
         return Ok(0);
     }
