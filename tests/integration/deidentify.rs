@@ -845,9 +845,26 @@ async fn records_cannot_buy_unbounded_work_with_a_wide_mapping() {
     .await;
     assert_eq!((s, code(&v)), (413, "too_many_items"), "{v}");
     assert!(
-        v["error"]["message"].as_str().unwrap().contains("nodes"),
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("bytes of pointers"),
         "{v}"
     );
+    // One long member name copied into every pointer under it: few nodes,
+    // but each child's pointer is 600 KB (120 GB in all), through a mapping
+    // and through the scan alike.
+    let long = "a".repeat(600_000);
+    let doc = json!({ long.clone(): vec![0; 200_000] });
+    for req in [
+        json!({"subject":"acct-9","purpose":"respond_to_request","mode":"redact",
+            "mapping": {"/*/*": "ip"}, "document": doc}),
+        json!({"subject":"acct-9","purpose":"respond_to_request","mode":"redact",
+            "scan": true, "document": doc}),
+    ] {
+        let (s, v) = post_raw(&app, "/v1/records", serde_json::to_vec(&req).unwrap()).await;
+        assert_eq!((s, code(&v)), (413, "too_many_items"), "{v}");
+    }
     // Generous: the walks stop at the budget, well before the 10 s deadline.
     assert!(started.elapsed() < std::time::Duration::from_secs(8));
     // The item limit counts replacements in every mode, not only stored ones

@@ -673,3 +673,39 @@ async fn export_follows_the_grant_and_stops_under_restriction() {
     );
     assert!(export_audited(&v, "refused_restricted").await);
 }
+
+/// Refusals cost nothing to make: however many of them name a subject
+/// after its data was released, the access log still shows the release
+/// (they share a cap of their own), and says it left some out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_cannot_push_a_release_out_of_the_access_log() {
+    let v = TestVault::start().await;
+    let app = v.client("app");
+    let tok = tokenize_one(&app, "acct-7", "notification", "phone", "13800138000").await;
+    let out = app
+        .detokenize(&detok_req("notification", &[&tok]))
+        .await
+        .unwrap();
+    assert_eq!(out.values[0].status, Status::Ok);
+    // 1,010 refused exports naming the subject, afterwards.
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let officer = v.client("officer");
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..101 {
+                let e = officer.export_subject("acct-7").await.unwrap_err();
+                assert_eq!(e.code(), Some("purpose_not_allowed"));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let log = app.access_log("acct-7").await.unwrap();
+    assert!(log.truncated);
+    assert_eq!(log.entries.len(), 1_001);
+    assert_eq!(log.entries[0].outcome, "released");
+    assert!(log.entries[1..]
+        .iter()
+        .all(|e| e.outcome == "purpose_not_allowed"));
+}

@@ -108,10 +108,8 @@ pub enum ApiError {
     UnsealFailed,
     #[error("{0}")]
     BadMapping(crate::records::MappingError),
-    #[error(
-        "the mapping reaches more than {0} nodes of the document; name fewer or narrower pointers"
-    )]
-    MappingTooBroad(usize),
+    #[error("walking the document would build more than {0} bytes of pointers; name fewer or narrower pointers, or send a smaller document")]
+    WalkTooLarge(usize),
     #[error("no schema of that name is configured")]
     UnknownSchema,
     #[error("{pointer}: a string is required for this class")]

@@ -394,7 +394,7 @@ pub fn newest(
     store: &dyn Store,
     limit: usize,
     deadline: Deadline,
-    keep: impl Fn(&AuditEvent) -> bool,
+    mut keep: impl FnMut(&AuditEvent) -> bool,
 ) -> Result<(Vec<AuditEvent>, bool), AuditError> {
     let mut out = Vec::new();
     let mut to: Option<Vec<u8>> = None;

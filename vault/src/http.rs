@@ -49,7 +49,7 @@ pub fn error_parts(e: &ApiError) -> (StatusCode, &'static str) {
         E::MalformedJson { .. } => (StatusCode::BAD_REQUEST, "malformed_json"),
         E::InvalidRequest { .. } | E::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
         E::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
-        E::TooManyItems(_) | E::MappingTooBroad(_) => {
+        E::TooManyItems(_) | E::WalkTooLarge(_) => {
             (StatusCode::PAYLOAD_TOO_LARGE, "too_many_items")
         }
         E::UnknownCaller => (StatusCode::FORBIDDEN, "unknown_caller"),
@@ -269,10 +269,14 @@ async fn admit(
 /// requests cannot pile up on the pool (more answer 503 `overloaded`).
 pub(crate) async fn off_runtime<T: Send + 'static>(
     v: &Arc<Vault>,
+    ctx: &Ctx,
     f: impl FnOnce(&Vault, crate::audit::Deadline) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let place = v
-        .walks
+    let places = match ctx.role {
+        crate::policy::Role::Officer => &v.officer_walks,
+        crate::policy::Role::App => &v.walks,
+    };
+    let place = places
         .clone()
         .try_acquire_owned()
         .map_err(|_| ApiError::Overloaded)?;
@@ -299,8 +303,11 @@ async fn dispatch(
         (&Method::POST, "/v1/reidentify") => ok(api::reidentify(v, ctx, b).await),
         (&Method::POST, "/v1/records") => ok(api::records(v, ctx, b).await),
         (&Method::GET, "/v1/audit") => {
-            let (ctx, query) = (ctx.clone(), parts.uri.query().map(str::to_string));
-            ok(off_runtime(v, move |v, d| api::audit(v, &ctx, query.as_deref(), d)).await)
+            let (owned, query) = (ctx.clone(), parts.uri.query().map(str::to_string));
+            ok(off_runtime(v, ctx, move |v, d| {
+                api::audit(v, &owned, query.as_deref(), d)
+            })
+            .await)
         }
         (&Method::GET, "/v1/admin/keys") => ok(admin::keys_status(v, ctx).await),
         (&Method::POST, "/v1/admin/keys/rotate") => ok(admin::rotate(v, ctx).await),
@@ -387,7 +394,7 @@ async fn subjects(
         ([""], _) => ok(lifecycle::erase(v, ctx, &subject).await),
         (["access-log"], _) => {
             let subject = subject.clone();
-            ok(off_runtime(v, move |v, d| subjects::access_log(v, &subject, d)).await)
+            ok(off_runtime(v, ctx, move |v, d| subjects::access_log(v, &subject, d)).await)
         }
         (["consents", p], _) => match api::percent_decode(p) {
             Some(p) => ok(consent::consent(v, ctx, m, &subject, &p, b).await),

@@ -58,29 +58,30 @@ impl Pattern {
         self.matches_within(doc, &mut unbounded).unwrap_or_default()
     }
 
-    /// As [`Pattern::matches_shown`], each node the walk reaches taken from
-    /// `budget`; `None` once it runs out. A mapping is many patterns, each
-    /// walking the document on its own: thousands of `/*/kN` over a long
-    /// array cost patterns times elements, so the walks of one request
-    /// share one budget.
+    /// As [`Pattern::matches_shown`], what the walk builds taken from
+    /// `budget` (see [`node_cost`]); `None` once it runs out. A mapping is
+    /// many patterns, each walking the document on its own: thousands of
+    /// `/*/kN` over a long array cost patterns times elements, and every
+    /// pointer built copies its parent's (a member name can be most of the
+    /// body), so the walks of one request share one budget of bytes.
     pub fn matches_within(&self, doc: &Value, budget: &mut usize) -> Option<Vec<(String, String)>> {
         let mut out = Vec::new();
         let mut stack: Vec<(usize, &Value, String, String)> =
             vec![(0, doc, String::new(), String::new())];
         while let Some((depth, node, path, shown)) = stack.pop() {
-            *budget = budget.checked_sub(1)?;
             let Some(seg) = self.0.get(depth) else {
                 out.push((path, shown));
                 continue;
             };
             let mut children: Vec<(&Value, String, String)> = Vec::new();
-            // A `*` costs its children before they are built.
+            // A `*` costs its children before they are built: each copies
+            // both pointers of its parent.
             let fan_out = match (seg, node) {
                 (Segment::Any, Value::Array(items)) => items.len(),
                 (Segment::Any, Value::Object(map)) => map.len(),
                 _ => 0,
             };
-            if *budget < fan_out {
+            if fan_out.checked_mul(node_cost(path.len() + shown.len()))? > *budget {
                 return None;
             }
             match (seg, node) {
@@ -110,6 +111,9 @@ impl Pattern {
                     }
                 }
                 _ => {}
+            }
+            for (_, p, sh) in &children {
+                *budget = budget.checked_sub(node_cost(p.len() + sh.len()))?;
             }
             // Reversed so the stack pops them in document order.
             for (item, p, sh) in children.into_iter().rev() {
@@ -178,28 +182,53 @@ pub fn compile(
         .collect()
 }
 
+/// What building one node's pointers of `len` bytes costs a budget: the
+/// bytes, and a fixed share for the node's place on the walk.
+pub fn node_cost(len: usize) -> usize {
+    len.saturating_add(64)
+}
+
 /// The pointers of every string leaf of `doc`, in document order.
 pub fn string_leaves(doc: &Value) -> Vec<String> {
+    let mut unbounded = usize::MAX;
+    string_leaves_within(doc, &mut unbounded).unwrap_or_default()
+}
+
+/// As [`string_leaves`], each pointer built taken from `budget` (see
+/// [`node_cost`]); `None` once it runs out.
+pub fn string_leaves_within(doc: &Value, budget: &mut usize) -> Option<Vec<String>> {
     let mut out = Vec::new();
     let mut stack: Vec<(&Value, String)> = vec![(doc, String::new())];
     while let Some((node, path)) = stack.pop() {
+        let fan_out = match node {
+            Value::Array(items) => items.len(),
+            Value::Object(map) => map.len(),
+            _ => 0,
+        };
+        if fan_out.checked_mul(node_cost(path.len()))? > *budget {
+            return None;
+        }
         match node {
             Value::String(_) => out.push(path),
             Value::Array(items) => {
                 for (i, item) in items.iter().enumerate().rev() {
-                    stack.push((item, format!("{path}/{i}")));
+                    let p = format!("{path}/{i}");
+                    *budget = budget.checked_sub(node_cost(p.len()))?;
+                    stack.push((item, p));
                 }
             }
             Value::Object(map) => {
                 let members: Vec<_> = map.iter().collect();
                 for (k, item) in members.into_iter().rev() {
-                    stack.push((item, format!("{path}/{}", escape(k))));
+                    let p = format!("{path}/{}", escape(k));
+                    *budget = budget.checked_sub(node_cost(p.len()))?;
+                    stack.push((item, p));
                 }
             }
             _ => {}
         }
     }
-    out
+    Some(out)
 }
 
 #[cfg(test)]

@@ -56,13 +56,16 @@ pub struct Vault {
     pub schemas: std::collections::BTreeMap<String, crate::records::Mapping>,
     /// Places for walks of the audit log (queries, access logs, exposure
     /// reports), which run on the blocking pool: see `http::off_runtime`.
+    /// Officers have places of their own, so apps walking the log cannot
+    /// keep an officer's incident queries out.
     pub walks: Arc<tokio::sync::Semaphore>,
+    pub officer_walks: Arc<tokio::sync::Semaphore>,
     /// Erasures' purges of destroyed keys, coalesced.
     pub purges: crate::api::lifecycle::Purges,
 }
 
-/// Walks of the audit log at once: one per core, and as many again waiting
-/// on the disk.
+/// Walks of the audit log at once, for apps and for officers each: one per
+/// core, and as many again waiting on the disk.
 pub const AUDIT_WALKS: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
@@ -258,6 +261,7 @@ pub fn build(
             .collect(),
         rewrap: crate::rewrap::Rewrap::new(cfg.keys.rewrap_batch.max(1), cfg.keys.rewrap_pause_ms),
         walks: Arc::new(tokio::sync::Semaphore::new(AUDIT_WALKS)),
+        officer_walks: Arc::new(tokio::sync::Semaphore::new(AUDIT_WALKS)),
         purges: crate::api::lifecycle::Purges::default(),
     }))
 }

@@ -308,6 +308,11 @@ pub async fn unseal(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysStatu
             }
             v.metrics.key_active_version.set(i64::from(active));
             v.metrics.set_sealed(false);
+            // A seal that came right after the install set the gauge
+            // itself; one between the install and the line above did not.
+            if v.keys.is_sealed() {
+                v.metrics.set_sealed(true);
+            }
             tracing::info!("Vault unsealed");
             audit_only(v, ctx, "unseal", "unsealed").await?;
             v.rewrap.kick();

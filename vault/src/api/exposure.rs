@@ -64,7 +64,7 @@ pub async fn exposure(
         return Err(ApiError::BadRequest("from must be before to"));
     }
     let who = caller.clone();
-    let (read, tallies) = crate::http::off_runtime(v, move |v, deadline| {
+    let (read, tallies) = crate::http::off_runtime(v, ctx, move |v, deadline| {
         let mut tallies: BTreeMap<String, Tally> = BTreeMap::new();
         let read = audit::for_each_in_window(v.store.as_ref(), from, to, deadline, |e| {
             let released = matches!(e.outcome.as_str(), "released" | "released_masked");

@@ -594,6 +594,10 @@ async fn erase_late(
     wrapped: &[u8],
     time_ms: u64,
 ) -> Result<u64, ApiError> {
+    // A hold placed since the erasure keeps even these (unreadable) rows.
+    if is_held(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)? {
+        return Ok(0);
+    }
     let keys = keyring(v)?;
     let (checked, _) = values_of(v.store.as_ref(), Some(&keys), subject)?;
     if checked.is_empty() {
@@ -609,6 +613,7 @@ async fn erase_late(
             .is_some_and(|k| k.open(&rec.aad(subject, token), &rec.ciphertext).is_ok())
     });
     let mut b = Batch::default();
+    b.expect(Space::Meta, hold_key(subject), None);
     let mut tokens = delete_read(&mut b, subject, under_old, time_ms);
     if tokens.is_empty() {
         return Ok(0);

@@ -16,7 +16,7 @@ use super::deidentify::{render, Plan, Replacement, Span};
 use super::tokenize::{store_values, Collect};
 use super::{keyring, parse_json, ApiError, Ctx};
 use crate::classes;
-use crate::records::{compile, string_leaves, Mapping};
+use crate::records::{compile, string_leaves_within, Mapping};
 use crate::server::Vault;
 
 /// One leaf to rewrite: where, and with what.
@@ -31,10 +31,12 @@ enum Change {
     Scanned { pointer: String, spans: Vec<Span> },
 }
 
-/// Most nodes the walks of one request's mapping may reach, all patterns
-/// together: a mapping of 1,000 patterns over a 2,000-element list is within
-/// it, and it costs a worker well under a second.
-pub const MAX_VISITS: usize = 2_000_000;
+/// Most bytes of pointers the walks of one request may build (each node's
+/// pointers, plus a fixed share per node: `records::node_cost`), the
+/// mapping's patterns and the scan together: a mapping of 100 patterns over
+/// a 2,000-element list of forms is well within it, and it bounds both the
+/// time and the memory of a walk, whatever the document's member names.
+pub const WALK_BUDGET: usize = 32 << 20;
 
 pub async fn records(v: &Vault, ctx: &Ctx, body: &Bytes) -> Result<RecordsResponse, ApiError> {
     let mut req: RecordsRequest = parse_json(body)?;
@@ -74,11 +76,11 @@ pub async fn records(v: &Vault, ctx: &Ctx, body: &Bytes) -> Result<RecordsRespon
     let mut plan = Plan::new(v, ctx, req.mode, &req.purpose);
     let mut changes = Vec::new();
     let mut mapped = BTreeSet::new();
-    let mut budget = MAX_VISITS;
+    let mut budget = WALK_BUDGET;
     for (_, pattern, class) in mapping {
         let matched = pattern
             .matches_within(&req.document, &mut budget)
-            .ok_or(ApiError::MappingTooBroad(MAX_VISITS))?;
+            .ok_or(ApiError::WalkTooLarge(WALK_BUDGET))?;
         // Errors name a leaf by its shown form: no member name of the
         // document (the caller's data) goes back in an error.
         for (pointer, shown) in matched {
@@ -113,7 +115,9 @@ pub async fn records(v: &Vault, ctx: &Ctx, body: &Bytes) -> Result<RecordsRespon
         }
     }
     if req.scan {
-        for pointer in string_leaves(&req.document) {
+        let leaves = string_leaves_within(&req.document, &mut budget)
+            .ok_or(ApiError::WalkTooLarge(WALK_BUDGET))?;
+        for pointer in leaves {
             if mapped.contains(&pointer) {
                 continue;
             }

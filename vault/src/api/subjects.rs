@@ -18,7 +18,10 @@ use crate::store::Batch;
 /// what the access log lists.
 const RELEASES: [&str; 3] = ["detokenize", "reidentify", "subject_export"];
 
-/// Most releases one access log returns (the newest).
+/// Most refused attempts one access log returns (the newest).
+const MAX_REFUSALS: usize = 1_000;
+
+/// Most entries one access log returns (the newest).
 const MAX_ENTRIES: usize = 10_000;
 
 fn purpose_of(query: Option<&str>) -> Result<String, ApiError> {
@@ -184,9 +187,10 @@ pub async fn export(
     })
 }
 
-/// The newest releases first, capped after the filter: no number of other
-/// events naming the subject can push a release out of the answer, and
-/// `truncated` says when older releases were left out.
+/// The newest releases and refused attempts, capped after the filter: no
+/// number of other events naming the subject, nor of refusals, can push a
+/// release out of the answer, and `truncated` says when older entries were
+/// left out.
 pub fn access_log(
     v: &Vault,
     subject: &str,
@@ -195,10 +199,22 @@ pub fn access_log(
     if !valid_subject(subject) {
         return Err(ApiError::InvalidSubject);
     }
+    // Refusals cost a caller nothing to make, releases need a grant: the
+    // newest refusals share a small cap of their own, so no number of them
+    // can push a release out of the answer.
+    let mut refusals = 0usize;
     let (events, truncated) = audit::newest(v.store.as_ref(), MAX_ENTRIES, deadline, |e| {
-        e.subject.as_deref() == Some(subject) && RELEASES.contains(&e.action.as_str())
+        if e.subject.as_deref() != Some(subject) || !RELEASES.contains(&e.action.as_str()) {
+            return false;
+        }
+        if e.outcome.starts_with("released") {
+            return true;
+        }
+        refusals += 1;
+        refusals <= MAX_REFUSALS
     })
     .map_err(walk_error)?;
+    let truncated = truncated || refusals > MAX_REFUSALS;
     let entries = events
         .into_iter()
         .map(|e| AccessEntry {
