@@ -31,12 +31,22 @@ enum Change {
     Scanned { pointer: String, spans: Vec<Span> },
 }
 
-/// Most bytes of pointers the walks of one request may build (each node's
-/// pointers, plus a fixed share per node: `records::node_cost`), the
-/// mapping's patterns and the scan together: a mapping of 100 patterns over
-/// a 2,000-element list of forms is well within it, and it bounds both the
-/// time and the memory of a walk, whatever the document's member names.
-pub const WALK_BUDGET: usize = 32 << 20;
+/// Most bytes of pointers one request may build (each node's pointers,
+/// plus a fixed share per node: `records::node_cost`), the mapping's walks,
+/// the scan's and the copies the answer keeps together: a schema of 20
+/// pointers over a list of 2,000 forms takes about 4 MiB of it, and it
+/// bounds both the time and the memory of a request, whatever the
+/// document's member names.
+pub const WALK_BUDGET: usize = 16 << 20;
+
+/// Takes the cost of `copies` more copies of a pointer from `budget`.
+fn charge(budget: &mut usize, copies: usize, pointer: &str) -> Result<(), ApiError> {
+    *budget = copies
+        .checked_mul(crate::records::node_cost(pointer.len()))
+        .and_then(|c| budget.checked_sub(c))
+        .ok_or(ApiError::WalkTooLarge(WALK_BUDGET))?;
+    Ok(())
+}
 
 pub async fn records(v: &Vault, ctx: &Ctx, body: &Bytes) -> Result<RecordsResponse, ApiError> {
     let mut req: RecordsRequest = parse_json(body)?;
@@ -89,6 +99,7 @@ pub async fn records(v: &Vault, ctx: &Ctx, body: &Bytes) -> Result<RecordsRespon
                 Some(Value::String(s)) => s,
                 Some(_) => return Err(ApiError::LeafNotString { pointer: shown }),
             };
+            charge(&mut budget, 1, &pointer)?;
             if !mapped.insert(pointer.clone()) {
                 return Err(ApiError::LeafMappedTwice { pointer: shown });
             }
@@ -126,6 +137,8 @@ pub async fn records(v: &Vault, ctx: &Ctx, body: &Bytes) -> Result<RecordsRespon
             };
             let spans = plan.scan(text)?;
             if !spans.is_empty() {
+                // The answer names the leaf once per finding.
+                charge(&mut budget, spans.len(), &pointer)?;
                 changes.push(Change::Scanned { pointer, spans });
             }
         }

@@ -187,10 +187,9 @@ pub async fn export(
     })
 }
 
-/// The newest releases and refused attempts, capped after the filter: no
-/// number of other events naming the subject, nor of refusals, can push a
-/// release out of the answer, and `truncated` says when older entries were
-/// left out.
+/// The newest releases and refused attempts, capped after the filter:
+/// other events naming the subject take no place, refusals at most 1,000,
+/// and `truncated` says when older entries were left out.
 pub fn access_log(
     v: &Vault,
     subject: &str,
@@ -200,8 +199,8 @@ pub fn access_log(
         return Err(ApiError::InvalidSubject);
     }
     // Refusals cost a caller nothing to make, releases need a grant: the
-    // newest refusals share a small cap of their own, so no number of them
-    // can push a release out of the answer.
+    // newest refusals share a small cap of their own, so however many there
+    // are, the newest 9,000 releases or more are in the answer.
     let mut refusals = 0usize;
     let (events, truncated) = audit::newest(v.store.as_ref(), MAX_ENTRIES, deadline, |e| {
         if e.subject.as_deref() != Some(subject) || !RELEASES.contains(&e.action.as_str()) {
