@@ -296,6 +296,10 @@ pub struct Hooked {
     pub held: std::sync::atomic::AtomicBool,
     /// While set, writes fail as on a full disk.
     pub fail_writes: std::sync::atomic::AtomicBool,
+    /// While set, backward scans (walks of the audit log from its end)
+    /// wait; `scans_held` counts those waiting.
+    pub hold_scans: std::sync::atomic::AtomicBool,
+    pub scans_held: std::sync::atomic::AtomicUsize,
 }
 
 type HookSlot = std::sync::Mutex<
@@ -351,6 +355,14 @@ impl vault::store::Store for Hooked {
         t: Option<&[u8]>,
         l: usize,
     ) -> Result<vault::store::Rows, vault::store::StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.hold_scans.load(SeqCst) {
+            self.scans_held.fetch_add(1, SeqCst);
+            while self.hold_scans.load(SeqCst) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            self.scans_held.fetch_sub(1, SeqCst);
+        }
         self.inner.scan_rev(s, f, t, l)
     }
     fn write(&self, b: vault::store::Batch) -> Result<(), vault::store::StoreError> {
@@ -387,6 +399,8 @@ pub async fn start_hooked(edit: impl FnOnce(&mut Config)) -> (TestVault, Arc<Hoo
         hold_writes: std::sync::atomic::AtomicBool::new(false),
         held: std::sync::atomic::AtomicBool::new(false),
         fail_writes: std::sync::atomic::AtomicBool::new(false),
+        hold_scans: std::sync::atomic::AtomicBool::new(false),
+        scans_held: std::sync::atomic::AtomicUsize::new(0),
     });
     let keys = server::open_keys(&cfg, store.as_ref()).unwrap();
     let running = server::start_with(&cfg, keys, store.clone()).await.unwrap();

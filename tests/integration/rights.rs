@@ -709,3 +709,45 @@ async fn refusals_cannot_push_a_release_out_of_the_access_log() {
         .iter()
         .all(|e| e.outcome == "purpose_not_allowed"));
 }
+
+/// Walks of the audit log hold places: one caller at most half of its
+/// pool, so an app walking the log cannot keep the other apps out (and
+/// officers have a pool apart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_caller_cannot_take_every_audit_walk() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (v, store) = start_hooked(|_| {}).await;
+    let app = v.client("app");
+    tokenize_one(&app, "acct-w", "notification", "phone", "13800138000").await;
+    store.hold_scans.store(true, SeqCst);
+    struct Resume(std::sync::Arc<Hooked>);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            self.0.hold_scans.store(false, SeqCst);
+        }
+    }
+    let _resume = Resume(store.clone());
+    let mut walking = Vec::new();
+    for _ in 0..2 {
+        let app = v.client("app");
+        walking.push(tokio::spawn(async move { app.access_log("acct-w").await }));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while store.scans_held.load(SeqCst) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the walks never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let e = app.access_log("acct-w").await.unwrap_err();
+    assert_eq!((e.status(), e.code()), (Some(503), Some("overloaded")));
+    // An officer's walk has places of its own.
+    let officer = v.client("officer");
+    let asked = tokio::spawn(async move { officer.audit(Some("acct-w"), None, Some(10)).await });
+    store.hold_scans.store(false, SeqCst);
+    assert!(!asked.await.unwrap().unwrap().events.is_empty());
+    for w in walking {
+        w.await.unwrap().unwrap();
+    }
+}

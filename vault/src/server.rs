@@ -60,6 +60,9 @@ pub struct Vault {
     /// keep an officer's incident queries out.
     pub walks: Arc<tokio::sync::Semaphore>,
     pub officer_walks: Arc<tokio::sync::Semaphore>,
+    /// Walks under way per caller: one caller holds at most half the
+    /// places.
+    pub walkers: std::sync::Mutex<std::collections::HashMap<Arc<str>, usize>>,
     /// Erasures' purges of destroyed keys, coalesced.
     pub purges: crate::api::lifecycle::Purges,
 }
@@ -262,6 +265,7 @@ pub fn build(
         rewrap: crate::rewrap::Rewrap::new(cfg.keys.rewrap_batch.max(1), cfg.keys.rewrap_pause_ms),
         walks: Arc::new(tokio::sync::Semaphore::new(AUDIT_WALKS)),
         officer_walks: Arc::new(tokio::sync::Semaphore::new(AUDIT_WALKS)),
+        walkers: std::sync::Mutex::new(std::collections::HashMap::new()),
         purges: crate::api::lifecycle::Purges::default(),
     }))
 }
