@@ -28,7 +28,8 @@ use vault::shares::Collector;
 use vault::store::{Batch, MemoryStore, Space, Store};
 use vault_sdk::wire::{
     ApprovalRequest, AuditEvent, ConsentRequest, CorrectionRequest, DetokenizeRequest, Field,
-    KeysConfigRequest, LegalBasis, RetireRequest, SubjectEvent, TokenizeRequest, UnsealRequest,
+    KeysConfigRequest, LegalBasis, RecordsRequest, RetireRequest, SubjectEvent, TokenizeRequest,
+    UnsealRequest,
 };
 
 /// Every request body type of the wire, through `parse_json`, then through
@@ -78,6 +79,9 @@ pub fn requests(data: &[u8]) {
             check_value(class, &req.value);
         }
     }
+    if let Some(req) = parse_checked::<RecordsRequest>(&body, &mut errors) {
+        check_walks(&req);
+    }
     parse_checked::<ConsentRequest>(&body, &mut errors);
     parse_checked::<KeysConfigRequest>(&body, &mut errors);
     parse_checked::<RetireRequest>(&body, &mut errors);
@@ -85,6 +89,41 @@ pub fn requests(data: &[u8]) {
     parse_checked::<LegalBasis>(&body, &mut errors);
     parse_checked::<Field>(&body, &mut errors);
     assert_no_echo(&errors, data);
+}
+
+/// The walks of `POST /v1/records` over the request's own document: every
+/// pointer a mapping or the scan yields names a node of the document (a
+/// string for the scan), and a walk within a budget gives exactly what the
+/// unbounded walk gives, or stops; it never gives something else.
+fn check_walks(req: &RecordsRequest) {
+    let doc = &req.document;
+    if let Some(mapping) = req
+        .mapping
+        .as_ref()
+        .and_then(|m| vault::records::compile(m).ok())
+    {
+        let mut budget = 64 << 10;
+        for (_, pattern, _) in &mapping {
+            let all = pattern.matches_shown(doc);
+            for (pointer, _) in &all {
+                assert!(doc.pointer(pointer).is_some(), "{pointer:?} names nothing");
+            }
+            if let Some(within) = pattern.matches_within(doc, &mut budget) {
+                assert_eq!(within, all);
+            }
+        }
+    }
+    let leaves = vault::records::string_leaves(doc);
+    for pointer in &leaves {
+        assert!(matches!(
+            doc.pointer(pointer),
+            Some(serde_json::Value::String(_))
+        ));
+    }
+    let mut budget = 64 << 10;
+    if let Some(within) = vault::records::string_leaves_within(doc, &mut budget) {
+        assert_eq!(within, leaves);
+    }
 }
 
 /// The only shapes a `parse_json` error message may have, digits aside.
