@@ -263,6 +263,10 @@ pub struct KeysStatus {
     pub min_decryption_version: Option<u32>,
     #[serde(default)]
     pub versions: Vec<KeyVersion>,
+    /// The `values` counts stopped at the deadline (a large vault): each is
+    /// at least what it says.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub counts_partial: bool,
 }
 
 /// `POST /v1/admin/unseal`.

@@ -88,12 +88,18 @@ async fn status(v: &Arc<Vault>) -> Result<KeysStatus, ApiError> {
             active_version: None,
             min_decryption_version: None,
             versions: Vec::new(),
+            counts_partial: false,
         });
     };
+    // Counting reads every stored value: on a large vault it stops at half
+    // the request's time, so a key operation that already committed still
+    // answers (its counts then partial, and said to be).
     let store = v.store.clone();
-    let counts = blocking(move || rewrap::count_by_version(store.as_ref()))
-        .await?
-        .map_err(|_| ApiError::Unavailable)?;
+    let deadline = std::time::Instant::now() + v.limits.request_timeout / 2;
+    let (counts, complete) =
+        blocking(move || rewrap::count_by_version_until(store.as_ref(), Some(deadline)))
+            .await?
+            .map_err(|_| ApiError::Unavailable)?;
     let meta = keys.meta();
     let versions = meta
         .versions
@@ -119,6 +125,7 @@ async fn status(v: &Arc<Vault>) -> Result<KeysStatus, ApiError> {
         active_version: Some(meta.active),
         min_decryption_version: Some(meta.min_decryption_version),
         versions,
+        counts_partial: !complete,
     })
 }
 

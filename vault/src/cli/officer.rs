@@ -124,11 +124,15 @@ fn keys_text(s: &KeysStatus) -> String {
         s.active_version.unwrap_or(0),
         s.min_decryption_version.unwrap_or(0)
     );
+    let at_least = if s.counts_partial { "at least " } else { "" };
     for v in &s.versions {
         out.push_str(&format!(
-            "  v{:<4} {:<13} {} values\n",
+            "  v{:<4} {:<13} {at_least}{} values\n",
             v.version, v.state, v.values
         ));
+    }
+    if s.counts_partial {
+        out.push_str("(counting the stored values stopped at the request's deadline)\n");
     }
     out.trim_end().to_string()
 }
