@@ -109,6 +109,10 @@ fn check_walks(req: &RecordsRequest) {
                 assert!(doc.pointer(pointer).is_some(), "{pointer:?} names nothing");
             }
             if let Some(within) = pattern.matches_within(doc, &mut budget) {
+                for (node, pointer, _) in &within {
+                    assert_eq!(doc.pointer(pointer), Some(*node));
+                }
+                let within: Vec<_> = within.into_iter().map(|(_, p, sh)| (p, sh)).collect();
                 assert_eq!(within, all);
             }
         }
@@ -122,6 +126,10 @@ fn check_walks(req: &RecordsRequest) {
     }
     let mut budget = 64 << 10;
     if let Some(within) = vault::records::string_leaves_within(doc, &mut budget) {
+        for (text, pointer) in &within {
+            assert_eq!(doc.pointer(pointer).and_then(|v| v.as_str()), Some(*text));
+        }
+        let within: Vec<_> = within.into_iter().map(|(_, p)| p).collect();
         assert_eq!(within, leaves);
     }
 }

@@ -55,7 +55,11 @@ impl Pattern {
     /// array indexes are structure, and stay.
     pub fn matches_shown(&self, doc: &Value) -> Vec<(String, String)> {
         let mut unbounded = usize::MAX;
-        self.matches_within(doc, &mut unbounded).unwrap_or_default()
+        self.matches_within(doc, &mut unbounded)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(_, p, shown)| (p, shown))
+            .collect()
     }
 
     /// As [`Pattern::matches_shown`], what the walk builds taken from
@@ -64,13 +68,19 @@ impl Pattern {
     /// `/*/kN` over a long array cost patterns times elements, and every
     /// pointer built copies its parent's (a member name can be most of the
     /// body), so the walks of one request share one budget of bytes.
-    pub fn matches_within(&self, doc: &Value, budget: &mut usize) -> Option<Vec<(String, String)>> {
+    /// Each match comes with the node it names, so no caller parses the
+    /// pointer again to find it.
+    pub fn matches_within<'a>(
+        &self,
+        doc: &'a Value,
+        budget: &mut usize,
+    ) -> Option<Vec<(&'a Value, String, String)>> {
         let mut out = Vec::new();
         let mut stack: Vec<(usize, &Value, String, String)> =
             vec![(0, doc, String::new(), String::new())];
         while let Some((depth, node, path, shown)) = stack.pop() {
             let Some(seg) = self.0.get(depth) else {
-                out.push((path, shown));
+                out.push((node, path, shown));
                 continue;
             };
             let mut children: Vec<(&Value, String, String)> = Vec::new();
@@ -191,12 +201,19 @@ pub fn node_cost(len: usize) -> usize {
 /// The pointers of every string leaf of `doc`, in document order.
 pub fn string_leaves(doc: &Value) -> Vec<String> {
     let mut unbounded = usize::MAX;
-    string_leaves_within(doc, &mut unbounded).unwrap_or_default()
+    string_leaves_within(doc, &mut unbounded)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect()
 }
 
-/// As [`string_leaves`], each pointer built taken from `budget` (see
-/// [`node_cost`]); `None` once it runs out.
-pub fn string_leaves_within(doc: &Value, budget: &mut usize) -> Option<Vec<String>> {
+/// As [`string_leaves`], each leaf's text with its pointer, each pointer
+/// built taken from `budget` (see [`node_cost`]); `None` once it runs out.
+pub fn string_leaves_within<'a>(
+    doc: &'a Value,
+    budget: &mut usize,
+) -> Option<Vec<(&'a str, String)>> {
     let mut out = Vec::new();
     let mut stack: Vec<(&Value, String)> = vec![(doc, String::new())];
     while let Some((node, path)) = stack.pop() {
@@ -209,7 +226,7 @@ pub fn string_leaves_within(doc: &Value, budget: &mut usize) -> Option<Vec<Strin
             return None;
         }
         match node {
-            Value::String(_) => out.push(path),
+            Value::String(text) => out.push((text.as_str(), path)),
             Value::Array(items) => {
                 for (i, item) in items.iter().enumerate().rev() {
                     let p = format!("{path}/{i}");

@@ -103,11 +103,11 @@ pub async fn records(v: &Vault, ctx: &Ctx, body: &Bytes) -> Result<RecordsRespon
             .ok_or(ApiError::WalkTooLarge(WALK_BUDGET))?;
         // Errors name a leaf by its shown form: no member name of the
         // document (the caller's data) goes back in an error.
-        for (pointer, shown) in matched {
-            let leaf = match req.document.pointer(&pointer) {
-                Some(Value::Null) | None => continue,
-                Some(Value::String(s)) => s,
-                Some(_) => return Err(ApiError::LeafNotString { pointer: shown }),
+        for (node, pointer, shown) in matched {
+            let leaf = match node {
+                Value::Null => continue,
+                Value::String(s) => s,
+                _ => return Err(ApiError::LeafNotString { pointer: shown }),
             };
             charge(&mut budget, 1, &pointer)?;
             if !mapped.insert(pointer.clone()) {
@@ -138,13 +138,10 @@ pub async fn records(v: &Vault, ctx: &Ctx, body: &Bytes) -> Result<RecordsRespon
     if req.scan {
         let leaves = string_leaves_within(&req.document, &mut budget)
             .ok_or(ApiError::WalkTooLarge(WALK_BUDGET))?;
-        for pointer in leaves {
+        for (text, pointer) in leaves {
             if mapped.contains(&pointer) {
                 continue;
             }
-            let Some(Value::String(text)) = req.document.pointer(&pointer) else {
-                continue;
-            };
             let spans = plan.scan(text)?;
             if !spans.is_empty() {
                 // The answer names the leaf once per finding.
