@@ -195,6 +195,7 @@ fn batch_tokenize(c: &mut Criterion) {
         caller: "app".into(),
         role: vault::policy::Role::App,
         request_id: "bench".into(),
+        deadline: None,
     };
     let body = |seed: u64| {
         let fields: Vec<_> = (0..FIELDS as u64)

@@ -36,6 +36,9 @@ pub struct Ctx {
     pub caller: Arc<str>,
     pub role: Role,
     pub request_id: String,
+    /// When the request's time is up (`None` for the vault's own work):
+    /// what a long walk stops at, so the answer still makes it.
+    pub deadline: Option<std::time::Instant>,
 }
 
 /// Everything a request can fail with. The status and code of each variant

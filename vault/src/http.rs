@@ -201,7 +201,7 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
     let v = &conn.vault;
     let busy = conn.activity.begin();
     let in_flight = InFlight::new(&v.metrics);
-    let work = admit(&conn, rid.clone(), req);
+    let work = admit(&conn, rid.clone(), started + v.limits.request_timeout, req);
     let mut resp = match tokio::time::timeout(v.limits.request_timeout, work).await {
         Ok(Ok(resp)) => resp,
         Ok(Err(e)) => error_response(&e),
@@ -226,6 +226,7 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
 async fn admit(
     conn: &Conn,
     request_id: String,
+    deadline: Instant,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let v = &conn.vault;
@@ -235,6 +236,7 @@ async fn admit(
         caller,
         role,
         request_id,
+        deadline: Some(deadline),
     };
     let (parts, incoming) = req.into_parts();
     let max = v.limits.max_body_bytes;
@@ -283,7 +285,10 @@ pub(crate) async fn off_runtime<T: Send + 'static>(
         .clone()
         .try_acquire_owned()
         .map_err(|_| ApiError::Overloaded)?;
-    let deadline = crate::audit::Deadline::at(Instant::now() + v.limits.request_timeout);
+    let deadline = crate::audit::Deadline::at(
+        ctx.deadline
+            .unwrap_or_else(|| Instant::now() + v.limits.request_timeout),
+    );
     let v = v.clone();
     tokio::task::spawn_blocking(move || {
         let _place = place;

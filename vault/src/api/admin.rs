@@ -74,10 +74,23 @@ async fn blocking<T: Send + 'static>(
 /// `GET /v1/admin/keys`.
 pub async fn keys_status(v: &Arc<Vault>, ctx: &Ctx) -> Result<KeysStatus, ApiError> {
     require_officer(ctx)?;
-    status(v).await
+    status(v, ctx).await
 }
 
-async fn status(v: &Arc<Vault>) -> Result<KeysStatus, ApiError> {
+async fn status(v: &Arc<Vault>, ctx: &Ctx) -> Result<KeysStatus, ApiError> {
+    status_counted(v, ctx, None).await
+}
+
+/// The key status, with the counts of values per version given (a complete
+/// count the caller already made) or made now. Counting reads every stored
+/// value: it stops a fifth of the request's time before the request's
+/// deadline, so a key operation that already committed still answers
+/// (its counts then partial, and said to be).
+async fn status_counted(
+    v: &Arc<Vault>,
+    ctx: &Ctx,
+    counted: Option<std::collections::BTreeMap<u32, u64>>,
+) -> Result<KeysStatus, ApiError> {
     let threshold = unseal_meta(v)?.map_or(0, |m| usize::from(m.threshold));
     let progress = v.unseal.lock().map(|c| c.progress()).unwrap_or(0);
     let Ok(keys) = v.keys.get() else {
@@ -91,15 +104,20 @@ async fn status(v: &Arc<Vault>) -> Result<KeysStatus, ApiError> {
             counts_partial: false,
         });
     };
-    // Counting reads every stored value: on a large vault it stops at half
-    // the request's time, so a key operation that already committed still
-    // answers (its counts then partial, and said to be).
-    let store = v.store.clone();
-    let deadline = std::time::Instant::now() + v.limits.request_timeout / 2;
-    let (counts, complete) =
-        blocking(move || rewrap::count_by_version_until(store.as_ref(), Some(deadline)))
-            .await?
-            .map_err(|_| ApiError::Unavailable)?;
+    let (counts, complete) = match counted {
+        Some(counts) => (counts, true),
+        None => {
+            let store = v.store.clone();
+            let timeout = v.limits.request_timeout;
+            let end = ctx
+                .deadline
+                .unwrap_or_else(|| std::time::Instant::now() + timeout);
+            let cutoff = end.checked_sub(timeout / 5).unwrap_or(end);
+            blocking(move || rewrap::count_by_version_until(store.as_ref(), Some(cutoff)))
+                .await?
+                .map_err(|_| ApiError::Unavailable)?
+        }
+    };
     let meta = keys.meta();
     let versions = meta
         .versions
@@ -175,7 +193,7 @@ pub async fn rotate(v: &Arc<Vault>, ctx: &Ctx) -> Result<KeysStatus, ApiError> {
         k.rotation(now_ms()).map(|(b, _)| b)
     })
     .await?;
-    status(v).await
+    status(v, ctx).await
 }
 
 /// `POST /v1/admin/keys/config` `{"min_decryption_version":N}`.
@@ -186,7 +204,7 @@ pub async fn configure(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysSt
         k.min_decryption(req.min_decryption_version)
     })
     .await?;
-    status(v).await
+    status(v, ctx).await
 }
 
 /// `POST /v1/admin/keys/retire` `{"version":N}`: deletes a version no
@@ -203,7 +221,7 @@ pub async fn retire(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysStatu
     let job =
         rewrap::status(v.store.as_ref(), v.keys.is_sealed()).map_err(|_| ApiError::Unavailable)?;
     let store = v.store.clone();
-    let counts = blocking(move || rewrap::count_by_version(store.as_ref()))
+    let mut counts = blocking(move || rewrap::count_by_version(store.as_ref()))
         .await?
         .map_err(|_| ApiError::Unavailable)?;
     if counts.get(&req.version).copied().unwrap_or(0) > 0 || writes_under(&job, req.version) {
@@ -219,7 +237,10 @@ pub async fn retire(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysStatu
         Ok(b)
     })
     .await?;
-    status(v).await
+    // The answer reuses the count just made: counting again could run the
+    // request out of time after the retirement committed.
+    counts.remove(&req.version);
+    status_counted(v, ctx, Some(counts)).await
 }
 
 /// Whether the rewrap job `job` may still write values under `version`.
@@ -260,7 +281,7 @@ pub async fn seal(v: &Arc<Vault>, ctx: &Ctx) -> Result<KeysStatus, ApiError> {
     // Sealing happens even if the event cannot be written; the write is
     // still attempted so the log says who did it.
     let _ = audit_only(v, ctx, "seal", "ok").await;
-    status(v).await
+    status(v, ctx).await
 }
 
 /// `POST /v1/admin/unseal` `{"share":"vs1-..."}`.
@@ -270,7 +291,7 @@ pub async fn unseal(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysStatu
     let _guard = v.key_ops.lock().await;
     let seals = v.keys.seals();
     if !v.keys.is_sealed() {
-        return status(v).await;
+        return status(v, ctx).await;
     }
     let Some(meta) = unseal_meta(v)? else {
         return Err(ApiError::BadRequest(
@@ -286,7 +307,7 @@ pub async fn unseal(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysStatu
     let root = match added {
         Ok(Progress::Need(..)) => {
             audit_only(v, ctx, "unseal_share", "accepted").await?;
-            return status(v).await;
+            return status(v, ctx).await;
         }
         Ok(Progress::Complete(root)) => root,
         Err(e) => {
@@ -323,7 +344,7 @@ pub async fn unseal(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysStatu
             tracing::info!("Vault unsealed");
             audit_only(v, ctx, "unseal", "unsealed").await?;
             v.rewrap.kick();
-            status(v).await
+            status(v, ctx).await
         }
         Err(_) => {
             audit_only(v, ctx, "unseal", "failed").await?;
@@ -344,6 +365,7 @@ pub async fn auto_rotate(
         caller: "vault".into(),
         role: crate::policy::Role::Officer,
         request_id: "auto-rotate".into(),
+        deadline: None,
     };
     loop {
         if let Ok(keys) = v.keys.get() {
@@ -369,7 +391,31 @@ pub async fn auto_rotate(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// A vault too large to count before the request runs out answers with
+    /// the counts it has, said to be partial; one that can, in full.
+    #[tokio::test]
+    async fn counts_stop_before_the_request_runs_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = crate::dev::prepare(dir.path()).unwrap();
+        let cfg = crate::config::Config::load(&path).unwrap();
+        let store: Arc<dyn crate::store::Store> = Arc::new(crate::store::MemoryStore::new());
+        let keys = crate::server::open_keys(&cfg, store.as_ref()).unwrap();
+        let v = crate::server::build(&cfg, keys, store).unwrap();
+        let mut ctx = Ctx {
+            caller: "officer".into(),
+            role: crate::policy::Role::Officer,
+            request_id: "t".into(),
+            deadline: Some(std::time::Instant::now()),
+        };
+        assert!(status(&v, &ctx).await.unwrap().counts_partial);
+        ctx.deadline = Some(std::time::Instant::now() + std::time::Duration::from_secs(30));
+        let full = status(&v, &ctx).await.unwrap();
+        assert!(!full.counts_partial);
+        assert_eq!(full.versions.len(), 1);
+    }
 
     #[test]
     fn a_running_or_paused_job_holds_its_target_version() {
