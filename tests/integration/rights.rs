@@ -312,6 +312,35 @@ async fn legal_exceptions_need_a_live_approval_by_someone_else() {
     );
     assert_eq!(out[1].reason.as_deref(), Some("subject_not_covered"));
 
+    // An approval is of one disclosure (SPEC): the request that released
+    // under it used it up.
+    let again = ask(basis(&granted.id, "case-2026-17"), vec![tok.clone()]).await;
+    assert_eq!(
+        (again[0].status, again[0].reason.as_deref()),
+        (Status::Denied, Some("approval_used"))
+    );
+    // Of requests racing on one fresh approval, exactly one releases.
+    let fresh = officer
+        .approve(&approval("app", &["acct-1"], "PT1H"))
+        .await
+        .unwrap();
+    let mut racing = Vec::new();
+    for _ in 0..6 {
+        let app = v.client("app");
+        let mut req = detok_req("criminal_investigation", &[&tok]);
+        req.legal_basis = basis(&fresh.id, "case-2026-17");
+        racing.push(tokio::spawn(async move { app.detokenize(&req).await }));
+    }
+    let mut released = 0;
+    for r in racing {
+        match r.await.unwrap() {
+            Ok(out) if out.values[0].status == Status::Ok => released += 1,
+            Ok(out) => assert_eq!(out.values[0].reason.as_deref(), Some("approval_used")),
+            Err(e) => assert_eq!(e.code(), Some("conflict")),
+        }
+    }
+    assert_eq!(released, 1);
+
     // Another caller cannot use the app's approval.
     let mut req = detok_req("criminal_investigation", &[&tok]);
     req.legal_basis = basis(&granted.id, "case-2026-17");

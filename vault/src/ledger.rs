@@ -271,9 +271,23 @@ pub fn get_approval(
     Ok(opened)
 }
 
+/// The `Meta` row that marks approval `id` as used: an approval is of one
+/// disclosure (SPEC), and the request that makes it writes this row in the
+/// batch of its audit events, guarded on its absence.
+pub fn approval_used_key(id: &str) -> Vec<u8> {
+    [b"approval-used/".as_slice(), id.as_bytes()].concat()
+}
+
+/// Whether approval `id` served a disclosure already.
+pub fn approval_used(store: &dyn Store, id: &str) -> Result<bool, StoreError> {
+    Ok(store.get(Space::Meta, &approval_used_key(id))?.is_some())
+}
+
 /// Why an approval does not cover a disclosure, as the per-token reason.
+/// `used`: it served a disclosure already.
 pub fn check_approval(
     a: Option<&Approval>,
+    used: bool,
     caller: &str,
     purpose: &str,
     reference: &str,
@@ -287,6 +301,9 @@ pub fn check_approval(
     }
     if a.reference != reference {
         return Err("reference_mismatch");
+    }
+    if used {
+        return Err("approval_used");
     }
     if now_ms >= a.expires_ms {
         return Err("approval_expired");
@@ -485,7 +502,15 @@ mod tests {
         assert!(store.write(put_approval(&keys, &a).unwrap()).is_err());
         let got = get_approval(&store, &keys, "a1").unwrap();
         let ok = |caller, purpose, reference, subject, now| {
-            check_approval(got.as_ref(), caller, purpose, reference, subject, now)
+            check_approval(
+                got.as_ref(),
+                false,
+                caller,
+                purpose,
+                reference,
+                subject,
+                now,
+            )
         };
         assert_eq!(
             ok("app", "criminal_investigation", "case-17", "s1", 50),
@@ -512,7 +537,7 @@ mod tests {
             Err("approval_not_found")
         );
         assert_eq!(
-            check_approval(None, "app", "x", "r", "s1", 0),
+            check_approval(None, false, "app", "x", "r", "s1", 0),
             Err("approval_not_found")
         );
         assert!(get_approval(&store, &keys, "").unwrap().is_none());

@@ -119,6 +119,12 @@ pub(crate) async fn release(
             .map_err(|_| ApiError::Unavailable)?,
         _ => None,
     };
+    let approval_used = match &approval {
+        Some(a) => {
+            ledger::approval_used(v.store.as_ref(), &a.id).map_err(|_| ApiError::Unavailable)?
+        }
+        None => false,
+    };
     let one = Lookup {
         v,
         ctx,
@@ -130,6 +136,7 @@ pub(crate) async fn release(
         now,
         basis: ask.legal_basis,
         approval: approval.as_ref(),
+        approval_used,
         consents: RefCell::new(HashMap::new()),
         restricted: RefCell::new(HashMap::new()),
         subject_keys: RefCell::new(HashMap::new()),
@@ -144,9 +151,24 @@ pub(crate) async fn release(
     if audit.is_empty() {
         return Ok(values);
     }
-    v.committer.commit(Batch::default(), audit).await.map_err(|e| {
-        tracing::error!(request_id = %ctx.request_id, error = %e, "Audit append failed; nothing released");
-        ApiError::Unavailable
+    // An approval is of one disclosure: the request that releases under it
+    // uses it up, in the write of its audit events, guarded so that of two
+    // requests racing on one approval only one releases.
+    let mut batch = Batch::default();
+    if let Some(a) = approval
+        .as_ref()
+        .filter(|_| values.iter().any(|o| o.status == Status::Ok))
+    {
+        let used = ledger::approval_used_key(&a.id);
+        batch.expect(Space::Meta, used.clone(), None);
+        batch.put(Space::Meta, used, ctx.request_id.as_bytes().to_vec());
+    }
+    v.committer.commit(batch, audit).await.map_err(|e| match e {
+        crate::commit::CommitError::Store(crate::store::StoreError::Conflict) => ApiError::Conflict,
+        e => {
+            tracing::error!(request_id = %ctx.request_id, error = %e, "Audit append failed; nothing released");
+            ApiError::Unavailable
+        }
     })?;
     count(v, purpose, &values);
     Ok(values)
@@ -201,6 +223,8 @@ struct Lookup<'a> {
     now: u64,
     basis: Option<&'a LegalBasis>,
     approval: Option<&'a Approval>,
+    /// The approval served a disclosure already.
+    approval_used: bool,
     /// Whether each subject seen so far has live consent to the purpose.
     consents: RefCell<HashMap<String, bool>>,
     /// Whether each subject seen so far is restricted (PIPL Art. 47).
@@ -467,6 +491,7 @@ impl Lookup<'_> {
             .ok_or("legal_basis_required")?;
         match ledger::check_approval(
             self.approval,
+            self.approval_used,
             &self.ctx.caller,
             self.purpose,
             &basis.reference,
@@ -487,6 +512,7 @@ impl Lookup<'_> {
             let reference = self.basis.map(|b| b.reference.as_str()).unwrap_or_default();
             return Ok(ledger::check_approval(
                 self.approval,
+                self.approval_used,
                 &self.ctx.caller,
                 self.purpose,
                 reference,
