@@ -431,6 +431,100 @@ async fn a_client_that_never_reads_its_answers_is_cut() {
     still_serves(&v).await;
 }
 
+/// Answers a client never takes are charged to its caller until written
+/// out: once they hold the caller's share, the caller gets 503
+/// `overloaded` rather than more work (and more memory), other callers
+/// are served, and it is served again once it lets them go. (Over HTTP/1
+/// a connection holds one answer at a time, which the TLS layer takes in
+/// whole; HTTP/2 holds one per stream, which is what this bounds.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_answers_hold_their_callers_share_not_the_memory() {
+    // A small share: 2 x 1 request x 32 KiB of budget, half of it (32 KiB)
+    // a caller's.
+    let v = TestVault::start_with(|c| {
+        c.server.max_body_bytes = 32 << 10;
+        c.server.max_concurrent_requests = 1;
+        c.server.idle_timeout_ms = 20_000;
+    })
+    .await;
+    // A records request whose answer is several times its body (every IP
+    // masked and listed in `fields`): one answer is over the share.
+    let ips: serde_json::Map<String, serde_json::Value> = (0..1_000)
+        .map(|i| {
+            (
+                format!("key-{i:06}"),
+                serde_json::json!(format!("1.{}.{}.1", i / 200, i % 200)),
+            )
+        })
+        .collect();
+    let body = serde_json::to_vec(
+        &serde_json::json!({"subject":"acct-u","purpose":"respond_to_request",
+        "mode":"mask","mapping":{"/*":"ip"},"document":ips}),
+    )
+    .unwrap();
+    assert!(body.len() < 32 << 10, "{}", body.len());
+    {
+        let mut one = tls_conn(&v, b"http/1.1").await;
+        let request = [
+            format!(
+                "POST /v1/records HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .into_bytes(),
+            body.clone(),
+        ]
+        .concat();
+        one.write_all(&request).await.unwrap();
+        let (status, text) = read_h1_response(&mut one).await.unwrap();
+        assert_eq!(status, 200, "{}", &text[..text.len().min(300)]);
+        assert!(text.len() > 75 << 10, "an answer of {} bytes", text.len());
+    }
+    // Over HTTP/2 with no flow-control window for the answers' bodies: the
+    // heads come, the bodies wait in the vault.
+    let tls = tls_conn(&v, b"h2").await;
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(0)
+            .handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    let driver = tokio::spawn(conn);
+    let req = http::Request::post("https://localhost/v1/records")
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body.clone())))
+        .unwrap();
+    let held = send.send_request(req).await.unwrap();
+    assert_eq!(held.status(), 200);
+    // Refused five times in a row, a quarter of a second apart: not the
+    // one handling place taken for a moment by the pipelined requests, but
+    // the answer that waits.
+    let app = v.client("app");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut refused = 0;
+    while refused < 5 {
+        match app.access_log("acct-u").await {
+            Err(e) if e.code() == Some("overloaded") => refused += 1,
+            _ => refused = 0,
+        }
+        assert!(
+            Instant::now() < deadline,
+            "unread answers were never charged"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Another caller is served meanwhile.
+    v.client("officer").keys_status().await.unwrap();
+    // Giving up the answers (the streams reset) gives the share back.
+    drop(held);
+    drop(send);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while app.access_log("acct-u").await.is_err() {
+        assert!(Instant::now() < deadline, "the charge was never given back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    driver.abort();
+}
+
 #[tokio::test]
 async fn an_idle_http2_connection_gets_goaway_and_is_closed() {
     let v = TestVault::start_with(|c| c.server.idle_timeout_ms = 300).await;

@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -174,6 +174,9 @@ struct Conn {
     /// Handling places, `max-concurrent-requests` of them.
     permits: Arc<Semaphore>,
     bodies: body::Budget,
+    /// The caller's answers not yet written out, when it is a configured
+    /// caller (see `body::Budget::answers_over`).
+    answers: Option<Arc<std::sync::atomic::AtomicUsize>>,
     activity: conn::Activity,
 }
 
@@ -238,6 +241,15 @@ async fn admit(
         request_id,
         deadline: Some(deadline),
     };
+    // A caller whose unread answers already hold its share gets no more
+    // work until they drain.
+    if conn
+        .answers
+        .as_ref()
+        .is_some_and(|a| conn.bodies.answers_over(a))
+    {
+        return Err(ApiError::Overloaded);
+    }
     let (parts, incoming) = req.into_parts();
     let max = v.limits.max_body_bytes;
     let reading = body::read(&conn.bodies, &ctx.caller, max, &parts.headers, incoming);
@@ -258,7 +270,19 @@ async fn admit(
                 .map_err(|_| ApiError::Overloaded)?,
         )
     };
-    Ok(dispatch(v, &ctx, &parts, body.bytes()).await)
+    let resp = dispatch(v, &ctx, &parts, body.bytes()).await;
+    // The answer is charged to its caller until it is written out.
+    let (head, answer) = resp.into_parts();
+    let bytes = answer
+        .collect()
+        .await
+        .map(http_body_util::Collected::to_bytes)
+        .unwrap_or_default();
+    let charged = match &conn.answers {
+        Some(pending) => body::Budget::charge_answer(pending, bytes),
+        None => bytes,
+    };
+    Ok(Response::from_parts(head, Full::new(charged)))
 }
 
 /// Runs a handler that walks the audit log (as much of it as the query
@@ -512,11 +536,16 @@ pub async fn serve_api(
                 .and_then(|c| c.first())
                 .and_then(crate::tls::caller_name)
                 .map(Arc::<str>::from);
+            let answers = caller
+                .as_ref()
+                .filter(|c| vault.policy.role(c).is_some())
+                .and_then(|c| bodies.answers_of(c));
             let conn = Arc::new(Conn {
                 vault,
                 caller,
                 permits,
                 bodies,
+                answers,
                 activity: conn::Activity::new(),
             });
             let svc_conn = conn.clone();

@@ -8,8 +8,11 @@
 //! and not just the bytes: a doubling buffer holds up to twice them, and is
 //! charged before it is allocated): a client that declares a body and withholds
 //! it holds no memory, only its stream (at most `max-streams-per-connection`
-//! per connection), and only until the body deadline.
+//! per connection), and only until the body deadline. Answers are counted
+//! per caller until hyper has written them out; a caller whose unwritten
+//! answers pass its share takes no new requests until they drain.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -30,6 +33,8 @@ pub struct Budget {
     all: Arc<Semaphore>,
     share: usize,
     callers: Arc<std::sync::Mutex<std::collections::HashMap<Arc<str>, Arc<Semaphore>>>>,
+    /// Bytes of each caller's answers built and not yet written out.
+    answers: Arc<std::sync::Mutex<std::collections::HashMap<Arc<str>, Arc<AtomicUsize>>>>,
 }
 
 impl Budget {
@@ -48,9 +53,58 @@ impl Budget {
             all: Arc::new(Semaphore::new(bytes)),
             share: bytes / 2,
             callers: Arc::default(),
+            answers: Arc::default(),
         }
     }
 
+    /// The count of `caller`'s answers built and not yet written out (a
+    /// configured caller's: a connection looks it up once).
+    pub fn answers_of(&self, caller: &Arc<str>) -> Option<Arc<AtomicUsize>> {
+        let mut answers = self.answers.lock().ok()?;
+        Some(answers.entry(caller.clone()).or_default().clone())
+    }
+
+    /// Whether a caller's answers not yet written out (a client that does
+    /// not take them) hold more than its share: it is then refused more
+    /// work (503 `overloaded`) until they drain, so answers nobody takes
+    /// cannot grow memory without bound either.
+    pub fn answers_over(&self, pending: &AtomicUsize) -> bool {
+        pending.load(Ordering::Relaxed) > self.share
+    }
+
+    /// `answer` counted in `pending` until hyper has written it and
+    /// dropped it (its bytes are shared, not copied).
+    pub fn charge_answer(pending: &Arc<AtomicUsize>, answer: Bytes) -> Bytes {
+        let len = answer.len();
+        pending.fetch_add(len, Ordering::Relaxed);
+        Bytes::from_owner(Charged {
+            bytes: answer,
+            pending: pending.clone(),
+            len,
+        })
+    }
+}
+
+/// An answer's bytes and what they hold of their caller's count.
+struct Charged {
+    bytes: Bytes,
+    pending: Arc<AtomicUsize>,
+    len: usize,
+}
+
+impl AsRef<[u8]> for Charged {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for Charged {
+    fn drop(&mut self) {
+        self.pending.fetch_sub(self.len, Ordering::Relaxed);
+    }
+}
+
+impl Budget {
     /// The share of `caller` (a configured caller: bodies are read only
     /// once the caller is known, so the map holds no more than those).
     fn share_of(&self, caller: &Arc<str>) -> Result<Arc<Semaphore>, ApiError> {
