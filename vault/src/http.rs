@@ -241,13 +241,23 @@ async fn admit(
         request_id,
         deadline: Some(deadline),
     };
+    // An officer's seal needs no handling place, and is not held back by
+    // the officer's own unread answers: it must get through when a flood
+    // (a compromised app, say) holds every place.
+    let seal = req.method() == Method::POST
+        && req.uri().path() == "/v1/admin/seal"
+        && ctx.role == crate::policy::Role::Officer;
     // A caller whose unread answers already hold its share gets no more
-    // work until they drain.
-    if conn
-        .answers
-        .as_ref()
-        .is_some_and(|a| conn.bodies.answers_over(a))
-    {
+    // work until they drain: looked at before its body is read, and again
+    // once it is in (a body can take seconds to arrive, and answers meanwhile).
+    let over = || {
+        !seal
+            && conn
+                .answers
+                .as_ref()
+                .is_some_and(|a| conn.bodies.answers_over(a))
+    };
+    if over() {
         return Err(ApiError::Overloaded);
     }
     let (parts, incoming) = req.into_parts();
@@ -256,11 +266,9 @@ async fn admit(
     let body = tokio::time::timeout(v.limits.body_timeout, reading)
         .await
         .map_err(|_| ApiError::Timeout)??;
-    // An officer's seal needs no handling place: it must get through when
-    // a flood (a compromised app, say) holds every one of them.
-    let seal = parts.method == Method::POST
-        && parts.uri.path() == "/v1/admin/seal"
-        && ctx.role == crate::policy::Role::Officer;
+    if over() {
+        return Err(ApiError::Overloaded);
+    }
     let _permit = if seal {
         None
     } else {

@@ -220,10 +220,21 @@ pub async fn retire(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysStatu
     let cursor = rewrap::cursor_bytes(v.store.as_ref()).map_err(|_| ApiError::Unavailable)?;
     let job =
         rewrap::status(v.store.as_ref(), v.keys.is_sealed()).map_err(|_| ApiError::Unavailable)?;
+    // A complete count, finished in time to answer: a retirement is never
+    // written by a request that then runs out of time.
     let store = v.store.clone();
-    let mut counts = blocking(move || rewrap::count_by_version(store.as_ref()))
-        .await?
-        .map_err(|_| ApiError::Unavailable)?;
+    let timeout = v.limits.request_timeout;
+    let end = ctx
+        .deadline
+        .unwrap_or_else(|| std::time::Instant::now() + timeout);
+    let cutoff = end.checked_sub(timeout / 5).unwrap_or(end);
+    let (mut counts, complete) =
+        blocking(move || rewrap::count_by_version_until(store.as_ref(), Some(cutoff)))
+            .await?
+            .map_err(|_| ApiError::Unavailable)?;
+    if !complete {
+        return Err(ApiError::Timeout);
+    }
     if counts.get(&req.version).copied().unwrap_or(0) > 0 || writes_under(&job, req.version) {
         audit_only(v, ctx, "keys_retire", "refused").await?;
         return Err(ApiError::KeyInUse);

@@ -136,7 +136,7 @@ pub(crate) async fn release(
         now,
         basis: ask.legal_basis,
         approval: approval.as_ref(),
-        approval_used,
+        approval_used: std::cell::Cell::new(approval_used),
         consents: RefCell::new(HashMap::new()),
         restricted: RefCell::new(HashMap::new()),
         subject_keys: RefCell::new(HashMap::new()),
@@ -155,21 +155,40 @@ pub(crate) async fn release(
     // uses it up, in the write of its audit events, guarded so that of two
     // requests racing on one approval only one releases.
     let mut batch = Batch::default();
-    if let Some(a) = approval
+    let marked = approval
         .as_ref()
-        .filter(|_| values.iter().any(|o| o.status == Status::Ok))
-    {
+        .filter(|_| values.iter().any(|o| o.status == Status::Ok));
+    if let Some(a) = marked {
         let used = ledger::approval_used_key(&a.id);
         batch.expect(Space::Meta, used.clone(), None);
         batch.put(Space::Meta, used, ctx.request_id.as_bytes().to_vec());
     }
-    v.committer.commit(batch, audit).await.map_err(|e| match e {
-        crate::commit::CommitError::Store(crate::store::StoreError::Conflict) => ApiError::Conflict,
-        e => {
-            tracing::error!(request_id = %ctx.request_id, error = %e, "Audit append failed; nothing released");
-            ApiError::Unavailable
+    let failed = |e: crate::commit::CommitError| {
+        tracing::error!(request_id = %ctx.request_id, error = %e, "Audit append failed; nothing released");
+        ApiError::Unavailable
+    };
+    match v.committer.commit(batch, audit).await {
+        Ok(_) => {}
+        // Another request used the approval first: this one is answered,
+        // and audited, as under a used approval (nothing released).
+        Err(crate::commit::CommitError::Store(crate::store::StoreError::Conflict))
+            if marked.is_some() =>
+        {
+            one.approval_used.set(true);
+            values.clear();
+            let mut audit = Vec::with_capacity(tokens.len());
+            for token in tokens {
+                let (out, draft) = one.resolve(token)?;
+                values.push(out);
+                audit.push(draft);
+            }
+            v.committer
+                .commit(Batch::default(), audit)
+                .await
+                .map_err(failed)?;
         }
-    })?;
+        Err(e) => return Err(failed(e)),
+    }
     count(v, purpose, &values);
     Ok(values)
 }
@@ -224,7 +243,7 @@ struct Lookup<'a> {
     basis: Option<&'a LegalBasis>,
     approval: Option<&'a Approval>,
     /// The approval served a disclosure already.
-    approval_used: bool,
+    approval_used: std::cell::Cell<bool>,
     /// Whether each subject seen so far has live consent to the purpose.
     consents: RefCell<HashMap<String, bool>>,
     /// Whether each subject seen so far is restricted (PIPL Art. 47).
@@ -491,7 +510,7 @@ impl Lookup<'_> {
             .ok_or("legal_basis_required")?;
         match ledger::check_approval(
             self.approval,
-            self.approval_used,
+            self.approval_used.get(),
             &self.ctx.caller,
             self.purpose,
             &basis.reference,
@@ -512,7 +531,7 @@ impl Lookup<'_> {
             let reference = self.basis.map(|b| b.reference.as_str()).unwrap_or_default();
             return Ok(ledger::check_approval(
                 self.approval,
-                self.approval_used,
+                self.approval_used.get(),
                 &self.ctx.caller,
                 self.purpose,
                 reference,
