@@ -71,6 +71,23 @@ async fn blocking<T: Send + 'static>(
         .map_err(|_| ApiError::Internal)
 }
 
+/// The stored values per key version, counted until a fifth of the
+/// request's time before its deadline; whether the count is complete.
+async fn count_in_time(
+    v: &Arc<Vault>,
+    ctx: &Ctx,
+) -> Result<(std::collections::BTreeMap<u32, u64>, bool), ApiError> {
+    let store = v.store.clone();
+    let timeout = v.limits.request_timeout;
+    let end = ctx
+        .deadline
+        .unwrap_or_else(|| std::time::Instant::now() + timeout);
+    let cutoff = end.checked_sub(timeout / 5).unwrap_or(end);
+    blocking(move || rewrap::count_by_version_until(store.as_ref(), Some(cutoff)))
+        .await?
+        .map_err(|_| ApiError::Unavailable)
+}
+
 /// `GET /v1/admin/keys`.
 pub async fn keys_status(v: &Arc<Vault>, ctx: &Ctx) -> Result<KeysStatus, ApiError> {
     require_officer(ctx)?;
@@ -106,17 +123,7 @@ async fn status_counted(
     };
     let (counts, complete) = match counted {
         Some(counts) => (counts, true),
-        None => {
-            let store = v.store.clone();
-            let timeout = v.limits.request_timeout;
-            let end = ctx
-                .deadline
-                .unwrap_or_else(|| std::time::Instant::now() + timeout);
-            let cutoff = end.checked_sub(timeout / 5).unwrap_or(end);
-            blocking(move || rewrap::count_by_version_until(store.as_ref(), Some(cutoff)))
-                .await?
-                .map_err(|_| ApiError::Unavailable)?
-        }
+        None => count_in_time(v, ctx).await?,
     };
     let meta = keys.meta();
     let versions = meta
@@ -222,16 +229,7 @@ pub async fn retire(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysStatu
         rewrap::status(v.store.as_ref(), v.keys.is_sealed()).map_err(|_| ApiError::Unavailable)?;
     // A complete count, finished in time to answer: a retirement is never
     // written by a request that then runs out of time.
-    let store = v.store.clone();
-    let timeout = v.limits.request_timeout;
-    let end = ctx
-        .deadline
-        .unwrap_or_else(|| std::time::Instant::now() + timeout);
-    let cutoff = end.checked_sub(timeout / 5).unwrap_or(end);
-    let (mut counts, complete) =
-        blocking(move || rewrap::count_by_version_until(store.as_ref(), Some(cutoff)))
-            .await?
-            .map_err(|_| ApiError::Unavailable)?;
+    let (mut counts, complete) = count_in_time(v, ctx).await?;
     if !complete {
         return Err(ApiError::Timeout);
     }
