@@ -646,6 +646,89 @@ async fn a_body_that_stalls_gets_a_timeout_at_the_body_deadline() {
     .expect("no answer on the connection after a body timeout");
 }
 
+/// A counter of the vault's `/metrics`, 0 when absent.
+async fn counter(v: &TestVault, name: &str) -> u64 {
+    let (_, m) = v.ops_get("/metrics").await;
+    m.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn connections_stuck_in_their_handshake_give_way_to_a_client_with_a_certificate() {
+    let v = TestVault::start_with(|c| {
+        c.server.max_connections = 4;
+        c.server.handshake_timeout_ms = 10_000;
+    })
+    .await;
+    // A source without a certificate takes every place: connections that
+    // never start TLS and connections that stop halfway through it.
+    let mut squatters = Vec::new();
+    for n in 0..4 {
+        let mut tcp = TcpStream::connect(v.api).await.unwrap();
+        if n % 2 == 1 {
+            tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+                .await
+                .unwrap();
+        }
+        squatters.push(tcp);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Two clients with certificates (HTTP/2 and HTTP/1.1) still get in, at
+    // once, each in the place of the oldest squatter.
+    still_serves(&v).await;
+    let since = Instant::now();
+    for s in &mut squatters[..2] {
+        assert!(
+            closed_within(s, since, Duration::from_secs(2))
+                .await
+                .is_some(),
+            "the oldest squatters kept their places"
+        );
+    }
+    for s in &mut squatters[2..] {
+        assert!(
+            closed_within(s, Instant::now(), Duration::from_millis(300))
+                .await
+                .is_none(),
+            "a newer squatter was evicted before an older one"
+        );
+    }
+    assert_eq!(counter(&v, "vault_http_connections_evicted_total").await, 2);
+    assert_eq!(counter(&v, "vault_http_connections_refused_total").await, 0);
+}
+
+#[tokio::test]
+async fn connections_past_their_handshake_are_never_evicted() {
+    let v = TestVault::start_with(|c| {
+        c.server.max_connections = 2;
+        c.server.idle_timeout_ms = 30_000;
+    })
+    .await;
+    let mut held = vec![
+        tls_conn(&v, b"http/1.1").await,
+        tls_conn(&v, b"http/1.1").await,
+    ];
+    // A third connection, even one with a certificate, is closed at once.
+    let mut third = TcpStream::connect(v.api).await.unwrap();
+    assert!(
+        closed_within(&mut third, Instant::now(), Duration::from_secs(2))
+            .await
+            .is_some()
+    );
+    assert_eq!(counter(&v, "vault_http_connections_refused_total").await, 1);
+    for s in &mut held {
+        s.write_all(b"GET /v1/nothing HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let (status, _) = read_h1_response(s)
+            .await
+            .expect("an established connection was cut");
+        assert_eq!(status, 404);
+    }
+    assert_eq!(counter(&v, "vault_http_connections_evicted_total").await, 0);
+}
+
 // ---------------------------------------------------------------------------
 // 2. Oversized heads and bodies
 

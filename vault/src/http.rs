@@ -37,6 +37,7 @@ use vault_sdk::wire::{ErrorBody, ErrorDetail};
 use crate::api::{self, admin, ApiError, Ctx};
 use crate::server::Vault;
 
+mod admit;
 mod body;
 mod conn;
 
@@ -494,8 +495,7 @@ pub async fn serve_api(
     mut stop: watch::Receiver<bool>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let max_conns = vault.limits.max_connections;
-    let conns = Arc::new(Semaphore::new(max_conns));
+    let admission = Arc::new(admit::Admission::new(vault.limits.max_connections));
     let permits = Arc::new(Semaphore::new(vault.limits.max_concurrent_requests));
     let bodies = body::Budget::new(&vault.limits);
     let builders = Arc::new(conn::Builders::new(&vault.limits));
@@ -511,10 +511,15 @@ pub async fn serve_api(
             },
             _ = stop.changed() => break,
         };
-        let Ok(conn_permit) = conns.clone().try_acquire_owned() else {
+        let Some((place, how)) = admission.admit().await else {
+            vault.metrics.connections_refused.inc();
             drop(tcp);
             continue;
         };
+        if how == admit::Admitted::Evicted {
+            vault.metrics.connections_evicted.inc();
+        }
+        let handshake = admission.handshake();
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let vault = vault.clone();
@@ -523,20 +528,27 @@ pub async fn serve_api(
         let builders = builders.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            let _conn_permit = conn_permit;
+            let _place = place;
             let limits = vault.limits;
-            let tls =
-                match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!("TLS handshake timed out");
-                        return;
-                    }
-                };
+            let accepted = tokio::select! {
+                r = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)) => r,
+                () = handshake.evicted() => {
+                    tracing::debug!("Connection in its TLS handshake evicted for a newer one");
+                    return;
+                }
+            };
+            drop(handshake);
+            let tls = match accepted {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("TLS handshake timed out");
+                    return;
+                }
+            };
             let session = tls.get_ref().1;
             let h2 = session.alpn_protocol() == Some(b"h2".as_slice());
             let caller = session
@@ -566,12 +578,11 @@ pub async fn serve_api(
         });
     }
     drop(listener);
-    // Every connection task holds one permit until it ends: all of them
+    // Every connection task holds one place until it ends: all of them
     // back means all connections are closed.
-    let all = u32::try_from(max_conns).unwrap_or(u32::MAX);
     let l = vault.limits;
     let drain = l.handshake_timeout + l.request_timeout + std::time::Duration::from_secs(2);
-    let _ = tokio::time::timeout(drain, conns.acquire_many(all)).await;
+    admission.drained(drain).await;
 }
 
 /// Most connections the ops listener serves at once; more are closed as

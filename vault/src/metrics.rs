@@ -57,6 +57,8 @@ pub struct Metrics {
     subject_cache_hits: Counter,
     subject_cache_misses: Counter,
     subject_cache_entries: Gauge,
+    pub connections_evicted: Counter,
+    pub connections_refused: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -105,6 +107,18 @@ impl Metrics {
         let subject_cache_hits = Counter::default();
         let subject_cache_misses = Counter::default();
         let subject_cache_entries = Gauge::default();
+        let connections_evicted = Counter::default();
+        let connections_refused = Counter::default();
+        registry.register(
+            "vault_http_connections_evicted",
+            "Connections still in their TLS handshake closed to make room for a new one (server.max-connections reached)",
+            connections_evicted.clone(),
+        );
+        registry.register(
+            "vault_http_connections_refused",
+            "New connections closed at once: server.max-connections reached, every one past its handshake",
+            connections_refused.clone(),
+        );
         registry.register(
             "vault_keys_subject_cache_hits",
             "Subject-key lookups served from the cache (keys.subject-key-cache)",
@@ -245,6 +259,8 @@ impl Metrics {
             subject_cache_hits,
             subject_cache_misses,
             subject_cache_entries,
+            connections_evicted,
+            connections_refused,
         }
     }
 
