@@ -674,3 +674,78 @@ fn unseal_cli_hardens_itself_and_warns_about_share_on_the_command_line() {
     assert_eq!(out.status.code(), Some(69), "{err}");
     assert!(!err.contains("--share puts"), "{err}");
 }
+
+/// `master-key-env`: the server takes the root key out of its environment
+/// before it starts a thread. The variable's bytes are zeroed where
+/// `/proc/<pid>/environ` reads them and the name removed, and the vault
+/// still serves with the key. (Without root, reading another process's
+/// environment is refused outright once the vault is non-dumpable; as
+/// root, the read succeeds and must not find the key.)
+#[tokio::test]
+async fn a_master_key_from_the_environment_is_taken_out_of_it() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let config = vault::dev::prepare(dir.path()).unwrap();
+    let key = std::fs::read_to_string(dir.path().join("master.key")).unwrap();
+    let key = key.trim().to_string();
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(
+            "master-key-file = \"master.key\"",
+            "master-key-env = \"VAULT_TEST_ROOT\"",
+        )
+        .replace("127.0.0.1:8443", "127.0.0.1:0")
+        .replace("127.0.0.1:9464", "127.0.0.1:0");
+    assert!(text.contains("master-key-env = \"VAULT_TEST_ROOT\""));
+    std::fs::write(&config, text).unwrap();
+    let mut child = std::process::Command::new(vault_bin())
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .env("VAULT_TEST_ROOT", &key)
+        .env("VAULT_TEST_NEIGHBOUR", "still-here")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = lines.next().unwrap().unwrap();
+    let environ = std::fs::read(format!("/proc/{}/environ", child.id()));
+    let api = ready
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("api="))
+        .unwrap_or_default()
+        .to_string();
+    let served = if api.is_empty() {
+        None
+    } else {
+        let tls = dir.path().join("tls");
+        let c = vault_sdk::ClientBuilder::new(&api)
+            .ca_file(tls.join("ca.pem"))
+            .unwrap()
+            .identity_files(tls.join("app.pem"), tls.join("app.key"))
+            .unwrap()
+            .build()
+            .unwrap();
+        Some(tokenize_one(&c, "acct-env", "notification", "phone", "13800138000").await)
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ready.contains("vault ready"), "{ready}");
+    assert!(served.is_some_and(|t| !t.is_empty()));
+    match environ {
+        Ok(env) => {
+            let env = String::from_utf8_lossy(&env);
+            assert!(env.contains("VAULT_TEST_NEIGHBOUR=still-here"), "{env}");
+            assert!(
+                !env.contains(&key),
+                "the root key is still in the environment"
+            );
+            assert!(
+                !env.contains(&key[..16]),
+                "part of the root key is still in the environment"
+            );
+        }
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}"),
+    }
+}

@@ -306,6 +306,12 @@ fn serve(cfg: &Config) -> ExitCode {
     for step in crate::hardening::disable_core_dumps() {
         tracing::warn!(step, "Process hardening step failed");
     }
+    // Still one thread: the last moment to change the environment safely.
+    if let Some(var) = &cfg.keys.master_key_env {
+        if let Err(e) = crate::keys::take_master_env(var) {
+            return fail(EXIT_RUNTIME, &format!("vault: cannot start: {e}"));
+        }
+    }
     let files = crate::hardening::raise_open_files_limit();
     let wanted = u64::try_from(cfg.server.max_connections)
         .unwrap_or(u64::MAX)

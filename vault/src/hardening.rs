@@ -26,6 +26,35 @@ pub fn disable_core_dumps() -> Vec<&'static str> {
     failed
 }
 
+/// Moves the variable `name` out of the environment: returns its value (in
+/// a buffer wiped on drop), overwrites the bytes the environment held with
+/// zeros, where `/proc/<pid>/environ` and a core file would find them, and
+/// removes the name, so no child process inherits it. `None` when it is
+/// unset or not UTF-8 (then it is left as it is). Call it while the
+/// process has one thread: the environment is not safe to change while
+/// another thread may read it.
+pub fn take_env(name: &str) -> Option<zeroize::Zeroizing<String>> {
+    use zeroize::Zeroize;
+    let c_name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `c_name` is a valid NUL-terminated string that outlives the
+    // call; getenv returns NULL or a pointer into the environment.
+    let value = unsafe { libc::getenv(c_name.as_ptr()) };
+    if value.is_null() {
+        return None;
+    }
+    // SAFETY: a non-NULL getenv result is a NUL-terminated string.
+    let len = unsafe { libc::strlen(value) };
+    // SAFETY: the `len` bytes before its NUL belong to the environment
+    // string, writable process memory; nothing else holds a reference to
+    // them while the process has one thread.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(value.cast::<u8>(), len) };
+    let mut out = zeroize::Zeroizing::new(String::with_capacity(len));
+    out.push_str(std::str::from_utf8(bytes).ok()?);
+    bytes.zeroize();
+    std::env::remove_var(name);
+    Some(out)
+}
+
 /// Raises the soft limit on open descriptors to the hard limit, which any
 /// process may do, and returns the soft limit now in force (`None` when it
 /// cannot be read). The common default of 1,024 is below the default

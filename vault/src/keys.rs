@@ -669,9 +669,35 @@ pub fn master_from_file(path: &Path) -> Result<SecretKey<32>, KeyError> {
 
 /// Reads a master key from an environment variable holding 64 hex characters.
 pub fn master_from_env(var: &str) -> Result<SecretKey<32>, KeyError> {
+    if let Some((_, key)) = taken_keys().iter().find(|(name, _)| name == var) {
+        return Ok(key.duplicate());
+    }
     let text =
         Zeroizing::new(std::env::var(var).map_err(|_| KeyError::MissingEnv(var.to_string()))?);
     parse_master(&text, var)
+}
+
+/// Master keys moved out of the environment by [`take_master_env`], by the
+/// name of the variable that held them.
+fn taken_keys() -> std::sync::MutexGuard<'static, Vec<(String, SecretKey<32>)>> {
+    static TAKEN: std::sync::Mutex<Vec<(String, SecretKey<32>)>> =
+        std::sync::Mutex::new(Vec::new());
+    TAKEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Moves the master key out of the variable `var` before the server
+/// starts: the key is parsed into wiped memory, the variable's bytes in
+/// the environment are zeroed and the variable removed (see
+/// `hardening::take_env`), and [`master_from_env`] answers from the moved
+/// key from then on. Call it while the process has one thread.
+pub fn take_master_env(var: &str) -> Result<(), KeyError> {
+    let text =
+        crate::hardening::take_env(var).ok_or_else(|| KeyError::MissingEnv(var.to_string()))?;
+    let key = parse_master(&text, var)?;
+    taken_keys().push((var.to_string(), key));
+    Ok(())
 }
 
 /// The most a master-key command may print: the 64 hex characters with
