@@ -260,14 +260,13 @@ pub fn unseal(conn: &Connection, share: Option<String>) -> ExitCode {
             s
         }
         None => {
-            let mut line = zeroize::Zeroizing::new(String::new());
-            if std::io::stdin().read_line(&mut line).is_err() || line.trim().is_empty() {
-                return fail(
+            match stdin_secret_line() {
+                Ok(line) if !line.is_empty() => line.to_string(),
+                Ok(_) | Err(_) => return fail(
                     EXIT_CONFIG,
-                    "give a share with --share or on standard input",
-                );
+                    "give a share with --share or on standard input (one line, at most 1024 bytes)",
+                ),
             }
-            line.trim().to_string()
         }
     });
     let (c, rt) = match (client(conn), runtime()) {
@@ -367,17 +366,92 @@ pub fn init(config: &std::path::Path, shares: u8, threshold: u8, json: bool) -> 
         return fail(EXIT_RUNTIME, &format!("the keys written do not open: {e}"));
     }
     drop(root);
-    if json {
-        let text = shares_json(&printed, threshold);
-        println!("{}", text.as_str());
+    let text = if json {
+        shares_json(&printed, threshold)
     } else {
-        println!("Vault initialized. {shares} key shares; any {threshold} unseal it.");
-        println!("Give each to a different officer. They are shown once and stored nowhere.\n");
-        for (i, s) in printed.iter().enumerate() {
-            println!("share {}: {}", i + 1, s.as_str());
-        }
+        shares_text(&printed, threshold)
+    };
+    match stdout_unbuffered(text.as_bytes()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(
+            EXIT_RUNTIME,
+            &format!("cannot print the shares: {}", e.kind()),
+        ),
     }
-    ExitCode::SUCCESS
+}
+
+/// The longest line [`stdin_secret_line`] takes: a share is under 100.
+const SECRET_LINE_MAX: usize = 1024;
+
+/// The first line of standard input, trimmed, read straight from the
+/// descriptor into one buffer allocated at full size and wiped on drop.
+/// `std::io::stdin()` would keep a copy of it in its process-wide buffer,
+/// never wiped. Reads a byte at a time, so nothing after the line is
+/// consumed.
+fn stdin_secret_line() -> std::io::Result<zeroize::Zeroizing<String>> {
+    use std::os::fd::AsFd;
+    let fd = std::io::stdin().as_fd().try_clone_to_owned()?;
+    read_secret_line(std::fs::File::from(fd))
+}
+
+fn read_secret_line(mut from: impl std::io::Read) -> std::io::Result<zeroize::Zeroizing<String>> {
+    use zeroize::Zeroize;
+    let too_long = || std::io::Error::new(std::io::ErrorKind::InvalidData, "line too long");
+    let mut line = zeroize::Zeroizing::new(Vec::with_capacity(SECRET_LINE_MAX));
+    let mut byte = [0u8; 1];
+    let read = loop {
+        match from.read(&mut byte) {
+            Ok(0) => break Ok(()),
+            Ok(_) if byte == [b'\n'] => break Ok(()),
+            Ok(_) if line.len() == SECRET_LINE_MAX => break Err(too_long()),
+            Ok(_) => line.push(byte[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => break Err(e),
+        }
+    };
+    byte.zeroize();
+    read?;
+    let text = std::str::from_utf8(&line)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8"))?
+        .trim();
+    let mut out = zeroize::Zeroizing::new(String::with_capacity(text.len()));
+    out.push_str(text);
+    Ok(out)
+}
+
+/// Writes `text` to standard output straight to the descriptor, after
+/// whatever was printed before. `println!` would leave a copy of it in
+/// std's process-wide buffer, never wiped.
+fn stdout_unbuffered(text: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::fd::AsFd;
+    let out = std::io::stdout();
+    out.lock().flush()?;
+    let fd = out.as_fd().try_clone_to_owned()?;
+    let mut f = std::fs::File::from(fd);
+    f.write_all(text)?;
+    f.flush()
+}
+
+/// The shares as lines for a person, in one buffer sized up front and
+/// wiped on drop.
+fn shares_text(shares: &[zeroize::Zeroizing<String>], threshold: u8) -> zeroize::Zeroizing<String> {
+    let head = format!(
+        "Vault initialized. {} key shares; any {threshold} unseal it.\n\
+         Give each to a different officer. They are shown once and stored nowhere.\n\n",
+        shares.len()
+    );
+    let size = head.len() + shares.iter().map(|s| s.len() + 16).sum::<usize>();
+    let mut out = zeroize::Zeroizing::new(String::with_capacity(size));
+    out.push_str(&head);
+    for (i, s) in shares.iter().enumerate() {
+        out.push_str("share ");
+        out.push_str(&(i + 1).to_string());
+        out.push_str(": ");
+        out.push_str(s);
+        out.push('\n');
+    }
+    out
 }
 
 /// `{"shares":[...],"threshold":N}`, written by hand into one buffer sized
@@ -398,7 +472,7 @@ fn shares_json(shares: &[zeroize::Zeroizing<String>], threshold: u8) -> zeroize:
     }
     out.push_str("],\"threshold\":");
     out.push_str(&threshold.to_string());
-    out.push('}');
+    out.push_str("}\n");
     out
 }
 
@@ -421,6 +495,44 @@ mod tests {
             assert!(text.len() <= text.capacity());
             let size = shares.iter().map(|s| s.len() + 3).sum::<usize>() + 32;
             assert_eq!(text.capacity(), size);
+            let people = shares_text(&shares, t);
+            let cap = people.capacity();
+            let listed: Vec<&str> = people
+                .lines()
+                .filter_map(|l| l.split_once(": ").map(|(_, s)| s))
+                .collect();
+            assert_eq!(listed, list);
+            assert!(people.starts_with(&format!("Vault initialized. {n} key shares; any {t}")));
+            assert!(people.len() <= cap);
         }
+    }
+
+    #[test]
+    fn a_secret_line_is_read_up_to_its_newline_and_no_further() {
+        let mut input = std::io::Cursor::new(b"  vs1-0123abcd \nthe next line\n".to_vec());
+        assert_eq!(
+            read_secret_line(&mut input).unwrap().as_str(),
+            "vs1-0123abcd"
+        );
+        // The rest is still there for whoever reads next.
+        assert_eq!(input.position(), 16);
+        assert_eq!(
+            read_secret_line(&mut input).unwrap().as_str(),
+            "the next line"
+        );
+        assert_eq!(read_secret_line(&mut input).unwrap().as_str(), "");
+        // The last line needs no newline.
+        let got = read_secret_line(std::io::Cursor::new(b"vs1-ff".to_vec())).unwrap();
+        assert_eq!(got.as_str(), "vs1-ff");
+        // A line past the limit is refused, not grown into.
+        let long = vec![b'a'; SECRET_LINE_MAX + 1];
+        assert!(read_secret_line(std::io::Cursor::new(long)).is_err());
+        let mut exact = vec![b'a'; SECRET_LINE_MAX];
+        exact.push(b'\n');
+        assert_eq!(
+            read_secret_line(std::io::Cursor::new(exact)).unwrap().len(),
+            SECRET_LINE_MAX
+        );
+        assert!(read_secret_line(std::io::Cursor::new(vec![0xff, b'\n'])).is_err());
     }
 }
