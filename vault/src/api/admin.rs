@@ -227,13 +227,25 @@ pub async fn retire(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysStatu
     let cursor = rewrap::cursor_bytes(v.store.as_ref()).map_err(|_| ApiError::Unavailable)?;
     let job =
         rewrap::status(v.store.as_ref(), v.keys.is_sealed()).map_err(|_| ApiError::Unavailable)?;
-    // A complete count, finished in time to answer: a retirement is never
-    // written by a request that then runs out of time.
-    let (mut counts, complete) = count_in_time(v, ctx).await?;
-    if !complete {
-        return Err(ApiError::Timeout);
-    }
-    if counts.get(&req.version).copied().unwrap_or(0) > 0 || writes_under(&job, req.version) {
+    // A job that finished without leaving a value behind moved every value
+    // under a version below its target, and nothing writes under those any
+    // more (new values take the active version, at least the target): no
+    // count is needed, however large the vault. Otherwise a complete
+    // count, finished in time to answer: a retirement is never written by
+    // a request that then runs out of time.
+    let mut counts = if moved_off(&job, req.version) {
+        None
+    } else {
+        let (counts, complete) = count_in_time(v, ctx).await?;
+        if !complete {
+            return Err(ApiError::Timeout);
+        }
+        Some(counts)
+    };
+    let used = counts
+        .as_ref()
+        .is_some_and(|c| c.get(&req.version).copied().unwrap_or(0) > 0);
+    if used || writes_under(&job, req.version) {
         audit_only(v, ctx, "keys_retire", "refused").await?;
         return Err(ApiError::KeyInUse);
     }
@@ -246,15 +258,26 @@ pub async fn retire(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysStatu
         Ok(b)
     })
     .await?;
-    // The answer reuses the count just made: counting again could run the
-    // request out of time after the retirement committed.
-    counts.remove(&req.version);
-    status_counted(v, ctx, Some(counts)).await
+    // The answer reuses a count just made: counting again could run the
+    // request out of time after the retirement committed (without one, the
+    // answer's count stops in time and says whether it is partial).
+    if let Some(c) = counts.as_mut() {
+        c.remove(&req.version);
+    }
+    status_counted(v, ctx, counts).await
 }
 
 /// Whether the rewrap job `job` may still write values under `version`.
 fn writes_under(job: &RewrapStatus, version: u32) -> bool {
     job.target_version == version && !matches!(job.state.as_str(), "done" | "idle")
+}
+
+/// Whether the job `job` proves that no value is under `version`: it is
+/// done, left nothing behind, and moved values off every version below
+/// its target. (The retirement is guarded on the job's cursor as read, so
+/// a job started meanwhile makes it fail.)
+fn moved_off(job: &RewrapStatus, version: u32) -> bool {
+    job.state == "done" && job.left_behind == 0 && version < job.target_version
 }
 
 /// `POST /v1/admin/keys/rewrap`: starts (or restarts) re-encryption of
@@ -424,6 +447,71 @@ mod tests {
         let full = status(&v, &ctx).await.unwrap();
         assert!(!full.counts_partial);
         assert_eq!(full.versions.len(), 1);
+    }
+
+    /// Retiring a version a finished rewrap moved every value off needs
+    /// no count: it goes through on a vault too large to count in time
+    /// (here, a request out of time from the start). A job that left
+    /// values behind, or a version not below its target, still needs the
+    /// count, and is refused without it.
+    #[tokio::test]
+    async fn a_finished_rewrap_lets_a_version_retire_without_a_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = crate::dev::prepare(dir.path()).unwrap();
+        let mut cfg = crate::config::Config::load(&path).unwrap();
+        cfg.server.request_timeout_ms = 100;
+        cfg.server.body_timeout_ms = Some(100);
+        let store: Arc<dyn crate::store::Store> = Arc::new(crate::store::MemoryStore::new());
+        let keys = crate::server::open_keys(&cfg, store.as_ref()).unwrap();
+        let v = Arc::new(crate::server::build(&cfg, keys, store.clone()).unwrap());
+        let mut ctx = Ctx {
+            caller: "officer".into(),
+            role: crate::policy::Role::Officer,
+            request_id: "t".into(),
+            deadline: None,
+        };
+        let retire_now = |version: u32| {
+            let v = v.clone();
+            let ctx = Ctx {
+                deadline: Some(std::time::Instant::now()),
+                ..ctx.clone()
+            };
+            async move {
+                let body = Bytes::from(format!("{{\"version\":{version}}}"));
+                retire(&v, &ctx, &body).await
+            }
+        };
+        rotate(&v, &ctx).await.unwrap();
+        rotate(&v, &ctx).await.unwrap();
+        // Past the grace after each rotation.
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        // No job yet: a count is needed, and there is no time for one.
+        assert!(matches!(retire_now(1).await, Err(ApiError::Timeout)));
+        rewrap_start(&v, &ctx).await.unwrap();
+        let keys = v.keys.get().unwrap();
+        while !rewrap::step(store.as_ref(), &keys, 100).unwrap().0 {}
+        let st = retire_now(1).await.unwrap();
+        assert!(!st.versions.iter().any(|k| k.version == 1));
+        // The target itself is the active version here: never retired.
+        assert!(retire_now(3).await.is_err());
+        ctx.deadline = None;
+        assert!(keys_status(&v, &ctx).await.is_ok());
+    }
+
+    #[test]
+    fn a_done_job_proves_only_versions_below_its_target_and_only_whole() {
+        let job = |state: &str, target, left_behind| RewrapStatus {
+            state: state.into(),
+            target_version: target,
+            left_behind,
+            ..RewrapStatus::default()
+        };
+        assert!(moved_off(&job("done", 3, 0), 2));
+        assert!(!moved_off(&job("done", 3, 0), 3));
+        assert!(!moved_off(&job("done", 3, 1), 2));
+        assert!(!moved_off(&job("running", 3, 0), 2));
+        assert!(!moved_off(&job("paused_sealed", 3, 0), 2));
+        assert!(!moved_off(&job("idle", 0, 0), 2));
     }
 
     #[test]
