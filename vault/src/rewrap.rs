@@ -38,6 +38,13 @@ struct Cursor {
     #[serde(default)]
     left_behind: u64,
     done: bool,
+    /// When the job was started (ms since the epoch; 0 for a job from
+    /// before this field). A job started after the grace of the rotation
+    /// that made its target active, when every request that could still
+    /// seal under an older version had ended, has no such value written
+    /// behind its cursor.
+    #[serde(default)]
+    started_ms: u64,
 }
 
 /// The rewrap job's settings and wake-up signal.
@@ -70,8 +77,14 @@ impl Rewrap {
     /// The batch that starts a job towards `target`, replacing any job
     /// before it; commit it, then call [`Rewrap::kick`].
     pub fn start_batch(target: u32) -> Result<Batch, RewrapError> {
+        Self::start_batch_at(target, 0)
+    }
+
+    /// As [`Rewrap::start_batch`], for a job started at `started_ms`.
+    pub fn start_batch_at(target: u32, started_ms: u64) -> Result<Batch, RewrapError> {
         let cursor = Cursor {
             target,
+            started_ms,
             ..Cursor::default()
         };
         let mut b = Batch::default();
@@ -107,6 +120,16 @@ fn load(store: &dyn Store) -> Result<Option<Cursor>, RewrapError> {
             .map(Some)
             .map_err(|_| RewrapError::Corrupt),
     }
+}
+
+/// A finished job that left no value behind: its target version and when
+/// it was started. Every value under a version below the target was
+/// moved, unless one was written behind its cursor, which a job started
+/// after the grace of its target's rotation rules out.
+pub fn finished_clean(store: &dyn Store) -> Result<Option<(u32, u64)>, RewrapError> {
+    Ok(load(store)?
+        .filter(|c| c.done && c.left_behind == 0)
+        .map(|c| (c.target, c.started_ms)))
 }
 
 /// The job's progress as the API shows it.

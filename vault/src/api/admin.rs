@@ -233,7 +233,9 @@ pub async fn retire(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysStatu
     // count is needed, however large the vault. Otherwise a complete
     // count, finished in time to answer: a retirement is never written by
     // a request that then runs out of time.
-    let mut counts = if moved_off(&job, req.version) {
+    let clean = rewrap::finished_clean(v.store.as_ref()).map_err(|_| ApiError::Unavailable)?;
+    let keys = v.keys.get().map_err(|_| ApiError::Sealed)?;
+    let mut counts = if moved_off(clean, &keys.meta().versions, rotation_grace(v), req.version) {
         None
     } else {
         let (counts, complete) = count_in_time(v, ctx).await?;
@@ -249,9 +251,7 @@ pub async fn retire(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysStatu
         audit_only(v, ctx, "keys_retire", "refused").await?;
         return Err(ApiError::KeyInUse);
     }
-    let grace = u64::try_from(v.limits.request_timeout.as_millis())
-        .unwrap_or(u64::MAX)
-        .saturating_mul(2);
+    let grace = rotation_grace(v);
     change_keys(v, ctx, "keys_retire", |k| {
         let mut b = k.retirement(req.version, now_ms(), grace)?;
         rewrap::guard_cursor(&mut b, cursor);
@@ -272,12 +272,33 @@ fn writes_under(job: &RewrapStatus, version: u32) -> bool {
     job.target_version == version && !matches!(job.state.as_str(), "done" | "idle")
 }
 
-/// Whether the job `job` proves that no value is under `version`: it is
-/// done, left nothing behind, and moved values off every version below
-/// its target. (The retirement is guarded on the job's cursor as read, so
-/// a job started meanwhile makes it fail.)
-fn moved_off(job: &RewrapStatus, version: u32) -> bool {
-    job.state == "done" && job.left_behind == 0 && version < job.target_version
+/// How long after a rotation requests begun before it may still seal under
+/// the version it superseded: twice the request timeout.
+fn rotation_grace(v: &Vault) -> u64 {
+    u64::try_from(v.limits.request_timeout.as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_mul(2)
+}
+
+/// Whether a finished, clean rewrap job (`clean`: its target and when it
+/// was started, from [`rewrap::finished_clean`]) proves that no value is
+/// under `version`: the version is below the target, and the job was
+/// started after every request that could still seal under a version
+/// older than the target had ended (the target's creation in `versions`,
+/// plus `grace`). The retirement is guarded on the job's cursor as read,
+/// so a job started meanwhile makes it fail.
+fn moved_off(
+    clean: Option<(u32, u64)>,
+    versions: &std::collections::BTreeMap<u32, u64>,
+    grace: u64,
+    version: u32,
+) -> bool {
+    clean.is_some_and(|(target, started)| {
+        version < target
+            && versions
+                .get(&target)
+                .is_some_and(|&created| started >= created.saturating_add(grace))
+    })
 }
 
 /// `POST /v1/admin/keys/rewrap`: starts (or restarts) re-encryption of
@@ -285,7 +306,8 @@ fn moved_off(job: &RewrapStatus, version: u32) -> bool {
 pub async fn rewrap_start(v: &Arc<Vault>, ctx: &Ctx) -> Result<RewrapStatus, ApiError> {
     require_officer(ctx)?;
     let keys = v.keys.get().map_err(|_| ApiError::Sealed)?;
-    let batch = Rewrap::start_batch(keys.meta().active).map_err(|_| ApiError::Internal)?;
+    let batch =
+        Rewrap::start_batch_at(keys.meta().active, now_ms()).map_err(|_| ApiError::Internal)?;
     commit(v, batch, draft(ctx, "keys_rewrap_start", "ok")).await?;
     v.rewrap.kick();
     rewrap_status(v, ctx)
@@ -494,24 +516,40 @@ mod tests {
         assert!(!st.versions.iter().any(|k| k.version == 1));
         // The target itself is the active version here: never retired.
         assert!(retire_now(3).await.is_err());
+        // A job started right after a rotation proves nothing: requests
+        // begun before the rotation could still write under version 3
+        // behind its cursor. Past the grace, a job started again does.
+        rotate(&v, &ctx).await.unwrap();
+        rewrap_start(&v, &ctx).await.unwrap();
+        let keys = v.keys.get().unwrap();
+        while !rewrap::step(store.as_ref(), &keys, 100).unwrap().0 {}
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        assert!(matches!(retire_now(3).await, Err(ApiError::Timeout)));
+        rewrap_start(&v, &ctx).await.unwrap();
+        while !rewrap::step(store.as_ref(), &keys, 100).unwrap().0 {}
+        let st = retire_now(3).await.unwrap();
+        assert!(!st.versions.iter().any(|k| k.version == 3));
         ctx.deadline = None;
         assert!(keys_status(&v, &ctx).await.is_ok());
     }
 
     #[test]
-    fn a_done_job_proves_only_versions_below_its_target_and_only_whole() {
-        let job = |state: &str, target, left_behind| RewrapStatus {
-            state: state.into(),
-            target_version: target,
-            left_behind,
-            ..RewrapStatus::default()
-        };
-        assert!(moved_off(&job("done", 3, 0), 2));
-        assert!(!moved_off(&job("done", 3, 0), 3));
-        assert!(!moved_off(&job("done", 3, 1), 2));
-        assert!(!moved_off(&job("running", 3, 0), 2));
-        assert!(!moved_off(&job("paused_sealed", 3, 0), 2));
-        assert!(!moved_off(&job("idle", 0, 0), 2));
+    fn a_clean_job_proves_only_versions_below_its_target_once_settled() {
+        // Version 3 created at 10,000 ms; a grace of 500 ms.
+        let versions: std::collections::BTreeMap<u32, u64> =
+            [(1, 0), (2, 5_000), (3, 10_000)].into_iter().collect();
+        let proves = |clean, version| moved_off(clean, &versions, 500, version);
+        assert!(proves(Some((3, 10_500)), 2));
+        assert!(proves(Some((3, 20_000)), 1));
+        assert!(!proves(Some((3, 10_500)), 3));
+        // Started while requests of the old versions could still write
+        // behind it (a cursor from before the field: 0).
+        assert!(!proves(Some((3, 10_499)), 2));
+        assert!(!proves(Some((3, 0)), 2));
+        // A target the key state does not know.
+        assert!(!proves(Some((4, 99_999)), 2));
+        // Not finished or not clean.
+        assert!(!proves(None, 2));
     }
 
     #[test]
