@@ -654,6 +654,15 @@ async fn counter(v: &TestVault, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// One request on an HTTP/1.1 connection: its status, or `None` if the
+/// connection was closed.
+async fn h1_status(s: &mut TlsStream<TcpStream>) -> Option<u16> {
+    s.write_all(b"GET /v1/nothing HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .ok()?;
+    read_h1_response(s).await.map(|(status, _)| status)
+}
+
 #[tokio::test]
 async fn connections_stuck_in_their_handshake_give_way_to_a_client_with_a_certificate() {
     let v = TestVault::start_with(|c| {
@@ -674,9 +683,14 @@ async fn connections_stuck_in_their_handshake_give_way_to_a_client_with_a_certif
         squatters.push(tcp);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Two clients with certificates (HTTP/2 and HTTP/1.1) still get in, at
-    // once, each in the place of the oldest squatter.
-    still_serves(&v).await;
+    // Two clients with certificates still get in, each in the place of the
+    // oldest squatter, and are served.
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let mut s = tls_conn(&v, b"http/1.1").await;
+        assert_eq!(h1_status(&mut s).await, Some(404));
+        clients.push(s);
+    }
     let since = Instant::now();
     for s in &mut squatters[..2] {
         assert!(
@@ -694,8 +708,24 @@ async fn connections_stuck_in_their_handshake_give_way_to_a_client_with_a_certif
             "a newer squatter was evicted before an older one"
         );
     }
-    assert_eq!(counter(&v, "vault_http_connections_evicted_total").await, 2);
-    assert_eq!(counter(&v, "vault_http_connections_refused_total").await, 0);
+    // The clients' connections are never evicted: two more clients take
+    // the last two squatters' places, and then there is no room.
+    for _ in 0..2 {
+        let mut s = tls_conn(&v, b"http/1.1").await;
+        assert_eq!(h1_status(&mut s).await, Some(404));
+        clients.push(s);
+    }
+    let mut late = TcpStream::connect(v.api).await.unwrap();
+    assert!(
+        closed_within(&mut late, Instant::now(), Duration::from_secs(2))
+            .await
+            .is_some()
+    );
+    for s in &mut clients {
+        assert_eq!(h1_status(s).await, Some(404), "a client was evicted");
+    }
+    assert_eq!(counter(&v, "vault_http_connections_evicted_total").await, 4);
+    assert_eq!(counter(&v, "vault_http_connections_refused_total").await, 1);
 }
 
 #[tokio::test]
@@ -709,7 +739,11 @@ async fn connections_past_their_handshake_are_never_evicted() {
         tls_conn(&v, b"http/1.1").await,
         tls_conn(&v, b"http/1.1").await,
     ];
-    // A third connection, even one with a certificate, is closed at once.
+    // Served once each: the vault has settled both handshakes.
+    for s in &mut held {
+        assert_eq!(h1_status(s).await, Some(404));
+    }
+    // A third connection is closed at once.
     let mut third = TcpStream::connect(v.api).await.unwrap();
     assert!(
         closed_within(&mut third, Instant::now(), Duration::from_secs(2))
@@ -718,15 +752,55 @@ async fn connections_past_their_handshake_are_never_evicted() {
     );
     assert_eq!(counter(&v, "vault_http_connections_refused_total").await, 1);
     for s in &mut held {
-        s.write_all(b"GET /v1/nothing HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            .await
-            .unwrap();
-        let (status, _) = read_h1_response(s)
-            .await
-            .expect("an established connection was cut");
-        assert_eq!(status, 404);
+        assert_eq!(
+            h1_status(s).await,
+            Some(404),
+            "an established connection was cut"
+        );
     }
     assert_eq!(counter(&v, "vault_http_connections_evicted_total").await, 0);
+}
+
+#[tokio::test]
+async fn an_app_holding_every_connection_it_may_cannot_keep_an_officer_out() {
+    // 16 places, two of them officers' only; a certificate that names no
+    // caller (officer2, unconfigured here) is evicted for a newcomer.
+    let v = TestVault::start_with(|c| {
+        c.server.max_connections = 16;
+        c.server.idle_timeout_ms = 30_000;
+        c.callers.retain(|c| c.name != "officer2");
+    })
+    .await;
+    let mut apps = Vec::new();
+    for _ in 0..14 {
+        let mut s = tls_conn(&v, b"http/1.1").await;
+        assert_eq!(h1_status(&mut s).await, Some(404));
+        apps.push(s);
+    }
+    // The fifteenth app connection is closed after its handshake.
+    let mut extra = tls_conn(&v, b"http/1.1").await;
+    assert_eq!(h1_status(&mut extra).await, None);
+    assert_eq!(counter(&v, "vault_http_connections_refused_total").await, 1);
+    // A caller the policy does not know takes a place, and gets 403s...
+    let mut stranger = tls_conn_as(&v, "officer2", b"http/1.1").await;
+    assert_eq!(h1_status(&mut stranger).await, Some(403));
+    let mut officer = tls_conn_as(&v, "officer", b"http/1.1").await;
+    assert_eq!(h1_status(&mut officer).await, Some(404));
+    // ...until the places are all taken: then a newcomer evicts it.
+    let seal = v.client("officer");
+    seal.seal().await.expect("the officer's seal was kept out");
+    assert_eq!(
+        h1_status(&mut stranger).await,
+        None,
+        "the stranger kept its place"
+    );
+    for s in &mut apps {
+        assert!(
+            h1_status(s).await.is_some(),
+            "an app connection was evicted"
+        );
+    }
+    assert!(v.running().vault.keys.is_sealed());
 }
 
 // ---------------------------------------------------------------------------

@@ -708,8 +708,15 @@ async fn a_master_key_from_the_environment_is_taken_out_of_it() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let ready = lines.next().unwrap().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let line = BufReader::new(stdout).lines().next();
+        let _ = tx.send(line.and_then(Result::ok).unwrap_or_default());
+    });
+    let ready = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .unwrap_or_default();
     let environ = std::fs::read(format!("/proc/{}/environ", child.id()));
     let api = ready
         .split_whitespace()

@@ -274,7 +274,7 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let vars: Vec<(String, String)> = std::env::vars().collect();
+        let vars = overrides_from_env();
         let cfg = Self::parse(&text, &base, &vars)?;
         let problems = cfg.problems();
         Ok((cfg, problems))
@@ -498,6 +498,25 @@ impl Config {
         p.extend(policy::problems(self));
         p
     }
+}
+
+/// The `VAULT__…` variables, the only ones the configuration reads. Every
+/// other value is wiped as it is passed over: std copies the whole
+/// environment when asked for it, a root key in `master-key-env`
+/// included, and those copies would otherwise be freed unwiped.
+fn overrides_from_env() -> Vec<(String, String)> {
+    use std::os::unix::ffi::OsStringExt;
+    use zeroize::Zeroize;
+    let mut out = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        let wanted = name.to_str().filter(|n| n.starts_with("VAULT__"));
+        match (wanted, value.into_string()) {
+            (Some(n), Ok(v)) => out.push((n.to_string(), v)),
+            (_, Ok(mut v)) => v.zeroize(),
+            (_, Err(v)) => v.into_vec().zeroize(),
+        }
+    }
+    out
 }
 
 /// Applies `VAULT__SECTION__KEY=value` overrides: path segments lower-cased

@@ -35,6 +35,10 @@ pub fn disable_core_dumps() -> Vec<&'static str> {
 /// another thread may read it.
 pub fn take_env(name: &str) -> Option<zeroize::Zeroizing<String>> {
     use zeroize::Zeroize;
+    // getenv("A=B") would match the variable A with a value starting "B=".
+    if name.is_empty() || name.contains('=') {
+        return None;
+    }
     let c_name = std::ffi::CString::new(name).ok()?;
     // SAFETY: `c_name` is a valid NUL-terminated string that outlives the
     // call; getenv returns NULL or a pointer into the environment.

@@ -505,6 +505,13 @@ pub async fn serve_api(
                 Ok(x) => x,
                 Err(e) => {
                     tracing::warn!(error = %e, "Accept failed");
+                    // Out of descriptors: connections still in their
+                    // handshake must not keep everyone else out.
+                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+                        && admission.evict_oldest()
+                    {
+                        vault.metrics.connections_evicted.inc();
+                    }
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
@@ -521,6 +528,7 @@ pub async fn serve_api(
         }
         let handshake = admission.handshake();
         let _ = tcp.set_nodelay(true);
+        let admission = admission.clone();
         let acceptor = acceptor.clone();
         let vault = vault.clone();
         let permits = permits.clone();
@@ -530,14 +538,16 @@ pub async fn serve_api(
         tokio::spawn(async move {
             let _place = place;
             let limits = vault.limits;
+            // Biased: a handshake that is done is not evicted by a notice
+            // that came at the same moment.
             let accepted = tokio::select! {
+                biased;
                 r = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)) => r,
                 () = handshake.evicted() => {
                     tracing::debug!("Connection in its TLS handshake evicted for a newer one");
                     return;
                 }
             };
-            drop(handshake);
             let tls = match accepted {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -556,9 +566,20 @@ pub async fn serve_api(
                 .and_then(|c| c.first())
                 .and_then(crate::tls::caller_name)
                 .map(Arc::<str>::from);
+            let role = caller.as_ref().and_then(|c| vault.policy.role(c));
+            let (_app_slot, evictable) = match admission.settle(handshake, role) {
+                admit::Settled::Serve(slot) => (slot, None),
+                admit::Settled::Evictable(h) => (None, Some(h)),
+                admit::Settled::Evicted => return,
+                admit::Settled::AppsFull => {
+                    tracing::debug!("App connections at their limit; the rest are officers'");
+                    vault.metrics.connections_refused.inc();
+                    return;
+                }
+            };
             let answers = caller
                 .as_ref()
-                .filter(|c| vault.policy.role(c).is_some())
+                .filter(|_| role.is_some())
                 .and_then(|c| bodies.answers_of(c));
             let conn = Arc::new(Conn {
                 vault,
@@ -574,7 +595,18 @@ pub async fn serve_api(
                 async move { Ok::<_, Infallible>(handle(conn, req).await) }
             });
             let io = TokioIo::new(tls);
-            conn::serve(&builders, h2, io, svc, &conn.activity, &limits, stop).await;
+            let serving = conn::serve(&builders, h2, io, svc, &conn.activity, &limits, stop);
+            match evictable {
+                None => serving.await,
+                // A certificate naming no caller: every request is refused,
+                // and the connection gives its place to any newcomer.
+                Some(h) => {
+                    tokio::select! {
+                        () = serving => {}
+                        () = h.evicted() => {}
+                    }
+                }
+            }
         });
     }
     drop(listener);

@@ -669,8 +669,16 @@ pub fn master_from_file(path: &Path) -> Result<SecretKey<32>, KeyError> {
 
 /// Reads a master key from an environment variable holding 64 hex characters.
 pub fn master_from_env(var: &str) -> Result<SecretKey<32>, KeyError> {
-    if let Some((_, key)) = taken_keys().iter().find(|(name, _)| name == var) {
-        return Ok(key.duplicate());
+    // Taken once: no copy of the root stays behind in a static (through a
+    // seal, say) once the keys it opens are built.
+    let taken = {
+        let mut t = taken_keys();
+        t.iter()
+            .position(|(name, _)| name == var)
+            .map(|i| t.swap_remove(i).1)
+    };
+    if let Some(key) = taken {
+        return Ok(key);
     }
     let text =
         Zeroizing::new(std::env::var(var).map_err(|_| KeyError::MissingEnv(var.to_string()))?);
@@ -690,8 +698,9 @@ fn taken_keys() -> std::sync::MutexGuard<'static, Vec<(String, SecretKey<32>)>> 
 /// Moves the master key out of the variable `var` before the server
 /// starts: the key is parsed into wiped memory, the variable's bytes in
 /// the environment are zeroed and the variable removed (see
-/// `hardening::take_env`), and [`master_from_env`] answers from the moved
-/// key from then on. Call it while the process has one thread.
+/// `hardening::take_env`), and the next [`master_from_env`] of `var`
+/// answers with the moved key (once). Call it while the process has one
+/// thread.
 pub fn take_master_env(var: &str) -> Result<(), KeyError> {
     let text =
         crate::hardening::take_env(var).ok_or_else(|| KeyError::MissingEnv(var.to_string()))?;
@@ -802,6 +811,26 @@ pub fn write_new_master(path: &Path) -> std::io::Result<()> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
+
+    /// A root key moved out of the environment is handed out once: the
+    /// variable is gone at once, the first load gets the key, and nothing
+    /// is left for a second (no copy stays in the process's static).
+    #[test]
+    fn a_key_taken_from_the_environment_is_gone_from_it_and_given_once() {
+        let var = format!("VAULT_TEST_TAKE_ONCE_{}", std::process::id());
+        let hex = "11".repeat(32);
+        std::env::set_var(&var, &hex);
+        take_master_env(&var).unwrap();
+        assert!(std::env::var(&var).is_err());
+        let key = master_from_env(&var).unwrap();
+        assert_eq!(key.expose_secret(), &[0x11; 32]);
+        assert!(matches!(
+            master_from_env(&var),
+            Err(KeyError::MissingEnv(_))
+        ));
+        // A name getenv would misread is refused, not looked up.
+        assert!(take_master_env(&format!("{var}=x")).is_err());
+    }
     use crate::classes::Class;
     use crate::store::MemoryStore;
 

@@ -111,12 +111,12 @@ impl Metrics {
         let connections_refused = Counter::default();
         registry.register(
             "vault_http_connections_evicted",
-            "Connections still in their TLS handshake closed to make room for a new one (server.max-connections reached)",
+            "Evictable connections (in their TLS handshake, or naming no caller) closed to make room for a new one",
             connections_evicted.clone(),
         );
         registry.register(
             "vault_http_connections_refused",
-            "New connections closed at once: server.max-connections reached, every one past its handshake",
+            "Connections closed for want of a place: server.max-connections reached with none evictable, or the app places all taken (the rest are kept for officers)",
             connections_refused.clone(),
         );
         registry.register(

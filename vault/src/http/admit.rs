@@ -1,43 +1,72 @@
-//! Admission of API connections. Invariant: at most `max-connections` are
-//! open at once, and when that many are, a new connection takes the place
-//! of the oldest one still in its TLS handshake. Only a client with a
-//! certificate the vault trusts gets past the handshake, so a source
-//! without one can hold places only while its handshakes last, and to keep
-//! a real client out it would have to open `max-connections` connections
-//! within the few milliseconds that client's handshake takes. Connections
-//! past their handshake are never evicted (they belong to authenticated
-//! callers, and the idle deadline frees them).
+//! Admission of API connections. Invariants:
+//! - at most `max-connections` are open at once; when that many are, a new
+//!   connection takes the place of the oldest one that is evictable: still
+//!   in its TLS handshake, or past it with a certificate that names no
+//!   caller of the policy (every request of such a connection is refused
+//!   anyway);
+//! - connections of callers with a role are never evicted, and app
+//!   connections hold at most `max-connections` less [`officer_reserve`]
+//!   places, so neither a source without a trusted certificate nor an app
+//!   holding every connection it may can keep an officer (`vault seal`)
+//!   out.
+//!
+//! Only a client with a certificate the vault trusts gets past the
+//! handshake, so a source without one holds places only while its
+//! handshakes last: to keep a real client out it must open
+//! `max-connections` connections within that client's handshake.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
+use crate::policy::Role;
+
 /// How long a new connection waits for an evicted one to give up its
 /// place; the evicted task only has to be polled once.
 const EVICTION_WAIT: Duration = Duration::from_millis(200);
 
-/// The connection places, and the connections still in their handshake,
-/// oldest first.
+/// Places apps cannot take: those of officers, up to 16 (an eighth of
+/// `max-connections` when that is smaller; none below 8).
+pub fn officer_reserve(max: usize) -> usize {
+    (max / 8).min(16)
+}
+
+const EVICTABLE: u8 = 0;
+const SETTLED: u8 = 1;
+const EVICTED: u8 = 2;
+
+/// One evictable connection: its state moves once, from evictable to
+/// settled (the connection's own task, when its handshake ends with a
+/// caller) or to evicted (the accept loop), whichever comes first.
+struct Entry {
+    state: AtomicU8,
+    evicted: Notify,
+}
+
+/// The connection places, and the evictable connections, oldest first.
 pub struct Admission {
     places: Arc<Semaphore>,
     max: usize,
-    handshaking: Mutex<Handshaking>,
+    /// App connections past their handshake.
+    apps: AtomicUsize,
+    evictable: Mutex<Evictable>,
 }
 
 #[derive(Default)]
-struct Handshaking {
+struct Evictable {
     next: u64,
-    by_age: BTreeMap<u64, Arc<Notify>>,
+    by_age: BTreeMap<u64, Arc<Entry>>,
 }
 
-/// Why a connection was not admitted as it came.
+/// How a connection was admitted.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Admitted {
     /// A place was free.
     Free,
-    /// The oldest connection in its handshake was told to close for it.
+    /// The oldest evictable connection was told to close for it.
     Evicted,
 }
 
@@ -46,18 +75,28 @@ pub struct Place {
     _permit: OwnedSemaphorePermit,
 }
 
-/// A connection in its handshake; it leaves the handshaking set when
-/// dropped (the handshake ended, one way or the other).
+/// A connection that may be evicted; it leaves the evictable set when
+/// dropped or settled.
 pub struct Handshake {
     admission: Arc<Admission>,
     id: u64,
-    evicted: Arc<Notify>,
+    entry: Arc<Entry>,
 }
 
 impl Handshake {
     /// Resolves when a newer connection took this one's place.
     pub async fn evicted(&self) {
-        self.evicted.notified().await;
+        self.entry.evicted.notified().await;
+    }
+
+    /// The connection is past its handshake as a caller that is never
+    /// evicted: `false` if it was evicted first (it must close: its place
+    /// is promised to the newcomer).
+    fn settle(self) -> bool {
+        self.entry
+            .state
+            .compare_exchange(EVICTABLE, SETTLED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 }
 
@@ -67,49 +106,124 @@ impl Drop for Handshake {
     }
 }
 
+/// An app connection past its handshake, counted until dropped.
+pub struct AppSlot {
+    admission: Arc<Admission>,
+}
+
+impl Drop for AppSlot {
+    fn drop(&mut self) {
+        self.admission.apps.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What a connection past its handshake may do.
+pub enum Settled {
+    /// Serve it; an app connection holds its slot while it lives.
+    Serve(Option<AppSlot>),
+    /// Serve it, but it stays evictable (a certificate naming no caller).
+    Evictable(Handshake),
+    /// Close it: it was evicted as its handshake ended.
+    Evicted,
+    /// Close it: the app places are all taken (the rest are officers').
+    AppsFull,
+}
+
 impl Admission {
     pub fn new(max: usize) -> Admission {
         Admission {
             places: Arc::new(Semaphore::new(max)),
             max,
-            handshaking: Mutex::new(Handshaking::default()),
+            apps: AtomicUsize::new(0),
+            evictable: Mutex::new(Evictable::default()),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Handshaking> {
-        self.handshaking
+    fn lock(&self) -> std::sync::MutexGuard<'_, Evictable> {
+        self.evictable
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A place for a new connection: a free one, or the place of the oldest
-    /// connection still in its handshake. `None` when every place belongs
-    /// to a connection past its handshake (the new one is closed).
+    /// evictable connection. `None` when every place belongs to a
+    /// connection that is not evictable (the new one is closed).
     pub async fn admit(&self) -> Option<(Place, Admitted)> {
-        if let Ok(p) = self.places.clone().try_acquire_owned() {
-            return Some((Place { _permit: p }, Admitted::Free));
+        loop {
+            if let Ok(p) = self.places.clone().try_acquire_owned() {
+                return Some((Place { _permit: p }, Admitted::Free));
+            }
+            if !self.evict_oldest() {
+                return None;
+            }
+            // The evicted task gives its place back when next polled.
+            match tokio::time::timeout(EVICTION_WAIT, self.places.clone().acquire_owned()).await {
+                Ok(Ok(p)) => return Some((Place { _permit: p }, Admitted::Evicted)),
+                Ok(Err(_)) => return None,
+                Err(_) => continue,
+            }
         }
-        let oldest = self.lock().by_age.pop_first();
-        let (_, evicted) = oldest?;
-        evicted.notify_one();
-        let p = tokio::time::timeout(EVICTION_WAIT, self.places.clone().acquire_owned())
-            .await
-            .ok()?
-            .ok()?;
-        Some((Place { _permit: p }, Admitted::Evicted))
     }
 
-    /// Enters a newly admitted connection in the handshaking set.
+    /// Tells the oldest connection still evictable to close; `false` when
+    /// there is none. (Also how the accept loop makes room when the
+    /// process is out of descriptors.)
+    pub fn evict_oldest(&self) -> bool {
+        loop {
+            let Some((_, entry)) = self.lock().by_age.pop_first() else {
+                return false;
+            };
+            // One that settled meanwhile is passed over.
+            if entry
+                .state
+                .compare_exchange(EVICTABLE, EVICTED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                entry.evicted.notify_one();
+                return true;
+            }
+        }
+    }
+
+    /// Enters a newly admitted connection in the evictable set.
     pub fn handshake(self: &Arc<Self>) -> Handshake {
-        let evicted = Arc::new(Notify::new());
+        let entry = Arc::new(Entry {
+            state: AtomicU8::new(EVICTABLE),
+            evicted: Notify::new(),
+        });
         let mut h = self.lock();
         let id = h.next;
         h.next += 1;
-        h.by_age.insert(id, evicted.clone());
+        h.by_age.insert(id, entry.clone());
         Handshake {
             admission: self.clone(),
             id,
-            evicted,
+            entry,
+        }
+    }
+
+    /// The connection of `handshake` finished its handshake as a caller
+    /// with `role` (`None`: its certificate names no caller).
+    pub fn settle(self: &Arc<Self>, handshake: Handshake, role: Option<Role>) -> Settled {
+        match role {
+            None => Settled::Evictable(handshake),
+            Some(role) => {
+                if !handshake.settle() {
+                    return Settled::Evicted;
+                }
+                if role == Role::Officer {
+                    return Settled::Serve(None);
+                }
+                let cap = self.max - officer_reserve(self.max);
+                let before = self.apps.fetch_add(1, Ordering::AcqRel);
+                let slot = AppSlot {
+                    admission: self.clone(),
+                };
+                if before >= cap {
+                    return Settled::AppsFull;
+                }
+                Settled::Serve(Some(slot))
+            }
         }
     }
 
@@ -123,7 +237,7 @@ impl Admission {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     #[tokio::test]
@@ -132,23 +246,22 @@ mod tests {
         // One connection past its handshake, two still in theirs.
         let (established, how) = a.admit().await.unwrap();
         assert_eq!(how, Admitted::Free);
+        assert!(matches!(
+            a.settle(a.handshake(), Some(Role::App)),
+            Settled::Serve(Some(_))
+        ));
         let mut tasks = Vec::new();
         let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel();
         for n in 0..2 {
             let (place, _) = a.admit().await.unwrap();
-            let a = a.clone();
+            let h = a.handshake();
             let ended_tx = ended_tx.clone();
-            // Entered in order: the first is the oldest.
-            let (entered_tx, entered) = tokio::sync::oneshot::channel();
             tasks.push(tokio::spawn(async move {
-                let h = a.handshake();
-                let _ = entered_tx.send(());
                 h.evicted().await;
                 drop(h);
                 drop(place);
                 let _ = ended_tx.send(n);
             }));
-            entered.await.unwrap();
         }
         let (_newcomer, how) = a.admit().await.expect("no place for a newcomer");
         assert_eq!(how, Admitted::Evicted);
@@ -167,10 +280,95 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_connection_that_settled_is_passed_over_not_waited_for() {
+        let a = Arc::new(Admission::new(2));
+        // The older connection finished its handshake but has not left the
+        // set yet (its task is between the two steps); the younger is
+        // still in its handshake.
+        let (_p1, _) = a.admit().await.unwrap();
+        let h1 = a.handshake();
+        let entry = h1.entry.clone();
+        let (p2, _) = a.admit().await.unwrap();
+        let h2 = a.handshake();
+        assert!(entry
+            .state
+            .compare_exchange(EVICTABLE, SETTLED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok());
+        let t = tokio::spawn(async move {
+            h2.evicted().await;
+            drop(h2);
+            drop(p2);
+        });
+        let started = std::time::Instant::now();
+        let (_p3, how) = a.admit().await.unwrap();
+        assert_eq!(how, Admitted::Evicted);
+        assert!(
+            started.elapsed() < EVICTION_WAIT,
+            "waited for a settled one"
+        );
+        t.await.unwrap();
+        // The settled one can no longer be evicted, nor settle twice.
+        assert!(!h1.settle());
+    }
+
+    #[tokio::test]
+    async fn an_evicted_handshake_cannot_settle_and_a_callerless_one_stays_evictable() {
+        let a = Arc::new(Admission::new(2));
+        let (_p1, _) = a.admit().await.unwrap();
+        let h1 = a.handshake();
+        assert!(a.evict_oldest());
+        assert!(matches!(
+            a.settle(h1, Some(Role::Officer)),
+            Settled::Evicted
+        ));
+        let (_p2, _) = a.admit().await.unwrap();
+        let Settled::Evictable(h2) = a.settle(a.handshake(), None) else {
+            panic!("a certificate naming no caller settled");
+        };
+        assert!(a.evict_oldest());
+        h2.evicted().await;
+    }
+
+    #[tokio::test]
+    async fn apps_leave_the_officers_their_reserve() {
+        assert_eq!(officer_reserve(4096), 16);
+        assert_eq!(officer_reserve(64), 8);
+        assert_eq!(officer_reserve(7), 0);
+        let a = Arc::new(Admission::new(16));
+        let reserve = officer_reserve(16);
+        assert_eq!(reserve, 2);
+        let mut held = Vec::new();
+        for _ in 0..16 - reserve {
+            let (p, _) = a.admit().await.unwrap();
+            let Settled::Serve(Some(slot)) = a.settle(a.handshake(), Some(Role::App)) else {
+                panic!("an app refused below its cap");
+            };
+            held.push((p, slot));
+        }
+        let (_p, _) = a.admit().await.unwrap();
+        assert!(matches!(
+            a.settle(a.handshake(), Some(Role::App)),
+            Settled::AppsFull
+        ));
+        let (_p, _) = a.admit().await.unwrap();
+        assert!(matches!(
+            a.settle(a.handshake(), Some(Role::Officer)),
+            Settled::Serve(None)
+        ));
+        // An app that leaves gives its slot back.
+        held.pop();
+        let (_p, _) = a.admit().await.unwrap();
+        assert!(matches!(
+            a.settle(a.handshake(), Some(Role::App)),
+            Settled::Serve(Some(_))
+        ));
+    }
+
+    #[tokio::test]
     async fn a_finished_handshake_leaves_the_set() {
         let a = Arc::new(Admission::new(1));
         let (place, _) = a.admit().await.unwrap();
-        drop(a.handshake());
+        assert!(a.handshake().settle());
         // The only connection finished its handshake: it cannot be evicted.
         assert!(a.admit().await.is_none());
         drop(place);
