@@ -59,6 +59,42 @@ pub fn take_env(name: &str) -> Option<zeroize::Zeroizing<String>> {
     Some(out)
 }
 
+/// Turns a terminal's echo off until the guard drops (then restores its
+/// settings): for a secret typed at it. `None` when `fd` is not a terminal
+/// or its settings cannot be changed.
+pub fn echo_off(fd: std::os::fd::BorrowedFd<'_>) -> Option<EchoGuard> {
+    use std::os::fd::AsRawFd;
+    let raw = fd.as_raw_fd();
+    // SAFETY: termios is plain data; tcgetattr fills it for a valid fd.
+    let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: `raw` is a descriptor borrowed for this call; `saved` is a
+    // valid, writable termios.
+    if unsafe { libc::tcgetattr(raw, &mut saved) } != 0 {
+        return None;
+    }
+    let mut quiet = saved;
+    quiet.c_lflag &= !(libc::ECHO | libc::ECHONL);
+    // SAFETY: as above, with a termios read from this terminal.
+    if unsafe { libc::tcsetattr(raw, libc::TCSANOW, &quiet) } != 0 {
+        return None;
+    }
+    Some(EchoGuard { fd: raw, saved })
+}
+
+/// Restores a terminal's settings as [`echo_off`] found them.
+pub struct EchoGuard {
+    fd: std::os::fd::RawFd,
+    saved: libc::termios,
+}
+
+impl Drop for EchoGuard {
+    fn drop(&mut self) {
+        // SAFETY: the settings read from this descriptor, which stays open
+        // for the process (standard input).
+        unsafe { libc::tcsetattr(self.fd, libc::TCSANOW, &self.saved) };
+    }
+}
+
 /// Raises the soft limit on open descriptors to the hard limit, which any
 /// process may do, and returns the soft limit now in force (`None` when it
 /// cannot be read). The common default of 1,024 is below the default
@@ -123,6 +159,44 @@ pub fn lock_in_memory(bytes: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::expect_used)]
+
+    /// On a pseudo-terminal: echo is off while the guard lives, and the
+    /// terminal's settings are back as they were after.
+    #[test]
+    fn echo_is_off_while_the_guard_lives_and_restored_after() {
+        use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+        // SAFETY: posix_openpt returns a new descriptor or -1.
+        let master = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY) };
+        assert!(master >= 0);
+        // SAFETY: `master` is a new descriptor owned from here on.
+        let master = unsafe { OwnedFd::from_raw_fd(master) };
+        use std::os::fd::AsRawFd;
+        // SAFETY: valid master descriptor; ptsname's buffer is copied at once.
+        let name = unsafe {
+            assert_eq!(libc::grantpt(master.as_raw_fd()), 0);
+            assert_eq!(libc::unlockpt(master.as_raw_fd()), 0);
+            std::ffi::CStr::from_ptr(libc::ptsname(master.as_raw_fd())).to_owned()
+        };
+        let tty = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(name.to_str().expect("pty name"))
+            .expect("open the pty");
+        let echo = || {
+            // SAFETY: plain data filled by tcgetattr on an open terminal.
+            let mut t: libc::termios = unsafe { std::mem::zeroed() };
+            assert_eq!(unsafe { libc::tcgetattr(tty.as_raw_fd(), &mut t) }, 0);
+            t.c_lflag & libc::ECHO != 0
+        };
+        assert!(echo());
+        let guard = super::echo_off(tty.as_fd()).expect("a terminal");
+        assert!(!echo());
+        drop(guard);
+        assert!(echo());
+        // Not a terminal: nothing to do.
+        let file = tempfile::tempfile().expect("a file");
+        assert!(super::echo_off(file.as_fd()).is_none());
+    }
 
     #[test]
     fn the_open_files_limit_ends_at_the_hard_limit() {

@@ -373,9 +373,16 @@ pub fn init(config: &std::path::Path, shares: u8, threshold: u8, json: bool) -> 
     };
     match stdout_unbuffered(text.as_bytes()) {
         Ok(()) => ExitCode::SUCCESS,
+        // Nobody holds the shares now, and init refuses an initialized
+        // vault; but it ran on an empty database, so nothing is lost by
+        // starting over.
         Err(e) => fail(
             EXIT_RUNTIME,
-            &format!("cannot print the shares: {}", e.kind()),
+            &format!(
+                "the vault was initialized but its shares could not be printed ({}), so nobody holds them: delete {} (it holds no data yet) and run operator init again",
+                e.kind(),
+                cfg.data_dir().display()
+            ),
         ),
     }
 }
@@ -389,9 +396,23 @@ const SECRET_LINE_MAX: usize = 1024;
 /// never wiped. Reads a byte at a time, so nothing after the line is
 /// consumed.
 fn stdin_secret_line() -> std::io::Result<zeroize::Zeroizing<String>> {
+    use std::io::IsTerminal;
     use std::os::fd::AsFd;
-    let fd = std::io::stdin().as_fd().try_clone_to_owned()?;
-    read_secret_line(std::fs::File::from(fd))
+    let stdin = std::io::stdin();
+    let fd = stdin.as_fd().try_clone_to_owned()?;
+    // Typed at a terminal: a prompt, and the share not echoed to the
+    // screen (restored when the guard drops).
+    let quiet = if stdin.is_terminal() {
+        eprint!("Key share (not echoed): ");
+        crate::hardening::echo_off(stdin.as_fd())
+    } else {
+        None
+    };
+    let line = read_secret_line(std::fs::File::from(fd));
+    if quiet.is_some() {
+        eprintln!();
+    }
+    line
 }
 
 fn read_secret_line(mut from: impl std::io::Read) -> std::io::Result<zeroize::Zeroizing<String>> {
