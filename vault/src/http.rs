@@ -500,7 +500,7 @@ pub async fn serve_api(
     let bodies = body::Budget::new(&vault.limits);
     let builders = Arc::new(conn::Builders::new(&vault.limits));
     loop {
-        let (tcp, _) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -526,7 +526,7 @@ pub async fn serve_api(
         if how == admit::Admitted::Evicted {
             vault.metrics.connections_evicted.inc();
         }
-        let handshake = admission.handshake();
+        let handshake = admission.handshake(admit::source_of(peer.ip()));
         let _ = tcp.set_nodelay(true);
         let admission = admission.clone();
         let acceptor = acceptor.clone();

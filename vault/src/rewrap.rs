@@ -22,6 +22,8 @@ use crate::store::{Batch, Space, Store, StoreError};
 
 /// Meta key of the job's cursor.
 const CURSOR_KEY: &[u8] = b"rewrap/cursor";
+/// Meta key of the proof a finished job leaves (see [`proven_floor`]).
+const PROOF_KEY: &[u8] = b"rewrap/proof";
 
 /// The durable state of a rewrap job.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -38,13 +40,14 @@ struct Cursor {
     #[serde(default)]
     left_behind: u64,
     done: bool,
-    /// When the job was started (ms since the epoch; 0 for a job from
-    /// before this field). A job started after the grace of the rotation
-    /// that made its target active, when every request that could still
-    /// seal under an older version had ended, has no such value written
-    /// behind its cursor.
+    /// Set by [`fence`], which restarts the scan: from then on no request
+    /// that could still seal a value under a version older than the target
+    /// was left, and what such requests queued was written before. So
+    /// nothing lands behind the cursor under an older version, and a
+    /// fenced job that leaves nothing behind proves it (see
+    /// [`proven_floor`]).
     #[serde(default)]
-    started_ms: u64,
+    fenced: bool,
 }
 
 /// The rewrap job's settings and wake-up signal.
@@ -63,6 +66,8 @@ pub enum RewrapError {
     Store(#[from] StoreError),
     #[error("the rewrap cursor is unreadable")]
     Corrupt,
+    #[error("the commit queue failed")]
+    Commit,
 }
 
 impl Rewrap {
@@ -77,14 +82,8 @@ impl Rewrap {
     /// The batch that starts a job towards `target`, replacing any job
     /// before it; commit it, then call [`Rewrap::kick`].
     pub fn start_batch(target: u32) -> Result<Batch, RewrapError> {
-        Self::start_batch_at(target, 0)
-    }
-
-    /// As [`Rewrap::start_batch`], for a job started at `started_ms`.
-    pub fn start_batch_at(target: u32, started_ms: u64) -> Result<Batch, RewrapError> {
         let cursor = Cursor {
             target,
-            started_ms,
             ..Cursor::default()
         };
         let mut b = Batch::default();
@@ -122,14 +121,67 @@ fn load(store: &dyn Store) -> Result<Option<Cursor>, RewrapError> {
     }
 }
 
-/// A finished job that left no value behind: its target version and when
-/// it was started. Every value under a version below the target was
-/// moved, unless one was written behind its cursor, which a job started
-/// after the grace of its target's rotation rules out.
-pub fn finished_clean(store: &dyn Store) -> Result<Option<(u32, u64)>, RewrapError> {
-    Ok(load(store)?
-        .filter(|c| c.done && c.left_behind == 0)
-        .map(|c| (c.target, c.started_ms)))
+/// The version no stored value is below, as a fenced job that finished
+/// with nothing left behind proved it (it moved every value under an older
+/// version, and nothing writes under those any more). Sealed with the
+/// records key and bound to its row: a forged, moved or clear proof is no
+/// proof. A true proof stays true, so an older one written back only
+/// proves less.
+pub fn proven_floor(store: &dyn Store, keys: &Keyring) -> Result<Option<u32>, StoreError> {
+    let Some(stored) = store.get(Space::Meta, PROOF_KEY)? else {
+        return Ok(None);
+    };
+    Ok(keys
+        .open_record(Space::Meta, PROOF_KEY, &stored)
+        .ok()
+        .and_then(|p| <[u8; 4]>::try_from(p.as_slice()).ok())
+        .map(u32::from_be_bytes))
+}
+
+/// What [`fence`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fence {
+    /// Nothing: no job, a finished or fenced one, or the keys changed too
+    /// recently (the job runs on unfenced and is fenced later).
+    Nothing,
+    /// Fenced the job: it scans again from the start.
+    Fenced,
+}
+
+/// Fences the pending job once no request can still hold keys from before
+/// the last key change (twice the request timeout after it; requests end
+/// within one): writes its cursor back as fenced, from the start again,
+/// through the commit queue, behind whatever such requests queued. Until
+/// then the job runs unfenced, so values move at once after a rotation;
+/// a job that finishes within the grace (a small vault) proves nothing,
+/// and a long one rescans what it had done. A conflict (the job changed
+/// meanwhile) is an error to retry.
+pub async fn fence(v: &Vault) -> Result<Fence, RewrapError> {
+    let Some(stored) = v.store.get(Space::Meta, CURSOR_KEY)? else {
+        return Ok(Fence::Nothing);
+    };
+    let cursor: Cursor = serde_json::from_slice(&stored).map_err(|_| RewrapError::Corrupt)?;
+    let grace = v.limits.request_timeout.saturating_mul(2);
+    if cursor.done || cursor.fenced || v.keys.unsettled(grace).is_some() {
+        return Ok(Fence::Nothing);
+    }
+    let fenced = Cursor {
+        fenced: true,
+        next: String::new(),
+        left_behind: 0,
+        ..cursor
+    };
+    let mut b = Batch::default();
+    b.expect(Space::Meta, CURSOR_KEY.to_vec(), Some(stored));
+    b.put(Space::Meta, CURSOR_KEY.to_vec(), encode(&fenced)?);
+    v.committer
+        .commit(b, Vec::new())
+        .await
+        .map_err(|e| match e {
+            crate::commit::CommitError::Store(e) => RewrapError::Store(e),
+            _ => RewrapError::Commit,
+        })?;
+    Ok(Fence::Fenced)
 }
 
 /// The job's progress as the API shows it.
@@ -298,6 +350,12 @@ fn prepare(
         }
         _ => cursor.done = true,
     }
+    if cursor.done && cursor.fenced && cursor.left_behind == 0 {
+        let proof = keys
+            .seal_record(Space::Meta, PROOF_KEY, &cursor.target.to_be_bytes())
+            .map_err(|_| RewrapError::Corrupt)?;
+        batch.put(Space::Meta, PROOF_KEY.to_vec(), proof);
+    }
     batch.expect(Space::Meta, CURSOR_KEY.to_vec(), Some(started_from));
     batch.put(Space::Meta, CURSOR_KEY.to_vec(), encode(&cursor)?);
     Ok(Prepared {
@@ -430,6 +488,14 @@ async fn run_pending(v: &Arc<Vault>, stop: &watch::Receiver<bool>) {
         if *stop.borrow() {
             return;
         }
+        match fence(v).await {
+            Ok(_) => {}
+            Err(RewrapError::Store(StoreError::Conflict)) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "Rewrap fence failed; will retry");
+                break;
+            }
+        }
         let Ok(keys) = v.keys.get() else { return };
         let (store, limit) = (v.store.clone(), v.rewrap.batch);
         // Unthrottled, steps run in pipelined runs; with a pause configured,
@@ -557,6 +623,64 @@ mod tests {
             assert_eq!(plain.len(), 11);
         }
         count_by_version(store).unwrap()
+    }
+
+    /// A cursor as `fence` leaves it: the job from the start, fenced.
+    fn start_fenced(store: &dyn Store, target: u32) {
+        let c = Cursor {
+            target,
+            fenced: true,
+            ..Cursor::default()
+        };
+        let mut b = Batch::default();
+        b.put(Space::Meta, CURSOR_KEY.to_vec(), encode(&c).unwrap());
+        store.write(b).unwrap();
+    }
+
+    /// Only a fenced job that leaves nothing behind writes a proof, sealed
+    /// for its row: a value that would not open (left behind) or a job run
+    /// unfenced proves nothing, and a proof moved from another row or
+    /// written in clear is none.
+    #[test]
+    fn only_a_fenced_job_that_leaves_nothing_behind_proves_a_floor() {
+        let (_dir, store, k2) = rotated(11, 300);
+        // Unfenced: moves everything, proves nothing.
+        while !step(&store, &k2, 100).unwrap().0 {}
+        assert_eq!(check_all(&store, &k2), [(2, 300)].into());
+        assert_eq!(proven_floor(&store, &k2).unwrap(), None);
+        // Fenced, with one value under version 1 that does not open.
+        let (_dir, store, k2) = rotated(12, 300);
+        let (key, bytes) = store
+            .scan(Space::Values, b"", None, 1)
+            .unwrap()
+            .pop()
+            .unwrap();
+        let mut rec = Record::decode(&bytes).unwrap();
+        rec.ciphertext[0] ^= 1;
+        let mut b = Batch::default();
+        b.put(Space::Values, key.clone(), rec.encode());
+        store.write(b).unwrap();
+        start_fenced(&store, 2);
+        while !step(&store, &k2, 100).unwrap().0 {}
+        assert_eq!(status(&store, false).unwrap().left_behind, 1);
+        assert_eq!(proven_floor(&store, &k2).unwrap(), None);
+        // Gone (erased, say), a fenced job again: the floor is proven.
+        let mut b = Batch::default();
+        b.delete(Space::Values, key);
+        store.write(b).unwrap();
+        start_fenced(&store, 2);
+        while !step(&store, &k2, 100).unwrap().0 {}
+        assert_eq!(proven_floor(&store, &k2).unwrap(), Some(2));
+        // A proof sealed for another row, or in clear, is none.
+        let moved = k2
+            .seal_record(Space::Meta, CURSOR_KEY, &9u32.to_be_bytes())
+            .unwrap();
+        for forged in [moved, 9u32.to_be_bytes().to_vec()] {
+            let mut b = Batch::default();
+            b.put(Space::Meta, PROOF_KEY.to_vec(), forged);
+            store.write(b).unwrap();
+            assert_eq!(proven_floor(&store, &k2).unwrap(), None);
+        }
     }
 
     #[test]

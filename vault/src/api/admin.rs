@@ -227,15 +227,14 @@ pub async fn retire(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysStatu
     let cursor = rewrap::cursor_bytes(v.store.as_ref()).map_err(|_| ApiError::Unavailable)?;
     let job =
         rewrap::status(v.store.as_ref(), v.keys.is_sealed()).map_err(|_| ApiError::Unavailable)?;
-    // A job that finished without leaving a value behind moved every value
-    // under a version below its target, and nothing writes under those any
-    // more (new values take the active version, at least the target): no
-    // count is needed, however large the vault. Otherwise a complete
-    // count, finished in time to answer: a retirement is never written by
-    // a request that then runs out of time.
-    let clean = rewrap::finished_clean(v.store.as_ref()).map_err(|_| ApiError::Unavailable)?;
+    // Below the floor a fenced rewrap proved (see `rewrap::proven_floor`)
+    // no value is left and none is written: no count is needed, however
+    // large the vault. Otherwise a complete count, finished in time to
+    // answer: a retirement is never written by a request that then runs
+    // out of time.
     let keys = v.keys.get().map_err(|_| ApiError::Sealed)?;
-    let mut counts = if moved_off(clean, &keys.meta().versions, rotation_grace(v), req.version) {
+    let floor = rewrap::proven_floor(v.store.as_ref(), &keys).map_err(|_| ApiError::Unavailable)?;
+    let mut counts = if floor.is_some_and(|f| req.version < f) {
         None
     } else {
         let (counts, complete) = count_in_time(v, ctx).await?;
@@ -280,34 +279,12 @@ fn rotation_grace(v: &Vault) -> u64 {
         .saturating_mul(2)
 }
 
-/// Whether a finished, clean rewrap job (`clean`: its target and when it
-/// was started, from [`rewrap::finished_clean`]) proves that no value is
-/// under `version`: the version is below the target, and the job was
-/// started after every request that could still seal under a version
-/// older than the target had ended (the target's creation in `versions`,
-/// plus `grace`). The retirement is guarded on the job's cursor as read,
-/// so a job started meanwhile makes it fail.
-fn moved_off(
-    clean: Option<(u32, u64)>,
-    versions: &std::collections::BTreeMap<u32, u64>,
-    grace: u64,
-    version: u32,
-) -> bool {
-    clean.is_some_and(|(target, started)| {
-        version < target
-            && versions
-                .get(&target)
-                .is_some_and(|&created| started >= created.saturating_add(grace))
-    })
-}
-
 /// `POST /v1/admin/keys/rewrap`: starts (or restarts) re-encryption of
 /// every value under the active version.
 pub async fn rewrap_start(v: &Arc<Vault>, ctx: &Ctx) -> Result<RewrapStatus, ApiError> {
     require_officer(ctx)?;
     let keys = v.keys.get().map_err(|_| ApiError::Sealed)?;
-    let batch =
-        Rewrap::start_batch_at(keys.meta().active, now_ms()).map_err(|_| ApiError::Internal)?;
+    let batch = Rewrap::start_batch(keys.meta().active).map_err(|_| ApiError::Internal)?;
     commit(v, batch, draft(ctx, "keys_rewrap_start", "ok")).await?;
     v.rewrap.kick();
     rewrap_status(v, ctx)
@@ -471,13 +448,14 @@ mod tests {
         assert_eq!(full.versions.len(), 1);
     }
 
-    /// Retiring a version a finished rewrap moved every value off needs
-    /// no count: it goes through on a vault too large to count in time
-    /// (here, a request out of time from the start). A job that left
-    /// values behind, or a version not below its target, still needs the
-    /// count, and is refused without it.
+    /// Retiring a version below the floor a fenced rewrap proved needs no
+    /// count: it goes through on a vault too large to count in time (here,
+    /// a request out of time from the start). Without that proof (no job,
+    /// a job run unfenced, a version not below the floor) the count is
+    /// needed, and there is no time for it. No job is fenced while requests
+    /// may still hold the keys from before the last rotation.
     #[tokio::test]
-    async fn a_finished_rewrap_lets_a_version_retire_without_a_count() {
+    async fn a_proven_floor_lets_a_version_retire_without_a_count() {
         let dir = tempfile::tempdir().unwrap();
         let path = crate::dev::prepare(dir.path()).unwrap();
         let mut cfg = crate::config::Config::load(&path).unwrap();
@@ -486,7 +464,7 @@ mod tests {
         let store: Arc<dyn crate::store::Store> = Arc::new(crate::store::MemoryStore::new());
         let keys = crate::server::open_keys(&cfg, store.as_ref()).unwrap();
         let v = Arc::new(crate::server::build(&cfg, keys, store.clone()).unwrap());
-        let mut ctx = Ctx {
+        let ctx = Ctx {
             caller: "officer".into(),
             role: crate::policy::Role::Officer,
             request_id: "t".into(),
@@ -503,53 +481,52 @@ mod tests {
                 retire(&v, &ctx, &body).await
             }
         };
+        let run_job = || async {
+            let keys = v.keys.get().unwrap();
+            while !rewrap::step(store.as_ref(), &keys, 100).unwrap().0 {}
+        };
+        let floor = || rewrap::proven_floor(store.as_ref(), &v.keys.get().unwrap()).unwrap();
+        let grace = std::time::Duration::from_millis(250);
         rotate(&v, &ctx).await.unwrap();
         rotate(&v, &ctx).await.unwrap();
-        // Past the grace after each rotation.
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-        // No job yet: a count is needed, and there is no time for one.
+        assert!(v.keys.unsettled(grace).is_some());
+        rewrap_start(&v, &ctx).await.unwrap();
+        // Within the grace: the job is not fenced, runs unfenced, moves
+        // values, and proves nothing.
+        assert_eq!(rewrap::fence(&v).await.unwrap(), rewrap::Fence::Nothing);
+        run_job().await;
+        assert_eq!(floor(), None);
+        tokio::time::sleep(grace).await;
         assert!(matches!(retire_now(1).await, Err(ApiError::Timeout)));
         rewrap_start(&v, &ctx).await.unwrap();
-        let keys = v.keys.get().unwrap();
-        while !rewrap::step(store.as_ref(), &keys, 100).unwrap().0 {}
+        assert_eq!(rewrap::fence(&v).await.unwrap(), rewrap::Fence::Fenced);
+        assert_eq!(rewrap::fence(&v).await.unwrap(), rewrap::Fence::Nothing);
+        run_job().await;
+        assert_eq!(floor(), Some(3));
         let st = retire_now(1).await.unwrap();
         assert!(!st.versions.iter().any(|k| k.version == 1));
-        // The target itself is the active version here: never retired.
-        assert!(retire_now(3).await.is_err());
-        // A job started right after a rotation proves nothing: requests
-        // begun before the rotation could still write under version 3
-        // behind its cursor. Past the grace, a job started again does.
-        rotate(&v, &ctx).await.unwrap();
-        rewrap_start(&v, &ctx).await.unwrap();
-        let keys = v.keys.get().unwrap();
-        while !rewrap::step(store.as_ref(), &keys, 100).unwrap().0 {}
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        // The floor's own version is the active one: the count decides,
+        // and there is no time for it.
         assert!(matches!(retire_now(3).await, Err(ApiError::Timeout)));
-        rewrap_start(&v, &ctx).await.unwrap();
-        while !rewrap::step(store.as_ref(), &keys, 100).unwrap().0 {}
-        let st = retire_now(3).await.unwrap();
-        assert!(!st.versions.iter().any(|k| k.version == 3));
-        ctx.deadline = None;
-        assert!(keys_status(&v, &ctx).await.is_ok());
-    }
-
-    #[test]
-    fn a_clean_job_proves_only_versions_below_its_target_once_settled() {
-        // Version 3 created at 10,000 ms; a grace of 500 ms.
-        let versions: std::collections::BTreeMap<u32, u64> =
-            [(1, 0), (2, 5_000), (3, 10_000)].into_iter().collect();
-        let proves = |clean, version| moved_off(clean, &versions, 500, version);
-        assert!(proves(Some((3, 10_500)), 2));
-        assert!(proves(Some((3, 20_000)), 1));
-        assert!(!proves(Some((3, 10_500)), 3));
-        // Started while requests of the old versions could still write
-        // behind it (a cursor from before the field: 0).
-        assert!(!proves(Some((3, 10_499)), 2));
-        assert!(!proves(Some((3, 0)), 2));
-        // A target the key state does not know.
-        assert!(!proves(Some((4, 99_999)), 2));
-        // Not finished or not clean.
-        assert!(!proves(None, 2));
+        // A forged proof (clear bytes, claiming a higher floor) is no proof.
+        store
+            .write({
+                let mut b = crate::store::Batch::default();
+                b.put(
+                    crate::store::Space::Meta,
+                    b"rewrap/proof".to_vec(),
+                    9u32.to_be_bytes().to_vec(),
+                );
+                b
+            })
+            .unwrap();
+        assert_eq!(floor(), None);
+        assert!(matches!(retire_now(2).await, Err(ApiError::Timeout)));
+        let ctx_full = Ctx {
+            deadline: Some(std::time::Instant::now() + std::time::Duration::from_secs(30)),
+            ..ctx.clone()
+        };
+        assert!(keys_status(&v, &ctx_full).await.is_ok());
     }
 
     #[test]

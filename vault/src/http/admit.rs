@@ -15,7 +15,9 @@
 //! handshakes last: to keep a real client out it must open
 //! `max-connections` connections within that client's handshake.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -55,10 +57,79 @@ pub struct Admission {
     evictable: Mutex<Evictable>,
 }
 
+/// The evictable connections by source address, and the sources ranked
+/// for eviction: the one holding the most goes first, and among those
+/// holding as many, the one with the oldest connection. So a source that
+/// floods the vault with handshakes evicts its own connections before it
+/// can evict another's.
 #[derive(Default)]
 struct Evictable {
     next: u64,
-    by_age: BTreeMap<u64, Arc<Entry>>,
+    by_source: HashMap<IpAddr, BTreeMap<u64, Arc<Entry>>>,
+    ranked: BTreeSet<Rank>,
+}
+
+/// The source a connection from `ip` counts against: the address itself
+/// for IPv4 (and IPv4-mapped IPv6), its /64 for IPv6, which one host is
+/// commonly given whole.
+pub fn source_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let [a, b, c, d, ..] = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(a, b, c, d, 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
+    }
+}
+
+/// A source's place in the eviction order (the greatest goes first):
+/// its evictable connections, its oldest one's id reversed, the address.
+type Rank = (usize, Reverse<u64>, IpAddr);
+
+fn rank(source: IpAddr, conns: &BTreeMap<u64, Arc<Entry>>) -> Option<Rank> {
+    conns
+        .first_key_value()
+        .map(|(oldest, _)| (conns.len(), Reverse(*oldest), source))
+}
+
+impl Evictable {
+    fn insert(&mut self, source: IpAddr, id: u64, entry: Arc<Entry>) {
+        let conns = self.by_source.entry(source).or_default();
+        if let Some(r) = rank(source, conns) {
+            self.ranked.remove(&r);
+        }
+        conns.insert(id, entry);
+        if let Some(r) = rank(source, conns) {
+            self.ranked.insert(r);
+        }
+    }
+
+    fn remove(&mut self, source: IpAddr, id: u64) -> Option<Arc<Entry>> {
+        let conns = self.by_source.get_mut(&source)?;
+        let before = rank(source, conns);
+        let entry = conns.remove(&id)?;
+        if let Some(r) = before {
+            self.ranked.remove(&r);
+        }
+        match rank(source, conns) {
+            Some(r) => {
+                self.ranked.insert(r);
+            }
+            None => {
+                self.by_source.remove(&source);
+            }
+        }
+        Some(entry)
+    }
+
+    /// Takes out the next connection to evict.
+    fn pop_next(&mut self) -> Option<Arc<Entry>> {
+        let &(_, Reverse(id), source) = self.ranked.last()?;
+        self.remove(source, id)
+    }
 }
 
 /// How a connection was admitted.
@@ -79,6 +150,7 @@ pub struct Place {
 /// dropped or settled.
 pub struct Handshake {
     admission: Arc<Admission>,
+    source: IpAddr,
     id: u64,
     entry: Arc<Entry>,
 }
@@ -102,7 +174,7 @@ impl Handshake {
 
 impl Drop for Handshake {
     fn drop(&mut self) {
-        self.admission.lock().by_age.remove(&self.id);
+        self.admission.lock().remove(self.source, self.id);
     }
 }
 
@@ -170,7 +242,7 @@ impl Admission {
     /// process is out of descriptors.)
     pub fn evict_oldest(&self) -> bool {
         loop {
-            let Some((_, entry)) = self.lock().by_age.pop_first() else {
+            let Some(entry) = self.lock().pop_next() else {
                 return false;
             };
             // One that settled meanwhile is passed over.
@@ -185,8 +257,9 @@ impl Admission {
         }
     }
 
-    /// Enters a newly admitted connection in the evictable set.
-    pub fn handshake(self: &Arc<Self>) -> Handshake {
+    /// Enters a newly admitted connection from `source` in the evictable
+    /// set.
+    pub fn handshake(self: &Arc<Self>, source: IpAddr) -> Handshake {
         let entry = Arc::new(Entry {
             state: AtomicU8::new(EVICTABLE),
             evicted: Notify::new(),
@@ -194,9 +267,10 @@ impl Admission {
         let mut h = self.lock();
         let id = h.next;
         h.next += 1;
-        h.by_age.insert(id, entry.clone());
+        h.insert(source, id, entry.clone());
         Handshake {
             admission: self.clone(),
+            source,
             id,
             entry,
         }
@@ -237,8 +311,55 @@ impl Admission {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )]
     use super::*;
+
+    const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
+    const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2));
+
+    #[test]
+    fn an_ipv6_source_is_its_64_and_a_mapped_one_its_ipv4() {
+        let v6 = |s: &str| IpAddr::V6(s.parse().unwrap());
+        assert_eq!(source_of(v6("2001:db8:1:2:aaaa::1")), v6("2001:db8:1:2::"));
+        assert_eq!(source_of(v6("::ffff:10.0.0.1")), A);
+        assert_eq!(source_of(A), A);
+    }
+
+    /// A source flooding handshakes evicts its own before another's, even
+    /// one older than all of its own; sources holding as many lose their
+    /// oldest first.
+    #[tokio::test]
+    async fn a_flooding_source_evicts_its_own_handshakes_first() {
+        let a = Arc::new(Admission::new(3));
+        let (_p, _) = a.admit().await.unwrap();
+        let legit = a.handshake(B);
+        let mut flood = Vec::new();
+        for _ in 0..2 {
+            let (p, _) = a.admit().await.unwrap();
+            flood.push((p, a.handshake(A)));
+        }
+        assert!(a.evict_oldest());
+        assert_eq!(flood[0].1.entry.state.load(Ordering::Acquire), EVICTED);
+        assert_eq!(legit.entry.state.load(Ordering::Acquire), EVICTABLE);
+        drop(flood.remove(0));
+        // One each now: the older (the legitimate one) goes first.
+        assert!(a.evict_oldest());
+        assert_eq!(legit.entry.state.load(Ordering::Acquire), EVICTED);
+        assert!(a.evict_oldest());
+        assert!(!a.evict_oldest());
+        drop(legit);
+        drop(flood);
+        let e = a.lock();
+        assert!(
+            e.by_source.is_empty() && e.ranked.is_empty(),
+            "entries left behind"
+        );
+    }
 
     #[tokio::test]
     async fn a_full_house_evicts_the_oldest_handshake_and_never_an_established_connection() {
@@ -247,14 +368,14 @@ mod tests {
         let (established, how) = a.admit().await.unwrap();
         assert_eq!(how, Admitted::Free);
         assert!(matches!(
-            a.settle(a.handshake(), Some(Role::App)),
+            a.settle(a.handshake(A), Some(Role::App)),
             Settled::Serve(Some(_))
         ));
         let mut tasks = Vec::new();
         let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel();
         for n in 0..2 {
             let (place, _) = a.admit().await.unwrap();
-            let h = a.handshake();
+            let h = a.handshake(A);
             let ended_tx = ended_tx.clone();
             tasks.push(tokio::spawn(async move {
                 h.evicted().await;
@@ -286,10 +407,10 @@ mod tests {
         // set yet (its task is between the two steps); the younger is
         // still in its handshake.
         let (_p1, _) = a.admit().await.unwrap();
-        let h1 = a.handshake();
+        let h1 = a.handshake(A);
         let entry = h1.entry.clone();
         let (p2, _) = a.admit().await.unwrap();
-        let h2 = a.handshake();
+        let h2 = a.handshake(A);
         assert!(entry
             .state
             .compare_exchange(EVICTABLE, SETTLED, Ordering::AcqRel, Ordering::Acquire)
@@ -315,14 +436,14 @@ mod tests {
     async fn an_evicted_handshake_cannot_settle_and_a_callerless_one_stays_evictable() {
         let a = Arc::new(Admission::new(2));
         let (_p1, _) = a.admit().await.unwrap();
-        let h1 = a.handshake();
+        let h1 = a.handshake(A);
         assert!(a.evict_oldest());
         assert!(matches!(
             a.settle(h1, Some(Role::Officer)),
             Settled::Evicted
         ));
         let (_p2, _) = a.admit().await.unwrap();
-        let Settled::Evictable(h2) = a.settle(a.handshake(), None) else {
+        let Settled::Evictable(h2) = a.settle(a.handshake(A), None) else {
             panic!("a certificate naming no caller settled");
         };
         assert!(a.evict_oldest());
@@ -340,26 +461,26 @@ mod tests {
         let mut held = Vec::new();
         for _ in 0..16 - reserve {
             let (p, _) = a.admit().await.unwrap();
-            let Settled::Serve(Some(slot)) = a.settle(a.handshake(), Some(Role::App)) else {
+            let Settled::Serve(Some(slot)) = a.settle(a.handshake(A), Some(Role::App)) else {
                 panic!("an app refused below its cap");
             };
             held.push((p, slot));
         }
         let (_p, _) = a.admit().await.unwrap();
         assert!(matches!(
-            a.settle(a.handshake(), Some(Role::App)),
+            a.settle(a.handshake(A), Some(Role::App)),
             Settled::AppsFull
         ));
         let (_p, _) = a.admit().await.unwrap();
         assert!(matches!(
-            a.settle(a.handshake(), Some(Role::Officer)),
+            a.settle(a.handshake(A), Some(Role::Officer)),
             Settled::Serve(None)
         ));
         // An app that leaves gives its slot back.
         held.pop();
         let (_p, _) = a.admit().await.unwrap();
         assert!(matches!(
-            a.settle(a.handshake(), Some(Role::App)),
+            a.settle(a.handshake(A), Some(Role::App)),
             Settled::Serve(Some(_))
         ));
     }
@@ -368,7 +489,7 @@ mod tests {
     async fn a_finished_handshake_leaves_the_set() {
         let a = Arc::new(Admission::new(1));
         let (place, _) = a.admit().await.unwrap();
-        assert!(a.handshake().settle());
+        assert!(a.handshake(A).settle());
         // The only connection finished its handshake: it cannot be evicted.
         assert!(a.admit().await.is_none());
         drop(place);
