@@ -708,10 +708,11 @@ async fn connections_stuck_in_their_handshake_give_way_to_a_client_with_a_certif
             "a newer squatter was evicted before an older one"
         );
     }
-    // The clients' connections are never evicted: two more clients take
+    // The clients' connections are never evicted: two more clients (the
+    // last an officer: one place of the four is kept for officers) take
     // the last two squatters' places, and then there is no room.
-    for _ in 0..2 {
-        let mut s = tls_conn(&v, b"http/1.1").await;
+    for who in ["app", "officer"] {
+        let mut s = tls_conn_as(&v, who, b"http/1.1").await;
         assert_eq!(h1_status(&mut s).await, Some(404));
         clients.push(s);
     }
@@ -730,20 +731,22 @@ async fn connections_stuck_in_their_handshake_give_way_to_a_client_with_a_certif
 
 #[tokio::test]
 async fn connections_past_their_handshake_are_never_evicted() {
+    // Three places, one of them kept for officers.
     let v = TestVault::start_with(|c| {
-        c.server.max_connections = 2;
+        c.server.max_connections = 3;
         c.server.idle_timeout_ms = 30_000;
     })
     .await;
     let mut held = vec![
         tls_conn(&v, b"http/1.1").await,
         tls_conn(&v, b"http/1.1").await,
+        tls_conn_as(&v, "officer", b"http/1.1").await,
     ];
-    // Served once each: the vault has settled both handshakes.
+    // Served once each: the vault has settled the handshakes.
     for s in &mut held {
         assert_eq!(h1_status(s).await, Some(404));
     }
-    // A third connection is closed at once.
+    // A fourth connection is closed at once.
     let mut third = TcpStream::connect(v.api).await.unwrap();
     assert!(
         closed_within(&mut third, Instant::now(), Duration::from_secs(2))

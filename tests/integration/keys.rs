@@ -405,6 +405,34 @@ async fn an_officer_seals_while_every_handling_place_is_taken() {
     let _ = held.await.unwrap();
 }
 
+/// A rotation whose request runs out of time while its write is held
+/// still installs the keys it wrote once the write lands: new values go
+/// under the new version, and the next rotation does not conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_that_times_out_after_committing_is_still_installed() {
+    let (v, store) = start_hooked(|cfg| cfg.server.request_timeout_ms = 300).await;
+    let officer = v.builder("officer").retries(0).build().unwrap();
+    store.hold_writes.store(true, Ordering::SeqCst);
+    let rotating = tokio::spawn({
+        let officer = officer.clone();
+        async move { officer.rotate_keys().await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    store.hold_writes.store(false, Ordering::SeqCst);
+    let err = rotating.await.unwrap().unwrap_err();
+    assert_eq!(err.status(), Some(503), "{err:?}");
+    let active = || v.running().vault.keys.get().unwrap().meta().active;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while active() != 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the committed rotation was never installed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(officer.rotate_keys().await.unwrap().active_version, Some(3));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seal_during_load_stops_every_release() {
     let v = TestVault::start().await;

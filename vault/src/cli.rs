@@ -313,16 +313,19 @@ fn serve(cfg: &Config) -> ExitCode {
         }
     }
     let files = crate::hardening::raise_open_files_limit();
-    let wanted = u64::try_from(cfg.server.max_connections)
-        .unwrap_or(u64::MAX)
-        .saturating_add(1024);
-    if files.is_some_and(|n| n < wanted) {
+    let mut cfg = cfg.clone();
+    if let Some(allowed) = files.and_then(|n| connections_within(n, cfg.server.max_connections)) {
+        // Connections past the descriptors would fail in accept, before
+        // any could be evicted, and take the database's files with them.
         tracing::warn!(
             open_files = files,
             max_connections = cfg.server.max_connections,
-            "The open-files limit is below server.max-connections plus 1024 for the database; raise it (ulimit -n) or lower max-connections"
+            allowed,
+            "The open-files limit is below server.max-connections plus 1024 for the database; serving at most `allowed` connections: raise it (ulimit -n) or lower max-connections"
         );
+        cfg.server.max_connections = allowed;
     }
+    let cfg = &cfg;
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -349,6 +352,17 @@ fn serve(cfg: &Config) -> ExitCode {
         running.shutdown().await;
         ExitCode::SUCCESS
     })
+}
+
+/// The connections a process allowed `files` descriptors can serve, when
+/// fewer than `max`: what is left after up to 1,024 for the database (half
+/// of them at most), at least one.
+fn connections_within(files: u64, max: usize) -> Option<usize> {
+    let reserve = files.min(2048) / 2;
+    let allowed = usize::try_from(files - reserve)
+        .unwrap_or(usize::MAX)
+        .max(1);
+    (allowed < max).then_some(allowed)
 }
 
 async fn wait_for_signal() {
@@ -411,5 +425,23 @@ fn verify(data: &Path, anchors: &[String]) -> ExitCode {
             ExitCode::from(EXIT_BROKEN)
         }
         Err(e) => fail(EXIT_RUNTIME, &format!("audit verify: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connections_within;
+
+    #[test]
+    fn connections_are_clamped_to_the_descriptors_left_for_them() {
+        // Enough descriptors: no clamp.
+        assert_eq!(connections_within(1 << 20, 4096), None);
+        assert_eq!(connections_within(5120, 4096), None);
+        // 1,024 kept for the database, the rest for connections.
+        assert_eq!(connections_within(4096, 4096), Some(3072));
+        // A small limit keeps half for the database.
+        assert_eq!(connections_within(1024, 4096), Some(512));
+        assert_eq!(connections_within(1, 4096), Some(1));
+        assert_eq!(connections_within(1024, 100), None);
     }
 }

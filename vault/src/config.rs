@@ -412,6 +412,16 @@ impl Config {
                     .into(),
             );
         }
+        if let Some(var) = &k.master_key_env {
+            // A VAULT__ name would be read as a configuration override
+            // (and copied as one); `=` or NUL cannot be in a name.
+            if var.is_empty() || var.starts_with("VAULT__") || var.contains(['=', '\0']) {
+                p.push(
+                    "keys.master-key-env: a variable name without `=`, not starting with VAULT__ (those are configuration overrides)"
+                        .into(),
+                );
+            }
+        }
         if let Some(f) = &k.master_key_file {
             if !self.resolve(f).is_file() {
                 p.push(format!(

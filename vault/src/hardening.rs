@@ -74,8 +74,10 @@ pub fn echo_off(fd: std::os::fd::BorrowedFd<'_>) -> Option<EchoGuard> {
     }
     let mut quiet = saved;
     quiet.c_lflag &= !(libc::ECHO | libc::ECHONL);
+    // TCSAFLUSH, as getpass does: what was typed ahead (and echoed)
+    // before the prompt is dropped, not taken as the secret.
     // SAFETY: as above, with a termios read from this terminal.
-    if unsafe { libc::tcsetattr(raw, libc::TCSANOW, &quiet) } != 0 {
+    if unsafe { libc::tcsetattr(raw, libc::TCSAFLUSH, &quiet) } != 0 {
         return None;
     }
     Some(EchoGuard { fd: raw, saved })

@@ -160,6 +160,22 @@ async fn change_keys(
     v: &Arc<Vault>,
     ctx: &Ctx,
     action: &'static str,
+    make: impl FnOnce(&Keyring) -> Result<Batch, KeyError> + Send + 'static,
+) -> Result<(), ApiError> {
+    // In a task of its own, which a request that runs out of time does
+    // not cancel: a change that committed is always installed. Otherwise
+    // requests would go on sealing under the old version, and every later
+    // change would conflict, until a restart.
+    let (v, ctx) = (v.clone(), ctx.clone());
+    tokio::spawn(async move { change_keys_now(&v, &ctx, action, make).await })
+        .await
+        .unwrap_or(Err(ApiError::Internal))
+}
+
+async fn change_keys_now(
+    v: &Arc<Vault>,
+    ctx: &Ctx,
+    action: &'static str,
     make: impl FnOnce(&Keyring) -> Result<Batch, KeyError>,
 ) -> Result<(), ApiError> {
     let _guard = v.key_ops.lock().await;
@@ -207,8 +223,9 @@ pub async fn rotate(v: &Arc<Vault>, ctx: &Ctx) -> Result<KeysStatus, ApiError> {
 pub async fn configure(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysStatus, ApiError> {
     require_officer(ctx)?;
     let req: KeysConfigRequest = parse_json(body)?;
-    change_keys(v, ctx, "keys_min_decryption_version", |k| {
-        k.min_decryption(req.min_decryption_version)
+    let min = req.min_decryption_version;
+    change_keys(v, ctx, "keys_min_decryption_version", move |k| {
+        k.min_decryption(min)
     })
     .await?;
     status(v, ctx).await
@@ -250,9 +267,9 @@ pub async fn retire(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysStatu
         audit_only(v, ctx, "keys_retire", "refused").await?;
         return Err(ApiError::KeyInUse);
     }
-    let grace = rotation_grace(v);
-    change_keys(v, ctx, "keys_retire", |k| {
-        let mut b = k.retirement(req.version, now_ms(), grace)?;
+    let (grace, version) = (rotation_grace(v), req.version);
+    change_keys(v, ctx, "keys_retire", move |k| {
+        let mut b = k.retirement(version, now_ms(), grace)?;
         rewrap::guard_cursor(&mut b, cursor);
         Ok(b)
     })

@@ -379,7 +379,7 @@ pub fn init(config: &std::path::Path, shares: u8, threshold: u8, json: bool) -> 
         Err(e) => fail(
             EXIT_RUNTIME,
             &format!(
-                "the vault was initialized but its shares could not be printed ({}), so nobody holds them: delete {} (it holds no data yet) and run operator init again",
+                "the vault was initialized but its shares could not all be printed ({}), so not every share is held: delete {} (it holds no data yet) and run operator init again",
                 e.kind(),
                 cfg.data_dir().display()
             ),

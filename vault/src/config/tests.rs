@@ -299,6 +299,23 @@ fn legal_exceptions_cannot_be_granted() {
 }
 
 #[test]
+fn a_master_key_variable_cannot_be_an_override_or_hold_an_equals_sign() {
+    let with = |name: &str| {
+        EXAMPLE
+            .replace("master-key-file = \"master.key\"", "")
+            .replace(
+                "# master-key-env = \"VAULT_MASTER_KEY\"",
+                &format!("master-key-env = \"{name}\""),
+            )
+    };
+    assert!(load(&with("VAULT_MASTER_KEY"), &[]).is_ok());
+    for bad in ["VAULT__KEYS__ROOT", "A=B", ""] {
+        let err = load(&with(bad), &[]).unwrap_err().to_string();
+        assert!(err.contains("keys.master-key-env"), "{bad:?}: {err}");
+    }
+}
+
+#[test]
 fn key_source_must_be_exactly_one() {
     let text = EXAMPLE.replace(
         "# master-key-env = \"VAULT_MASTER_KEY\"",

@@ -30,10 +30,15 @@ use crate::policy::Role;
 /// place; the evicted task only has to be polled once.
 const EVICTION_WAIT: Duration = Duration::from_millis(200);
 
-/// Places apps cannot take: those of officers, up to 16 (an eighth of
-/// `max-connections` when that is smaller; none below 8).
+/// Places apps cannot take: those of officers, an eighth of
+/// `max-connections`, at least 1 and at most 16 (none when there is only
+/// one place).
 pub fn officer_reserve(max: usize) -> usize {
-    (max / 8).min(16)
+    if max < 2 {
+        0
+    } else {
+        (max / 8).clamp(1, 16)
+    }
 }
 
 const EVICTABLE: u8 = 0;
@@ -454,7 +459,9 @@ mod tests {
     async fn apps_leave_the_officers_their_reserve() {
         assert_eq!(officer_reserve(4096), 16);
         assert_eq!(officer_reserve(64), 8);
-        assert_eq!(officer_reserve(7), 0);
+        assert_eq!(officer_reserve(7), 1);
+        assert_eq!(officer_reserve(2), 1);
+        assert_eq!(officer_reserve(1), 0);
         let a = Arc::new(Admission::new(16));
         let reserve = officer_reserve(16);
         assert_eq!(reserve, 2);
