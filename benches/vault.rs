@@ -285,7 +285,7 @@ fn rewrap_fixture(n: usize) -> Option<(tempfile::TempDir, RocksStore, vault::key
     store.write(batch).ok()?;
     let keys = keys.reload(&store).ok()?;
     store
-        .write(vault::rewrap::Rewrap::start_batch(next).ok()?)
+        .write(vault::rewrap::Rewrap::start_batch(&keys, next).ok()?)
         .ok()?;
     Some((dir, store, keys))
 }

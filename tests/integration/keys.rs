@@ -417,10 +417,17 @@ async fn a_rotation_that_times_out_after_committing_is_still_installed() {
         let officer = officer.clone();
         async move { officer.rotate_keys().await }
     });
-    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    // Held until the rotation's write is waiting and its request is out
+    // of time.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !store.held.load(Ordering::SeqCst) {
+        assert!(std::time::Instant::now() < deadline, "nothing was held");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     store.hold_writes.store(false, Ordering::SeqCst);
     let err = rotating.await.unwrap().unwrap_err();
-    assert_eq!(err.status(), Some(503), "{err:?}");
+    assert_eq!(err.code(), Some("timeout"), "{err:?}");
     let active = || v.running().vault.keys.get().unwrap().meta().active;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
     while active() != 2 {

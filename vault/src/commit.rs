@@ -132,6 +132,7 @@ struct Writer<'a> {
 fn run(w: &Writer<'_>, rx: mpsc::Receiver<Job>, mut head: Head, mut last_time: u64) {
     let (store, metrics) = (w.store, w.metrics);
     let mut failed = false;
+    let mut floor = 0u32;
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -139,6 +140,10 @@ fn run(w: &Writer<'_>, rx: mpsc::Receiver<Job>, mut head: Head, mut last_time: u
                 Ok(job) => group.push(job),
                 Err(_) => break,
             }
+        }
+        let group = screen_floor(&mut floor, group);
+        if group.is_empty() {
+            continue;
         }
         if failed {
             match resync(store) {
@@ -151,6 +156,27 @@ fn run(w: &Writer<'_>, rx: mpsc::Receiver<Job>, mut head: Head, mut last_time: u
         }
         failed = !write_group(w, &mut head, &mut last_time, group);
     }
+}
+
+/// Takes the group in queue order: a job that seals new values under a
+/// version below the floor is answered `Conflict` (its request runs again
+/// with the keys of now); a job that raises the floor raises it for every
+/// job after it, in this group and the next. Returns the jobs to write.
+fn screen_floor(floor: &mut u32, group: Vec<Job>) -> Vec<Job> {
+    let mut kept = Vec::with_capacity(group.len());
+    for job in group {
+        if job.batch.sealed_under.is_some_and(|v| v < *floor) {
+            let _ = job
+                .reply
+                .send(Err(CommitError::Store(StoreError::Conflict)));
+            continue;
+        }
+        if let Some(f) = job.batch.raise_floor {
+            *floor = (*floor).max(f);
+        }
+        kept.push(job);
+    }
+    kept
 }
 
 /// After a failed write: lets the store recover, then reads the chain head
@@ -278,6 +304,50 @@ mod tests {
             outcome: "released",
             ..Draft::default()
         }
+    }
+
+    /// In queue order: a job sealed under a version below the floor is
+    /// refused, a fence raises the floor for the jobs after it (and the
+    /// next groups), never lowers it, and jobs without versions pass.
+    #[tokio::test]
+    async fn the_floor_refuses_what_was_sealed_under_older_keys_after_a_fence() {
+        let job = |sealed: Option<u32>, raise: Option<u32>| {
+            let (reply, rx) = oneshot::channel();
+            let mut batch = Batch::default();
+            if let Some(v) = sealed {
+                batch.seals_under(v);
+            }
+            batch.raise_floor = raise;
+            (
+                Job {
+                    batch,
+                    audit: Vec::new(),
+                    reply,
+                },
+                rx,
+            )
+        };
+        let mut floor = 0;
+        let (jobs, mut answers): (Vec<_>, Vec<_>) = [
+            job(Some(1), None),
+            job(None, Some(2)),
+            job(Some(1), None),
+            job(Some(2), None),
+            job(None, None),
+            job(None, Some(1)),
+        ]
+        .into_iter()
+        .unzip();
+        let kept = screen_floor(&mut floor, jobs);
+        assert_eq!(kept.len(), 5);
+        assert_eq!(floor, 2);
+        assert!(matches!(
+            answers.remove(2).await.unwrap(),
+            Err(CommitError::Store(StoreError::Conflict))
+        ));
+        let (late, rx) = job(Some(1), None);
+        assert!(screen_floor(&mut floor, vec![late]).is_empty());
+        assert!(rx.await.unwrap().is_err());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

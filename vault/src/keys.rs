@@ -570,9 +570,6 @@ pub struct KeyState {
     cache: Arc<KeyCache>,
     /// Seals so far: an unseal that began before a seal installs nothing.
     seals: std::sync::atomic::AtomicU64,
-    /// When the keys last changed (rotation, seal, unseal) in this process:
-    /// requests begun before may still seal with the keys they took.
-    changed: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Default for KeyState {
@@ -581,7 +578,6 @@ impl Default for KeyState {
             inner: RwLock::new(None),
             cache: Arc::new(KeyCache::new(SUBJECT_KEY_CACHE)),
             seals: std::sync::atomic::AtomicU64::new(0),
-            changed: std::sync::Mutex::new(None),
         }
     }
 }
@@ -620,24 +616,7 @@ impl KeyState {
             self.seals.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             *guard = None;
             self.cache.reset(false);
-            self.mark_changed();
         }
-    }
-
-    fn mark_changed(&self) {
-        if let Ok(mut c) = self.changed.lock() {
-            *c = Some(std::time::Instant::now());
-        }
-    }
-
-    /// How much of `grace` is left since the keys last changed in this
-    /// process (monotonic time; installing the first keys counts), `None`
-    /// when none is.
-    pub fn unsettled(&self, grace: std::time::Duration) -> Option<std::time::Duration> {
-        let changed = (*self.changed.lock().ok()?)?;
-        grace
-            .checked_sub(changed.elapsed())
-            .filter(|left| !left.is_zero())
     }
 
     /// How many seals there have been: what [`KeyState::install_unless_sealed_since`]
@@ -653,7 +632,6 @@ impl KeyState {
             if self.seals.load(std::sync::atomic::Ordering::SeqCst) == seals {
                 *guard = Some(Arc::new(keyring));
                 self.cache.reset(true);
-                self.mark_changed();
                 return true;
             }
         }
@@ -667,7 +645,6 @@ impl KeyState {
             if guard.is_some() {
                 *guard = Some(Arc::new(keyring));
                 self.cache.reset(true);
-                self.mark_changed();
             }
         }
     }
@@ -676,10 +653,6 @@ impl KeyState {
         if let Ok(mut guard) = self.inner.write() {
             *guard = Some(Arc::new(keyring));
             self.cache.reset(true);
-            // The keys of a fresh start count as a change too: a job the
-            // last process left unfenced is fenced only after the grace,
-            // so a crash does not make it start over at once.
-            self.mark_changed();
         }
     }
 }

@@ -40,9 +40,9 @@ struct Cursor {
     #[serde(default)]
     left_behind: u64,
     done: bool,
-    /// Set by [`fence`], which restarts the scan: from then on no request
-    /// that could still seal a value under a version older than the target
-    /// was left, and what such requests queued was written before. So
+    /// Set by [`fence`] (which restarts a scan already begun): from then
+    /// on the committer refuses any write sealed under a version below the
+    /// target, and whatever was queued before was written first. So
     /// nothing lands behind the cursor under an older version, and a
     /// fenced job that leaves nothing behind proves it (see
     /// [`proven_floor`]).
@@ -81,13 +81,13 @@ impl Rewrap {
 
     /// The batch that starts a job towards `target`, replacing any job
     /// before it; commit it, then call [`Rewrap::kick`].
-    pub fn start_batch(target: u32) -> Result<Batch, RewrapError> {
+    pub fn start_batch(keys: &Keyring, target: u32) -> Result<Batch, RewrapError> {
         let cursor = Cursor {
             target,
             ..Cursor::default()
         };
         let mut b = Batch::default();
-        b.put(Space::Meta, CURSOR_KEY.to_vec(), encode(&cursor)?);
+        b.put(Space::Meta, CURSOR_KEY.to_vec(), encode(keys, &cursor)?);
         Ok(b)
     }
 
@@ -97,8 +97,26 @@ impl Rewrap {
     }
 }
 
-fn encode(c: &Cursor) -> Result<Vec<u8>, RewrapError> {
-    serde_json::to_vec(c).map_err(|_| RewrapError::Corrupt)
+/// The cursor as stored: sealed with the records key for its row, since
+/// what it says (where the scan is, what was left behind, whether it was
+/// fenced) decides whether a finished job proves a floor.
+fn encode(keys: &Keyring, c: &Cursor) -> Result<Vec<u8>, RewrapError> {
+    let json = serde_json::to_vec(c).map_err(|_| RewrapError::Corrupt)?;
+    keys.seal_record(Space::Meta, CURSOR_KEY, &json)
+        .map_err(|_| RewrapError::Corrupt)
+}
+
+/// A stored cursor: a sealed one opened with `keys`, or clear JSON (a job
+/// of a vault from before cursors were sealed, or a forgery), which is
+/// trusted with nothing: it is read as never fenced, so it proves nothing
+/// until fenced afresh. Without keys (a sealed vault) only clear JSON reads.
+fn decode(keys: Option<&Keyring>, stored: &[u8]) -> Option<Cursor> {
+    if let Some(plain) = keys.and_then(|k| k.open_record(Space::Meta, CURSOR_KEY, stored).ok()) {
+        return serde_json::from_slice(&plain).ok();
+    }
+    serde_json::from_slice::<Cursor>(stored)
+        .ok()
+        .map(|c| Cursor { fenced: false, ..c })
 }
 
 /// The job's cursor as stored (`None`: no job ever), for a write that must
@@ -112,12 +130,13 @@ pub fn guard_cursor(b: &mut Batch, bytes: Option<Vec<u8>>) {
     b.expect(Space::Meta, CURSOR_KEY.to_vec(), bytes);
 }
 
-fn load(store: &dyn Store) -> Result<Option<Cursor>, RewrapError> {
+/// The job's cursor and its bytes as stored (`None`: no job ever).
+fn load(store: &dyn Store, keys: &Keyring) -> Result<Option<(Cursor, Vec<u8>)>, RewrapError> {
     match store.get(Space::Meta, CURSOR_KEY)? {
         None => Ok(None),
-        Some(b) => serde_json::from_slice(&b)
-            .map(Some)
-            .map_err(|_| RewrapError::Corrupt),
+        Some(b) => decode(Some(keys), &b)
+            .map(|c| Some((c, b)))
+            .ok_or(RewrapError::Corrupt),
     }
 }
 
@@ -141,30 +160,30 @@ pub fn proven_floor(store: &dyn Store, keys: &Keyring) -> Result<Option<u32>, St
 /// What [`fence`] did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Fence {
-    /// Nothing: no job, a finished or fenced one, or the keys changed too
-    /// recently (the job runs on unfenced and is fenced later).
+    /// Nothing: no job, a finished or fenced one, or one whose target the
+    /// keys in use have not reached.
     Nothing,
-    /// Fenced the job: it scans again from the start.
+    /// Fenced the job (from the start).
     Fenced,
 }
 
-/// Fences the pending job once no request can still hold keys from before
-/// the last key change (twice the request timeout after it; requests end
-/// within one): writes its cursor back as fenced, from the start again,
-/// through the commit queue, behind whatever such requests queued. Until
-/// then the job runs unfenced, so values move at once after a rotation;
-/// a job that finishes within the grace (a small vault) proves nothing,
-/// and a long one rescans what it had done. A conflict (the job changed
-/// meanwhile) is an error to retry.
-pub async fn fence(v: &Vault) -> Result<Fence, RewrapError> {
-    let Some(stored) = v.store.get(Space::Meta, CURSOR_KEY)? else {
+/// Fences the pending job before it scans: writes its cursor back as
+/// fenced, from the start, through the commit queue, with the order to
+/// raise the committer's floor to the job's target. Whatever requests
+/// queued before is written first; any write sealed under a version below
+/// the target that comes after is refused (the request runs again with
+/// the keys of now). So no value under an older version lands behind the
+/// cursor, with no assumption on how long a request may hold old keys.
+/// A conflict (the job changed meanwhile) is an error to retry.
+pub async fn fence(v: &Vault, keys: &Keyring) -> Result<Fence, RewrapError> {
+    let Some((cursor, stored)) = load(v.store.as_ref(), keys)? else {
         return Ok(Fence::Nothing);
     };
-    let cursor: Cursor = serde_json::from_slice(&stored).map_err(|_| RewrapError::Corrupt)?;
-    let grace = v.limits.request_timeout.saturating_mul(2);
-    if cursor.done || cursor.fenced || v.keys.unsettled(grace).is_some() {
+    // A floor above the keys in use would refuse every collection.
+    if cursor.done || cursor.fenced || keys.meta().active < cursor.target {
         return Ok(Fence::Nothing);
     }
+    let target = cursor.target;
     let fenced = Cursor {
         fenced: true,
         next: String::new(),
@@ -173,7 +192,8 @@ pub async fn fence(v: &Vault) -> Result<Fence, RewrapError> {
     };
     let mut b = Batch::default();
     b.expect(Space::Meta, CURSOR_KEY.to_vec(), Some(stored));
-    b.put(Space::Meta, CURSOR_KEY.to_vec(), encode(&fenced)?);
+    b.put(Space::Meta, CURSOR_KEY.to_vec(), encode(keys, &fenced)?);
+    b.raise_floor = Some(target);
     v.committer
         .commit(b, Vec::new())
         .await
@@ -184,13 +204,23 @@ pub async fn fence(v: &Vault) -> Result<Fence, RewrapError> {
     Ok(Fence::Fenced)
 }
 
-/// The job's progress as the API shows it.
-pub fn status(store: &dyn Store, sealed: bool) -> Result<RewrapStatus, RewrapError> {
-    Ok(match load(store)? {
-        None => RewrapStatus {
+/// The job's progress as the API shows it; `keys` `None` while sealed,
+/// when a sealed cursor cannot be read (the job is only said to be
+/// paused).
+pub fn status(store: &dyn Store, keys: Option<&Keyring>) -> Result<RewrapStatus, RewrapError> {
+    let Some(stored) = store.get(Space::Meta, CURSOR_KEY)? else {
+        return Ok(RewrapStatus {
             state: "idle".into(),
             ..RewrapStatus::default()
+        });
+    };
+    let sealed = keys.is_none();
+    Ok(match decode(keys, &stored) {
+        None if sealed => RewrapStatus {
+            state: "paused_sealed".into(),
+            ..RewrapStatus::default()
         },
+        None => return Err(RewrapError::Corrupt),
         Some(c) => RewrapStatus {
             state: if c.done {
                 "done"
@@ -213,6 +243,8 @@ pub fn status(store: &dyn Store, sealed: bool) -> Result<RewrapStatus, RewrapErr
 struct Prepared {
     batch: Batch,
     cursor: Cursor,
+    /// The cursor as this step writes it: what the next step is guarded on.
+    stored: Vec<u8>,
     rewrapped: u64,
 }
 
@@ -249,18 +281,19 @@ fn run_while(
     steps: usize,
     go: &(dyn Fn() -> bool + Sync),
 ) -> Result<(bool, u64), RewrapError> {
-    let Some(cursor) = load(store)? else {
+    let Some((cursor, stored)) = load(store, keys)? else {
         return Ok((true, 0));
     };
     if cursor.done {
         return Ok((true, 0));
     }
-    let mut current = prepare(store, keys, cursor, limit)?;
+    let mut current = prepare(store, keys, cursor, stored, limit)?;
     let mut total = 0;
     for i in 1..=steps.max(1) {
         let Prepared {
             batch,
             cursor,
+            stored,
             rewrapped,
         } = current;
         if cursor.done || i == steps.max(1) || !go() {
@@ -269,7 +302,7 @@ fn run_while(
         }
         let (written, next) = std::thread::scope(|scope| {
             let writer = scope.spawn(move || store.write(batch));
-            let next = prepare(store, keys, cursor, limit);
+            let next = prepare(store, keys, cursor, stored, limit);
             (writer.join(), next)
         });
         written.unwrap_or(Err(StoreError::Conflict))?;
@@ -279,17 +312,18 @@ fn run_while(
     Ok((false, total))
 }
 
-/// Scans the next run of values after `cursor` and re-seals it.
+/// Scans the next run of values after `cursor` (stored as `started_from`)
+/// and re-seals it.
 fn prepare(
     store: &dyn Store,
     keys: &Keyring,
     mut cursor: Cursor,
+    started_from: Vec<u8>,
     limit: usize,
 ) -> Result<Prepared, RewrapError> {
     // The step holds only while the cursor is still the one it started
     // from: a new job started meanwhile (or a step of another runner) wins,
     // and this one is dropped unwritten.
-    let started_from = encode(&cursor)?;
     let from = hex::decode(&cursor.next).map_err(|_| RewrapError::Corrupt)?;
     let rows = store.scan(Space::Values, &from, None, limit)?;
     let target = keys
@@ -356,11 +390,13 @@ fn prepare(
             .map_err(|_| RewrapError::Corrupt)?;
         batch.put(Space::Meta, PROOF_KEY.to_vec(), proof);
     }
+    let stored = encode(keys, &cursor)?;
     batch.expect(Space::Meta, CURSOR_KEY.to_vec(), Some(started_from));
-    batch.put(Space::Meta, CURSOR_KEY.to_vec(), encode(&cursor)?);
+    batch.put(Space::Meta, CURSOR_KEY.to_vec(), stored.clone());
     Ok(Prepared {
         batch,
         cursor,
+        stored,
         rewrapped,
     })
 }
@@ -488,15 +524,19 @@ async fn run_pending(v: &Arc<Vault>, stop: &watch::Receiver<bool>) {
         if *stop.borrow() {
             return;
         }
-        match fence(v).await {
+        let Ok(keys) = v.keys.get() else { return };
+        match fence(v, &keys).await {
             Ok(_) => {}
-            Err(RewrapError::Store(StoreError::Conflict)) => continue,
+            Err(RewrapError::Store(StoreError::Conflict)) => {
+                // Another writer of the cursor: try again shortly.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
             Err(e) => {
                 tracing::error!(error = %e, "Rewrap fence failed; will retry");
                 break;
             }
         }
-        let Ok(keys) = v.keys.get() else { return };
         let (store, limit) = (v.store.clone(), v.rewrap.batch);
         // Unthrottled, steps run in pipelined runs; with a pause configured,
         // one step at a time so the pause falls between every two.
@@ -513,7 +553,10 @@ async fn run_pending(v: &Arc<Vault>, stop: &watch::Receiver<bool>) {
         }
         match result {
             Ok((true, _)) => break,
-            Ok((false, _)) | Err(RewrapError::Store(StoreError::Conflict)) => {}
+            Ok((false, _)) => {}
+            Err(RewrapError::Store(StoreError::Conflict)) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             Err(e) => {
                 tracing::error!(error = %e, "Rewrap step failed; will retry");
                 break;
@@ -626,14 +669,14 @@ mod tests {
     }
 
     /// A cursor as `fence` leaves it: the job from the start, fenced.
-    fn start_fenced(store: &dyn Store, target: u32) {
+    fn start_fenced(store: &dyn Store, keys: &Keyring, target: u32) {
         let c = Cursor {
             target,
             fenced: true,
             ..Cursor::default()
         };
         let mut b = Batch::default();
-        b.put(Space::Meta, CURSOR_KEY.to_vec(), encode(&c).unwrap());
+        b.put(Space::Meta, CURSOR_KEY.to_vec(), encode(keys, &c).unwrap());
         store.write(b).unwrap();
     }
 
@@ -660,17 +703,33 @@ mod tests {
         let mut b = Batch::default();
         b.put(Space::Values, key.clone(), rec.encode());
         store.write(b).unwrap();
-        start_fenced(&store, 2);
+        start_fenced(&store, &k2, 2);
         while !step(&store, &k2, 100).unwrap().0 {}
-        assert_eq!(status(&store, false).unwrap().left_behind, 1);
+        assert_eq!(status(&store, Some(&k2)).unwrap().left_behind, 1);
         assert_eq!(proven_floor(&store, &k2).unwrap(), None);
         // Gone (erased, say), a fenced job again: the floor is proven.
         let mut b = Batch::default();
         b.delete(Space::Values, key);
         store.write(b).unwrap();
-        start_fenced(&store, 2);
+        start_fenced(&store, &k2, 2);
         while !step(&store, &k2, 100).unwrap().0 {}
         assert_eq!(proven_floor(&store, &k2).unwrap(), Some(2));
+        // A cursor in clear, however it claims to be fenced (a forgery by
+        // someone who can write the database but has no keys), is read
+        // as never fenced: the job it describes proves nothing.
+        let (_dir3, store3, k3) = rotated(13, 50);
+        let forged = serde_json::to_vec(&Cursor {
+            target: 2,
+            next: "ff".repeat(40),
+            fenced: true,
+            ..Cursor::default()
+        })
+        .unwrap();
+        let mut b = Batch::default();
+        b.put(Space::Meta, CURSOR_KEY.to_vec(), forged);
+        store3.write(b).unwrap();
+        while !step(&store3, &k3, 100).unwrap().0 {}
+        assert_eq!(proven_floor(&store3, &k3).unwrap(), None);
         // A proof sealed for another row, or in clear, is none.
         let moved = k2
             .seal_record(Space::Meta, CURSOR_KEY, &9u32.to_be_bytes())
@@ -693,10 +752,10 @@ mod tests {
             put_values(&store, &k1, 2500);
             store.write(k1.rotation(2).unwrap().0).unwrap();
             let k2 = k1.reload(&store).unwrap();
-            assert_eq!(status(&store, false).unwrap().state, "idle");
-            store.write(Rewrap::start_batch(2).unwrap()).unwrap();
+            assert_eq!(status(&store, Some(&k2)).unwrap().state, "idle");
+            store.write(Rewrap::start_batch(&k2, 2).unwrap()).unwrap();
             assert_eq!(step(&store, &k2, 1000).unwrap(), (false, 1000));
-            let s = status(&store, false).unwrap();
+            let s = status(&store, Some(&k2)).unwrap();
             assert_eq!(
                 (s.state.as_str(), s.scanned, s.rewrapped),
                 ("running", 1000, 1000)
@@ -711,7 +770,7 @@ mod tests {
             steps += 1;
         }
         assert_eq!(steps, 1);
-        let s = status(&store, false).unwrap();
+        let s = status(&store, Some(&keys)).unwrap();
         assert_eq!(
             (s.state.as_str(), s.scanned, s.rewrapped),
             ("done", 2500, 2500)
@@ -727,17 +786,18 @@ mod tests {
         assert_eq!(step(&store, &k2, 1000).unwrap(), (true, 300));
         // A job towards version 1 (one that outlived a rotation) leaves the
         // values under 2 alone.
-        store.write(Rewrap::start_batch(1).unwrap()).unwrap();
+        store.write(Rewrap::start_batch(&k2, 1).unwrap()).unwrap();
         assert_eq!(step(&store, &k2, 1000).unwrap(), (true, 0));
         assert_eq!(check_all(&store, &k2), [(2, 300)].into());
 
         // A step prepared before a new job started is not written over it.
         store.write(k2.rotation(3).unwrap().0).unwrap();
         let k3 = k2.reload(&store).unwrap();
-        store.write(Rewrap::start_batch(3).unwrap()).unwrap();
-        let stale = prepare(&store, &k3, load(&store).unwrap().unwrap(), 100).unwrap();
-        store.write(Rewrap::start_batch(3).unwrap()).unwrap();
-        let mut restarted = load(&store).unwrap().unwrap();
+        store.write(Rewrap::start_batch(&k3, 3).unwrap()).unwrap();
+        let (cursor, stored) = load(&store, &k3).unwrap().unwrap();
+        let stale = prepare(&store, &k3, cursor, stored, 100).unwrap();
+        store.write(Rewrap::start_batch(&k3, 3).unwrap()).unwrap();
+        let (mut restarted, _) = load(&store, &k3).unwrap().unwrap();
         restarted.scanned = 7;
         store
             .write({
@@ -745,7 +805,7 @@ mod tests {
                 b.put(
                     Space::Meta,
                     CURSOR_KEY.to_vec(),
-                    encode(&restarted).unwrap(),
+                    encode(&k3, &restarted).unwrap(),
                 );
                 b
             })
@@ -754,7 +814,7 @@ mod tests {
             store.write(stale.batch),
             Err(StoreError::Conflict)
         ));
-        assert_eq!(status(&store, false).unwrap().scanned, 7);
+        assert_eq!(status(&store, Some(&k3)).unwrap().scanned, 7);
         assert_eq!(check_all(&store, &k3), [(2, 300)].into());
     }
 
@@ -768,7 +828,7 @@ mod tests {
         put_values(&store, &k1, n);
         store.write(k1.rotation(2).unwrap().0).unwrap();
         let k2 = k1.reload(&store).unwrap();
-        store.write(Rewrap::start_batch(2).unwrap()).unwrap();
+        store.write(Rewrap::start_batch(&k2, 2).unwrap()).unwrap();
         (dir, store, k2)
     }
 
@@ -800,7 +860,7 @@ mod tests {
         put_values(&store, &keys, 300);
         assert_eq!(bound(&store, &keys), 0);
         // A job towards the version they already have.
-        store.write(Rewrap::start_batch(1).unwrap()).unwrap();
+        store.write(Rewrap::start_batch(&keys, 1).unwrap()).unwrap();
         assert_eq!(step(&store, &keys, 1000).unwrap(), (true, 300));
         assert_eq!(bound(&store, &keys), 300);
         assert_eq!(check_all(&store, &keys), [(1, 300)].into());
@@ -836,10 +896,10 @@ mod tests {
         assert_eq!(bound(&store, &keys), 299);
         store.write(keys.rotation(9).unwrap().0).unwrap();
         let keys = keys.reload(&store).unwrap();
-        store.write(Rewrap::start_batch(2).unwrap()).unwrap();
+        store.write(Rewrap::start_batch(&keys, 2).unwrap()).unwrap();
         assert_eq!(step(&store, &keys, 1000).unwrap(), (true, 299));
         assert_eq!(bound(&store, &keys), 299);
-        assert_eq!(status(&store, false).unwrap().left_behind, 1);
+        assert_eq!(status(&store, Some(&keys)).unwrap().left_behind, 1);
         assert_eq!(count_by_version(&store).unwrap(), [(1, 1), (2, 299)].into());
         // Out of time before the first page: nothing counted, and said so.
         let (counts, complete) =
@@ -865,7 +925,7 @@ mod tests {
         let mut b = Batch::default();
         b.put(Space::Values, value_key(&other, "s0"), bytes);
         store.write(b).unwrap();
-        store.write(Rewrap::start_batch(1).unwrap()).unwrap();
+        store.write(Rewrap::start_batch(&keys, 1).unwrap()).unwrap();
         assert_eq!(step(&store, &keys, 1000).unwrap(), (true, 3));
         let moved = Record::decode(
             &store
@@ -895,12 +955,12 @@ mod tests {
         let (_dir, store, k2) = rotated(4, 2500);
         // Two steps of 1000 in one run: the cursor of the second is durable.
         assert_eq!(run(&store, &k2, 1000, 2).unwrap(), (false, 2000));
-        let s = status(&store, false).unwrap();
+        let s = status(&store, Some(&k2)).unwrap();
         assert_eq!((s.scanned, s.rewrapped), (2000, 2000));
         assert_eq!(check_all(&store, &k2), [(1, 500), (2, 2000)].into());
         // The rest, with steps to spare.
         assert_eq!(run(&store, &k2, 1000, 8).unwrap(), (true, 500));
         assert_eq!(check_all(&store, &k2), [(2, 2500)].into());
-        assert_eq!(status(&store, false).unwrap().state, "done");
+        assert_eq!(status(&store, Some(&k2)).unwrap().state, "done");
     }
 }

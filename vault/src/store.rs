@@ -92,6 +92,15 @@ pub struct Check {
 pub struct Batch {
     pub ops: Vec<Op>,
     pub checks: Vec<Check>,
+    /// The oldest data-key version this batch seals new values under, if
+    /// it seals any: the committer refuses it when that is below its
+    /// floor (see `raise_floor`). Engines ignore it.
+    pub sealed_under: Option<u32>,
+    /// Raises the committer's floor to this version once the batch is
+    /// dequeued: later batches sealed under an older version are refused
+    /// (`Conflict`), so they run again with the keys of now. What a
+    /// rewrap fence and a retirement's count rely on. Engines ignore it.
+    pub raise_floor: Option<u32>,
 }
 
 impl Batch {
@@ -119,6 +128,16 @@ impl Batch {
     pub fn absorb(&mut self, other: Batch) {
         self.ops.extend(other.ops);
         self.checks.extend(other.checks);
+        self.sealed_under = match (self.sealed_under, other.sealed_under) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.raise_floor = self.raise_floor.max(other.raise_floor);
+    }
+
+    /// Marks the batch as sealing new values under `version`.
+    pub fn seals_under(&mut self, version: u32) {
+        self.sealed_under = Some(self.sealed_under.map_or(version, |v| v.min(version)));
     }
 }
 

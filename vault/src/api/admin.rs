@@ -179,6 +179,12 @@ async fn change_keys_now(
     make: impl FnOnce(&Keyring) -> Result<Batch, KeyError>,
 ) -> Result<(), ApiError> {
     let _guard = v.key_ops.lock().await;
+    // Detached as this runs, a change whose request has given up while
+    // it waited for the lock is not made: what the request checked
+    // before (a retirement's count) may no longer hold.
+    if ctx.deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+        return Err(ApiError::Timeout);
+    }
     let keys = v.keys.get().map_err(|_| ApiError::Sealed)?;
     let batch = match make(&keys) {
         Ok(b) => b,
@@ -196,17 +202,21 @@ async fn change_keys_now(
         }
         Err(_) => return Err(ApiError::Internal),
     };
-    commit(v, batch, draft(ctx, action, "ok")).await?;
+    let written = commit(v, batch, draft(ctx, action, "ok")).await;
+    // Reloaded whatever the answer: a write that failed may still have
+    // landed whole, and the keys in use must be the keys stored.
     let store = v.store.clone();
-    let fresh = blocking(move || keys.reload(store.as_ref()))
-        .await?
-        .map_err(|_| ApiError::Internal)?;
-    v.metrics
-        .key_active_version
-        .set(i64::from(fresh.meta().active));
-    // A seal that raced this change wins: nothing is installed then.
-    v.keys.replace_if_unsealed(fresh);
-    Ok(())
+    let reloaded = blocking(move || keys.reload(store.as_ref())).await;
+    if let Ok(Ok(fresh)) = reloaded {
+        v.metrics
+            .key_active_version
+            .set(i64::from(fresh.meta().active));
+        // A seal that raced this change wins: nothing is installed then.
+        v.keys.replace_if_unsealed(fresh);
+    } else if written.is_ok() {
+        return Err(ApiError::Internal);
+    }
+    written
 }
 
 /// `POST /v1/admin/keys/rotate`.
@@ -241,15 +251,25 @@ pub async fn retire(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysStatu
     // use until the job is done; and the retirement is written only while
     // the job is as read here (a job that moved on meanwhile may have
     // written under it behind the count).
+    let keys = v.keys.get().map_err(|_| ApiError::Sealed)?;
+    // A barrier first: once it is dequeued, every write queued before it
+    // is durable (so counted below), and the committer refuses any later
+    // one sealed under a version older than the active one.
+    let barrier = Batch {
+        raise_floor: Some(keys.meta().active),
+        ..Batch::default()
+    };
+    v.committer
+        .commit(barrier, Vec::new())
+        .await
+        .map_err(|_| ApiError::Unavailable)?;
     let cursor = rewrap::cursor_bytes(v.store.as_ref()).map_err(|_| ApiError::Unavailable)?;
-    let job =
-        rewrap::status(v.store.as_ref(), v.keys.is_sealed()).map_err(|_| ApiError::Unavailable)?;
+    let job = rewrap::status(v.store.as_ref(), Some(&keys)).map_err(|_| ApiError::Unavailable)?;
     // Below the floor a fenced rewrap proved (see `rewrap::proven_floor`)
     // no value is left and none is written: no count is needed, however
     // large the vault. Otherwise a complete count, finished in time to
     // answer: a retirement is never written by a request that then runs
     // out of time.
-    let keys = v.keys.get().map_err(|_| ApiError::Sealed)?;
     let floor = rewrap::proven_floor(v.store.as_ref(), &keys).map_err(|_| ApiError::Unavailable)?;
     let mut counts = if floor.is_some_and(|f| req.version < f) {
         None
@@ -301,7 +321,7 @@ fn rotation_grace(v: &Vault) -> u64 {
 pub async fn rewrap_start(v: &Arc<Vault>, ctx: &Ctx) -> Result<RewrapStatus, ApiError> {
     require_officer(ctx)?;
     let keys = v.keys.get().map_err(|_| ApiError::Sealed)?;
-    let batch = Rewrap::start_batch(keys.meta().active).map_err(|_| ApiError::Internal)?;
+    let batch = Rewrap::start_batch(&keys, keys.meta().active).map_err(|_| ApiError::Internal)?;
     commit(v, batch, draft(ctx, "keys_rewrap_start", "ok")).await?;
     v.rewrap.kick();
     rewrap_status(v, ctx)
@@ -310,7 +330,8 @@ pub async fn rewrap_start(v: &Arc<Vault>, ctx: &Ctx) -> Result<RewrapStatus, Api
 /// `GET /v1/admin/keys/rewrap`.
 pub fn rewrap_status(v: &Vault, ctx: &Ctx) -> Result<RewrapStatus, ApiError> {
     require_officer(ctx)?;
-    rewrap::status(v.store.as_ref(), v.keys.is_sealed()).map_err(|_| ApiError::Unavailable)
+    let keys = v.keys.get().ok();
+    rewrap::status(v.store.as_ref(), keys.as_deref()).map_err(|_| ApiError::Unavailable)
 }
 
 /// `POST /v1/admin/seal`: no more decryption from this moment; the keyring
@@ -467,17 +488,18 @@ mod tests {
 
     /// Retiring a version below the floor a fenced rewrap proved needs no
     /// count: it goes through on a vault too large to count in time (here,
-    /// a request out of time from the start). Without that proof (no job,
-    /// a job run unfenced, a version not below the floor) the count is
-    /// needed, and there is no time for it. No job is fenced while requests
-    /// may still hold the keys from before the last rotation.
+    /// a request with no time left to count). Without that proof (no job,
+    /// a job run unfenced, a forged proof, a version not below the floor)
+    /// the count is needed, and there is no time for it. Once fenced, the
+    /// committer refuses a write sealed under a version below the target,
+    /// as a request still holding older keys would make.
     #[tokio::test]
     async fn a_proven_floor_lets_a_version_retire_without_a_count() {
         let dir = tempfile::tempdir().unwrap();
         let path = crate::dev::prepare(dir.path()).unwrap();
         let mut cfg = crate::config::Config::load(&path).unwrap();
-        cfg.server.request_timeout_ms = 100;
-        cfg.server.body_timeout_ms = Some(100);
+        cfg.server.request_timeout_ms = 1_000;
+        cfg.server.body_timeout_ms = Some(1_000);
         let store: Arc<dyn crate::store::Store> = Arc::new(crate::store::MemoryStore::new());
         let keys = crate::server::open_keys(&cfg, store.as_ref()).unwrap();
         let v = Arc::new(crate::server::build(&cfg, keys, store.clone()).unwrap());
@@ -489,8 +511,10 @@ mod tests {
         };
         let retire_now = |version: u32| {
             let v = v.clone();
+            // Out of time to count (a count stops a fifth of the timeout
+            // before the deadline), not yet out of time to answer.
             let ctx = Ctx {
-                deadline: Some(std::time::Instant::now()),
+                deadline: Some(std::time::Instant::now() + std::time::Duration::from_millis(150)),
                 ..ctx.clone()
             };
             async move {
@@ -503,21 +527,40 @@ mod tests {
             while !rewrap::step(store.as_ref(), &keys, 100).unwrap().0 {}
         };
         let floor = || rewrap::proven_floor(store.as_ref(), &v.keys.get().unwrap()).unwrap();
-        let grace = std::time::Duration::from_millis(250);
+        let old = v.keys.get().unwrap();
+        let stale = |n: u8| {
+            let mut b = Batch::default();
+            b.put(crate::store::Space::Meta, vec![b'x', n], vec![n]);
+            b.seals_under(old.meta().active);
+            b
+        };
         rotate(&v, &ctx).await.unwrap();
         rotate(&v, &ctx).await.unwrap();
-        assert!(v.keys.unsettled(grace).is_some());
+        // A write sealed under version 1 (a request holding the keys from
+        // before the rotations) still lands before any fence...
+        v.committer.commit(stale(1), Vec::new()).await.unwrap();
+        // A job run unfenced (as one of an older vault) moves values but
+        // proves nothing.
         rewrap_start(&v, &ctx).await.unwrap();
-        // Within the grace: the job is not fenced, runs unfenced, moves
-        // values, and proves nothing.
-        assert_eq!(rewrap::fence(&v).await.unwrap(), rewrap::Fence::Nothing);
         run_job().await;
         assert_eq!(floor(), None);
-        tokio::time::sleep(grace).await;
-        assert!(matches!(retire_now(1).await, Err(ApiError::Timeout)));
         rewrap_start(&v, &ctx).await.unwrap();
-        assert_eq!(rewrap::fence(&v).await.unwrap(), rewrap::Fence::Fenced);
-        assert_eq!(rewrap::fence(&v).await.unwrap(), rewrap::Fence::Nothing);
+        let keys = v.keys.get().unwrap();
+        assert_eq!(
+            rewrap::fence(&v, &keys).await.unwrap(),
+            rewrap::Fence::Fenced
+        );
+        assert_eq!(
+            rewrap::fence(&v, &keys).await.unwrap(),
+            rewrap::Fence::Nothing
+        );
+        // ...and is refused after it.
+        assert!(matches!(
+            v.committer.commit(stale(2), Vec::new()).await,
+            Err(crate::commit::CommitError::Store(StoreError::Conflict))
+        ));
+        // Past the grace after a rotation that retire itself asks for.
+        tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
         run_job().await;
         assert_eq!(floor(), Some(3));
         let st = retire_now(1).await.unwrap();
@@ -528,7 +571,7 @@ mod tests {
         // A forged proof (clear bytes, claiming a higher floor) is no proof.
         store
             .write({
-                let mut b = crate::store::Batch::default();
+                let mut b = Batch::default();
                 b.put(
                     crate::store::Space::Meta,
                     b"rewrap/proof".to_vec(),
@@ -544,6 +587,33 @@ mod tests {
             ..ctx.clone()
         };
         assert!(keys_status(&v, &ctx_full).await.is_ok());
+    }
+
+    /// A key change whose request ran out of time while it waited for the
+    /// key-operations lock is not made: it runs detached, and what its
+    /// request checked before may no longer hold.
+    #[tokio::test]
+    async fn a_key_change_out_of_time_is_not_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = crate::dev::prepare(dir.path()).unwrap();
+        let cfg = crate::config::Config::load(&path).unwrap();
+        let store: Arc<dyn crate::store::Store> = Arc::new(crate::store::MemoryStore::new());
+        let keys = crate::server::open_keys(&cfg, store.as_ref()).unwrap();
+        let v = Arc::new(crate::server::build(&cfg, keys, store).unwrap());
+        let late = Ctx {
+            caller: "officer".into(),
+            role: crate::policy::Role::Officer,
+            request_id: "t".into(),
+            deadline: Some(std::time::Instant::now()),
+        };
+        assert!(matches!(rotate(&v, &late).await, Err(ApiError::Timeout)));
+        assert_eq!(v.keys.get().unwrap().meta().active, 1);
+        let in_time = Ctx {
+            deadline: None,
+            ..late
+        };
+        rotate(&v, &in_time).await.unwrap();
+        assert_eq!(v.keys.get().unwrap().meta().active, 2);
     }
 
     #[test]

@@ -987,6 +987,7 @@ pub async fn correct(
         event.class = Some(old.class.as_str().to_string());
         event.token = Some(token.to_string());
         event.reference = Some(shown.clone());
+        b.seals_under(active.version());
         commit(v, b, vec![event]).await?;
         Ok(TokenOut {
             class: old.class.as_str().to_string(),

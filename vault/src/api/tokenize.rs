@@ -204,6 +204,7 @@ async fn store_once(
     if let Some(b) = create {
         batch.absorb(b);
     }
+    batch.seals_under(data_key.version());
     v.committer
         .commit(batch, vec![event])
         .await
