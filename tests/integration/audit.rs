@@ -203,6 +203,18 @@ async fn check_config_lists_every_problem() {
 
 /// A command line `vault` cannot parse exits 64 (bad usage), as the
 /// command line table promises; help is not an error.
+/// Verifying a directory that holds no database fails (70) and leaves no
+/// directory behind (RocksDB would create it even to read it).
+#[test]
+fn verify_of_a_missing_database_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-vault");
+    let (code, _, err) = audit_verify(&missing);
+    assert_eq!(code, 70, "{err}");
+    assert!(err.contains("no database"), "{err}");
+    assert!(!missing.exists(), "verify created {}", missing.display());
+}
+
 #[test]
 fn bad_usage_exits_64() {
     for args in [

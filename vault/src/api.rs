@@ -95,7 +95,7 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("the subject is under legal hold; nothing was changed")]
     LegalHold,
-    #[error("this subject's erasure waits for a legal retention period to end; nothing new is collected for it")]
+    #[error("this subject's erasure waits for a legal retention period to end; until then its data is only kept, not collected, exported or released")]
     SubjectRestricted,
     #[error("an officer may not approve a disclosure they make themselves")]
     SelfApproval,

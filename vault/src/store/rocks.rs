@@ -227,6 +227,14 @@ fn open_read_write(dir: &Path) -> Result<DB, StoreError> {
 }
 
 fn open_read_only(dir: &Path) -> Result<DB, StoreError> {
+    // RocksDB would create a missing directory even to read it: a typo in
+    // `audit verify --data` must not leave one behind.
+    if !dir.join("CURRENT").is_file() {
+        return Err(StoreError::Engine(format!(
+            "no database at {} (no CURRENT file)",
+            dir.display()
+        )));
+    }
     let names = Space::ALL.iter().map(|s| s.name());
     DB::open_cf_for_read_only(&Options::default(), dir, names, false).map_err(engine)
 }
