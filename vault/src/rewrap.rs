@@ -269,16 +269,19 @@ pub fn run(
     limit: usize,
     steps: usize,
 ) -> Result<(bool, u64), RewrapError> {
-    run_while(store, keys, limit, steps, &|| true)
+    run_while(store, keys, limit, steps, false, &|| true)
 }
 
 /// As [`run`], preparing a next step only while `go` says so: a seal stops
-/// a run between two steps, so no step starts decrypting after it.
+/// a run between two steps, so no step starts decrypting after it. With
+/// `fenced_only`, a job not fenced yet (one started after the runner's
+/// fence) is left for the next fence rather than run unfenced.
 fn run_while(
     store: &dyn Store,
     keys: &Keyring,
     limit: usize,
     steps: usize,
+    fenced_only: bool,
     go: &(dyn Fn() -> bool + Sync),
 ) -> Result<(bool, u64), RewrapError> {
     let Some((cursor, stored)) = load(store, keys)? else {
@@ -286,6 +289,9 @@ fn run_while(
     };
     if cursor.done {
         return Ok((true, 0));
+    }
+    if fenced_only && !cursor.fenced {
+        return Ok((false, 0));
     }
     let mut current = prepare(store, keys, cursor, stored, limit)?;
     let mut total = 0;
@@ -544,7 +550,7 @@ async fn run_pending(v: &Arc<Vault>, stop: &watch::Receiver<bool>) {
         let vault = v.clone();
         let job = tokio::task::spawn_blocking(move || {
             let unsealed = || !vault.keys.is_sealed();
-            run_while(store.as_ref(), &keys, limit, steps, &unsealed)
+            run_while(store.as_ref(), &keys, limit, steps, true, &unsealed)
         });
         v.metrics.rewrap_running.set(1);
         let result = job.await.unwrap_or(Err(RewrapError::Corrupt));
@@ -945,7 +951,10 @@ mod tests {
         // other step is prepared.
         let asked = std::sync::atomic::AtomicUsize::new(0);
         let go = || asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == usize::MAX;
-        assert_eq!(run_while(&store, &k2, 1000, 8, &go).unwrap(), (false, 1000));
+        assert_eq!(
+            run_while(&store, &k2, 1000, 8, false, &go).unwrap(),
+            (false, 1000)
+        );
         assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
         assert_eq!(check_all(&store, &k2), [(1, 1500), (2, 1000)].into());
     }

@@ -204,7 +204,12 @@ async fn change_keys_now(
     };
     let written = commit(v, batch, draft(ctx, action, "ok")).await;
     // Reloaded whatever the answer: a write that failed may still have
-    // landed whole, and the keys in use must be the keys stored.
+    // landed whole, and the keys in use must be the keys stored. After a
+    // failure, an empty write first: the committer lets the store recover
+    // (RocksDB reopens) before it, so the reload reads what landed.
+    if written.is_err() {
+        let _ = v.committer.commit(Batch::default(), Vec::new()).await;
+    }
     let store = v.store.clone();
     let reloaded = blocking(move || keys.reload(store.as_ref())).await;
     if let Ok(Ok(fresh)) = reloaded {
@@ -252,6 +257,14 @@ pub async fn retire(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysStatu
     // the job is as read here (a job that moved on meanwhile may have
     // written under it behind the count).
     let keys = v.keys.get().map_err(|_| ApiError::Sealed)?;
+    // Only a version below the barrier's floor: a rotation installed
+    // after it leaves writes under the version active here unrefused.
+    if req.version >= keys.meta().active {
+        audit_only(v, ctx, "keys_retire", "refused").await?;
+        return Err(ApiError::BadRequest(
+            "only a version below the active one can be retired",
+        ));
+    }
     // A barrier first: once it is dequeued, every write queued before it
     // is durable (so counted below), and the committer refuses any later
     // one sealed under a version older than the active one.
@@ -565,9 +578,8 @@ mod tests {
         assert_eq!(floor(), Some(3));
         let st = retire_now(1).await.unwrap();
         assert!(!st.versions.iter().any(|k| k.version == 1));
-        // The floor's own version is the active one: the count decides,
-        // and there is no time for it.
-        assert!(matches!(retire_now(3).await, Err(ApiError::Timeout)));
+        // The floor's own version is the active one: never retired.
+        assert!(matches!(retire_now(3).await, Err(ApiError::BadRequest(_))));
         // A forged proof (clear bytes, claiming a higher floor) is no proof.
         store
             .write({
@@ -607,6 +619,24 @@ mod tests {
             deadline: Some(std::time::Instant::now()),
         };
         assert!(matches!(rotate(&v, &late).await, Err(ApiError::Timeout)));
+        assert_eq!(v.keys.get().unwrap().meta().active, 1);
+        // In time when it asked, out of time once the lock was free.
+        let held = v.key_ops.lock().await;
+        let waiting = {
+            let (v, ctx) = (
+                v.clone(),
+                Ctx {
+                    deadline: Some(
+                        std::time::Instant::now() + std::time::Duration::from_millis(50),
+                    ),
+                    ..late.clone()
+                },
+            );
+            tokio::spawn(async move { rotate(&v, &ctx).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        drop(held);
+        assert!(matches!(waiting.await.unwrap(), Err(ApiError::Timeout)));
         assert_eq!(v.keys.get().unwrap().meta().active, 1);
         let in_time = Ctx {
             deadline: None,
