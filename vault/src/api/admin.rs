@@ -476,22 +476,37 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// A vault of the `vault dev` configuration after `edit`, over an
+    /// in-memory store (the directory holds its TLS files and key).
+    fn vault_with(
+        edit: impl FnOnce(&mut crate::config::Config),
+    ) -> (tempfile::TempDir, Arc<dyn crate::store::Store>, Arc<Vault>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = crate::dev::prepare(dir.path()).unwrap();
+        let mut cfg = crate::config::Config::load(&path).unwrap();
+        edit(&mut cfg);
+        let store: Arc<dyn crate::store::Store> = Arc::new(crate::store::MemoryStore::new());
+        let keys = crate::server::open_keys(&cfg, store.as_ref()).unwrap();
+        let v = crate::server::build(&cfg, keys, store.clone()).unwrap();
+        (dir, store, v)
+    }
+
+    /// An officer's request context with `deadline`.
+    fn officer(deadline: Option<std::time::Instant>) -> Ctx {
+        Ctx {
+            caller: "officer".into(),
+            role: crate::policy::Role::Officer,
+            request_id: "t".into(),
+            deadline,
+        }
+    }
+
     /// A vault too large to count before the request runs out answers with
     /// the counts it has, said to be partial; one that can, in full.
     #[tokio::test]
     async fn counts_stop_before_the_request_runs_out() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = crate::dev::prepare(dir.path()).unwrap();
-        let cfg = crate::config::Config::load(&path).unwrap();
-        let store: Arc<dyn crate::store::Store> = Arc::new(crate::store::MemoryStore::new());
-        let keys = crate::server::open_keys(&cfg, store.as_ref()).unwrap();
-        let v = crate::server::build(&cfg, keys, store).unwrap();
-        let mut ctx = Ctx {
-            caller: "officer".into(),
-            role: crate::policy::Role::Officer,
-            request_id: "t".into(),
-            deadline: Some(std::time::Instant::now()),
-        };
+        let (_dir, _, v) = vault_with(|_| {});
+        let mut ctx = officer(Some(std::time::Instant::now()));
         assert!(status(&v, &ctx).await.unwrap().counts_partial);
         ctx.deadline = Some(std::time::Instant::now() + std::time::Duration::from_secs(30));
         let full = status(&v, &ctx).await.unwrap();
@@ -508,20 +523,11 @@ mod tests {
     /// as a request still holding older keys would make.
     #[tokio::test]
     async fn a_proven_floor_lets_a_version_retire_without_a_count() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = crate::dev::prepare(dir.path()).unwrap();
-        let mut cfg = crate::config::Config::load(&path).unwrap();
-        cfg.server.request_timeout_ms = 1_000;
-        cfg.server.body_timeout_ms = Some(1_000);
-        let store: Arc<dyn crate::store::Store> = Arc::new(crate::store::MemoryStore::new());
-        let keys = crate::server::open_keys(&cfg, store.as_ref()).unwrap();
-        let v = Arc::new(crate::server::build(&cfg, keys, store.clone()).unwrap());
-        let ctx = Ctx {
-            caller: "officer".into(),
-            role: crate::policy::Role::Officer,
-            request_id: "t".into(),
-            deadline: None,
-        };
+        let (_dir, store, v) = vault_with(|cfg| {
+            cfg.server.request_timeout_ms = 1_000;
+            cfg.server.body_timeout_ms = Some(1_000);
+        });
+        let ctx = officer(None);
         let retire_now = |version: u32| {
             let v = v.clone();
             // Out of time to count (a count stops a fifth of the timeout
@@ -606,18 +612,8 @@ mod tests {
     /// request checked before may no longer hold.
     #[tokio::test]
     async fn a_key_change_out_of_time_is_not_made() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = crate::dev::prepare(dir.path()).unwrap();
-        let cfg = crate::config::Config::load(&path).unwrap();
-        let store: Arc<dyn crate::store::Store> = Arc::new(crate::store::MemoryStore::new());
-        let keys = crate::server::open_keys(&cfg, store.as_ref()).unwrap();
-        let v = Arc::new(crate::server::build(&cfg, keys, store).unwrap());
-        let late = Ctx {
-            caller: "officer".into(),
-            role: crate::policy::Role::Officer,
-            request_id: "t".into(),
-            deadline: Some(std::time::Instant::now()),
-        };
+        let (_dir, _, v) = vault_with(|_| {});
+        let late = officer(Some(std::time::Instant::now()));
         assert!(matches!(rotate(&v, &late).await, Err(ApiError::Timeout)));
         assert_eq!(v.keys.get().unwrap().meta().active, 1);
         // In time when it asked, out of time once the lock was free.
