@@ -68,6 +68,8 @@ pub enum RewrapError {
     Corrupt,
     #[error("the commit queue failed")]
     Commit,
+    #[error("the job is not fenced")]
+    Unfenced,
 }
 
 impl Rewrap {
@@ -179,8 +181,17 @@ pub async fn fence(v: &Vault, keys: &Keyring) -> Result<Fence, RewrapError> {
     let Some((cursor, stored)) = load(v.store.as_ref(), keys)? else {
         return Ok(Fence::Nothing);
     };
-    // A floor above the keys in use would refuse every collection.
-    if cursor.done || cursor.fenced || keys.meta().active < cursor.target {
+    if cursor.done || cursor.fenced {
+        return Ok(Fence::Nothing);
+    }
+    // A floor above the keys in use would refuse every collection. Such a
+    // target (a cursor written back from elsewhere) is never run.
+    if keys.meta().active < cursor.target {
+        tracing::warn!(
+            target_version = cursor.target,
+            active = keys.meta().active,
+            "The rewrap job targets a key version above the active one; it will not run"
+        );
         return Ok(Fence::Nothing);
     }
     let target = cursor.target;
@@ -291,7 +302,7 @@ fn run_while(
         return Ok((true, 0));
     }
     if fenced_only && !cursor.fenced {
-        return Ok((false, 0));
+        return Err(RewrapError::Unfenced);
     }
     let mut current = prepare(store, keys, cursor, stored, limit)?;
     let mut total = 0;
@@ -560,6 +571,9 @@ async fn run_pending(v: &Arc<Vault>, stop: &watch::Receiver<bool>) {
         match result {
             Ok((true, _)) => break,
             Ok((false, _)) => {}
+            // Started after the fence, or never to be fenced: the next
+            // kick or tick fences it (or says why not).
+            Err(RewrapError::Unfenced) => break,
             Err(RewrapError::Store(StoreError::Conflict)) => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -746,6 +760,27 @@ mod tests {
             store.write(b).unwrap();
             assert_eq!(proven_floor(&store, &k2).unwrap(), None);
         }
+    }
+
+    /// The background runner runs only fenced jobs: an unfenced one is
+    /// handed back (to be fenced at the next kick or tick), not stepped,
+    /// however often it is asked, so a job that can never be fenced (its
+    /// target above the keys in use) costs nothing.
+    #[test]
+    fn the_runner_hands_back_a_job_it_has_not_fenced() {
+        let (_dir, store, k2) = rotated(14, 50);
+        for _ in 0..3 {
+            assert!(matches!(
+                run_while(&store, &k2, 100, 8, true, &|| true),
+                Err(RewrapError::Unfenced)
+            ));
+        }
+        assert_eq!(status(&store, Some(&k2)).unwrap().scanned, 0);
+        start_fenced(&store, &k2, 2);
+        assert_eq!(
+            run_while(&store, &k2, 100, 8, true, &|| true).unwrap(),
+            (true, 50)
+        );
     }
 
     #[test]

@@ -208,7 +208,16 @@ async fn change_keys_now(
     // failure, an empty write first: the committer lets the store recover
     // (RocksDB reopens) before it, so the reload reads what landed.
     if written.is_err() {
-        let _ = v.committer.commit(Batch::default(), Vec::new()).await;
+        for _ in 0..3 {
+            if v.committer
+                .commit(Batch::default(), Vec::new())
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
     }
     let store = v.store.clone();
     let reloaded = blocking(move || keys.reload(store.as_ref())).await;
