@@ -167,7 +167,10 @@ impl Loaded {
 /// no entry outlives a write of that subject's key (the committer calls
 /// [`KeyCache::forget`] after every write that touches one, before it
 /// answers) or a seal (nothing is kept, or added, while sealed). A fill
-/// that raced with either is dropped, because both move the epoch.
+/// that raced with either is dropped: a seal moves the epoch of the whole
+/// cache, a forget only that of its subject's slot (one of
+/// [`FORGET_SLOTS`], shared by the subjects hashed to it), so creating one
+/// subject's key does not drop the loads of every other subject in flight.
 /// Bounded; each key is zeroized when its last holder drops it.
 pub struct KeyCache {
     capacity: AtomicUsize,
@@ -178,19 +181,63 @@ pub struct KeyCache {
     misses: AtomicU64,
 }
 
-#[derive(Default)]
+/// Slots of the forget epochs: a fill is dropped when a forget of a
+/// subject in its slot came after its load began.
+const FORGET_SLOTS: usize = 4096;
+
 struct CacheInner {
+    /// Moves at every forget and clear; what a load notes when it begins.
     epoch: u64,
+    /// The epoch of the last clear (a seal, a new keyring).
+    cleared: u64,
+    /// Per slot, the epoch of the last forget of a subject hashed to it.
+    forgotten: Box<[u64]>,
     open: bool,
     /// Indexed as well as hashed, so the entry to evict is picked, and
     /// removed, in one step by its position.
     map: IndexMap<String, Loaded>,
 }
 
+impl Default for CacheInner {
+    fn default() -> Self {
+        Self {
+            epoch: 0,
+            cleared: 0,
+            forgotten: vec![0; FORGET_SLOTS].into_boxed_slice(),
+            open: false,
+            map: IndexMap::new(),
+        }
+    }
+}
+
+/// The forget slot of `subject`.
+fn slot(subject: &[u8]) -> usize {
+    use std::hash::{BuildHasher, Hasher};
+    // A fixed hasher: the slot of a subject must not change between the
+    // forget and the fill it guards (a per-map random state would do too,
+    // but one per process is enough).
+    static STATE: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    let mut h = STATE.get_or_init(Default::default).build_hasher();
+    h.write(subject);
+    usize::try_from(h.finish() % FORGET_SLOTS as u64).unwrap_or(0)
+}
+
 impl CacheInner {
     fn clear(&mut self) {
         self.epoch = self.epoch.wrapping_add(1);
+        self.cleared = self.epoch;
         self.map.clear();
+    }
+
+    /// Whether a fill of `subject` whose load began at `epoch` may be kept.
+    fn fresh(&self, epoch: u64, subject: &str) -> bool {
+        let forgotten = self
+            .forgotten
+            .get(slot(subject.as_bytes()))
+            .copied()
+            .unwrap_or(u64::MAX);
+        self.cleared <= epoch && forgotten <= epoch
     }
 
     /// Takes out a cached subject picked at random; `None` when there is
@@ -253,7 +300,7 @@ impl KeyCache {
         // What leaves the cache is dropped (and its key zeroized) after the
         // lock is let go, not while every other lookup waits.
         let _evicted = self.with(|c| {
-            if !c.open || c.epoch != epoch || capacity == 0 {
+            if !c.open || !c.fresh(epoch, subject) || capacity == 0 {
                 return Vec::new();
             }
             if let Some(slot) = c.map.get_mut(subject) {
@@ -292,6 +339,12 @@ impl KeyCache {
         }
         let _forgotten = self.with(|c| {
             c.epoch = c.epoch.wrapping_add(1);
+            let epoch = c.epoch;
+            for k in subjects {
+                if let Some(at) = c.forgotten.get_mut(slot(k)) {
+                    *at = epoch;
+                }
+            }
             subjects
                 .iter()
                 .filter_map(|k| std::str::from_utf8(k).ok())
@@ -448,8 +501,21 @@ mod tests {
         let cache = open_cache(16);
         let key = || Loaded::new(SecretKey::<32>::generate(), vec![1u8]);
         let (epoch, _) = cache.get("s1");
-        cache.forget(&[b"other".to_vec()]);
+        cache.forget(&[b"s1".to_vec()]);
         cache.insert(epoch, "s1", key());
+        assert!(cache.is_empty());
+        // A forget of another subject (in another slot) leaves the fill
+        // alone: creating one subject's key does not cost every other
+        // load in flight its place.
+        let other = (0..)
+            .map(|i| format!("other{i}"))
+            .find(|o| slot(o.as_bytes()) != slot(b"s1"))
+            .unwrap();
+        let (epoch, _) = cache.get("s1");
+        cache.forget(&[other.into_bytes()]);
+        cache.insert(epoch, "s1", key());
+        assert_eq!(cache.len(), 1);
+        cache.forget(&[b"s1".to_vec()]);
         assert!(cache.is_empty());
         let (epoch, _) = cache.get("s1");
         cache.reset(false);
