@@ -168,8 +168,8 @@ impl Loaded {
 /// [`KeyCache::forget`] after every write that touches one, before it
 /// answers) or a seal (nothing is kept, or added, while sealed). A fill
 /// that raced with either is dropped: a seal moves the epoch of the whole
-/// cache, a forget only that of its subject's slot (one of
-/// [`FORGET_SLOTS`], shared by the subjects hashed to it), so creating one
+/// cache, a forget only that of its subject's slot (one of 4,096, shared
+/// by the subjects hashed to it), so creating one
 /// subject's key does not drop the loads of every other subject in flight.
 /// Bounded; each key is zeroized when its last holder drops it.
 pub struct KeyCache {
@@ -290,11 +290,14 @@ impl KeyCache {
 
     /// The current epoch and the cached key of `subject`, if any.
     fn get(&self, subject: &str) -> (u64, Option<Loaded>) {
+        // Poisoned: epoch 0, older than any clear since the cache opened,
+        // so no fill noted with it is ever kept.
         self.with(|c| (c.epoch, c.map.get(subject).cloned()))
-            .unwrap_or((u64::MAX, None))
+            .unwrap_or((0, None))
     }
 
-    /// Keeps `key` unless the epoch moved since `epoch` was read.
+    /// Keeps `key` unless, since `epoch` was read, the cache was cleared or
+    /// a subject of `subject`'s slot was forgotten.
     fn insert(&self, epoch: u64, subject: &str, loaded: Loaded) {
         let capacity = self.capacity.load(Ordering::Relaxed);
         // What leaves the cache is dropped (and its key zeroized) after the
@@ -516,6 +519,16 @@ mod tests {
         cache.insert(epoch, "s1", key());
         assert_eq!(cache.len(), 1);
         cache.forget(&[b"s1".to_vec()]);
+        assert!(cache.is_empty());
+        // A new keyring (the cache cleared and left open), or a new
+        // capacity, drops the fills begun before it.
+        let (epoch, _) = cache.get("s1");
+        cache.reset(true);
+        cache.insert(epoch, "s1", key());
+        assert!(cache.is_empty());
+        let (epoch, _) = cache.get("s1");
+        cache.set_capacity(16);
+        cache.insert(epoch, "s1", key());
         assert!(cache.is_empty());
         let (epoch, _) = cache.get("s1");
         cache.reset(false);
