@@ -1481,3 +1481,56 @@ async fn peak_rss_of_a_child_vault_under_sustained_load_is_bounded() {
     assert!(requests > 100, "{requests}");
     assert!(peak < 512 << 20, "peak RSS {} MiB", peak >> 20);
 }
+
+/// `server.officer-addr`: a listener of the officers' own. With every
+/// place of the API listener taken, an officer still seals through it;
+/// an app's certificate there is closed after its handshake.
+#[tokio::test]
+async fn the_officers_listener_has_places_of_its_own() {
+    let v = TestVault::start_with(|c| {
+        c.server.max_connections = 2;
+        c.server.idle_timeout_ms = 30_000;
+        c.server.officer_addr = Some("127.0.0.1:0".into());
+    })
+    .await;
+    let officer_addr = v.running().officer_addr.expect("no officers' listener");
+    // The API listener's two places: an app (its cap) and an officer.
+    let mut held = vec![
+        tls_conn(&v, b"http/1.1").await,
+        tls_conn_as(&v, "officer", b"http/1.1").await,
+    ];
+    for s in &mut held {
+        assert_eq!(h1_status(s).await, Some(404));
+    }
+    let tls = v.tls();
+    let at_officers = |who: &str| {
+        vault_sdk::ClientBuilder::new(format!("https://{officer_addr}"))
+            .ca_file(tls.join("ca.pem"))
+            .unwrap()
+            .identity_files(
+                tls.join(format!("{who}.pem")),
+                tls.join(format!("{who}.key")),
+            )
+            .unwrap()
+            .retries(0)
+            .build()
+            .unwrap()
+    };
+    // An app is not served there.
+    let refused = counter(&v, "vault_http_connections_refused_total").await;
+    assert_transport_refused(&at_officers("app")).await;
+    assert_eq!(
+        counter(&v, "vault_http_connections_refused_total").await,
+        refused + 1
+    );
+    // The API listener is full: a new officer connection there is closed.
+    let mut full = TcpStream::connect(v.api).await.unwrap();
+    assert!(
+        closed_within(&mut full, Instant::now(), Duration::from_secs(2))
+            .await
+            .is_some()
+    );
+    // The officers' listener seals.
+    assert!(at_officers("officer").seal().await.unwrap().sealed);
+    assert!(v.running().vault.keys.is_sealed());
+}

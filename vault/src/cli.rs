@@ -347,8 +347,12 @@ fn serve(cfg: &Config) -> ExitCode {
         } else {
             ""
         };
+        let officer = running
+            .officer_addr
+            .map(|a| format!(" officer=https://{a}"))
+            .unwrap_or_default();
         println!(
-            "vault ready api=https://{} ops=http://{}{sealed}",
+            "vault ready api=https://{} ops=http://{}{officer}{sealed}",
             running.api_addr, running.ops_addr
         );
         wait_for_signal().await;

@@ -47,6 +47,12 @@ pub struct Server {
     pub api_addr: String,
     #[serde(default = "default_ops")]
     pub ops_addr: String,
+    /// A listener for officers only (same TLS setup; any other certificate
+    /// is closed after its handshake), with connection places of its own:
+    /// what floods the API listener cannot keep a seal out. Unset: officers
+    /// use the API listener.
+    #[serde(default)]
+    pub officer_addr: Option<String>,
     #[serde(default = "default_data")]
     pub data_dir: PathBuf,
     #[serde(default = "default_body")]
@@ -341,10 +347,14 @@ impl Config {
 
     fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
+        let officer = self.server.officer_addr.as_ref();
         for (key, addr) in [
             ("server.api-addr", &self.server.api_addr),
             ("server.ops-addr", &self.server.ops_addr),
-        ] {
+        ]
+        .into_iter()
+        .chain(officer.map(|a| ("server.officer-addr", a)))
+        {
             if addr.parse::<SocketAddr>().is_err() {
                 p.push(format!("{key}: not an address such as 127.0.0.1:8443"));
             }

@@ -486,16 +486,34 @@ async fn subjects(
     }
 }
 
+/// Which API listener: the one for every caller, or the officers' own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    Api,
+    /// `server.officer-addr`: officers only, with [`OFFICER_CONNECTIONS`]
+    /// places of its own.
+    Officers,
+}
+
+/// Connection places of the officers' listener: a handful of officers
+/// and their tools.
+pub const OFFICER_CONNECTIONS: usize = 64;
+
 /// Accepts TLS connections until `stop` turns true, then drains: every
 /// connection is closed gracefully and waited for, up to a bound.
 pub async fn serve_api(
     vault: Arc<Vault>,
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
+    which: Listener,
     mut stop: watch::Receiver<bool>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let admission = Arc::new(admit::Admission::new(vault.limits.max_connections));
+    let places = match which {
+        Listener::Api => vault.limits.max_connections,
+        Listener::Officers => OFFICER_CONNECTIONS,
+    };
+    let admission = Arc::new(admit::Admission::new(places));
     let permits = Arc::new(Semaphore::new(vault.limits.max_concurrent_requests));
     let bodies = body::Budget::new(&vault.limits);
     let builders = Arc::new(conn::Builders::new(&vault.limits));
@@ -567,6 +585,11 @@ pub async fn serve_api(
                 .and_then(crate::tls::caller_name)
                 .map(Arc::<str>::from);
             let role = caller.as_ref().and_then(|c| vault.policy.role(c));
+            if which == Listener::Officers && role != Some(crate::policy::Role::Officer) {
+                tracing::debug!("Not an officer on the officers' listener; closed");
+                vault.metrics.connections_refused.inc();
+                return;
+            }
             let (_app_slot, evictable) = match admission.settle(handshake, role) {
                 admit::Settled::Serve(slot) => (slot, None),
                 admit::Settled::Evictable(h) => (None, Some(h)),

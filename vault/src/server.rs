@@ -93,6 +93,8 @@ pub enum StartError {
 pub struct Running {
     pub api_addr: SocketAddr,
     pub ops_addr: SocketAddr,
+    /// The officers' own listener, when `server.officer-addr` is set.
+    pub officer_addr: Option<SocketAddr>,
     pub vault: Arc<Vault>,
     stop: watch::Sender<bool>,
     /// The listeners and every background task that commits.
@@ -166,16 +168,34 @@ pub async fn start_with(
     let ops = bind(&s.ops_addr).await?;
     let api_addr = local(&api, &s.api_addr)?;
     let ops_addr = local(&ops, &s.ops_addr)?;
+    let officer = match &s.officer_addr {
+        Some(a) => Some((bind(a).await?, a)),
+        None => None,
+    };
+    let officer_addr = match &officer {
+        Some((l, a)) => Some(local(l, a)?),
+        None => None,
+    };
     let (stop, stopped) = watch::channel(false);
     let mut tasks = vec![
         tokio::spawn(crate::http::serve_api(
             vault.clone(),
             api,
-            tls,
+            tls.clone(),
+            crate::http::Listener::Api,
             stopped.clone(),
         )),
         tokio::spawn(crate::http::serve_ops(vault.clone(), ops, stopped.clone())),
     ];
+    if let Some((listener, _)) = officer {
+        tasks.push(tokio::spawn(crate::http::serve_api(
+            vault.clone(),
+            listener,
+            tls,
+            crate::http::Listener::Officers,
+            stopped.clone(),
+        )));
+    }
     tasks.push(tokio::spawn(crate::rewrap::supervise(
         vault.clone(),
         stopped.clone(),
@@ -208,6 +228,7 @@ pub async fn start_with(
     Ok(Running {
         api_addr,
         ops_addr,
+        officer_addr,
         vault,
         stop,
         tasks,

@@ -299,6 +299,21 @@ fn legal_exceptions_cannot_be_granted() {
 }
 
 #[test]
+fn the_officers_listener_is_optional_and_must_be_an_address() {
+    assert!(load(EXAMPLE, &[]).unwrap().server.officer_addr.is_none());
+    let with = |addr: &str| {
+        EXAMPLE.replace(
+            "# officer-addr = \"127.0.0.1:8444\"",
+            &format!("officer-addr = \"{addr}\""),
+        )
+    };
+    let cfg = load(&with("127.0.0.1:8444"), &[]).unwrap();
+    assert_eq!(cfg.server.officer_addr.as_deref(), Some("127.0.0.1:8444"));
+    let err = load(&with("localhost"), &[]).unwrap_err().to_string();
+    assert!(err.contains("server.officer-addr"), "{err}");
+}
+
+#[test]
 fn a_master_key_variable_cannot_be_an_override_or_hold_an_equals_sign() {
     let with = |name: &str| {
         EXAMPLE
