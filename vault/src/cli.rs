@@ -318,7 +318,15 @@ fn serve(cfg: &Config) -> ExitCode {
     }
     let files = crate::hardening::raise_open_files_limit();
     let mut cfg = cfg.clone();
-    if let Some(allowed) = files.and_then(|n| connections_within(n, cfg.server.max_connections)) {
+    // The officers' listener takes its places out of the same descriptors.
+    let officers = if cfg.server.officer_addr.is_some() {
+        crate::http::OFFICER_CONNECTIONS as u64
+    } else {
+        0
+    };
+    if let Some(allowed) = files
+        .and_then(|n| connections_within(n.saturating_sub(officers), cfg.server.max_connections))
+    {
         // Connections past the descriptors would fail in accept, before
         // any could be evicted, and take the database's files with them.
         tracing::warn!(

@@ -348,6 +348,9 @@ impl Config {
     fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         let officer = self.server.officer_addr.as_ref();
+        if officer.is_some_and(|o| *o == self.server.api_addr || *o == self.server.ops_addr) {
+            p.push("server.officer-addr: must differ from api-addr and ops-addr".into());
+        }
         for (key, addr) in [
             ("server.api-addr", &self.server.api_addr),
             ("server.ops-addr", &self.server.ops_addr),

@@ -311,6 +311,8 @@ fn the_officers_listener_is_optional_and_must_be_an_address() {
     assert_eq!(cfg.server.officer_addr.as_deref(), Some("127.0.0.1:8444"));
     let err = load(&with("localhost"), &[]).unwrap_err().to_string();
     assert!(err.contains("server.officer-addr"), "{err}");
+    let err = load(&with("127.0.0.1:8443"), &[]).unwrap_err().to_string();
+    assert!(err.contains("must differ from api-addr"), "{err}");
 }
 
 #[test]
