@@ -316,6 +316,16 @@ pub struct RewrapStatus {
     /// which cannot be retired while they do.
     #[serde(default)]
     pub left_behind: u64,
+    /// Whether the job was fenced before it scanned: from then on the
+    /// vault refuses writes sealed under a version below its target, so a
+    /// fenced job that leaves nothing behind proves that floor.
+    #[serde(default)]
+    pub fenced: bool,
+    /// The version no stored value is below, as a finished rewrap proved
+    /// it: `retire` of a version below it needs no count. Absent when no
+    /// rewrap proved one (or the vault is sealed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proven_floor: Option<u32>,
 }
 
 /// One entry of the consent ledger.

@@ -605,6 +605,11 @@ async fn retiring_a_version_needs_it_unused() {
         Some("invalid_request")
     );
     rewrap_until_done(&officer).await;
+    // The background job was fenced before it scanned, and proved its
+    // target as the floor: no value is under version 1 any more.
+    let job = officer.rewrap_status().await.unwrap();
+    assert!(job.fenced, "{job:?}");
+    assert_eq!(job.proven_floor, Some(2), "{job:?}");
     tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     let st = officer.retire_key_version(1).await.unwrap();
     assert_eq!(st.versions.len(), 1, "{st:?}");

@@ -226,6 +226,10 @@ pub fn status(store: &dyn Store, keys: Option<&Keyring>) -> Result<RewrapStatus,
         });
     };
     let sealed = keys.is_none();
+    let floor = match keys {
+        Some(k) => proven_floor(store, k)?,
+        None => None,
+    };
     Ok(match decode(keys, &stored) {
         None if sealed => RewrapStatus {
             state: "paused_sealed".into(),
@@ -245,6 +249,8 @@ pub fn status(store: &dyn Store, keys: Option<&Keyring>) -> Result<RewrapStatus,
             scanned: c.scanned,
             rewrapped: c.rewrapped,
             left_behind: c.left_behind,
+            fenced: c.fenced,
+            proven_floor: floor,
         },
     })
 }
@@ -734,6 +740,14 @@ mod tests {
         start_fenced(&store, &k2, 2);
         while !step(&store, &k2, 100).unwrap().0 {}
         assert_eq!(proven_floor(&store, &k2).unwrap(), Some(2));
+        let shown = status(&store, Some(&k2)).unwrap();
+        assert!(shown.fenced && shown.proven_floor == Some(2), "{shown:?}");
+        // Sealed: neither the cursor nor the proof can be read.
+        let sealed = status(&store, None).unwrap();
+        assert_eq!(
+            (sealed.state.as_str(), sealed.proven_floor),
+            ("paused_sealed", None)
+        );
         // A cursor in clear, however it claims to be fenced (a forgery by
         // someone who can write the database but has no keys), is read
         // as never fenced: the job it describes proves nothing.

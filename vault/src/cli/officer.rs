@@ -146,8 +146,13 @@ fn rewrap_text(s: &RewrapStatus) -> String {
     } else {
         String::new()
     };
+    let fenced = if s.fenced { ", fenced" } else { "" };
+    let floor = s
+        .proven_floor
+        .map(|f| format!("; no value is below v{f}: retiring an older version needs no count"))
+        .unwrap_or_default();
     format!(
-        "rewrap: {} (target v{}, {} values looked at, {} re-encrypted{behind})",
+        "rewrap: {} (target v{}{fenced}, {} values looked at, {} re-encrypted{behind}){floor}",
         s.state, s.target_version, s.scanned, s.rewrapped
     )
 }
