@@ -1502,20 +1502,8 @@ async fn the_officers_listener_has_places_of_its_own() {
     for s in &mut held {
         assert_eq!(h1_status(s).await, Some(404));
     }
-    let tls = v.tls();
-    let at_officers = |who: &str| {
-        vault_sdk::ClientBuilder::new(format!("https://{officer_addr}"))
-            .ca_file(tls.join("ca.pem"))
-            .unwrap()
-            .identity_files(
-                tls.join(format!("{who}.pem")),
-                tls.join(format!("{who}.key")),
-            )
-            .unwrap()
-            .retries(0)
-            .build()
-            .unwrap()
-    };
+    let (tls, endpoint) = (v.tls(), format!("https://{officer_addr}"));
+    let at_officers = |who: &str| builder_at(&tls, &endpoint, who).build().unwrap();
     // An app is not served there.
     let refused = counter(&v, "vault_http_connections_refused_total").await;
     assert_transport_refused(&at_officers("app")).await;

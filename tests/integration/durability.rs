@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::*;
 use vault_sdk::wire::Status;
-use vault_sdk::{Client, ClientBuilder};
+use vault_sdk::Client;
 
 pub(crate) struct ChildVault {
     pub(crate) child: Child,
@@ -71,18 +71,7 @@ pub(crate) fn client(dir: &std::path::Path, api: &str) -> Client {
 }
 
 fn client_as(dir: &std::path::Path, api: &str, who: &str) -> Client {
-    let tls = dir.join("tls");
-    ClientBuilder::new(api)
-        .ca_file(tls.join("ca.pem"))
-        .unwrap()
-        .identity_files(
-            tls.join(format!("{who}.pem")),
-            tls.join(format!("{who}.key")),
-        )
-        .unwrap()
-        .retries(0)
-        .build()
-        .unwrap()
+    builder_at(&dir.join("tls"), api, who).build().unwrap()
 }
 
 /// A distinct valid mobile number per `i`.

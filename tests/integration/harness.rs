@@ -77,16 +77,11 @@ impl TestVault {
     }
 
     pub fn builder(&self, who: &str) -> ClientBuilder {
-        let tls = self.tls();
-        ClientBuilder::new(format!("https://127.0.0.1:{}", self.api.port()))
-            .ca_file(tls.join("ca.pem"))
-            .unwrap()
-            .identity_files(
-                tls.join(format!("{who}.pem")),
-                tls.join(format!("{who}.key")),
-            )
-            .unwrap()
-            .retries(0)
+        builder_at(
+            &self.tls(),
+            &format!("https://127.0.0.1:{}", self.api.port()),
+            who,
+        )
     }
 
     pub fn client(&self, who: &str) -> Client {
@@ -281,6 +276,20 @@ pub async fn rewrap_until_done(officer: &Client) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     panic!("the rewrap did not finish");
+}
+
+/// A client of `endpoint` as `who`, with the certificates of the `vault
+/// dev` TLS directory `tls`, no retries.
+pub fn builder_at(tls: &Path, endpoint: &str, who: &str) -> ClientBuilder {
+    ClientBuilder::new(endpoint)
+        .ca_file(tls.join("ca.pem"))
+        .unwrap()
+        .identity_files(
+            tls.join(format!("{who}.pem")),
+            tls.join(format!("{who}.key")),
+        )
+        .unwrap()
+        .retries(0)
 }
 
 /// An in-memory store that runs a hook once, on the next `get` of a chosen
