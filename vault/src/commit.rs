@@ -7,6 +7,8 @@
 //! recover and reloads the chain head from it, so the chain goes on from
 //! what is durable whether or not the failed batch landed.
 
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -22,6 +24,11 @@ use crate::subject_keys::KeyCache;
 /// first job in it.
 const MAX_GROUP: usize = 512;
 
+/// Touches of subjects remembered for releases in flight (see
+/// [`Recent`]): a release that began before the oldest forgotten one runs
+/// again.
+const RECENT_TOUCHES: usize = 1 << 16;
+
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
     #[error(transparent)]
@@ -30,6 +37,10 @@ pub enum CommitError {
     Stopped,
     #[error(transparent)]
     Audit(#[from] audit::AuditError),
+    /// A release read a subject that a batch dequeued since changed
+    /// (`Batch::reads`): nothing was written; read again.
+    #[error("what the release read changed before it was written")]
+    Stale,
 }
 
 struct Job {
@@ -44,6 +55,8 @@ struct Job {
 pub struct Committer {
     tx: Option<mpsc::Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The last group written (or tried), counted from 1.
+    applied: Arc<AtomicU64>,
 }
 
 impl Drop for Committer {
@@ -82,6 +95,8 @@ impl Committer {
         // they go on from the last one.
         let last_time = audit::head_time(store.as_ref(), &head)?;
         let (tx, rx) = mpsc::channel::<Job>();
+        let applied = Arc::new(AtomicU64::new(0));
+        let published = applied.clone();
         let thread = std::thread::Builder::new()
             .name("vault-commit".into())
             .spawn(move || {
@@ -89,6 +104,7 @@ impl Committer {
                     store: store.as_ref(),
                     metrics: &metrics,
                     cache: cache.as_deref(),
+                    applied: &published,
                 };
                 run(&w, rx, head, last_time)
             })
@@ -96,7 +112,15 @@ impl Committer {
         Ok(Self {
             tx: Some(tx),
             thread: Some(thread),
+            applied,
         })
+    }
+
+    /// Where the writes stand: every group up to this one has been written
+    /// (or failed) and is visible to reads begun after this call. A release
+    /// takes it before its first read and sends it in `Batch::reads`.
+    pub fn epoch(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
     }
 
     /// Writes `batch` with `audit` events chained onto the log, durably.
@@ -127,12 +151,14 @@ struct Writer<'a> {
     store: &'a dyn Store,
     metrics: &'a Metrics,
     cache: Option<&'a KeyCache>,
+    applied: &'a AtomicU64,
 }
 
 fn run(w: &Writer<'_>, rx: mpsc::Receiver<Job>, mut head: Head, mut last_time: u64) {
     let (store, metrics) = (w.store, w.metrics);
     let mut failed = false;
-    let mut floor = 0u32;
+    let mut screen = Screen::default();
+    let mut seq = 0u64;
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -141,42 +167,108 @@ fn run(w: &Writer<'_>, rx: mpsc::Receiver<Job>, mut head: Head, mut last_time: u
                 Err(_) => break,
             }
         }
-        let group = screen_floor(&mut floor, group);
-        if group.is_empty() {
-            continue;
-        }
-        if failed {
-            match resync(store) {
-                Ok(h) => head = h,
-                Err(e) => {
-                    refuse(metrics, group, &e);
-                    continue;
+        seq += 1;
+        let group = screen.take(seq, group);
+        if !group.is_empty() {
+            if failed {
+                match resync(store) {
+                    Ok(h) => {
+                        head = h;
+                        failed = !write_group(w, &mut head, &mut last_time, group);
+                    }
+                    Err(e) => refuse(metrics, group, &e),
                 }
+            } else {
+                failed = !write_group(w, &mut head, &mut last_time, group);
             }
         }
-        failed = !write_group(w, &mut head, &mut last_time, group);
+        // Written, failed or refused: what this group did is visible (or
+        // was never done) for every read begun from here.
+        w.applied.store(seq, Ordering::Release);
     }
 }
 
-/// Takes the group in queue order: a job that seals new values under a
-/// version below the floor is answered `Conflict` (its request runs again
-/// with the keys of now); a job that raises the floor raises it for every
-/// job after it, in this group and the next. Returns the jobs to write.
-fn screen_floor(floor: &mut u32, group: Vec<Job>) -> Vec<Job> {
-    let mut kept = Vec::with_capacity(group.len());
-    for job in group {
-        if job.batch.sealed_under.is_some_and(|v| v < *floor) {
-            let _ = job
-                .reply
-                .send(Err(CommitError::Store(StoreError::Conflict)));
-            continue;
+/// What the committer checks of each job in queue order, before the
+/// store checks their preconditions.
+#[derive(Default)]
+struct Screen {
+    /// No job sealed under an older key version passes (`raise_floor`).
+    floor: u32,
+    recent: Recent,
+}
+
+impl Screen {
+    /// Takes group number `seq` in queue order: a job that seals new values
+    /// under a version below the floor is answered `Conflict` (its request
+    /// runs again with the keys of now); a job that raises the floor raises
+    /// it for every job after it, in this group and the next. A release
+    /// whose reads began before a touch of a subject it released is
+    /// answered `Stale`. Returns the jobs to write.
+    fn take(&mut self, seq: u64, group: Vec<Job>) -> Vec<Job> {
+        let mut kept = Vec::with_capacity(group.len());
+        for job in group {
+            if job.batch.sealed_under.is_some_and(|v| v < self.floor) {
+                let _ = job
+                    .reply
+                    .send(Err(CommitError::Store(StoreError::Conflict)));
+                continue;
+            }
+            if job
+                .batch
+                .reads
+                .as_ref()
+                .is_some_and(|r| self.recent.stale(r.epoch, &r.subjects))
+            {
+                let _ = job.reply.send(Err(CommitError::Stale));
+                continue;
+            }
+            if let Some(f) = job.batch.raise_floor {
+                self.floor = self.floor.max(f);
+            }
+            for &tag in &job.batch.touches {
+                self.recent.touch(tag, seq);
+            }
+            kept.push(job);
         }
-        if let Some(f) = job.batch.raise_floor {
-            *floor = (*floor).max(f);
-        }
-        kept.push(job);
+        kept
     }
-    kept
+}
+
+/// The last group that touched each subject, for the last
+/// [`RECENT_TOUCHES`] touches. A touch is remembered from its dequeue,
+/// whether or not its batch then lands (a refused release runs again).
+#[derive(Default)]
+struct Recent {
+    last: HashMap<u64, u64>,
+    order: VecDeque<(u64, u64)>,
+    /// Every touch in a group up to this one may have been forgotten.
+    horizon: u64,
+}
+
+impl Recent {
+    fn touch(&mut self, tag: u64, seq: u64) {
+        if self.last.insert(tag, seq) == Some(seq) {
+            return;
+        }
+        self.order.push_back((seq, tag));
+        if self.order.len() > RECENT_TOUCHES {
+            if let Some((old, t)) = self.order.pop_front() {
+                if self.last.get(&t) == Some(&old) {
+                    self.last.remove(&t);
+                }
+                self.horizon = self.horizon.max(old);
+            }
+        }
+    }
+
+    /// Whether reads begun at `epoch` may have missed a touch of one of
+    /// `subjects`: one in a later group, or one since forgotten.
+    fn stale(&self, epoch: u64, subjects: &[u64]) -> bool {
+        epoch < self.horizon
+            || subjects
+                .iter()
+                .any(|t| self.last.get(t).is_some_and(|&s| s > epoch))
+    }
 }
 
 /// After a failed write: lets the store recover, then reads the chain head
@@ -327,7 +419,7 @@ mod tests {
                 rx,
             )
         };
-        let mut floor = 0;
+        let mut screen = Screen::default();
         let (jobs, mut answers): (Vec<_>, Vec<_>) = [
             job(Some(1), None),
             job(None, Some(2)),
@@ -338,16 +430,119 @@ mod tests {
         ]
         .into_iter()
         .unzip();
-        let kept = screen_floor(&mut floor, jobs);
+        let kept = screen.take(1, jobs);
         assert_eq!(kept.len(), 5);
-        assert_eq!(floor, 2);
+        assert_eq!(screen.floor, 2);
         assert!(matches!(
             answers.remove(2).await.unwrap(),
             Err(CommitError::Store(StoreError::Conflict))
         ));
         let (late, rx) = job(Some(1), None);
-        assert!(screen_floor(&mut floor, vec![late]).is_empty());
+        assert!(screen.take(2, vec![late]).is_empty());
         assert!(rx.await.unwrap().is_err());
+    }
+
+    fn release_job(
+        epoch: u64,
+        subjects: &[&str],
+    ) -> (Job, oneshot::Receiver<Result<(), CommitError>>) {
+        let (reply, rx) = oneshot::channel();
+        let batch = Batch {
+            reads: Some(crate::store::Reads {
+                epoch,
+                subjects: subjects
+                    .iter()
+                    .map(|s| crate::store::subject_tag(s))
+                    .collect(),
+            }),
+            ..Batch::default()
+        };
+        let job = Job {
+            batch,
+            audit: vec![draft(0)],
+            reply,
+        };
+        (job, rx)
+    }
+
+    fn touch_job(subject: &str) -> Job {
+        let mut batch = Batch::default();
+        batch.touch(subject);
+        Job {
+            batch,
+            audit: Vec::new(),
+            reply: oneshot::channel().0,
+        }
+    }
+
+    /// In queue order: a release whose reads began before a touch of a
+    /// subject it released is refused `Stale`, in the toucher's group (after
+    /// it) and in every later group; one ahead of the touch in the queue,
+    /// one of another subject, and one whose reads began after the touch's
+    /// group pass.
+    #[tokio::test]
+    async fn a_release_read_before_a_touch_of_its_subject_is_stale() {
+        let mut screen = Screen::default();
+        let (ahead, ahead_rx) = release_job(0, &["s"]);
+        let (behind, behind_rx) = release_job(0, &["s", "t"]);
+        let (other, other_rx) = release_job(0, &["t"]);
+        let kept = screen.take(1, vec![ahead, touch_job("s"), behind, other]);
+        assert_eq!(kept.len(), 3);
+        assert!(matches!(behind_rx.await.unwrap(), Err(CommitError::Stale)));
+        drop(kept);
+        assert!(
+            ahead_rx.await.is_err(),
+            "kept, so not answered by the screen"
+        );
+        assert!(other_rx.await.is_err());
+        let (late, late_rx) = release_job(0, &["s"]);
+        let (fresh, _) = release_job(1, &["s"]);
+        assert_eq!(screen.take(2, vec![late, fresh]).len(), 1);
+        assert!(matches!(late_rx.await.unwrap(), Err(CommitError::Stale)));
+    }
+
+    /// Touches past the memory's bound are forgotten, and a release whose
+    /// reads began before a forgotten one is refused whatever it read.
+    #[test]
+    fn forgotten_touches_refuse_every_release_from_before_them() {
+        let mut recent = Recent::default();
+        for i in 0..RECENT_TOUCHES as u64 + 2 {
+            recent.touch(i, i + 1);
+        }
+        recent.touch(7, RECENT_TOUCHES as u64 + 3);
+        assert!(recent.order.len() <= RECENT_TOUCHES);
+        // Three touches past the bound: those of groups 1 to 3 went.
+        assert_eq!(recent.horizon, 3);
+        assert!(recent.stale(2, &[u64::MAX]));
+        assert!(!recent.stale(3, &[u64::MAX]));
+        assert!(recent.stale(3, &[7]));
+        assert!(!recent.stale(RECENT_TOUCHES as u64 + 3, &[7]));
+    }
+
+    /// Through the thread: the epoch moves once a group is written, and a
+    /// release taken before a touching job was written is refused.
+    #[tokio::test]
+    async fn the_epoch_moves_past_each_written_group() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let c = Committer::start(store, Arc::new(Metrics::new())).unwrap();
+        let before = c.epoch();
+        let mut touch = Batch::default();
+        touch.touch("s");
+        c.commit(touch, Vec::new()).await.unwrap();
+        let after = c.epoch();
+        assert!(after > before);
+        let read = |epoch| Batch {
+            reads: Some(crate::store::Reads {
+                epoch,
+                subjects: vec![crate::store::subject_tag("s")],
+            }),
+            ..Batch::default()
+        };
+        assert!(matches!(
+            c.commit(read(before), vec![draft(1)]).await,
+            Err(CommitError::Stale)
+        ));
+        c.commit(read(after), vec![draft(2)]).await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -75,6 +75,7 @@ pub fn append_consent_after(
         .seal_record(Space::Consents, &key, &bytes)
         .map_err(|_| StoreError::Engine("cannot seal the consent".into()))?;
     let mut b = Batch::default();
+    b.touch(subject);
     b.expect(Space::Consents, key.clone(), None);
     b.put(Space::Consents, key, sealed);
     Ok(b)
@@ -562,6 +563,22 @@ mod tests {
             created_ms: 0,
             expires_ms: u64::MAX,
         }
+    }
+
+    /// A change of consent touches its subject: a release that read the
+    /// consent before it is refused by the committer and reads again.
+    #[test]
+    fn a_consent_touches_its_subject() {
+        let store = MemoryStore::new();
+        let keys = keyring(&store);
+        let entry = ConsentEntry {
+            given: false,
+            policy_version: "1".into(),
+            time_ms: 1,
+            caller: "app".into(),
+        };
+        let b = append_consent(&keys, "s1", "user_specified", &entry).unwrap();
+        assert_eq!(b.touches, vec![crate::store::subject_tag("s1")]);
     }
 
     #[test]

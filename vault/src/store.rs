@@ -101,6 +101,36 @@ pub struct Batch {
     /// (`Conflict`), so they run again with the keys of now. What a
     /// rewrap fence and a retirement's count rely on. Engines ignore it.
     pub raise_floor: Option<u32>,
+    /// The subjects (as [`subject_tag`]s) whose values, standing, consents
+    /// or key this batch changes: a release that read one of them before
+    /// this batch was dequeued is refused (see `reads`). Engines ignore it.
+    pub touches: Vec<u64>,
+    /// For a batch that releases values: what they were read under. The
+    /// committer refuses it ([`crate::commit::CommitError::Stale`]) when a
+    /// batch touching one of the subjects was dequeued after the reads
+    /// began, so nothing read before an erasure, a correction, a
+    /// restriction or a withdrawal of consent is released after it was
+    /// acknowledged. Engines ignore it.
+    pub reads: Option<Reads>,
+}
+
+/// What a release read: the committer's epoch taken before the first read
+/// ([`crate::commit::Committer::epoch`]) and the subjects released.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reads {
+    pub epoch: u64,
+    pub subjects: Vec<u64>,
+}
+
+/// A subject's tag for [`Batch::touches`] and [`Reads`]: a keyed hash,
+/// random per process, so a caller cannot aim collisions at a subject; a
+/// collision only refuses a release that then runs again.
+pub fn subject_tag(subject: &str) -> u64 {
+    use std::hash::BuildHasher;
+    static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    KEY.get_or_init(std::collections::hash_map::RandomState::new)
+        .hash_one(subject)
 }
 
 impl Batch {
@@ -133,6 +163,23 @@ impl Batch {
             (a, b) => a.or(b),
         };
         self.raise_floor = self.raise_floor.max(other.raise_floor);
+        self.touches.extend(other.touches);
+        self.reads = match (self.reads.take(), other.reads) {
+            (Some(mut a), Some(b)) => {
+                a.epoch = a.epoch.min(b.epoch);
+                a.subjects.extend(b.subjects);
+                Some(a)
+            }
+            (a, b) => a.or(b),
+        };
+    }
+
+    /// Marks the batch as changing what `subject`'s releases may read.
+    pub fn touch(&mut self, subject: &str) {
+        let tag = subject_tag(subject);
+        if !self.touches.contains(&tag) {
+            self.touches.push(tag);
+        }
     }
 
     /// Marks the batch as sealing new values under `version`.

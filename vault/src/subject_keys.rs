@@ -409,6 +409,7 @@ pub const PURGE_PENDING: &[u8] = b"purge/subject_keys";
 /// Adds the deletion of the subject's key to `batch`, with the mark that
 /// it still has to leave the engine's files.
 pub fn destroy(batch: &mut Batch, subject: &str) {
+    batch.touch(subject);
     batch.delete(Space::SubjectKeys, subject.as_bytes().to_vec());
     batch.put(
         Space::Meta,

@@ -14,6 +14,7 @@ use vault_sdk::wire::{
 use super::{keyring, now_ms, parse_json, ApiError, Ctx};
 use crate::audit::Draft;
 use crate::classes;
+use crate::commit::CommitError;
 use crate::crypto::TokenBytes;
 use crate::keys::Keyring;
 use crate::ledger;
@@ -125,7 +126,7 @@ pub(crate) async fn release(
         }
         None => false,
     };
-    let one = Lookup {
+    let mut one = Lookup {
         v,
         ctx,
         keys: &keys,
@@ -140,41 +141,95 @@ pub(crate) async fn release(
         consents: RefCell::new(HashMap::new()),
         restricted: RefCell::new(HashMap::new()),
         subject_keys: RefCell::new(HashMap::new()),
+        released: RefCell::new(Vec::new()),
     };
-    let mut values = Vec::with_capacity(tokens.len());
-    let mut audit = Vec::with_capacity(tokens.len());
-    for token in tokens {
-        let (out, draft) = one.resolve(token)?;
-        values.push(out);
-        audit.push(draft);
-    }
-    if audit.is_empty() {
-        return Ok(values);
-    }
+    // What is released is what the store holds when its audit events are
+    // written: a release that read a subject before an erasure, a
+    // correction, a restriction or a withdrawal of consent was written is
+    // refused by the committer (`Stale`) and reads again.
+    let mut stale = 0;
+    let values = loop {
+        let epoch = v.committer.epoch();
+        let mut values = Vec::with_capacity(tokens.len());
+        let mut audit = Vec::with_capacity(tokens.len());
+        for token in tokens {
+            let (out, draft) = one.resolve(token)?;
+            values.push(out);
+            audit.push(draft);
+        }
+        if audit.is_empty() {
+            return Ok(values);
+        }
+        match commit_release(
+            v,
+            ctx,
+            &mut one,
+            tokens,
+            approval.as_ref(),
+            epoch,
+            values,
+            audit,
+        )
+        .await
+        {
+            Err(ApiError::Conflict) if stale < STALE_RETRIES => {
+                stale += 1;
+                one.forget();
+            }
+            r => break r?,
+        }
+    };
+    count(v, purpose, &values);
+    Ok(values)
+}
+
+/// Times a release reads again after what it read changed.
+const STALE_RETRIES: usize = 5;
+
+/// Writes a release's audit events, guarded on what it read (`epoch` and
+/// the subjects released) and on its approval: answers the values to
+/// return, or `Conflict` when what it read changed meanwhile.
+#[allow(clippy::too_many_arguments)]
+async fn commit_release(
+    v: &Vault,
+    ctx: &Ctx,
+    one: &mut Lookup<'_>,
+    tokens: &[String],
+    approval: Option<&Approval>,
+    epoch: u64,
+    mut values: Vec<ValueOut>,
+    audit: Vec<Draft>,
+) -> Result<Vec<ValueOut>, ApiError> {
     // An approval is of one disclosure: the request that releases under it
     // uses it up, in the write of its audit events, guarded so that of two
     // requests racing on one approval only one releases.
     let mut batch = Batch::default();
-    let marked = approval
-        .as_ref()
-        .filter(|_| values.iter().any(|o| o.status == Status::Ok));
+    let released = one.released.take();
+    if !released.is_empty() {
+        batch.reads = Some(crate::store::Reads {
+            epoch,
+            subjects: released,
+        });
+    }
+    let marked = approval.filter(|_| values.iter().any(|o| o.status == Status::Ok));
     if let Some(a) = marked {
         let used = ledger::approval_used_key(&a.id);
         batch.expect(Space::Meta, used.clone(), None);
         batch.put(Space::Meta, used, ctx.request_id.as_bytes().to_vec());
     }
-    let failed = |e: crate::commit::CommitError| {
+    let failed = |e: CommitError| {
         tracing::error!(request_id = %ctx.request_id, error = %e, "Audit append failed; nothing released");
         ApiError::Unavailable
     };
     match v.committer.commit(batch, audit).await {
-        Ok(_) => {}
+        Ok(_) => Ok(values),
+        Err(CommitError::Stale) => Err(ApiError::Conflict),
         // Another request used the approval first: this one is answered,
         // and audited, as under a used approval (nothing released).
-        Err(crate::commit::CommitError::Store(crate::store::StoreError::Conflict))
-            if marked.is_some() =>
-        {
+        Err(CommitError::Store(crate::store::StoreError::Conflict)) if marked.is_some() => {
             one.approval_used.set(true);
+            one.forget();
+            let epoch = v.committer.epoch();
             values.clear();
             let mut audit = Vec::with_capacity(tokens.len());
             for token in tokens {
@@ -182,15 +237,21 @@ pub(crate) async fn release(
                 values.push(out);
                 audit.push(draft);
             }
-            v.committer
-                .commit(Batch::default(), audit)
-                .await
-                .map_err(failed)?;
+            let mut batch = Batch::default();
+            let released = one.released.take();
+            if !released.is_empty() {
+                batch.reads = Some(crate::store::Reads {
+                    epoch,
+                    subjects: released,
+                });
+            }
+            match v.committer.commit(batch, audit).await {
+                Err(CommitError::Stale) => Err(ApiError::Conflict),
+                r => r.map(|()| values).map_err(failed),
+            }
         }
-        Err(e) => return Err(failed(e)),
+        Err(e) => Err(failed(e)),
     }
-    count(v, purpose, &values);
-    Ok(values)
 }
 
 fn count(v: &Vault, purpose: &str, values: &[ValueOut]) {
@@ -250,9 +311,20 @@ struct Lookup<'a> {
     restricted: RefCell<HashMap<String, bool>>,
     /// Each subject's key, looked up once per request.
     subject_keys: RefCell<HashMap<String, Option<subject_keys::Loaded>>>,
+    /// The subjects whose values were released so far (their tags), for
+    /// the write to be guarded on.
+    released: RefCell<Vec<u64>>,
 }
 
 impl Lookup<'_> {
+    /// Drops what was read, for the request to read again.
+    fn forget(&self) {
+        self.consents.borrow_mut().clear();
+        self.restricted.borrow_mut().clear();
+        self.subject_keys.borrow_mut().clear();
+        self.released.borrow_mut().clear();
+    }
+
     /// One token's answer and audit event. A legal exception without a
     /// live approval for this caller and purpose is answered the same for
     /// every token, stored or not, and without looking it up (so not even
@@ -394,6 +466,10 @@ impl Lookup<'_> {
             return Ok((out, draft));
         };
         out.status = Status::Ok;
+        let tag = crate::store::subject_tag(&subject);
+        if !self.released.borrow().contains(&tag) {
+            self.released.borrow_mut().push(tag);
+        }
         if level == Ok(Release::Masked) {
             out.masked = true;
             out.value = Some(classes::mask(record.class, &plain));
@@ -650,5 +726,159 @@ impl Lookup<'_> {
         let live = ledger::consent_is_live(newest.as_slice(), self.info.consent_since.as_deref());
         self.consents.borrow_mut().insert(subject.to_string(), live);
         Ok(live)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{mpsc, Mutex};
+
+    use super::*;
+    use crate::store::{MemoryStore, Rows, Store, StoreError};
+
+    /// The in-memory store, except that once armed, the first read of a
+    /// subject's key (a release's last read) says so and waits until told
+    /// to go on: a release held between its reads and its write.
+    struct Pausing {
+        inner: MemoryStore,
+        armed: AtomicBool,
+        hit: Mutex<mpsc::Sender<()>>,
+        go: Mutex<mpsc::Receiver<()>>,
+    }
+
+    impl Pausing {
+        fn pause(&self, space: Space) {
+            if space == Space::SubjectKeys && self.armed.swap(false, Ordering::SeqCst) {
+                self.hit.lock().unwrap().send(()).unwrap();
+                self.go.lock().unwrap().recv().unwrap();
+            }
+        }
+    }
+
+    impl Store for Pausing {
+        fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            let got = self.inner.get(space, key);
+            self.pause(space);
+            got
+        }
+        fn scan(
+            &self,
+            space: Space,
+            from: &[u8],
+            to: Option<&[u8]>,
+            limit: usize,
+        ) -> Result<Rows, StoreError> {
+            self.inner.scan(space, from, to, limit)
+        }
+        fn write(&self, batch: Batch) -> Result<(), StoreError> {
+            self.inner.write(batch)
+        }
+        fn write_group(
+            &self,
+            group: Vec<Batch>,
+            finish: &mut dyn FnMut(&[bool]) -> Batch,
+        ) -> Result<Vec<bool>, StoreError> {
+            self.inner.write_group(group, finish)
+        }
+    }
+
+    fn ctx(caller: &str, role: crate::policy::Role) -> Ctx {
+        Ctx {
+            caller: caller.into(),
+            role,
+            request_id: "t".into(),
+            deadline: None,
+        }
+    }
+
+    /// A release that read a subject's value before its erasure was
+    /// written, and reaches the committer after it, releases nothing: it
+    /// reads again and answers `gone`, and the audit log has no release
+    /// after the erasure. Likewise a subject's export. (Before, the value
+    /// read before the erasure came back after the erasure was
+    /// acknowledged.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nothing_read_before_an_erasure_is_released_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = crate::dev::prepare(dir.path()).unwrap();
+        let cfg = crate::config::Config::load(&path).unwrap();
+        let (hit, hit_rx) = mpsc::channel();
+        let (go_tx, go) = mpsc::channel();
+        let pausing = Arc::new(Pausing {
+            inner: MemoryStore::new(),
+            armed: AtomicBool::new(false),
+            hit: Mutex::new(hit),
+            go: Mutex::new(go),
+        });
+        let store: Arc<dyn Store> = pausing.clone();
+        let keys = crate::server::open_keys(&cfg, store.as_ref()).unwrap();
+        let v = crate::server::build(&cfg, keys, store).unwrap();
+        let app = ctx("app", crate::policy::Role::App);
+        let body = |subject: &str, name: &str| {
+            Bytes::from(format!(
+                r#"{{"subject":"{subject}","purpose":"respond_to_request","fields":[{{"class":"name","value":"{name}"}}]}}"#
+            ))
+        };
+        for (subject, name, export) in [("s1", "张三", false), ("s2", "李四", true)] {
+            let tokens = crate::api::tokenize(&v, &app, &body(subject, name))
+                .await
+                .unwrap();
+            let token = tokens.tokens[0].token.clone();
+            pausing.armed.store(true, Ordering::SeqCst);
+            let read = {
+                let v = v.clone();
+                let subject = subject.to_string();
+                tokio::spawn(async move {
+                    let app = ctx("app", crate::policy::Role::App);
+                    if export {
+                        let q = Some("purpose=data_subject_request");
+                        crate::api::subjects::export(&v, &app, &subject, q)
+                            .await
+                            .map(|e| e.values.len())
+                    } else {
+                        let body =
+                            format!(r#"{{"tokens":["{token}"],"purpose":"respond_to_request"}}"#);
+                        detokenize(&v, &app, &Bytes::from(body))
+                            .await
+                            .map(|r| usize::from(r.values[0].status == Status::Ok))
+                    }
+                })
+            };
+            tokio::task::block_in_place(|| {
+                hit_rx
+                    .recv_timeout(std::time::Duration::from_secs(10))
+                    .unwrap();
+            });
+            let officer = ctx("officer", crate::policy::Role::Officer);
+            crate::api::lifecycle::erase(&v, &officer, subject)
+                .await
+                .unwrap();
+            go_tx.send(()).unwrap();
+            assert_eq!(
+                read.await.unwrap().unwrap(),
+                0,
+                "{subject}: released after its erasure"
+            );
+        }
+        // The log: no release naming a subject after its erasure.
+        let events = crate::audit::query(
+            v.store.as_ref(),
+            None,
+            0,
+            1000,
+            crate::audit::Deadline::NEVER,
+        )
+        .unwrap();
+        for subject in ["s1", "s2"] {
+            let erased = events
+                .iter()
+                .position(|e| e.subject.as_deref() == Some(subject) && e.action == "erasure")
+                .unwrap();
+            assert!(!events[erased..].iter().any(|e| {
+                e.subject.as_deref() == Some(subject) && e.outcome.starts_with("released")
+            }));
+        }
     }
 }

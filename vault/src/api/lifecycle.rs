@@ -92,6 +92,7 @@ impl Standing {
             Some(closed) => self.write(b, subject, Some(closed), None),
             None => {
                 self.guard(b, subject);
+                b.touch(subject);
                 b.delete(Space::Meta, standing_key(subject));
             }
         }
@@ -100,6 +101,7 @@ impl Standing {
     /// Adds to `b` the guard and the write of this standing as changed.
     fn write(&self, b: &mut Batch, subject: &str, closed_ms: Option<u64>, until: Option<u64>) {
         self.guard(b, subject);
+        b.touch(subject);
         let mut bytes = closed_ms.unwrap_or(0).to_be_bytes().to_vec();
         bytes.extend_from_slice(&until.unwrap_or(0).to_be_bytes());
         b.put(Space::Meta, standing_key(subject), bytes);
@@ -292,6 +294,7 @@ fn key_for_checks(
 /// it has been kept long enough.
 fn delete_value(b: &mut Batch, token: &TokenBytes, subject: &str, rec: &Record, now: u64) {
     let tomb = Tombstone::new(rec.class, now);
+    b.touch(subject);
     b.put(Space::Values, value_key(token, subject), tomb.encode());
     b.delete(Space::Subjects, subject_key(subject, token));
     if let Some(e) = rec.expires_ms {
@@ -793,6 +796,7 @@ async fn restrict(
         } else {
             rec.encode()
         };
+        b.touch(subject);
         b.put(Space::Values, value_key(token, subject), bytes);
         b.put(Space::Expiry, expiry_key(end, token, subject), Vec::new());
     }
@@ -1353,6 +1357,41 @@ mod tests {
     use super::*;
     use crate::classes::Class;
     use crate::store::MemoryStore;
+
+    /// What a release depends on (a value, the standing, the key) changes
+    /// only through helpers that touch the subject, so the committer
+    /// refuses a release that read it before; reading it does not touch.
+    #[test]
+    fn every_change_a_release_reads_touches_its_subject() {
+        let tag = vec![crate::store::subject_tag("s1")];
+        let rec = Record {
+            class: Class::Phone,
+            key_version: 1,
+            collected_ms: 1,
+            expires_ms: Some(5),
+            purpose: "notification".into(),
+            ciphertext: vec![0; 8],
+            token_bound: true,
+            restricted: false,
+            tag: None,
+        };
+        let mut b = Batch::default();
+        delete_value(&mut b, &[1; TOKEN_BYTES], "s1", &rec, 2);
+        delete_value(&mut b, &[2; TOKEN_BYTES], "s1", &rec, 2);
+        assert_eq!(b.touches, tag, "once per subject");
+        let standing = Standing::default();
+        let mut b = Batch::default();
+        standing.guard(&mut b, "s1");
+        assert!(b.touches.is_empty());
+        standing.write(&mut b, "s1", Some(1), None);
+        assert_eq!(b.touches, tag);
+        let mut b = Batch::default();
+        standing.erase(&mut b, "s1");
+        assert_eq!(b.touches, tag);
+        let mut b = Batch::default();
+        subject_keys::destroy(&mut b, "s1");
+        assert_eq!(b.touches, tag);
+    }
 
     #[test]
     fn values_of_reads_every_value_past_one_page() {

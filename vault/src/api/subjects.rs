@@ -80,6 +80,28 @@ pub async fn export(
         )
         .await);
     }
+    // What is released is what the store holds when the export's events
+    // are written: one that read before an erasure, a correction or a
+    // restriction was written reads again.
+    let mut stale = 0;
+    loop {
+        match export_once(v, ctx, subject, &purpose).await {
+            Err(ApiError::Conflict) if stale < 5 => stale += 1,
+            r => return r,
+        }
+    }
+}
+
+/// One read of the subject's values and the write of its events, guarded
+/// on what it read (`Conflict` when that changed meanwhile).
+async fn export_once(
+    v: &Vault,
+    ctx: &Ctx,
+    subject: &str,
+    purpose: &str,
+) -> Result<SubjectExport, ApiError> {
+    let purpose = purpose.to_string();
+    let epoch = v.committer.epoch();
     let keys = keyring(v)?;
     let now = now_ms();
     // A subject restricted by a pending erasure (PIPL Art. 47) is kept, not
@@ -177,10 +199,20 @@ pub async fn export(
             ..Draft::default()
         });
     }
+    let batch = Batch {
+        reads: (!values.is_empty()).then(|| crate::store::Reads {
+            epoch,
+            subjects: vec![crate::store::subject_tag(subject)],
+        }),
+        ..Batch::default()
+    };
     v.committer
-        .commit(Batch::default(), events)
+        .commit(batch, events)
         .await
-        .map_err(|_| ApiError::Unavailable)?;
+        .map_err(|e| match e {
+            crate::commit::CommitError::Stale => ApiError::Conflict,
+            _ => ApiError::Unavailable,
+        })?;
     Ok(SubjectExport {
         subject: subject.to_string(),
         values,
