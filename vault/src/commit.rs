@@ -7,7 +7,6 @@
 //! recover and reloads the chain head from it, so the chain goes on from
 //! what is durable whether or not the failed batch landed.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -24,10 +23,9 @@ use crate::subject_keys::KeyCache;
 /// first job in it.
 const MAX_GROUP: usize = 512;
 
-/// Touches of subjects remembered for releases in flight (see
-/// [`Recent`]): a release that began before the oldest forgotten one runs
-/// again.
-const RECENT_TOUCHES: usize = 1 << 16;
+/// Slots of [`Recent`]: subjects share one at random (a keyed hash), so a
+/// touch of one refuses a release of another once in this many.
+const TOUCH_SLOTS: usize = 1 << 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
@@ -37,16 +35,19 @@ pub enum CommitError {
     Stopped,
     #[error(transparent)]
     Audit(#[from] audit::AuditError),
-    /// A release read a subject that a batch dequeued since changed
-    /// (`Batch::reads`): nothing was written; read again.
+    /// A release read a subject that a batch dequeued since changed, or
+    /// began before a seal or a failed write (`Batch::reads`): nothing was
+    /// written; read again.
     #[error("what the release read changed before it was written")]
     Stale,
 }
 
+type Reply = oneshot::Sender<Result<(), CommitError>>;
+
 struct Job {
     batch: Batch,
     audit: Vec<Draft>,
-    reply: oneshot::Sender<Result<(), CommitError>>,
+    reply: Reply,
 }
 
 /// Handle to the committer thread. Dropping it closes the queue and waits for
@@ -55,7 +56,8 @@ struct Job {
 pub struct Committer {
     tx: Option<mpsc::Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
-    /// The last group written (or tried), counted from 1.
+    /// The last group written (or tried), counted from 1, published before
+    /// its jobs are answered.
     applied: Arc<AtomicU64>,
 }
 
@@ -168,23 +170,35 @@ fn run(w: &Writer<'_>, rx: mpsc::Receiver<Job>, mut head: Head, mut last_time: u
             }
         }
         seq += 1;
-        let group = screen.take(seq, group);
-        if !group.is_empty() {
-            if failed {
-                match resync(store) {
-                    Ok(h) => {
-                        head = h;
-                        failed = !write_group(w, &mut head, &mut last_time, group);
-                    }
-                    Err(e) => refuse(metrics, group, &e),
+        if failed {
+            match resync(store) {
+                Ok(h) => {
+                    head = h;
+                    failed = false;
+                    // The failed write may have landed only now, after
+                    // reads that did not see it: every release read before
+                    // this group runs again.
+                    screen.recent.horizon = screen.recent.horizon.max(seq);
                 }
-            } else {
-                failed = !write_group(w, &mut head, &mut last_time, group);
+                Err(e) => {
+                    refuse(metrics, group, &e);
+                    w.applied.store(seq, Ordering::Release);
+                    continue;
+                }
             }
+        }
+        let (group, stale) = screen.take(seq, group);
+        if !group.is_empty() {
+            failed = !write_group(w, seq, &mut head, &mut last_time, group);
         }
         // Written, failed or refused: what this group did is visible (or
         // was never done) for every read begun from here.
         w.applied.store(seq, Ordering::Release);
+        // Stale releases hear of it only now, so they read again from an
+        // epoch that includes this group (and whatever made them stale).
+        for reply in stale {
+            let _ = reply.send(Err(CommitError::Stale));
+        }
     }
 }
 
@@ -203,9 +217,11 @@ impl Screen {
     /// runs again with the keys of now); a job that raises the floor raises
     /// it for every job after it, in this group and the next. A release
     /// whose reads began before a touch of a subject it released is
-    /// answered `Stale`. Returns the jobs to write.
-    fn take(&mut self, seq: u64, group: Vec<Job>) -> Vec<Job> {
+    /// refused: returns the jobs to write and the replies of those, to be
+    /// answered `Stale` once this group is written.
+    fn take(&mut self, seq: u64, group: Vec<Job>) -> (Vec<Job>, Vec<Reply>) {
         let mut kept = Vec::with_capacity(group.len());
+        let mut stale = Vec::new();
         for job in group {
             if job.batch.sealed_under.is_some_and(|v| v < self.floor) {
                 let _ = job
@@ -219,55 +235,61 @@ impl Screen {
                 .as_ref()
                 .is_some_and(|r| self.recent.stale(r.epoch, &r.subjects))
             {
-                let _ = job.reply.send(Err(CommitError::Stale));
+                stale.push(job.reply);
                 continue;
             }
             if let Some(f) = job.batch.raise_floor {
                 self.floor = self.floor.max(f);
+            }
+            if job.batch.touches_all {
+                self.recent.horizon = self.recent.horizon.max(seq);
             }
             for &tag in &job.batch.touches {
                 self.recent.touch(tag, seq);
             }
             kept.push(job);
         }
-        kept
+        (kept, stale)
     }
 }
 
-/// The last group that touched each subject, for the last
-/// [`RECENT_TOUCHES`] touches. A touch is remembered from its dequeue,
-/// whether or not its batch then lands (a refused release runs again).
-#[derive(Default)]
+/// The last group that touched each slot of subjects, and the last group
+/// that touched them all (a seal, a failed write): fixed memory, whatever
+/// the rate of touches.
 struct Recent {
-    last: HashMap<u64, u64>,
-    order: VecDeque<(u64, u64)>,
-    /// Every touch in a group up to this one may have been forgotten.
+    slots: Box<[u64]>,
+    /// Every release read before this group runs again.
     horizon: u64,
 }
 
-impl Recent {
-    fn touch(&mut self, tag: u64, seq: u64) {
-        if self.last.insert(tag, seq) == Some(seq) {
-            return;
+impl Default for Recent {
+    fn default() -> Self {
+        Self {
+            slots: vec![0; TOUCH_SLOTS].into_boxed_slice(),
+            horizon: 0,
         }
-        self.order.push_back((seq, tag));
-        if self.order.len() > RECENT_TOUCHES {
-            if let Some((old, t)) = self.order.pop_front() {
-                if self.last.get(&t) == Some(&old) {
-                    self.last.remove(&t);
-                }
-                self.horizon = self.horizon.max(old);
-            }
+    }
+}
+
+impl Recent {
+    fn slot(tag: u64) -> usize {
+        usize::try_from(tag % TOUCH_SLOTS as u64).unwrap_or(0)
+    }
+
+    fn touch(&mut self, tag: u64, seq: u64) {
+        if let Some(s) = self.slots.get_mut(Self::slot(tag)) {
+            *s = (*s).max(seq);
         }
     }
 
     /// Whether reads begun at `epoch` may have missed a touch of one of
-    /// `subjects`: one in a later group, or one since forgotten.
+    /// `subjects`: one in a later group (or of a subject sharing its slot),
+    /// or a touch of them all.
     fn stale(&self, epoch: u64, subjects: &[u64]) -> bool {
         epoch < self.horizon
             || subjects
                 .iter()
-                .any(|t| self.last.get(t).is_some_and(|&s| s > epoch))
+                .any(|&t| self.slots.get(Self::slot(t)).is_none_or(|&s| s > epoch))
     }
 }
 
@@ -295,7 +317,13 @@ fn refuse(metrics: &Metrics, group: Vec<Job>, e: &StoreError) {
 /// Writes a group as one batch: the jobs whose checks hold, with their
 /// audit events chained; a job whose check fails is answered `Conflict`
 /// alone. Returns `false` when the store failed.
-fn write_group(w: &Writer<'_>, head: &mut Head, last_time: &mut u64, group: Vec<Job>) -> bool {
+fn write_group(
+    w: &Writer<'_>,
+    seq: u64,
+    head: &mut Head,
+    last_time: &mut u64,
+    group: Vec<Job>,
+) -> bool {
     let (store, metrics) = (w.store, w.metrics);
     let time = now_ms().max(*last_time);
     let mut batches = Vec::with_capacity(group.len());
@@ -344,6 +372,9 @@ fn write_group(w: &Writer<'_>, head: &mut Head, last_time: &mut u64, group: Vec<
             }
         }
     }
+    // Visible before anyone hears of it: a caller that reads right after
+    // its write is answered takes an epoch that includes it.
+    w.applied.store(seq, Ordering::Release);
     match result {
         Ok(kept) => {
             let written = kept.iter().filter(|k| **k).count();
@@ -430,7 +461,8 @@ mod tests {
         ]
         .into_iter()
         .unzip();
-        let kept = screen.take(1, jobs);
+        let (kept, stale) = screen.take(1, jobs);
+        assert!(stale.is_empty());
         assert_eq!(kept.len(), 5);
         assert_eq!(screen.floor, 2);
         assert!(matches!(
@@ -438,7 +470,7 @@ mod tests {
             Err(CommitError::Store(StoreError::Conflict))
         ));
         let (late, rx) = job(Some(1), None);
-        assert!(screen.take(2, vec![late]).is_empty());
+        assert!(screen.take(2, vec![late]).0.is_empty());
         assert!(rx.await.unwrap().is_err());
     }
 
@@ -483,11 +515,20 @@ mod tests {
     #[tokio::test]
     async fn a_release_read_before_a_touch_of_its_subject_is_stale() {
         let mut screen = Screen::default();
+        // Another subject, in another slot.
+        let t = (0..)
+            .map(|i| format!("t{i}"))
+            .find(|t| {
+                Recent::slot(crate::store::subject_tag(t))
+                    != Recent::slot(crate::store::subject_tag("s"))
+            })
+            .unwrap();
         let (ahead, ahead_rx) = release_job(0, &["s"]);
-        let (behind, behind_rx) = release_job(0, &["s", "t"]);
-        let (other, other_rx) = release_job(0, &["t"]);
-        let kept = screen.take(1, vec![ahead, touch_job("s"), behind, other]);
+        let (behind, behind_rx) = release_job(0, &["s", &t]);
+        let (other, other_rx) = release_job(0, &[&t]);
+        let (kept, stale) = screen.take(1, vec![ahead, touch_job("s"), behind, other]);
         assert_eq!(kept.len(), 3);
+        answer_stale(stale);
         assert!(matches!(behind_rx.await.unwrap(), Err(CommitError::Stale)));
         drop(kept);
         assert!(
@@ -497,26 +538,104 @@ mod tests {
         assert!(other_rx.await.is_err());
         let (late, late_rx) = release_job(0, &["s"]);
         let (fresh, _) = release_job(1, &["s"]);
-        assert_eq!(screen.take(2, vec![late, fresh]).len(), 1);
+        let (kept, stale) = screen.take(2, vec![late, fresh]);
+        assert_eq!(kept.len(), 1);
+        answer_stale(stale);
         assert!(matches!(late_rx.await.unwrap(), Err(CommitError::Stale)));
     }
 
-    /// Touches past the memory's bound are forgotten, and a release whose
-    /// reads began before a forgotten one is refused whatever it read.
-    #[test]
-    fn forgotten_touches_refuse_every_release_from_before_them() {
-        let mut recent = Recent::default();
-        for i in 0..RECENT_TOUCHES as u64 + 2 {
-            recent.touch(i, i + 1);
+    /// What the committer does with the stale replies, once the group is
+    /// written.
+    fn answer_stale(stale: Vec<Reply>) {
+        for reply in stale {
+            reply.send(Err(CommitError::Stale)).unwrap();
         }
-        recent.touch(7, RECENT_TOUCHES as u64 + 3);
-        assert!(recent.order.len() <= RECENT_TOUCHES);
-        // Three touches past the bound: those of groups 1 to 3 went.
-        assert_eq!(recent.horizon, 3);
-        assert!(recent.stale(2, &[u64::MAX]));
-        assert!(!recent.stale(3, &[u64::MAX]));
-        assert!(recent.stale(3, &[7]));
-        assert!(!recent.stale(RECENT_TOUCHES as u64 + 3, &[7]));
+    }
+
+    /// A touch of every subject (a seal) refuses every release read before
+    /// its group and none read after; a subject sharing a slot with a
+    /// touched one is refused too (the price of fixed memory).
+    #[test]
+    fn a_touch_of_all_refuses_every_release_read_before_it() {
+        let mut screen = Screen::default();
+        let all = Job {
+            batch: Batch {
+                touches_all: true,
+                ..Batch::default()
+            },
+            audit: Vec::new(),
+            reply: oneshot::channel().0,
+        };
+        let (before, before_rx) = release_job(4, &["x"]);
+        let (after, _) = release_job(5, &["x"]);
+        let (kept, stale) = screen.take(5, vec![all, before, after]);
+        assert_eq!(kept.len(), 2);
+        answer_stale(stale);
+        assert!(matches!(
+            before_rx.blocking_recv().unwrap(),
+            Err(CommitError::Stale)
+        ));
+        let mut recent = Recent::default();
+        recent.touch(7, 3);
+        recent.touch(7 + TOUCH_SLOTS as u64, 2);
+        assert!(recent.stale(2, &[7 + 2 * TOUCH_SLOTS as u64]));
+        assert!(!recent.stale(3, &[7]));
+        assert!(!recent.stale(2, &[8]));
+    }
+
+    /// A write that failed may land when the store recovers: every release
+    /// read before the next group is written is refused, one read after it
+    /// passes.
+    #[tokio::test]
+    async fn a_failed_write_refuses_the_releases_read_before_the_next_one() {
+        let store: Arc<dyn Store> = Arc::new(Failing {
+            inner: MemoryStore::new(),
+            fail: std::sync::atomic::AtomicBool::new(true),
+        });
+        let c = Committer::start(store.clone(), Arc::new(Metrics::new())).unwrap();
+        let mut erase = Batch::default();
+        erase.touch("s");
+        assert!(c.commit(erase, vec![draft(0)]).await.is_err());
+        let read_before = c.epoch();
+        let read = |epoch| Batch {
+            reads: Some(crate::store::Reads {
+                epoch,
+                subjects: vec![crate::store::subject_tag("other")],
+            }),
+            ..Batch::default()
+        };
+        assert!(matches!(
+            c.commit(read(read_before), vec![draft(1)]).await,
+            Err(CommitError::Stale)
+        ));
+        c.commit(read(c.epoch()), vec![draft(2)]).await.unwrap();
+    }
+
+    /// The in-memory store, failing its first group write.
+    struct Failing {
+        inner: MemoryStore,
+        fail: std::sync::atomic::AtomicBool,
+    }
+
+    impl Store for Failing {
+        fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(space, key)
+        }
+        fn scan(
+            &self,
+            space: Space,
+            from: &[u8],
+            to: Option<&[u8]>,
+            limit: usize,
+        ) -> Result<Rows, StoreError> {
+            self.inner.scan(space, from, to, limit)
+        }
+        fn write(&self, batch: Batch) -> Result<(), StoreError> {
+            if self.fail.swap(false, Ordering::SeqCst) {
+                return Err(StoreError::Engine("disk full".into()));
+            }
+            self.inner.write(batch)
+        }
     }
 
     /// Through the thread: the epoch moves once a group is written, and a

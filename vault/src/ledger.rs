@@ -75,7 +75,10 @@ pub fn append_consent_after(
         .seal_record(Space::Consents, &key, &bytes)
         .map_err(|_| StoreError::Engine("cannot seal the consent".into()))?;
     let mut b = Batch::default();
-    b.touch(subject);
+    // A withdrawal: releases that read the consent run again.
+    if !entry.given {
+        b.touch(subject);
+    }
     b.expect(Space::Consents, key.clone(), None);
     b.put(Space::Consents, key, sealed);
     Ok(b)
@@ -565,10 +568,10 @@ mod tests {
         }
     }
 
-    /// A change of consent touches its subject: a release that read the
+    /// A withdrawal of consent touches its subject: a release that read the
     /// consent before it is refused by the committer and reads again.
     #[test]
-    fn a_consent_touches_its_subject() {
+    fn a_withdrawal_touches_its_subject() {
         let store = MemoryStore::new();
         let keys = keyring(&store);
         let entry = ConsentEntry {
@@ -579,6 +582,12 @@ mod tests {
         };
         let b = append_consent(&keys, "s1", "user_specified", &entry).unwrap();
         assert_eq!(b.touches, vec![crate::store::subject_tag("s1")]);
+        let given = ConsentEntry {
+            given: true,
+            ..entry
+        };
+        let b = append_consent(&keys, "s1", "user_specified", &given).unwrap();
+        assert!(b.touches.is_empty(), "a consent given ends no release");
     }
 
     #[test]

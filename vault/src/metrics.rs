@@ -59,6 +59,7 @@ pub struct Metrics {
     subject_cache_entries: Gauge,
     pub connections_evicted: Counter,
     pub connections_refused: Counter,
+    releases_stale: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -109,6 +110,12 @@ impl Metrics {
         let subject_cache_entries = Gauge::default();
         let connections_evicted = Counter::default();
         let connections_refused = Counter::default();
+        let releases_stale = Counter::default();
+        registry.register(
+            "vault_release_stale",
+            "Releases (detokenize, reidentify, export) refused at their write because what they read changed meanwhile (an erasure, correction, restriction, withdrawal of consent, a seal) and read again",
+            releases_stale.clone(),
+        );
         registry.register(
             "vault_http_connections_evicted",
             "Evictable connections (in their TLS handshake, or naming no caller) closed to make room for a new one",
@@ -261,7 +268,13 @@ impl Metrics {
             subject_cache_entries,
             connections_evicted,
             connections_refused,
+            releases_stale,
         }
+    }
+
+    /// A release read data that changed before its write (it reads again).
+    pub fn release_stale(&self) {
+        self.releases_stale.inc();
     }
 
     pub fn observe_request(&self, route: &'static str, status: u16, seconds: f64) {

@@ -101,16 +101,23 @@ pub struct Batch {
     /// (`Conflict`), so they run again with the keys of now. What a
     /// rewrap fence and a retirement's count rely on. Engines ignore it.
     pub raise_floor: Option<u32>,
-    /// The subjects (as [`subject_tag`]s) whose values, standing, consents
-    /// or key this batch changes: a release that read one of them before
-    /// this batch was dequeued is refused (see `reads`). Engines ignore it.
+    /// The subjects (as [`subject_tag`]s) for which this batch makes a
+    /// value unreleasable (erased, corrected, restricted, expired, its
+    /// consent withdrawn, its key destroyed): a release that read one of
+    /// them before this batch was dequeued is refused (see `reads`).
+    /// Engines ignore it.
     pub touches: Vec<u64>,
+    /// Touches every subject: every release read before this batch was
+    /// dequeued is refused (a seal). Engines ignore it.
+    pub touches_all: bool,
     /// For a batch that releases values: what they were read under. The
     /// committer refuses it ([`crate::commit::CommitError::Stale`]) when a
     /// batch touching one of the subjects was dequeued after the reads
     /// began, so nothing read before an erasure, a correction, a
     /// restriction or a withdrawal of consent is released after it was
-    /// acknowledged. Engines ignore it.
+    /// acknowledged. Engines ignore it. (The check is the committer's, in
+    /// one process: a backend shared by several vaults would need it in
+    /// the store, as a guarded version per subject.)
     pub reads: Option<Reads>,
 }
 
@@ -164,6 +171,7 @@ impl Batch {
         };
         self.raise_floor = self.raise_floor.max(other.raise_floor);
         self.touches.extend(other.touches);
+        self.touches_all |= other.touches_all;
         self.reads = match (self.reads.take(), other.reads) {
             (Some(mut a), Some(b)) => {
                 a.epoch = a.epoch.min(b.epoch);

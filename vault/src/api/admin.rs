@@ -50,6 +50,17 @@ async fn audit_only(
     commit(v, Batch::default(), draft(ctx, action, outcome)).await
 }
 
+/// The seal's event, which touches every subject: a release that read
+/// (and decrypted) before it and reaches the log after it is refused, and
+/// reads again into the sealed vault.
+async fn audit_seal(v: &Vault, ctx: &Ctx) -> Result<(), ApiError> {
+    let batch = Batch {
+        touches_all: true,
+        ..Batch::default()
+    };
+    commit(v, batch, draft(ctx, "seal", "ok")).await
+}
+
 fn unseal_meta(v: &Vault) -> Result<Option<UnsealMeta>, ApiError> {
     match v
         .store
@@ -371,7 +382,7 @@ pub async fn seal(v: &Arc<Vault>, ctx: &Ctx) -> Result<KeysStatus, ApiError> {
     tracing::warn!(caller = %ctx.caller, "Vault sealed by an officer");
     // Sealing happens even if the event cannot be written; the write is
     // still attempted so the log says who did it.
-    let _ = audit_only(v, ctx, "seal", "ok").await;
+    let _ = audit_seal(v, ctx).await;
     status(v, ctx).await
 }
 

@@ -112,12 +112,12 @@ pub(crate) async fn release(
             .await);
         }
     }
-    let keys = keyring(v)?;
-    let now = now_ms();
     // A legal exception's approval is looked up once for the request.
     let approval = match (ask.legal_basis, info.legal_exception) {
-        (Some(basis), true) => ledger::get_approval(v.store.as_ref(), &keys, &basis.approval)
-            .map_err(|_| ApiError::Unavailable)?,
+        (Some(basis), true) => {
+            ledger::get_approval(v.store.as_ref(), &*keyring(v)?, &basis.approval)
+                .map_err(|_| ApiError::Unavailable)?
+        }
         _ => None,
     };
     let approval_used = match &approval {
@@ -126,30 +126,32 @@ pub(crate) async fn release(
         }
         None => false,
     };
-    let mut one = Lookup {
-        v,
-        ctx,
-        keys: &keys,
-        action: ask.action,
-        purpose,
-        info,
-        reveal: ask.reveal,
-        now,
-        basis: ask.legal_basis,
-        approval: approval.as_ref(),
-        approval_used: std::cell::Cell::new(approval_used),
-        consents: RefCell::new(HashMap::new()),
-        restricted: RefCell::new(HashMap::new()),
-        subject_keys: RefCell::new(HashMap::new()),
-        released: RefCell::new(Vec::new()),
-    };
     // What is released is what the store holds when its audit events are
     // written: a release that read a subject before an erasure, a
-    // correction, a restriction or a withdrawal of consent was written is
-    // refused by the committer (`Stale`) and reads again.
+    // correction, a restriction or a withdrawal of consent was written, or
+    // before a seal, is refused by the committer (`Stale`) and reads again,
+    // from the epoch on (the keyring too: after a seal, 503 `sealed`).
     let mut stale = 0;
     let values = loop {
         let epoch = v.committer.epoch();
+        let keys = keyring(v)?;
+        let mut one = Lookup {
+            v,
+            ctx,
+            keys: &keys,
+            action: ask.action,
+            purpose,
+            info,
+            reveal: ask.reveal,
+            now: now_ms(),
+            basis: ask.legal_basis,
+            approval: approval.as_ref(),
+            approval_used: std::cell::Cell::new(approval_used),
+            consents: RefCell::new(HashMap::new()),
+            restricted: RefCell::new(HashMap::new()),
+            subject_keys: RefCell::new(HashMap::new()),
+            released: RefCell::new(Vec::new()),
+        };
         let mut values = Vec::with_capacity(tokens.len());
         let mut audit = Vec::with_capacity(tokens.len());
         for token in tokens {
@@ -160,7 +162,7 @@ pub(crate) async fn release(
         if audit.is_empty() {
             return Ok(values);
         }
-        match commit_release(
+        let written = commit_release(
             v,
             ctx,
             &mut one,
@@ -170,13 +172,10 @@ pub(crate) async fn release(
             values,
             audit,
         )
-        .await
-        {
-            Err(ApiError::Conflict) if stale < STALE_RETRIES => {
-                stale += 1;
-                one.forget();
-            }
-            r => break r?,
+        .await?;
+        match written {
+            Some(values) => break values,
+            None => stale_again(v, ctx, &mut stale)?,
         }
     };
     count(v, purpose, &values);
@@ -184,11 +183,24 @@ pub(crate) async fn release(
 }
 
 /// Times a release reads again after what it read changed.
-const STALE_RETRIES: usize = 5;
+pub(crate) const STALE_RETRIES: usize = 5;
+
+/// Counts a release refused as stale; past [`STALE_RETRIES`] of them the
+/// request gives up with 503 `overloaded` (what the subject's data is
+/// going through, changes faster than it can be read; the SDK retries).
+pub(crate) fn stale_again(v: &Vault, ctx: &Ctx, stale: &mut usize) -> Result<(), ApiError> {
+    v.metrics.release_stale();
+    *stale += 1;
+    if *stale > STALE_RETRIES {
+        tracing::warn!(request_id = %ctx.request_id, attempts = *stale, "A release kept reading data that changed before its write; gave up");
+        return Err(ApiError::Overloaded);
+    }
+    Ok(())
+}
 
 /// Writes a release's audit events, guarded on what it read (`epoch` and
 /// the subjects released) and on its approval: answers the values to
-/// return, or `Conflict` when what it read changed meanwhile.
+/// return, or `None` when what it read changed meanwhile.
 #[allow(clippy::too_many_arguments)]
 async fn commit_release(
     v: &Vault,
@@ -199,7 +211,7 @@ async fn commit_release(
     epoch: u64,
     mut values: Vec<ValueOut>,
     audit: Vec<Draft>,
-) -> Result<Vec<ValueOut>, ApiError> {
+) -> Result<Option<Vec<ValueOut>>, ApiError> {
     // An approval is of one disclosure: the request that releases under it
     // uses it up, in the write of its audit events, guarded so that of two
     // requests racing on one approval only one releases.
@@ -222,8 +234,8 @@ async fn commit_release(
         ApiError::Unavailable
     };
     match v.committer.commit(batch, audit).await {
-        Ok(_) => Ok(values),
-        Err(CommitError::Stale) => Err(ApiError::Conflict),
+        Ok(_) => Ok(Some(values)),
+        Err(CommitError::Stale) => Ok(None),
         // Another request used the approval first: this one is answered,
         // and audited, as under a used approval (nothing released).
         Err(CommitError::Store(crate::store::StoreError::Conflict)) if marked.is_some() => {
@@ -246,8 +258,8 @@ async fn commit_release(
                 });
             }
             match v.committer.commit(batch, audit).await {
-                Err(CommitError::Stale) => Err(ApiError::Conflict),
-                r => r.map(|()| values).map_err(failed),
+                Err(CommitError::Stale) => Ok(None),
+                r => r.map(|()| Some(values)).map_err(failed),
             }
         }
         Err(e) => Err(failed(e)),
@@ -793,92 +805,228 @@ mod tests {
         }
     }
 
-    /// A release that read a subject's value before its erasure was
-    /// written, and reaches the committer after it, releases nothing: it
-    /// reads again and answers `gone`, and the audit log has no release
-    /// after the erasure. Likewise a subject's export. (Before, the value
-    /// read before the erasure came back after the erasure was
-    /// acknowledged.)
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn nothing_read_before_an_erasure_is_released_after_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = crate::dev::prepare(dir.path()).unwrap();
-        let cfg = crate::config::Config::load(&path).unwrap();
-        let (hit, hit_rx) = mpsc::channel();
-        let (go_tx, go) = mpsc::channel();
-        let pausing = Arc::new(Pausing {
-            inner: MemoryStore::new(),
-            armed: AtomicBool::new(false),
-            hit: Mutex::new(hit),
-            go: Mutex::new(go),
-        });
-        let store: Arc<dyn Store> = pausing.clone();
-        let keys = crate::server::open_keys(&cfg, store.as_ref()).unwrap();
-        let v = crate::server::build(&cfg, keys, store).unwrap();
-        let app = ctx("app", crate::policy::Role::App);
-        let body = |subject: &str, name: &str| {
-            Bytes::from(format!(
-                r#"{{"subject":"{subject}","purpose":"respond_to_request","fields":[{{"class":"name","value":"{name}"}}]}}"#
-            ))
-        };
-        for (subject, name, export) in [("s1", "张三", false), ("s2", "李四", true)] {
-            let tokens = crate::api::tokenize(&v, &app, &body(subject, name))
-                .await
-                .unwrap();
-            let token = tokens.tokens[0].token.clone();
-            pausing.armed.store(true, Ordering::SeqCst);
-            let read = {
-                let v = v.clone();
-                let subject = subject.to_string();
-                tokio::spawn(async move {
-                    let app = ctx("app", crate::policy::Role::App);
-                    if export {
-                        let q = Some("purpose=data_subject_request");
-                        crate::api::subjects::export(&v, &app, &subject, q)
-                            .await
-                            .map(|e| e.values.len())
-                    } else {
-                        let body =
-                            format!(r#"{{"tokens":["{token}"],"purpose":"respond_to_request"}}"#);
-                        detokenize(&v, &app, &Bytes::from(body))
-                            .await
-                            .map(|r| usize::from(r.values[0].status == Status::Ok))
-                    }
-                })
-            };
-            tokio::task::block_in_place(|| {
-                hit_rx
-                    .recv_timeout(std::time::Duration::from_secs(10))
-                    .unwrap();
+    fn app() -> Ctx {
+        ctx("app", crate::policy::Role::App)
+    }
+
+    /// A vault over a [`Pausing`] store, and the ends of its pause.
+    struct Race {
+        v: Arc<Vault>,
+        pausing: Arc<Pausing>,
+        hit: mpsc::Receiver<()>,
+        go: mpsc::Sender<()>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Race {
+        fn new() -> Race {
+            let dir = tempfile::tempdir().unwrap();
+            let path = crate::dev::prepare(dir.path()).unwrap();
+            let cfg = crate::config::Config::load(&path).unwrap();
+            let (hit_tx, hit) = mpsc::channel();
+            let (go, go_rx) = mpsc::channel();
+            let pausing = Arc::new(Pausing {
+                inner: MemoryStore::new(),
+                armed: AtomicBool::new(false),
+                hit: Mutex::new(hit_tx),
+                go: Mutex::new(go_rx),
             });
-            let officer = ctx("officer", crate::policy::Role::Officer);
-            crate::api::lifecycle::erase(&v, &officer, subject)
+            let store: Arc<dyn Store> = pausing.clone();
+            let keys = crate::server::open_keys(&cfg, store.as_ref()).unwrap();
+            let v = crate::server::build(&cfg, keys, store).unwrap();
+            Race {
+                v,
+                pausing,
+                hit,
+                go,
+                _dir: dir,
+            }
+        }
+
+        /// A token for `name` of `subject`, collected for `purpose`.
+        async fn collect(&self, subject: &str, name: &str, purpose: &str) -> String {
+            let body = format!(
+                r#"{{"subject":"{subject}","purpose":"{purpose}","fields":[{{"class":"name","value":"{name}"}}]}}"#
+            );
+            let out = crate::api::tokenize(&self.v, &app(), &Bytes::from(body))
                 .await
                 .unwrap();
-            go_tx.send(()).unwrap();
-            assert_eq!(
-                read.await.unwrap().unwrap(),
+            out.tokens[0].token.clone()
+        }
+
+        /// Runs `read` until it has read `subject`'s key (its last read,
+        /// from the store: the cache is emptied first), runs `change`, then
+        /// lets `read` go on and answers what it came to.
+        async fn around<T: Send + 'static>(
+            &self,
+            subject: &str,
+            read: impl std::future::Future<Output = T> + Send + 'static,
+            change: impl std::future::Future<Output = ()>,
+        ) -> T {
+            self.v.keys.cache().forget(&[subject.as_bytes().to_vec()]);
+            self.pausing.armed.store(true, Ordering::SeqCst);
+            let read = tokio::spawn(read);
+            tokio::task::block_in_place(|| {
+                self.hit
+                    .recv_timeout(std::time::Duration::from_secs(10))
+                    .expect("the read reached the subject's key");
+            });
+            change.await;
+            self.go.send(()).unwrap();
+            read.await.unwrap()
+        }
+
+        fn detokenize(
+            &self,
+            token: &str,
+            purpose: &str,
+        ) -> impl std::future::Future<Output = Result<ValueOut, ApiError>> + Send + 'static
+        {
+            let v = self.v.clone();
+            let body = format!(r#"{{"tokens":["{token}"],"purpose":"{purpose}"}}"#);
+            async move {
+                let mut r = detokenize(&v, &app(), &Bytes::from(body)).await?;
+                Ok(r.values.remove(0))
+            }
+        }
+
+        fn stale(&self) -> String {
+            let text = self.v.metrics.render();
+            text.lines()
+                .find(|l| l.starts_with("vault_release_stale_total "))
+                .unwrap_or_default()
+                .to_string()
+        }
+
+        /// The audit events naming `subject`: action and outcome.
+        fn events(&self, subject: &str) -> Vec<(String, String)> {
+            crate::audit::query(
+                self.v.store.as_ref(),
+                Some(subject),
                 0,
-                "{subject}: released after its erasure"
-            );
+                1000,
+                crate::audit::Deadline::NEVER,
+            )
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.action, e.outcome))
+            .collect()
         }
-        // The log: no release naming a subject after its erasure.
-        let events = crate::audit::query(
-            v.store.as_ref(),
-            None,
-            0,
-            1000,
-            crate::audit::Deadline::NEVER,
-        )
-        .unwrap();
-        for subject in ["s1", "s2"] {
-            let erased = events
+    }
+
+    /// A release that read a subject's value before a change that makes it
+    /// unreleasable was written, and reaches the committer after it,
+    /// releases nothing: it reads again and answers as the vault stands
+    /// now (`gone`, `denied`, sealed), and the log has no release after the
+    /// change. Before, the value read before the change came back after the
+    /// change was acknowledged. A release of a subject the change does not
+    /// touch goes through at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nothing_read_before_a_change_is_released_after_it() {
+        let r = Race::new();
+        let officer = ctx("officer", crate::policy::Role::Officer);
+        let purpose = "respond_to_request";
+
+        // Erasure, during a detokenize.
+        let token = r.collect("s1", "张三", purpose).await;
+        let out = r
+            .around("s1", r.detokenize(&token, purpose), async {
+                crate::api::lifecycle::erase(&r.v, &officer, "s1")
+                    .await
+                    .unwrap();
+            })
+            .await
+            .unwrap();
+        assert_eq!(out.status, Status::Gone);
+        assert!(out.value.is_none());
+        let events = r.events("s1");
+        let erased = events.iter().position(|(a, _)| a == "erasure").unwrap();
+        assert!(
+            !events[erased..]
                 .iter()
-                .position(|e| e.subject.as_deref() == Some(subject) && e.action == "erasure")
-                .unwrap();
-            assert!(!events[erased..].iter().any(|e| {
-                e.subject.as_deref() == Some(subject) && e.outcome.starts_with("released")
-            }));
-        }
+                .any(|(_, o)| o.starts_with("released")),
+            "{events:?}"
+        );
+        assert_eq!(
+            r.stale(),
+            "vault_release_stale_total 1",
+            "the first attempt was refused"
+        );
+
+        // Erasure, during the subject's export.
+        r.collect("s2", "李四", purpose).await;
+        let v = r.v.clone();
+        let exported = r
+            .around(
+                "s2",
+                async move {
+                    let q = Some("purpose=data_subject_request");
+                    crate::api::subjects::export(&v, &app(), "s2", q).await
+                },
+                async {
+                    crate::api::lifecycle::erase(&r.v, &officer, "s2")
+                        .await
+                        .unwrap();
+                },
+            )
+            .await
+            .unwrap();
+        assert!(exported.values.is_empty());
+        assert!(!r
+            .events("s2")
+            .iter()
+            .any(|(_, o)| o.starts_with("released")));
+
+        // A withdrawal of consent, during a detokenize under a purpose that
+        // rests on it.
+        let consent = |method: http::Method| {
+            let v = r.v.clone();
+            async move {
+                let body = Bytes::from(r#"{"policy_version":"2024-01"}"#);
+                crate::api::consent::consent(&v, &app(), &method, "s3", "user_specified", &body)
+                    .await
+                    .unwrap();
+            }
+        };
+        consent(http::Method::PUT).await;
+        let token = r.collect("s3", "王五", "user_specified").await;
+        let out = r
+            .around(
+                "s3",
+                r.detokenize(&token, "user_specified"),
+                consent(http::Method::DELETE),
+            )
+            .await
+            .unwrap();
+        assert_eq!(out.status, Status::Denied);
+        assert_eq!(out.reason.as_deref(), Some("consent_required"));
+
+        // Not touched: a change of another subject lets the release through
+        // on its first attempt.
+        let token = r.collect("s4", "赵六", purpose).await;
+        r.collect("s5", "钱七", purpose).await;
+        let stale = r.stale();
+        let out = r
+            .around("s4", r.detokenize(&token, purpose), async {
+                crate::api::lifecycle::erase(&r.v, &officer, "s5")
+                    .await
+                    .unwrap();
+            })
+            .await
+            .unwrap();
+        assert_eq!(out.status, Status::Ok);
+        assert_eq!(r.stale(), stale);
+
+        // A seal, during a detokenize: nothing decrypted before it is
+        // answered after it.
+        let out = r
+            .around("s4", r.detokenize(&token, purpose), async {
+                crate::api::admin::seal(&r.v, &officer).await.unwrap();
+            })
+            .await;
+        assert!(matches!(out, Err(ApiError::Sealed)), "{out:?}");
+        let released = r.events("s4");
+        let released = released.iter().filter(|(_, o)| o.starts_with("released"));
+        assert_eq!(released.count(), 1, "the control's release only");
     }
 }

@@ -92,16 +92,19 @@ impl Standing {
             Some(closed) => self.write(b, subject, Some(closed), None),
             None => {
                 self.guard(b, subject);
-                b.touch(subject);
                 b.delete(Space::Meta, standing_key(subject));
             }
         }
     }
 
     /// Adds to `b` the guard and the write of this standing as changed.
+    /// A new restriction touches the subject: a release that read it
+    /// unrestricted runs again.
     fn write(&self, b: &mut Batch, subject: &str, closed_ms: Option<u64>, until: Option<u64>) {
         self.guard(b, subject);
-        b.touch(subject);
+        if until.is_some() && until != self.restricted_until {
+            b.touch(subject);
+        }
         let mut bytes = closed_ms.unwrap_or(0).to_be_bytes().to_vec();
         bytes.extend_from_slice(&until.unwrap_or(0).to_be_bytes());
         b.put(Space::Meta, standing_key(subject), bytes);
@@ -428,6 +431,11 @@ async fn close_pass(
             b.delete(Space::Expiry, expiry_key(e, &token, subject));
         }
         rec.expires_ms = Some(until);
+        // A clock that has already run out (a period of zero, a closure
+        // long ago) ends the value now: releases that read it run again.
+        if until <= now {
+            b.touch(subject);
+        }
         b.put(
             Space::Values,
             value_key(&token, subject),
@@ -1358,11 +1366,12 @@ mod tests {
     use crate::classes::Class;
     use crate::store::MemoryStore;
 
-    /// What a release depends on (a value, the standing, the key) changes
-    /// only through helpers that touch the subject, so the committer
-    /// refuses a release that read it before; reading it does not touch.
+    /// What makes a value unreleasable (its deletion, a new restriction,
+    /// the key's destruction) touches the subject, so the committer
+    /// refuses a release that read it before; what cannot (a guard, a
+    /// closure's date, lifting the standing) does not.
     #[test]
-    fn every_change_a_release_reads_touches_its_subject() {
+    fn every_change_that_ends_a_release_touches_its_subject() {
         let tag = vec![crate::store::subject_tag("s1")];
         let rec = Record {
             class: Class::Phone,
@@ -1382,12 +1391,18 @@ mod tests {
         let standing = Standing::default();
         let mut b = Batch::default();
         standing.guard(&mut b, "s1");
-        assert!(b.touches.is_empty());
         standing.write(&mut b, "s1", Some(1), None);
-        assert_eq!(b.touches, tag);
-        let mut b = Batch::default();
         standing.erase(&mut b, "s1");
+        assert!(b.touches.is_empty());
+        standing.write(&mut b, "s1", Some(1), Some(9));
         assert_eq!(b.touches, tag);
+        let restricted = Standing {
+            restricted_until: Some(9),
+            ..Standing::default()
+        };
+        let mut b = Batch::default();
+        restricted.write(&mut b, "s1", Some(1), Some(9));
+        assert!(b.touches.is_empty(), "the same restriction");
         let mut b = Batch::default();
         subject_keys::destroy(&mut b, "s1");
         assert_eq!(b.touches, tag);

@@ -85,21 +85,21 @@ pub async fn export(
     // restriction was written reads again.
     let mut stale = 0;
     loop {
-        match export_once(v, ctx, subject, &purpose).await {
-            Err(ApiError::Conflict) if stale < 5 => stale += 1,
-            r => return r,
+        match export_once(v, ctx, subject, &purpose).await? {
+            Some(export) => return Ok(export),
+            None => super::detokenize::stale_again(v, ctx, &mut stale)?,
         }
     }
 }
 
 /// One read of the subject's values and the write of its events, guarded
-/// on what it read (`Conflict` when that changed meanwhile).
+/// on what it read (`None` when that changed meanwhile).
 async fn export_once(
     v: &Vault,
     ctx: &Ctx,
     subject: &str,
     purpose: &str,
-) -> Result<SubjectExport, ApiError> {
+) -> Result<Option<SubjectExport>, ApiError> {
     let purpose = purpose.to_string();
     let epoch = v.committer.epoch();
     let keys = keyring(v)?;
@@ -206,17 +206,14 @@ async fn export_once(
         }),
         ..Batch::default()
     };
-    v.committer
-        .commit(batch, events)
-        .await
-        .map_err(|e| match e {
-            crate::commit::CommitError::Stale => ApiError::Conflict,
-            _ => ApiError::Unavailable,
-        })?;
-    Ok(SubjectExport {
-        subject: subject.to_string(),
-        values,
-    })
+    match v.committer.commit(batch, events).await {
+        Ok(()) => Ok(Some(SubjectExport {
+            subject: subject.to_string(),
+            values,
+        })),
+        Err(crate::commit::CommitError::Stale) => Ok(None),
+        Err(_) => Err(ApiError::Unavailable),
+    }
 }
 
 /// The newest releases and refused attempts, capped after the filter:
