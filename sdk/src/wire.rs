@@ -419,6 +419,25 @@ impl std::fmt::Debug for SubjectValue {
 pub struct SubjectExport {
     pub subject: String,
     pub values: Vec<SubjectValue>,
+    /// Live values the vault holds for the subject but could not open: a
+    /// key version officers have retired for decryption, or a record that
+    /// fails its integrity check. Listed so the export says it is not
+    /// whole.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub withheld: Vec<WithheldValue>,
+}
+
+/// A value in a subject's export that could not be opened, and why
+/// (`key_version_refused`, `integrity_failure`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WithheldValue {
+    pub class: String,
+    pub token: String,
+    pub purpose: String,
+    pub collected_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<u64>,
+    pub reason: String,
 }
 
 /// One release of a subject's data.

@@ -717,6 +717,14 @@ async fn format_preserving_tokens_keep_the_shape_and_resolve() {
     assert_eq!(d.values[0].value.as_deref(), Some("+8613800138000"));
     assert_eq!(d.values[1].value.as_deref(), Some("350102********1234"));
     assert!(d.values.iter().all(|v| v.status == Status::Ok));
+    // The subject's export names each value by the token tokenize gave,
+    // so an app finds its own tokens there.
+    let export = app.export_subject("acct-p").await.unwrap();
+    let mut exported: Vec<&str> = export.values.iter().map(|v| v.token.as_str()).collect();
+    let mut given = tok.clone();
+    exported.sort_unstable();
+    given.sort_unstable();
+    assert_eq!(exported, given);
     // Stable: the same value again, and through deidentify.
     let again = app
         .deidentify(&deid(

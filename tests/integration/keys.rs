@@ -440,6 +440,45 @@ async fn a_rotation_that_times_out_after_committing_is_still_installed() {
     assert_eq!(officer.rotate_keys().await.unwrap().active_version, Some(3));
 }
 
+/// A subject's export lists the live values it cannot open (a key
+/// version officers retired for decryption) as withheld, with class,
+/// token and times and no value, so it does not pass for the whole of the
+/// subject's data; the log records each as denied.
+#[tokio::test]
+async fn an_export_lists_what_it_cannot_open_as_withheld() {
+    let v = TestVault::start().await;
+    let app = v.client("app");
+    let officer = v.client("officer");
+    let old = tokenize_one(&app, "acct-w", "notification", "phone", "13800138000").await;
+    officer.rotate_keys().await.unwrap();
+    let new = tokenize_one(&app, "acct-w", "notification", "email", "w@fj.gov.cn").await;
+    assert!(app
+        .export_subject("acct-w")
+        .await
+        .unwrap()
+        .withheld
+        .is_empty());
+    officer.set_min_decryption_version(2).await.unwrap();
+    let export = app.export_subject("acct-w").await.unwrap();
+    assert_eq!(export.values.len(), 1);
+    assert_eq!(export.values[0].token, new);
+    assert_eq!(export.withheld.len(), 1, "{export:?}");
+    let w = &export.withheld[0];
+    assert_eq!(
+        (w.class.as_str(), w.token.as_str(), w.reason.as_str()),
+        ("phone", old.as_str(), "key_version_refused")
+    );
+    assert_eq!(w.purpose, "notification");
+    let events = officer
+        .audit(Some("acct-w"), None, Some(100))
+        .await
+        .unwrap()
+        .events;
+    assert!(events.iter().any(|e| e.action == "subject_export"
+        && e.outcome == "denied"
+        && e.token.as_deref() == Some(old.as_str())));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seal_during_load_stops_every_release() {
     let v = TestVault::start().await;

@@ -72,6 +72,22 @@ impl TokenStyles {
         (bytes, shown.unwrap_or_else(|| encode_token(&bytes)))
     }
 
+    /// The token string tokenize gave for the value `plain` (as stored,
+    /// normalized) of class `class` stored under `stored`: its preserving
+    /// form where the class is configured so and the value has one, else
+    /// the opaque form of `stored`.
+    pub fn shown(&self, keys: &Keyring, class: Class, stored: &TokenBytes, plain: &str) -> String {
+        if self.of(class) == TokenStyle::Preserving {
+            if let Ok(norm) = classes::normalize(class, plain) {
+                let (bytes, shown) = self.issue(keys, class, &norm);
+                if bytes == *stored {
+                    return shown;
+                }
+            }
+        }
+        encode_token(stored)
+    }
+
     /// The record key a token string stands for, in either style. A
     /// preserving token is accepted only for a class configured
     /// `preserving`: their space is dense (every mobile-shaped number is

@@ -4,11 +4,10 @@
 //! data). Invariant: an export is audited like any release, in the same
 //! durable write, before it leaves.
 
-use vault_sdk::wire::{AccessEntry, AccessLog, SubjectExport, SubjectValue};
+use vault_sdk::wire::{AccessEntry, AccessLog, SubjectExport, SubjectValue, WithheldValue};
 
 use super::{keyring, now_ms, ApiError, Ctx};
 use crate::audit::{self, Draft};
-use crate::crypto::encode_token;
 use crate::policy::{Role, DATA_SUBJECT_REQUEST};
 use crate::schema::valid_subject;
 use crate::server::Vault;
@@ -106,7 +105,7 @@ async fn export_once(
     let now = now_ms();
     // A subject restricted by a pending erasure (PIPL Art. 47) is kept, not
     // processed: nothing is released but under a legal exception.
-    let (rows, _) = super::lifecycle::values_of(v.store.as_ref(), Some(&keys), subject)?;
+    let (rows, tampered) = super::lifecycle::values_of(v.store.as_ref(), Some(&keys), subject)?;
     // Its standing says so, or (should that record have gone missing) a
     // value's own tagged header does.
     if super::lifecycle::restricted_until(v.store.as_ref(), subject, now)
@@ -141,37 +140,66 @@ async fn export_once(
     };
     let mut values = Vec::new();
     let mut events = Vec::new();
+    let mut withheld = Vec::new();
+    let event = |outcome: &'static str, class: crate::classes::Class, token: &str| Draft {
+        request_id: ctx.request_id.clone(),
+        caller: ctx.caller.to_string(),
+        action: "subject_export",
+        purpose: Some(purpose.clone()),
+        subject: Some(subject.to_string()),
+        class: Some(class.as_str().to_string()),
+        token: Some(token.to_string()),
+        outcome,
+        ..Draft::default()
+    };
+    // Not the vault's as written (a header changed outside it): withheld,
+    // whatever its header claims.
+    for (token, _, rec) in &tampered {
+        let w = withheld_value(token, rec, "integrity_failure");
+        events.push(event("integrity_failure", rec.class, &w.token));
+        withheld.push(w);
+    }
     for (token, _, rec) in rows {
         let level = v.policy.release(&ctx.caller, &purpose, rec.class);
         if !rec.is_live(now) || level == crate::policy::Release::None {
             continue;
         }
         let aad = rec.aad(subject, &token);
-        let Some(plain) = keys
-            .version(rec.key_version)
-            .ok()
-            .zip(subject_key.as_ref())
-            .and_then(|(k, sk)| k.for_subject(sk).open(&aad, &rec.ciphertext).ok())
-            .and_then(|p| String::from_utf8(p.to_vec()).ok())
-        else {
-            continue;
+        let opened = match keys.version(rec.key_version) {
+            Err(crate::keys::KeyError::BelowMinimum(_)) => Err("key_version_refused"),
+            k => k
+                .ok()
+                .zip(subject_key.as_ref())
+                .and_then(|(k, sk)| k.for_subject(sk).open(&aad, &rec.ciphertext).ok())
+                .and_then(|p| String::from_utf8(p.to_vec()).ok())
+                .ok_or("integrity_failure"),
         };
-        let token = encode_token(&token);
-        events.push(Draft {
-            request_id: ctx.request_id.clone(),
-            caller: ctx.caller.to_string(),
-            action: "subject_export",
-            purpose: Some(purpose.clone()),
-            subject: Some(subject.to_string()),
-            class: Some(rec.class.as_str().to_string()),
-            token: Some(token.clone()),
-            outcome: if level == crate::policy::Release::Masked {
-                "released_masked"
-            } else {
-                "released"
-            },
-            ..Draft::default()
-        });
+        let plain = match opened {
+            Ok(plain) => plain,
+            Err(reason) => {
+                if reason == "integrity_failure" {
+                    tracing::error!(request_id = %ctx.request_id, "Stored value failed its integrity check");
+                }
+                let w = withheld_value(&token, &rec, reason);
+                let outcome = if reason == "integrity_failure" {
+                    reason
+                } else {
+                    "denied"
+                };
+                events.push(event(outcome, rec.class, &w.token));
+                withheld.push(w);
+                continue;
+            }
+        };
+        // The token as tokenize gave it (preserving where so configured),
+        // so an app finds its own tokens in the export.
+        let token = v.tokens.shown(&keys, rec.class, &token, &plain);
+        let outcome = if level == crate::policy::Release::Masked {
+            "released_masked"
+        } else {
+            "released"
+        };
+        events.push(event(outcome, rec.class, &token));
         let value = if level == crate::policy::Release::Masked {
             let masked = crate::classes::mask(rec.class, &plain);
             zeroize::Zeroize::zeroize(&mut { plain });
@@ -210,9 +238,26 @@ async fn export_once(
         Ok(()) => Ok(Some(SubjectExport {
             subject: subject.to_string(),
             values,
+            withheld,
         })),
         Err(crate::commit::CommitError::Stale) => Ok(None),
         Err(_) => Err(ApiError::Unavailable),
+    }
+}
+
+/// What the export says of a value it could not open.
+fn withheld_value(
+    token: &crate::crypto::TokenBytes,
+    rec: &crate::schema::Record,
+    reason: &str,
+) -> WithheldValue {
+    WithheldValue {
+        class: rec.class.as_str().to_string(),
+        token: crate::crypto::encode_token(token),
+        purpose: rec.purpose.clone(),
+        collected_ms: rec.collected_ms,
+        expires_ms: rec.expires_ms,
+        reason: reason.to_string(),
     }
 }
 
