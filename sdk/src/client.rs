@@ -337,6 +337,18 @@ impl Client {
     pub async fn unseal(&self, share: &str) -> Result<KeysStatus, Error> {
         let req = UnsealRequest {
             share: share.to_string(),
+            resume: false,
+        };
+        self.post_json("/v1/admin/unseal", &req).await
+    }
+
+    /// Asks to unseal a vault an officer sealed whose root key comes from a
+    /// file or a command: once two officers have asked, the vault reads
+    /// its root key again and unseals (officers).
+    pub async fn resume_unseal(&self) -> Result<KeysStatus, Error> {
+        let req = UnsealRequest {
+            share: String::new(),
+            resume: true,
         };
         self.post_json("/v1/admin/unseal", &req).await
     }

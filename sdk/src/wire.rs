@@ -269,11 +269,16 @@ pub struct KeysStatus {
     pub counts_partial: bool,
 }
 
-/// `POST /v1/admin/unseal`.
-#[derive(Clone, Serialize, Deserialize)]
+/// `POST /v1/admin/unseal`: one key share (`unseal-with-shares`), or,
+/// for a vault whose root key comes from a file or a command and that an
+/// officer sealed, `resume` (two officers must ask).
+#[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UnsealRequest {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub share: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resume: bool,
 }
 
 wipe_on_drop!(UnsealRequest: share);
@@ -778,7 +783,8 @@ mod tests {
             format!(
                 "{:?}",
                 UnsealRequest {
-                    share: secret.into()
+                    share: secret.into(),
+                    resume: false,
                 }
             ),
             format!(

@@ -440,6 +440,110 @@ async fn a_rotation_that_times_out_after_committing_is_still_installed() {
     assert_eq!(officer.rotate_keys().await.unwrap().active_version, Some(3));
 }
 
+/// An officer's seal holds across a restart of a vault whose root key is
+/// in a file: it starts sealed, until two different officers ask to
+/// resume; then it reads its root key again, unseals, and starts unsealed
+/// again afterwards. Before, a restart (or a crash an attacker could
+/// cause) quietly undid the seal.
+#[tokio::test]
+async fn a_seal_holds_across_a_restart_until_two_officers_resume() {
+    let mut v = TestVault::start().await;
+    let token = tokenize_one(&v.client("app"), "acct-s", "notification", "phone", PHONE).await;
+    assert!(v.client("officer").seal().await.unwrap().sealed);
+    v.restart().await;
+    let (app, officer, officer2) = (v.client("app"), v.client("officer"), v.client("officer2"));
+    let st = officer.keys_status().await.unwrap();
+    assert!(st.sealed);
+    assert_eq!((st.unseal_progress, st.unseal_threshold), (0, 2));
+    let err = app
+        .detokenize(&detok_req("notification", &[&token]))
+        .await
+        .unwrap_err();
+    assert_eq!((err.status(), err.code()), (Some(503), Some("sealed")));
+    assert_eq!(v.ops_get("/readyz").await.0, 503);
+    // Only officers, not with shares, and one officer asking twice is one.
+    assert_eq!(
+        app.resume_unseal().await.unwrap_err().code(),
+        Some("forbidden")
+    );
+    assert_eq!(
+        officer.unseal("vs1-x").await.unwrap_err().code(),
+        Some("invalid_request")
+    );
+    for _ in 0..2 {
+        let st = officer.resume_unseal().await.unwrap();
+        assert!(st.sealed);
+        assert_eq!(st.unseal_progress, 1);
+    }
+    let st = officer2.resume_unseal().await.unwrap();
+    assert!(!st.sealed, "{st:?}");
+    let out = app
+        .detokenize(&detok_req("notification", &[&token]))
+        .await
+        .unwrap();
+    assert_eq!(out.values[0].status, Status::Ok);
+    v.restart().await;
+    assert!(!v.client("officer").keys_status().await.unwrap().sealed);
+    let events = v
+        .client("officer")
+        .audit(None, None, Some(1000))
+        .await
+        .unwrap()
+        .events;
+    let kinds: Vec<(&str, &str)> = events
+        .iter()
+        .filter(|e| e.action.contains("seal"))
+        .map(|e| (e.action.as_str(), e.outcome.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("seal", "ok"),
+            ("unseal_resume", "accepted"),
+            ("unseal_resume", "accepted"),
+            ("unseal", "unsealed")
+        ]
+    );
+}
+
+/// `vault operator clear-seal` clears an officer's seal while the vault
+/// is stopped (refused while it runs: the database is locked), audited;
+/// the vault then starts unsealed.
+#[tokio::test]
+async fn operator_clear_seal_lets_a_stopped_vault_start_unsealed() {
+    let mut v = TestVault::start().await;
+    v.client("officer").seal().await.unwrap();
+    let config = vault::dev::prepare(v.dir.path()).unwrap();
+    let clear = || {
+        run_vault(&[
+            "operator".as_ref(),
+            "clear-seal".as_ref(),
+            "--config".as_ref(),
+            config.as_os_str(),
+        ])
+    };
+    let (code, _, err) = clear();
+    assert_ne!(code, 0, "cleared under a running vault: {err}");
+    v.stop().await;
+    let (code, out, err) = clear();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("Seal cleared"), "{out}");
+    let (code, out, _) = clear();
+    assert_eq!(code, 0);
+    assert!(out.contains("No officer's seal"), "{out}");
+    v.restart().await;
+    assert!(!v.client("officer").keys_status().await.unwrap().sealed);
+    let events = v
+        .client("officer")
+        .audit(None, None, Some(1000))
+        .await
+        .unwrap()
+        .events;
+    assert!(events
+        .iter()
+        .any(|e| e.action == "seal_cleared" && e.caller == "operator"));
+}
+
 /// A subject's export lists the live values it cannot open (a key
 /// version officers retired for decryption) as withheld, with class,
 /// token and times and no value, so it does not pass for the whole of the

@@ -92,14 +92,18 @@ pub enum Command {
         conn: Connection,
     },
     /// Give one key share towards unsealing (officers). Without --share the
-    /// share is read from standard input.
+    /// share is read from standard input. With --resume (a vault an officer
+    /// sealed, its root key from a file or a command): ask to read the root
+    /// key again; two officers must ask.
     Unseal {
         #[command(flatten)]
         conn: Connection,
         /// The share, on the command line: other local users can read it
         /// there (a warning says so); prefer standard input.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "resume")]
         share: Option<String>,
+        #[arg(long)]
+        resume: bool,
     },
 }
 
@@ -115,6 +119,13 @@ pub enum OperatorCommand {
         threshold: u8,
         #[arg(long)]
         json: bool,
+    },
+    /// Clear an officer's seal while the vault is stopped, so that it
+    /// starts unsealed again (the way back for a root key given in the
+    /// environment, or without two officers at hand).
+    ClearSeal {
+        #[arg(long)]
+        config: PathBuf,
     },
 }
 
@@ -214,6 +225,9 @@ pub fn run(cli: Cli) -> ExitCode {
                     json,
                 },
         } => officer::init(&config, shares, threshold, json),
+        Command::Operator {
+            command: OperatorCommand::ClearSeal { config },
+        } => officer::clear_seal(&config),
         Command::Keys { conn, command } => officer::keys(&conn, &command),
         Command::Approve {
             conn,
@@ -233,7 +247,10 @@ pub fn run(cli: Cli) -> ExitCode {
             },
         ),
         Command::Seal { conn } => officer::seal(&conn),
-        Command::Unseal { conn, share } => officer::unseal(&conn, share),
+        Command::Unseal {
+            conn, resume: true, ..
+        } => officer::resume(&conn),
+        Command::Unseal { conn, share, .. } => officer::unseal(&conn, share),
     }
 }
 

@@ -66,6 +66,42 @@ const DATA_SLOT: &[u8] = b"keys/data/";
 /// How the root key is split, written by `vault operator init`.
 pub const UNSEAL_SLOT: &[u8] = b"keys/unseal";
 
+/// Set (to a random value) by an officer's seal and cleared by an unseal:
+/// while it is there the vault starts sealed, whatever its root key's
+/// source, so a restart or a crash does not undo a seal.
+pub const SEAL_MARK: &[u8] = b"keys/sealed";
+
+/// Officers who must ask before a sealed vault reads its root key again
+/// from its file or command (`vault unseal --resume`).
+pub const RESUME_OFFICERS: usize = 2;
+
+/// Where the root key comes from.
+#[derive(Clone, Debug)]
+pub enum RootSource {
+    /// Officers' key shares (`unseal-with-shares`).
+    Shares,
+    File(std::path::PathBuf),
+    /// An environment variable, read once at start.
+    Env,
+    Command(Vec<String>),
+}
+
+impl RootSource {
+    /// Reads the root key again from a file or a command.
+    pub fn read_again(&self) -> Result<SecretKey<32>, KeyError> {
+        match self {
+            RootSource::File(path) => master_from_file(path),
+            RootSource::Command(argv) => master_from_command(argv),
+            RootSource::Shares | RootSource::Env => Err(KeyError::Sealed),
+        }
+    }
+}
+
+/// Whether an officer's seal holds: the vault starts sealed.
+pub fn sealed_by_officer(store: &dyn Store) -> Result<bool, KeyError> {
+    Ok(store.get(Space::Meta, SEAL_MARK)?.is_some())
+}
+
 fn subject_slot(subject: &str) -> Vec<u8> {
     let mut k = b"subject/".to_vec();
     k.extend_from_slice(subject.as_bytes());

@@ -42,8 +42,11 @@ pub struct Vault {
     pub committer: Committer,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
-    /// Shares given so far towards an unseal.
+    /// Shares given so far towards an unseal (and officers asking to
+    /// resume).
     pub unseal: std::sync::Mutex<crate::shares::Collector>,
+    /// Where the root key comes from: what an unseal reads again.
+    pub root: crate::keys::RootSource,
     /// Serializes officer key operations (rotate, min version, unseal).
     pub key_ops: tokio::sync::Mutex<()>,
     /// The background re-encryption job.
@@ -150,8 +153,33 @@ pub fn open_keys(cfg: &Config, store: &dyn Store) -> Result<KeyState, keys::KeyE
         }
         return Ok(KeyState::default());
     }
+    if keys::sealed_by_officer(store)? {
+        // A root key handed over in the environment is read once: taken
+        // out now and wiped, so it is in memory neither way.
+        if matches!(root_source(cfg), keys::RootSource::Env) {
+            drop(load_master(cfg));
+        }
+        tracing::warn!(
+            "An officer sealed this vault: it starts sealed, until two officers unseal it with `vault unseal --resume` (root key from a file or a command) or `vault operator clear-seal` clears the seal while it is stopped"
+        );
+        return Ok(KeyState::default());
+    }
     let root = load_master(cfg)?;
     Ok(KeyState::unsealed(Keyring::open(&root, store)?))
+}
+
+/// Where `cfg` takes its root key from.
+pub fn root_source(cfg: &Config) -> keys::RootSource {
+    let k = &cfg.keys;
+    if k.unseal_with_shares {
+        return keys::RootSource::Shares;
+    }
+    match (&k.master_key_file, &k.master_key_env, &k.master_key_command) {
+        (Some(f), _, _) => keys::RootSource::File(cfg.resolve(f)),
+        (None, Some(_), _) => keys::RootSource::Env,
+        (None, None, Some(cmd)) => keys::RootSource::Command(cmd.clone()),
+        (None, None, None) => keys::RootSource::Env,
+    }
 }
 
 /// Starts over a given key state and store: how tests put a failing or
@@ -273,6 +301,7 @@ pub fn build(
             max_streams_per_connection: s.max_streams_per_connection,
         },
         unseal: std::sync::Mutex::new(crate::shares::Collector::default()),
+        root: root_source(cfg),
         key_ops: tokio::sync::Mutex::new(()),
         config_on_expiry: cfg.retention.on_expiry,
         tokens: crate::tokens::TokenStyles::from_config(cfg),

@@ -129,6 +129,9 @@ pub struct Collector {
     got: BTreeMap<u8, Zeroizing<Vec<u8>>>,
     /// The callers whose shares are in `got`, one share each.
     officers: BTreeSet<String>,
+    /// The officers who asked to resume (a root key from a file or a
+    /// command, after an officer's seal).
+    resumers: BTreeSet<String>,
 }
 
 impl std::fmt::Debug for Collector {
@@ -211,6 +214,19 @@ impl Collector {
         self.got.clear();
         self.officers.clear();
         self.threshold = None;
+        self.resumers.clear();
+    }
+
+    /// Records `officer`'s ask to resume; answers how many distinct
+    /// officers have asked.
+    pub fn resume(&mut self, officer: &str) -> usize {
+        self.resumers.insert(officer.to_string());
+        self.resumers.len()
+    }
+
+    /// How many distinct officers have asked to resume.
+    pub fn resumers(&self) -> usize {
+        self.resumers.len()
     }
 }
 

@@ -14,7 +14,9 @@ use vault_sdk::wire::{
 
 use super::{now_ms, parse_json, require_officer, ApiError, Ctx};
 use crate::audit::Draft;
-use crate::keys::{KeyError, Keyring, UnsealMeta, UNSEAL_SLOT};
+use crate::keys::{
+    KeyError, Keyring, RootSource, UnsealMeta, RESUME_OFFICERS, SEAL_MARK, UNSEAL_SLOT,
+};
 use crate::rewrap::{self, Rewrap};
 use crate::server::Vault;
 use crate::shares::{Progress, ShareError};
@@ -54,10 +56,18 @@ async fn audit_only(
 /// (and decrypted) before it and reaches the log after it is refused, and
 /// reads again into the sealed vault.
 async fn audit_seal(v: &Vault, ctx: &Ctx) -> Result<(), ApiError> {
-    let batch = Batch {
+    let mut batch = Batch {
         touches_all: true,
         ..Batch::default()
     };
+    // The vault starts sealed while this mark is there: a restart or a
+    // crash does not undo the seal. Random, so an unseal that read an
+    // older mark cannot clear this one.
+    batch.put(
+        Space::Meta,
+        SEAL_MARK.to_vec(),
+        rand::random::<[u8; 16]>().to_vec(),
+    );
     commit(v, batch, draft(ctx, "seal", "ok")).await
 }
 
@@ -120,8 +130,19 @@ async fn status_counted(
     counted: Option<std::collections::BTreeMap<u32, u64>>,
 ) -> Result<KeysStatus, ApiError> {
     let threshold = unseal_meta(v)?.map_or(0, |m| usize::from(m.threshold));
-    let progress = v.unseal.lock().map(|c| c.progress()).unwrap_or(0);
     let Ok(keys) = v.keys.get() else {
+        let (threshold, progress) = match (threshold, &v.root) {
+            // Sealed by an officer, a root key from a file or a command:
+            // the officers who asked to resume, of those needed.
+            (0, RootSource::File(_) | RootSource::Command(_)) => (
+                RESUME_OFFICERS,
+                v.unseal.lock().map(|c| c.resumers()).unwrap_or(0),
+            ),
+            _ => (
+                threshold,
+                v.unseal.lock().map(|c| c.progress()).unwrap_or(0),
+            ),
+        };
         return Ok(KeysStatus {
             sealed: true,
             unseal_progress: progress,
@@ -382,11 +403,15 @@ pub async fn seal(v: &Arc<Vault>, ctx: &Ctx) -> Result<KeysStatus, ApiError> {
     tracing::warn!(caller = %ctx.caller, "Vault sealed by an officer");
     // Sealing happens even if the event cannot be written; the write is
     // still attempted so the log says who did it.
-    let _ = audit_seal(v, ctx).await;
+    if audit_seal(v, ctx).await.is_err() {
+        tracing::error!("The seal could not be written to the database: it holds until a restart, which would start unsealed");
+    }
     status(v, ctx).await
 }
 
-/// `POST /v1/admin/unseal` `{"share":"vs1-..."}`.
+/// `POST /v1/admin/unseal` `{"share":"vs1-..."}`, or `{"resume":true}`
+/// for a vault whose root key comes from a file or a command (two
+/// officers must ask; the root key is then read again).
 pub async fn unseal(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysStatus, ApiError> {
     require_officer(ctx)?;
     let req: UnsealRequest = parse_json(body)?;
@@ -395,6 +420,74 @@ pub async fn unseal(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysStatu
     if !v.keys.is_sealed() {
         return status(v, ctx).await;
     }
+    // What the seal left, read before the root: an unseal clears this
+    // mark only, so a seal made meanwhile (a new mark) is not undone.
+    let mark = v
+        .store
+        .get(Space::Meta, SEAL_MARK)
+        .map_err(|_| ApiError::Unavailable)?;
+    let root = if req.resume {
+        if !req.share.is_empty() {
+            return Err(ApiError::BadRequest("give a share or resume, not both"));
+        }
+        match resume_root(v, ctx).await? {
+            Some(root) => root,
+            None => return status(v, ctx).await,
+        }
+    } else {
+        match share_root(v, ctx, &req.share).await? {
+            Some(root) => root,
+            None => return status(v, ctx).await,
+        }
+    };
+    let store = v.store.clone();
+    let opened = blocking(move || Keyring::open_existing(&root, store.as_ref())).await?;
+    let keys = match opened {
+        Ok(keys) => keys,
+        Err(_) => {
+            audit_only(v, ctx, "unseal", "failed").await?;
+            return Err(ApiError::UnsealFailed);
+        }
+    };
+    let active = keys.meta().active;
+    // The seal's mark goes in the write of the unseal's event, guarded on
+    // the mark read: a seal that wrote a new one since wins.
+    let mut batch = Batch::default();
+    batch.expect(Space::Meta, SEAL_MARK.to_vec(), mark.clone());
+    if mark.is_some() {
+        batch.delete(Space::Meta, SEAL_MARK.to_vec());
+    }
+    let cleared = commit(v, batch, draft(ctx, "unseal", "unsealed")).await;
+    if matches!(cleared, Err(ApiError::Conflict))
+        || (cleared.is_ok() && !v.keys.install_unless_sealed_since(seals, keys))
+    {
+        // Sealed again while the keys were opening: the seal wins, and
+        // unsealing starts over.
+        if let Ok(mut c) = v.unseal.lock() {
+            c.reset();
+        }
+        return Err(ApiError::Sealed);
+    }
+    cleared?;
+    v.metrics.key_active_version.set(i64::from(active));
+    v.metrics.set_sealed(false);
+    // A seal that came right after the install set the gauge itself; one
+    // between the install and the line above did not.
+    if v.keys.is_sealed() {
+        v.metrics.set_sealed(true);
+    }
+    tracing::info!("Vault unsealed");
+    v.rewrap.kick();
+    status(v, ctx).await
+}
+
+/// Adds one officer's share: the root once the threshold is met, `None`
+/// while more are needed.
+async fn share_root(
+    v: &Arc<Vault>,
+    ctx: &Ctx,
+    share: &str,
+) -> Result<Option<crate::secret::SecretKey<32>>, ApiError> {
     let Some(meta) = unseal_meta(v)? else {
         return Err(ApiError::BadRequest(
             "this vault does not unseal with shares",
@@ -403,52 +496,64 @@ pub async fn unseal(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysStatu
     // The caller's name from its certificate: the threshold counts
     // officers, so a second share from the same one is refused.
     let added = match v.unseal.lock() {
-        Ok(mut c) => c.add(&ctx.caller, &req.share, meta.threshold, &meta.fingerprints),
+        Ok(mut c) => c.add(&ctx.caller, share, meta.threshold, &meta.fingerprints),
         Err(_) => return Err(ApiError::Internal),
     };
-    let root = match added {
+    match added {
         Ok(Progress::Need(..)) => {
             audit_only(v, ctx, "unseal_share", "accepted").await?;
-            return status(v, ctx).await;
+            Ok(None)
         }
-        Ok(Progress::Complete(root)) => root,
+        Ok(Progress::Complete(root)) => Ok(Some(root)),
         Err(e) => {
             audit_only(v, ctx, "unseal_share", "rejected").await?;
-            return Err(match e {
+            Err(match e {
                 ShareError::Duplicate => ApiError::InvalidShare("this share was already given"),
                 ShareError::SameOfficer => ApiError::InvalidShare(
                     "this officer has already given a share; the next must come from another officer",
                 ),
                 _ => ApiError::InvalidShare("this is not a share of this vault's key"),
-            });
+            })
         }
+    }
+}
+
+/// Records one officer's ask to resume: once [`RESUME_OFFICERS`] distinct
+/// officers have asked, the root key read again from its file or command;
+/// `None` while more must ask.
+async fn resume_root(
+    v: &Arc<Vault>,
+    ctx: &Ctx,
+) -> Result<Option<crate::secret::SecretKey<32>>, ApiError> {
+    match v.root {
+        RootSource::File(_) | RootSource::Command(_) => {}
+        RootSource::Shares => {
+            return Err(ApiError::BadRequest(
+                "this vault unseals with shares, not by resuming",
+            ))
+        }
+        RootSource::Env => {
+            return Err(ApiError::BadRequest(
+                "this vault's root key comes from an environment variable, read once at start: stop it, clear the seal with `vault operator clear-seal`, and start it again",
+            ))
+        }
+    }
+    let asked = match v.unseal.lock() {
+        Ok(mut c) => c.resume(&ctx.caller),
+        Err(_) => return Err(ApiError::Internal),
     };
-    let store = v.store.clone();
-    let opened = blocking(move || Keyring::open_existing(&root, store.as_ref())).await?;
-    match opened {
-        Ok(keys) => {
-            let active = keys.meta().active;
-            if !v.keys.install_unless_sealed_since(seals, keys) {
-                // Sealed again while the keys were opening: the seal wins,
-                // and unsealing starts over.
-                if let Ok(mut c) = v.unseal.lock() {
-                    c.reset();
-                }
-                return Err(ApiError::Sealed);
-            }
-            v.metrics.key_active_version.set(i64::from(active));
-            v.metrics.set_sealed(false);
-            // A seal that came right after the install set the gauge
-            // itself; one between the install and the line above did not.
-            if v.keys.is_sealed() {
-                v.metrics.set_sealed(true);
-            }
-            tracing::info!("Vault unsealed");
-            audit_only(v, ctx, "unseal", "unsealed").await?;
-            v.rewrap.kick();
-            status(v, ctx).await
-        }
-        Err(_) => {
+    if asked < RESUME_OFFICERS {
+        audit_only(v, ctx, "unseal_resume", "accepted").await?;
+        return Ok(None);
+    }
+    if let Ok(mut c) = v.unseal.lock() {
+        c.reset();
+    }
+    let source = v.root.clone();
+    match blocking(move || source.read_again()).await? {
+        Ok(root) => Ok(Some(root)),
+        Err(e) => {
+            tracing::error!(error = %e, "The root key could not be read again");
             audit_only(v, ctx, "unseal", "failed").await?;
             Err(ApiError::UnsealFailed)
         }

@@ -281,6 +281,69 @@ pub fn unseal(conn: &Connection, share: Option<String>) -> ExitCode {
     rt.block_on(async { report(conn.json, c.unseal(&share).await, keys_text) })
 }
 
+/// `vault unseal --resume`: one officer's ask to read the root key again.
+pub fn resume(conn: &Connection) -> ExitCode {
+    let (c, rt) = match (client(conn), runtime()) {
+        (Ok(c), Ok(rt)) => (c, rt),
+        (Err(code), _) | (_, Err(code)) => return code,
+    };
+    rt.block_on(async { report(conn.json, c.resume_unseal().await, keys_text) })
+}
+
+/// `vault operator clear-seal`: removes an officer's seal from a stopped
+/// vault's database (audited), so it starts unsealed.
+pub fn clear_seal(config: &std::path::Path) -> ExitCode {
+    harden();
+    let cfg = match load(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let store: Arc<dyn Store> = match RocksStore::open(&cfg.data_dir()) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            return fail(
+                EXIT_RUNTIME,
+                &format!("cannot open the database (is the vault still running?): {e}"),
+            )
+        }
+    };
+    let mark = match store.get(Space::Meta, crate::keys::SEAL_MARK) {
+        Ok(m) => m,
+        Err(e) => return fail(EXIT_RUNTIME, &format!("cannot read the database: {e}")),
+    };
+    let Some(mark) = mark else {
+        println!("No officer's seal to clear: the vault starts as its configuration says.");
+        return ExitCode::SUCCESS;
+    };
+    let mut batch = crate::store::Batch::default();
+    batch.expect(Space::Meta, crate::keys::SEAL_MARK.to_vec(), Some(mark));
+    batch.delete(Space::Meta, crate::keys::SEAL_MARK.to_vec());
+    let event = Draft {
+        request_id: "operator-clear-seal".into(),
+        caller: "operator".into(),
+        action: "seal_cleared",
+        outcome: "ok",
+        ..Draft::default()
+    };
+    let written = runtime().map(|rt| {
+        rt.block_on(async {
+            let committer = crate::commit::Committer::start(
+                store.clone(),
+                Arc::new(crate::metrics::Metrics::new()),
+            )?;
+            committer.commit(batch, vec![event]).await
+        })
+    });
+    match written {
+        Ok(Ok(())) => {
+            println!("Seal cleared: the vault starts unsealed at its next start.");
+            ExitCode::SUCCESS
+        }
+        Ok(Err(e)) => fail(EXIT_RUNTIME, &format!("cannot clear the seal: {e}")),
+        Err(code) => code,
+    }
+}
+
 /// `vault operator init`: creates the root key of a vault configured with
 /// `unseal-with-shares`, stores its key hierarchy, and prints the shares
 /// once. The server must not be running (the database is opened directly).
