@@ -1522,3 +1522,41 @@ async fn the_officers_listener_has_places_of_its_own() {
     assert!(at_officers("officer").seal().await.unwrap().sealed);
     assert!(v.running().vault.keys.is_sealed());
 }
+
+/// TLS 1.3 only by default: a client that speaks nothing newer than 1.2
+/// fails its handshake; with `tls.min-version = "1.2"` it gets through,
+/// on 1.2.
+#[tokio::test]
+async fn tls_1_2_is_refused_unless_configured() {
+    async fn handshake_1_2(v: &TestVault) -> Option<rustls::ProtocolVersion> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for c in vault::tls::load_certs(&v.tls().join("ca.pem")).unwrap() {
+            roots.add(c).unwrap();
+        }
+        let tls = v.tls();
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(
+                vault::tls::load_certs(&tls.join("app.pem")).unwrap(),
+                vault::tls::load_key(&tls.join("app.key")).unwrap(),
+            )
+            .unwrap();
+        let tcp = TcpStream::connect(v.api).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let s = TlsConnector::from(Arc::new(cfg))
+            .connect(name, tcp)
+            .await
+            .ok()?;
+        s.get_ref().1.protocol_version()
+    }
+    let v = TestVault::start().await;
+    assert_eq!(handshake_1_2(&v).await, None, "TLS 1.2 accepted by default");
+    let v = TestVault::start_with(|cfg| cfg.tls.min_version = "1.2".into()).await;
+    assert_eq!(
+        handshake_1_2(&v).await,
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+}
