@@ -571,7 +571,7 @@ fn corrupt_store(input: &mut Input<'_>) {
         never,
     );
     let _ = audit::query(&store, None, since, 1 + usize::from(input.byte()), never);
-    let _ = audit::newest(&store, 1 + usize::from(input.byte()), never, |e| {
+    let _ = audit::newest(&store, None, 1 + usize::from(input.byte()), never, |e| {
         e.subject.as_deref() == Some(subject.as_str())
     });
     let _ = audit::first_at_or_after(&store, input.u64());

@@ -214,6 +214,17 @@ impl Client {
         self.get_json(&subject_path(subject, "/access-log")).await
     }
 
+    /// The access log's entries older than event `before` (an answer's
+    /// `next_before`): the next page back.
+    pub async fn access_log_before(
+        &self,
+        subject: &str,
+        before: u64,
+    ) -> Result<crate::wire::AccessLog, Error> {
+        let path = format!("{}?before={before}", subject_path(subject, "/access-log"));
+        self.get_json(&path).await
+    }
+
     /// `DELETE /v1/subjects/{subject}`: erasure, with its receipt.
     pub async fn erase_subject(&self, subject: &str) -> Result<crate::wire::ErasureReceipt, Error> {
         self.delete_json(&subject_path(subject, "")).await

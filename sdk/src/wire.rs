@@ -466,6 +466,10 @@ pub struct AccessLog {
     /// Older releases were left out.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
+    /// When older entries were left out: the `before` that pages on to
+    /// them (`?before=N`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_before: Option<u64>,
 }
 
 /// `DELETE /v1/subjects/{subject}`: what the erasure did.

@@ -792,3 +792,46 @@ async fn one_caller_cannot_take_every_audit_walk() {
         w.await.unwrap().unwrap();
     }
 }
+
+/// The access log pages back: a subject with more releases than one answer
+/// holds gets the newest 10,000 and `next_before`, and `?before=` gives
+/// the rest, so every release can be listed. A bad `before` is 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_pages_back_to_every_release() {
+    let v = TestVault::start().await;
+    let app = v.client("app");
+    let tok = tokenize_one(&app, "acct-p", "notification", "phone", "13800138000").await;
+    for n in [
+        1000usize, 1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000, 5,
+    ] {
+        let tokens = vec![tok.as_str(); n];
+        let out = app
+            .detokenize(&detok_req("notification", &tokens))
+            .await
+            .unwrap();
+        assert!(out.values.iter().all(|o| o.status == Status::Ok));
+    }
+    let first = app.access_log("acct-p").await.unwrap();
+    assert!(first.truncated);
+    assert_eq!(first.entries.len(), 10_000);
+    let before = first.next_before.expect("a page back");
+    let rest = app.access_log_before("acct-p", before).await.unwrap();
+    assert!(!rest.truncated);
+    assert_eq!(rest.next_before, None);
+    assert_eq!(rest.entries.len() + first.entries.len(), 10_005);
+    assert!(rest
+        .entries
+        .iter()
+        .chain(&first.entries)
+        .all(|e| e.outcome == "released"));
+    assert!(rest.entries.last().unwrap().time_ms <= first.entries[0].time_ms);
+    let r = app
+        .raw(
+            http::Method::GET,
+            "/v1/subjects/acct-p/access-log?before=x",
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400);
+}

@@ -387,17 +387,18 @@ pub fn query(
 }
 
 /// The newest `limit` events that `keep` keeps, oldest first, walking the
-/// log from its end, and whether older ones were left out: a cap applied
-/// after the filter, so events of other kinds cannot push the ones asked
-/// for out of the answer.
+/// log from its end (or from just before event `before`), and whether
+/// older ones were left out: a cap applied after the filter, so events of
+/// other kinds cannot push the ones asked for out of the answer.
 pub fn newest(
     store: &dyn Store,
+    before: Option<u64>,
     limit: usize,
     deadline: Deadline,
     mut keep: impl FnMut(&AuditEvent) -> bool,
 ) -> Result<(Vec<AuditEvent>, bool), AuditError> {
     let mut out = Vec::new();
-    let mut to: Option<Vec<u8>> = None;
+    let mut to: Option<Vec<u8>> = before.map(seq_key);
     loop {
         deadline.check()?;
         let rows = store.scan_rev(Space::Audit, &seq_key(0), to.as_deref(), 1024)?;

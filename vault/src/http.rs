@@ -470,7 +470,11 @@ async fn subjects(
         ([""], _) => ok(lifecycle::erase(v, ctx, &subject).await),
         (["access-log"], _) => {
             let subject = subject.clone();
-            ok(off_runtime(v, ctx, move |v, d| subjects::access_log(v, &subject, d)).await)
+            let query = query.map(str::to_string);
+            ok(off_runtime(v, ctx, move |v, d| {
+                subjects::access_log(v, &subject, query.as_deref(), d)
+            })
+            .await)
         }
         (["consents", p], _) => match api::percent_decode(p) {
             Some(p) => ok(consent::consent(v, ctx, m, &subject, &p, b).await),

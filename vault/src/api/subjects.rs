@@ -267,16 +267,32 @@ fn withheld_value(
 pub fn access_log(
     v: &Vault,
     subject: &str,
+    query: Option<&str>,
     deadline: audit::Deadline,
 ) -> Result<AccessLog, ApiError> {
     if !valid_subject(subject) {
         return Err(ApiError::InvalidSubject);
     }
+    let mut before = None;
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair.split_once('=').map(|(k, n)| (k, n.parse::<u64>())) {
+            Some(("before", Ok(n))) => before = Some(n),
+            _ => {
+                return Err(ApiError::BadRequest(
+                    "the only query parameter is before, an event's sequence number",
+                ))
+            }
+        }
+    }
     // Refusals cost a caller nothing to make, releases need a grant: the
     // newest refusals share a small cap of their own, so however many there
     // are, the newest 9,000 releases or more are in the answer.
     let mut refusals = 0usize;
-    let (events, truncated) = audit::newest(v.store.as_ref(), MAX_ENTRIES, deadline, |e| {
+    let (events, cut) = audit::newest(v.store.as_ref(), before, MAX_ENTRIES, deadline, |e| {
         if e.subject.as_deref() != Some(subject) || !RELEASES.contains(&e.action.as_str()) {
             return false;
         }
@@ -287,7 +303,9 @@ pub fn access_log(
         refusals <= MAX_REFUSALS
     })
     .map_err(walk_error)?;
-    let truncated = truncated || refusals > MAX_REFUSALS;
+    let truncated = cut || refusals > MAX_REFUSALS;
+    // Older entries are a page back, from the oldest one here.
+    let next_before = events.first().filter(|_| cut).map(|e| e.seq);
     let entries = events
         .into_iter()
         .map(|e| AccessEntry {
@@ -302,6 +320,7 @@ pub fn access_log(
         subject: subject.to_string(),
         entries,
         truncated,
+        next_before,
     })
 }
 

@@ -142,21 +142,21 @@ fn newest_caps_after_its_filter_and_says_when_it_left_some_out() {
     // 3,000 events, a third each for s0, s1, s2.
     append(&s, 3_000);
     let of_s1 = |e: &AuditEvent| e.subject.as_deref() == Some("s1");
-    let (got, truncated) = newest(&s, 5, Deadline::NEVER, of_s1).unwrap();
+    let (got, truncated) = newest(&s, None, 5, Deadline::NEVER, of_s1).unwrap();
     // The newest five of s1, oldest first.
     assert_eq!(
         got.iter().map(|e| e.seq).collect::<Vec<_>>(),
         vec![2987, 2990, 2993, 2996, 2999]
     );
     assert!(truncated);
-    let (got, truncated) = newest(&s, 1_000, Deadline::NEVER, of_s1).unwrap();
+    let (got, truncated) = newest(&s, None, 1_000, Deadline::NEVER, of_s1).unwrap();
     assert_eq!((got.len(), truncated), (1_000, false));
     assert_eq!(got.first().map(|e| e.seq), Some(2));
     // Events of other kinds, however many, cannot hide the one asked for.
-    let (got, _) = newest(&s, 1, Deadline::NEVER, |e| e.seq == 7).unwrap();
+    let (got, _) = newest(&s, None, 1, Deadline::NEVER, |e| e.seq == 7).unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(
-        newest(&MemoryStore::new(), 5, Deadline::NEVER, |_| true)
+        newest(&MemoryStore::new(), None, 5, Deadline::NEVER, |_| true)
             .unwrap()
             .0,
         vec![]
@@ -164,7 +164,7 @@ fn newest_caps_after_its_filter_and_says_when_it_left_some_out() {
     // A walk past its request's deadline stops.
     let gone = Deadline::at(std::time::Instant::now());
     assert!(matches!(
-        newest(&s, 5, gone, |_| false),
+        newest(&s, None, 5, gone, |_| false),
         Err(AuditError::TimedOut)
     ));
     assert!(matches!(
