@@ -23,9 +23,12 @@ use crate::subject_keys::KeyCache;
 /// first job in it.
 const MAX_GROUP: usize = 512;
 
-/// Slots of [`Recent`]: subjects share one at random (a keyed hash), so a
-/// touch of one refuses a release of another once in this many.
-const TOUCH_SLOTS: usize = 1 << 16;
+/// Buckets of [`Recent`], and the subjects each remembers: a subject is
+/// forgotten (its bucket's floor raised past it) only when more than
+/// [`TOUCH_WAYS`] subjects of one bucket are touched while a release is
+/// under way.
+const TOUCH_BUCKETS: usize = 1 << 14;
+const TOUCH_WAYS: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
@@ -175,6 +178,7 @@ fn run(w: &Writer<'_>, rx: mpsc::Receiver<Job>, mut head: Head, mut last_time: u
                 Ok(h) => {
                     head = h;
                     failed = false;
+                    metrics.set_store_writable(true);
                     // The failed write may have landed only now, after
                     // reads that did not see it: every release read before
                     // this group runs again.
@@ -253,43 +257,66 @@ impl Screen {
     }
 }
 
-/// The last group that touched each slot of subjects, and the last group
-/// that touched them all (a seal, a failed write): fixed memory, whatever
-/// the rate of touches.
+/// The last group that touched each subject, in buckets of a few
+/// subjects each (a keyed hash picks the bucket), and the last group that
+/// touched them all (a seal, a recovery): fixed memory, whatever the rate
+/// of touches, and a subject is refused for another's touch only when its
+/// bucket overflowed.
 struct Recent {
-    slots: Box<[u64]>,
+    buckets: Box<[Bucket]>,
     /// Every release read before this group runs again.
     horizon: u64,
+}
+
+/// Up to [`TOUCH_WAYS`] subjects, each its tag and the group that last
+/// touched it (0: an empty way), and the newest group of a subject it
+/// forgot.
+#[derive(Clone, Copy, Default)]
+struct Bucket {
+    ways: [(u64, u64); TOUCH_WAYS],
+    floor: u64,
 }
 
 impl Default for Recent {
     fn default() -> Self {
         Self {
-            slots: vec![0; TOUCH_SLOTS].into_boxed_slice(),
+            buckets: vec![Bucket::default(); TOUCH_BUCKETS].into_boxed_slice(),
             horizon: 0,
         }
     }
 }
 
 impl Recent {
-    fn slot(tag: u64) -> usize {
-        usize::try_from(tag % TOUCH_SLOTS as u64).unwrap_or(0)
+    fn bucket(tag: u64) -> usize {
+        usize::try_from(tag % TOUCH_BUCKETS as u64).unwrap_or(0)
     }
 
     fn touch(&mut self, tag: u64, seq: u64) {
-        if let Some(s) = self.slots.get_mut(Self::slot(tag)) {
-            *s = (*s).max(seq);
+        let Some(b) = self.buckets.get_mut(Self::bucket(tag)) else {
+            return;
+        };
+        if let Some(way) = b.ways.iter_mut().find(|(t, s)| *s > 0 && *t == tag) {
+            way.1 = way.1.max(seq);
+            return;
+        }
+        // The way of the subject touched longest ago (or an empty one):
+        // that subject is forgotten.
+        if let Some(way) = b.ways.iter_mut().min_by_key(|(_, s)| *s) {
+            b.floor = b.floor.max(way.1);
+            *way = (tag, seq);
         }
     }
 
     /// Whether reads begun at `epoch` may have missed a touch of one of
-    /// `subjects`: one in a later group (or of a subject sharing its slot),
-    /// or a touch of them all.
+    /// `subjects`: one in a later group, one forgotten since, or a touch of
+    /// them all.
     fn stale(&self, epoch: u64, subjects: &[u64]) -> bool {
         epoch < self.horizon
-            || subjects
-                .iter()
-                .any(|&t| self.slots.get(Self::slot(t)).is_none_or(|&s| s > epoch))
+            || subjects.iter().any(|&t| {
+                self.buckets.get(Self::bucket(t)).is_none_or(|b| {
+                    b.floor > epoch || b.ways.iter().any(|&(tag, s)| tag == t && s > epoch)
+                })
+            })
     }
 }
 
@@ -515,13 +542,10 @@ mod tests {
     #[tokio::test]
     async fn a_release_read_before_a_touch_of_its_subject_is_stale() {
         let mut screen = Screen::default();
-        // Another subject, in another slot.
+        // Another subject.
         let t = (0..)
             .map(|i| format!("t{i}"))
-            .find(|t| {
-                Recent::slot(crate::store::subject_tag(t))
-                    != Recent::slot(crate::store::subject_tag("s"))
-            })
+            .find(|t| crate::store::subject_tag(t) != crate::store::subject_tag("s"))
             .unwrap();
         let (ahead, ahead_rx) = release_job(0, &["s"]);
         let (behind, behind_rx) = release_job(0, &["s", &t]);
@@ -553,8 +577,8 @@ mod tests {
     }
 
     /// A touch of every subject (a seal) refuses every release read before
-    /// its group and none read after; a subject sharing a slot with a
-    /// touched one is refused too (the price of fixed memory).
+    /// its group and none read after; a subject in a bucket that overflowed
+    /// is refused too (the price of fixed memory).
     #[test]
     fn a_touch_of_all_refuses_every_release_read_before_it() {
         let mut screen = Screen::default();
@@ -575,12 +599,20 @@ mod tests {
             before_rx.blocking_recv().unwrap(),
             Err(CommitError::Stale)
         ));
+        // Subjects of one bucket: each remembered, until a fifth is touched
+        // and the one touched longest ago is forgotten.
         let mut recent = Recent::default();
-        recent.touch(7, 3);
-        recent.touch(7 + TOUCH_SLOTS as u64, 2);
-        assert!(recent.stale(2, &[7 + 2 * TOUCH_SLOTS as u64]));
-        assert!(!recent.stale(3, &[7]));
-        assert!(!recent.stale(2, &[8]));
+        let b = TOUCH_BUCKETS as u64;
+        for (i, seq) in (0..4).zip(1..) {
+            recent.touch(7 + i * b, seq);
+        }
+        assert!(!recent.stale(0, &[7 + 5 * b]), "another subject");
+        assert!(recent.stale(0, &[7]));
+        assert!(!recent.stale(4, &[7 + 3 * b]));
+        recent.touch(7 + 4 * b, 5);
+        assert!(recent.stale(0, &[7 + 5 * b]), "the bucket forgot a subject");
+        assert!(!recent.stale(1, &[7 + 5 * b]));
+        assert!(recent.stale(4, &[7 + 4 * b]));
     }
 
     /// A write that failed may land when the store recovers: every release

@@ -75,10 +75,6 @@ pub fn append_consent_after(
         .seal_record(Space::Consents, &key, &bytes)
         .map_err(|_| StoreError::Engine("cannot seal the consent".into()))?;
     let mut b = Batch::default();
-    // A withdrawal: releases that read the consent run again.
-    if !entry.given {
-        b.touch(subject);
-    }
     b.expect(Space::Consents, key.clone(), None);
     b.put(Space::Consents, key, sealed);
     Ok(b)
@@ -178,6 +174,14 @@ pub fn consent_is_live(history: &[ConsentEntry], since: Option<&str>) -> bool {
         e.given
             && since.is_none_or(|s| version_order(&e.policy_version, s).is_some_and(|o| o.is_ge()))
     })
+}
+
+/// Whether appending `entry` can end a purpose's live consent (so a
+/// release that read it must run again): for a purpose that requires
+/// consent, an entry that is not live consent itself, a withdrawal or a
+/// consent to a policy version older than `since`.
+pub fn ends_consent(entry: &ConsentEntry, requires_consent: bool, since: Option<&str>) -> bool {
+    requires_consent && !consent_is_live(std::slice::from_ref(entry), since)
 }
 
 /// Whether `version` can be compared with `since` at all (see
@@ -568,26 +572,20 @@ mod tests {
         }
     }
 
-    /// A withdrawal of consent touches its subject: a release that read the
-    /// consent before it is refused by the committer and reads again.
+    /// An entry that leaves no live consent ends it (a release that read the
+    /// consent runs again); a consent given to the current policy does not,
+    /// nor anything for a purpose that does not rest on consent.
     #[test]
-    fn a_withdrawal_touches_its_subject() {
-        let store = MemoryStore::new();
-        let keys = keyring(&store);
-        let entry = ConsentEntry {
-            given: false,
-            policy_version: "1".into(),
-            time_ms: 1,
-            caller: "app".into(),
-        };
-        let b = append_consent(&keys, "s1", "user_specified", &entry).unwrap();
-        assert_eq!(b.touches, vec![crate::store::subject_tag("s1")]);
-        let given = ConsentEntry {
-            given: true,
-            ..entry
-        };
-        let b = append_consent(&keys, "s1", "user_specified", &given).unwrap();
-        assert!(b.touches.is_empty(), "a consent given ends no release");
+    fn a_withdrawal_or_an_outdated_consent_ends_consent() {
+        let since = Some("2024-06-01");
+        assert!(ends_consent(&entry(false, "2024-06-01", 1), true, since));
+        assert!(ends_consent(&entry(true, "2023-01-01", 1), true, since));
+        assert!(!ends_consent(&entry(true, "2024-06-01", 1), true, since));
+        assert!(!ends_consent(&entry(true, "1", 1), true, None));
+        assert!(
+            !ends_consent(&entry(false, "1", 1), false, None),
+            "not read"
+        );
     }
 
     #[test]

@@ -280,8 +280,13 @@ pub async fn configure(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysSt
     require_officer(ctx)?;
     let req: KeysConfigRequest = parse_json(body)?;
     let min = req.min_decryption_version;
+    // Every release read (decrypted) before the new minimum is written
+    // and logged after it runs again, under it.
     change_keys(v, ctx, "keys_min_decryption_version", move |k| {
-        k.min_decryption(min)
+        k.min_decryption(min).map(|b| Batch {
+            touches_all: true,
+            ..b
+        })
     })
     .await?;
     status(v, ctx).await

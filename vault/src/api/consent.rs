@@ -96,8 +96,15 @@ pub async fn consent(
         };
         let newest = ledger::newest_consent_seq(store, subject, purpose)
             .map_err(|_| ApiError::Unavailable)?;
-        let batch = ledger::append_consent_after(&keys, subject, purpose, &entry, newest)
+        let mut batch = ledger::append_consent_after(&keys, subject, purpose, &entry, newest)
             .map_err(|_| ApiError::Internal)?;
+        // An entry that leaves no live consent (a withdrawal, or consent to
+        // an older policy version) for a purpose that rests on it: a
+        // release that read the consent before runs again. Other purposes
+        // never read it.
+        if ledger::ends_consent(&entry, info.requires_consent, info.consent_since.as_deref()) {
+            batch.touch(subject);
+        }
         let event = Draft {
             request_id: ctx.request_id.clone(),
             caller: ctx.caller.to_string(),

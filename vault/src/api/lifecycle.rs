@@ -123,6 +123,14 @@ pub fn restricted_until(
         .filter(|&until| until > now))
 }
 
+/// Whether a clock set at `now` to end at `end` may end a value before a
+/// release that read it under its old clock is logged (within a request's
+/// time): such a change touches the subject, so that release runs again.
+pub(crate) fn ends_soon(v: &Vault, end: u64, now: u64) -> bool {
+    let window = u64::try_from(v.limits.request_timeout.as_millis()).unwrap_or(u64::MAX);
+    end <= now.saturating_add(window)
+}
+
 fn hold_key(subject: &str) -> Vec<u8> {
     let mut k = b"hold/".to_vec();
     k.extend_from_slice(subject.as_bytes());
@@ -431,9 +439,7 @@ async fn close_pass(
             b.delete(Space::Expiry, expiry_key(e, &token, subject));
         }
         rec.expires_ms = Some(until);
-        // A clock that has already run out (a period of zero, a closure
-        // long ago) ends the value now: releases that read it run again.
-        if until <= now {
+        if ends_soon(v, until, now) {
             b.touch(subject);
         }
         b.put(

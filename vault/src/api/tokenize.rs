@@ -180,6 +180,12 @@ async fn store_once(
                 schema::expiry_key(e, &token, subject),
                 Vec::new(),
             );
+            // A value collected again with a clock that ends within a
+            // request's time: a release that read it with its old clock
+            // runs again (see `lifecycle::ends_soon`).
+            if lifecycle::ends_soon(v, e, now) {
+                batch.touch(subject);
+            }
         }
         if let Some(c) = counts.get_mut(usize::from(class.tag().saturating_sub(1))) {
             c.0 += 1;
