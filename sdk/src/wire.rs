@@ -267,6 +267,11 @@ pub struct KeysStatus {
     /// at least what it says.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub counts_partial: bool,
+    /// A seal that could not be written to the database yet (storage
+    /// failing): it holds, the vault keeps trying to record it, but a
+    /// restart before it is recorded would start unsealed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub seal_unrecorded: bool,
 }
 
 /// `POST /v1/admin/unseal`: one key share (`unseal-with-shares`), or,

@@ -501,9 +501,37 @@ async fn a_seal_holds_across_a_restart_until_two_officers_resume() {
             ("seal", "ok"),
             ("unseal_resume", "accepted"),
             ("unseal_resume", "accepted"),
+            ("unseal_resume", "accepted"),
             ("unseal", "unsealed")
         ]
     );
+}
+
+/// A seal the database cannot take holds, says so (`seal_unrecorded`),
+/// keeps unseals out, and is written as soon as writes work again, so a
+/// restart after that starts sealed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seal_that_cannot_be_written_says_so_and_is_written_once_it_can() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (mut v, store) = start_hooked(|_| {}).await;
+    let officer = v.client("officer");
+    store.fail_writes.store(true, SeqCst);
+    let st = officer.seal().await.unwrap();
+    assert!(st.sealed && st.seal_unrecorded, "{st:?}");
+    assert_eq!(
+        officer.resume_unseal().await.unwrap_err().code(),
+        Some("conflict")
+    );
+    store.fail_writes.store(false, SeqCst);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while officer.keys_status().await.unwrap().seal_unrecorded {
+        assert!(std::time::Instant::now() < deadline, "never recorded");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    v.stop().await;
+    let cfg = config(v.dir.path());
+    let keys = vault::server::open_keys(&cfg, store.as_ref()).unwrap();
+    assert!(keys.is_sealed(), "a restart starts sealed");
 }
 
 /// `vault operator clear-seal` clears an officer's seal while the vault

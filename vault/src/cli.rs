@@ -367,10 +367,13 @@ fn serve(cfg: &Config) -> ExitCode {
             Ok(r) => r,
             Err(e) => return fail(EXIT_RUNTIME, &format!("vault: cannot start: {e}")),
         };
-        let sealed = if running.vault.keys.is_sealed() {
-            " sealed (unseal with key shares)"
-        } else {
-            ""
+        let sealed = match (&running.vault.root, running.vault.keys.is_sealed()) {
+            (_, false) => "",
+            (crate::keys::RootSource::Shares, true) => " sealed (unseal with key shares)",
+            (crate::keys::RootSource::Env, true) => {
+                " sealed by an officer (stop it, run `vault operator clear-seal`, start it again)"
+            }
+            (_, true) => " sealed by an officer (two officers: `vault unseal --resume`)",
         };
         let officer = running
             .officer_addr

@@ -362,6 +362,16 @@ impl Config {
                 p.push(format!("{key}: not an address such as 127.0.0.1:8443"));
             }
         }
+        // The names the vault itself writes into the audit log: a caller
+        // so named could not be told from the vault's own work there.
+        for c in &self.callers {
+            if matches!(c.name.as_str(), "vault" | "operator") {
+                p.push(format!(
+                    "callers: the name {:?} is the vault's own in the audit log; give the caller another",
+                    c.name
+                ));
+            }
+        }
         if self.server.max_body_bytes == 0 || self.server.max_body_bytes > 64 << 20 {
             p.push("server.max-body-bytes: must be 1..=67108864".into());
         }

@@ -47,6 +47,8 @@ pub struct Vault {
     pub unseal: std::sync::Mutex<crate::shares::Collector>,
     /// Where the root key comes from: what an unseal reads again.
     pub root: crate::keys::RootSource,
+    /// Seals whose mark is not written yet (see `api::admin::seal`).
+    pub seal_writes: std::sync::atomic::AtomicUsize,
     /// Serializes officer key operations (rotate, min version, unseal).
     pub key_ops: tokio::sync::Mutex<()>,
     /// The background re-encryption job.
@@ -302,6 +304,7 @@ pub fn build(
         },
         unseal: std::sync::Mutex::new(crate::shares::Collector::default()),
         root: root_source(cfg),
+        seal_writes: std::sync::atomic::AtomicUsize::new(0),
         key_ops: tokio::sync::Mutex::new(()),
         config_on_expiry: cfg.retention.on_expiry,
         tokens: crate::tokens::TokenStyles::from_config(cfg),

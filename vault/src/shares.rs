@@ -123,6 +123,9 @@ fn parse(text: &str) -> Result<Parsed, ShareError> {
 /// threshold is one of officers, not of shares, so one officer holding
 /// others' shares (gathered by a ruse, or from a shared safe) cannot unseal
 /// alone.
+/// How long an officer's ask to resume counts.
+pub const RESUME_ASK_LIFETIME: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
 #[derive(Default)]
 pub struct Collector {
     threshold: Option<u8>,
@@ -130,8 +133,8 @@ pub struct Collector {
     /// The callers whose shares are in `got`, one share each.
     officers: BTreeSet<String>,
     /// The officers who asked to resume (a root key from a file or a
-    /// command, after an officer's seal).
-    resumers: BTreeSet<String>,
+    /// command, after an officer's seal), and when.
+    resumers: BTreeMap<String, std::time::Instant>,
 }
 
 impl std::fmt::Debug for Collector {
@@ -217,16 +220,24 @@ impl Collector {
         self.resumers.clear();
     }
 
-    /// Records `officer`'s ask to resume; answers how many distinct
-    /// officers have asked.
-    pub fn resume(&mut self, officer: &str) -> usize {
-        self.resumers.insert(officer.to_string());
+    /// Records `officer`'s ask to resume, made at `now`; answers how many
+    /// distinct officers have asked within [`RESUME_ASK_LIFETIME`] (an older
+    /// ask no longer counts: a stolen certificate must not complete an ask
+    /// the team set aside).
+    pub fn resume(&mut self, officer: &str, now: std::time::Instant) -> usize {
+        self.resumers
+            .retain(|_, at| now.saturating_duration_since(*at) < RESUME_ASK_LIFETIME);
+        self.resumers.insert(officer.to_string(), now);
         self.resumers.len()
     }
 
-    /// How many distinct officers have asked to resume.
+    /// How many distinct officers have asked to resume, within the asks'
+    /// lifetime.
     pub fn resumers(&self) -> usize {
-        self.resumers.len()
+        self.resumers
+            .values()
+            .filter(|at| at.elapsed() < RESUME_ASK_LIFETIME)
+            .count()
     }
 }
 
@@ -239,6 +250,20 @@ mod tests {
         clippy::panic
     )]
     use super::*;
+
+    /// An officer's ask to resume counts once, and only for its lifetime.
+    #[test]
+    fn asks_to_resume_count_each_officer_once_and_expire() {
+        let mut c = Collector::default();
+        let t0 = std::time::Instant::now();
+        assert_eq!(c.resume("officer", t0), 1);
+        assert_eq!(c.resume("officer", t0), 1);
+        let late = t0 + RESUME_ASK_LIFETIME;
+        assert_eq!(c.resume("officer2", late), 1, "the first ask expired");
+        assert_eq!(c.resume("officer", late), 2);
+        c.reset();
+        assert_eq!(c.resumers(), 0);
+    }
 
     /// No fingerprints kept: a vault initialized before they were.
     fn none() -> BTreeMap<u8, String> {

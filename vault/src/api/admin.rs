@@ -4,6 +4,7 @@
 //! failed unseals included, is audited; no answer carries key material or
 //! says which share was wrong.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -151,6 +152,7 @@ async fn status_counted(
             min_decryption_version: None,
             versions: Vec::new(),
             counts_partial: false,
+            seal_unrecorded: v.seal_writes.load(Ordering::SeqCst) > 0,
         });
     };
     let (counts, complete) = match counted {
@@ -183,6 +185,7 @@ async fn status_counted(
         min_decryption_version: Some(meta.min_decryption_version),
         versions,
         counts_partial: !complete,
+        seal_unrecorded: false,
     })
 }
 
@@ -400,18 +403,69 @@ pub fn rewrap_status(v: &Vault, ctx: &Ctx) -> Result<RewrapStatus, ApiError> {
 /// seal back. A rotation or an unseal under way installs nothing after it.
 pub async fn seal(v: &Arc<Vault>, ctx: &Ctx) -> Result<KeysStatus, ApiError> {
     require_officer(ctx)?;
+    // Counted before the keys go, so an unseal that saw this seal's count
+    // also sees it pending, and does not clear a mark not yet written.
+    let pending = SealWrite::begin(v);
     v.keys.seal();
     v.metrics.set_sealed(true);
     if let Ok(mut c) = v.unseal.lock() {
         c.reset();
     }
     tracing::warn!(caller = %ctx.caller, "Vault sealed by an officer");
-    // Sealing happens even if the event cannot be written; the write is
-    // still attempted so the log says who did it.
-    if audit_seal(v, ctx).await.is_err() {
-        tracing::error!("The seal could not be written to the database: it holds until a restart, which would start unsealed");
+    // Sealing happens even if the event cannot be written. Its write runs
+    // in a task of its own, which goes on trying until it lands (so a
+    // restart keeps the vault sealed) even if this request gives up.
+    let (first, recorded) = tokio::sync::oneshot::channel();
+    tokio::spawn(record_seal(v.clone(), ctx.clone(), pending, first));
+    let recorded = recorded.await.unwrap_or(false);
+    status(v, ctx).await.map(|mut st| {
+        st.seal_unrecorded |= !recorded;
+        st
+    })
+}
+
+/// A seal not yet written to the database: while one is, unseals wait
+/// (an unseal must not clear a mark before it is written).
+struct SealWrite(Arc<Vault>);
+
+impl SealWrite {
+    fn begin(v: &Arc<Vault>) -> SealWrite {
+        v.seal_writes.fetch_add(1, Ordering::SeqCst);
+        SealWrite(v.clone())
     }
-    status(v, ctx).await
+}
+
+impl Drop for SealWrite {
+    fn drop(&mut self) {
+        self.0.seal_writes.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Writes the seal's event and mark, once; tells `first` whether that
+/// worked, and if not tries again every second until it does, or until a
+/// later seal (which writes its own) or a restart.
+async fn record_seal(
+    v: Arc<Vault>,
+    ctx: Ctx,
+    _pending: SealWrite,
+    first: tokio::sync::oneshot::Sender<bool>,
+) {
+    let seals = v.keys.seals();
+    let mut first = Some(first);
+    loop {
+        let ok = audit_seal(&v, &ctx).await.is_ok();
+        if let Some(f) = first.take() {
+            let _ = f.send(ok);
+        }
+        if ok {
+            return;
+        }
+        tracing::error!("The seal could not be written to the database: it holds, but a restart now would start unsealed; trying again");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if v.keys.seals() != seals {
+            return;
+        }
+    }
 }
 
 /// `POST /v1/admin/unseal` `{"share":"vs1-..."}`, or `{"resume":true}`
@@ -424,6 +478,11 @@ pub async fn unseal(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysStatu
     let seals = v.keys.seals();
     if !v.keys.is_sealed() {
         return status(v, ctx).await;
+    }
+    // A seal still being written: its mark must land before an unseal
+    // may clear it.
+    if v.seal_writes.load(Ordering::SeqCst) > 0 {
+        return Err(ApiError::Conflict);
     }
     // What the seal left, read before the root: an unseal clears this
     // mark only, so a seal made meanwhile (a new mark) is not undone.
@@ -454,15 +513,31 @@ pub async fn unseal(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysStatu
             return Err(ApiError::UnsealFailed);
         }
     };
+    // The rest runs in a task of its own: once the unseal is logged and
+    // the mark cleared, the keys are installed even if this request gives
+    // up meanwhile.
+    let task = tokio::spawn(install_unsealed(v.clone(), ctx.clone(), seals, mark, keys));
+    task.await.map_err(|_| ApiError::Internal)??;
+    status(v, ctx).await
+}
+
+/// Logs the unseal and clears the seal's mark (guarded on the mark read:
+/// a seal that wrote a new one since wins), then installs `keys` unless
+/// a seal came meanwhile.
+async fn install_unsealed(
+    v: Arc<Vault>,
+    ctx: Ctx,
+    seals: u64,
+    mark: Option<Vec<u8>>,
+    keys: Keyring,
+) -> Result<(), ApiError> {
     let active = keys.meta().active;
-    // The seal's mark goes in the write of the unseal's event, guarded on
-    // the mark read: a seal that wrote a new one since wins.
     let mut batch = Batch::default();
     batch.expect(Space::Meta, SEAL_MARK.to_vec(), mark.clone());
     if mark.is_some() {
         batch.delete(Space::Meta, SEAL_MARK.to_vec());
     }
-    let cleared = commit(v, batch, draft(ctx, "unseal", "unsealed")).await;
+    let cleared = commit(&v, batch, draft(&ctx, "unseal", "unsealed")).await;
     if matches!(cleared, Err(ApiError::Conflict))
         || (cleared.is_ok() && !v.keys.install_unless_sealed_since(seals, keys))
     {
@@ -471,6 +546,7 @@ pub async fn unseal(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysStatu
         if let Ok(mut c) = v.unseal.lock() {
             c.reset();
         }
+        let _ = audit_only(&v, &ctx, "unseal", "refused_sealed").await;
         return Err(ApiError::Sealed);
     }
     cleared?;
@@ -483,7 +559,7 @@ pub async fn unseal(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysStatu
     }
     tracing::info!("Vault unsealed");
     v.rewrap.kick();
-    status(v, ctx).await
+    Ok(())
 }
 
 /// Adds one officer's share: the root once the threshold is met, `None`
@@ -543,12 +619,13 @@ async fn resume_root(
             ))
         }
     }
+    // The ask counts once it is in the log.
+    audit_only(v, ctx, "unseal_resume", "accepted").await?;
     let asked = match v.unseal.lock() {
-        Ok(mut c) => c.resume(&ctx.caller),
+        Ok(mut c) => c.resume(&ctx.caller, std::time::Instant::now()),
         Err(_) => return Err(ApiError::Internal),
     };
     if asked < RESUME_OFFICERS {
-        audit_only(v, ctx, "unseal_resume", "accepted").await?;
         return Ok(None);
     }
     if let Ok(mut c) = v.unseal.lock() {

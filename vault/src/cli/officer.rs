@@ -110,7 +110,7 @@ fn report<T: Serialize>(
 
 fn keys_text(s: &KeysStatus) -> String {
     if s.sealed {
-        return if s.unseal_threshold > 0 {
+        let mut out = if s.unseal_threshold > 0 {
             format!(
                 "sealed: yes\nunseal progress: {}/{}",
                 s.unseal_progress, s.unseal_threshold
@@ -118,6 +118,10 @@ fn keys_text(s: &KeysStatus) -> String {
         } else {
             "sealed: yes".into()
         };
+        if s.seal_unrecorded {
+            out.push_str("\nwarning: the seal is not written to the database yet (storage failing; the vault keeps trying): a restart now would start unsealed");
+        }
+        return out;
     }
     let mut out = format!(
         "sealed: no\nactive version: {}\nmin decryption version: {}\n",
@@ -298,6 +302,13 @@ pub fn clear_seal(config: &std::path::Path) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    // A directory that holds no vault is a mistake, not one to create.
+    if !cfg.data_dir().join("CURRENT").is_file() {
+        return fail(
+            EXIT_CONFIG,
+            &format!("no vault database in {}", cfg.data_dir().display()),
+        );
+    }
     let store: Arc<dyn Store> = match RocksStore::open(&cfg.data_dir()) {
         Ok(s) => Arc::new(s),
         Err(e) => {
@@ -336,7 +347,14 @@ pub fn clear_seal(config: &std::path::Path) -> ExitCode {
     });
     match written {
         Ok(Ok(())) => {
-            println!("Seal cleared: the vault starts unsealed at its next start.");
+            println!(
+                "Seal cleared: the vault starts as its configuration says at its next start{}.",
+                if cfg.keys.unseal_with_shares {
+                    " (sealed until officers give their shares)"
+                } else {
+                    " (unsealed)"
+                }
+            );
             ExitCode::SUCCESS
         }
         Ok(Err(e)) => fail(EXIT_RUNTIME, &format!("cannot clear the seal: {e}")),

@@ -377,3 +377,17 @@ fn bad_toml_is_reported() {
         .to_string()
         .contains("TOML"));
 }
+
+/// The names the vault writes into the audit log for its own work are not
+/// callers' names.
+#[test]
+fn callers_cannot_take_the_vaults_own_names() {
+    for name in ["vault", "operator"] {
+        let text = EXAMPLE.replacen("name = \"app\"", &format!("name = \"{name}\""), 1);
+        let errs = load(&text, &[]).unwrap_err();
+        assert!(
+            errs.0.iter().any(|e| e.contains("the vault's own")),
+            "{name}: {errs:?}"
+        );
+    }
+}
