@@ -895,6 +895,14 @@ mod tests {
             }
         }
 
+        /// An officer's erasure of `subject`.
+        async fn erase(&self, subject: &str) {
+            let officer = ctx("officer", crate::policy::Role::Officer);
+            crate::api::lifecycle::erase(&self.v, &officer, subject)
+                .await
+                .unwrap();
+        }
+
         fn stale(&self) -> String {
             let text = self.v.metrics.render();
             text.lines()
@@ -935,11 +943,7 @@ mod tests {
         // Erasure, during a detokenize.
         let token = r.collect("s1", "张三", purpose).await;
         let out = r
-            .around("s1", r.detokenize(&token, purpose), async {
-                crate::api::lifecycle::erase(&r.v, &officer, "s1")
-                    .await
-                    .unwrap();
-            })
+            .around("s1", r.detokenize(&token, purpose), r.erase("s1"))
             .await
             .unwrap();
         assert_eq!(out.status, Status::Gone);
@@ -968,11 +972,7 @@ mod tests {
                     let q = Some("purpose=data_subject_request");
                     crate::api::subjects::export(&v, &app(), "s2", q).await
                 },
-                async {
-                    crate::api::lifecycle::erase(&r.v, &officer, "s2")
-                        .await
-                        .unwrap();
-                },
+                r.erase("s2"),
             )
             .await
             .unwrap();
@@ -1013,11 +1013,7 @@ mod tests {
         r.collect("s5", "钱七", purpose).await;
         let stale = r.stale();
         let out = r
-            .around("s4", r.detokenize(&token, purpose), async {
-                crate::api::lifecycle::erase(&r.v, &officer, "s5")
-                    .await
-                    .unwrap();
-            })
+            .around("s4", r.detokenize(&token, purpose), r.erase("s5"))
             .await
             .unwrap();
         assert_eq!(out.status, Status::Ok);

@@ -294,6 +294,33 @@ pub fn resume(conn: &Connection) -> ExitCode {
     rt.block_on(async { report(conn.json, c.resume_unseal().await, keys_text) })
 }
 
+/// Writes `batch` to a stopped vault's database with one audit event of
+/// the operator's (`action`, outcome `ok`), through a committer of its
+/// own, so the event is chained like any other.
+fn offline_commit(
+    store: &Arc<dyn Store>,
+    batch: crate::store::Batch,
+    request_id: &str,
+    action: &'static str,
+) -> Result<Result<(), crate::commit::CommitError>, ExitCode> {
+    let event = Draft {
+        request_id: request_id.into(),
+        caller: "operator".into(),
+        action,
+        outcome: "ok",
+        ..Draft::default()
+    };
+    runtime().map(|rt| {
+        rt.block_on(async {
+            let committer = crate::commit::Committer::start(
+                store.clone(),
+                Arc::new(crate::metrics::Metrics::new()),
+            )?;
+            committer.commit(batch, vec![event]).await
+        })
+    })
+}
+
 /// `vault operator clear-seal`: removes an officer's seal from a stopped
 /// vault's database (audited), so it starts unsealed.
 pub fn clear_seal(config: &std::path::Path) -> ExitCode {
@@ -329,22 +356,7 @@ pub fn clear_seal(config: &std::path::Path) -> ExitCode {
     let mut batch = crate::store::Batch::default();
     batch.expect(Space::Meta, crate::keys::SEAL_MARK.to_vec(), Some(mark));
     batch.delete(Space::Meta, crate::keys::SEAL_MARK.to_vec());
-    let event = Draft {
-        request_id: "operator-clear-seal".into(),
-        caller: "operator".into(),
-        action: "seal_cleared",
-        outcome: "ok",
-        ..Draft::default()
-    };
-    let written = runtime().map(|rt| {
-        rt.block_on(async {
-            let committer = crate::commit::Committer::start(
-                store.clone(),
-                Arc::new(crate::metrics::Metrics::new()),
-            )?;
-            committer.commit(batch, vec![event]).await
-        })
-    });
+    let written = offline_commit(&store, batch, "operator-clear-seal", "seal_cleared");
     match written {
         Ok(Ok(())) => {
             println!(
@@ -426,22 +438,7 @@ pub fn init(config: &std::path::Path, shares: u8, threshold: u8, json: bool) -> 
         UNSEAL_SLOT.to_vec(),
         serde_json::to_vec(&meta).unwrap_or_default(),
     );
-    let event = Draft {
-        request_id: "operator-init".into(),
-        caller: "operator".into(),
-        action: "operator_init",
-        outcome: "ok",
-        ..Draft::default()
-    };
-    let written = runtime().map(|rt| {
-        rt.block_on(async {
-            let committer = crate::commit::Committer::start(
-                store.clone(),
-                Arc::new(crate::metrics::Metrics::new()),
-            )?;
-            committer.commit(batch, vec![event]).await
-        })
-    });
+    let written = offline_commit(&store, batch, "operator-init", "operator_init");
     match written {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return fail(EXIT_RUNTIME, &format!("cannot create the keys: {e}")),
