@@ -105,6 +105,35 @@ async fn ops_endpoints() {
     let (status, body) = v.ops_get("/metrics").await;
     assert_eq!(status, 200);
     assert!(body.contains("vault_audit_appends_total"), "{body}");
+    // The Prometheus text format by default; OpenMetrics when asked for.
+    let head = |accept: &'static str| {
+        let addr = v.ops;
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let req = format!(
+                "GET /metrics HTTP/1.1\r\nHost: localhost\r\n{accept}Connection: close\r\n\r\n"
+            );
+            s.write_all(req.as_bytes()).await.unwrap();
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf).await.unwrap();
+            String::from_utf8_lossy(&buf).to_lowercase()
+        }
+    };
+    let plain = head("").await;
+    assert!(
+        plain.contains("content-type: text/plain; version=0.0.4"),
+        "{plain}"
+    );
+    assert!(plain.contains("# type vault_audit_appends_total counter"));
+    assert!(!plain.contains("# eof"));
+    let open =
+        head("Accept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5\r\n").await;
+    assert!(
+        open.contains("content-type: application/openmetrics-text"),
+        "{open}"
+    );
+    assert!(open.contains("# eof"));
     v.running().vault.keys.seal();
     assert_eq!(v.ops_get("/readyz").await.0, 503);
     assert_eq!(v.ops_get("/healthz").await.0, 200);

@@ -744,11 +744,27 @@ async fn ops(v: &Vault, ready: &ReadyProbe, req: &Request<Incoming>) -> Response
         "/metrics" => {
             v.metrics.set_sealed(v.keys.is_sealed());
             v.metrics.set_subject_cache(v.keys.cache().stats());
-            text(
-                StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                v.metrics.render(),
-            )
+            // The Prometheus text format, or OpenMetrics for a scraper
+            // that asks for it (Prometheus itself does).
+            let open_metrics = req
+                .headers()
+                .get_all(header::ACCEPT)
+                .iter()
+                .filter_map(|h| h.to_str().ok())
+                .any(|a| a.contains("application/openmetrics-text"));
+            if open_metrics {
+                text(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    v.metrics.render(),
+                )
+            } else {
+                text(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    v.metrics.render_text_004(),
+                )
+            }
         }
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" => {

@@ -354,12 +354,48 @@ impl Metrics {
             .set(i64::try_from(entries).unwrap_or(i64::MAX));
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// The OpenMetrics text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+
+    /// The Prometheus text format (0.0.4) of every metric, for scrapers
+    /// that do not ask for OpenMetrics: see [`to_text_004`].
+    pub fn render_text_004(&self) -> String {
+        to_text_004(&self.render())
+    }
+}
+
+/// OpenMetrics text as the Prometheus text format 0.0.4: a counter's
+/// family is named as its samples are (`x_total`, where OpenMetrics names
+/// it `x`), and the `# UNIT` and `# EOF` lines, which 0.0.4 does not
+/// have, go. Samples are the same in both.
+pub fn to_text_004(open_metrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = open_metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open_metrics.len());
+    for line in open_metrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            (counters.contains(name) && !name.ends_with("_total"))
+                .then(|| format!("{p}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -386,5 +422,27 @@ mod tests {
         assert!(text.contains("vault_audit_appends_total 2"));
         assert!(text.contains("vault_http_request_duration_seconds_bucket"));
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    /// The Prometheus text format names a counter's family as its samples,
+    /// and has no `# EOF` or `# UNIT`; everything else is as OpenMetrics
+    /// has it.
+    #[test]
+    fn the_text_format_names_counter_families_as_their_samples() {
+        let open = "# HELP x_requests Requests.\n# TYPE x_requests counter\nx_requests_total{a=\"1\"} 3\n# HELP g A gauge.\n# TYPE g gauge\n# UNIT g seconds\ng 1\n# TYPE h histogram\nh_bucket{le=\"+Inf\"} 1\nh_sum 0.5\nh_count 1\n# EOF\n";
+        assert_eq!(
+            to_text_004(open),
+            "# HELP x_requests_total Requests.\n# TYPE x_requests_total counter\nx_requests_total{a=\"1\"} 3\n# HELP g A gauge.\n# TYPE g gauge\ng 1\n# TYPE h histogram\nh_bucket{le=\"+Inf\"} 1\nh_sum 0.5\nh_count 1\n"
+        );
+        let m = Metrics::new();
+        m.audit_appended(2);
+        let text = m.render_text_004();
+        assert!(
+            text.contains(
+                "# TYPE vault_audit_appends_total counter\nvault_audit_appends_total 2\n"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF"));
     }
 }
