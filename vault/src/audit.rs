@@ -387,20 +387,37 @@ pub fn query(
 }
 
 /// The newest `limit` events that `keep` keeps, oldest first, walking the
-/// log from its end (or from just before event `before`), and whether
-/// older ones were left out: a cap applied after the filter, so events of
-/// other kinds cannot push the ones asked for out of the answer.
+/// log from its end (or from just before event `before`), and where older
+/// ones may remain: `Some(seq)` to walk on from before `seq`, `None` when
+/// the walk reached the log's start. A cap applied after the filter, so
+/// events of other kinds cannot push the ones asked for out of the
+/// answer. The walk stops as soon as it has `limit` events, and at the
+/// deadline with what it has (and where it stopped), unless it has
+/// examined nothing yet (`TimedOut`).
 pub fn newest(
     store: &dyn Store,
     before: Option<u64>,
     limit: usize,
     deadline: Deadline,
     mut keep: impl FnMut(&AuditEvent) -> bool,
-) -> Result<(Vec<AuditEvent>, bool), AuditError> {
+) -> Result<(Vec<AuditEvent>, Option<u64>), AuditError> {
     let mut out = Vec::new();
     let mut to: Option<Vec<u8>> = before.map(seq_key);
+    // The oldest event examined so far.
+    let mut oldest: Option<u64> = None;
     loop {
-        deadline.check()?;
+        if let Err(e) = deadline.check() {
+            return match oldest {
+                Some(seq) => {
+                    out.reverse();
+                    Ok((out, Some(seq)))
+                }
+                None => Err(e),
+            };
+        }
+        if limit == 0 {
+            return Ok((out, oldest.or(before)));
+        }
         let rows = store.scan_rev(Space::Audit, &seq_key(0), to.as_deref(), 1024)?;
         let Some((first, _)) = rows.last() else {
             break;
@@ -412,12 +429,13 @@ pub fn newest(
                 .map_err(|_| AuditError::Corrupt { seq: 0 })?;
             let event: AuditEvent =
                 serde_json::from_slice(bytes).map_err(|_| AuditError::Corrupt { seq })?;
+            oldest = Some(seq);
             if keep(&event) {
+                out.push(event);
                 if out.len() == limit {
                     out.reverse();
-                    return Ok((out, true));
+                    return Ok((out, Some(seq)));
                 }
-                out.push(event);
             }
         }
         if rows.len() < 1024 {
@@ -426,7 +444,7 @@ pub fn newest(
         to = Some(next_to);
     }
     out.reverse();
-    Ok((out, false))
+    Ok((out, None))
 }
 
 #[cfg(test)]

@@ -212,6 +212,9 @@ fn run(w: &Writer<'_>, rx: mpsc::Receiver<Job>, mut head: Head, mut last_time: u
 struct Screen {
     /// No job sealed under an older key version passes (`raise_floor`).
     floor: u32,
+    /// No release that decrypted under a lower minimum decryption version
+    /// passes (`raise_min_decryption`).
+    min_decryption: u32,
     recent: Recent,
 }
 
@@ -233,17 +236,17 @@ impl Screen {
                     .send(Err(CommitError::Store(StoreError::Conflict)));
                 continue;
             }
-            if job
-                .batch
-                .reads
-                .as_ref()
-                .is_some_and(|r| self.recent.stale(r.epoch, &r.subjects))
-            {
+            if job.batch.reads.as_ref().is_some_and(|r| {
+                r.min_decryption < self.min_decryption || self.recent.stale(r.epoch, &r.subjects)
+            }) {
                 stale.push(job.reply);
                 continue;
             }
             if let Some(f) = job.batch.raise_floor {
                 self.floor = self.floor.max(f);
+            }
+            if let Some(m) = job.batch.raise_min_decryption {
+                self.min_decryption = self.min_decryption.max(m);
             }
             if job.batch.touches_all {
                 self.recent.horizon = self.recent.horizon.max(seq);
@@ -513,6 +516,7 @@ mod tests {
                     .iter()
                     .map(|s| crate::store::subject_tag(s))
                     .collect(),
+                min_decryption: 1,
             }),
             ..Batch::default()
         };
@@ -615,6 +619,33 @@ mod tests {
         assert!(recent.stale(4, &[7 + 4 * b]));
     }
 
+    /// A new minimum decryption version refuses, from its batch on, every
+    /// release that decrypted under a lower one, whenever its reads began
+    /// (the old keyring may still be installed after the batch is
+    /// written); one under the new minimum passes.
+    #[test]
+    fn a_new_minimum_refuses_releases_that_decrypted_under_the_old_one() {
+        let mut screen = Screen::default();
+        let raise = Job {
+            batch: Batch {
+                raise_min_decryption: Some(2),
+                ..Batch::default()
+            },
+            audit: Vec::new(),
+            reply: oneshot::channel().0,
+        };
+        let (ahead, _) = release_job(0, &["x"]);
+        let (behind, _) = release_job(5, &["x"]);
+        let (kept, stale) = screen.take(1, vec![ahead, raise, behind]);
+        assert_eq!((kept.len(), stale.len()), (2, 1));
+        let (mut later, _) = release_job(9, &["x"]);
+        if let Some(r) = later.batch.reads.as_mut() {
+            r.min_decryption = 2;
+        }
+        let (kept, stale) = screen.take(2, vec![later]);
+        assert_eq!((kept.len(), stale.len()), (1, 0));
+    }
+
     /// A write that failed may land when the store recovers: every release
     /// read before the next group is written is refused, one read after it
     /// passes.
@@ -633,6 +664,7 @@ mod tests {
             reads: Some(crate::store::Reads {
                 epoch,
                 subjects: vec![crate::store::subject_tag("other")],
+                min_decryption: 0,
             }),
             ..Batch::default()
         };
@@ -686,6 +718,7 @@ mod tests {
             reads: Some(crate::store::Reads {
                 epoch,
                 subjects: vec![crate::store::subject_tag("s")],
+                min_decryption: 0,
             }),
             ..Batch::default()
         };

@@ -119,13 +119,13 @@ fn parse(text: &str) -> Result<Parsed, ShareError> {
     })
 }
 
+/// How long an officer's ask to resume counts.
+pub const RESUME_ASK_LIFETIME: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
 /// What an unseal attempt has collected so far, and from whom: the
 /// threshold is one of officers, not of shares, so one officer holding
 /// others' shares (gathered by a ruse, or from a shared safe) cannot unseal
 /// alone.
-/// How long an officer's ask to resume counts.
-pub const RESUME_ASK_LIFETIME: std::time::Duration = std::time::Duration::from_secs(15 * 60);
-
 #[derive(Default)]
 pub struct Collector {
     threshold: Option<u8>,
@@ -133,8 +133,9 @@ pub struct Collector {
     /// The callers whose shares are in `got`, one share each.
     officers: BTreeSet<String>,
     /// The officers who asked to resume (a root key from a file or a
-    /// command, after an officer's seal), and when.
-    resumers: BTreeMap<String, std::time::Instant>,
+    /// command, after an officer's seal), when, and under which seal (the
+    /// key state's seal count).
+    resumers: BTreeMap<String, (std::time::Instant, u64)>,
 }
 
 impl std::fmt::Debug for Collector {
@@ -224,10 +225,14 @@ impl Collector {
     /// distinct officers have asked within [`RESUME_ASK_LIFETIME`] (an older
     /// ask no longer counts: a stolen certificate must not complete an ask
     /// the team set aside).
-    pub fn resume(&mut self, officer: &str, now: std::time::Instant) -> usize {
-        self.resumers
-            .retain(|_, at| now.saturating_duration_since(*at) < RESUME_ASK_LIFETIME);
-        self.resumers.insert(officer.to_string(), now);
+    /// Asks made under another seal (`seal`, the seal count the ask was
+    /// made under) never count: an ask still being logged when an officer
+    /// seals again does not survive that seal.
+    pub fn resume(&mut self, officer: &str, now: std::time::Instant, seal: u64) -> usize {
+        self.resumers.retain(|_, (at, s)| {
+            *s == seal && now.saturating_duration_since(*at) < RESUME_ASK_LIFETIME
+        });
+        self.resumers.insert(officer.to_string(), (now, seal));
         self.resumers.len()
     }
 
@@ -236,7 +241,7 @@ impl Collector {
     pub fn resumers(&self) -> usize {
         self.resumers
             .values()
-            .filter(|at| at.elapsed() < RESUME_ASK_LIFETIME)
+            .filter(|(at, _)| at.elapsed() < RESUME_ASK_LIFETIME)
             .count()
     }
 }
@@ -256,11 +261,12 @@ mod tests {
     fn asks_to_resume_count_each_officer_once_and_expire() {
         let mut c = Collector::default();
         let t0 = std::time::Instant::now();
-        assert_eq!(c.resume("officer", t0), 1);
-        assert_eq!(c.resume("officer", t0), 1);
+        assert_eq!(c.resume("officer", t0, 1), 1);
+        assert_eq!(c.resume("officer", t0, 1), 1);
         let late = t0 + RESUME_ASK_LIFETIME;
-        assert_eq!(c.resume("officer2", late), 1, "the first ask expired");
-        assert_eq!(c.resume("officer", late), 2);
+        assert_eq!(c.resume("officer2", late, 1), 1, "the first ask expired");
+        assert_eq!(c.resume("officer", late, 1), 2);
+        assert_eq!(c.resume("officer3", late, 2), 1, "asks under another seal");
         c.reset();
         assert_eq!(c.resumers(), 0);
     }

@@ -110,6 +110,11 @@ pub struct Batch {
     /// Touches every subject: every release read before this batch was
     /// dequeued is refused (a seal). Engines ignore it.
     pub touches_all: bool,
+    /// A new minimum decryption version: from this batch on, the committer
+    /// refuses (`Stale`) a release that decrypted under a lower minimum
+    /// (`Reads::min_decryption`), whenever its reads began. Engines ignore
+    /// it.
+    pub raise_min_decryption: Option<u32>,
     /// For a batch that releases values: what they were read under. The
     /// committer refuses it ([`crate::commit::CommitError::Stale`]) when a
     /// batch touching one of the subjects was dequeued after the reads
@@ -127,6 +132,8 @@ pub struct Batch {
 pub struct Reads {
     pub epoch: u64,
     pub subjects: Vec<u64>,
+    /// The minimum decryption version of the keyring it decrypted with.
+    pub min_decryption: u32,
 }
 
 /// A subject's tag for [`Batch::touches`] and [`Reads`]: a keyed hash,
@@ -172,10 +179,12 @@ impl Batch {
         self.raise_floor = self.raise_floor.max(other.raise_floor);
         self.touches.extend(other.touches);
         self.touches_all |= other.touches_all;
+        self.raise_min_decryption = self.raise_min_decryption.max(other.raise_min_decryption);
         self.reads = match (self.reads.take(), other.reads) {
             (Some(mut a), Some(b)) => {
                 a.epoch = a.epoch.min(b.epoch);
                 a.subjects.extend(b.subjects);
+                a.min_decryption = a.min_decryption.min(b.min_decryption);
                 Some(a)
             }
             (a, b) => a.or(b),

@@ -283,11 +283,13 @@ pub async fn configure(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysSt
     require_officer(ctx)?;
     let req: KeysConfigRequest = parse_json(body)?;
     let min = req.min_decryption_version;
-    // Every release read (decrypted) before the new minimum is written
-    // and logged after it runs again, under it.
+    // Every release that decrypted under a lower minimum and is logged
+    // after the new one runs again, under it: read before (touches all),
+    // or with the old keyring still installed (the committer's minimum).
     change_keys(v, ctx, "keys_min_decryption_version", move |k| {
         k.min_decryption(min).map(|b| Batch {
             touches_all: true,
+            raise_min_decryption: Some(min),
             ..b
         })
     })
@@ -447,21 +449,28 @@ impl Drop for SealWrite {
 async fn record_seal(
     v: Arc<Vault>,
     ctx: Ctx,
-    _pending: SealWrite,
+    pending: SealWrite,
     first: tokio::sync::oneshot::Sender<bool>,
 ) {
     let seals = v.keys.seals();
     let mut first = Some(first);
+    let mut wait = Duration::from_secs(1);
     loop {
         let ok = audit_seal(&v, &ctx).await.is_ok();
-        if let Some(f) = first.take() {
-            let _ = f.send(ok);
-        }
         if ok {
+            // No longer pending before anyone hears it was recorded.
+            drop(pending);
+            if let Some(f) = first.take() {
+                let _ = f.send(true);
+            }
             return;
         }
-        tracing::error!("The seal could not be written to the database: it holds, but a restart now would start unsealed; trying again");
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        if let Some(f) = first.take() {
+            let _ = f.send(false);
+        }
+        tracing::error!(retry_in_s = wait.as_secs(), "The seal could not be written to the database: it holds, but a restart now would start unsealed; trying again");
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(30));
         if v.keys.seals() != seals {
             return;
         }
@@ -494,7 +503,7 @@ pub async fn unseal(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysStatu
         if !req.share.is_empty() {
             return Err(ApiError::BadRequest("give a share or resume, not both"));
         }
-        match resume_root(v, ctx).await? {
+        match resume_root(v, ctx, seals).await? {
             Some(root) => root,
             None => return status(v, ctx).await,
         }
@@ -605,6 +614,7 @@ async fn share_root(
 async fn resume_root(
     v: &Arc<Vault>,
     ctx: &Ctx,
+    seals: u64,
 ) -> Result<Option<crate::secret::SecretKey<32>>, ApiError> {
     match v.root {
         RootSource::File(_) | RootSource::Command(_) => {}
@@ -622,7 +632,7 @@ async fn resume_root(
     // The ask counts once it is in the log.
     audit_only(v, ctx, "unseal_resume", "accepted").await?;
     let asked = match v.unseal.lock() {
-        Ok(mut c) => c.resume(&ctx.caller, std::time::Instant::now()),
+        Ok(mut c) => c.resume(&ctx.caller, std::time::Instant::now(), seals),
         Err(_) => return Err(ApiError::Internal),
     };
     if asked < RESUME_OFFICERS {

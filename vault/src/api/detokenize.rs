@@ -220,14 +220,10 @@ async fn commit_release(
     // An approval is of one disclosure: the request that releases under it
     // uses it up, in the write of its audit events, guarded so that of two
     // requests racing on one approval only one releases.
-    let mut batch = Batch::default();
-    let released = one.released.take();
-    if !released.is_empty() {
-        batch.reads = Some(crate::store::Reads {
-            epoch,
-            subjects: released,
-        });
-    }
+    let mut batch = Batch {
+        reads: one.reads(epoch),
+        ..Batch::default()
+    };
     let marked = approval.filter(|_| values.iter().any(|o| o.status == Status::Ok));
     if let Some(a) = marked {
         let used = ledger::approval_used_key(&a.id);
@@ -254,14 +250,10 @@ async fn commit_release(
                 values.push(out);
                 audit.push(draft);
             }
-            let mut batch = Batch::default();
-            let released = one.released.take();
-            if !released.is_empty() {
-                batch.reads = Some(crate::store::Reads {
-                    epoch,
-                    subjects: released,
-                });
-            }
+            let batch = Batch {
+                reads: one.reads(epoch),
+                ..Batch::default()
+            };
             match v.committer.commit(batch, audit).await {
                 Err(CommitError::Stale) => Ok(None),
                 r => r.map(|()| Some(values)).map_err(failed),
@@ -334,6 +326,18 @@ struct Lookup<'a> {
 }
 
 impl Lookup<'_> {
+    /// What the values released so far were read under (reads begun at
+    /// `epoch`), for their write to be guarded on; `None` when nothing was
+    /// released.
+    fn reads(&self, epoch: u64) -> Option<crate::store::Reads> {
+        let subjects = self.released.take();
+        (!subjects.is_empty()).then(|| crate::store::Reads {
+            epoch,
+            subjects,
+            min_decryption: self.keys.meta().min_decryption_version,
+        })
+    }
+
     /// Drops what was read, for the request to read again.
     fn forget(&self) {
         self.consents.borrow_mut().clear();

@@ -236,6 +236,7 @@ async fn export_once(
         reads: Some(crate::store::Reads {
             epoch,
             subjects: vec![crate::store::subject_tag(subject)],
+            min_decryption: keys.meta().min_decryption_version,
         }),
         ..Batch::default()
     };
@@ -302,20 +303,22 @@ pub fn access_log(
     // newest refusals share a small cap of their own, so however many there
     // are, the newest 9,000 releases or more are in the answer.
     let mut refusals = 0usize;
-    let (events, cut) = audit::newest(v.store.as_ref(), before, MAX_ENTRIES, deadline, |e| {
-        if e.subject.as_deref() != Some(subject) || !RELEASES.contains(&e.action.as_str()) {
-            return false;
-        }
-        if e.outcome.starts_with("released") {
-            return true;
-        }
-        refusals += 1;
-        refusals <= MAX_REFUSALS
-    })
-    .map_err(walk_error)?;
-    let truncated = cut || refusals > MAX_REFUSALS;
-    // Older entries are a page back, from the oldest one here.
-    let next_before = events.first().filter(|_| cut).map(|e| e.seq);
+    let (events, next_before) =
+        audit::newest(v.store.as_ref(), before, MAX_ENTRIES, deadline, |e| {
+            if e.subject.as_deref() != Some(subject) || !RELEASES.contains(&e.action.as_str()) {
+                return false;
+            }
+            if e.outcome.starts_with("released") {
+                return true;
+            }
+            refusals += 1;
+            refusals <= MAX_REFUSALS
+        })
+        .map_err(walk_error)?;
+    // Older entries may be a page back (a walk stops at its cap, or at the
+    // request's deadline with what it found). Refusals past the cap of a
+    // page are on no page: the officers' audit query lists them all.
+    let truncated = next_before.is_some() || refusals > MAX_REFUSALS;
     let entries = events
         .into_iter()
         .map(|e| AccessEntry {

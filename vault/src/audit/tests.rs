@@ -142,16 +142,29 @@ fn newest_caps_after_its_filter_and_says_when_it_left_some_out() {
     // 3,000 events, a third each for s0, s1, s2.
     append(&s, 3_000);
     let of_s1 = |e: &AuditEvent| e.subject.as_deref() == Some("s1");
-    let (got, truncated) = newest(&s, None, 5, Deadline::NEVER, of_s1).unwrap();
-    // The newest five of s1, oldest first.
+    let (got, next) = newest(&s, None, 5, Deadline::NEVER, of_s1).unwrap();
+    // The newest five of s1, oldest first, and where to go on.
     assert_eq!(
         got.iter().map(|e| e.seq).collect::<Vec<_>>(),
         vec![2987, 2990, 2993, 2996, 2999]
     );
-    assert!(truncated);
-    let (got, truncated) = newest(&s, None, 1_000, Deadline::NEVER, of_s1).unwrap();
-    assert_eq!((got.len(), truncated), (1_000, false));
+    assert_eq!(next, Some(2987));
+    let (got, _) = newest(&s, Some(2987), 2, Deadline::NEVER, of_s1).unwrap();
+    assert_eq!(
+        got.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![2981, 2984]
+    );
+    // At the cap it stops at once (the page after may be empty); the walk
+    // that reaches the start says so.
+    let (got, next) = newest(&s, None, 1_000, Deadline::NEVER, of_s1).unwrap();
+    assert_eq!((got.len(), next), (1_000, Some(2)));
     assert_eq!(got.first().map(|e| e.seq), Some(2));
+    assert_eq!(
+        newest(&s, Some(2), 1_000, Deadline::NEVER, of_s1).unwrap(),
+        (vec![], None)
+    );
+    let (got, next) = newest(&s, None, 2_000, Deadline::NEVER, of_s1).unwrap();
+    assert_eq!((got.len(), next), (1_000, None));
     // Events of other kinds, however many, cannot hide the one asked for.
     let (got, _) = newest(&s, None, 1, Deadline::NEVER, |e| e.seq == 7).unwrap();
     assert_eq!(got.len(), 1);
@@ -161,12 +174,32 @@ fn newest_caps_after_its_filter_and_says_when_it_left_some_out() {
             .0,
         vec![]
     );
-    // A walk past its request's deadline stops.
+    // A walk past its request's deadline stops: with nothing examined, an
+    // error; else with what it has and where it stopped, so that walking
+    // on from there finds every event once.
     let gone = Deadline::at(std::time::Instant::now());
     assert!(matches!(
         newest(&s, None, 5, gone, |_| false),
         Err(AuditError::TimedOut)
     ));
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        // A deadline that passes during the first page of each walk.
+        let soon = Deadline::at(std::time::Instant::now() + std::time::Duration::from_millis(1));
+        let slow = |e: &AuditEvent| {
+            std::thread::sleep(std::time::Duration::from_micros(5));
+            of_s1(e)
+        };
+        let (got, next) = newest(&s, before, 10_000, soon, slow).unwrap();
+        seen.extend(got.into_iter().rev().map(|e| e.seq));
+        match next {
+            Some(n) => before = Some(n),
+            None => break,
+        }
+    }
+    seen.reverse();
+    assert_eq!(seen, (0..1_000).map(|i| 2 + 3 * i).collect::<Vec<u64>>());
     assert!(matches!(
         query(&s, Some("nobody"), 0, 5, gone),
         Err(AuditError::TimedOut)
