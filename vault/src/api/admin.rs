@@ -508,7 +508,7 @@ pub async fn unseal(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysStatu
             None => return status(v, ctx).await,
         }
     } else {
-        match share_root(v, ctx, &req.share).await? {
+        match share_root(v, ctx, &req.share, seals).await? {
             Some(root) => root,
             None => return status(v, ctx).await,
         }
@@ -577,6 +577,7 @@ async fn share_root(
     v: &Arc<Vault>,
     ctx: &Ctx,
     share: &str,
+    seals: u64,
 ) -> Result<Option<crate::secret::SecretKey<32>>, ApiError> {
     let Some(meta) = unseal_meta(v)? else {
         return Err(ApiError::BadRequest(
@@ -585,7 +586,10 @@ async fn share_root(
     };
     // The caller's name from its certificate: the threshold counts
     // officers, so a second share from the same one is refused.
+    // Under the collector's lock, which a seal takes to empty it: a share
+    // given by a request that began before a seal does not count after it.
     let added = match v.unseal.lock() {
+        Ok(_) if v.keys.seals() != seals => return Err(ApiError::Sealed),
         Ok(mut c) => c.add(&ctx.caller, share, meta.threshold, &meta.fingerprints),
         Err(_) => return Err(ApiError::Internal),
     };
@@ -632,6 +636,7 @@ async fn resume_root(
     // The ask counts once it is in the log.
     audit_only(v, ctx, "unseal_resume", "accepted").await?;
     let asked = match v.unseal.lock() {
+        Ok(_) if v.keys.seals() != seals => return Err(ApiError::Sealed),
         Ok(mut c) => c.resume(&ctx.caller, std::time::Instant::now(), seals),
         Err(_) => return Err(ApiError::Internal),
     };
@@ -716,6 +721,29 @@ mod tests {
             request_id: "t".into(),
             deadline,
         }
+    }
+
+    /// An officer's ask to resume made by a request that began before a
+    /// seal does not count after it (the seal emptied the asks; this one
+    /// must not land in the emptied set).
+    #[tokio::test]
+    async fn an_ask_begun_before_a_seal_does_not_count_after_it() {
+        let (_dir, _, v) = vault_with(|_| {});
+        let ctx = officer(None);
+        seal(&v, &ctx).await.unwrap();
+        let before = v.keys.seals();
+        seal(&v, &ctx).await.unwrap();
+        assert!(matches!(
+            resume_root(&v, &ctx, before).await,
+            Err(ApiError::Sealed)
+        ));
+        assert_eq!(v.unseal.lock().unwrap().resumers(), 0);
+        // Under the seal of now, it counts.
+        assert!(resume_root(&v, &ctx, v.keys.seals())
+            .await
+            .unwrap()
+            .is_none());
+        assert_eq!(v.unseal.lock().unwrap().resumers(), 1);
     }
 
     /// A vault too large to count before the request runs out answers with
