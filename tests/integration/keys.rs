@@ -317,6 +317,12 @@ async fn rotation_under_load_then_rewrap_and_min_version() {
 
     // ...and lowering it again, then rewrapping, moves everything to v4.
     officer.set_min_decryption_version(1).await.unwrap();
+    // Lowered again, the older values release at once.
+    let out = app
+        .detokenize(&detok_req("notification", &[&old, &fresh]))
+        .await
+        .unwrap();
+    assert!(out.values.iter().all(|v| v.status == Status::Ok), "{out:?}");
     officer.start_rewrap().await.unwrap();
     let mut st = officer.rewrap_status().await.unwrap();
     for _ in 0..200 {

@@ -245,8 +245,10 @@ impl Screen {
             if let Some(f) = job.batch.raise_floor {
                 self.floor = self.floor.max(f);
             }
+            // Set, not raised: an officer may lower the minimum again, and
+            // each change carries the whole new value (they are serialized).
             if let Some(m) = job.batch.raise_min_decryption {
-                self.min_decryption = self.min_decryption.max(m);
+                self.min_decryption = m;
             }
             if job.batch.touches_all {
                 self.recent.horizon = self.recent.horizon.max(seq);
@@ -622,7 +624,8 @@ mod tests {
     /// A new minimum decryption version refuses, from its batch on, every
     /// release that decrypted under a lower one, whenever its reads began
     /// (the old keyring may still be installed after the batch is
-    /// written); one under the new minimum passes.
+    /// written); one under the new minimum passes, and so does one under a
+    /// minimum lowered again.
     #[test]
     fn a_new_minimum_refuses_releases_that_decrypted_under_the_old_one() {
         let mut screen = Screen::default();
@@ -644,6 +647,18 @@ mod tests {
         }
         let (kept, stale) = screen.take(2, vec![later]);
         assert_eq!((kept.len(), stale.len()), (1, 0));
+        // Lowered again: releases under the lower minimum pass.
+        let lower = Job {
+            batch: Batch {
+                raise_min_decryption: Some(1),
+                ..Batch::default()
+            },
+            audit: Vec::new(),
+            reply: oneshot::channel().0,
+        };
+        let (after, _) = release_job(10, &["x"]);
+        let (kept, stale) = screen.take(3, vec![lower, after]);
+        assert_eq!((kept.len(), stale.len()), (2, 0));
     }
 
     /// A write that failed may land when the store recovers: every release

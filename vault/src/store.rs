@@ -110,8 +110,9 @@ pub struct Batch {
     /// Touches every subject: every release read before this batch was
     /// dequeued is refused (a seal). Engines ignore it.
     pub touches_all: bool,
-    /// A new minimum decryption version: from this batch on, the committer
-    /// refuses (`Stale`) a release that decrypted under a lower minimum
+    /// The minimum decryption version from this batch on (a change of it,
+    /// or the stored one after a change failed): the committer refuses
+    /// (`Stale`) a release that decrypted under a lower minimum
     /// (`Reads::min_decryption`), whenever its reads began. Engines ignore
     /// it.
     pub raise_min_decryption: Option<u32>,

@@ -260,6 +260,15 @@ async fn change_keys_now(
         v.metrics
             .key_active_version
             .set(i64::from(fresh.meta().active));
+        // A change of the minimum that failed told the committer a minimum
+        // the store may not hold: it takes the stored one again.
+        if written.is_err() {
+            let stored = Batch {
+                raise_min_decryption: Some(fresh.meta().min_decryption_version),
+                ..Batch::default()
+            };
+            let _ = v.committer.commit(stored, Vec::new()).await;
+        }
         // A seal that raced this change wins: nothing is installed then.
         v.keys.replace_if_unsealed(fresh);
     } else if written.is_ok() {
@@ -444,7 +453,7 @@ impl Drop for SealWrite {
 }
 
 /// Writes the seal's event and mark, once; tells `first` whether that
-/// worked, and if not tries again every second until it does, or until a
+/// worked, and if not tries again (every second, backing off to 30 s) until it does, or until a
 /// later seal (which writes its own) or a restart.
 async fn record_seal(
     v: Arc<Vault>,
@@ -589,9 +598,13 @@ async fn share_root(
     // Under the collector's lock, which a seal takes to empty it: a share
     // given by a request that began before a seal does not count after it.
     let added = match v.unseal.lock() {
-        Ok(_) if v.keys.seals() != seals => return Err(ApiError::Sealed),
-        Ok(mut c) => c.add(&ctx.caller, share, meta.threshold, &meta.fingerprints),
+        Ok(_) if v.keys.seals() != seals => None,
+        Ok(mut c) => Some(c.add(&ctx.caller, share, meta.threshold, &meta.fingerprints)),
         Err(_) => return Err(ApiError::Internal),
+    };
+    let Some(added) = added else {
+        let _ = audit_only(v, ctx, "unseal_share", "refused_sealed").await;
+        return Err(ApiError::Sealed);
     };
     match added {
         Ok(Progress::Need(..)) => {
@@ -636,9 +649,14 @@ async fn resume_root(
     // The ask counts once it is in the log.
     audit_only(v, ctx, "unseal_resume", "accepted").await?;
     let asked = match v.unseal.lock() {
-        Ok(_) if v.keys.seals() != seals => return Err(ApiError::Sealed),
-        Ok(mut c) => c.resume(&ctx.caller, std::time::Instant::now(), seals),
+        Ok(_) if v.keys.seals() != seals => None,
+        Ok(mut c) => Some(c.resume(&ctx.caller, std::time::Instant::now(), seals)),
         Err(_) => return Err(ApiError::Internal),
+    };
+    // Logged as accepted, but a seal came meanwhile: it did not count.
+    let Some(asked) = asked else {
+        let _ = audit_only(v, ctx, "unseal_resume", "refused_sealed").await;
+        return Err(ApiError::Sealed);
     };
     if asked < RESUME_OFFICERS {
         return Ok(None);
@@ -738,6 +756,17 @@ mod tests {
             Err(ApiError::Sealed)
         ));
         assert_eq!(v.unseal.lock().unwrap().resumers(), 0);
+        let events = crate::audit::query(
+            v.store.as_ref(),
+            None,
+            0,
+            100,
+            crate::audit::Deadline::NEVER,
+        )
+        .unwrap();
+        assert!(events
+            .iter()
+            .any(|e| e.action == "unseal_resume" && e.outcome == "refused_sealed"));
         // Under the seal of now, it counts.
         assert!(resume_root(&v, &ctx, v.keys.seals())
             .await
