@@ -171,19 +171,7 @@ impl Collector {
         expected_threshold: u8,
         fingerprints: &BTreeMap<u8, String>,
     ) -> Result<Progress, ShareError> {
-        let p = parse(text)?;
-        if p.threshold != expected_threshold {
-            return Err(ShareError::WrongThreshold);
-        }
-        if !fingerprints.is_empty() && fingerprints.get(&p.x) != Some(&digest(&p)) {
-            return Err(ShareError::NotOurs);
-        }
-        if self.got.contains_key(&p.x) {
-            return Err(ShareError::Duplicate);
-        }
-        if self.officers.contains(officer) {
-            return Err(ShareError::SameOfficer);
-        }
+        let p = self.validate(officer, text, expected_threshold, fingerprints)?;
         self.threshold = Some(p.threshold);
         self.got.insert(p.x, p.bytes);
         self.officers.insert(officer.to_string());
@@ -206,6 +194,42 @@ impl Collector {
         SecretKey::from_slice(&secret)
             .map(Progress::Complete)
             .ok_or(ShareError::Malformed)
+    }
+
+    /// Whether [`Collector::add`] would take this share now, without
+    /// taking it: so the attempt can be logged before it counts.
+    pub fn check(
+        &self,
+        officer: &str,
+        text: &str,
+        expected_threshold: u8,
+        fingerprints: &BTreeMap<u8, String>,
+    ) -> Result<(), ShareError> {
+        self.validate(officer, text, expected_threshold, fingerprints)
+            .map(drop)
+    }
+
+    fn validate(
+        &self,
+        officer: &str,
+        text: &str,
+        expected_threshold: u8,
+        fingerprints: &BTreeMap<u8, String>,
+    ) -> Result<Parsed, ShareError> {
+        let p = parse(text)?;
+        if p.threshold != expected_threshold {
+            return Err(ShareError::WrongThreshold);
+        }
+        if !fingerprints.is_empty() && fingerprints.get(&p.x) != Some(&digest(&p)) {
+            return Err(ShareError::NotOurs);
+        }
+        if self.got.contains_key(&p.x) {
+            return Err(ShareError::Duplicate);
+        }
+        if self.officers.contains(officer) {
+            return Err(ShareError::SameOfficer);
+        }
+        Ok(p)
     }
 
     /// Shares collected so far.
@@ -402,6 +426,31 @@ mod tests {
                 Progress::Need(1, 2)
             ));
         }
+    }
+
+    /// A check says what an add would, and takes nothing.
+    #[test]
+    fn a_check_takes_nothing() {
+        let root = SecretKey::<32>::generate();
+        let shares = split(&root, 3, 2).unwrap();
+        let mut col = Collector::default();
+        col.check("officer", &shares[0], 2, &none()).unwrap();
+        col.check("officer", &shares[0], 2, &none()).unwrap();
+        assert_eq!(col.progress(), 0);
+        col.add("officer", &shares[0], 2, &none()).unwrap();
+        assert_eq!(
+            col.check("officer", &shares[1], 2, &none()).unwrap_err(),
+            ShareError::SameOfficer
+        );
+        assert_eq!(
+            col.check("officer2", &shares[0], 2, &none()).unwrap_err(),
+            ShareError::Duplicate
+        );
+        assert_eq!(
+            col.check("officer2", "vs1-zz", 2, &none()).unwrap_err(),
+            ShareError::Malformed
+        );
+        assert_eq!(col.progress(), 1);
     }
 
     #[test]

@@ -594,34 +594,47 @@ async fn share_root(
         ));
     };
     // The caller's name from its certificate: the threshold counts
-    // officers, so a second share from the same one is refused.
-    // Under the collector's lock, which a seal takes to empty it: a share
-    // given by a request that began before a seal does not count after it.
+    // officers, so a second share from the same one is refused. A share
+    // is checked, then logged, then counted (only a logged share counts),
+    // each under the collector's lock, which a seal takes to empty it: a
+    // share given by a request that began before a seal does not count
+    // after it. (The request holds `key_ops`: no other share comes between.)
+    let refused = |e: ShareError| match e {
+        ShareError::Duplicate => ApiError::InvalidShare("this share was already given"),
+        ShareError::SameOfficer => ApiError::InvalidShare(
+            "this officer has already given a share; the next must come from another officer",
+        ),
+        _ => ApiError::InvalidShare("this is not a share of this vault's key"),
+    };
+    let checked = match v.unseal.lock() {
+        Ok(_) if v.keys.seals() != seals => None,
+        Ok(c) => Some(c.check(&ctx.caller, share, meta.threshold, &meta.fingerprints)),
+        Err(_) => return Err(ApiError::Internal),
+    };
+    match checked {
+        None => {
+            let _ = audit_only(v, ctx, "unseal_share", "refused_sealed").await;
+            return Err(ApiError::Sealed);
+        }
+        Some(Err(e)) => {
+            audit_only(v, ctx, "unseal_share", "rejected").await?;
+            return Err(refused(e));
+        }
+        Some(Ok(())) => audit_only(v, ctx, "unseal_share", "accepted").await?,
+    }
     let added = match v.unseal.lock() {
         Ok(_) if v.keys.seals() != seals => None,
         Ok(mut c) => Some(c.add(&ctx.caller, share, meta.threshold, &meta.fingerprints)),
         Err(_) => return Err(ApiError::Internal),
     };
-    let Some(added) = added else {
-        let _ = audit_only(v, ctx, "unseal_share", "refused_sealed").await;
-        return Err(ApiError::Sealed);
-    };
     match added {
-        Ok(Progress::Need(..)) => {
-            audit_only(v, ctx, "unseal_share", "accepted").await?;
-            Ok(None)
+        None => {
+            let _ = audit_only(v, ctx, "unseal_share", "refused_sealed").await;
+            Err(ApiError::Sealed)
         }
-        Ok(Progress::Complete(root)) => Ok(Some(root)),
-        Err(e) => {
-            audit_only(v, ctx, "unseal_share", "rejected").await?;
-            Err(match e {
-                ShareError::Duplicate => ApiError::InvalidShare("this share was already given"),
-                ShareError::SameOfficer => ApiError::InvalidShare(
-                    "this officer has already given a share; the next must come from another officer",
-                ),
-                _ => ApiError::InvalidShare("this is not a share of this vault's key"),
-            })
-        }
+        Some(Ok(Progress::Need(..))) => Ok(None),
+        Some(Ok(Progress::Complete(root))) => Ok(Some(root)),
+        Some(Err(e)) => Err(refused(e)),
     }
 }
 
