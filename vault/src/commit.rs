@@ -191,9 +191,16 @@ fn run(w: &Writer<'_>, rx: mpsc::Receiver<Job>, mut head: Head, mut last_time: u
                 }
             }
         }
+        let min_before = screen.min_decryption;
         let (group, stale) = screen.take(seq, group);
         if !group.is_empty() {
             failed = !write_group(w, seq, &mut head, &mut last_time, group);
+        }
+        // A new minimum that was not written is not the committer's either
+        // (the key change that sent it hands over the stored one once the
+        // store recovers).
+        if failed {
+            screen.min_decryption = min_before;
         }
         // Written, failed or refused: what this group did is visible (or
         // was never done) for every read begun from here.
@@ -685,6 +692,37 @@ mod tests {
         };
         assert!(matches!(
             c.commit(read(read_before), vec![draft(1)]).await,
+            Err(CommitError::Stale)
+        ));
+        c.commit(read(c.epoch()), vec![draft(2)]).await.unwrap();
+    }
+
+    /// A new minimum whose write failed is not the committer's: releases
+    /// under the old minimum pass once the store has recovered.
+    #[tokio::test]
+    async fn a_minimum_not_written_is_not_kept() {
+        let store: Arc<dyn Store> = Arc::new(Failing {
+            inner: MemoryStore::new(),
+            fail: std::sync::atomic::AtomicBool::new(true),
+        });
+        let c = Committer::start(store, Arc::new(Metrics::new())).unwrap();
+        let raise = Batch {
+            raise_min_decryption: Some(4),
+            ..Batch::default()
+        };
+        assert!(c.commit(raise, vec![draft(0)]).await.is_err());
+        let read = |epoch| Batch {
+            reads: Some(crate::store::Reads {
+                epoch,
+                subjects: vec![crate::store::subject_tag("s")],
+                min_decryption: 1,
+            }),
+            ..Batch::default()
+        };
+        // The recovery refuses what was read before it; then, read again,
+        // it passes under the old minimum.
+        assert!(matches!(
+            c.commit(read(c.epoch()), vec![draft(1)]).await,
             Err(CommitError::Stale)
         ));
         c.commit(read(c.epoch()), vec![draft(2)]).await.unwrap();

@@ -180,7 +180,8 @@ impl Batch {
         self.raise_floor = self.raise_floor.max(other.raise_floor);
         self.touches.extend(other.touches);
         self.touches_all |= other.touches_all;
-        self.raise_min_decryption = self.raise_min_decryption.max(other.raise_min_decryption);
+        // The later one is the minimum from then on.
+        self.raise_min_decryption = other.raise_min_decryption.or(self.raise_min_decryption);
         self.reads = match (self.reads.take(), other.reads) {
             (Some(mut a), Some(b)) => {
                 a.epoch = a.epoch.min(b.epoch);

@@ -634,7 +634,12 @@ async fn share_root(
         }
         Some(Ok(Progress::Need(..))) => Ok(None),
         Some(Ok(Progress::Complete(root))) => Ok(Some(root)),
-        Some(Err(e)) => Err(refused(e)),
+        // Checked a moment ago: what fails now is rebuilding the root from
+        // the complete set, and the set is gone (every share again).
+        Some(Err(e)) => {
+            audit_only(v, ctx, "unseal", "failed").await?;
+            Err(refused(e))
+        }
     }
 }
 
