@@ -168,12 +168,7 @@ async fn a_value_whose_header_was_changed_does_not_open() {
     }
     put(stored);
     assert_eq!(ask().await.unwrap().values[0].status, Status::Ok);
-    let events = v
-        .client("officer")
-        .audit(None, None, Some(1000))
-        .await
-        .unwrap()
-        .events;
+    let events = v.audit_events().await;
     assert_eq!(
         events
             .iter()

@@ -749,12 +749,7 @@ async fn format_preserving_tokens_keep_the_shape_and_resolve() {
     assert_eq!(d.values[0].status, Status::Unknown);
     // Its event records the outcome, not the number: a real phone number
     // sent as a token must not land in the permanent audit log.
-    let events = tv
-        .client("officer")
-        .audit(None, None, Some(1000))
-        .await
-        .unwrap()
-        .events;
+    let events = tv.audit_events().await;
     let unknown: Vec<_> = events.iter().filter(|e| e.outcome == "unknown").collect();
     assert_eq!(unknown.len(), 1);
     assert_eq!(unknown[0].token, None);

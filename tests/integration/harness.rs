@@ -84,6 +84,15 @@ impl TestVault {
         )
     }
 
+    /// Every audit event (up to 1,000), as an officer reads them.
+    pub async fn audit_events(&self) -> Vec<vault_sdk::wire::AuditEvent> {
+        self.client("officer")
+            .audit(None, None, Some(1000))
+            .await
+            .unwrap()
+            .events
+    }
+
     pub fn client(&self, who: &str) -> Client {
         self.builder(who).build().unwrap()
     }

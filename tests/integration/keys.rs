@@ -476,6 +476,22 @@ async fn a_seal_holds_across_a_restart_until_two_officers_resume() {
         officer.unseal("vs1-x").await.unwrap_err().code(),
         Some("invalid_request")
     );
+    // Malformed asks: not JSON, a wrong type, an unknown field, both
+    // ways at once. None counts.
+    for body in [
+        &b"{"[..],
+        br#"{"resume":"yes"}"#,
+        br#"{"resume":true,"extra":1}"#,
+        br#"{"resume":true,"share":"vs1-00"}"#,
+    ] {
+        let (status, v) = post_raw(&officer, "/v1/admin/unseal", body.to_vec()).await;
+        assert_eq!(status, 400, "{v}");
+        assert!(
+            matches!(code(&v), "malformed_json" | "invalid_request"),
+            "{v}"
+        );
+    }
+    assert_eq!(officer.keys_status().await.unwrap().unseal_progress, 0);
     for _ in 0..2 {
         let st = officer.resume_unseal().await.unwrap();
         assert!(st.sealed);
@@ -490,12 +506,7 @@ async fn a_seal_holds_across_a_restart_until_two_officers_resume() {
     assert_eq!(out.values[0].status, Status::Ok);
     v.restart().await;
     assert!(!v.client("officer").keys_status().await.unwrap().sealed);
-    let events = v
-        .client("officer")
-        .audit(None, None, Some(1000))
-        .await
-        .unwrap()
-        .events;
+    let events = v.audit_events().await;
     let kinds: Vec<(&str, &str)> = events
         .iter()
         .filter(|e| e.action.contains("seal"))
@@ -567,12 +578,7 @@ async fn operator_clear_seal_lets_a_stopped_vault_start_unsealed() {
     assert!(out.contains("No officer's seal"), "{out}");
     v.restart().await;
     assert!(!v.client("officer").keys_status().await.unwrap().sealed);
-    let events = v
-        .client("officer")
-        .audit(None, None, Some(1000))
-        .await
-        .unwrap()
-        .events;
+    let events = v.audit_events().await;
     assert!(events
         .iter()
         .any(|e| e.action == "seal_cleared" && e.caller == "operator"));

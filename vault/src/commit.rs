@@ -673,10 +673,7 @@ mod tests {
     /// passes.
     #[tokio::test]
     async fn a_failed_write_refuses_the_releases_read_before_the_next_one() {
-        let store: Arc<dyn Store> = Arc::new(Failing {
-            inner: MemoryStore::new(),
-            fail: std::sync::atomic::AtomicBool::new(true),
-        });
+        let store = failing_once();
         let c = Committer::start(store.clone(), Arc::new(Metrics::new())).unwrap();
         let mut erase = Batch::default();
         erase.touch("s");
@@ -701,10 +698,7 @@ mod tests {
     /// under the old minimum pass once the store has recovered.
     #[tokio::test]
     async fn a_minimum_not_written_is_not_kept() {
-        let store: Arc<dyn Store> = Arc::new(Failing {
-            inner: MemoryStore::new(),
-            fail: std::sync::atomic::AtomicBool::new(true),
-        });
+        let store = failing_once();
         let c = Committer::start(store, Arc::new(Metrics::new())).unwrap();
         let raise = Batch {
             raise_min_decryption: Some(4),
@@ -729,30 +723,10 @@ mod tests {
     }
 
     /// The in-memory store, failing its first group write.
-    struct Failing {
-        inner: MemoryStore,
-        fail: std::sync::atomic::AtomicBool,
-    }
-
-    impl Store for Failing {
-        fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-            self.inner.get(space, key)
-        }
-        fn scan(
-            &self,
-            space: Space,
-            from: &[u8],
-            to: Option<&[u8]>,
-            limit: usize,
-        ) -> Result<Rows, StoreError> {
-            self.inner.scan(space, from, to, limit)
-        }
-        fn write(&self, batch: Batch) -> Result<(), StoreError> {
-            if self.fail.swap(false, Ordering::SeqCst) {
-                return Err(StoreError::Engine("disk full".into()));
-            }
-            self.inner.write(batch)
-        }
+    fn failing_once() -> Arc<dyn Store> {
+        let store = crate::store::testing::HookedStore::new(|_| {});
+        store.fail_writes.store(1, Ordering::SeqCst);
+        Arc::new(store)
     }
 
     /// Through the thread: the epoch moves once a group is written, and a

@@ -408,3 +408,70 @@ pub fn scan_prefix(
 
 #[cfg(test)]
 mod conformance;
+
+/// Test doubles over the in-memory model.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::{Batch, MemoryStore, Rows, Space, Store, StoreError};
+
+    /// The in-memory store with two hooks: `after_get` runs after each
+    /// read of one key (to hold a request between its reads and its
+    /// write), and the next `fail_writes` writes fail as a full disk
+    /// would.
+    pub(crate) struct HookedStore {
+        pub inner: MemoryStore,
+        pub after_get: Box<dyn Fn(Space) + Send + Sync>,
+        pub fail_writes: AtomicUsize,
+    }
+
+    impl HookedStore {
+        pub fn new(after_get: impl Fn(Space) + Send + Sync + 'static) -> HookedStore {
+            HookedStore {
+                inner: MemoryStore::new(),
+                after_get: Box::new(after_get),
+                fail_writes: AtomicUsize::new(0),
+            }
+        }
+
+        fn failing(&self) -> bool {
+            self.fail_writes
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        }
+    }
+
+    impl Store for HookedStore {
+        fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            let got = self.inner.get(space, key);
+            (self.after_get)(space);
+            got
+        }
+        fn scan(
+            &self,
+            space: Space,
+            from: &[u8],
+            to: Option<&[u8]>,
+            limit: usize,
+        ) -> Result<Rows, StoreError> {
+            self.inner.scan(space, from, to, limit)
+        }
+        fn write(&self, batch: Batch) -> Result<(), StoreError> {
+            if self.failing() {
+                return Err(StoreError::Engine("disk full".into()));
+            }
+            self.inner.write(batch)
+        }
+        fn write_group(
+            &self,
+            group: Vec<Batch>,
+            finish: &mut dyn FnMut(&[bool]) -> Batch,
+        ) -> Result<Vec<bool>, StoreError> {
+            if self.failing() {
+                return Err(StoreError::Engine("disk full".into()));
+            }
+            self.inner.write_group(group, finish)
+        }
+    }
+}

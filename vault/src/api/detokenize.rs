@@ -757,51 +757,23 @@ mod tests {
     use std::sync::{mpsc, Mutex};
 
     use super::*;
-    use crate::store::{MemoryStore, Rows, Store, StoreError};
+    use crate::store::Store;
 
-    /// The in-memory store, except that once armed, the first read of a
-    /// subject's key (a release's last read) says so and waits until told
-    /// to go on: a release held between its reads and its write.
-    struct Pausing {
-        inner: MemoryStore,
+    /// Once armed, the first read of a subject's key (a release's last
+    /// read) says so and waits until told to go on: a release held between
+    /// its reads and its write.
+    struct Pause {
         armed: AtomicBool,
         hit: Mutex<mpsc::Sender<()>>,
         go: Mutex<mpsc::Receiver<()>>,
     }
 
-    impl Pausing {
-        fn pause(&self, space: Space) {
+    impl Pause {
+        fn after_get(&self, space: Space) {
             if space == Space::SubjectKeys && self.armed.swap(false, Ordering::SeqCst) {
                 self.hit.lock().unwrap().send(()).unwrap();
                 self.go.lock().unwrap().recv().unwrap();
             }
-        }
-    }
-
-    impl Store for Pausing {
-        fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-            let got = self.inner.get(space, key);
-            self.pause(space);
-            got
-        }
-        fn scan(
-            &self,
-            space: Space,
-            from: &[u8],
-            to: Option<&[u8]>,
-            limit: usize,
-        ) -> Result<Rows, StoreError> {
-            self.inner.scan(space, from, to, limit)
-        }
-        fn write(&self, batch: Batch) -> Result<(), StoreError> {
-            self.inner.write(batch)
-        }
-        fn write_group(
-            &self,
-            group: Vec<Batch>,
-            finish: &mut dyn FnMut(&[bool]) -> Batch,
-        ) -> Result<Vec<bool>, StoreError> {
-            self.inner.write_group(group, finish)
         }
     }
 
@@ -818,10 +790,10 @@ mod tests {
         ctx("app", crate::policy::Role::App)
     }
 
-    /// A vault over a [`Pausing`] store, and the ends of its pause.
+    /// A vault over a store that can [`Pause`], and the ends of its pause.
     struct Race {
         v: Arc<Vault>,
-        pausing: Arc<Pausing>,
+        pausing: Arc<Pause>,
         hit: mpsc::Receiver<()>,
         go: mpsc::Sender<()>,
         _dir: tempfile::TempDir,
@@ -834,13 +806,16 @@ mod tests {
             let cfg = crate::config::Config::load(&path).unwrap();
             let (hit_tx, hit) = mpsc::channel();
             let (go, go_rx) = mpsc::channel();
-            let pausing = Arc::new(Pausing {
-                inner: MemoryStore::new(),
+            let pausing = Arc::new(Pause {
                 armed: AtomicBool::new(false),
                 hit: Mutex::new(hit_tx),
                 go: Mutex::new(go_rx),
             });
-            let store: Arc<dyn Store> = pausing.clone();
+            let pause = pausing.clone();
+            let store: Arc<dyn Store> =
+                Arc::new(crate::store::testing::HookedStore::new(move |space| {
+                    pause.after_get(space)
+                }));
             let keys = crate::server::open_keys(&cfg, store.as_ref()).unwrap();
             let v = crate::server::build(&cfg, keys, store).unwrap();
             Race {
