@@ -11,7 +11,8 @@
 //! no integrity protection (the wrapped keys are: a wrong set fails to unwrap
 //! them).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
+use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -122,6 +123,25 @@ fn parse(text: &str) -> Result<Parsed, ShareError> {
 /// How long an officer's ask to resume counts.
 pub const RESUME_ASK_LIFETIME: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
+/// How long a share given at unseal counts. The set must be completed
+/// within it: a share is not left in memory for days, ready for whoever
+/// later holds one more officer's certificate and share, after the team
+/// gave up on the unseal.
+pub const SHARE_LIFETIME: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// One share given at unseal: its bytes, who gave it and when.
+struct Given {
+    bytes: Zeroizing<Vec<u8>>,
+    officer: String,
+    at: Instant,
+}
+
+impl Given {
+    fn fresh(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.at) < SHARE_LIFETIME
+    }
+}
+
 /// What an unseal attempt has collected so far, and from whom: the
 /// threshold is one of officers, not of shares, so one officer holding
 /// others' shares (gathered by a ruse, or from a shared safe) cannot unseal
@@ -129,9 +149,9 @@ pub const RESUME_ASK_LIFETIME: std::time::Duration = std::time::Duration::from_s
 #[derive(Default)]
 pub struct Collector {
     threshold: Option<u8>,
-    got: BTreeMap<u8, Zeroizing<Vec<u8>>>,
-    /// The callers whose shares are in `got`, one share each.
-    officers: BTreeSet<String>,
+    /// The shares given, by x coordinate; one per officer. Only those
+    /// given within [`SHARE_LIFETIME`] count.
+    got: BTreeMap<u8, Given>,
     /// The officers who asked to resume (a root key from a file or a
     /// command, after an officer's seal), when, and under which seal (the
     /// key state's seal count).
@@ -157,24 +177,33 @@ pub enum Progress {
 }
 
 impl Collector {
-    /// Adds one share given by `officer` (the caller's name). A malformed
-    /// or duplicate share, one whose fingerprint is not among
+    /// Adds one share given by `officer` (the caller's name) at `now`. A
+    /// malformed or duplicate share, one whose fingerprint is not among
     /// `fingerprints` (when the vault kept them), or a second share from
     /// an officer who already gave one, leaves the progress as it was: a
     /// forged share cannot take a genuine one's place and spoil the set,
-    /// and one officer counts once. On [`Progress::Complete`] the collector
-    /// is emptied.
+    /// and one officer counts once. Shares given [`SHARE_LIFETIME`] or more
+    /// before `now` are forgotten first. On [`Progress::Complete`] the
+    /// collector is emptied.
     pub fn add(
         &mut self,
         officer: &str,
         text: &str,
         expected_threshold: u8,
         fingerprints: &BTreeMap<u8, String>,
+        now: Instant,
     ) -> Result<Progress, ShareError> {
-        let p = self.validate(officer, text, expected_threshold, fingerprints)?;
+        let p = self.validate(officer, text, expected_threshold, fingerprints, now)?;
+        self.got.retain(|_, g| g.fresh(now));
         self.threshold = Some(p.threshold);
-        self.got.insert(p.x, p.bytes);
-        self.officers.insert(officer.to_string());
+        self.got.insert(
+            p.x,
+            Given {
+                bytes: p.bytes,
+                officer: officer.to_string(),
+                at: now,
+            },
+        );
         let need = usize::from(p.threshold);
         if self.got.len() < need {
             return Ok(Progress::Need(self.got.len(), need));
@@ -182,7 +211,7 @@ impl Collector {
         let shares: Vec<blahaj::Share> = self
             .got
             .values()
-            .filter_map(|b| blahaj::Share::try_from(&b[..]).ok())
+            .filter_map(|g| blahaj::Share::try_from(&g.bytes[..]).ok())
             .collect();
         let secret = Zeroizing::new(
             blahaj::Sharks(p.threshold)
@@ -196,7 +225,7 @@ impl Collector {
             .ok_or(ShareError::Malformed)
     }
 
-    /// Whether [`Collector::add`] would take this share now, without
+    /// Whether [`Collector::add`] would take this share at `now`, without
     /// taking it: so the attempt can be logged before it counts.
     pub fn check(
         &self,
@@ -204,8 +233,9 @@ impl Collector {
         text: &str,
         expected_threshold: u8,
         fingerprints: &BTreeMap<u8, String>,
+        now: Instant,
     ) -> Result<(), ShareError> {
-        self.validate(officer, text, expected_threshold, fingerprints)
+        self.validate(officer, text, expected_threshold, fingerprints, now)
             .map(drop)
     }
 
@@ -215,6 +245,7 @@ impl Collector {
         text: &str,
         expected_threshold: u8,
         fingerprints: &BTreeMap<u8, String>,
+        now: Instant,
     ) -> Result<Parsed, ShareError> {
         let p = parse(text)?;
         if p.threshold != expected_threshold {
@@ -223,24 +254,28 @@ impl Collector {
         if !fingerprints.is_empty() && fingerprints.get(&p.x) != Some(&digest(&p)) {
             return Err(ShareError::NotOurs);
         }
-        if self.got.contains_key(&p.x) {
+        if self.got.get(&p.x).is_some_and(|g| g.fresh(now)) {
             return Err(ShareError::Duplicate);
         }
-        if self.officers.contains(officer) {
+        if self
+            .got
+            .values()
+            .any(|g| g.fresh(now) && g.officer == officer)
+        {
             return Err(ShareError::SameOfficer);
         }
         Ok(p)
     }
 
-    /// Shares collected so far.
+    /// Shares collected so far that still count.
     pub fn progress(&self) -> usize {
-        self.got.len()
+        let now = Instant::now();
+        self.got.values().filter(|g| g.fresh(now)).count()
     }
 
     /// Forgets every share given so far.
     pub fn reset(&mut self) {
         self.got.clear();
-        self.officers.clear();
         self.threshold = None;
         self.resumers.clear();
     }
@@ -252,7 +287,7 @@ impl Collector {
     /// Asks made under another seal (`seal`, the seal count the ask was
     /// made under) never count: an ask still being logged when an officer
     /// seals again does not survive that seal.
-    pub fn resume(&mut self, officer: &str, now: std::time::Instant, seal: u64) -> usize {
+    pub fn resume(&mut self, officer: &str, now: Instant, seal: u64) -> usize {
         self.resumers.retain(|_, (at, s)| {
             *s == seal && now.saturating_duration_since(*at) < RESUME_ASK_LIFETIME
         });
@@ -284,7 +319,7 @@ mod tests {
     #[test]
     fn asks_to_resume_count_each_officer_once_and_expire() {
         let mut c = Collector::default();
-        let t0 = std::time::Instant::now();
+        let t0 = Instant::now();
         assert_eq!(c.resume("officer", t0, 1), 1);
         assert_eq!(c.resume("officer", t0, 1), 1);
         let late = t0 + RESUME_ASK_LIFETIME;
@@ -315,14 +350,19 @@ mod tests {
         for (a, b, c) in [(0, 1, 2), (0, 2, 4), (1, 3, 4), (4, 3, 0)] {
             let mut col = Collector::default();
             assert!(matches!(
-                col.add("a", &shares[a], 3, &none()).unwrap(),
+                col.add("a", &shares[a], 3, &none(), Instant::now())
+                    .unwrap(),
                 Progress::Need(1, 3)
             ));
             assert!(matches!(
-                col.add("b", &shares[b], 3, &none()).unwrap(),
+                col.add("b", &shares[b], 3, &none(), Instant::now())
+                    .unwrap(),
                 Progress::Need(2, 3)
             ));
-            let k = complete(col.add("c", &shares[c], 3, &none()).unwrap());
+            let k = complete(
+                col.add("c", &shares[c], 3, &none(), Instant::now())
+                    .unwrap(),
+            );
             assert!(k.ct_eq(&root));
             assert_eq!(col.progress(), 0);
         }
@@ -333,17 +373,21 @@ mod tests {
         let root = SecretKey::<32>::generate();
         let shares = split(&root, 3, 3).unwrap();
         let mut col = Collector::default();
-        col.add("a", &shares[0], 3, &none()).unwrap();
+        col.add("a", &shares[0], 3, &none(), Instant::now())
+            .unwrap();
         assert_eq!(
-            col.add("a", &shares[0], 3, &none()).unwrap_err(),
+            col.add("a", &shares[0], 3, &none(), Instant::now())
+                .unwrap_err(),
             ShareError::Duplicate
         );
         assert_eq!(
-            col.add("b", "vs1-00", 3, &none()).unwrap_err(),
+            col.add("b", "vs1-00", 3, &none(), Instant::now())
+                .unwrap_err(),
             ShareError::Malformed
         );
         assert_eq!(
-            col.add("b", "hello", 3, &none()).unwrap_err(),
+            col.add("b", "hello", 3, &none(), Instant::now())
+                .unwrap_err(),
             ShareError::Malformed
         );
         // One flipped character fails the check.
@@ -351,18 +395,19 @@ mod tests {
         let last = typo.pop().unwrap();
         typo.push(if last == '0' { '1' } else { '0' });
         assert_eq!(
-            col.add("b", &typo, 3, &none()).unwrap_err(),
+            col.add("b", &typo, 3, &none(), Instant::now()).unwrap_err(),
             ShareError::Malformed
         );
         assert_eq!(
-            col.add("b", &shares[1], 2, &none()).unwrap_err(),
+            col.add("b", &shares[1], 2, &none(), Instant::now())
+                .unwrap_err(),
             ShareError::WrongThreshold
         );
         assert_eq!(col.progress(), 1);
         // Shares of another split complete the count but give another key.
         let other = split(&SecretKey::<32>::generate(), 3, 3).unwrap();
-        col.add("b", &other[1], 3, &none()).unwrap();
-        let k = complete(col.add("c", &other[2], 3, &none()).unwrap());
+        col.add("b", &other[1], 3, &none(), Instant::now()).unwrap();
+        let k = complete(col.add("c", &other[2], 3, &none(), Instant::now()).unwrap());
         assert!(!k.ct_eq(&root));
     }
 
@@ -377,19 +422,25 @@ mod tests {
         let forged = split(&SecretKey::<32>::generate(), 3, 2).unwrap();
         let mut col = Collector::default();
         assert_eq!(
-            col.add("a", &forged[0], 2, &prints).unwrap_err(),
+            col.add("a", &forged[0], 2, &prints, Instant::now())
+                .unwrap_err(),
             ShareError::NotOurs
         );
         assert_eq!(col.progress(), 0);
         assert!(matches!(
-            col.add("a", &shares[0], 2, &prints).unwrap(),
+            col.add("a", &shares[0], 2, &prints, Instant::now())
+                .unwrap(),
             Progress::Need(1, 2)
         ));
         assert_eq!(
-            col.add("b", &forged[1], 2, &prints).unwrap_err(),
+            col.add("b", &forged[1], 2, &prints, Instant::now())
+                .unwrap_err(),
             ShareError::NotOurs
         );
-        let k = complete(col.add("b", &shares[1], 2, &prints).unwrap());
+        let k = complete(
+            col.add("b", &shares[1], 2, &prints, Instant::now())
+                .unwrap(),
+        );
         assert!(k.ct_eq(&root));
         assert_eq!(fingerprint("hello"), None);
     }
@@ -402,27 +453,34 @@ mod tests {
         for prints in [prints, none()] {
             let mut col = Collector::default();
             assert!(matches!(
-                col.add("officer", &shares[0], 2, &prints).unwrap(),
+                col.add("officer", &shares[0], 2, &prints, Instant::now())
+                    .unwrap(),
                 Progress::Need(1, 2)
             ));
             // Another genuine share, from the same officer: refused, and
             // it does not count.
             assert_eq!(
-                col.add("officer", &shares[1], 2, &prints).unwrap_err(),
+                col.add("officer", &shares[1], 2, &prints, Instant::now())
+                    .unwrap_err(),
                 ShareError::SameOfficer
             );
             assert_eq!(col.progress(), 1);
             // Another officer completes the set, with that very share.
-            let k = complete(col.add("officer2", &shares[1], 2, &prints).unwrap());
+            let k = complete(
+                col.add("officer2", &shares[1], 2, &prints, Instant::now())
+                    .unwrap(),
+            );
             assert!(k.ct_eq(&root));
             // Completion forgets who gave: the next unseal starts afresh.
             assert!(matches!(
-                col.add("officer", &shares[2], 2, &prints).unwrap(),
+                col.add("officer", &shares[2], 2, &prints, Instant::now())
+                    .unwrap(),
                 Progress::Need(1, 2)
             ));
             col.reset();
             assert!(matches!(
-                col.add("officer", &shares[1], 2, &prints).unwrap(),
+                col.add("officer", &shares[1], 2, &prints, Instant::now())
+                    .unwrap(),
                 Progress::Need(1, 2)
             ));
         }
@@ -434,20 +492,26 @@ mod tests {
         let root = SecretKey::<32>::generate();
         let shares = split(&root, 3, 2).unwrap();
         let mut col = Collector::default();
-        col.check("officer", &shares[0], 2, &none()).unwrap();
-        col.check("officer", &shares[0], 2, &none()).unwrap();
+        col.check("officer", &shares[0], 2, &none(), Instant::now())
+            .unwrap();
+        col.check("officer", &shares[0], 2, &none(), Instant::now())
+            .unwrap();
         assert_eq!(col.progress(), 0);
-        col.add("officer", &shares[0], 2, &none()).unwrap();
+        col.add("officer", &shares[0], 2, &none(), Instant::now())
+            .unwrap();
         assert_eq!(
-            col.check("officer", &shares[1], 2, &none()).unwrap_err(),
+            col.check("officer", &shares[1], 2, &none(), Instant::now())
+                .unwrap_err(),
             ShareError::SameOfficer
         );
         assert_eq!(
-            col.check("officer2", &shares[0], 2, &none()).unwrap_err(),
+            col.check("officer2", &shares[0], 2, &none(), Instant::now())
+                .unwrap_err(),
             ShareError::Duplicate
         );
         assert_eq!(
-            col.check("officer2", "vs1-zz", 2, &none()).unwrap_err(),
+            col.check("officer2", "vs1-zz", 2, &none(), Instant::now())
+                .unwrap_err(),
             ShareError::Malformed
         );
         assert_eq!(col.progress(), 1);
@@ -461,11 +525,44 @@ mod tests {
         assert_eq!(split(&root, 17, 3).unwrap_err(), ShareError::Parameters);
         let shares = split(&root, 2, 2).unwrap();
         let mut col = Collector::default();
-        col.add("a", &shares[0], 2, &none()).unwrap();
+        col.add("a", &shares[0], 2, &none(), Instant::now())
+            .unwrap();
         let dbg = format!("{col:?}");
         assert!(
             dbg.contains("progress: 1") && !dbg.contains(&shares[0][4..12]),
             "{dbg}"
         );
+    }
+
+    /// A share counts for its lifetime: an unseal left half-done does not
+    /// wait for the next officer for ever, and the officer whose share
+    /// lapsed may give it again.
+    #[test]
+    fn shares_lapse_after_their_lifetime() {
+        let root = SecretKey::<32>::generate();
+        let shares = split(&root, 3, 2).unwrap();
+        let mut col = Collector::default();
+        let t0 = Instant::now();
+        col.add("a", &shares[0], 2, &none(), t0).unwrap();
+        let late = t0 + SHARE_LIFETIME;
+        // The first share lapsed: the second only starts the count again.
+        col.check("a", &shares[1], 2, &none(), late).unwrap();
+        assert!(matches!(
+            col.add("b", &shares[1], 2, &none(), late).unwrap(),
+            Progress::Need(1, 2)
+        ));
+        // Its officer may give again, and the same share is no duplicate.
+        let k = complete(col.add("a", &shares[0], 2, &none(), late).unwrap());
+        assert!(k.ct_eq(&root));
+        // Within the lifetime, two shares complete the set.
+        let mut col = Collector::default();
+        col.add("a", &shares[2], 2, &none(), t0).unwrap();
+        let within = t0 + SHARE_LIFETIME - std::time::Duration::from_secs(1);
+        assert_eq!(
+            col.check("a", &shares[1], 2, &none(), within).unwrap_err(),
+            ShareError::SameOfficer
+        );
+        let k = complete(col.add("b", &shares[1], 2, &none(), within).unwrap());
+        assert!(k.ct_eq(&root));
     }
 }

@@ -608,7 +608,13 @@ async fn share_root(
     };
     let checked = match v.unseal.lock() {
         Ok(_) if v.keys.seals() != seals => None,
-        Ok(c) => Some(c.check(&ctx.caller, share, meta.threshold, &meta.fingerprints)),
+        Ok(c) => Some(c.check(
+            &ctx.caller,
+            share,
+            meta.threshold,
+            &meta.fingerprints,
+            std::time::Instant::now(),
+        )),
         Err(_) => return Err(ApiError::Internal),
     };
     match checked {
@@ -624,7 +630,13 @@ async fn share_root(
     }
     let added = match v.unseal.lock() {
         Ok(_) if v.keys.seals() != seals => None,
-        Ok(mut c) => Some(c.add(&ctx.caller, share, meta.threshold, &meta.fingerprints)),
+        Ok(mut c) => Some(c.add(
+            &ctx.caller,
+            share,
+            meta.threshold,
+            &meta.fingerprints,
+            std::time::Instant::now(),
+        )),
         Err(_) => return Err(ApiError::Internal),
     };
     match added {
