@@ -68,7 +68,13 @@ pub fn requests(data: &[u8]) {
             vault::shares::fingerprint(&req.share).into_iter().collect();
         for threshold in [2, 3] {
             for fingerprints in [&std::collections::BTreeMap::new(), &prints] {
-                if let Err(e) = collector.add("officer", &req.share, threshold, fingerprints) {
+                if let Err(e) = collector.add(
+                    "officer",
+                    &req.share,
+                    threshold,
+                    fingerprints,
+                    std::time::Instant::now(),
+                ) {
                     errors.push(e.to_string());
                 }
             }

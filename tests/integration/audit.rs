@@ -247,11 +247,23 @@ async fn check_config_finds_what_serve_would_fail_on() {
     // The server's certificate file holds a key, and its key file holds
     // the application's key, not the server's.
     std::fs::copy(tls.join("server.key"), tls.join("server.pem")).unwrap();
+    // And the CA file and the key file hold nothing of use: every TLS
+    // problem is listed, not the first.
+    let ca = std::fs::read(tls.join("ca.pem")).unwrap();
+    let key = std::fs::read(tls.join("server.key")).unwrap();
+    std::fs::write(tls.join("ca.pem"), "no certificate here").unwrap();
+    std::fs::write(tls.join("server.key"), "no key here").unwrap();
     let (code, _, err) = check();
     assert_eq!(code, 64, "{err}");
-    assert!(err.contains("holds no PEM certificate"), "{err}");
+    assert_eq!(err.matches("holds no PEM certificate").count(), 2, "{err}");
+    assert!(err.contains("server.key holds no PEM private key"), "{err}");
     assert!(err.contains("is not 64 hex characters"), "{err}");
     assert!(!err.contains(garbage), "{err}");
+    std::fs::write(tls.join("ca.pem"), ca).unwrap();
+    std::fs::write(tls.join("server.key"), key).unwrap();
+    let (code, _, err) = check();
+    assert_eq!(code, 64, "{err}");
+    assert_eq!(err.matches("holds no PEM certificate").count(), 1, "{err}");
     std::fs::copy(tls.join("app.pem"), tls.join("server.pem")).unwrap();
     let (code, _, err) = check();
     assert_eq!(code, 64);

@@ -288,9 +288,11 @@ fn startup_problems(cfg: &Config, known: &[String]) -> Vec<String> {
     };
     let mut problems = Vec::new();
     if !faulted(&["tls.ca:", "tls.cert:", "tls.key:"]) {
-        if let Err(e) = crate::tls::server_config(cfg) {
-            problems.push(format!("tls: {e}"));
-        }
+        problems.extend(
+            crate::tls::config_problems(cfg)
+                .into_iter()
+                .map(|e| format!("tls: {e}")),
+        );
     }
     let k = &cfg.keys;
     if !faulted(&["keys:", "keys.master-key-file:"])

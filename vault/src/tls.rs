@@ -101,6 +101,37 @@ pub fn server_config(cfg: &Config) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(sc))
 }
 
+/// Every problem [`server_config`] would stop at, not only the first: the
+/// CA, the certificate and the key are each read on their own, and only
+/// when all three read are they put together (which finds the rest, a key
+/// that is not the certificate's among them). For `check-config`.
+pub fn config_problems(cfg: &Config) -> Vec<TlsError> {
+    let mut problems = Vec::new();
+    match load_certs(&cfg.resolve(&cfg.tls.ca)) {
+        Ok(cas) => {
+            let mut roots = RootCertStore::empty();
+            for ca in cas {
+                if let Err(e) = roots.add(ca) {
+                    problems.push(rustls_err(e));
+                }
+            }
+        }
+        Err(e) => problems.push(e),
+    }
+    if let Err(e) = load_certs(&cfg.resolve(&cfg.tls.cert)) {
+        problems.push(e);
+    }
+    if let Err(e) = load_key(&cfg.resolve(&cfg.tls.key)) {
+        problems.push(e);
+    }
+    if problems.is_empty() {
+        if let Err(e) = server_config(cfg) {
+            problems.push(e);
+        }
+    }
+    problems
+}
+
 /// The caller a verified client certificate names: its subject CN, else
 /// (only when the subject has no CN at all) its first DNS SAN. A subject
 /// with several CNs, or one this parser cannot read as text, names nobody:
