@@ -670,6 +670,61 @@ async fn erasure_within_a_legal_retention_period_restricts_then_erases() {
     }
 }
 
+/// An erasure the law turns into a restriction keeps a value no longer
+/// than its own clock would have, and does not bring back a value whose
+/// clock ran out before the sweeper reached it.
+#[tokio::test]
+async fn a_restricting_erasure_keeps_nothing_past_its_own_clock() {
+    let v = TestVault::start_with(|cfg| {
+        cfg.retention
+            .legal_minimum
+            .insert("phone".into(), "PT1H".into());
+        cfg.retention.sweep_interval_ms = 600_000;
+    })
+    .await;
+    let app = v.client("app");
+    let officer = v.client("officer");
+    let mut tokens = Vec::new();
+    for (value, retention) in [(PHONE, "PT1S"), ("13900139000", "PT30S")] {
+        let mut req = tok_req(
+            "acct-clock",
+            "identity_verification",
+            vec![field("phone", value)],
+        );
+        req.retention = Some(retention.into());
+        tokens.push(app.tokenize(&req).await.unwrap().tokens[0].token.clone());
+    }
+    // The first value's clock runs out; the sweeper is far away.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let receipt = app.erase_subject("acct-clock").await.unwrap();
+    assert_eq!(receipt.values_erased, 1, "the expired value is erased");
+    let until = receipt.restricted_until.expect("the second is kept");
+    assert!(
+        until <= receipt.time_ms + 30_000,
+        "kept past its own clock: {until} after {}",
+        receipt.time_ms
+    );
+    // Not even a legal exception reaches the expired one.
+    let approval = officer
+        .approve(&vault_sdk::wire::ApprovalRequest {
+            requester: "app".into(),
+            purpose: "legal_obligation".into(),
+            subjects: vec!["acct-clock".into()],
+            reference: "tax-2026".into(),
+            valid_for: "PT1H".into(),
+        })
+        .await
+        .unwrap();
+    let mut req = detok_req("legal_obligation", &[&tokens[0], &tokens[1]]);
+    req.legal_basis = Some(vault_sdk::wire::LegalBasis {
+        reference: "tax-2026".into(),
+        approval: approval.id,
+    });
+    let out = app.detokenize(&req).await.unwrap();
+    assert_eq!(out.values[0].status, Status::Gone, "{:?}", out.values[0]);
+    assert_eq!(out.values[1].value.as_deref(), Some("+8613900139000"));
+}
+
 /// Collections racing an erasure that the law turns into a restriction:
 /// each value acknowledged before the restriction was committed is either
 /// in the first pass or found by the second, so every phone (which no law

@@ -729,13 +729,18 @@ fn erasure_digest(subject: &str, time_ms: u64, tokens: &mut [String]) -> String 
     hex::encode(h.finalize())
 }
 
-/// When the law's minimum retention of `rec` ends, if it is still running
-/// at `now`.
+/// Until when an erasure at `now` keeps `rec` because the law still
+/// requires it: the end of its legal minimum retention, but never past the
+/// value's own clock. An erasure request does not make a value live longer
+/// than it would have without one, nor bring back one whose clock has run
+/// out but which the sweeper has not deleted yet. `None` when nothing keeps
+/// it: it is erased now.
 fn legal_end(v: &Vault, rec: &Record, now: u64) -> Option<u64> {
     let min = v.policy.retention.legal_minimum(rec.class)?;
     let end = rec
         .collected_ms
         .saturating_add(u64::try_from(min.as_millis()).unwrap_or(u64::MAX));
+    let end = rec.expires_ms.map_or(end, |clock| end.min(clock));
     (end > now).then_some(end)
 }
 
