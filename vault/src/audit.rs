@@ -85,6 +85,40 @@ impl Head {
             Some(b) => Head::decode(&b).ok_or(AuditError::Corrupt { seq: 0 }),
         }
     }
+
+    /// Reads the stored head and checks it is where the events end: the
+    /// event it names is there with its hash, and no event lies past it
+    /// (none at all for an empty head). The next event goes at `seq + 1`
+    /// with a plain put, so a head deleted or moved back (a partial
+    /// restore, an edit) would have the vault overwrite the events after
+    /// it. Two reads; the whole chain is `verify`'s to check.
+    pub fn load_checked(store: &dyn Store) -> Result<Head, AuditError> {
+        let head = Head::load(store)?;
+        let mismatch = |why| AuditError::HeadMismatch { seq: head.seq, why };
+        let Some(after) = head.seq.checked_add(1) else {
+            return Err(mismatch("no sequence number follows it"));
+        };
+        if head.seq > 0 {
+            let stored = store
+                .get(Space::Audit, &seq_key(head.seq))?
+                .ok_or(mismatch("its event is missing"))?;
+            let event: AuditEvent = serde_json::from_slice(&stored)
+                .map_err(|_| AuditError::Corrupt { seq: head.seq })?;
+            if event.seq != head.seq || event.hash != hex::encode(head.hash) {
+                return Err(mismatch("its event has another hash"));
+            }
+        }
+        // From the first key past the head's, whatever its length.
+        let from = if head.seq == 0 {
+            Vec::new()
+        } else {
+            seq_key(after)
+        };
+        if !store.scan(Space::Audit, &from, None, 1)?.is_empty() {
+            return Err(mismatch("events lie past it"));
+        }
+        Ok(head)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +127,8 @@ pub enum AuditError {
     Store(#[from] StoreError),
     #[error("audit event {seq} cannot be decoded")]
     Corrupt { seq: u64 },
+    #[error("the audit log's head (event {seq}) does not match its events: {why}; the database was changed outside the vault or restored in part, and new events would overwrite old ones (run `vault audit verify`)")]
+    HeadMismatch { seq: u64, why: &'static str },
     #[error("the walk of the audit log ran out of time")]
     TimedOut,
 }
@@ -459,7 +495,7 @@ pub fn head_time(store: &dyn Store, head: &Head) -> Result<u64, AuditError> {
     Ok(event_at(store, head.seq)?.map_or(0, |e| e.time_ms))
 }
 
-fn event_at(store: &dyn Store, seq: u64) -> Result<Option<AuditEvent>, AuditError> {
+pub(crate) fn event_at(store: &dyn Store, seq: u64) -> Result<Option<AuditEvent>, AuditError> {
     match store.get(Space::Audit, &seq_key(seq))? {
         None => Ok(None),
         Some(b) => serde_json::from_slice(&b)

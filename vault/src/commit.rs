@@ -94,7 +94,7 @@ impl Committer {
         metrics: Arc<Metrics>,
         cache: Option<Arc<KeyCache>>,
     ) -> Result<Self, CommitError> {
-        let head = Head::load(store.as_ref())?;
+        let head = Head::load_checked(store.as_ref())?;
         // Event times never decrease along the chain (the exposure report
         // searches it by time): after a restart with the clock set back,
         // they go on from the last one.
@@ -336,7 +336,7 @@ impl Recent {
 /// back, since a batch that failed may still have landed whole.
 fn resync(store: &dyn Store) -> Result<Head, StoreError> {
     store.recover()?;
-    Head::load(store).map_err(|e| match e {
+    Head::load_checked(store).map_err(|e| match e {
         audit::AuditError::Store(e) => e,
         e => StoreError::Engine(e.to_string()),
     })
@@ -930,6 +930,70 @@ mod tests {
         assert_eq!(
             audit::verify(store.as_ref()).unwrap(),
             audit::Verdict::Intact { events: 2 }
+        );
+    }
+
+    /// A head deleted, moved back, or past the events (a partial restore,
+    /// an edit): the committer does not start, rather than write new
+    /// events over old ones; a consistent head starts it.
+    #[tokio::test]
+    async fn a_head_that_does_not_match_the_events_stops_the_start() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let c = Committer::start(store.clone(), Arc::new(Metrics::new())).unwrap();
+        for i in 0..3 {
+            c.commit(Batch::default(), vec![draft(i)]).await.unwrap();
+        }
+        drop(c);
+        let head = Head::load(store.as_ref()).unwrap();
+        assert_eq!(head.seq, 3);
+        let event_1 = store.get(Space::Audit, &audit::seq_key(1)).unwrap();
+        let set_head = |h: Option<Head>| {
+            let mut b = Batch::default();
+            match h {
+                Some(h) => b.put(Space::Meta, audit::HEAD_KEY.to_vec(), h.encode()),
+                None => b.delete(Space::Meta, audit::HEAD_KEY.to_vec()),
+            }
+            store.write(b).unwrap();
+        };
+        let refused = |why: &str| {
+            let started = Committer::start(store.clone(), Arc::new(Metrics::new()));
+            let e = started.map(drop).unwrap_err();
+            assert!(e.to_string().contains(why), "{e}");
+        };
+        set_head(None);
+        refused("events lie past it");
+        set_head(Some(Head {
+            seq: 2,
+            hash: head.hash,
+        }));
+        refused("another hash");
+        let moved_back = audit::event_at(store.as_ref(), 2).unwrap().unwrap();
+        let mut h = [0u8; 32];
+        hex::decode_to_slice(&moved_back.hash, &mut h).unwrap();
+        set_head(Some(Head { seq: 2, hash: h }));
+        refused("events lie past it");
+        set_head(Some(Head {
+            seq: 4,
+            hash: head.hash,
+        }));
+        refused("its event is missing");
+        set_head(Some(Head {
+            seq: u64::MAX,
+            hash: head.hash,
+        }));
+        refused("no sequence number follows it");
+        // Nothing was written over the old events, and the true head
+        // starts it again.
+        assert_eq!(
+            store.get(Space::Audit, &audit::seq_key(1)).unwrap(),
+            event_1
+        );
+        set_head(Some(head));
+        let c = Committer::start(store.clone(), Arc::new(Metrics::new())).unwrap();
+        c.commit(Batch::default(), vec![draft(4)]).await.unwrap();
+        assert_eq!(
+            audit::verify(store.as_ref()).unwrap(),
+            audit::Verdict::Intact { events: 4 }
         );
     }
 
