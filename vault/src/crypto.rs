@@ -171,6 +171,18 @@ impl HeaderKey {
     }
 }
 
+/// An opened value as text, in the buffer it was opened into: no copy of
+/// the plaintext is left behind unwiped, whether it is UTF-8 or not.
+pub fn into_text(mut plain: Zeroizing<Vec<u8>>) -> Option<Zeroizing<String>> {
+    match String::from_utf8(std::mem::take(&mut *plain)) {
+        Ok(text) => Some(Zeroizing::new(text)),
+        Err(e) => {
+            drop(Zeroizing::new(e.into_bytes()));
+            None
+        }
+    }
+}
+
 /// Renders token bytes as the 32-character URL-safe string callers see.
 pub fn encode_token(bytes: &TokenBytes) -> String {
     URL_SAFE_NO_PAD.encode(bytes)

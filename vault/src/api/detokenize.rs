@@ -478,7 +478,7 @@ impl Lookup<'_> {
             .filter(|_| header_ok)
             .map(|(k, sk)| sk.value_key(k));
         let opened = key.and_then(|k| k.open(&aad, &record.ciphertext).ok());
-        let Some(plain) = opened.and_then(|p| String::from_utf8(p.to_vec()).ok()) else {
+        let Some(mut plain) = opened.and_then(crate::crypto::into_text) else {
             // Tampered, swapped or undecryptable: the same opaque answer as a
             // token we never issued, and a loud event for the officers.
             tracing::error!(request_id = %self.ctx.request_id, "Stored value failed its integrity check");
@@ -496,7 +496,8 @@ impl Lookup<'_> {
             out.value = Some(classes::mask(record.class, &plain));
             draft.outcome = "released_masked";
         } else {
-            out.value = Some(plain);
+            // Moved out, not copied: the answer's own buffer is wiped with it.
+            out.value = Some(std::mem::take(&mut *plain));
             draft.outcome = "released";
         }
         Ok((out, draft))

@@ -1179,7 +1179,7 @@ pub async fn sweep_once(v: &Vault) -> Result<u64, ApiError> {
                             .ok()
                             .flatten()
                             .and_then(|k| k.open(&rec.aad(subject, &token), &rec.ciphertext).ok())
-                            .and_then(|p| String::from_utf8(p.to_vec()).ok());
+                            .and_then(crate::crypto::into_text);
                     let general = plain
                         .map(|p| classes::generalize(rec.class, &p))
                         .unwrap_or_default();

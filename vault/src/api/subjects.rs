@@ -176,7 +176,7 @@ async fn export_once(
                 .ok()
                 .zip(subject_key.as_ref())
                 .and_then(|(k, sk)| k.for_subject(sk).open(&aad, &rec.ciphertext).ok())
-                .and_then(|p| String::from_utf8(p.to_vec()).ok())
+                .and_then(crate::crypto::into_text)
                 .ok_or("integrity_failure"),
         };
         let plain = match opened {
@@ -204,11 +204,11 @@ async fn export_once(
         };
         events.push(event(outcome, rec.class, &token));
         let value = if level == crate::policy::Release::Masked {
-            let masked = crate::classes::mask(rec.class, &plain);
-            zeroize::Zeroize::zeroize(&mut { plain });
-            masked
+            crate::classes::mask(rec.class, &plain)
         } else {
-            plain
+            // Moved out, not copied: the answer's own buffer is wiped with it.
+            let mut plain = plain;
+            std::mem::take(&mut *plain)
         };
         values.push(SubjectValue {
             class: rec.class.as_str().to_string(),

@@ -145,3 +145,15 @@ fn ciphertext_does_not_contain_plaintext() {
     let ct = dk.seal(b"", b"350102199003071234").unwrap();
     assert!(!ct.windows(6).any(|w| w == b"350102"));
 }
+
+/// An opened value becomes text in its own buffer (no second copy to
+/// leave unwiped), and bytes that are not UTF-8 are no text.
+#[test]
+fn opened_values_become_text_in_place() {
+    let plain = Zeroizing::new(b"13800138000".to_vec());
+    let at = plain.as_ptr();
+    let text = into_text(plain).unwrap();
+    assert_eq!(text.as_str(), "13800138000");
+    assert_eq!(text.as_ptr(), at, "the plaintext was copied");
+    assert!(into_text(Zeroizing::new(vec![0xff, 0xfe])).is_none());
+}
