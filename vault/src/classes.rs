@@ -375,7 +375,7 @@ fn precheck(raw: &str, max_chars: usize) -> Result<(), Invalid> {
 /// on a display). NFKC keeps them, and a value with one would get a second
 /// token for the same real value, so every class drops them (an e-mail
 /// local part, kept as entered, refuses them instead).
-fn is_invisible(c: char) -> bool {
+pub(crate) fn is_invisible(c: char) -> bool {
     matches!(
         c,
         '\u{00AD}'
@@ -389,13 +389,18 @@ fn is_invisible(c: char) -> bool {
 
 /// Characters that separate groups in identity, card and phone numbers and
 /// carry no information (PII-FORMATS.md, normalization step 2). The katakana
-/// middle dot is in because NFKC leaves it alone and IMEs produce it for `·`.
+/// middle dot is in because NFKC leaves it alone and IMEs produce it for `·`;
+/// so is the minus sign U+2212, which NFKC also leaves alone and which text
+/// set by word processors and typesetters puts where a hyphen was typed (the
+/// contract's list omits it; the detector always read it as a dash, so a
+/// number written with it passed deidentify in clear).
 fn is_separator(c: char) -> bool {
     c.is_whitespace()
         || is_invisible(c)
         || matches!(
             c,
-            '-' | '\u{2010}'..='\u{2015}' | '.' | '(' | ')' | '（' | '）' | '/' | '·' | '・'
+            '-' | '\u{2010}'
+                ..='\u{2015}' | '\u{2212}' | '.' | '(' | ')' | '（' | '）' | '/' | '·' | '・'
         )
 }
 

@@ -1,7 +1,7 @@
 //! Character classes for the scanner, width-folded: full-width digits,
 //! letters and punctuation (U+FF01..U+FF5E) fold to their ASCII forms, the
-//! ideographic space, the zero-width spaces and joiners, and the dashes
-//! U+2010..U+2015 to separators. Invariant:
+//! ideographic space, the invisible characters and spaces normalization
+//! strips, and the dashes U+2010..U+2015 and U+2212 to separators. Invariant:
 //! `at` never reads past the end of the text and always returns a width of
 //! at least one byte for a non-empty rest, so every loop over it advances.
 
@@ -64,13 +64,17 @@ pub(super) fn at(bytes: &[u8], i: usize) -> (Ch, usize) {
         0xE2 => {
             let c = decode3(bytes, i);
             let ch = match c {
-                0x2010..=0x2015 | 0x2212 => Ch::Dash,
+                // Superscript and subscript minus: NFKC makes them U+2212.
+                0x2010..=0x2015 | 0x2212 | 0x207B | 0x208B => Ch::Dash,
                 0x2028 | 0x2029 => Ch::Newline,
-                // Zero-width space, non-joiner, joiner and word joiner:
-                // pasted or planted inside a number (`138\u{200B}0013...`),
-                // they group its digits as a space would (normalization
-                // drops them).
-                0x200B..=0x200D | 0x2060 => Ch::Space,
+                // The invisible characters normalization drops (zero-width
+                // spaces and joiners, bidirectional marks and overrides,
+                // invisible operators), pasted or planted inside a number
+                // (`138\u{200B}0013...`), and the spaces NFKC makes plain:
+                // they group its digits as a space would. The detector
+                // reads through whatever the normalizer strips, or a value
+                // `normalize` takes would pass deidentify in clear.
+                0x2000..=0x200F | 0x202A..=0x202F | 0x205F..=0x2064 | 0x2066..=0x2069 => Ch::Space,
                 0x20AC => Ch::Currency,
                 _ => Ch::Other,
             };
@@ -88,6 +92,9 @@ pub(super) fn at(bytes: &[u8], i: usize) -> (Ch, usize) {
                     ascii(u8::try_from(c - 0xFF01 + 0x21).unwrap_or(0))
                 }
                 0xFE6B => Ch::Punct(b'@'),
+                // Small and vertical dashes, small hyphen-minus (NFKC: a
+                // dash).
+                0xFE31 | 0xFE32 | 0xFE58 | 0xFE63 => Ch::Dash,
                 // The byte-order mark, used as a zero-width no-break space.
                 0xFEFF => Ch::Space,
                 0xFFE0 | 0xFFE1 | 0xFFE5 => Ch::Currency,
@@ -98,13 +105,16 @@ pub(super) fn at(bytes: &[u8], i: usize) -> (Ch, usize) {
         0xC2 => {
             let ch = match bytes.get(i + 1) {
                 Some(0xA3 | 0xA5) => Ch::Currency,
-                Some(0xA0) => Ch::Space,
+                // The no-break space, and the soft hyphen (invisible).
+                Some(0xA0 | 0xAD) => Ch::Space,
                 Some(0x85) => Ch::Newline,
                 _ => Ch::Other,
             };
             (ch, 2)
         }
         0xC0..=0xDF => (Ch::Other, 2),
+        // The Ogham space mark, a space to NFKC.
+        0xE1 if decode3(bytes, i) == 0x1680 => (Ch::Space, 3),
         0xE0..=0xEF => (Ch::Other, 3),
         0xF0 => {
             // U+20000..U+3FFFF, the supplementary ideographic planes.

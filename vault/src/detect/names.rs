@@ -209,7 +209,19 @@ fn after_label(text: &str, h: &Hit, limit: usize, out: &mut Vec<Candidate>) {
     let mut n = 0;
     let mut chars = rest.char_indices().peekable();
     while let Some((at, c)) = chars.next() {
-        if n > 0 && says_name && matches!(c, ' ' | '\u{3000}') {
+        // Invisible characters inside a name (`陈\u{200B}明`) are read
+        // through, as normalization drops them.
+        if n > 0 && crate::classes::is_invisible(c) {
+            continue;
+        }
+        if n > 0
+            && says_name
+            && c.is_whitespace()
+            && !matches!(
+                c,
+                '\n' | '\r' | '\u{0B}' | '\u{0C}' | '\u{85}' | '\u{2028}' | '\u{2029}'
+            )
+        {
             if chars.peek().is_some_and(|&(_, d)| is_han(d) && !is_stop(d)) {
                 continue;
             }

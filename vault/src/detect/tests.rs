@@ -705,3 +705,52 @@ fn numbers_split_by_zero_width_characters() {
         "+8613800138000"
     );
 }
+
+/// Whatever the normalizer strips from inside a number, the detector reads
+/// through: a value `normalize` takes as one phone, resident ID or name,
+/// written with any such character inside it, is found (or deidentify
+/// would pass it in clear). Punctuation that the scanner reads as the end
+/// of a number on purpose (`.`, `/`, brackets, middle dots: dates, sums,
+/// lists) is left out; so are line breaks.
+#[test]
+fn the_detector_reads_through_what_normalization_strips() {
+    let card = id("11010519491231002");
+    let mut missed = Vec::new();
+    use unicode_normalization::UnicodeNormalization;
+    for c in (0u32..0x3_0000).filter_map(char::from_u32) {
+        let ends_a_number = |d: char| {
+            ".,/()（）·・".contains(d)
+                || matches!(d, '\n' | '\r' | '\u{0B}' | '\u{0C}')
+                || matches!(d, '\u{85}' | '\u{2028}' | '\u{2029}')
+        };
+        if std::iter::once(c).nfkc().all(ends_a_number) {
+            continue;
+        }
+        let phone = format!("138{c}0013{c}8000");
+        if crate::classes::normalize(Class::Phone, &phone).is_ok()
+            && !found(&format!("电话{phone}，谢谢")).contains(&(Class::Phone, phone.as_str()))
+        {
+            missed.push(format!("phone {:04X}", u32::from(c)));
+        }
+        let resident = format!("{}{c}{}", &card[..6], &card[6..]);
+        if crate::classes::normalize(Class::CnResidentId, &resident).is_ok()
+            && found(&format!("身份证号{resident}")) != [(Class::CnResidentId, resident.as_str())]
+        {
+            missed.push(format!("resident id {:04X}", u32::from(c)));
+        }
+        let name = format!("陈{c}明");
+        if crate::classes::normalize(Class::Name, &name).is_ok_and(|n| n.value() == "陈明")
+            && found(&format!("姓名：{name}，电话")) != [(Class::Name, name.as_str())]
+        {
+            missed.push(format!("name {:04X}", u32::from(c)));
+        }
+    }
+    assert!(missed.is_empty(), "{missed:?}");
+    // The minus sign joins a number's groups, and normalizes away.
+    assert_eq!(
+        crate::classes::normalize(Class::Phone, "138\u{2212}0013\u{2212}8000")
+            .unwrap()
+            .value(),
+        "+8613800138000"
+    );
+}
