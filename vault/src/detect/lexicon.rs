@@ -306,6 +306,12 @@ const ANTI: &[&str] = &[
     "Date",
     "SN",
     "ISBN",
+    // Device numbers: a 15-digit IMEI can read as a first-generation
+    // resident ID (a province code, then a date).
+    "IMEI",
+    "MEID",
+    "串号",
+    "设备号",
     "Amount",
     "¥",
     "￥",

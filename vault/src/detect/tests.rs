@@ -754,3 +754,16 @@ fn the_detector_reads_through_what_normalization_strips() {
         "+8613800138000"
     );
 }
+
+/// A device number under its label is no resident ID, though a 15-digit
+/// IMEI can look like a first-generation one (province code, a date).
+#[test]
+fn device_numbers_are_not_resident_ids() {
+    assert!(
+        !found("设备 352099000715231").is_empty(),
+        "the decoy looks like an ID"
+    );
+    nothing("设备IMEI 352099000715231");
+    nothing("手机串号：352099000715231");
+    nothing("MEID 352099000715231");
+}
