@@ -380,6 +380,37 @@ async fn legal_exceptions_need_a_live_approval_by_someone_else() {
     assert!(events
         .iter()
         .all(|e| e.reference.as_deref() != Some("not-a-case")));
+    // A reference no approval names is not recorded: what an app sends
+    // there could be anything (a phone number), and the log is for good.
+    let mut req = detok_req("criminal_investigation", &[&tok]);
+    req.legal_basis = basis("apr-nope", "13800138000");
+    assert_eq!(
+        app.detokenize(&req).await.unwrap().values[0]
+            .reason
+            .as_deref(),
+        Some("approval_not_found")
+    );
+    req.legal_basis = basis(&granted.id, "13800138000");
+    assert_eq!(
+        app.detokenize(&req).await.unwrap().values[0]
+            .reason
+            .as_deref(),
+        Some("reference_mismatch")
+    );
+    let events = officer.audit(None, None, Some(1000)).await.unwrap().events;
+    let refused: Vec<_> = events
+        .iter()
+        .filter(|e| e.action == "detokenize" && e.outcome == "denied")
+        .collect();
+    assert!(refused.len() >= 2);
+    assert!(refused
+        .iter()
+        .all(|e| e.reference.as_deref() != Some("13800138000")));
+    // Nor may a reference hide its text behind bidirectional overrides.
+    let mut req = detok_req("criminal_investigation", &[&tok]);
+    req.legal_basis = basis(&granted.id, "case-\u{202E}71-6202");
+    let e = app.detokenize(&req).await.unwrap_err();
+    assert_eq!((e.status(), e.code()), (Some(400), Some("invalid_request")));
     assert!(events
         .iter()
         .any(|e| e.action == "approval" && e.outcome == "refused_self_approval"));

@@ -208,10 +208,16 @@ pub fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
 /// Longest case reference of a legal exception, in characters.
 pub(crate) const MAX_REFERENCE: usize = 128;
 
-/// Not blank, at most `max` characters, no control characters: a name or
+/// Not blank, at most `max` characters, no control characters and no
+/// invisible or bidirectional formatting ones (which would let a reference
+/// read as another to an officer, `tax-2026\u{202E}...`): a name or
 /// reference fit for the audit log.
 fn printable(s: &str, max: usize) -> bool {
-    !s.trim().is_empty() && s.chars().count() <= max && !s.chars().any(char::is_control)
+    !s.trim().is_empty()
+        && s.chars().count() <= max
+        && !s
+            .chars()
+            .any(|c| c.is_control() || crate::classes::is_invisible(c))
 }
 
 fn require_officer(ctx: &Ctx) -> Result<(), ApiError> {

@@ -369,17 +369,19 @@ impl Lookup<'_> {
             action: self.action,
             purpose: Some(self.purpose.to_string()),
             outcome: "unknown",
-            // Only a legal exception's case reference is recorded; other
-            // purposes ignore a legal basis.
-            reference: self
-                .basis
-                .filter(|_| self.info.legal_exception)
-                .map(|b| b.reference.clone())
-                .filter(|r| !r.trim().is_empty()),
             ..Draft::default()
         };
         if self.info.legal_exception {
-            if let Err(why) = self.approval_state() {
+            let state = self.approval_state();
+            // Only a legal exception's case reference is recorded, and only
+            // when an officer's approval for this caller names it (used or
+            // expired, it still does): any other reference is whatever the
+            // caller sent (a name, an ID number), and the log keeps what it
+            // holds for good.
+            if matches!(state, Ok(()) | Err("approval_used" | "approval_expired")) {
+                draft.reference = self.basis.map(|b| b.reference.clone());
+            }
+            if let Err(why) = state {
                 out.status = Status::Denied;
                 out.reason = Some(why.to_string());
                 draft.outcome = "denied";
