@@ -3,7 +3,7 @@
 //! class it gets back (`full`, `masked` or `none`). Invariant: anything not
 //! granted is denied; a lookup never fails open.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -240,7 +240,11 @@ pub(crate) fn valid_name(s: &str) -> bool {
 pub fn problems(cfg: &Config) -> Vec<String> {
     let mut p = Vec::new();
     let mut seen = HashMap::new();
+    let mut officers = HashSet::new();
     for (i, c) in cfg.callers.iter().enumerate() {
+        if c.role == Role::Officer {
+            officers.insert(c.name.as_str());
+        }
         if !valid_name(&c.name) {
             p.push(format!(
                 "callers[{i}].name: must be 1-128 of [A-Za-z0-9._:-]"
@@ -265,6 +269,19 @@ pub fn problems(cfg: &Config) -> Vec<String> {
     for (i, g) in cfg.grants.iter().enumerate() {
         if !seen.contains_key(g.caller.as_str()) {
             p.push(format!("grants[{i}].caller: unknown caller {}", g.caller));
+        }
+        // An officer's way to plaintext is a legal exception under another
+        // officer's approval: a grant would be one without dual control.
+        if officers.contains(g.caller.as_str()) {
+            p.push(format!(
+                "grants[{i}].caller: {} is an officer; officers release only under a legal exception another officer approves, never by grant",
+                g.caller
+            ));
+        }
+        if g.purpose == DATA_SUBJECT_REQUEST && !g.collect.is_empty() {
+            p.push(format!(
+                "grants[{i}].collect: nothing is collected under {DATA_SUBJECT_REQUEST}"
+            ));
         }
         let known = cfg.purposes.contains_key(&g.purpose) || g.purpose == DATA_SUBJECT_REQUEST;
         if !known {

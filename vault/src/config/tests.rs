@@ -391,3 +391,28 @@ fn callers_cannot_take_the_vaults_own_names() {
         );
     }
 }
+
+/// A grant to an officer would be plaintext without dual control, and a
+/// collection under the subject's own request collects nothing: both are
+/// problems the check names.
+#[test]
+fn grants_to_officers_and_collections_for_subject_requests_are_problems() {
+    let mut cfg = load(EXAMPLE, &[]).unwrap();
+    let mut g = cfg
+        .grants
+        .iter()
+        .find(|g| g.purpose == "respond_to_request")
+        .unwrap()
+        .clone();
+    g.caller = "officer".into();
+    cfg.grants.push(g);
+    cfg.grants
+        .iter_mut()
+        .find(|g| g.purpose == "data_subject_request")
+        .unwrap()
+        .collect = vec!["phone".into()];
+    let found = policy::problems(&cfg);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(found[0].contains("nothing is collected"), "{found:?}");
+    assert!(found[1].contains("is an officer"), "{found:?}");
+}
