@@ -149,6 +149,8 @@ async fn acknowledged_writes_survive_sigkill() {
         "colour codes in a log file: {line}"
     );
     assert!(line.contains(" seq=") && line.contains(" hash="), "{line}");
+    // It says it is the head found at start, not one the vault wrote.
+    assert!(line.contains("Audit anchor at start"), "{line}");
     let after = |key: &str| {
         let i = line.find(key).unwrap() + key.len();
         line[i..]

@@ -360,9 +360,16 @@ pub async fn anchors(
         let head = tokio::task::spawn_blocking(move || Head::load(store.as_ref())).await;
         match head {
             Ok(Ok(head)) if last != Some(head) => {
-                // An empty chain has nothing to anchor.
-                if head.seq > 0 {
-                    tracing::info!(seq = head.seq, hash = %hex::encode(head.hash), "Audit anchor");
+                // An empty chain has nothing to anchor. The first anchor
+                // is of whatever the database held at start (rewritten
+                // offline, it would be the rewrite's head) and says so;
+                // the one at stop is the head a next start must continue.
+                let hash = hex::encode(head.hash);
+                match (head.seq, last.is_none(), stopping) {
+                    (0, _, _) => {}
+                    (seq, true, _) => tracing::info!(seq, hash = %hash, "Audit anchor at start"),
+                    (seq, false, true) => tracing::info!(seq, hash = %hash, "Audit anchor at stop"),
+                    (seq, false, false) => tracing::info!(seq, hash = %hash, "Audit anchor"),
                 }
                 v.metrics
                     .audit_head_seq

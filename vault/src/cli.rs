@@ -453,7 +453,7 @@ fn verify(data: &Path, anchors: &[String]) -> ExitCode {
                 // The chain has no key: whoever can write the database can
                 // rewrite it whole, and only an anchor kept elsewhere shows.
                 eprintln!(
-                    "note: no --anchor given; a chain rewritten with its head verifies too. Pass the latest `Audit anchor seq=N hash=H` from the vault's logs as --anchor N:H"
+                    "note: no --anchor given; a chain rewritten with its head verifies too. Pass the `Audit anchor ... seq=N hash=H` lines of the vault's logs as --anchor N:H: every one, or at least the last before each restart (an anchor `at start` is of whatever the database held then, a rewrite included)"
                 );
             }
             ExitCode::SUCCESS
