@@ -307,6 +307,17 @@ async fn account_closure_starts_the_clocks_and_the_sweeper_purges() {
         Status::Ok,
         "the late value expired too"
     );
+    // Once the period is over, nothing more is collected for the account:
+    // a token that reads `gone` at once is no answer.
+    let e = app
+        .tokenize(&tok_req(
+            "acct-c",
+            "notification",
+            vec![field("email", "d@example.cn")],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!((e.status(), e.code()), (Some(409), Some("account_closed")));
     let out = app
         .detokenize(&detok_req("notification", &[&a, &held]))
         .await

@@ -97,6 +97,8 @@ pub enum ApiError {
     LegalHold,
     #[error("this subject's erasure waits for a legal retention period to end; until then its data is only kept, not collected, exported or released")]
     SubjectRestricted,
+    #[error("this account was closed and its post-closure retention period is over: nothing more is kept for it")]
+    AccountClosed,
     #[error("an officer may not approve a disclosure they make themselves")]
     SelfApproval,
     #[error("a concurrent change won; retry")]

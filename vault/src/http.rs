@@ -74,6 +74,7 @@ pub fn error_parts(e: &ApiError) -> (StatusCode, &'static str) {
         E::SelfApproval => (StatusCode::FORBIDDEN, "self_approval"),
         E::LegalHold => (StatusCode::CONFLICT, "legal_hold"),
         E::SubjectRestricted => (StatusCode::CONFLICT, "subject_restricted"),
+        E::AccountClosed => (StatusCode::CONFLICT, "account_closed"),
         E::KeyInUse => (StatusCode::CONFLICT, "key_in_use"),
         E::InvalidShare(_) => (StatusCode::BAD_REQUEST, "invalid_share"),
         E::UnsealFailed => (StatusCode::BAD_REQUEST, "unseal_failed"),

@@ -129,6 +129,12 @@ async fn store_once(
     }
     let latest = standing.latest_expiry(v);
     let now = now_ms();
+    // A closed account whose post-closure period is over keeps nothing:
+    // a value collected now would be gone before it could be read, so it
+    // is refused rather than answered with a token that reads `gone`.
+    if latest.is_some_and(|end| end <= now) {
+        return Err(ApiError::AccountClosed);
+    }
     let mut batch = Batch::default();
     standing.guard(&mut batch, subject);
     let mut out = Vec::with_capacity(items.len());
