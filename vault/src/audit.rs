@@ -287,6 +287,17 @@ pub fn verify_anchored(store: &dyn Store, anchors: &[Head]) -> Result<Verdict, A
                     why: "hash mismatch",
                 });
             }
+            // The hash covers the event as its fields serialize, so the
+            // stored bytes must be exactly that: a field added to a row (a
+            // value planted in the log) or any other re-encoding would
+            // otherwise verify.
+            event.hash = stored;
+            if serde_json::to_vec(&event).ok().as_deref() != Some(bytes.as_slice()) {
+                return Ok(Verdict::Broken {
+                    seq: expected_seq,
+                    why: "stored bytes are not the event's own",
+                });
+            }
             prev = Head {
                 seq: expected_seq,
                 hash,

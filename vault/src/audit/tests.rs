@@ -56,6 +56,31 @@ fn a_changed_event_is_found() {
     );
 }
 
+/// A field added to a stored event (a value planted in the log), or the
+/// same event re-encoded, is not the event the hash covers.
+#[test]
+fn bytes_added_to_an_event_are_found() {
+    for edit in [
+        |b: &str| b.replacen('{', "{\"note\":\"350102199003071234\",", 1),
+        |b: &str| b.replacen(',', ", ", 1),
+    ] {
+        let s = MemoryStore::new();
+        append(&s, 10);
+        let bytes = s.get(Space::Audit, &seq_key(3)).unwrap().unwrap();
+        let edited = edit(std::str::from_utf8(&bytes).unwrap());
+        let mut b = Batch::default();
+        b.put(Space::Audit, seq_key(3), edited.into_bytes());
+        s.write(b).unwrap();
+        assert_eq!(
+            verify(&s).unwrap(),
+            Verdict::Broken {
+                seq: 3,
+                why: "stored bytes are not the event's own"
+            }
+        );
+    }
+}
+
 #[test]
 fn a_removed_event_is_found() {
     let s = MemoryStore::new();
