@@ -69,6 +69,13 @@ async fn every_outcome_is_audited_and_officers_can_read_it() {
         c.audit(None, None, None).await.unwrap_err().code(),
         Some("forbidden")
     );
+    // The app's try at the officers' endpoint is in the log.
+    let all = officer.audit(None, None, None).await.unwrap().events;
+    let tried = all.last().unwrap();
+    assert_eq!(
+        (tried.caller.as_str(), tried.action.as_str(), tried.outcome.as_str()),
+        ("app", "audit_query", "forbidden")
+    );
 
     // Offline verification: intact, then broken by a changed event.
     v.stop().await;
@@ -76,7 +83,7 @@ async fn every_outcome_is_audited_and_officers_can_read_it() {
     let verify = || audit_verify(data);
     let (code, out, err) = verify();
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("intact: 5 events"));
+    assert!(out.contains("intact: 6 events"), "{out}");
     // Without an anchor, it says what that leaves unchecked.
     assert!(err.contains("no --anchor given"), "{err}");
     {

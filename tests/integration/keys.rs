@@ -382,8 +382,10 @@ async fn an_officer_seals_while_every_handling_place_is_taken() {
     // The detokenize waits on its audit write, in the one place there is.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
+        // A probe that writes nothing (an app's try at an officer endpoint
+        // is audited, and writes are held).
         let r = app
-            .raw(http::Method::GET, "/v1/admin/keys", None)
+            .raw(http::Method::GET, "/v1/detokenize", None)
             .await
             .unwrap();
         if r.status == 503 {
@@ -516,6 +518,7 @@ async fn a_seal_holds_across_a_restart_until_two_officers_resume() {
         kinds,
         [
             ("seal", "ok"),
+            ("unseal", "forbidden"),
             ("unseal_resume", "accepted"),
             ("unseal_resume", "accepted"),
             ("unseal_resume", "accepted"),

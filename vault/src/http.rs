@@ -119,7 +119,32 @@ fn error_response(e: &ApiError) -> Response<Body> {
             pointer: pointer_of(e),
         },
     };
-    json_response(status, &body)
+    let mut resp = json_response(status, &body);
+    if matches!(e, ApiError::OfficerOnly) {
+        resp.extensions_mut().insert(OfficerOnlyRefused);
+    }
+    resp
+}
+
+/// Marks an answer refusing an app an officer's endpoint, for the refusal
+/// to be audited: a stolen app certificate probing the officer endpoints
+/// shows in the log, not only in the metrics.
+#[derive(Clone, Copy)]
+struct OfficerOnlyRefused;
+
+/// What an app tried on an officer's endpoint, as the audit event's action.
+fn officer_action(path: &str) -> &'static str {
+    match path {
+        "/v1/audit" => "audit_query",
+        "/v1/admin/seal" => "seal",
+        "/v1/admin/unseal" => "unseal",
+        "/v1/admin/approvals" => "approval",
+        "/v1/admin/incidents/exposure" => "exposure_report",
+        "/v1/admin/stats/anonymized" => "anonymized_stats",
+        p if p.starts_with("/v1/admin/keys") => "keys",
+        p if p.ends_with("/hold") => "legal_hold",
+        _ => "officer_endpoint",
+    }
 }
 
 fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
@@ -280,7 +305,23 @@ async fn admit(
                 .map_err(|_| ApiError::Overloaded)?,
         )
     };
-    let resp = dispatch(v, &ctx, &parts, body.bytes()).await;
+    let mut resp = dispatch(v, &ctx, &parts, body.bytes()).await;
+    if resp.extensions().get::<OfficerOnlyRefused>().is_some() {
+        let action = officer_action(parts.uri.path());
+        let e = api::refused(
+            v,
+            &ctx,
+            action,
+            None,
+            None,
+            "forbidden",
+            ApiError::OfficerOnly,
+        )
+        .await;
+        if !matches!(e, ApiError::OfficerOnly) {
+            resp = error_response(&e);
+        }
+    }
     // The answer is charged to its caller until it is written out.
     let (head, answer) = resp.into_parts();
     let bytes = answer
