@@ -114,6 +114,19 @@ const DOTS: [char; 5] = ['·', '・', '•', '‧', '･'];
 /// The longest minority name read, in characters.
 const MAX_DOTTED: usize = 24;
 
+/// The longest part of a minority name between dots, in characters
+/// (transliterated parts run to 6: `阿卜杜热合曼`).
+const MAX_DOTTED_PART: usize = 8;
+
+/// Words that end a minority name's part once it has two characters: what
+/// follows a name in a sentence (`阿依古丽·买买提今天上午来电`), which a part
+/// would otherwise run on into, since its characters are transliterations
+/// a stop list cannot tell from a name's (`努尔别克` holds `别`).
+const DOTTED_ENDS: [&str; 20] = [
+    "今天", "昨天", "明天", "前天", "后天", "上午", "下午", "中午", "晚上", "早上", "来电", "来访",
+    "来信", "反映", "投诉", "咨询", "申请", "办理", "先生", "女士",
+];
+
 fn is_surname(c: char) -> bool {
     SURNAMES.binary_search(&c).is_ok()
 }
@@ -285,12 +298,19 @@ fn dotted(rest: &str, start: usize) -> Option<Candidate> {
     let mut end = 0;
     let mut dots = 0;
     let mut last_han = false;
+    let mut part = 0;
     for (i, c) in rest.char_indices().take(MAX_DOTTED) {
-        if is_han(c) && (last_han || !is_stop(c)) {
+        let ends_part = part >= 2
+            && rest
+                .get(i..)
+                .is_some_and(|r| DOTTED_ENDS.iter().any(|w| r.starts_with(w)));
+        if is_han(c) && (last_han || !is_stop(c)) && part < MAX_DOTTED_PART && !ends_part {
             last_han = true;
+            part += 1;
             end = i + c.len_utf8();
         } else if DOTS.contains(&c) && last_han {
             last_han = false;
+            part = 0;
             dots += 1;
         } else {
             break;

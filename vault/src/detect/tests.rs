@@ -339,6 +339,9 @@ fn names_with_labels() {
         ("法定代表人：林志强", "林志强"),
         ("经办人为黄丽", "黄丽"),
         ("姓名：阿依古丽·买买提。", "阿依古丽·买买提"),
+        // A part does not run on into the sentence after it.
+        ("联系人：阿依古丽·买买提今天上午来电", "阿依古丽·买买提"),
+        ("申请人：努尔别克·吐尔逊来访", "努尔别克·吐尔逊"),
     ];
     for (t, want) in cases {
         let f = found(t);
