@@ -73,7 +73,11 @@ async fn every_outcome_is_audited_and_officers_can_read_it() {
     let all = officer.audit(None, None, None).await.unwrap().events;
     let tried = all.last().unwrap();
     assert_eq!(
-        (tried.caller.as_str(), tried.action.as_str(), tried.outcome.as_str()),
+        (
+            tried.caller.as_str(),
+            tried.action.as_str(),
+            tried.outcome.as_str()
+        ),
         ("app", "audit_query", "forbidden")
     );
 

@@ -49,6 +49,26 @@ async fn consent_gates_a_requires_consent_purpose() {
             "{version}"
         );
     }
+    // An officer cannot give a subject's consent (it would turn on
+    // releases no subject agreed to); the try is audited.
+    let officer = v.client("officer");
+    let e = officer
+        .give_consent("acct-1", "user_specified", "2024-01-01")
+        .await
+        .unwrap_err();
+    assert_eq!((e.status(), e.code()), (Some(403), Some("forbidden")));
+    assert_eq!(
+        ask().await.unwrap().values[0].reason.as_deref(),
+        Some("consent_required")
+    );
+    let events = officer
+        .audit(Some("acct-1"), None, None)
+        .await
+        .unwrap()
+        .events;
+    assert!(events
+        .iter()
+        .any(|e| e.action == "consent" && e.outcome == "forbidden" && e.caller == "officer"));
     let st = app
         .give_consent("acct-1", "user_specified", "2024-01-01")
         .await
@@ -156,7 +176,8 @@ async fn consent_gates_a_requires_consent_purpose() {
         .await
         .unwrap()
         .events;
-    assert_eq!(events.iter().filter(|e| e.action == "consent").count(), 3);
+    // Three entries, and the officer's refused try.
+    assert_eq!(events.iter().filter(|e| e.action == "consent").count(), 4);
 }
 
 fn approval(requester: &str, subjects: &[&str], valid_for: &str) -> ApprovalRequest {

@@ -63,6 +63,8 @@ pub enum ApiError {
     UnknownCaller,
     #[error("this endpoint is for officers")]
     OfficerOnly,
+    #[error("consent is given through the application acting for the subject, not by an officer")]
+    ConsentByOfficer,
     #[error("subject must be 1-128 characters of [A-Za-z0-9._:-]")]
     InvalidSubject,
     #[error("purpose is required")]

@@ -54,7 +54,7 @@ pub fn error_parts(e: &ApiError) -> (StatusCode, &'static str) {
             (StatusCode::PAYLOAD_TOO_LARGE, "too_many_items")
         }
         E::UnknownCaller => (StatusCode::FORBIDDEN, "unknown_caller"),
-        E::OfficerOnly => (StatusCode::FORBIDDEN, "forbidden"),
+        E::OfficerOnly | E::ConsentByOfficer => (StatusCode::FORBIDDEN, "forbidden"),
         E::InvalidSubject => (StatusCode::BAD_REQUEST, "invalid_subject"),
         E::PurposeRequired => (StatusCode::BAD_REQUEST, "purpose_required"),
         E::UnknownPurpose => (StatusCode::BAD_REQUEST, "unknown_purpose"),

@@ -60,6 +60,21 @@ pub async fn consent(
         Method::DELETE => Some(false),
         _ => return Err(ApiError::MethodNotAllowed),
     };
+    // Consent is the subject's, given through the application that acts
+    // for them: an officer giving it would turn on releases no subject
+    // agreed to. (An officer may withdraw it.)
+    if given == Some(true) && ctx.role == crate::policy::Role::Officer {
+        return Err(super::refused(
+            v,
+            ctx,
+            "consent",
+            Some(purpose),
+            Some(subject),
+            "forbidden",
+            ApiError::ConsentByOfficer,
+        )
+        .await);
+    }
     if let Some(given) = given {
         let policy_version = if body.iter().all(u8::is_ascii_whitespace) && !given {
             // A withdrawal without a body withdraws whatever was given.
