@@ -9,7 +9,7 @@ use super::{is_separator, keep_ends, nfkc, precheck, Invalid, FULL_MASK, MAX_NUM
 /// What separates a number from its extension, lower-case; matched
 /// case-insensitively, longest first where two start at the same place.
 /// `;ext=` is our own output form, so a normalized value normalizes to itself.
-const EXTENSION_MARKERS: [&str; 6] = [";ext=", "分机", "转", "ext", "x", "#"];
+const EXTENSION_MARKERS: [&str; 8] = [";ext=", "分机号", "分机", "转分机", "转", "ext", "x", "#"];
 /// Room for `0086`, a trunk `0` and the longest national number, with slack;
 /// anything longer is no phone number.
 const MAX_DIGITS: usize = 20;
