@@ -23,6 +23,9 @@ pub(super) enum Cue {
     Number(Class),
     /// A word saying the number that follows is no PII (`订单号`, `金额`).
     Anti,
+    /// A device-number label (`IMEI`): the number that follows is no
+    /// first-generation resident ID, whatever its digits.
+    Device,
 }
 
 /// One keyword occurrence, in byte offsets.
@@ -263,6 +266,11 @@ const BANK_CARD: &[&str] = &[
 
 const IP: &[&str] = &["IP", "IP地址", "IPv4", "IPv6", "IP Address"];
 
+/// Device-number labels: a 15-digit IMEI can read as a first-generation
+/// resident ID (a province code, then a date). Only that reading is
+/// dropped after one, not a phone (`串号` is also in `这串号码`).
+const DEVICE: &[&str] = &["IMEI", "MEID", "串号", "设备号"];
+
 const ANTI: &[&str] = &[
     "订单号",
     "订单编号",
@@ -306,12 +314,6 @@ const ANTI: &[&str] = &[
     "Date",
     "SN",
     "ISBN",
-    // Device numbers: a 15-digit IMEI can read as a first-generation
-    // resident ID (a province code, then a date).
-    "IMEI",
-    "MEID",
-    "串号",
-    "设备号",
     "Amount",
     "¥",
     "￥",
@@ -328,7 +330,7 @@ static LEXICON: LazyLock<Option<Lexicon>> = LazyLock::new(Lexicon::build);
 
 impl Lexicon {
     fn build() -> Option<Lexicon> {
-        let groups: [(&[&str], Cue); 12] = [
+        let groups: [(&[&str], Cue); 13] = [
             (NAME_BEFORE, Cue::NameBefore),
             (NAME_AFTER, Cue::NameAfter),
             (ADDRESS, Cue::Address),
@@ -341,6 +343,7 @@ impl Lexicon {
             (BANK_CARD, Cue::Number(Class::BankCard)),
             (IP, Cue::Number(Class::Ip)),
             (ANTI, Cue::Anti),
+            (DEVICE, Cue::Device),
         ];
         let mut patterns = Vec::new();
         let mut cues = Vec::new();
@@ -405,7 +408,7 @@ pub(super) fn cue_before(text: &str, hits: &[Hit], start: usize) -> Option<Cue> 
         }
         match h.cue {
             Cue::Number(_) => return Some(h.cue),
-            Cue::Anti if gap <= ANTI_WINDOW => return Some(h.cue),
+            Cue::Anti | Cue::Device if gap <= ANTI_WINDOW => return Some(h.cue),
             _ => {}
         }
     }

@@ -222,6 +222,21 @@ pub(super) fn at(text: &str, start: usize, hits: &[Hit], out: &mut Vec<Candidate
         }
         out.truncate(kept);
     }
+    // After a device label, a 15-digit run is an IMEI, not a resident ID
+    // of the first generation (which has no check character to say so).
+    if out.len() > before && cue.get() == Some(Cue::Device) {
+        let mut i = before;
+        while i < out.len() {
+            let legacy = out
+                .get(i)
+                .is_some_and(|c| c.class == Class::CnResidentId && !c.validated);
+            if legacy {
+                out.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
 }
 
 struct Ctx<'a> {

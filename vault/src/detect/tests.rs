@@ -769,4 +769,13 @@ fn device_numbers_are_not_resident_ids() {
     nothing("设备IMEI 352099000715231");
     nothing("手机串号：352099000715231");
     nothing("MEID 352099000715231");
+    // Only that reading goes: a phone after such a word is still one
+    // (`串号` is also in `这串号码`), and so is an 18-digit ID.
+    assert_eq!(
+        only("请拨打这串号码：13800138000"),
+        (Class::Phone, "13800138000")
+    );
+    assert_eq!(only("IMEI 13800138000"), (Class::Phone, "13800138000"));
+    let card = id("11010519491231002");
+    assert_eq!(only(&format!("设备号 {card}")).0, Class::CnResidentId);
 }
