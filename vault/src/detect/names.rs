@@ -196,11 +196,15 @@ fn after_label(text: &str, h: &Hit, limit: usize, out: &mut Vec<Candidate>) {
     let mut it = rest.char_indices().peekable();
     let mut skipped = 0;
     while let Some(&(_, c)) = it.peek() {
-        if skipped < 4
-            && matches!(
+        // Any space but a line break, and invisible characters, as the
+        // name normalizer drops them.
+        let blank = (c.is_whitespace()
+            && !matches!(
                 c,
-                ':' | '：' | ' ' | '\u{3000}' | '|' | '｜' | '│' | '为' | '是' | '叫'
-            )
+                '\n' | '\r' | '\u{0B}' | '\u{0C}' | '\u{85}' | '\u{2028}' | '\u{2029}'
+            ))
+            || crate::classes::is_invisible(c);
+        if skipped < 4 && (blank || matches!(c, ':' | '：' | '|' | '｜' | '│' | '为' | '是' | '叫'))
         {
             start += c.len_utf8();
             skipped += 1;

@@ -123,13 +123,18 @@ fn read_groups(bytes: &[u8], start: usize) -> Groups {
             }
         }
         let t = tail(bytes, end);
+        // One separator, or a short run of them (`138 - 0013 - 8000`).
+        let (t, skip) = match (t, super::scan::separator_run(bytes, end)) {
+            (Tail::Free, Some(run)) => run,
+            (t, _) => (t, w),
+        };
         push_cut(&mut g, n, end, t);
-        let more =
-            matches!(t, Tail::SpaceMore | Tail::DashMore) && chars::at(bytes, i + w).0.is_digit();
+        let more = matches!(t, Tail::SpaceMore | Tail::DashMore)
+            && chars::at(bytes, i + skip).0.is_digit();
         if !more {
             break;
         }
-        i += w;
+        i += skip;
     }
     g
 }

@@ -749,6 +749,42 @@ fn the_detector_reads_through_what_normalization_strips() {
         }
     }
     assert!(missed.is_empty(), "{missed:?}");
+    // Runs of them: two of a space or an invisible character, and spaced
+    // dashes, between a number's groups; and between a label and a name.
+    for c in (0u32..0x3_0000).filter_map(char::from_u32) {
+        if !(c.is_whitespace() || crate::classes::is_invisible(c))
+            || matches!(
+                c,
+                '\n' | '\r' | '\u{0B}' | '\u{0C}' | '\u{85}' | '\u{2028}' | '\u{2029}'
+            )
+        {
+            continue;
+        }
+        let phone = format!("138{c}{c}0013{c}-{c}8000");
+        if !found(&format!("电话{phone}，谢谢")).contains(&(Class::Phone, phone.as_str())) {
+            missed.push(format!("phone run {:04X}", u32::from(c)));
+        }
+        let resident = format!("{}{c}{c}{}", &card[..6], &card[6..]);
+        if found(&format!("身份证号{resident}")) != [(Class::CnResidentId, resident.as_str())] {
+            missed.push(format!("resident id run {:04X}", u32::from(c)));
+        }
+        if found(&format!("姓名：{c}陈明，电话")) != [(Class::Name, "陈明")] {
+            missed.push(format!("name after {:04X}", u32::from(c)));
+        }
+    }
+    assert!(missed.is_empty(), "{missed:?}");
+    for text in [
+        "电话 138 - 0013 - 8000",
+        "电话 138 -0013- 8000",
+        "电话 138 — 0013 — 8000",
+    ] {
+        assert_eq!(only(text).0, Class::Phone, "{text}");
+    }
+    // A dash after a whole value still lists the next one.
+    assert_eq!(
+        found("13800138000 - 13900139000"),
+        [(Class::Phone, "13800138000"), (Class::Phone, "13900139000")]
+    );
     // The minus sign joins a number's groups, and normalizes away.
     assert_eq!(
         crate::classes::normalize(Class::Phone, "138\u{2212}0013\u{2212}8000")
