@@ -183,6 +183,29 @@ async fn acknowledged_writes_survive_sigkill() {
     assert_eq!(code, 1, "{out}");
     let (code, _, err) = anchored("nonsense".into());
     assert_eq!(code, 64, "{err}");
+    // A clean stop logs the head it leaves, moved since the last anchor or
+    // not, and a next start logs the same head as it finds it.
+    let mut third = spawn(dir.path());
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &third.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    assert!(third.child.wait().unwrap().success());
+    let logs3 = third.stderr.lock().unwrap().clone();
+    let at_start = logs3.lines().find(|l| l.contains("Audit anchor at start"));
+    let at_stop = logs3.lines().find(|l| l.contains("Audit anchor at stop"));
+    let hash_of = |l: &str| {
+        l.split("hash=")
+            .nth(1)
+            .map(|h| h.trim_matches('"').to_string())
+    };
+    assert_eq!(
+        at_start.and_then(hash_of),
+        at_stop.and_then(hash_of),
+        "{logs3}"
+    );
+    assert!(at_stop.is_some(), "{logs3}");
     // Debug logs of both runs hold no submitted value.
     let logs = format!(
         "{}{}",

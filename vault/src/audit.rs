@@ -349,19 +349,22 @@ pub fn verify_anchored(store: &dyn Store, anchors: &[Head]) -> Result<Verdict, A
     Ok(Verdict::Intact { events: prev.seq })
 }
 
-/// Logs the chain's head every `interval` when it has moved (and at start
-/// and at stop: `stop` must be sent only once nothing commits any more, as
+/// Logs the chain's head every `interval` when it has moved, and at stop
+/// (`stop` must be sent only once nothing commits any more, as
 /// [`crate::server::Running::shutdown`] does, so the last anchor covers
-/// every event), `Audit anchor seq=N hash=H`, and keeps the
-/// `vault_audit_head_seq` gauge: anchors for `vault audit verify --anchor`,
-/// kept by whatever keeps the logs, outside the database an intruder could
-/// rewrite. Holds no value: sequence numbers and hashes only.
+/// every event): `Audit anchor seq=N hash=H`, `Audit anchor at stop ...`;
+/// and keeps the `vault_audit_head_seq` gauge: anchors for `vault audit
+/// verify --anchor`, kept by whatever keeps the logs, outside the database
+/// an intruder could rewrite. `start` is the head logged at start (by
+/// [`log_start_anchor`], before any request could commit). Holds no
+/// value: sequence numbers and hashes only.
 pub async fn anchors(
     v: std::sync::Arc<crate::server::Vault>,
     interval: std::time::Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    start: Option<Head>,
 ) {
-    let mut last = None;
+    let mut last = start;
     // A sender dropped without a stop (a server dropped, not shut down)
     // counts as one: waiting on it again would spin.
     let mut closed = false;
@@ -370,21 +373,20 @@ pub async fn anchors(
         let store = v.store.clone();
         let head = tokio::task::spawn_blocking(move || Head::load(store.as_ref())).await;
         match head {
-            Ok(Ok(head)) if last != Some(head) => {
-                // An empty chain has nothing to anchor. The first anchor
-                // is of whatever the database held at start (rewritten
-                // offline, it would be the rewrite's head) and says so;
-                // the one at stop is the head a next start must continue.
-                let hash = hex::encode(head.hash);
-                match (head.seq, last.is_none(), stopping) {
-                    (0, _, _) => {}
-                    (seq, true, _) => tracing::info!(seq, hash = %hash, "Audit anchor at start"),
-                    (seq, false, true) => tracing::info!(seq, hash = %hash, "Audit anchor at stop"),
-                    (seq, false, false) => tracing::info!(seq, hash = %hash, "Audit anchor"),
+            // At stop, the head a next start must continue, moved or not.
+            Ok(Ok(head)) if stopping => {
+                if head.seq > 0 {
+                    let hash = hex::encode(head.hash);
+                    tracing::info!(seq = head.seq, hash = %hash, "Audit anchor at stop");
                 }
-                v.metrics
-                    .audit_head_seq
-                    .set(i64::try_from(head.seq).unwrap_or(i64::MAX));
+                set_head_gauge(&v, &head);
+            }
+            Ok(Ok(head)) if last != Some(head) => {
+                // An empty chain has nothing to anchor.
+                if head.seq > 0 {
+                    tracing::info!(seq = head.seq, hash = %hex::encode(head.hash), "Audit anchor");
+                }
+                set_head_gauge(&v, &head);
                 last = Some(head);
             }
             Ok(Ok(_)) => {}
@@ -398,6 +400,33 @@ pub async fn anchors(
             r = stop.changed() => closed = r.is_err(),
         }
     }
+}
+
+/// Logs the head a starting vault found, `Audit anchor at start`, before
+/// anything it serves could commit: whatever the database held (after an
+/// offline rewrite, the rewrite's head), to compare with the last anchor
+/// of the run before.
+pub fn log_start_anchor(v: &crate::server::Vault) -> Option<Head> {
+    match Head::load(v.store.as_ref()) {
+        Ok(head) => {
+            if head.seq > 0 {
+                let hash = hex::encode(head.hash);
+                tracing::info!(seq = head.seq, hash = %hash, "Audit anchor at start");
+            }
+            set_head_gauge(v, &head);
+            Some(head)
+        }
+        Err(_) => {
+            tracing::warn!("Audit head unreadable; no anchor this time");
+            None
+        }
+    }
+}
+
+fn set_head_gauge(v: &crate::server::Vault, head: &Head) {
+    v.metrics
+        .audit_head_seq
+        .set(i64::try_from(head.seq).unwrap_or(i64::MAX));
 }
 
 /// Events after `since`, optionally only one subject's, at most `limit`.

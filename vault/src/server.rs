@@ -209,6 +209,7 @@ pub async fn start_with(
         Some((l, a)) => Some(local(l, a)?),
         None => None,
     };
+    let start_head = crate::audit::log_start_anchor(&vault);
     let (stop, stopped) = watch::channel(false);
     let mut tasks = vec![
         tokio::spawn(crate::http::serve_api(
@@ -238,6 +239,7 @@ pub async fn start_with(
         vault.clone(),
         ANCHOR_INTERVAL,
         anchor_stopped,
+        start_head,
     ));
     tasks.push(tokio::spawn(crate::api::lifecycle::resume_purge(
         vault.clone(),
