@@ -219,9 +219,26 @@ pub(crate) const MAX_REFERENCE: usize = 128;
 fn printable(s: &str, max: usize) -> bool {
     !s.trim().is_empty()
         && s.chars().count() <= max
-        && !s
-            .chars()
-            .any(|c| c.is_control() || crate::classes::is_invisible(c))
+        && !s.chars().any(|c| {
+            c.is_control()
+                || crate::classes::is_invisible(c)
+                || matches!(
+                    c,
+                    // The Arabic letter mark, the combining grapheme joiner,
+                    // the Hangul fillers, the Mongolian vowel separator,
+                    // variation selectors and the tag characters (which
+                    // spell hidden ASCII).
+                    '\u{061C}'
+                        | '\u{034F}'
+                        | '\u{115F}'
+                        | '\u{1160}'
+                        | '\u{3164}'
+                        | '\u{FFA0}'
+                        | '\u{180E}'
+                        | '\u{FE00}'..='\u{FE0F}'
+                        | '\u{E0000}'..='\u{E007F}'
+                )
+        })
 }
 
 fn require_officer(ctx: &Ctx) -> Result<(), ApiError> {
@@ -240,4 +257,28 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    /// What goes into the audit log from a caller is text an officer reads
+    /// as it is: nothing that hides or reorders characters.
+    #[test]
+    fn printable_refuses_what_hides_or_reorders_text() {
+        assert!(super::printable("case-2026-17", 128));
+        assert!(super::printable("案件 2026-17", 128));
+        for hidden in [
+            "case\u{202E}71",
+            "case\u{200B}17",
+            "case\u{061C}17",
+            "case\u{E0041}17",
+            "case\u{3164}17",
+            "case\u{FE0F}17",
+            "case\n17",
+            " ",
+        ] {
+            assert!(!super::printable(hidden, 128), "{hidden:?}");
+        }
+        assert!(!super::printable(&"x".repeat(129), 128));
+    }
 }

@@ -267,6 +267,14 @@ impl Collector {
         Ok(p)
     }
 
+    /// Drops (and wipes) the shares given [`SHARE_LIFETIME`] or more
+    /// before `now`, and the asks to resume past theirs.
+    pub fn forget_lapsed(&mut self, now: Instant) {
+        self.got.retain(|_, g| g.fresh(now));
+        self.resumers
+            .retain(|_, (at, _)| now.saturating_duration_since(*at) < RESUME_ASK_LIFETIME);
+    }
+
     /// Shares collected so far that still count.
     pub fn progress(&self) -> usize {
         let now = Instant::now();
@@ -564,5 +572,11 @@ mod tests {
         );
         let k = complete(col.add("b", &shares[1], 2, &none(), within).unwrap());
         assert!(k.ct_eq(&root));
+        // A lapsed share leaves memory when told, without a next share.
+        col.add("a", &shares[0], 2, &none(), t0).unwrap();
+        col.forget_lapsed(within);
+        assert_eq!(col.got.len(), 1);
+        col.forget_lapsed(late);
+        assert!(col.got.is_empty());
     }
 }

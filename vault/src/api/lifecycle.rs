@@ -1358,6 +1358,12 @@ pub async fn sweeper(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
+        // Unseal shares past their lifetime leave memory with the next
+        // tick, not with the next share (the sweep needs the keys; this
+        // runs sealed or not).
+        if let Ok(mut c) = v.unseal.lock() {
+            c.forget_lapsed(std::time::Instant::now());
+        }
         match sweep_once(&v).await {
             // A full batch: more may be due at once.
             Ok(n) if n as usize >= SWEEP_BATCH => continue,
