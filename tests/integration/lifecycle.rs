@@ -184,6 +184,15 @@ async fn legal_hold_blocks_erasure_until_lifted() {
         app.legal_hold("acct-h", true).await.unwrap_err().code(),
         Some("forbidden")
     );
+    // The app's try is in the subject's audit trail.
+    let events = officer
+        .audit(Some("acct-h"), None, None)
+        .await
+        .unwrap()
+        .events;
+    assert!(events
+        .iter()
+        .any(|e| e.caller == "app" && e.action == "legal_hold" && e.outcome == "forbidden"));
     assert!(officer.legal_hold("acct-h", true).await.unwrap().held);
     let e = app.erase_subject("acct-h").await.unwrap_err();
     assert_eq!((e.status(), e.code()), (Some(409), Some("legal_hold")));

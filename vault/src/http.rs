@@ -307,13 +307,19 @@ async fn admit(
     };
     let mut resp = dispatch(v, &ctx, &parts, body.bytes()).await;
     if resp.extensions().get::<OfficerOnlyRefused>().is_some() {
-        let action = officer_action(parts.uri.path());
+        let path = parts.uri.path();
+        let action = officer_action(path);
+        // A subject's endpoint (a hold) names the subject, for the officers'
+        // query by subject to find the try.
+        let subject = subject_path(path)
+            .map(|(s, _)| s)
+            .filter(|s| crate::schema::valid_subject(s));
         let e = api::refused(
             v,
             &ctx,
             action,
             None,
-            None,
+            subject.as_deref(),
             "forbidden",
             ApiError::OfficerOnly,
         )
