@@ -297,6 +297,13 @@ impl Client {
         self.post_json("/v1/admin/approvals", req).await
     }
 
+    /// `DELETE /v1/admin/approvals/{id}` (officers): revokes an approval
+    /// not used yet; 409 `conflict` once it was used or revoked.
+    pub async fn revoke_approval(&self, id: &str) -> Result<Approval, Error> {
+        self.delete_json(&format!("/v1/admin/approvals/{}", seg(id)))
+            .await
+    }
+
     /// `GET /v1/admin/keys` (officers): versions, states, values per version,
     /// or the unseal progress while sealed.
     pub async fn keys_status(&self) -> Result<KeysStatus, Error> {

@@ -380,6 +380,49 @@ async fn legal_exceptions_need_a_live_approval_by_someone_else() {
     let out = v.client("officer2").detokenize(&req).await.unwrap();
     assert_eq!(out.values[0].reason.as_deref(), Some("approval_not_found"));
 
+    // An approval revoked before it is used releases nothing; a used or
+    // revoked one cannot be revoked (409), an unknown one is 404, and apps
+    // may not revoke.
+    let revoked = officer
+        .approve(&approval("app", &["acct-1"], "PT1H"))
+        .await
+        .unwrap();
+    let e = app.revoke_approval(&revoked.id).await.unwrap_err();
+    assert_eq!((e.status(), e.code()), (Some(403), Some("forbidden")));
+    assert_eq!(
+        v.client("officer2")
+            .revoke_approval(&revoked.id)
+            .await
+            .unwrap()
+            .id,
+        revoked.id
+    );
+    assert_eq!(
+        ask(basis(&revoked.id, "case-2026-17"), vec![tok.clone()]).await[0]
+            .reason
+            .as_deref(),
+        Some("approval_used")
+    );
+    for id in [revoked.id.as_str(), fresh.id.as_str()] {
+        let e = officer.revoke_approval(id).await.unwrap_err();
+        assert_eq!(
+            (e.status(), e.code()),
+            (Some(409), Some("conflict")),
+            "{id}"
+        );
+    }
+    let e = officer.revoke_approval("apr-nope").await.unwrap_err();
+    assert_eq!((e.status(), e.code()), (Some(404), Some("not_found")));
+    let events = officer
+        .audit(Some("acct-1"), None, Some(1000))
+        .await
+        .unwrap()
+        .events;
+    assert!(events.iter().any(|e| e.action == "approval"
+        && e.outcome == "revoked"
+        && e.caller == "officer2"
+        && e.reference.as_deref() == Some("case-2026-17")));
+
     // An approval past its time releases nothing.
     let short = officer
         .approve(&approval("app", &["acct-1"], "PT1S"))

@@ -138,7 +138,7 @@ fn officer_action(path: &str) -> &'static str {
         "/v1/audit" => "audit_query",
         "/v1/admin/seal" => "seal",
         "/v1/admin/unseal" => "unseal",
-        "/v1/admin/approvals" => "approval",
+        p if p.starts_with("/v1/admin/approvals") => "approval",
         "/v1/admin/incidents/exposure" => "exposure_report",
         "/v1/admin/stats/anonymized" => "anonymized_stats",
         p if p.starts_with("/v1/admin/keys") => "keys",
@@ -446,6 +446,13 @@ async fn dispatch(
             ok(api::exposure::exposure(v, ctx, parts.uri.query()).await)
         }
         (&Method::POST, "/v1/admin/approvals") => ok(api::consent::approve(v, ctx, b).await),
+        (m, path) if path.starts_with("/v1/admin/approvals/") => {
+            let id = path.trim_start_matches("/v1/admin/approvals/");
+            match *m {
+                Method::DELETE => ok(api::consent::revoke_approval(v, ctx, id).await),
+                _ => error_response(&ApiError::MethodNotAllowed),
+            }
+        }
         (m, path) if path.starts_with("/v1/subjects/") => {
             let m = m.clone();
             subjects(v, ctx, &m, path, parts.uri.query(), b).await

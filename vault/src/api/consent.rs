@@ -1,7 +1,9 @@
 //! The consent ledger (`/v1/subjects/{subject}/consents/{purpose}`) and
-//! legal-exception approvals (`POST /v1/admin/approvals`). Invariants: an
-//! entry and its audit event are one durable write; an officer can never
-//! approve a disclosure they will make themselves.
+//! legal-exception approvals (`POST /v1/admin/approvals`, revoked with
+//! `DELETE /v1/admin/approvals/{id}`). Invariants: an entry and its audit
+//! event are one durable write; an officer can never approve a disclosure
+//! they will make themselves; an approval serves at most one disclosure,
+//! and none once revoked.
 
 use bytes::Bytes;
 use http::Method;
@@ -13,7 +15,7 @@ use crate::ledger;
 use crate::policy::DATA_SUBJECT_REQUEST;
 use crate::schema::valid_subject;
 use crate::server::Vault;
-use crate::store::Batch;
+use crate::store::{Batch, Space};
 
 /// Longest approval an officer may grant.
 const MAX_APPROVAL_MS: u64 = 30 * 24 * 3600 * 1000;
@@ -218,4 +220,50 @@ pub async fn approve(v: &Vault, ctx: &Ctx, body: &Bytes) -> Result<Approval, Api
         .collect();
     commit(v, batch, events).await?;
     Ok(approval)
+}
+
+/// `DELETE /v1/admin/approvals/{id}` (officers): revokes an approval not
+/// used yet, so one granted by mistake, or for a case closed early, serves
+/// no disclosure before it expires. The revocation takes the approval's one
+/// use (the same guarded row a release writes), so of a release and a
+/// revocation racing, exactly one wins: 409 `conflict` when the approval
+/// was used or revoked already. Audited per subject, as the grant was.
+pub async fn revoke_approval(v: &Vault, ctx: &Ctx, id: &str) -> Result<Approval, ApiError> {
+    require_officer(ctx)?;
+    let keys = v.keys.get().map_err(|_| ApiError::Sealed)?;
+    let approval = ledger::get_approval(v.store.as_ref(), &keys, id)
+        .map_err(|_| ApiError::Unavailable)?
+        .ok_or(ApiError::NotFound)?;
+    let mut batch = Batch::default();
+    let used = ledger::approval_used_key(&approval.id);
+    batch.expect(Space::Meta, used.clone(), None);
+    batch.put(
+        Space::Meta,
+        used,
+        format!("revoked:{}", ctx.request_id).into_bytes(),
+    );
+    let events = approval
+        .subjects
+        .iter()
+        .map(|s| Draft {
+            request_id: ctx.request_id.clone(),
+            caller: ctx.caller.to_string(),
+            action: "approval",
+            purpose: Some(approval.purpose.clone()),
+            subject: Some(s.clone()),
+            outcome: "revoked",
+            reference: Some(approval.reference.clone()),
+            ..Draft::default()
+        })
+        .collect();
+    match v.committer.commit(batch, events).await {
+        Ok(()) => Ok(approval),
+        Err(crate::commit::CommitError::Store(crate::store::StoreError::Conflict)) => {
+            Err(ApiError::Conflict)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "Ledger write failed");
+            Err(ApiError::Unavailable)
+        }
+    }
 }
