@@ -274,7 +274,16 @@ fn email(text: &str, at: usize, width: usize, out: &mut Vec<Candidate>) {
         .rsplit(|&b| b == b'.')
         .next()
         .filter(|_| folded.contains(&b'.'))
-        .is_some_and(|tld| tld.len() >= 2 && tld.iter().all(u8::is_ascii_alphabetic));
+        .is_some_and(|tld| {
+            // Letters, or an internationalized TLD in its ASCII form
+            // (`xn--fiqs8s`, 中国).
+            let ace = tld.len() > 4
+                && tld
+                    .get(..4)
+                    .is_some_and(|p| p.eq_ignore_ascii_case(b"xn--"))
+                && tld.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-');
+            ace || (tld.len() >= 2 && tld.iter().all(u8::is_ascii_alphabetic))
+        });
     if !tld_ok {
         return;
     }

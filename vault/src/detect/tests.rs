@@ -222,6 +222,11 @@ fn email_positive_and_negative() {
     nothing("user@localhost");
     nothing("@@@ @. .@ a@.b");
     nothing("foo@bar.123");
+    // An internationalized TLD in its ASCII form.
+    assert_eq!(
+        only("邮箱 a@xn--fsqu00a.xn--fiqs8s，"),
+        (Class::Email, "a@xn--fsqu00a.xn--fiqs8s")
+    );
 }
 
 // ---- USCC, organization code ----
