@@ -192,6 +192,17 @@ async fn acknowledged_writes_survive_sigkill() {
         .unwrap();
     assert!(term.success());
     assert!(third.child.wait().unwrap().success());
+    // The thread copying its stderr may still be reading the last lines.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !third
+        .stderr
+        .lock()
+        .unwrap()
+        .contains("Audit anchor at stop")
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let logs3 = third.stderr.lock().unwrap().clone();
     let at_start = logs3.lines().find(|l| l.contains("Audit anchor at start"));
     let at_stop = logs3.lines().find(|l| l.contains("Audit anchor at stop"));

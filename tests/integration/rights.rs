@@ -422,6 +422,9 @@ async fn legal_exceptions_need_a_live_approval_by_someone_else() {
         && e.outcome == "revoked"
         && e.caller == "officer2"
         && e.reference.as_deref() == Some("case-2026-17")));
+    assert!(events
+        .iter()
+        .any(|e| e.action == "approval" && e.outcome == "revoke_refused_used"));
 
     // An approval past its time releases nothing.
     let short = officer

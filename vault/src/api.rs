@@ -224,19 +224,32 @@ fn printable(s: &str, max: usize) -> bool {
                 || crate::classes::is_invisible(c)
                 || matches!(
                     c,
-                    // The Arabic letter mark, the combining grapheme joiner,
-                    // the Hangul fillers, the Mongolian vowel separator,
-                    // variation selectors and the tag characters (which
-                    // spell hidden ASCII).
+                    // The other format and invisible characters: the Arabic
+                    // letter mark, the combining grapheme joiner, Hangul
+                    // fillers, Khmer inherent vowels, Mongolian variation
+                    // selectors and vowel separator, line and paragraph
+                    // separators, deprecated format characters, variation
+                    // selectors, interlinear annotation, shorthand and
+                    // musical format controls, and the tag characters
+                    // (which spell hidden ASCII).
                     '\u{061C}'
                         | '\u{034F}'
                         | '\u{115F}'
                         | '\u{1160}'
                         | '\u{3164}'
                         | '\u{FFA0}'
-                        | '\u{180E}'
+                        | '\u{17B4}'
+                        | '\u{17B5}'
+                        | '\u{180B}'..='\u{180F}'
+                        | '\u{2028}'
+                        | '\u{2029}'
+                        | '\u{206A}'..='\u{206F}'
                         | '\u{FE00}'..='\u{FE0F}'
+                        | '\u{FFF9}'..='\u{FFFB}'
+                        | '\u{1BCA0}'..='\u{1BCA3}'
+                        | '\u{1D173}'..='\u{1D17A}'
                         | '\u{E0000}'..='\u{E007F}'
+                        | '\u{E0100}'..='\u{E01EF}'
                 )
         })
 }
@@ -274,6 +287,9 @@ mod tests {
             "case\u{E0041}17",
             "case\u{3164}17",
             "case\u{FE0F}17",
+            "case\u{E0100}17",
+            "case\u{2028}17",
+            "case\u{206A}17",
             "case\n17",
             " ",
         ] {

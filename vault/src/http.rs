@@ -447,7 +447,9 @@ async fn dispatch(
         }
         (&Method::POST, "/v1/admin/approvals") => ok(api::consent::approve(v, ctx, b).await),
         (m, path) if path.starts_with("/v1/admin/approvals/") => {
-            let id = path.trim_start_matches("/v1/admin/approvals/");
+            let id = path
+                .strip_prefix("/v1/admin/approvals/")
+                .unwrap_or_default();
             match *m {
                 Method::DELETE => ok(api::consent::revoke_approval(v, ctx, id).await),
                 _ => error_response(&ApiError::MethodNotAllowed),

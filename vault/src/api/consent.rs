@@ -242,23 +242,27 @@ pub async fn revoke_approval(v: &Vault, ctx: &Ctx, id: &str) -> Result<Approval,
         used,
         format!("revoked:{}", ctx.request_id).into_bytes(),
     );
-    let events = approval
-        .subjects
-        .iter()
-        .map(|s| Draft {
-            request_id: ctx.request_id.clone(),
-            caller: ctx.caller.to_string(),
-            action: "approval",
-            purpose: Some(approval.purpose.clone()),
-            subject: Some(s.clone()),
-            outcome: "revoked",
-            reference: Some(approval.reference.clone()),
-            ..Draft::default()
-        })
-        .collect();
-    match v.committer.commit(batch, events).await {
+    let events = |outcome| {
+        approval
+            .subjects
+            .iter()
+            .map(|s| Draft {
+                request_id: ctx.request_id.clone(),
+                caller: ctx.caller.to_string(),
+                action: "approval",
+                purpose: Some(approval.purpose.clone()),
+                subject: Some(s.clone()),
+                outcome,
+                reference: Some(approval.reference.clone()),
+                ..Draft::default()
+            })
+            .collect::<Vec<_>>()
+    };
+    match v.committer.commit(batch, events("revoked")).await {
         Ok(()) => Ok(approval),
+        // Used (or revoked) first: the try is on record too.
         Err(crate::commit::CommitError::Store(crate::store::StoreError::Conflict)) => {
+            commit(v, Batch::default(), events("revoke_refused_used")).await?;
             Err(ApiError::Conflict)
         }
         Err(e) => {

@@ -373,7 +373,10 @@ impl Ctx<'_> {
             }
         } else {
             let issuer = matches!(d.first(), Some(b'3'..=b'6' | b'9'));
-            if !luhn || !issuer || !matches!(cut.n, 16 | 19) || self.cue.get().is_some() {
+            // Under another class's label, not a card; a device label
+            // (`串号`, also in `这串号码`) is no such label.
+            let labelled = self.cue.get().is_some_and(|c| c != Cue::Device);
+            if !luhn || !issuer || !matches!(cut.n, 16 | 19) || labelled {
                 return;
             }
             let grouped = k >= 3;
@@ -418,7 +421,7 @@ fn province(d: &[u8]) -> bool {
 }
 
 /// An extension after a phone number ending at `end`: an optional space,
-/// `转`, `分机`, `ext`, `x` or `#`, an optional colon and space, and 1 to 6
+/// `转`, `分机`, `分机号`, `转分机`, `ext`, `x` or `#`, an optional colon and space, and 1 to 6
 /// digits not glued to more. Returns the end of the extension digits.
 fn extension(bytes: &[u8], end: usize) -> Option<usize> {
     let mut i = end;
@@ -427,7 +430,9 @@ fn extension(bytes: &[u8], end: usize) -> Option<usize> {
     }
     let rest = bytes.get(i..)?;
     let marker = [
+        "转分机".as_bytes(),
         "转".as_bytes(),
+        "分机号".as_bytes(),
         "分机".as_bytes(),
         b"ext.",
         b"ext",

@@ -59,26 +59,16 @@ pub(super) fn tail(bytes: &[u8], i: usize) -> Tail {
 
 /// A run of two or three separators at byte `i` between two digit groups
 /// (`138 - 0013`, `138\u{200B}\u{200B}0013`): spaces, with at most one
-/// dash among them. Its tail, as [`tail`] gives for one separator, and its
-/// width in bytes; `None` when no digit follows such a run, and for a
-/// dash after a run of digits that is a whole value (a list, as in
-/// [`tail`]).
+/// dash among them; its width in bytes, `None` when no digit follows such
+/// a run. It reads as a space does ([`Tail::SpaceMore`]): the groups may
+/// join, and the number before it may also end there, so a list written
+/// with spaced dashes (`138 0013 8000 - 139 0013 9000`) still gives each.
 pub(super) fn separator_run(bytes: &[u8], i: usize) -> Option<(Tail, usize)> {
     let (mut j, mut count, mut dash) = (i, 0, false);
     loop {
         let (c, w) = chars::at(bytes, j);
         match c {
-            Ch::Digit(_) if count >= 2 => {
-                if dash && digits_before(bytes, i) >= COMPLETE {
-                    return None;
-                }
-                let t = if dash {
-                    Tail::DashMore
-                } else {
-                    Tail::SpaceMore
-                };
-                return Some((t, j - i));
-            }
+            Ch::Digit(_) if count >= 2 => return Some((Tail::SpaceMore, j - i)),
             Ch::Space if count < 3 => {}
             Ch::Dash if count < 3 && !dash => dash = true,
             _ => return None,

@@ -165,6 +165,8 @@ fn phone_fixed_line_and_extensions() {
         ("Tel: (0591) 8808 8788", "(0591) 8808 8788"),
         ("北京 010-62345678 转 123。", "010-62345678 转 123"),
         ("座机0592-5123456分机8001", "0592-5123456分机8001"),
+        ("座机0592-5123456 分机号 8001", "0592-5123456 分机号 8001"),
+        ("座机0592-5123456转分机8001", "0592-5123456转分机8001"),
         ("Tel 0591-28088788 ext. 12", "0591-28088788 ext. 12"),
         ("总机：0591-88088788-8001", "0591-88088788"),
         ("+86 591 8808 8788", "+86 591 8808 8788"),
@@ -785,10 +787,30 @@ fn the_detector_reads_through_what_normalization_strips() {
     ] {
         assert_eq!(only(text).0, Class::Phone, "{text}");
     }
-    // A dash after a whole value still lists the next one.
+    // A spaced dash between whole values lists them, grouped or not.
+    for (text, a, b) in [
+        ("13800138000 - 13900139000", "13800138000", "13900139000"),
+        (
+            "138 0013 8000 - 139 0013 9000",
+            "138 0013 8000",
+            "139 0013 9000",
+        ),
+        (
+            "0591-28088788 - 0591-28088799",
+            "0591-28088788",
+            "0591-28088799",
+        ),
+    ] {
+        assert_eq!(
+            found(text),
+            [(Class::Phone, a), (Class::Phone, b)],
+            "{text}"
+        );
+    }
+    // So does a device word inside an everyday phrase not hide a card.
     assert_eq!(
-        found("13800138000 - 13900139000"),
-        [(Class::Phone, "13800138000"), (Class::Phone, "13900139000")]
+        only("请转到这串号码：6222021234567890128").0,
+        Class::BankCard
     );
     // The minus sign joins a number's groups, and normalizes away.
     assert_eq!(
