@@ -150,8 +150,9 @@ fn check_national(n: &[u8]) -> Result<(), Invalid> {
 }
 
 /// Mobile prefixes in service (libphonenumber's CN metadata, as listed in
-/// PII-FORMATS.md); 154, 179 and 194 were never assigned, and of 174 only
-/// 1740x is a mobile block. (libphonenumber 9.0 has numbers only in
+/// PII-FORMATS.md, and 1610x, which libphonenumber 9.0 calls mobile and
+/// the contract's list leaves out); 154, 179 and 194 were never assigned,
+/// and of 174 only 1740x is a mobile block. (libphonenumber 9.0 has numbers only in
 /// 17400-17405; PII-FORMATS.md lists `1740x`, and format-preserving tokens
 /// issued over the whole block must keep resolving, so the block stays
 /// whole.)
@@ -162,6 +163,7 @@ fn mobile_prefix_ok(n: &[u8]) -> bool {
             | [b'1', b'4', b'5' | b'7', ..]
             | [b'1', b'5', b'0'..=b'3' | b'5'..=b'9', ..]
             | [b'1', b'6', b'2' | b'5'..=b'7', ..]
+            | [b'1', b'6', b'1', b'0', ..]
             | [b'1', b'7', b'0'..=b'3' | b'5'..=b'8', ..]
             | [b'1', b'7', b'4', b'0', ..]
             | [b'1', b'9', b'0'..=b'3' | b'5'..=b'9', ..]
