@@ -158,6 +158,33 @@ pub fn detok_req(purpose: &str, tokens: &[&str]) -> DetokenizeRequest {
     }
 }
 
+/// A legal-exception detokenize by `app` of `tokens`, under an approval
+/// `officer` grants for `subject` and the case `reference` (one hour).
+pub async fn approved_detok_req(
+    officer: &Client,
+    purpose: &str,
+    subject: &str,
+    reference: &str,
+    tokens: &[&str],
+) -> DetokenizeRequest {
+    let approval = officer
+        .approve(&vault_sdk::wire::ApprovalRequest {
+            requester: "app".into(),
+            purpose: purpose.into(),
+            subjects: vec![subject.into()],
+            reference: reference.into(),
+            valid_for: "PT1H".into(),
+        })
+        .await
+        .unwrap();
+    let mut req = detok_req(purpose, tokens);
+    req.legal_basis = Some(vault_sdk::wire::LegalBasis {
+        reference: reference.into(),
+        approval: approval.id,
+    });
+    req
+}
+
 /// Tokenizes one value and returns its token.
 pub async fn tokenize_one(
     c: &Client,

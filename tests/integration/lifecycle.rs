@@ -630,21 +630,7 @@ async fn erasure_within_a_legal_retention_period_restricts_then_erases() {
         (Status::Denied, Some("restricted"))
     );
     // ...but a legal exception with an approval still works.
-    let approval = officer
-        .approve(&vault_sdk::wire::ApprovalRequest {
-            requester: "app".into(),
-            purpose: "legal_obligation".into(),
-            subjects: vec!["acct-l".into()],
-            reference: "tax-2026".into(),
-            valid_for: "PT1H".into(),
-        })
-        .await
-        .unwrap();
-    let mut req = detok_req("legal_obligation", &[&tok]);
-    req.legal_basis = Some(vault_sdk::wire::LegalBasis {
-        reference: "tax-2026".into(),
-        approval: approval.id,
-    });
+    let req = approved_detok_req(&officer, "legal_obligation", "acct-l", "tax-2026", &[&tok]).await;
     assert_eq!(
         app.detokenize(&req).await.unwrap().values[0]
             .value
@@ -725,21 +711,14 @@ async fn a_restricting_erasure_keeps_nothing_past_its_own_clock() {
         receipt.time_ms
     );
     // Not even a legal exception reaches the expired one.
-    let approval = officer
-        .approve(&vault_sdk::wire::ApprovalRequest {
-            requester: "app".into(),
-            purpose: "legal_obligation".into(),
-            subjects: vec!["acct-clock".into()],
-            reference: "tax-2026".into(),
-            valid_for: "PT1H".into(),
-        })
-        .await
-        .unwrap();
-    let mut req = detok_req("legal_obligation", &[&tokens[0], &tokens[1]]);
-    req.legal_basis = Some(vault_sdk::wire::LegalBasis {
-        reference: "tax-2026".into(),
-        approval: approval.id,
-    });
+    let req = approved_detok_req(
+        &officer,
+        "legal_obligation",
+        "acct-clock",
+        "tax-2026",
+        &[&tokens[0], &tokens[1]],
+    )
+    .await;
     let out = app.detokenize(&req).await.unwrap();
     assert_eq!(out.values[0].status, Status::Gone, "{:?}", out.values[0]);
     assert_eq!(out.values[1].value.as_deref(), Some("+8613900139000"));

@@ -352,21 +352,14 @@ async fn a_shared_value_is_released_for_a_holder_the_policy_allows_and_audited_a
     assert_eq!(out.values[0].value.as_deref(), Some(id));
     // A legal exception uses the holder its approval covers (acct-z sorts
     // after acct-c, which the approval does not name).
-    let approval = officer
-        .approve(&vault_sdk::wire::ApprovalRequest {
-            requester: "app".into(),
-            purpose: "criminal_investigation".into(),
-            subjects: vec!["acct-z".into()],
-            reference: "case-7".into(),
-            valid_for: "PT1H".into(),
-        })
-        .await
-        .unwrap();
-    let mut req = detok_req("criminal_investigation", &[&t]);
-    req.legal_basis = Some(vault_sdk::wire::LegalBasis {
-        reference: "case-7".into(),
-        approval: approval.id,
-    });
+    let req = approved_detok_req(
+        &officer,
+        "criminal_investigation",
+        "acct-z",
+        "case-7",
+        &[&t],
+    )
+    .await;
     assert_eq!(
         app.detokenize(&req).await.unwrap().values[0]
             .value

@@ -204,7 +204,14 @@ pub async fn approve(v: &Vault, ctx: &Ctx, body: &Bytes) -> Result<Approval, Api
     };
     let keys = v.keys.get().map_err(|_| ApiError::Sealed)?;
     let batch = ledger::put_approval(&keys, &approval).map_err(|_| ApiError::Internal)?;
-    let events = approval
+    commit(v, batch, approval_events(ctx, &approval, "granted")).await?;
+    Ok(approval)
+}
+
+/// One `approval` event per subject the approval covers, with its purpose
+/// and case reference: what an officer did to it (`outcome`).
+fn approval_events(ctx: &Ctx, approval: &Approval, outcome: &'static str) -> Vec<Draft> {
+    approval
         .subjects
         .iter()
         .map(|s| Draft {
@@ -213,13 +220,11 @@ pub async fn approve(v: &Vault, ctx: &Ctx, body: &Bytes) -> Result<Approval, Api
             action: "approval",
             purpose: Some(approval.purpose.clone()),
             subject: Some(s.clone()),
-            outcome: "granted",
+            outcome,
             reference: Some(approval.reference.clone()),
             ..Draft::default()
         })
-        .collect();
-    commit(v, batch, events).await?;
-    Ok(approval)
+        .collect()
 }
 
 /// `DELETE /v1/admin/approvals/{id}` (officers): revokes an approval not
@@ -242,22 +247,7 @@ pub async fn revoke_approval(v: &Vault, ctx: &Ctx, id: &str) -> Result<Approval,
         used,
         format!("revoked:{}", ctx.request_id).into_bytes(),
     );
-    let events = |outcome| {
-        approval
-            .subjects
-            .iter()
-            .map(|s| Draft {
-                request_id: ctx.request_id.clone(),
-                caller: ctx.caller.to_string(),
-                action: "approval",
-                purpose: Some(approval.purpose.clone()),
-                subject: Some(s.clone()),
-                outcome,
-                reference: Some(approval.reference.clone()),
-                ..Draft::default()
-            })
-            .collect::<Vec<_>>()
-    };
+    let events = |outcome| approval_events(ctx, &approval, outcome);
     match v.committer.commit(batch, events("revoked")).await {
         Ok(()) => Ok(approval),
         // Used (or revoked) first: the try is on record too.
