@@ -1027,6 +1027,59 @@ async fn bodies_held_in_memory_stay_within_the_body_budget() {
     still_serves(&v).await;
 }
 
+/// The seal reads no body: bodies other callers hold, the whole shared
+/// budget between two of them, cannot refuse it.
+#[tokio::test]
+async fn a_seal_gets_through_when_bodies_fill_the_budget() {
+    let v = TestVault::start_with(|c| {
+        c.server.max_concurrent_requests = 1;
+        c.server.max_body_bytes = 1024;
+        c.server.body_timeout_ms = Some(3000);
+    })
+    .await;
+    // Each sends 1,000 of 1,024 declared bytes in two pieces, so its
+    // buffer doubles to its whole share: the two fill the budget.
+    let mut conns = Vec::new();
+    for who in ["app", "officer"] {
+        let mut s = tls_conn_as(&v, who, b"http/1.1").await;
+        let head = "POST /v1/tokenize HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1024\r\n\r\n";
+        s.write_all(format!("{head}{}", "a".repeat(600)).as_bytes())
+            .await
+            .unwrap();
+        s.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s.write_all("a".repeat(400).as_bytes()).await.unwrap();
+        s.flush().await.unwrap();
+        conns.push(s);
+    }
+    // Time for both bodies to be read into the budget; a third caller's
+    // tokenize is refused for want of it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let e = v
+        .builder("officer2")
+        .retries(0)
+        .build()
+        .unwrap()
+        .tokenize(&tok_req(
+            "s",
+            "notification",
+            vec![field("phone", "13800138000")],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("overloaded"), "{e:?}");
+    let st = v
+        .builder("officer2")
+        .retries(0)
+        .build()
+        .unwrap()
+        .seal()
+        .await
+        .unwrap();
+    assert!(st.sealed, "{st:?}");
+    drop(conns);
+}
+
 // ---------------------------------------------------------------------------
 // 3. JSON abuse
 

@@ -289,10 +289,17 @@ async fn admit(
     }
     let (parts, incoming) = req.into_parts();
     let max = v.limits.max_body_bytes;
-    let reading = body::read(&conn.bodies, &ctx.caller, max, &parts.headers, incoming);
-    let body = tokio::time::timeout(v.limits.body_timeout, reading)
-        .await
-        .map_err(|_| ApiError::Timeout)??;
+    // The seal ignores its body: it is not read, so bodies other callers
+    // hold (the whole shared budget, between two of them) cannot refuse it.
+    let body = if seal {
+        drop(incoming);
+        body::Body::none()
+    } else {
+        let reading = body::read(&conn.bodies, &ctx.caller, max, &parts.headers, incoming);
+        tokio::time::timeout(v.limits.body_timeout, reading)
+            .await
+            .map_err(|_| ApiError::Timeout)??
+    };
     if over() {
         return Err(ApiError::Overloaded);
     }
