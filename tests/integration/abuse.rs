@@ -1481,6 +1481,59 @@ async fn bad_client_certificates_are_refused_in_the_handshake() {
     assert_identity_refused(&v, &expired).await;
 }
 
+/// A certificate is checked at the handshake only, so the vault closes a
+/// connection when the certificate it was authenticated with expires, and
+/// resumes no session (which would carry that certificate on unchecked).
+#[tokio::test]
+async fn a_connection_ends_when_its_certificate_does() {
+    let v = TestVault::start().await;
+    let now = time::OffsetDateTime::now_utc();
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short");
+    std::fs::create_dir(&short).unwrap();
+    std::fs::copy(v.tls().join("ca.pem"), short.join("ca.pem")).unwrap();
+    // Valid for two more seconds (whole seconds: X.509 times have no less).
+    sign_client_cert(
+        &v.tls(),
+        &short,
+        "app",
+        now - time::Duration::days(1),
+        now + time::Duration::seconds(2),
+    );
+    let tls = connector(&short, Some("app"), &[b"http/1.1"]);
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let ask = b"GET /v1/nothing HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let mut s = tls
+        .connect(name.clone(), TcpStream::connect(v.api).await.unwrap())
+        .await
+        .unwrap();
+    s.write_all(ask).await.unwrap();
+    let (status, _) = read_h1_response(&mut s).await.unwrap();
+    assert_eq!(status, 404, "served while the certificate is valid");
+    // A second connection of the same client (which keeps any ticket it
+    // was given) makes a full handshake: no session to resume.
+    let mut again = tls
+        .connect(name, TcpStream::connect(v.api).await.unwrap())
+        .await
+        .unwrap();
+    again.write_all(ask).await.unwrap();
+    read_h1_response(&mut again).await.unwrap();
+    assert_eq!(
+        again.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Full)
+    );
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    // The connection was closed at the expiry: nothing more is answered.
+    let _ = s.write_all(ask).await;
+    let after = tokio::time::timeout(Duration::from_secs(3), read_h1_response(&mut s))
+        .await
+        .expect("the connection neither answered nor closed");
+    assert_eq!(
+        after, None,
+        "answered on a connection whose certificate expired"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // 6. Peak memory under sustained load
 

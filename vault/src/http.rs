@@ -647,11 +647,15 @@ pub async fn serve_api(
             };
             let session = tls.get_ref().1;
             let h2 = session.alpn_protocol() == Some(b"h2".as_slice());
-            let caller = session
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(crate::tls::caller_name)
-                .map(Arc::<str>::from);
+            let leaf = session.peer_certificates().and_then(|c| c.first());
+            let caller = leaf.and_then(crate::tls::caller_name).map(Arc::<str>::from);
+            // The connection ends when its certificate does.
+            let expires = leaf.and_then(crate::tls::not_after).map(|at| {
+                let left = at
+                    .duration_since(std::time::SystemTime::now())
+                    .unwrap_or_default();
+                tokio::time::Instant::now() + left
+            });
             let role = caller.as_ref().and_then(|c| vault.policy.role(c));
             if which == Listener::Officers && role != Some(crate::policy::Role::Officer) {
                 tracing::debug!("Not an officer on the officers' listener; closed");
@@ -686,7 +690,15 @@ pub async fn serve_api(
                 async move { Ok::<_, Infallible>(handle(conn, req).await) }
             });
             let io = TokioIo::new(tls);
-            let serving = conn::serve(&builders, h2, io, svc, &conn.activity, &limits, stop);
+            let serving = conn::serve(
+                &builders,
+                h2,
+                io,
+                svc,
+                &conn.activity,
+                &limits,
+                conn::Until { stop, expires },
+            );
             match evictable {
                 None => serving.await,
                 // A certificate naming no caller: every request is refused,

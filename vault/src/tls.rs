@@ -98,7 +98,24 @@ pub fn server_config(cfg: &Config) -> Result<Arc<ServerConfig>, TlsError> {
             e => rustls_err(e),
         })?;
     sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // No resumption: a resumed session carries the client certificate of
+    // its first handshake unchecked (and each resumption hands out fresh
+    // tickets), so an expired certificate could go on authenticating. A
+    // sidecar's clients keep their connections; a full handshake per new
+    // connection costs little.
+    sc.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    sc.send_tls13_tickets = 0;
     Ok(Arc::new(sc))
+}
+
+/// When a client certificate stops being valid (its notAfter), for the
+/// connection it authenticated to be closed then: the certificate is
+/// checked once, at the handshake, and a busy connection would otherwise
+/// outlive it.
+pub fn not_after(cert: &CertificateDer<'_>) -> Option<std::time::SystemTime> {
+    let (_, x509) = X509Certificate::from_der(cert.as_ref()).ok()?;
+    let secs = u64::try_from(x509.validity().not_after.timestamp()).ok()?;
+    std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs))
 }
 
 /// Every problem [`server_config`] would stop at, not only the first: the

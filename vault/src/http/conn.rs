@@ -131,6 +131,14 @@ impl Drop for Busy<'_> {
 /// Serves one connection until it ends, goes idle past the limit, or a
 /// shutdown is asked for; the last two close it gracefully, then drop it
 /// if it has not finished within the grace (see the module doc).
+/// What ends a connection besides its client and its idleness: the
+/// server's shutdown, and the expiry of the certificate it was
+/// authenticated with.
+pub struct Until {
+    pub stop: watch::Receiver<bool>,
+    pub expires: Option<tokio::time::Instant>,
+}
+
 pub async fn serve<I, S, B>(
     builders: &Builders,
     h2: bool,
@@ -138,7 +146,7 @@ pub async fn serve<I, S, B>(
     svc: S,
     activity: &Activity,
     limits: &Limits,
-    stop: watch::Receiver<bool>,
+    until: Until,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     S: Service<http::Request<Incoming>, Response = http::Response<B>> + Send + 'static,
@@ -155,7 +163,7 @@ pub async fn serve<I, S, B>(
             http2::Connection::graceful_shutdown,
             activity,
             limits,
-            stop,
+            until,
         )
         .await;
     } else {
@@ -165,7 +173,7 @@ pub async fn serve<I, S, B>(
             http1::Connection::graceful_shutdown,
             activity,
             limits,
-            stop,
+            until,
         )
         .await;
     }
@@ -176,12 +184,19 @@ async fn drive<C, E>(
     graceful: impl FnOnce(std::pin::Pin<&mut C>),
     activity: &Activity,
     limits: &Limits,
-    mut stop: watch::Receiver<bool>,
+    until: Until,
 ) where
     C: std::future::Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
+    let Until { mut stop, expires } = until;
     tokio::pin!(conn);
+    let expired = async {
+        match expires {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
     let why = tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
@@ -191,6 +206,7 @@ async fn drive<C, E>(
         }
         _ = stop.wait_for(|s| *s) => "shutdown",
         () = activity.idle_for(limits.idle_timeout) => "idle",
+        () = expired => "certificate expired",
     };
     tracing::debug!(reason = why, "Closing connection");
     graceful(conn.as_mut());
