@@ -176,8 +176,16 @@ fn run(w: &Writer<'_>, rx: mpsc::Receiver<Job>, mut head: Head, mut last_time: u
         if failed {
             match resync(store) {
                 Ok(h) => {
+                    // Event times go on from the landed write's, if it did.
+                    last_time = last_time.max(audit::head_time(store, &h).unwrap_or(0));
                     head = h;
                     failed = false;
+                    // A failed write may land with the recovery (a replay),
+                    // after reads that cached what it changed: what the
+                    // cache holds was read before, and goes.
+                    if let Some(cache) = w.cache {
+                        cache.clear();
+                    }
                     metrics.set_store_writable(true);
                     // The failed write may have landed only now, after
                     // reads that did not see it: every release read before
@@ -1066,5 +1074,12 @@ mod tests {
         crate::subject_keys::destroy(&mut erase, "s2");
         assert!(c.commit(erase, vec![]).await.is_err());
         assert!(cache.is_empty());
+        // Read back before the recovery (which may replay that write), a
+        // key is dropped when the store recovers.
+        crate::subject_keys::load_cached(store.as_ref(), &ring, &cache, "s2").unwrap();
+        assert_eq!(cache.len(), 1);
+        store.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+        c.commit(Batch::default(), vec![draft(2)]).await.unwrap();
+        assert!(cache.is_empty(), "a key read before the recovery is kept");
     }
 }

@@ -356,6 +356,12 @@ impl KeyCache {
         });
     }
 
+    /// Drops every key, and every fill begun before (after a store
+    /// recovery, whose replay may have changed what they read).
+    pub fn clear(&self) {
+        self.with(CacheInner::clear);
+    }
+
     /// Drops every key and refuses new ones (seal), or starts taking them
     /// again (unseal, a new keyring).
     pub fn reset(&self, open: bool) {

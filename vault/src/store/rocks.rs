@@ -422,13 +422,36 @@ impl Store for RocksStore {
         // Flushing every column family retires the write-ahead log files
         // that still hold the old puts; a forced bottommost compaction of
         // the space drops the old versions behind each delete tombstone.
+        //
+        // The compaction's own outcome is not reported (the C API drops
+        // it), so whether it happened is read from the files: every table
+        // file the space had before must be gone, rewritten without the
+        // old versions. One still there (a compaction that failed, on a
+        // nearly full disk say) fails the purge, and its mark stays for
+        // the next.
         self.with_db(|db| {
+            let tables = |db: &DB| -> Result<std::collections::HashSet<String>, StoreError> {
+                Ok(db
+                    .live_files()
+                    .map_err(engine)?
+                    .into_iter()
+                    .filter(|f| f.column_family_name == space.name())
+                    .map(|f| f.name)
+                    .collect())
+            };
+            let before = tables(db)?;
             for s in Space::ALL {
                 db.flush_cf(cf(db, s)?).map_err(engine)?;
             }
             let mut co = rocksdb::CompactOptions::default();
             co.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
             db.compact_range_cf_opt(cf(db, space)?, None::<&[u8]>, None::<&[u8]>, &co);
+            if tables(db)?.iter().any(|f| before.contains(f)) {
+                return Err(StoreError::Engine(format!(
+                    "the compaction of {} did not rewrite its table files",
+                    space.name()
+                )));
+            }
             Ok(())
         })
     }
@@ -541,6 +564,51 @@ mod tests {
 
     fn space_options(dir: &Path, space: Space) -> String {
         options_section(dir, &format!("[CFOptions \"{}\"]", space.name()))
+    }
+
+    /// A purge leaves a deleted key in no file of the database: not in the
+    /// logs, not in the table files it had reached before its deletion
+    /// (which the purge checks it rewrote).
+    #[test]
+    fn a_purge_leaves_a_deleted_key_in_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(dir.path()).unwrap();
+        let secret = b"wrapped-subject-key-0123456789abcdef".to_vec();
+        let mut b = Batch::default();
+        b.put(Space::SubjectKeys, b"s1".to_vec(), secret.clone());
+        b.put(Space::SubjectKeys, b"s2".to_vec(), b"another".to_vec());
+        store.write(b).unwrap();
+        // Into a table file first, as a key written long before its erasure.
+        store.purge(Space::SubjectKeys).unwrap();
+        let tables = |store: &RocksStore| {
+            store
+                .with_db(|db| Ok(db.live_files().map_err(engine)?))
+                .unwrap()
+                .into_iter()
+                .filter(|f| f.column_family_name == Space::SubjectKeys.name())
+                .map(|f| f.name)
+                .collect::<Vec<_>>()
+        };
+        let first = tables(&store);
+        assert!(!first.is_empty(), "the key reached a table file");
+        let mut b = Batch::default();
+        b.delete(Space::SubjectKeys, b"s1".to_vec());
+        store.write(b).unwrap();
+        store.purge(Space::SubjectKeys).unwrap();
+        assert!(tables(&store).iter().all(|f| !first.contains(f)));
+        let mut found = Vec::new();
+        for e in std::fs::read_dir(dir.path()).unwrap() {
+            let path = e.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            if bytes.windows(secret.len()).any(|w| w == secret.as_slice()) {
+                found.push(path);
+            }
+        }
+        assert!(found.is_empty(), "the deleted key survives in {found:?}");
+        assert_eq!(
+            store.get(Space::SubjectKeys, b"s2").unwrap().as_deref(),
+            Some(b"another".as_slice())
+        );
     }
 
     #[test]
