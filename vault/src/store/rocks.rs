@@ -582,7 +582,7 @@ mod tests {
         store.purge(Space::SubjectKeys).unwrap();
         let tables = |store: &RocksStore| {
             store
-                .with_db(|db| Ok(db.live_files().map_err(engine)?))
+                .with_db(|db| db.live_files().map_err(engine))
                 .unwrap()
                 .into_iter()
                 .filter(|f| f.column_family_name == Space::SubjectKeys.name())
