@@ -696,9 +696,9 @@ async fn purge_now(v: &Vault) -> bool {
         Ok(Ok(None)) => true,
         _ => {
             // The key is deleted either way; its physical removal waits
-            // for the next start, or the engine's own compaction.
+            // for the sweeper's next try (or the next start).
             tracing::error!(
-                "Purging erased subject keys failed; retried at the next start, and compaction removes them meanwhile"
+                "Purging erased subject keys failed; the sweeper tries again (every minute, backing off to every hour)"
             );
             false
         }
@@ -1352,17 +1352,42 @@ pub fn anonymized_stats(
 }
 
 /// Runs the sweeper every `interval` until `stop`.
+/// How soon the sweeper tries a failed purge again, at first and at most.
+const PURGE_RETRY_FIRST: Duration = Duration::from_secs(60);
+const PURGE_RETRY_MAX: Duration = Duration::from_secs(3600);
+
 pub async fn sweeper(
     v: Arc<Vault>,
     interval: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    // A purge of erased keys that failed (its mark still set) is tried
+    // again from here, backing off from a minute to an hour while it fails.
+    let mut purge_retry = PURGE_RETRY_FIRST;
+    let mut next_purge = std::time::Instant::now() + purge_retry;
     loop {
         // Unseal shares past their lifetime leave memory with the next
         // tick, not with the next share (the sweep needs the keys; this
         // runs sealed or not).
         if let Ok(mut c) = v.unseal.lock() {
             c.forget_lapsed(std::time::Instant::now());
+        }
+        if std::time::Instant::now() >= next_purge {
+            let due = |v: &Vault| {
+                matches!(
+                    v.store.get(Space::Meta, subject_keys::PURGE_PENDING),
+                    Ok(Some(_))
+                )
+            };
+            if due(&v) {
+                purge_subject_keys(&v).await;
+                purge_retry = if due(&v) {
+                    (purge_retry * 2).min(PURGE_RETRY_MAX)
+                } else {
+                    PURGE_RETRY_FIRST
+                };
+            }
+            next_purge = std::time::Instant::now() + purge_retry;
         }
         match sweep_once(&v).await {
             // A full batch: more may be due at once.
