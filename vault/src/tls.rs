@@ -203,6 +203,19 @@ mod tests {
         let bmp = DnValue::BmpString(BmpString::try_from("web01").unwrap());
         assert_eq!(caller_name(&cert(Some(bmp), &["officer"])), None);
         assert_eq!(caller_name(&cert(None, &[])), None);
+        // Two CNs name nobody: neither may speak for the certificate, and
+        // the SAN does not either. (rcgen keeps one value per type: the
+        // second CN goes in under the commonName OID, 2.5.4.3, spelled out.)
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec!["officer".to_string()]).unwrap();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(DnType::CommonName, "app");
+        p.distinguished_name
+            .push(DnType::CustomDnType(vec![2, 5, 4, 3]), "officer");
+        let two = p.self_signed(&key).unwrap().der().clone();
+        let (_, x509) = X509Certificate::from_der(two.as_ref()).unwrap();
+        assert_eq!(x509.subject().iter_common_name().count(), 2);
+        assert_eq!(caller_name(&two), None);
         assert_eq!(caller_name(&CertificateDer::from(vec![0x30, 0x00])), None);
     }
 }

@@ -212,6 +212,10 @@ impl ClientBuilder {
         };
         let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(self.pool_max_idle_per_host)
+            // Below the vault's idle timeout (60 s by default): a pooled
+            // connection is dropped here before the server closes it,
+            // rather than picked for a request the moment it closes.
+            .pool_idle_timeout(std::time::Duration::from_secs(30))
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .http2_only(self.http2)
