@@ -413,6 +413,58 @@ async fn an_officer_seals_while_every_handling_place_is_taken() {
     let _ = held.await.unwrap();
 }
 
+/// One app holding every place it may (half of them, its writes held)
+/// leaves the rest to others: an officer's key status is answered, and
+/// the app's next request is refused, not queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_app_cannot_take_every_handling_place() {
+    let (v, store) = start_hooked(|cfg| cfg.server.max_concurrent_requests = 4).await;
+    let app = v.builder("app").retries(0).build().unwrap();
+    tokenize_one(&app, "s", "notification", "phone", PHONE).await;
+    store.hold_writes.store(true, Ordering::SeqCst);
+    struct Resume(Arc<Hooked>);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            self.0.hold_writes.store(false, Ordering::SeqCst);
+        }
+    }
+    let _resume = Resume(store.clone());
+    // Two tokenizes wait on their writes: the app's half of four places.
+    let mut held = Vec::new();
+    for i in 0..2 {
+        let app = app.clone();
+        held.push(tokio::spawn(async move {
+            app.tokenize(&tok_req(
+                &format!("held-{i}"),
+                "notification",
+                vec![field("phone", PHONE)],
+            ))
+            .await
+        }));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !(store.held.load(Ordering::SeqCst) && v.running().vault.metrics.in_flight().get() >= 2) {
+        assert!(std::time::Instant::now() < deadline, "nothing was held");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // A third is refused at once (with one place for each of two apps and
+    // officers left, a shared pool would have taken it and held it too).
+    let req = tok_req("more", "notification", vec![field("phone", PHONE)]);
+    let more = app.tokenize(&req);
+    let e = tokio::time::timeout(std::time::Duration::from_secs(2), more)
+        .await
+        .expect("the app took a third place")
+        .unwrap_err();
+    assert_eq!(e.code(), Some("overloaded"), "{e:?}");
+    let st = v.client("officer").keys_status().await.unwrap();
+    assert!(!st.sealed);
+    store.hold_writes.store(false, Ordering::SeqCst);
+    for h in held {
+        h.await.unwrap().unwrap();
+    }
+}
+
 /// A rotation whose request runs out of time while its write is held
 /// still installs the keys it wrote once the write lands: new values go
 /// under the new version, and the next rotation does not conflict.

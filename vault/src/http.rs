@@ -40,6 +40,7 @@ use crate::server::Vault;
 mod admit;
 mod body;
 mod conn;
+mod places;
 
 type Body = Full<Bytes>;
 
@@ -198,8 +199,8 @@ fn request_id() -> String {
 struct Conn {
     vault: Arc<Vault>,
     caller: Option<Arc<str>>,
-    /// Handling places, `max-concurrent-requests` of them.
-    permits: Arc<Semaphore>,
+    /// Handling places, `max-concurrent-requests` of them, shared by callers.
+    places: Arc<places::Places>,
     bodies: body::Budget,
     /// The caller's answers not yet written out, when it is a configured
     /// caller (see `body::Budget::answers_over`).
@@ -303,14 +304,10 @@ async fn admit(
     if over() {
         return Err(ApiError::Overloaded);
     }
-    let _permit = if seal {
+    let _place = if seal {
         None
     } else {
-        Some(
-            conn.permits
-                .try_acquire()
-                .map_err(|_| ApiError::Overloaded)?,
-        )
+        Some(conn.places.take(&ctx.caller, ctx.role)?)
     };
     let mut resp = dispatch(v, &ctx, &parts, body.bytes()).await;
     if resp.extensions().get::<OfficerOnlyRefused>().is_some() {
@@ -582,7 +579,7 @@ pub async fn serve_api(
         Listener::Officers => OFFICER_CONNECTIONS,
     };
     let admission = Arc::new(admit::Admission::new(places));
-    let permits = Arc::new(Semaphore::new(vault.limits.max_concurrent_requests));
+    let places = Arc::new(places::Places::new(vault.limits.max_concurrent_requests));
     let bodies = body::Budget::new(&vault.limits);
     let builders = Arc::new(conn::Builders::new(&vault.limits));
     loop {
@@ -617,7 +614,7 @@ pub async fn serve_api(
         let admission = admission.clone();
         let acceptor = acceptor.clone();
         let vault = vault.clone();
-        let permits = permits.clone();
+        let places = places.clone();
         let bodies = bodies.clone();
         let builders = builders.clone();
         let stop = stop.clone();
@@ -679,7 +676,7 @@ pub async fn serve_api(
             let conn = Arc::new(Conn {
                 vault,
                 caller,
-                permits,
+                places,
                 bodies,
                 answers,
                 activity: conn::Activity::new(),
