@@ -18,7 +18,6 @@
 //! others.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -184,15 +183,12 @@ fn route_of(method: &Method, path: &str) -> &'static str {
     }
 }
 
-static REQUEST_SEQ: AtomicU64 = AtomicU64::new(0);
-
+/// A request's id (the `x-request-id` answer header, logs, audit events):
+/// random, so the ids a caller sees say nothing of how many requests the
+/// vault served between its own (a counter would tell every caller the
+/// vault-wide volume).
 fn request_id() -> String {
-    static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    let prefix = PREFIX.get_or_init(rand::random::<u32>);
-    format!(
-        "{prefix:08x}-{:x}",
-        REQUEST_SEQ.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("{:016x}", rand::random::<u64>())
 }
 
 /// Per-connection facts the stack needs for each request.
