@@ -345,6 +345,10 @@ pub struct Hooked {
     /// wait; `scans_held` counts those waiting.
     pub hold_scans: std::sync::atomic::AtomicBool,
     pub scans_held: std::sync::atomic::AtomicUsize,
+    /// While set, purges fail (as a compaction on a full disk), each after
+    /// a moment; `purges` counts those tried.
+    pub fail_purges: std::sync::atomic::AtomicBool,
+    pub purges: std::sync::atomic::AtomicUsize,
 }
 
 type HookSlot = std::sync::Mutex<
@@ -413,6 +417,15 @@ impl vault::store::Store for Hooked {
     fn write(&self, b: vault::store::Batch) -> Result<(), vault::store::StoreError> {
         self.inner.write(b)
     }
+    fn purge(&self, s: vault::store::Space) -> Result<(), vault::store::StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.purges.fetch_add(1, SeqCst);
+        if self.fail_purges.load(SeqCst) {
+            std::thread::sleep(Duration::from_millis(200));
+            return Err(vault::store::StoreError::Engine("no space left".into()));
+        }
+        self.inner.purge(s)
+    }
     // The committer's own checks do not fire the hook.
     fn write_group(
         &self,
@@ -446,6 +459,8 @@ pub async fn start_hooked(edit: impl FnOnce(&mut Config)) -> (TestVault, Arc<Hoo
         fail_writes: std::sync::atomic::AtomicBool::new(false),
         hold_scans: std::sync::atomic::AtomicBool::new(false),
         scans_held: std::sync::atomic::AtomicUsize::new(0),
+        fail_purges: std::sync::atomic::AtomicBool::new(false),
+        purges: std::sync::atomic::AtomicUsize::new(0),
     });
     let keys = server::open_keys(&cfg, store.as_ref()).unwrap();
     let running = server::start_with(&cfg, keys, store.clone()).await.unwrap();

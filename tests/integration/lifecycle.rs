@@ -724,6 +724,41 @@ async fn a_restricting_erasure_keeps_nothing_past_its_own_clock() {
     assert_eq!(out.values[1].value.as_deref(), Some("+8613900139000"));
 }
 
+/// Purges that fail (a compaction on a disk short of room) are not tried
+/// once per erasure: a burst shares one try, its mark stays for the
+/// sweeper, and every erasure answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasures_behind_a_failing_purge_share_its_try() {
+    let (v, store) = start_hooked(|_| {}).await;
+    let app = v.client("app");
+    for i in 0..10 {
+        tokenize_one(&app, &format!("acct-p{i}"), "notification", "phone", PHONE).await;
+    }
+    store
+        .fail_purges
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let before = store.purges.load(std::sync::atomic::Ordering::SeqCst);
+    let mut erasing = Vec::new();
+    for i in 0..10 {
+        let app = v.client("app");
+        erasing.push(tokio::spawn(async move {
+            app.erase_subject(&format!("acct-p{i}")).await
+        }));
+    }
+    for e in erasing {
+        e.await.unwrap().unwrap();
+    }
+    let tried = store.purges.load(std::sync::atomic::Ordering::SeqCst) - before;
+    assert!((1..=3).contains(&tried), "{tried} purges for one burst");
+    assert!(
+        v.store()
+            .get(Space::Meta, vault::subject_keys::PURGE_PENDING)
+            .unwrap()
+            .is_some(),
+        "the mark of a failed purge stays"
+    );
+}
+
 /// Collections racing an erasure that the law turns into a restriction:
 /// each value acknowledged before the restriction was committed is either
 /// in the first pass or found by the second, so every phone (which no law

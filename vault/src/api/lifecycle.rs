@@ -646,41 +646,57 @@ async fn erase_late(
 /// Removes destroyed subject keys from the engine's files (logs and tables)
 /// once their deletion is durable, then clears the mark that a purge is
 /// due ([`subject_keys::PURGE_PENDING`]) unless a newer destruction set it
-/// meanwhile.
+/// meanwhile. Whether a purge was made (or one begun after this was asked
+/// covered it).
 ///
 /// Purges are coalesced: each erasure waits for a purge that began after
 /// its own deletion was written, and a burst of erasures shares one
 /// purge (a flush and a compaction each) rather than queueing one apiece.
-async fn purge_subject_keys(v: &Vault) {
+/// A purge that failed covers the erasures asked before it began too (they
+/// would fail the same way, each rewriting the whole key space on a disk
+/// short of room): its mark stays, and the sweeper tries again, backing
+/// off. The turn to purge travels with the engine's work, so a request that
+/// times out while its purge runs does not let a second one start beside it.
+async fn purge_subject_keys(v: &Vault) -> bool {
     let ticket = v.purges.asked.fetch_add(1, Ordering::SeqCst) + 1;
-    let mut covered = v.purges.done.lock().await;
-    if *covered >= ticket {
-        return;
+    let turn = v.purges.done.clone().lock_owned().await;
+    if *turn >= ticket {
+        return true;
     }
     let upto = v.purges.asked.load(Ordering::SeqCst);
-    if purge_now(v).await {
-        *covered = upto;
-    }
+    let Some((made, mut turn)) = purge_now(v, turn).await else {
+        return false;
+    };
+    *turn = upto;
+    made
 }
 
-/// Erasures' key purges so far: asked for, and covered by one made.
+/// Erasures' key purges so far: asked for, and covered by one tried.
 #[derive(Debug, Default)]
 pub struct Purges {
     asked: std::sync::atomic::AtomicU64,
-    done: tokio::sync::Mutex<u64>,
+    done: Arc<tokio::sync::Mutex<u64>>,
 }
 
-/// One purge; whether it was made.
-async fn purge_now(v: &Vault) -> bool {
+/// One purge, holding `turn` until the engine's part is over: whether it
+/// was made, and the turn back (`None` if the engine's task died).
+async fn purge_now(
+    v: &Vault,
+    turn: tokio::sync::OwnedMutexGuard<u64>,
+) -> Option<(bool, tokio::sync::OwnedMutexGuard<u64>)> {
     let store = v.store.clone();
-    let purged = tokio::task::spawn_blocking(move || {
-        let mark = store.get(Space::Meta, subject_keys::PURGE_PENDING)?;
-        store.purge(Space::SubjectKeys)?;
-        Ok::<_, StoreError>(mark)
+    let (purged, turn) = tokio::task::spawn_blocking(move || {
+        let purged = (|| {
+            let mark = store.get(Space::Meta, subject_keys::PURGE_PENDING)?;
+            store.purge(Space::SubjectKeys)?;
+            Ok::<_, StoreError>(mark)
+        })();
+        (purged, turn)
     })
-    .await;
-    match purged {
-        Ok(Ok(Some(mark))) => {
+    .await
+    .ok()?;
+    let made = match purged {
+        Ok(Some(mark)) => {
             let mut b = Batch::default();
             b.expect(
                 Space::Meta,
@@ -693,8 +709,8 @@ async fn purge_now(v: &Vault) -> bool {
             let _ = v.committer.commit(b, Vec::new()).await;
             true
         }
-        Ok(Ok(None)) => true,
-        _ => {
+        Ok(None) => true,
+        Err(_) => {
             // The key is deleted either way; its physical removal waits
             // for the sweeper's next try (or the next start).
             tracing::error!(
@@ -702,7 +718,8 @@ async fn purge_now(v: &Vault) -> bool {
             );
             false
         }
-    }
+    };
+    Some((made, turn))
 }
 
 /// At start: makes the purge a crash or a failure left undone.
@@ -1351,11 +1368,11 @@ pub fn anonymized_stats(
     Ok(vault_sdk::wire::AnonymizedStats { entries })
 }
 
-/// Runs the sweeper every `interval` until `stop`.
 /// How soon the sweeper tries a failed purge again, at first and at most.
 const PURGE_RETRY_FIRST: Duration = Duration::from_secs(60);
 const PURGE_RETRY_MAX: Duration = Duration::from_secs(3600);
 
+/// Runs the sweeper every `interval` until `stop`.
 pub async fn sweeper(
     v: Arc<Vault>,
     interval: Duration,
@@ -1373,20 +1390,17 @@ pub async fn sweeper(
             c.forget_lapsed(std::time::Instant::now());
         }
         if std::time::Instant::now() >= next_purge {
-            let due = |v: &Vault| {
-                matches!(
-                    v.store.get(Space::Meta, subject_keys::PURGE_PENDING),
-                    Ok(Some(_))
-                )
+            let due = matches!(
+                v.store.get(Space::Meta, subject_keys::PURGE_PENDING),
+                Ok(Some(_))
+            );
+            // Backing off only while purges fail, not while erasures keep
+            // setting the mark anew.
+            purge_retry = if due && !purge_subject_keys(&v).await {
+                (purge_retry * 2).min(PURGE_RETRY_MAX)
+            } else {
+                PURGE_RETRY_FIRST
             };
-            if due(&v) {
-                purge_subject_keys(&v).await;
-                purge_retry = if due(&v) {
-                    (purge_retry * 2).min(PURGE_RETRY_MAX)
-                } else {
-                    PURGE_RETRY_FIRST
-                };
-            }
             next_purge = std::time::Instant::now() + purge_retry;
         }
         match sweep_once(&v).await {

@@ -128,9 +128,6 @@ impl Drop for Busy<'_> {
     }
 }
 
-/// Serves one connection until it ends, goes idle past the limit, or a
-/// shutdown is asked for; the last two close it gracefully, then drop it
-/// if it has not finished within the grace (see the module doc).
 /// What ends a connection besides its client and its idleness: the
 /// server's shutdown, and the expiry of the certificate it was
 /// authenticated with.
@@ -138,6 +135,11 @@ pub struct Until {
     pub stop: watch::Receiver<bool>,
     pub expires: Option<tokio::time::Instant>,
 }
+
+/// Serves one connection until it ends, goes idle past the limit, its
+/// certificate expires, or a shutdown is asked for; the last three close
+/// it gracefully, then drop it if it has not finished within the grace
+/// (see the module doc).
 
 pub async fn serve<I, S, B>(
     builders: &Builders,
