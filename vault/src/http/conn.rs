@@ -140,7 +140,6 @@ pub struct Until {
 /// certificate expires, or a shutdown is asked for; the last three close
 /// it gracefully, then drop it if it has not finished within the grace
 /// (see the module doc).
-
 pub async fn serve<I, S, B>(
     builders: &Builders,
     h2: bool,
