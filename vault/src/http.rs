@@ -197,6 +197,9 @@ struct Conn {
     caller: Option<Arc<str>>,
     /// Handling places, `max-concurrent-requests` of them, shared by callers.
     places: Arc<places::Places>,
+    /// When the client certificate stops being valid: no request is taken
+    /// after, even on a connection still closing.
+    valid_until: Option<std::time::SystemTime>,
     bodies: body::Budget,
     /// The caller's answers not yet written out, when it is a configured
     /// caller (see `body::Budget::answers_over`).
@@ -257,6 +260,12 @@ async fn admit(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let v = &conn.vault;
+    if conn
+        .valid_until
+        .is_some_and(|t| std::time::SystemTime::now() >= t)
+    {
+        return Err(ApiError::UnknownCaller);
+    }
     let caller = conn.caller.clone().ok_or(ApiError::UnknownCaller)?;
     let role = v.policy.role(&caller).ok_or(ApiError::UnknownCaller)?;
     let ctx = Ctx {
@@ -642,8 +651,12 @@ pub async fn serve_api(
             let h2 = session.alpn_protocol() == Some(b"h2".as_slice());
             let leaf = session.peer_certificates().and_then(|c| c.first());
             let caller = leaf.and_then(crate::tls::caller_name).map(Arc::<str>::from);
-            // The connection ends when its certificate does.
-            let expires = leaf.and_then(crate::tls::not_after).map(|at| {
+            // The connection ends when its certificate (or one above it in
+            // the chain the client sent) does, and takes no request after.
+            let valid_until = session
+                .peer_certificates()
+                .and_then(|chain| chain.iter().filter_map(crate::tls::not_after).min());
+            let expires = valid_until.map(|at| {
                 let left = at
                     .duration_since(std::time::SystemTime::now())
                     .unwrap_or_default();
@@ -675,6 +688,7 @@ pub async fn serve_api(
                 places,
                 bodies,
                 answers,
+                valid_until,
                 activity: conn::Activity::new(),
             });
             let svc_conn = conn.clone();
