@@ -358,7 +358,33 @@ type HookSlot = std::sync::Mutex<
     )>,
 >;
 
+/// Writes (or backward scans) held until this is dropped, however the test
+/// ends, so a failing assertion cannot leave the vault hanging.
+pub struct Holding(Arc<Hooked>, fn(&Hooked) -> &std::sync::atomic::AtomicBool);
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        (self.1)(&self.0).store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 impl Hooked {
+    /// Holds group commits until the guard is dropped (or `hold_writes`
+    /// is cleared).
+    pub fn holding_writes(self: &Arc<Self>) -> Holding {
+        self.hold_writes
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        Holding(self.clone(), |h| &h.hold_writes)
+    }
+
+    /// Holds backward scans until the guard is dropped (or `hold_scans` is
+    /// cleared).
+    pub fn holding_scans(self: &Arc<Self>) -> Holding {
+        self.hold_scans
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        Holding(self.clone(), |h| &h.hold_scans)
+    }
+
     /// Runs `hook` on the inner store at the next `get` of `space`.
     pub fn arm(
         &self,

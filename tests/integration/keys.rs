@@ -366,15 +366,8 @@ async fn an_officer_seals_while_every_handling_place_is_taken() {
     let (v, store) = start_hooked(|cfg| cfg.server.max_concurrent_requests = 1).await;
     let app = v.client("app");
     let tok = tokenize_one(&app, "s", "notification", "phone", PHONE).await;
-    store.hold_writes.store(true, Ordering::SeqCst);
     // Writes resume however this test ends, so a failure cannot hang it.
-    struct Resume(Arc<Hooked>);
-    impl Drop for Resume {
-        fn drop(&mut self) {
-            self.0.hold_writes.store(false, Ordering::SeqCst);
-        }
-    }
-    let _resume = Resume(store.clone());
+    let _holding = store.holding_writes();
     // With retries: a probe below may hold the place for a moment first.
     let holder = v.builder("app").retries(8).build().unwrap();
     let held =
@@ -421,14 +414,7 @@ async fn one_app_cannot_take_every_handling_place() {
     let (v, store) = start_hooked(|cfg| cfg.server.max_concurrent_requests = 4).await;
     let app = v.builder("app").retries(0).build().unwrap();
     tokenize_one(&app, "s", "notification", "phone", PHONE).await;
-    store.hold_writes.store(true, Ordering::SeqCst);
-    struct Resume(Arc<Hooked>);
-    impl Drop for Resume {
-        fn drop(&mut self) {
-            self.0.hold_writes.store(false, Ordering::SeqCst);
-        }
-    }
-    let _resume = Resume(store.clone());
+    let _holding = store.holding_writes();
     // Two tokenizes wait on their writes: the app's half of four places.
     let mut held = Vec::new();
     for i in 0..2 {

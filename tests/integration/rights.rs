@@ -858,14 +858,7 @@ async fn one_caller_cannot_take_every_audit_walk() {
     let (v, store) = start_hooked(|_| {}).await;
     let app = v.client("app");
     tokenize_one(&app, "acct-w", "notification", "phone", "13800138000").await;
-    store.hold_scans.store(true, SeqCst);
-    struct Resume(std::sync::Arc<Hooked>);
-    impl Drop for Resume {
-        fn drop(&mut self) {
-            self.0.hold_scans.store(false, SeqCst);
-        }
-    }
-    let _resume = Resume(store.clone());
+    let _holding = store.holding_scans();
     let mut walking = Vec::new();
     for _ in 0..2 {
         let app = v.client("app");
