@@ -2,9 +2,8 @@
 //! (`max-concurrent-requests`), shared so that no one caller can take them
 //! all. Invariants: a caller holds at most half of them; apps together
 //! leave at least one eighth (one at the least, from two places up) to
-//! officers, whose audit
-//! queries and exposure reports an incident needs while a compromised app
-//! floods; the map of callers holds configured callers only (a request
+//! officers, whose audit queries and exposure reports an incident needs
+//! while a compromised app floods; the map of callers holds configured callers only (a request
 //! reaches here once its caller is known to the policy).
 
 use std::collections::HashMap;
