@@ -447,7 +447,8 @@ impl vault::store::Store for Hooked {
         use std::sync::atomic::Ordering::SeqCst;
         self.purges.fetch_add(1, SeqCst);
         if self.fail_purges.load(SeqCst) {
-            std::thread::sleep(Duration::from_millis(200));
+            // Long enough for a burst of erasures to queue behind it.
+            std::thread::sleep(Duration::from_millis(1500));
             return Err(vault::store::StoreError::Engine("no space left".into()));
         }
         self.inner.purge(s)

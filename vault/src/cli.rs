@@ -381,11 +381,15 @@ fn serve(cfg: &Config) -> ExitCode {
             .officer_addr
             .map(|a| format!(" officer=https://{a}"))
             .unwrap_or_default();
+        // Listening for the stop signals before saying ready: a supervisor
+        // that stops the vault right after the ready line gets a clean
+        // shutdown, not the signal's default (killed, nothing drained).
+        let stopped = stop_signals();
         println!(
             "vault ready api=https://{} ops=http://{}{officer}{sealed}",
             running.api_addr, running.ops_addr
         );
-        wait_for_signal().await;
+        stopped.await;
         tracing::info!("Shutting down");
         running.shutdown().await;
         ExitCode::SUCCESS
@@ -403,20 +407,25 @@ fn connections_within(files: u64, max: usize) -> Option<usize> {
     (allowed < max).then_some(allowed)
 }
 
-async fn wait_for_signal() {
+/// Installs the SIGTERM and SIGINT handlers now; the future it returns
+/// ends at the first of them.
+fn stop_signals() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    match (
+    let listening = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+    );
+    async move {
+        match listening {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
             }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }

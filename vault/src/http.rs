@@ -651,11 +651,10 @@ pub async fn serve_api(
             let h2 = session.alpn_protocol() == Some(b"h2".as_slice());
             let leaf = session.peer_certificates().and_then(|c| c.first());
             let caller = leaf.and_then(crate::tls::caller_name).map(Arc::<str>::from);
-            // The connection ends when its certificate (or one above it in
-            // the chain the client sent) does, and takes no request after.
-            let valid_until = session
-                .peer_certificates()
-                .and_then(|chain| chain.iter().filter_map(crate::tls::not_after).min());
+            // The connection ends when its certificate does, and takes no
+            // request after. (The leaf's: other certificates a client sends
+            // may be stale ones the verifier did not use.)
+            let valid_until = leaf.and_then(crate::tls::not_after);
             let expires = valid_until.map(|at| {
                 let left = at
                     .duration_since(std::time::SystemTime::now())
