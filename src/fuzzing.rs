@@ -491,6 +491,7 @@ fn chain_round_trip(input: &mut Input<'_>) {
             token: input.opt_string(),
             outcome: "released",
             reference: input.opt_string(),
+            approval: input.opt_string(),
         }
         .into_event(seq, time_ms);
         let (h, bytes) = audit::chain(&head, &mut ev);

@@ -227,7 +227,12 @@ pub struct AuditEvent {
     pub outcome: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<String>,
+    /// The legal-exception approval an event is of (its grant, revocation)
+    /// or was released under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<String>,
     /// Hex SHA-256 of the previous event's hash and this event's content.
+    /// Last: the chain's sealing fills it in after the rest is serialized.
     pub hash: String,
 }
 

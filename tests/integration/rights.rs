@@ -439,11 +439,16 @@ async fn legal_exceptions_need_a_live_approval_by_someone_else() {
         Some("approval_expired")
     );
 
-    // The audit log names the reference on each release and the refusals.
+    // The audit log names the reference on each release and the refusals,
+    // and the approval: its grant and the release under it carry its id.
     let events = officer.audit(None, None, Some(1000)).await.unwrap().events;
     assert!(events.iter().any(|e| e.action == "detokenize"
         && e.outcome == "released"
-        && e.reference.as_deref() == Some("case-2026-17")));
+        && e.reference.as_deref() == Some("case-2026-17")
+        && e.approval.as_deref() == Some(granted.id.as_str())));
+    assert!(events.iter().any(|e| e.action == "approval"
+        && e.outcome == "granted"
+        && e.approval.as_deref() == Some(granted.id.as_str())));
     assert!(events
         .iter()
         .all(|e| e.reference.as_deref() != Some("not-a-case")));

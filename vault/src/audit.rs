@@ -28,6 +28,7 @@ pub struct Draft {
     pub token: Option<String>,
     pub outcome: &'static str,
     pub reference: Option<String>,
+    pub approval: Option<String>,
 }
 
 impl Draft {
@@ -44,6 +45,7 @@ impl Draft {
             token: self.token,
             outcome: self.outcome.to_string(),
             reference: self.reference,
+            approval: self.approval,
             hash: String::new(),
         }
     }

@@ -222,6 +222,7 @@ fn approval_events(ctx: &Ctx, approval: &Approval, outcome: &'static str) -> Vec
             subject: Some(s.clone()),
             outcome,
             reference: Some(approval.reference.clone()),
+            approval: Some(approval.id.clone()),
             ..Draft::default()
         })
         .collect()

@@ -380,6 +380,7 @@ impl Lookup<'_> {
             // holds for good.
             if matches!(state, Ok(()) | Err("approval_used" | "approval_expired")) {
                 draft.reference = self.basis.map(|b| b.reference.clone());
+                draft.approval = self.approval.map(|a| a.id.clone());
             }
             if let Err(why) = state {
                 out.status = Status::Denied;

@@ -308,6 +308,7 @@ fn the_sealed_bytes_are_the_event_serialized_with_its_hash() {
             token: Some("tok".into()),
             outcome: "released",
             reference: Some("case \"9\"".into()),
+            approval: Some("apr-1".into()),
         },
     ];
     let mut prev = Head::EMPTY;
