@@ -667,7 +667,8 @@ pub async fn serve_api(
                 vault.metrics.connections_refused.inc();
                 return;
             }
-            let (_app_slot, evictable) = match admission.settle(handshake, role) {
+            let who = role.zip(caller.as_ref());
+            let (_app_slot, evictable) = match admission.settle(handshake, who) {
                 admit::Settled::Serve(slot) => (slot, None),
                 admit::Settled::Evictable(h) => (None, Some(h)),
                 admit::Settled::Evicted => return,

@@ -8,7 +8,8 @@
 //!   connections hold at most `max-connections` less [`officer_reserve`]
 //!   places, so neither a source without a trusted certificate nor an app
 //!   holding every connection it may can keep an officer (`vault seal`)
-//!   out.
+//!   out; one app holds at most half of the apps' places (from 16 up), so
+//!   it cannot keep the other apps out either.
 //!
 //! Only a client with a certificate the vault trusts gets past the
 //! handshake, so a source without one holds places only while its
@@ -53,12 +54,25 @@ struct Entry {
     evicted: Notify,
 }
 
+/// The most connections one app may hold past their handshake: half of the
+/// apps' places once they are 16 or more (so one app cannot keep the
+/// others out), all of them below (a small deployment's one app).
+pub fn caller_share(app_places: usize) -> usize {
+    if app_places >= 16 {
+        app_places / 2
+    } else {
+        app_places
+    }
+}
+
 /// The connection places, and the evictable connections, oldest first.
 pub struct Admission {
     places: Arc<Semaphore>,
     max: usize,
     /// App connections past their handshake.
     apps: AtomicUsize,
+    /// The same, per app (configured callers only).
+    per_app: Mutex<HashMap<Arc<str>, usize>>,
     evictable: Mutex<Evictable>,
 }
 
@@ -186,11 +200,23 @@ impl Drop for Handshake {
 /// An app connection past its handshake, counted until dropped.
 pub struct AppSlot {
     admission: Arc<Admission>,
+    caller: Arc<str>,
 }
 
 impl Drop for AppSlot {
     fn drop(&mut self) {
         self.admission.apps.fetch_sub(1, Ordering::AcqRel);
+        let mut per_app = self
+            .admission
+            .per_app
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = per_app.get_mut(&self.caller) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                per_app.remove(&self.caller);
+            }
+        }
     }
 }
 
@@ -212,6 +238,7 @@ impl Admission {
             places: Arc::new(Semaphore::new(max)),
             max,
             apps: AtomicUsize::new(0),
+            per_app: Mutex::new(HashMap::new()),
             evictable: Mutex::new(Evictable::default()),
         }
     }
@@ -283,10 +310,14 @@ impl Admission {
 
     /// The connection of `handshake` finished its handshake as a caller
     /// with `role` (`None`: its certificate names no caller).
-    pub fn settle(self: &Arc<Self>, handshake: Handshake, role: Option<Role>) -> Settled {
-        match role {
+    pub fn settle(
+        self: &Arc<Self>,
+        handshake: Handshake,
+        who: Option<(Role, &Arc<str>)>,
+    ) -> Settled {
+        match who {
             None => Settled::Evictable(handshake),
-            Some(role) => {
+            Some((role, caller)) => {
                 if !handshake.settle() {
                     return Settled::Evicted;
                 }
@@ -295,10 +326,21 @@ impl Admission {
                 }
                 let cap = self.max - officer_reserve(self.max);
                 let before = self.apps.fetch_add(1, Ordering::AcqRel);
+                let mine = {
+                    let mut per_app = self
+                        .per_app
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let n = per_app.entry(caller.clone()).or_insert(0);
+                    *n += 1;
+                    *n
+                };
+                // Counted either way, given back by the slot's drop.
                 let slot = AppSlot {
                     admission: self.clone(),
+                    caller: caller.clone(),
                 };
-                if before >= cap {
+                if before >= cap || mine > caller_share(cap) {
                     return Settled::AppsFull;
                 }
                 Settled::Serve(Some(slot))
@@ -325,6 +367,17 @@ mod tests {
     use super::*;
 
     const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
+
+    fn app() -> Option<(Role, &'static Arc<str>)> {
+        static APP: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| "app".into());
+        Some((Role::App, &APP))
+    }
+
+    fn officer() -> Option<(Role, &'static Arc<str>)> {
+        static OFFICER: std::sync::LazyLock<Arc<str>> =
+            std::sync::LazyLock::new(|| "officer".into());
+        Some((Role::Officer, &OFFICER))
+    }
     const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2));
 
     #[test]
@@ -373,7 +426,7 @@ mod tests {
         let (established, how) = a.admit().await.unwrap();
         assert_eq!(how, Admitted::Free);
         assert!(matches!(
-            a.settle(a.handshake(A), Some(Role::App)),
+            a.settle(a.handshake(A), app()),
             Settled::Serve(Some(_))
         ));
         let mut tasks = Vec::new();
@@ -443,10 +496,7 @@ mod tests {
         let (_p1, _) = a.admit().await.unwrap();
         let h1 = a.handshake(A);
         assert!(a.evict_oldest());
-        assert!(matches!(
-            a.settle(h1, Some(Role::Officer)),
-            Settled::Evicted
-        ));
+        assert!(matches!(a.settle(h1, officer()), Settled::Evicted));
         let (_p2, _) = a.admit().await.unwrap();
         let Settled::Evictable(h2) = a.settle(a.handshake(A), None) else {
             panic!("a certificate naming no caller settled");
@@ -468,28 +518,57 @@ mod tests {
         let mut held = Vec::new();
         for _ in 0..16 - reserve {
             let (p, _) = a.admit().await.unwrap();
-            let Settled::Serve(Some(slot)) = a.settle(a.handshake(A), Some(Role::App)) else {
+            let Settled::Serve(Some(slot)) = a.settle(a.handshake(A), app()) else {
                 panic!("an app refused below its cap");
             };
             held.push((p, slot));
         }
         let (_p, _) = a.admit().await.unwrap();
-        assert!(matches!(
-            a.settle(a.handshake(A), Some(Role::App)),
-            Settled::AppsFull
-        ));
+        assert!(matches!(a.settle(a.handshake(A), app()), Settled::AppsFull));
         let (_p, _) = a.admit().await.unwrap();
         assert!(matches!(
-            a.settle(a.handshake(A), Some(Role::Officer)),
+            a.settle(a.handshake(A), officer()),
             Settled::Serve(None)
         ));
         // An app that leaves gives its slot back.
         held.pop();
         let (_p, _) = a.admit().await.unwrap();
         assert!(matches!(
-            a.settle(a.handshake(A), Some(Role::App)),
+            a.settle(a.handshake(A), app()),
             Settled::Serve(Some(_))
         ));
+    }
+
+    /// From 16 app places up, one app holds half of them at most; the
+    /// others still get in, and a slot given back counts at once.
+    #[tokio::test]
+    async fn one_app_holds_half_of_the_app_connections() {
+        let a = Arc::new(Admission::new(64));
+        let share = caller_share(64 - officer_reserve(64));
+        assert_eq!(share, 28);
+        let mut held = Vec::new();
+        for _ in 0..share {
+            let (p, _) = a.admit().await.unwrap();
+            let Settled::Serve(Some(slot)) = a.settle(a.handshake(A), app()) else {
+                panic!("refused within its share");
+            };
+            held.push((p, slot));
+        }
+        let (_p, _) = a.admit().await.unwrap();
+        assert!(matches!(a.settle(a.handshake(A), app()), Settled::AppsFull));
+        let other: Arc<str> = "app2".into();
+        let (_p2, _) = a.admit().await.unwrap();
+        assert!(matches!(
+            a.settle(a.handshake(A), Some((Role::App, &other))),
+            Settled::Serve(Some(_))
+        ));
+        held.pop();
+        let (_p3, _) = a.admit().await.unwrap();
+        assert!(matches!(
+            a.settle(a.handshake(A), app()),
+            Settled::Serve(Some(_))
+        ));
+        assert_eq!(caller_share(15), 15, "small deployments: no split");
     }
 
     #[tokio::test]
