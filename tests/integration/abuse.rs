@@ -987,7 +987,7 @@ async fn bodies_held_in_memory_stay_within_the_body_budget() {
     let v = TestVault::start_with(|c| {
         c.server.max_concurrent_requests = 1;
         c.server.max_body_bytes = 1024;
-        c.server.body_timeout_ms = Some(800);
+        c.server.body_timeout_ms = Some(2000);
     })
     .await;
     // Four clients send 900 of the 1,000 bytes they declare, then stall:
@@ -1000,15 +1000,19 @@ async fn bodies_held_in_memory_stay_within_the_body_budget() {
             .await
             .unwrap();
         conns.push(s);
+        // Read by the server before the next arrives: the budget is
+        // charged in the order the test means (the server's connection
+        // tasks would otherwise race).
+        tokio::time::sleep(Duration::from_millis(150)).await;
     }
     // The first `app` body fits, the second would pass the caller's share;
     // `officer` still has its own; `officer2` would pass the whole budget.
     // The ones that do not fit are refused rather than buffered.
     let mut codes = Vec::new();
     for s in &mut conns {
-        let (status, text) = tokio::time::timeout(Duration::from_secs(3), read_h1_response(s))
+        let (status, text) = tokio::time::timeout(Duration::from_secs(6), read_h1_response(s))
             .await
-            .expect("no answer in 3 s")
+            .expect("no answer in 6 s")
             .expect("closed without an answer");
         assert_eq!(status, 503, "{text}");
         codes.push(if text.contains(r#""code":"overloaded""#) {
