@@ -30,6 +30,10 @@ use super::{Batch, Op, Rows, Space, Store, StoreError};
 /// again; it costs a reopen, never data.
 const REOPEN_MARGIN: u64 = 8 << 20;
 
+/// Room a purge leaves beside its copy of the space it rewrites: the
+/// flushes it starts with write the memtables out (a few of 8-64 MB).
+const PURGE_MARGIN: u64 = 128 << 20;
+
 /// Least time between two reopen attempts, so a disk that stays broken
 /// costs at most a few reopens a second.
 const REOPEN_EVERY: Duration = Duration::from_millis(250);
@@ -429,16 +433,37 @@ impl Store for RocksStore {
         // old versions. One still there (a compaction that failed, on a
         // nearly full disk say) fails the purge, and its mark stays for
         // the next.
+        //
+        // The compaction rewrites the whole space: on a disk without room
+        // for a copy of it (and a margin for the flushes), the purge fails
+        // before it writes anything, rather than fill the disk under every
+        // other write and fail anyway.
         self.with_db(|db| {
-            let tables = |db: &DB| -> Result<std::collections::HashSet<String>, StoreError> {
+            let files = |db: &DB| -> Result<Vec<rocksdb::LiveFile>, StoreError> {
                 Ok(db
                     .live_files()
                     .map_err(engine)?
                     .into_iter()
                     .filter(|f| f.column_family_name == space.name())
-                    .map(|f| f.name)
                     .collect())
             };
+            let tables = |db: &DB| -> Result<std::collections::HashSet<String>, StoreError> {
+                Ok(files(db)?.into_iter().map(|f| f.name).collect())
+            };
+            let size: u64 = files(db)?
+                .iter()
+                .map(|f| u64::try_from(f.size).unwrap_or(u64::MAX))
+                .fold(0, u64::saturating_add);
+            let fs = rustix::fs::statvfs(&self.dir)
+                .map_err(|e| StoreError::Engine(format!("{}: {e}", self.dir.display())))?;
+            let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+            let need = size.saturating_add(PURGE_MARGIN);
+            if free < need {
+                return Err(StoreError::Engine(format!(
+                    "no room to purge {}: {free} bytes free, {need} needed",
+                    space.name()
+                )));
+            }
             let before = tables(db)?;
             for s in Space::ALL {
                 db.flush_cf(cf(db, s)?).map_err(engine)?;
