@@ -580,6 +580,18 @@ async fn install_unsealed(
     Ok(())
 }
 
+/// Runs `f` on the unseal collector under its lock, unless a seal came
+/// after `seals` (the seal count the request began under): `None` then, as
+/// what a request that began before a seal gives does not count after it.
+fn under_seal<T>(
+    v: &Vault,
+    seals: u64,
+    f: impl FnOnce(&mut crate::shares::Collector) -> T,
+) -> Result<Option<T>, ApiError> {
+    let mut c = v.unseal.lock().map_err(|_| ApiError::Internal)?;
+    Ok((v.keys.seals() == seals).then(|| f(&mut c)))
+}
+
 /// Adds one officer's share: the root once the threshold is met, `None`
 /// while more are needed.
 async fn share_root(
@@ -606,17 +618,16 @@ async fn share_root(
         ),
         _ => ApiError::InvalidShare("this is not a share of this vault's key"),
     };
-    let checked = match v.unseal.lock() {
-        Ok(_) if v.keys.seals() != seals => None,
-        Ok(c) => Some(c.check(
+    let now = std::time::Instant::now;
+    let checked = under_seal(v, seals, |c| {
+        c.check(
             &ctx.caller,
             share,
             meta.threshold,
             &meta.fingerprints,
-            std::time::Instant::now(),
-        )),
-        Err(_) => return Err(ApiError::Internal),
-    };
+            now(),
+        )
+    })?;
     match checked {
         None => {
             let _ = audit_only(v, ctx, "unseal_share", "refused_sealed").await;
@@ -628,17 +639,15 @@ async fn share_root(
         }
         Some(Ok(())) => audit_only(v, ctx, "unseal_share", "accepted").await?,
     }
-    let added = match v.unseal.lock() {
-        Ok(_) if v.keys.seals() != seals => None,
-        Ok(mut c) => Some(c.add(
+    let added = under_seal(v, seals, |c| {
+        c.add(
             &ctx.caller,
             share,
             meta.threshold,
             &meta.fingerprints,
-            std::time::Instant::now(),
-        )),
-        Err(_) => return Err(ApiError::Internal),
-    };
+            now(),
+        )
+    })?;
     match added {
         None => {
             let _ = audit_only(v, ctx, "unseal_share", "refused_sealed").await;
@@ -678,11 +687,9 @@ async fn resume_root(
     }
     // The ask counts once it is in the log.
     audit_only(v, ctx, "unseal_resume", "accepted").await?;
-    let asked = match v.unseal.lock() {
-        Ok(_) if v.keys.seals() != seals => None,
-        Ok(mut c) => Some(c.resume(&ctx.caller, std::time::Instant::now(), seals)),
-        Err(_) => return Err(ApiError::Internal),
-    };
+    let asked = under_seal(v, seals, |c| {
+        c.resume(&ctx.caller, std::time::Instant::now(), seals)
+    })?;
     // Logged as accepted, but a seal came meanwhile: it did not count.
     let Some(asked) = asked else {
         let _ = audit_only(v, ctx, "unseal_resume", "refused_sealed").await;
