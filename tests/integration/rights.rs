@@ -413,6 +413,20 @@ async fn legal_exceptions_need_a_live_approval_by_someone_else() {
     }
     let e = officer.revoke_approval("apr-nope").await.unwrap_err();
     assert_eq!((e.status(), e.code()), (Some(404), Some("not_found")));
+    // Odd paths: no id, a path under an id, an id past the length of one;
+    // and a method the route does not take.
+    let long = format!("/v1/admin/approvals/{}", "a".repeat(5000));
+    for path in [
+        "/v1/admin/approvals/",
+        "/v1/admin/approvals/x/y",
+        long.as_str(),
+    ] {
+        let r = officer.raw(http::Method::DELETE, path, None).await.unwrap();
+        assert_eq!(r.status, 404, "{path}");
+    }
+    let path = format!("/v1/admin/approvals/{}", revoked.id);
+    let r = officer.raw(http::Method::GET, &path, None).await.unwrap();
+    assert_eq!(r.status, 405);
     let events = officer
         .audit(Some("acct-1"), None, Some(1000))
         .await
