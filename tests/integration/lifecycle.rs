@@ -26,6 +26,20 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
+/// The shred log of the `vault dev` directory `dir`, its lines' fingerprints.
+fn shredded(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("shred.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.split(' ').next().unwrap().to_string())
+        .collect()
+}
+
+fn names(dir: &std::path::Path, subject: &str, wrapped: &[u8]) -> bool {
+    let fp = hex::encode(vault::shreds::fingerprint(subject, wrapped));
+    shredded(dir).contains(&fp)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn erasure_shreds_the_subject_and_spares_shared_values() {
     let mut v = TestVault::start().await;
@@ -81,6 +95,9 @@ async fn erasure_shreds_the_subject_and_spares_shared_values() {
     assert_eq!(app.export_subject("acct-b").await.unwrap().values.len(), 1);
     // Erasing again is harmless.
     assert_eq!(app.erase_subject("acct-a").await.unwrap().values_erased, 0);
+    // The shred log names the destroyed key, once.
+    assert!(names(v.dir.path(), "acct-a", &wrapped));
+    assert_eq!(shredded(v.dir.path()).len(), 1);
 
     // On disk: the wrapped subject key is in no file of the database (WAL
     // and table files included), so even the master key cannot bring the
@@ -364,6 +381,7 @@ async fn account_closure_starts_the_clocks_and_the_sweeper_purges() {
             "{subject}'s key outlived its values"
         );
     }
+    assert_eq!(shredded(v.dir.path()).len(), 2, "both keys are in the log");
     // What a deleted value leaves says `gone` until it has been kept long
     // enough; then the sweeper removes it too (one planted as due now).
     let tomb = store
@@ -663,6 +681,7 @@ async fn erasure_within_a_legal_retention_period_restricts_then_erases() {
         && e.outcome == "restricted"
         && e.reference.as_deref() == Some(receipt.digest.as_str())));
     assert!(events.iter().any(|e| e.action == "retention_purge"));
+    assert!(names(v.dir.path(), "acct-l", &wrapped));
     // As with an immediate erasure, the key is in no file of the database.
     v.stop().await;
     let mut files = Vec::new();
@@ -1165,4 +1184,149 @@ async fn a_collection_landing_inside_an_erasure_is_erased_with_it() {
         .await
         .unwrap();
     assert_eq!(out.values[0].status, Status::Ok);
+}
+
+/// The files of the database in `dir` (a `vault dev` directory), without
+/// the configuration, the keys and the shred log.
+fn database_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_str().unwrap();
+            !["vault.toml", "master.key", "shred.log"].contains(&name)
+        })
+        .collect()
+}
+
+/// A database restored from a copy taken before an erasure (a backup)
+/// does not bring the erased subject back: the shred log, kept outside
+/// the database, names the destroyed key, and the start erases it again
+/// before serving. A subject erased and collected again before the copy
+/// keeps its new key, and a plain restart checks nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_backup_does_not_bring_erased_subjects_back() {
+    let mut v = TestVault::start().await;
+    let app = v.client("app");
+    let gone = tokenize_one(&app, "acct-gone", "notification", "phone", "13800138000").await;
+    let kept = tokenize_one(&app, "acct-kept", "notification", "phone", "13900139000").await;
+    tokenize_one(&app, "acct-back", "notification", "phone", "13700137000").await;
+    app.erase_subject("acct-back").await.unwrap();
+    let back = tokenize_one(&app, "acct-back", "notification", "phone", "13600136000").await;
+    v.stop().await;
+    let backup = tempfile::tempdir().unwrap();
+    for f in database_files(v.dir.path()) {
+        std::fs::copy(&f, backup.path().join(f.file_name().unwrap())).unwrap();
+    }
+
+    v.restart().await;
+    let app = v.client("app");
+    assert_eq!(
+        app.erase_subject("acct-gone").await.unwrap().values_erased,
+        1
+    );
+    let log = std::fs::read_to_string(v.dir.path().join("shred.log")).unwrap();
+    assert_eq!(log.lines().count(), 2, "{log}");
+    // The log names keys, not subjects.
+    assert!(!log.contains("acct"), "{log}");
+    v.stop().await;
+
+    // The restore: the database's files as they were in the copy.
+    for f in database_files(v.dir.path()) {
+        std::fs::remove_file(f).unwrap();
+    }
+    for f in database_files(backup.path()) {
+        std::fs::copy(&f, v.dir.path().join(f.file_name().unwrap())).unwrap();
+    }
+    v.restart().await;
+    let app = v.client("app");
+    let out = app
+        .detokenize(&detok_req("notification", &[&gone, &kept, &back]))
+        .await
+        .unwrap();
+    assert_eq!(out.values[0].status, Status::Gone);
+    assert_eq!(out.values[1].value.as_deref(), Some("+8613900139000"));
+    assert_eq!(out.values[2].value.as_deref(), Some("+8613600136000"));
+    assert!(app
+        .export_subject("acct-gone")
+        .await
+        .unwrap()
+        .values
+        .is_empty());
+    assert_eq!(
+        v.store().get(Space::SubjectKeys, b"acct-gone").unwrap(),
+        None
+    );
+    let again = |events: &[vault_sdk::wire::AuditEvent]| {
+        events
+            .iter()
+            .filter(|e| e.action == "erasure" && e.outcome == "erased_again")
+            .map(|e| e.subject.clone().unwrap_or_default())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(again(&v.audit_events().await), ["acct-gone"]);
+    // Nothing new in the log: the key was already named.
+    let after = std::fs::read_to_string(v.dir.path().join("shred.log")).unwrap();
+    assert_eq!(after, log);
+
+    // A plain restart finds the database in step with the log.
+    v.restart().await;
+    assert_eq!(again(&v.audit_events().await), ["acct-gone"]);
+    let out = v
+        .client("app")
+        .detokenize(&detok_req("notification", &[&kept, &back]))
+        .await
+        .unwrap();
+    assert!(out.values.iter().all(|x| x.status == Status::Ok));
+}
+
+/// An erasure whose process dies after its write and before the shred
+/// log's append leaves a pending row; the next start appends it. While
+/// the log cannot be written, erasures still answer (the key is gone), and
+/// the sweeper appends once it can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shred_log_catches_up_after_a_crash_or_a_failed_append() {
+    use vault::store::Batch;
+    let mut v = TestVault::start().await;
+    let app = v.client("app");
+    tokenize_one(&app, "acct-x", "notification", "phone", PHONE).await;
+    let wrapped = v
+        .store()
+        .get(Space::SubjectKeys, b"acct-x")
+        .unwrap()
+        .unwrap();
+    // The log cannot be written: a directory stands where it goes.
+    let log = v.dir.path().join("shred.log");
+    std::fs::create_dir(&log).unwrap();
+    assert_eq!(app.erase_subject("acct-x").await.unwrap().values_erased, 1);
+    let pending = |v: &TestVault| {
+        v.store()
+            .scan(Space::Meta, vault::shreds::PENDING, None, 10)
+            .unwrap()
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(vault::shreds::PENDING))
+            .count()
+    };
+    assert_eq!(pending(&v), 1, "the row waits for the log");
+    std::fs::remove_dir(&log).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while pending(&v) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sweeper never appended"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(names(v.dir.path(), "acct-x", &wrapped));
+
+    // As an erasure's write leaves it when the process dies before the
+    // append.
+    let mut b = Batch::default();
+    vault::shreds::mark(&mut b, "acct-y", b"a wrapped key", 1);
+    v.store().write(b).unwrap();
+    v.restart().await;
+    assert_eq!(pending(&v), 0);
+    assert!(names(v.dir.path(), "acct-y", b"a wrapped key"));
+    assert_eq!(shredded(v.dir.path()).len(), 2);
 }

@@ -1056,11 +1056,11 @@ mod tests {
         c.commit(Batch::default(), vec![draft(0)]).await.unwrap();
         let mut screened = Batch::default();
         screened.expect(Space::Meta, b"absent".to_vec(), Some(vec![1]));
-        crate::subject_keys::destroy(&mut screened, "s2");
+        crate::subject_keys::destroy(&mut screened, "s2", b"wrapped");
         assert!(c.commit(screened, vec![]).await.is_err());
         assert_eq!(cache.len(), 2);
         let mut erase = Batch::default();
-        crate::subject_keys::destroy(&mut erase, "s1");
+        crate::subject_keys::destroy(&mut erase, "s1", b"wrapped");
         c.commit(erase, vec![draft(1)]).await.unwrap();
         assert_eq!(cache.len(), 1);
         assert!(
@@ -1071,7 +1071,7 @@ mod tests {
         // A write the engine failed forgets too: it may have landed.
         store.fail.store(true, std::sync::atomic::Ordering::SeqCst);
         let mut erase = Batch::default();
-        crate::subject_keys::destroy(&mut erase, "s2");
+        crate::subject_keys::destroy(&mut erase, "s2", b"wrapped");
         assert!(c.commit(erase, vec![]).await.is_err());
         assert!(cache.is_empty());
         // Read back before the recovery (which may replay that write), a

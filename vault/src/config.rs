@@ -55,6 +55,11 @@ pub struct Server {
     pub officer_addr: Option<String>,
     #[serde(default = "default_data")]
     pub data_dir: PathBuf,
+    /// The shred log (see [`crate::shreds`]): where destroyed subject keys
+    /// are recorded, outside the database. Unset: nothing is recorded, and
+    /// a restored backup brings erased subjects back.
+    #[serde(default)]
+    pub shred_log: Option<PathBuf>,
     #[serde(default = "default_body")]
     pub max_body_bytes: usize,
     #[serde(default = "default_items")]
@@ -342,11 +347,36 @@ impl Config {
         if self.tls.min_version == "1.2" {
             w.push("tls.min-version 1.2: TLS 1.2 clients are accepted as well as 1.3".into());
         }
+        if self.server.shred_log.is_none() {
+            w.push("server.shred-log is not set: a database restored from a backup taken before an erasure brings the erased subjects back".into());
+        }
         w
     }
 
     fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
+        if let Some(log) = &self.server.shred_log {
+            let log = self.resolve(log);
+            let data = self.data_dir();
+            let in_data = log.parent().is_some_and(|d| {
+                d == data
+                    || d.canonicalize()
+                        .ok()
+                        .is_some_and(|c| Some(c) == data.canonicalize().ok())
+            });
+            let name = log.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let engine = name.starts_with(|c: char| c.is_ascii_digit())
+                || ["CURRENT", "LOCK", "IDENTITY"].contains(&name)
+                || ["LOG", "MANIFEST-", "OPTIONS-"]
+                    .iter()
+                    .any(|p| name.starts_with(p));
+            if log == self.data_dir() || name.is_empty() || (in_data && engine) {
+                p.push(format!(
+                    "server.shred-log {}: must be a file, not the database's directory or a name the database uses in it",
+                    log.display()
+                ));
+            }
+        }
         let officer = self.server.officer_addr.as_ref();
         if officer.is_some_and(|o| *o == self.server.api_addr || *o == self.server.ops_addr) {
             p.push("server.officer-addr: must differ from api-addr and ops-addr".into());

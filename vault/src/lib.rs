@@ -27,6 +27,7 @@ pub mod schema;
 pub mod secret;
 pub mod server;
 pub mod shares;
+pub mod shreds;
 pub mod store;
 pub mod subject_keys;
 pub mod tls;

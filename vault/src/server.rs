@@ -70,6 +70,9 @@ pub struct Vault {
     pub walkers: std::sync::Mutex<std::collections::HashMap<Arc<str>, usize>>,
     /// Erasures' purges of destroyed keys, coalesced.
     pub purges: crate::api::lifecycle::Purges,
+    /// The record of destroyed subject keys kept outside the database
+    /// (`server.shred-log`), when one is set.
+    pub shreds: Option<crate::shreds::ShredLog>,
 }
 
 /// Walks of the audit log at once, for apps and for officers each: one per
@@ -86,6 +89,8 @@ pub enum StartError {
     Commit(#[from] crate::commit::CommitError),
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("{0}")]
+    Shreds(#[from] crate::shreds::ShredError),
     #[error("cannot listen on {addr}: {kind}")]
     Bind {
         addr: String,
@@ -209,6 +214,9 @@ pub async fn start_with(
         Some((l, a)) => Some(local(l, a)?),
         None => None,
     };
+    // A database restored from before an erasure must not serve the
+    // erased subject for a moment.
+    crate::shreds::reapply(&vault).await?;
     let start_head = crate::audit::log_start_anchor(&vault);
     let (stop, stopped) = watch::channel(false);
     let mut tasks = vec![
@@ -325,6 +333,10 @@ pub fn build(
         officer_walks: Arc::new(tokio::sync::Semaphore::new(AUDIT_WALKS)),
         walkers: std::sync::Mutex::new(std::collections::HashMap::new()),
         purges: crate::api::lifecycle::Purges::default(),
+        shreds: match &s.shred_log {
+            Some(p) => Some(crate::shreds::ShredLog::open(&cfg.resolve(p))?),
+            None => None,
+        },
     }))
 }
 

@@ -412,10 +412,12 @@ pub fn create(keys: &Keyring, subject: &str) -> Result<(SecretKey<32>, Batch), K
 /// clears it only if no destruction landed while it ran.
 pub const PURGE_PENDING: &[u8] = b"purge/subject_keys";
 
-/// Adds the deletion of the subject's key to `batch`, with the mark that
-/// it still has to leave the engine's files.
-pub fn destroy(batch: &mut Batch, subject: &str) {
+/// Adds the deletion of the subject's key (`wrapped`, as stored) to
+/// `batch`, with the marks that it still has to leave the engine's files
+/// and to be named in the shred log ([`crate::shreds`]).
+pub fn destroy(batch: &mut Batch, subject: &str, wrapped: &[u8]) {
     batch.touch(subject);
+    crate::shreds::mark(batch, subject, wrapped, crate::api::now_ms());
     batch.delete(Space::SubjectKeys, subject.as_bytes().to_vec());
     batch.put(
         Space::Meta,
@@ -464,7 +466,7 @@ mod tests {
 
     fn delete_behind(store: &MemoryStore, subject: &str) -> Batch {
         let mut b = Batch::default();
-        destroy(&mut b, subject);
+        destroy(&mut b, subject, b"wrapped");
         store.write(b.clone()).unwrap();
         b
     }

@@ -497,8 +497,8 @@ pub async fn erase(v: &Vault, ctx: &Ctx, subject: &str) -> Result<ErasureReceipt
             wrapped.clone(),
         );
         // A subject that has no key has nothing to shred (or purge).
-        if wrapped.is_some() {
-            subject_keys::destroy(&mut b, subject);
+        if let Some(w) = &wrapped {
+            subject_keys::destroy(&mut b, subject, w);
         }
         if let Ok(mut s) = shredded.lock() {
             s.clone_from(&wrapped);
@@ -589,6 +589,7 @@ pub async fn erase(v: &Vault, ctx: &Ctx, subject: &str) -> Result<ErasureReceipt
     // and its write is not in the receipt: its value is sealed under the
     // key just destroyed, which tells it apart from a value collected
     // since (under a new key). Such values go now.
+    crate::shreds::record_logged(v).await;
     let late = retrying(|| erase_late(v, ctx, subject, &wrapped, receipt.time_ms)).await;
     purge_subject_keys(v).await;
     Ok(match late {
@@ -601,6 +602,42 @@ pub async fn erase(v: &Vault, ctx: &Ctx, subject: &str) -> Result<ErasureReceipt
             receipt
         }
     })
+}
+
+/// At start, for a subject whose key the shred log says was destroyed
+/// but which the database holds (restored from an older copy): destroys
+/// it again, with every value and index entry of the subject (all sealed
+/// under that key: a later key would have replaced it) and its standing,
+/// and logs the erasure. A legal hold in the copy does not stop it: the
+/// erasure was made, under the hold of its day. Needs no keys, so a vault
+/// that starts sealed makes it too.
+pub(crate) async fn erase_again(v: &Vault, subject: &str, wrapped: &[u8]) -> Result<(), ApiError> {
+    retrying(|| async {
+        let mut b = Batch::default();
+        b.expect(
+            Space::SubjectKeys,
+            subject.as_bytes().to_vec(),
+            Some(wrapped.to_vec()),
+        );
+        subject_keys::destroy(&mut b, subject, wrapped);
+        let (checked, tampered) = values_of(v.store.as_ref(), None, subject)?;
+        let time_ms = now_ms();
+        let mut tokens = delete_read(&mut b, subject, checked.iter().chain(&tampered), time_ms);
+        Standing::read(v.store.as_ref(), subject)
+            .map_err(|_| ApiError::Unavailable)?
+            .erase(&mut b, subject);
+        let mut event = Draft {
+            request_id: "shred-log".into(),
+            caller: "vault".into(),
+            action: "erasure",
+            subject: Some(subject.to_string()),
+            outcome: "erased_again",
+            ..Draft::default()
+        };
+        event.reference = Some(erasure_digest(subject, time_ms, &mut tokens));
+        commit(v, b, vec![event]).await
+    })
+    .await
 }
 
 /// The values of `subject` still indexed that open under the destroyed key
@@ -657,7 +694,7 @@ async fn erase_late(
 /// short of room): its mark stays, and the sweeper tries again, backing
 /// off. The turn to purge travels with the engine's work, so a request that
 /// times out while its purge runs does not let a second one start beside it.
-async fn purge_subject_keys(v: &Vault) -> bool {
+pub(crate) async fn purge_subject_keys(v: &Vault) -> bool {
     let ticket = v.purges.asked.fetch_add(1, Ordering::SeqCst) + 1;
     let turn = v.purges.done.clone().lock_owned().await;
     if *turn >= ticket {
@@ -1218,7 +1255,18 @@ pub async fn sweep_once(v: &Vault) -> Result<u64, ApiError> {
                 let standing =
                     Standing::read(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)?;
                 if standing.restricted_until.is_some_and(|until| until <= now) {
-                    subject_keys::destroy(&mut b, subject);
+                    let wrapped = v
+                        .store
+                        .get(Space::SubjectKeys, subject.as_bytes())
+                        .map_err(|_| ApiError::Unavailable)?;
+                    if let Some(w) = wrapped {
+                        b.expect(
+                            Space::SubjectKeys,
+                            subject.as_bytes().to_vec(),
+                            Some(w.clone()),
+                        );
+                        subject_keys::destroy(&mut b, subject, &w);
+                    }
                     standing.erase(&mut b, subject);
                     destroyed = true;
                 }
@@ -1284,6 +1332,7 @@ pub async fn sweep_once(v: &Vault) -> Result<u64, ApiError> {
     v.metrics.retention_anonymized.inc_by(anonymized);
     v.metrics.retention_purged.inc_by(purged);
     if destroyed {
+        crate::shreds::record_logged(v).await;
         // As an immediate erasure does: the destroyed keys leave the
         // engine's files now, not at some later compaction.
         purge_subject_keys(v).await;
@@ -1332,13 +1381,13 @@ fn shred_after_closure(
         return Ok(false);
     };
     // Guards: the key and the standing are still the ones read.
+    subject_keys::destroy(b, subject, &wrapped);
     b.expect(
         Space::SubjectKeys,
         subject.as_bytes().to_vec(),
         Some(wrapped),
     );
     standing.guard(b, subject);
-    subject_keys::destroy(b, subject);
     Ok(true)
 }
 
@@ -1403,6 +1452,8 @@ pub async fn sweeper(
             };
             next_purge = std::time::Instant::now() + purge_retry;
         }
+        // Destroyed keys a failed append left out of the shred log.
+        crate::shreds::record_logged(&v).await;
         match sweep_once(&v).await {
             // A full batch: more may be due at once.
             Ok(n) if n as usize >= SWEEP_BATCH => continue,
@@ -1461,7 +1512,7 @@ mod tests {
         restricted.write(&mut b, "s1", Some(1), Some(9));
         assert!(b.touches.is_empty(), "the same restriction");
         let mut b = Batch::default();
-        subject_keys::destroy(&mut b, "s1");
+        subject_keys::destroy(&mut b, "s1", b"wrapped");
         assert_eq!(b.touches, tag);
     }
 

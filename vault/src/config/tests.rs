@@ -416,3 +416,35 @@ fn grants_to_officers_and_collections_for_subject_requests_are_problems() {
     assert!(found[0].contains("nothing is collected"), "{found:?}");
     assert!(found[1].contains("is an officer"), "{found:?}");
 }
+
+#[test]
+fn the_shred_log_may_not_take_a_name_the_database_uses() {
+    for bad in [
+        "CURRENT",
+        "000123.log",
+        "MANIFEST-000004",
+        "LOG",
+        "LOCK",
+        ".",
+    ] {
+        let text = EXAMPLE.replace(
+            "shred-log = \"shred.log\"",
+            &format!("shred-log = \"{bad}\""),
+        );
+        let err = load(&text, &[]).unwrap_err().to_string();
+        assert!(err.contains("server.shred-log"), "{bad}: {err}");
+    }
+    // Outside the database's directory, any name.
+    let text = EXAMPLE.replace(
+        "shred-log = \"shred.log\"",
+        "shred-log = \"elsewhere/CURRENT\"",
+    );
+    assert!(load(&text, &[]).is_ok());
+    // Unset: valid, with a warning.
+    let text = EXAMPLE.replace("shred-log = \"shred.log\"", "");
+    let w = load(&text, &[]).unwrap().warnings();
+    assert!(
+        w.iter().any(|w| w.contains("server.shred-log is not set")),
+        "{w:?}"
+    );
+}
