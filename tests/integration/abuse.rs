@@ -1389,21 +1389,11 @@ async fn a_rapid_reset_flood_leaves_the_vault_responsive_and_bounded() {
 // ---------------------------------------------------------------------------
 // 5. Client certificates
 
-/// A client certificate for `name` signed by the vault's own development
-/// CA (its key is in `tls/ca.key`), valid from `from` until `until`.
-fn sign_client_cert(
-    tls: &Path,
-    out: &Path,
-    name: &str,
-    from: time::OffsetDateTime,
-    until: time::OffsetDateTime,
-) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-        KeyUsagePurpose,
-    };
+/// The vault's own development CA (its key is in `tls/ca.key`): the same
+/// name and key as the CA on disk, so what it signs chains to it.
+fn dev_ca(tls: &Path) -> (rcgen::Certificate, rcgen::KeyPair) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
     let ca_key = KeyPair::from_pem(&std::fs::read_to_string(tls.join("ca.key")).unwrap()).unwrap();
-    // The same name and key as the CA on disk: what it signs chains to it.
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.distinguished_name
         .push(DnType::CommonName, "Vault development CA");
@@ -1414,6 +1404,31 @@ fn sign_client_cert(
         KeyUsagePurpose::DigitalSignature,
     ];
     let ca_cert = ca.self_signed(&ca_key).unwrap();
+    (ca_cert, ca_key)
+}
+
+/// A client certificate for `name` signed by the vault's own development
+/// CA, valid from `from` until `until`.
+fn sign_client_cert(
+    tls: &Path,
+    out: &Path,
+    name: &str,
+    from: time::OffsetDateTime,
+    until: time::OffsetDateTime,
+) {
+    sign_client_cert_serial(tls, out, name, (from, until), None);
+}
+
+/// As [`sign_client_cert`], with the serial number `serial` when given.
+fn sign_client_cert_serial(
+    tls: &Path,
+    out: &Path,
+    name: &str,
+    (from, until): (time::OffsetDateTime, time::OffsetDateTime),
+    serial: Option<u64>,
+) {
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose};
+    let (ca_cert, ca_key) = dev_ca(tls);
     let key = KeyPair::generate().unwrap();
     let mut p = CertificateParams::new(vec![name.to_string()]).unwrap();
     p.distinguished_name.push(DnType::CommonName, name);
@@ -1421,9 +1436,122 @@ fn sign_client_cert(
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     p.not_before = from;
     p.not_after = until;
+    p.serial_number = serial.map(rcgen::SerialNumber::from);
     let cert = p.signed_by(&key, &ca_cert, &ca_key).unwrap();
     std::fs::write(out.join(format!("{name}.pem")), cert.pem()).unwrap();
     std::fs::write(out.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+}
+
+/// A revocation list of `issuer` (a CA and its key) revoking `serials`,
+/// next updated at `next`, as PEM.
+fn crl_pem(
+    (issuer, key): &(rcgen::Certificate, rcgen::KeyPair),
+    serials: &[u64],
+    next: time::OffsetDateTime,
+) -> String {
+    let now = time::OffsetDateTime::now_utc();
+    rcgen::CertificateRevocationListParams {
+        this_update: now - time::Duration::days(2),
+        next_update: next,
+        crl_number: rcgen::SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: serials
+            .iter()
+            .map(|&s| rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from(s),
+                revocation_time: now - time::Duration::days(1),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(issuer, key)
+    .unwrap()
+    .pem()
+    .unwrap()
+}
+
+/// A client certificate the CA's revocation list names is refused at the
+/// handshake; the CA's other certificates are not. A list the CA did not
+/// sign, or a file that holds none, stops the start (it would refuse every
+/// certificate, or none), and `check-config` names it; a list past its
+/// next update is warned about.
+#[tokio::test]
+async fn a_revoked_client_certificate_is_refused() {
+    let mut v = TestVault::start().await;
+    let now = time::OffsetDateTime::now_utc();
+    let day = time::Duration::days(1);
+    let dir = tempfile::tempdir().unwrap();
+    let identity = |name: &str, serial: u64| {
+        let out = dir.path().join(format!("{name}-{serial}"));
+        std::fs::create_dir(&out).unwrap();
+        std::fs::copy(v.tls().join("ca.pem"), out.join("ca.pem")).unwrap();
+        sign_client_cert_serial(&v.tls(), &out, name, (now - day, now + day), Some(serial));
+        out
+    };
+    let revoked = identity("app", 4242);
+    let fine = identity("app", 4243);
+    let crl = crl_pem(&dev_ca(&v.tls()), &[4242], now + 30 * day);
+    std::fs::write(v.tls().join("ca.crl"), &crl).unwrap();
+    let toml = v.dir.path().join("vault.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    let with = |line: &str| text.replace("# crls = [\"tls/ca.crl\"]", line);
+    std::fs::write(&toml, with("crls = [\"tls/ca.crl\"]")).unwrap();
+    v.restart().await;
+    let endpoint = format!("https://127.0.0.1:{}", v.api.port());
+    let revoked_client = builder_at(&revoked, &endpoint, "app").build().unwrap();
+    assert_transport_refused(&revoked_client).await;
+    let fine_client = builder_at(&fine, &endpoint, "app").build().unwrap();
+    tokenize_one(
+        &fine_client,
+        "acct-r",
+        "notification",
+        "phone",
+        "13800138000",
+    )
+    .await;
+    // The development certificate too: the list names only 4242.
+    tokenize_one(
+        &v.client("app"),
+        "acct-r",
+        "notification",
+        "phone",
+        "13800138000",
+    )
+    .await;
+    let (code, _, err) = run_vault(&["check-config", "--config", toml.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("tls.crls"), "{err}");
+    v.stop().await;
+
+    // A list signed by another CA, and a file that holds none.
+    let other = tempfile::tempdir().unwrap();
+    vault::dev::prepare(other.path()).unwrap();
+    let foreign = crl_pem(&dev_ca(&other.path().join("tls")), &[1], now + 30 * day);
+    for (bytes, says) in [
+        // Another development CA has the same name: its key tells them apart.
+        (foreign.as_str(), "does not verify under its issuer's key"),
+        ("not a list", "holds no certificate revocation list"),
+    ] {
+        std::fs::write(v.tls().join("ca.crl"), bytes).unwrap();
+        let (code, _, err) = run_vault(&["check-config", "--config", toml.to_str().unwrap()]);
+        assert_eq!(code, 64, "{err}");
+        assert!(err.contains(says), "{err}");
+        let cfg = config(v.dir.path());
+        let e = vault::server::start(&cfg).await.unwrap_err().to_string();
+        assert!(e.contains(says), "{e}");
+    }
+    // A list past its next update still counts, with a warning.
+    let stale = crl_pem(&dev_ca(&v.tls()), &[4242], now - time::Duration::hours(1));
+    std::fs::write(v.tls().join("ca.crl"), stale).unwrap();
+    let (code, _, err) = run_vault(&["check-config", "--config", toml.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("past its next update"), "{err}");
+    v.restart().await;
+    let endpoint = format!("https://127.0.0.1:{}", v.api.port());
+    let revoked_client = builder_at(&revoked, &endpoint, "app").build().unwrap();
+    assert_transport_refused(&revoked_client).await;
 }
 
 #[tokio::test]

@@ -149,6 +149,11 @@ pub struct Tls {
     pub key: PathBuf,
     #[serde(default = "default_tls_min")]
     pub min_version: String,
+    /// Certificate revocation lists (PEM or DER) of the CAs that issue
+    /// client certificates: a client certificate one of them revokes is
+    /// refused at the handshake.
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
 }
 
 fn default_tls_min() -> String {
@@ -346,6 +351,11 @@ impl Config {
         }
         if self.tls.min_version == "1.2" {
             w.push("tls.min-version 1.2: TLS 1.2 clients are accepted as well as 1.3".into());
+        }
+        for path in &self.tls.crls {
+            if let Some(w_) = crate::tls::crl_stale(&self.resolve(path)) {
+                w.push(w_);
+            }
         }
         if self.server.shred_log.is_none() {
             w.push("server.shred-log is not set: a database restored from a backup taken before an erasure brings the erased subjects back".into());

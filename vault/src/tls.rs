@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -29,6 +29,10 @@ pub enum TlsError {
     NoKey { path: String },
     #[error("{key} is not the private key of the certificate in {cert}")]
     KeyMismatch { cert: String, key: String },
+    #[error("{path} holds no certificate revocation list (PEM or DER)")]
+    NoCrl { path: String },
+    #[error("{path}: {why}")]
+    BadCrl { path: String, why: String },
     #[error("TLS setup: {0}")]
     Rustls(String),
 }
@@ -65,6 +69,74 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         })
 }
 
+/// The revocation lists in a file: PEM (any number), else one in DER, as
+/// CAs often publish them. Each must be signed by one of `cas`: a list the
+/// verifier cannot check would refuse every certificate of its issuer.
+pub fn load_crls(
+    path: &Path,
+    cas: &[CertificateDer<'_>],
+) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    use x509_parser::revocation_list::CertificateRevocationList;
+    let shown = path.display().to_string();
+    let bytes = read(path)?;
+    let mut crls: Vec<_> = rustls_pemfile::crls(&mut BufReader::new(bytes.as_slice()))
+        .filter_map(Result::ok)
+        .collect();
+    if crls.is_empty() && CertificateRevocationList::from_der(&bytes).is_ok() {
+        crls.push(CertificateRevocationListDer::from(bytes));
+    }
+    if crls.is_empty() {
+        return Err(TlsError::NoCrl { path: shown });
+    }
+    for crl in &crls {
+        let bad = |why: String| TlsError::BadCrl {
+            path: shown.clone(),
+            why,
+        };
+        let (_, parsed) = CertificateRevocationList::from_der(crl.as_ref())
+            .map_err(|e| bad(format!("does not parse ({e})")))?;
+        let issuer = cas
+            .iter()
+            .filter_map(|ca| X509Certificate::from_der(ca.as_ref()).ok().map(|(_, c)| c))
+            .find(|ca| ca.subject() == parsed.issuer())
+            .ok_or_else(|| {
+                bad(format!(
+                    "issued by \"{}\", which is not a CA in tls.ca",
+                    parsed.issuer()
+                ))
+            })?;
+        parsed
+            .verify_signature(issuer.public_key())
+            .map_err(|_| bad("its signature does not verify under its issuer's key".into()))?;
+    }
+    Ok(crls)
+}
+
+/// A warning when a revocation list in `path` is past its next update:
+/// its CA has published a newer one, which may revoke more.
+pub fn crl_stale(path: &Path) -> Option<String> {
+    use x509_parser::revocation_list::CertificateRevocationList;
+    let bytes = std::fs::read(path).ok()?;
+    let mut ders: Vec<Vec<u8>> = rustls_pemfile::crls(&mut BufReader::new(bytes.as_slice()))
+        .filter_map(Result::ok)
+        .map(|c| c.as_ref().to_vec())
+        .collect();
+    if ders.is_empty() {
+        ders.push(bytes);
+    }
+    let now = x509_parser::time::ASN1Time::now();
+    ders.iter().find_map(|der| {
+        let (_, crl) = CertificateRevocationList::from_der(der).ok()?;
+        let next = crl.next_update()?;
+        (next < now).then(|| {
+            format!(
+                "tls.crls {}: past its next update ({next}); fetch the CA's newer list",
+                path.display()
+            )
+        })
+    })
+}
+
 fn rustls_err(e: impl std::fmt::Display) -> TlsError {
     TlsError::Rustls(e.to_string())
 }
@@ -73,12 +145,22 @@ fn rustls_err(e: impl std::fmt::Display) -> TlsError {
 pub fn server_config(cfg: &Config) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
-    for ca in load_certs(&cfg.resolve(&cfg.tls.ca))? {
+    let cas = load_certs(&cfg.resolve(&cfg.tls.ca))?;
+    let mut crls = Vec::new();
+    for path in &cfg.tls.crls {
+        crls.extend(load_crls(&cfg.resolve(path), &cas)?);
+    }
+    for ca in cas {
         roots.add(ca).map_err(rustls_err)?;
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(rustls_err)?;
+    let mut verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    if !crls.is_empty() {
+        // The client certificate's own issuer must have a list here: a
+        // certificate whose status is unknown is refused.
+        verifier = verifier.with_crls(crls).only_check_end_entity_revocation();
+    }
+    let verifier = verifier.build().map_err(rustls_err)?;
     let versions: &[&rustls::SupportedProtocolVersion] = if cfg.tls.min_version == "1.2" {
         &[&rustls::version::TLS13, &rustls::version::TLS12]
     } else {
@@ -134,6 +216,13 @@ pub fn config_problems(cfg: &Config) -> Vec<TlsError> {
             }
         }
         Err(e) => problems.push(e),
+    }
+    if let Ok(cas) = load_certs(&cfg.resolve(&cfg.tls.ca)) {
+        for path in &cfg.tls.crls {
+            if let Err(e) = load_crls(&cfg.resolve(path), &cas) {
+                problems.push(e);
+            }
+        }
     }
     if let Err(e) = load_certs(&cfg.resolve(&cfg.tls.cert)) {
         problems.push(e);
