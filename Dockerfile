@@ -5,7 +5,10 @@
 # nonroot user so a fresh named volume is writable. The shred log (erasures a
 # restored backup must not undo) goes on a volume of its own, kept out of the
 # data volume's backups and restores: `shred-log = "/var/lib/vault-shreds/shred.log"`
-# in the configuration, `-v vault-shreds:/var/lib/vault-shreds`. The ops listener (9464)
+# in the configuration, `-v vault-shreds:/var/lib/vault-shreds` (a named volume:
+# without the -v, Docker makes an anonymous one that `--rm` deletes, and the next
+# container's start refuses the empty log as not the one its database saw;
+# the shred log must not be under /etc/vault, which is read-only). The ops listener (9464)
 # is plain HTTP without authentication and binds loopback by default; bind it
 # wider (VAULT__SERVER__OPS_ADDR=0.0.0.0:9464) only on a network that only
 # monitoring reaches.

@@ -290,3 +290,72 @@ async fn disk_full_gives_clean_503s_and_recovers_when_space_returns() {
     ]);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+/// A shred log on a full filesystem: the erasure still answers (its key
+/// is gone), the failed append is counted and its row waits in the
+/// database; an append cut short mid-line is read back, not written over,
+/// and once space returns the sweeper appends the entry on a line of its
+/// own. A restart then finds the database in step with the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shred_log_on_a_full_disk_catches_up_when_space_returns() {
+    let m = match mount_tmpfs() {
+        Ok(m) => m,
+        Err(why) => {
+            eprintln!("diskfull: skipped, no tmpfs here: {why}");
+            return;
+        }
+    };
+    let log = m.path().join("shred.log");
+    // 30 bytes short of a page: the next line fits only in part.
+    std::fs::write(&log, vec![b'\n'; 4096 - 30]).unwrap();
+    let shred_log = log.clone();
+    let mut v = TestVault::start_with(move |cfg| {
+        cfg.server.shred_log = Some(shred_log);
+        cfg.retention.sweep_interval_ms = 100;
+    })
+    .await;
+    let app = v.client("app");
+    tokenize_one(&app, "acct-f", "notification", "phone", "13800138000").await;
+    let wrapped = v
+        .store()
+        .get(vault::store::Space::SubjectKeys, b"acct-f")
+        .unwrap()
+        .unwrap();
+    fill(&m.path().join("filler"), 0);
+    assert_eq!(app.erase_subject("acct-f").await.unwrap().values_erased, 1);
+    let (_, metrics) = v.ops_get("/metrics").await;
+    assert!(metrics.contains("vault_shred_log_pending 1"), "{metrics}");
+    assert!(
+        !metrics.contains("vault_shred_log_append_failures_total 0"),
+        "{metrics}"
+    );
+    assert!(
+        std::fs::metadata(&log).unwrap().len() > 4096 - 30,
+        "a part went in"
+    );
+    std::fs::remove_file(m.path().join("filler")).unwrap();
+    let fp = hex::encode(vault::shreds::fingerprint("acct-f", &wrapped));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if text
+            .lines()
+            .any(|l| l.split(' ').next() == Some(fp.as_str()))
+        {
+            break;
+        }
+        let tail = text.get(text.len().saturating_sub(200)..);
+        assert!(Instant::now() < deadline, "never appended: {tail:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, metrics) = v.ops_get("/metrics").await;
+    assert!(metrics.contains("vault_shred_log_pending 0"), "{metrics}");
+    // The same log at the next start: in step, nothing erased again.
+    v.stop().await;
+    let mut cfg = config(v.dir.path());
+    cfg.server.shred_log = Some(log);
+    let again = vault::server::start(&cfg).await.unwrap();
+    let n = vault::shreds::reapply(&again.vault).await.unwrap();
+    assert_eq!(n, 0);
+    again.shutdown().await;
+}

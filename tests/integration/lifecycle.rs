@@ -1282,11 +1282,11 @@ async fn a_restored_backup_does_not_bring_erased_subjects_back() {
 }
 
 /// An erasure whose process dies after its write and before the shred
-/// log's append leaves a pending row; the next start appends it. While
-/// the log cannot be written, erasures still answer (the key is gone), and
-/// the sweeper appends once it can.
+/// log's append leaves a pending row; the next start appends it. A log
+/// that is not the one the database saw (cut, or replaced by another of
+/// the same length) stops the start until an operator accepts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_shred_log_catches_up_after_a_crash_or_a_failed_append() {
+async fn the_shred_log_catches_up_after_a_crash_and_a_changed_one_stops_the_start() {
     use vault::store::Batch;
     let mut v = TestVault::start().await;
     let app = v.client("app");
@@ -1296,37 +1296,81 @@ async fn the_shred_log_catches_up_after_a_crash_or_a_failed_append() {
         .get(Space::SubjectKeys, b"acct-x")
         .unwrap()
         .unwrap();
-    // The log cannot be written: a directory stands where it goes.
-    let log = v.dir.path().join("shred.log");
-    std::fs::create_dir(&log).unwrap();
-    assert_eq!(app.erase_subject("acct-x").await.unwrap().values_erased, 1);
-    let pending = |v: &TestVault| {
-        v.store()
-            .scan(Space::Meta, vault::shreds::PENDING, None, 10)
-            .unwrap()
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(vault::shreds::PENDING))
-            .count()
-    };
-    assert_eq!(pending(&v), 1, "the row waits for the log");
-    std::fs::remove_dir(&log).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while pending(&v) > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the sweeper never appended"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    app.erase_subject("acct-x").await.unwrap();
     assert!(names(v.dir.path(), "acct-x", &wrapped));
-
     // As an erasure's write leaves it when the process dies before the
     // append.
     let mut b = Batch::default();
     vault::shreds::mark(&mut b, "acct-y", b"a wrapped key", 1);
     v.store().write(b).unwrap();
     v.restart().await;
-    assert_eq!(pending(&v), 0);
+    let pending = v
+        .store()
+        .scan(Space::Meta, vault::shreds::PENDING, None, 10)
+        .unwrap()
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(vault::shreds::PENDING))
+        .count();
+    assert_eq!(pending, 0);
     assert!(names(v.dir.path(), "acct-y", b"a wrapped key"));
     assert_eq!(shredded(v.dir.path()).len(), 2);
+    v.stop().await;
+
+    let log = v.dir.path().join("shred.log");
+    let good = std::fs::read(&log).unwrap();
+    let toml = v.dir.path().join("vault.toml");
+    let cfg = config(v.dir.path());
+    let mut changed = good.clone();
+    changed[3] = if changed[3] == b'0' { b'1' } else { b'0' };
+    for (bytes, what) in [(&good[..70], "cut"), (&changed[..], "replaced")] {
+        std::fs::write(&log, bytes).unwrap();
+        let e = vault::server::start(&cfg).await.unwrap_err().to_string();
+        assert!(e.contains("accept-shred-log"), "{what}: {e}");
+    }
+    // The operator goes on with the replaced log: the next start checks
+    // every key against it, and says so in the audit log.
+    let (code, out, err) = run_vault(&[
+        "operator",
+        "accept-shred-log",
+        "--config",
+        toml.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    v.restart().await;
+    let events = v.audit_events().await;
+    assert!(events.iter().any(|e| e.action == "shred_log_accepted"));
+    // And with the right log back the database is in step again.
+    v.stop().await;
+    std::fs::write(&log, &good).unwrap();
+    let e = vault::server::start(&cfg).await.unwrap_err().to_string();
+    assert!(e.contains("accept-shred-log"), "{e}");
+}
+
+/// Erasures at once each append their key to the shred log, and the
+/// database stays in step with it (what lets a plain restart skip the
+/// check).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_erasures_keep_the_database_in_step_with_the_shred_log() {
+    let v = TestVault::start().await;
+    let app = v.client("app");
+    for i in 0..20 {
+        let phone = format!("1390000{i:04}");
+        tokenize_one(&app, &format!("acct-c{i}"), "notification", "phone", &phone).await;
+    }
+    let mut erasures = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let app = app.clone();
+        erasures.spawn(async move { app.erase_subject(&format!("acct-c{i}")).await.unwrap() });
+    }
+    while let Some(r) = erasures.join_next().await {
+        assert_eq!(r.unwrap().values_erased, 1);
+    }
+    assert_eq!(shredded(v.dir.path()).len(), 20);
+    let log = std::fs::read(v.dir.path().join("shred.log")).unwrap();
+    let seen = v
+        .store()
+        .get(Space::Meta, vault::shreds::SEEN)
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen.get(..8), Some(&(log.len() as u64).to_be_bytes()[..]));
 }

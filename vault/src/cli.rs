@@ -127,6 +127,13 @@ pub enum OperatorCommand {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Go on with the shred log as it is, when the vault refuses to start
+    /// because the log is not the one its database saw (lost, cut or
+    /// replaced): the next start checks every subject key against it.
+    AcceptShredLog {
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -228,6 +235,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Operator {
             command: OperatorCommand::ClearSeal { config },
         } => officer::clear_seal(&config),
+        Command::Operator {
+            command: OperatorCommand::AcceptShredLog { config },
+        } => officer::accept_shred_log(&config),
         Command::Keys { conn, command } => officer::keys(&conn, &command),
         Command::Approve {
             conn,

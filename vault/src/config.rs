@@ -380,9 +380,25 @@ impl Config {
                 || ["LOG", "MANIFEST-", "OPTIONS-"]
                     .iter()
                     .any(|p| name.starts_with(p));
-            if log == self.data_dir() || name.is_empty() || (in_data && engine) {
+            let others = [
+                Some(&self.tls.ca),
+                Some(&self.tls.cert),
+                Some(&self.tls.key),
+                self.keys.master_key_file.as_ref(),
+            ];
+            let taken = others
+                .into_iter()
+                .flatten()
+                .chain(&self.tls.crls)
+                .any(|o| self.resolve(o) == log);
+            if log == data || name.is_empty() || (in_data && engine) || log.is_dir() || taken {
                 p.push(format!(
-                    "server.shred-log {}: must be a file, not the database's directory or a name the database uses in it",
+                    "server.shred-log {}: must be a file of its own, not a directory, another file the configuration names, or a name the database uses in its directory",
+                    log.display()
+                ));
+            } else if !log.parent().is_some_and(Path::is_dir) {
+                p.push(format!(
+                    "server.shred-log {}: its directory does not exist",
                     log.display()
                 ));
             }

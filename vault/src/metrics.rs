@@ -51,6 +51,8 @@ pub struct Metrics {
     pub rewrap_running: Gauge,
     pub retention_purged: Counter,
     pub retention_anonymized: Counter,
+    pub shred_pending: Gauge,
+    pub shred_append_failures: Counter,
     pub sweep_lag_seconds: Gauge,
     pub retention_due: Gauge,
     pub audit_head_seq: Gauge,
@@ -102,6 +104,8 @@ impl Metrics {
         let rewrap_running = Gauge::default();
         let retention_purged = Counter::default();
         let retention_anonymized = Counter::default();
+        let shred_pending = Gauge::default();
+        let shred_append_failures = Counter::default();
         let sweep_lag_seconds = Gauge::default();
         let retention_due = Gauge::default();
         let audit_head_seq = Gauge::default();
@@ -160,6 +164,16 @@ impl Metrics {
             "vault_retention_sweep_lag_seconds",
             "How far past its expiry the oldest due value was at the last sweep",
             sweep_lag_seconds.clone(),
+        );
+        registry.register(
+            "vault_shred_log_pending",
+            "Destroyed subject keys the shred log does not name yet (a failed append; a restored database would bring them back)",
+            shred_pending.clone(),
+        );
+        registry.register(
+            "vault_shred_log_append_failures",
+            "Appends to the shred log that failed",
+            shred_append_failures.clone(),
         );
         registry.register(
             "vault_retention_purged_values",
@@ -260,6 +274,8 @@ impl Metrics {
             rewrap_running,
             retention_purged,
             retention_anonymized,
+            shred_pending,
+            shred_append_failures,
             sweep_lag_seconds,
             retention_due,
             audit_head_seq,

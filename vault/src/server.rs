@@ -200,6 +200,9 @@ pub async fn start_with(
     store: Arc<dyn Store>,
 ) -> Result<Running, StartError> {
     let vault = build(cfg, keys, store)?;
+    // A database restored from before an erasure must not serve the
+    // erased subject for a moment; nor listen while it is checked.
+    crate::shreds::reapply(&vault).await?;
     let s = &cfg.server;
     let tls = crate::tls::server_config(cfg)?;
     let api = bind(&s.api_addr).await?;
@@ -214,9 +217,6 @@ pub async fn start_with(
         Some((l, a)) => Some(local(l, a)?),
         None => None,
     };
-    // A database restored from before an erasure must not serve the
-    // erased subject for a moment.
-    crate::shreds::reapply(&vault).await?;
     let start_head = crate::audit::log_start_anchor(&vault);
     let (stop, stopped) = watch::channel(false);
     let mut tasks = vec![

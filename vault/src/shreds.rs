@@ -10,30 +10,36 @@
 //!   the subject: the log says which keys are gone to someone who holds
 //!   them (a backup), and nothing to anyone else. A key created for the
 //!   subject since (a later collection) has another fingerprint and stays.
+//!   (Subject keys are never wrapped again; a change that did would have
+//!   to keep old fingerprints matching.)
 //! - A destruction writes, in its own atomic write, a pending row in the
 //!   database; only once the log holds the fingerprint (appended and
 //!   synced) does that row go. A crash between the two leaves the row,
-//!   which the next start appends.
-//! - `shred/seen` in the database is the log's length that the database is
-//!   known to reflect: it moves with the log only while the two agree, and
-//!   after a start's check. When it differs from the log's length (a
-//!   restored database, a log replaced), the start checks every subject
-//!   key against the log.
+//!   which the next start appends; a start that cannot append refuses.
+//! - `shred/seen` in the database is the log's length and the SHA-256 of
+//!   its bytes that the database is known to reflect: it moves with the
+//!   log only while the two agree, and after a start's check. When the log
+//!   has grown past it (a restored database), the start checks every
+//!   subject key against the log; when the log is shorter, or its first
+//!   bytes are not the ones seen (lost, cut or replaced), the start refuses
+//!   until an operator accepts the log as it is.
+//! - One process at a time holds the log (an advisory lock).
 
 use std::collections::HashSet;
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
 use crate::server::Vault;
-use crate::store::{prefix_end, Batch, Space, StoreError};
+use crate::store::{prefix_end, Batch, Space, Store, StoreError};
 
 /// Pending rows in `Meta`: the prefix, then a fingerprint; the value is
 /// the destruction's time (Unix ms, big-endian).
 pub const PENDING: &[u8] = b"shred/pending/";
-/// The log length (bytes, big-endian) the database is known to reflect.
+/// The log length (bytes, big-endian) and the SHA-256 of those bytes that
+/// the database is known to reflect.
 pub const SEEN: &[u8] = b"shred/seen";
 
 /// Pending rows moved to the log at a time.
@@ -70,8 +76,16 @@ pub enum ShredError {
     },
     #[error("shred log {0}: not a file")]
     NotAFile(String),
+    #[error("shred log {0}: another process holds it (is another vault running with it?)")]
+    Locked(String),
+    #[error(
+        "shred log {0} is not the one this database last saw (shorter, or its first bytes changed): erasures it named may be lost, and a database restored from an older copy would bring them back. Put the right log back; or, to go on with the log as it is, stop the vault and run `vault operator accept-shred-log --config FILE` (audited)"
+    )]
+    NotSeen(String),
     #[error("storage: {0}")]
     Store(#[from] StoreError),
+    #[error("commit: {0}")]
+    Commit(String),
     #[error("the re-erasure of a restored subject failed: {0}")]
     Erase(String),
 }
@@ -85,13 +99,70 @@ pub struct ShredLog {
 
 #[derive(Debug)]
 struct State {
+    /// Open for reading and appending, and locked, for the process's life.
+    file: std::fs::File,
+    /// The fingerprints the log names: read at start for its check, and
+    /// let go after it (later appends only need the pending rows).
     known: HashSet<Fingerprint>,
-    /// The file's length in bytes.
+    /// The file's length in bytes, and the hash of those bytes.
     len: u64,
-    /// The file ends in a line cut short (a crash mid-append): the next
-    /// append starts on a new line.
+    hash: Sha256,
+    /// The file ends in a line cut short (a crash or a failed write
+    /// mid-append): the next append starts on a new line.
     torn: bool,
+    /// An append failed: what the file holds is read again before the next.
+    failed: bool,
 }
+
+impl State {
+    fn seen(&self) -> Seen {
+        (self.len, self.hash.clone().finalize().into())
+    }
+
+    /// Reads the whole file again: its length, hash, entries and whether
+    /// it ends mid-line.
+    fn read(&mut self, shown: &str) -> Result<(), ShredError> {
+        let io = |e: std::io::Error| ShredError::Io {
+            path: shown.to_string(),
+            kind: e.kind(),
+        };
+        (&self.file).rewind().map_err(io)?;
+        let mut reader = std::io::BufReader::new(&self.file);
+        let (mut len, mut hash, mut torn, mut unread) = (0u64, Sha256::new(), false, 0usize);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let n = reader.read_until(b'\n', &mut line).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            len += n as u64;
+            hash.update(&line);
+            match line.strip_suffix(b"\n") {
+                None => torn = true,
+                Some([]) => {}
+                Some(l) => match parse(l) {
+                    Some(fp) => {
+                        self.known.insert(fp);
+                    }
+                    None => unread += 1,
+                },
+            }
+        }
+        if unread > 0 {
+            tracing::warn!(
+                path = %shown,
+                lines = unread,
+                "Shred log lines that do not read were skipped"
+            );
+        }
+        (self.len, self.hash, self.torn, self.failed) = (len, hash, torn, false);
+        Ok(())
+    }
+}
+
+/// What `shred/seen` holds: a length and the SHA-256 of that many bytes.
+type Seen = (u64, [u8; 32]);
 
 /// One line of the log: the fingerprint in hex, a space, the time.
 fn line(fp: &Fingerprint, time_ms: u64) -> String {
@@ -106,115 +177,187 @@ fn parse(line: &[u8]) -> Option<Fingerprint> {
 }
 
 impl ShredLog {
-    /// Reads the log at `path` (absent: empty; it is created on the first
-    /// entry). Lines that do not read are skipped with a warning: only a
-    /// line cut short by a crash is expected.
+    /// Opens the log at `path` for reading and appending, creating it
+    /// (owner-only) when absent, locks it, and reads it. A log that cannot
+    /// be created, written or locked stops the start: erasures would go
+    /// unrecorded. Lines that do not read are skipped with a warning: only
+    /// a line cut short by a crash is expected.
     pub fn open(path: &Path) -> Result<Self, ShredError> {
         let shown = path.display().to_string();
         let io = |e: std::io::Error| ShredError::Io {
             path: shown.clone(),
             kind: e.kind(),
         };
-        let mut bytes = Vec::new();
-        match std::fs::File::open(path) {
-            Ok(mut f) => {
-                if !f.metadata().map_err(io)?.is_file() {
-                    return Err(ShredError::NotAFile(shown));
-                }
-                f.read_to_end(&mut bytes).map_err(io)?;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(e)),
+        if path.is_dir() {
+            return Err(ShredError::NotAFile(shown));
         }
-        let torn = bytes.last().is_some_and(|&b| b != b'\n');
-        let mut known = HashSet::new();
-        let mut unread = 0usize;
-        let mut lines = bytes.split(|&b| b == b'\n');
-        // The piece after the last newline: empty, or the torn line.
-        lines.next_back();
-        for l in lines {
-            match parse(l) {
-                Some(fp) => {
-                    known.insert(fp);
-                }
-                None => unread += 1,
-            }
+        let created = !path.exists();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io)?;
+        if !file.metadata().map_err(io)?.is_file() {
+            return Err(ShredError::NotAFile(shown));
         }
-        if unread > 0 {
-            tracing::warn!(
-                path = %shown,
-                lines = unread,
-                "Shred log lines that do not read were skipped"
-            );
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(ShredError::Locked(shown)),
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
         }
+        if created {
+            sync_dir(path).map_err(io)?;
+        }
+        let mut state = State {
+            file,
+            known: HashSet::new(),
+            len: 0,
+            hash: Sha256::new(),
+            torn: false,
+            failed: false,
+        };
+        state.read(&shown)?;
         Ok(ShredLog {
             path: path.to_path_buf(),
-            state: tokio::sync::Mutex::new(State {
-                known,
-                len: bytes.len() as u64,
-                torn,
-            }),
+            state: tokio::sync::Mutex::new(state),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
-}
 
-/// Appends `text` to the file at `path` (created owner-only) and syncs
-/// it, and its directory when the file is new; the file's new length.
-fn append(path: &Path, text: &[u8]) -> std::io::Result<u64> {
-    let created = !path.exists();
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(text)?;
-    f.sync_all()?;
-    if created {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
+    fn shown(&self) -> String {
+        self.path.display().to_string()
     }
-    Ok(f.metadata()?.len())
+
+    /// The SHA-256 of the log's first `len` bytes; `None` when it is shorter.
+    fn prefix_hash(&self, st: &State, len: u64) -> Result<Option<[u8; 32]>, ShredError> {
+        if len > st.len {
+            return Ok(None);
+        }
+        let io = |e: std::io::Error| ShredError::Io {
+            path: self.shown(),
+            kind: e.kind(),
+        };
+        (&st.file).rewind().map_err(io)?;
+        let mut h = Sha256::new();
+        let copied =
+            std::io::copy(&mut (&st.file).take(len), &mut HashWriter(&mut h)).map_err(io)?;
+        Ok((copied == len).then(|| h.finalize().into()))
+    }
 }
 
-fn read_seen(v: &Vault) -> Result<u64, StoreError> {
-    Ok(v.store
-        .get(Space::Meta, SEEN)?
-        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
-        .map_or(0, u64::from_be_bytes))
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => std::fs::File::open(".")?.sync_all(),
+    }
+}
+
+/// Appends `text` to `file` and syncs it.
+fn append(mut file: &std::fs::File, text: &[u8]) -> std::io::Result<()> {
+    file.write_all(text)?;
+    file.sync_all()
+}
+
+fn read_seen(store: &dyn Store) -> Result<Option<Seen>, StoreError> {
+    Ok(store.get(Space::Meta, SEEN)?.and_then(|b| {
+        let len = u64::from_be_bytes(b.get(..8)?.try_into().ok()?);
+        Some((len, b.get(8..40)?.try_into().ok()?))
+    }))
+}
+
+fn seen_bytes((len, hash): Seen) -> Vec<u8> {
+    [&len.to_be_bytes()[..], &hash].concat()
+}
+
+fn pending_rows(store: &dyn Store) -> Result<crate::store::Rows, StoreError> {
+    let end = prefix_end(PENDING);
+    store.scan(Space::Meta, PENDING, end.as_deref(), PAGE)
 }
 
 /// Moves the database's pending rows into the log (when one is set; else
-/// they only go); how many rows went. Called after every destruction, by
-/// the sweeper (a failed append is tried again) and at start.
+/// they only go); how many rows went. Called after every destruction and
+/// at start; the sweeper calls [`record_if_free`].
 pub async fn record(v: &Vault) -> Result<usize, ShredError> {
-    let end = prefix_end(PENDING);
+    match &v.shreds {
+        Some(log) => {
+            let mut st = log.state.lock().await;
+            record_locked(v, log, &mut st).await
+        }
+        None => drop_pending(v).await,
+    }
+}
+
+/// [`record`] unless another is under way (a log on storage that hangs
+/// must not stall the sweeper's other work).
+pub async fn record_if_free(v: &Vault) {
+    let done = match &v.shreds {
+        Some(log) => match log.state.try_lock() {
+            Ok(mut st) => record_locked(v, log, &mut st).await,
+            Err(_) => return,
+        },
+        None => drop_pending(v).await,
+    };
+    if let Err(e) = done {
+        tracing::error!(error = %e, "Recording destroyed subject keys in the shred log failed; tried again with the next sweep");
+    }
+}
+
+/// [`record`] after a destruction: a failure is logged and counted
+/// (`vault_shred_log_pending`), and the sweeper tries again; the erasure
+/// stands.
+pub async fn record_logged(v: &Vault) {
+    if let Err(e) = record(v).await {
+        tracing::error!(error = %e, "Recording destroyed subject keys in the shred log failed; tried again with the next sweep");
+    }
+}
+
+/// Without a log, pending rows only go.
+async fn drop_pending(v: &Vault) -> Result<usize, ShredError> {
     let mut moved = 0;
     loop {
-        let rows = v.store.scan(Space::Meta, PENDING, end.as_deref(), PAGE)?;
+        let rows = pending_rows(v.store.as_ref())?;
         if rows.is_empty() {
             return Ok(moved);
         }
-        let full = rows.len() == PAGE;
         let mut b = Batch::default();
         for (k, val) in &rows {
             b.expect(Space::Meta, k.clone(), Some(val.clone()));
             b.delete(Space::Meta, k.clone());
         }
-        let Some(log) = &v.shreds else {
-            commit(v, b).await?;
-            moved += rows.len();
-            if !full {
-                return Ok(moved);
-            }
-            continue;
-        };
-        let mut st = log.state.lock().await;
-        let seen = read_seen(v)?;
+        commit(v, b).await?;
+        moved += rows.len();
+    }
+}
+
+async fn record_locked(v: &Vault, log: &ShredLog, st: &mut State) -> Result<usize, ShredError> {
+    let seen = read_seen(v.store.as_ref())?;
+    let before = st.seen();
+    let mut moved = 0;
+    loop {
+        let rows = pending_rows(v.store.as_ref())?;
+        v.metrics
+            .shred_pending
+            .set(i64::try_from(rows.len()).unwrap_or(i64::MAX));
+        if rows.is_empty() {
+            break;
+        }
         let mut text = Vec::new();
         let mut fresh = Vec::new();
         for (k, val) in &rows {
@@ -222,85 +365,101 @@ pub async fn record(v: &Vault) -> Result<usize, ShredError> {
                 .get(PENDING.len()..)
                 .and_then(|f| Fingerprint::try_from(f).ok());
             let time = <[u8; 8]>::try_from(val.as_slice()).map_or(0, u64::from_be_bytes);
-            if let Some(fp) = fp {
-                if !st.known.contains(&fp) && !fresh.contains(&fp) {
-                    text.extend_from_slice(line(&fp, time).as_bytes());
-                    fresh.push(fp);
-                }
+            if let Some(fp) = fp.filter(|fp| !st.known.contains(fp) && !fresh.contains(fp)) {
+                text.extend_from_slice(line(&fp, time).as_bytes());
+                fresh.push(fp);
             }
         }
-        let before = st.len;
-        if !fresh.is_empty() {
+        if !text.is_empty() {
+            if st.failed {
+                // What a failed write left is read, not guessed: its bytes
+                // count in the hash, and a cut line is ended first.
+                st.read(&log.shown())?;
+            }
             if st.torn {
                 text.insert(0, b'\n');
             }
-            let path = log.path.clone();
-            let len = tokio::task::spawn_blocking(move || append(&path, &text))
-                .await
-                .map_err(|_| ShredError::Io {
-                    path: log.path.display().to_string(),
-                    kind: std::io::ErrorKind::Other,
-                })?
-                .map_err(|e| ShredError::Io {
-                    path: log.path.display().to_string(),
+            let file = st.file.try_clone().map_err(|e| ShredError::Io {
+                path: log.shown(),
+                kind: e.kind(),
+            })?;
+            let (text, written) = tokio::task::spawn_blocking(move || {
+                let r = append(&file, &text);
+                (text, r)
+            })
+            .await
+            .map_err(|_| ShredError::Io {
+                path: log.shown(),
+                kind: std::io::ErrorKind::Other,
+            })?;
+            if let Err(e) = written {
+                st.failed = true;
+                v.metrics.shred_append_failures.inc();
+                return Err(ShredError::Io {
+                    path: log.shown(),
                     kind: e.kind(),
-                })?;
-            st.len = len;
+                });
+            }
+            st.len += text.len() as u64;
+            st.hash.update(&text);
             st.torn = false;
             st.known.extend(fresh);
         }
-        // The database reflects the whole log only if it did before.
-        if seen == before && seen != st.len {
-            b.put(Space::Meta, SEEN.to_vec(), st.len.to_be_bytes().to_vec());
+        let mut b = Batch::default();
+        for (k, val) in &rows {
+            b.expect(Space::Meta, k.clone(), Some(val.clone()));
+            b.delete(Space::Meta, k.clone());
         }
         commit(v, b).await?;
         moved += rows.len();
-        drop(st);
-        if !full {
-            return Ok(moved);
-        }
     }
+    // The database reflects the whole log only if it did before: every
+    // line appended since names a key it destroyed.
+    let in_step = match seen {
+        Some(s) => s == before,
+        None => before.0 == 0,
+    };
+    if in_step && st.seen() != before {
+        let mut b = Batch::default();
+        b.put(Space::Meta, SEEN.to_vec(), seen_bytes(st.seen()));
+        commit(v, b).await?;
+    }
+    Ok(moved)
 }
 
-/// [`record`] after a destruction: a failure is logged, and the sweeper's
-/// next pass (or the next start) tries again; the erasure stands.
-pub async fn record_logged(v: &Vault) {
-    if let Err(e) = record(v).await {
-        tracing::error!(error = %e, "Recording destroyed subject keys in the shred log failed; tried again with the next sweep");
-    }
-}
-
+/// Commits `b`; a conflict is not an error (a row written again meanwhile
+/// stays for the next pass).
 async fn commit(v: &Vault, b: Batch) -> Result<(), ShredError> {
     match v.committer.commit(b, Vec::new()).await {
-        // A row written again meanwhile (the same key destroyed twice
-        // cannot be; a restart's replay can): the next pass takes it.
         Ok(()) | Err(crate::commit::CommitError::Store(StoreError::Conflict)) => Ok(()),
         Err(crate::commit::CommitError::Store(e)) => Err(e.into()),
-        Err(e) => Err(ShredError::Erase(e.to_string())),
+        Err(e) => Err(ShredError::Commit(e.to_string())),
     }
 }
 
 /// At start, before anything is served: records what a crash left
-/// pending, then, when the database does not reflect the whole log (it
-/// was restored from a backup, or the log was replaced), destroys again
-/// every subject key the log names, with the subject's values, and
-/// purges. How many subjects were erased again.
+/// pending (refusing the start when the log cannot take it), then, when
+/// the database has not seen the whole log (it was restored from a
+/// backup), destroys again every subject key the log names, with the
+/// subject's values. Refuses a log that is not the one the database saw
+/// ([`ShredError::NotSeen`]). How many subjects were erased again.
 pub async fn reapply(v: &Vault) -> Result<u64, ShredError> {
     let Some(log) = &v.shreds else {
-        record(v).await?;
+        drop_pending(v).await?;
         return Ok(0);
     };
-    record(v).await?;
-    let seen = read_seen(v)?;
-    let len = log.state.lock().await.len;
-    if seen == len {
-        return Ok(0);
-    }
-    if seen > len {
-        tracing::error!(
-            path = %log.path.display(),
-            "The shred log is shorter than this database has seen: it was replaced or cut, and the erasures it no longer names cannot be made again if this database is an older copy"
-        );
+    let mut st = log.state.lock().await;
+    record_locked(v, log, &mut st).await?;
+    let now = st.seen();
+    match read_seen(v.store.as_ref())? {
+        Some(seen) if seen == now => {
+            st.known = HashSet::new();
+            return Ok(0);
+        }
+        Some((len, hash)) if log.prefix_hash(&st, len)? != Some(hash) => {
+            return Err(ShredError::NotSeen(log.shown()));
+        }
+        _ => {}
     }
     let mut erased = 0u64;
     let mut from = Vec::new();
@@ -311,38 +470,43 @@ pub async fn reapply(v: &Vault) -> Result<u64, ShredError> {
             from = k.clone();
             from.push(0);
         }
-        let hits: Vec<(String, Vec<u8>)> = {
-            let st = log.state.lock().await;
-            page.into_iter()
-                .filter_map(|(k, w)| Some((String::from_utf8(k).ok()?, w)))
-                .filter(|(s, w)| st.known.contains(&fingerprint(s, w)))
-                .collect()
-        };
-        for (subject, wrapped) in hits {
-            crate::api::lifecycle::erase_again(v, &subject, &wrapped)
-                .await
-                .map_err(|e| ShredError::Erase(e.to_string()))?;
-            erased += 1;
+        for (k, wrapped) in page {
+            let Ok(subject) = String::from_utf8(k) else {
+                continue;
+            };
+            if st.known.contains(&fingerprint(&subject, &wrapped)) {
+                crate::api::lifecycle::erase_again(v, &subject, &wrapped)
+                    .await
+                    .map_err(|e| ShredError::Erase(e.to_string()))?;
+                erased += 1;
+            }
         }
         if !full {
             break;
         }
     }
     // The re-erasures' own pending rows name keys the log has.
-    record(v).await?;
-    let st = log.state.lock().await;
+    record_locked(v, log, &mut st).await?;
     let mut b = Batch::default();
-    b.put(Space::Meta, SEEN.to_vec(), st.len.to_be_bytes().to_vec());
+    b.put(Space::Meta, SEEN.to_vec(), seen_bytes(st.seen()));
     commit(v, b).await?;
-    drop(st);
+    st.known = HashSet::new();
     if erased > 0 {
+        // The keys leave the engine's files with the start's purge.
         tracing::warn!(
             subjects = erased,
             "Subjects the shred log says were erased were in the database (restored from an older copy?): erased again"
         );
-        crate::api::lifecycle::purge_subject_keys(v).await;
     }
     Ok(erased)
+}
+
+/// `vault operator accept-shred-log`: forgets which log the database saw,
+/// so the next start checks every subject key against the log as it is
+/// and goes on from there. For a log lost or replaced: erasures it no
+/// longer names cannot be made again. The caller audits it.
+pub fn forget_seen(b: &mut Batch) {
+    b.delete(Space::Meta, SEEN.to_vec());
 }
 
 #[cfg(test)]
@@ -366,11 +530,21 @@ mod tests {
         let path = dir.path().join("shred.log");
         let log = ShredLog::open(&path).unwrap();
         assert_eq!(log.state.try_lock().unwrap().len, 0);
+        // Held: a second opener is refused.
+        assert!(matches!(ShredLog::open(&path), Err(ShredError::Locked(_))));
+        drop(log);
         let a = fingerprint("s1", b"k1");
         let b = fingerprint("s2", b"k2");
-        append(&path, line(&a, 5).as_bytes()).unwrap();
+        let raw = |bytes: &[u8]| {
+            let f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap();
+            append(&f, bytes).unwrap();
+        };
+        raw(line(&a, 5).as_bytes());
         // A crash mid-line.
-        append(&path, &line(&b, 6).as_bytes()[..20]).unwrap();
+        raw(&line(&b, 6).as_bytes()[..20]);
         let log = ShredLog::open(&path).unwrap();
         let st = log.state.try_lock().unwrap();
         assert!(st.known.contains(&a) && !st.known.contains(&b));
@@ -378,10 +552,12 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(st.len, line(&a, 5).len() as u64 + 20);
         // A stray line is skipped, the rest still read.
         drop(st);
-        append(&path, b"\nnot a line\n").unwrap();
-        append(&path, line(&b, 7).as_bytes()).unwrap();
+        drop(log);
+        raw(b"\nnot a line\n");
+        raw(line(&b, 7).as_bytes());
         let log = ShredLog::open(&path).unwrap();
         let st = log.state.try_lock().unwrap();
         assert!(st.known.contains(&a) && st.known.contains(&b));

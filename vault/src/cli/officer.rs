@@ -374,6 +374,60 @@ pub fn clear_seal(config: &std::path::Path) -> ExitCode {
     }
 }
 
+/// `vault operator accept-shred-log`: forgets which shred log a stopped
+/// vault's database saw (audited), so its next start takes the log as it
+/// is and checks every subject key against it.
+pub fn accept_shred_log(config: &std::path::Path) -> ExitCode {
+    harden();
+    let cfg = match load(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(path) = cfg.server.shred_log.as_ref().map(|p| cfg.resolve(p)) else {
+        return fail(
+            EXIT_CONFIG,
+            "server.shred-log is not set in this configuration",
+        );
+    };
+    if !cfg.data_dir().join("CURRENT").is_file() {
+        return fail(
+            EXIT_CONFIG,
+            &format!("no vault database in {}", cfg.data_dir().display()),
+        );
+    }
+    let store: Arc<dyn Store> = match RocksStore::open(&cfg.data_dir()) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            return fail(
+                EXIT_RUNTIME,
+                &format!("cannot open the database (is the vault still running?): {e}"),
+            )
+        }
+    };
+    // The log must open as the start will open it (and not be held).
+    if let Err(e) = crate::shreds::ShredLog::open(&path) {
+        return fail(EXIT_RUNTIME, &e.to_string());
+    }
+    let mut batch = crate::store::Batch::default();
+    crate::shreds::forget_seen(&mut batch);
+    match offline_commit(
+        &store,
+        batch,
+        "operator-accept-shred-log",
+        "shred_log_accepted",
+    ) {
+        Ok(Ok(())) => {
+            println!(
+                "Accepted: the next start checks every subject key against {} as it is. Erasures it does not name cannot be made again.",
+                path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(Err(e)) => fail(EXIT_RUNTIME, &format!("cannot write the database: {e}")),
+        Err(code) => code,
+    }
+}
+
 /// `vault operator init`: creates the root key of a vault configured with
 /// `unseal-with-shares`, stores its key hierarchy, and prints the shares
 /// once. The server must not be running (the database is opened directly).
