@@ -1445,15 +1445,25 @@ fn sign_client_cert_serial(
 /// A revocation list of `issuer` (a CA and its key) revoking `serials`,
 /// next updated at `next`, as PEM.
 fn crl_pem(
-    (issuer, key): &(rcgen::Certificate, rcgen::KeyPair),
+    ca: &(rcgen::Certificate, rcgen::KeyPair),
     serials: &[u64],
     next: time::OffsetDateTime,
 ) -> String {
+    crl(ca, serials, next, 1).pem().unwrap()
+}
+
+/// As [`crl_pem`], numbered `number`, not yet encoded.
+fn crl(
+    (issuer, key): &(rcgen::Certificate, rcgen::KeyPair),
+    serials: &[u64],
+    next: time::OffsetDateTime,
+    number: u64,
+) -> rcgen::CertificateRevocationList {
     let now = time::OffsetDateTime::now_utc();
     rcgen::CertificateRevocationListParams {
         this_update: now - time::Duration::days(2),
         next_update: next,
-        crl_number: rcgen::SerialNumber::from(1u64),
+        crl_number: rcgen::SerialNumber::from(number),
         issuing_distribution_point: None,
         revoked_certs: serials
             .iter()
@@ -1467,8 +1477,6 @@ fn crl_pem(
         key_identifier_method: rcgen::KeyIdMethod::Sha256,
     }
     .signed_by(issuer, key)
-    .unwrap()
-    .pem()
     .unwrap()
 }
 
@@ -1492,12 +1500,18 @@ async fn a_revoked_client_certificate_is_refused() {
     };
     let revoked = identity("app", 4242);
     let fine = identity("app", 4243);
-    let crl = crl_pem(&dev_ca(&v.tls()), &[4242], now + 30 * day);
-    std::fs::write(v.tls().join("ca.crl"), &crl).unwrap();
+    let crl_text = crl_pem(&dev_ca(&v.tls()), &[4242], now + 30 * day);
+    std::fs::write(v.tls().join("ca.crl"), &crl_text).unwrap();
     let toml = v.dir.path().join("vault.toml");
     let text = std::fs::read_to_string(&toml).unwrap();
     let with = |line: &str| text.replace("# crls = [\"tls/ca.crl\"]", line);
-    std::fs::write(&toml, with("crls = [\"tls/ca.crl\"]")).unwrap();
+    // A long header deadline: an idle HTTP/1 connection closed by it would
+    // pass for one closed by a revocation below.
+    let text = with("crls = [\"tls/ca.crl\"]").replace(
+        "handshake-timeout-ms = 5000",
+        "handshake-timeout-ms = 60000",
+    );
+    std::fs::write(&toml, text).unwrap();
     v.restart().await;
     let endpoint = format!("https://127.0.0.1:{}", v.api.port());
     let revoked_client = builder_at(&revoked, &endpoint, "app").build().unwrap();
@@ -1523,6 +1537,56 @@ async fn a_revoked_client_certificate_is_refused() {
     let (code, _, err) = run_vault(&["check-config", "--config", toml.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("tls.crls"), "{err}");
+
+    // Revoked while the vault runs: a connection the certificate has open
+    // is closed, and its next handshake is refused, without a restart. A
+    // changed list that does not verify leaves the last good one in force.
+    let tcp = TcpStream::connect(v.api).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut open = connector(&fine, Some("app"), &[b"http/1.1"])
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    open.write_all(b"GET /v1/nothing HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_h1_response(&mut open).await.map(|r| r.0), Some(404));
+    std::fs::write(v.tls().join("ca.crl"), "not a list").unwrap();
+    tokio::time::sleep(vault::tls::CRL_CHECK * 2).await;
+    tokenize_one(
+        &fine_client,
+        "acct-r",
+        "notification",
+        "phone",
+        "13800138000",
+    )
+    .await;
+    let builder = builder_at(&revoked, &endpoint, "app");
+    assert_transport_refused(&builder.build().unwrap()).await;
+    // In DER this time, as CAs often publish them.
+    let newer = crl(&dev_ca(&v.tls()), &[4242, 4243], now + 30 * day, 2);
+    std::fs::write(v.tls().join("ca.crl"), newer.der()).unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(vault::tls::CRL_CHECK * 5, open.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "the revoked certificate's connection stayed open"
+    );
+    let again = builder_at(&fine, &endpoint, "app").build().unwrap();
+    assert_transport_refused(&again).await;
+    tokenize_one(
+        &v.client("app"),
+        "acct-r",
+        "notification",
+        "phone",
+        "13800138000",
+    )
+    .await;
+    // The older list written back is not taken in: 4243 stays revoked.
+    std::fs::write(v.tls().join("ca.crl"), &crl_text).unwrap();
+    tokio::time::sleep(vault::tls::CRL_CHECK * 2).await;
+    let again = builder_at(&fine, &endpoint, "app").build().unwrap();
+    assert_transport_refused(&again).await;
     v.stop().await;
 
     // A list signed by another CA, and a file that holds none.
@@ -1531,8 +1595,13 @@ async fn a_revoked_client_certificate_is_refused() {
     let foreign = crl_pem(&dev_ca(&other.path().join("tls")), &[1], now + 30 * day);
     for (bytes, says) in [
         // Another development CA has the same name: its key tells them apart.
-        (foreign.as_str(), "does not verify under its issuer's key"),
-        ("not a list", "holds no certificate revocation list"),
+        (foreign.clone(), "does not verify under its issuer's key"),
+        (
+            "not a list".to_string(),
+            "holds no certificate revocation list",
+        ),
+        // Two lists of one CA: the verifier would read only the first.
+        (format!("{crl_text}{crl_text}"), "a second list of a CA"),
     ] {
         std::fs::write(v.tls().join("ca.crl"), bytes).unwrap();
         let (code, _, err) = run_vault(&["check-config", "--config", toml.to_str().unwrap()]);

@@ -284,7 +284,7 @@ fn report_problems(path: &Path, problems: &[String]) -> ExitCode {
 
 /// What `serve` would fail on at start beyond the file's own validity:
 /// TLS files it cannot read or use (unreadable, not PEM, a key that is not
-/// the certificate's), and a master-key file or variable it cannot read or
+/// the certificate's, a revocation list its CA did not sign), and a master-key file or variable it cannot read or
 /// that does not hold a key. A master-key command is not run (it may have
 /// effects, such as an HSM's audit log). The messages name sources and
 /// error kinds, never what a file holds. What the file's own checks

@@ -352,6 +352,7 @@ impl Config {
         if self.tls.min_version == "1.2" {
             w.push("tls.min-version 1.2: TLS 1.2 clients are accepted as well as 1.3".into());
         }
+        w.extend(crate::tls::crl_coverage(self));
         for path in &self.tls.crls {
             if let Some(w_) = crate::tls::crl_stale(&self.resolve(path)) {
                 w.push(w_);

@@ -200,6 +200,9 @@ struct Conn {
     /// When the client certificate stops being valid: no request is taken
     /// after, even on a connection still closing.
     valid_until: Option<std::time::SystemTime>,
+    /// The client certificate and the revocations as they stand: no
+    /// request is taken once it is revoked.
+    revoked: Option<(crate::tls::CertId, watch::Receiver<crate::tls::Revoked>)>,
     bodies: body::Budget,
     /// The caller's answers not yet written out, when it is a configured
     /// caller (see `body::Budget::answers_over`).
@@ -263,6 +266,10 @@ async fn admit(
     if conn
         .valid_until
         .is_some_and(|t| std::time::SystemTime::now() >= t)
+        || conn
+            .revoked
+            .as_ref()
+            .is_some_and(|(id, rx)| rx.borrow().contains(id))
     {
         return Err(ApiError::UnknownCaller);
     }
@@ -574,11 +581,10 @@ pub const OFFICER_CONNECTIONS: usize = 64;
 pub async fn serve_api(
     vault: Arc<Vault>,
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    tls: Arc<crate::tls::Live>,
     which: Listener,
     mut stop: watch::Receiver<bool>,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
     let places = match which {
         Listener::Api => vault.limits.max_connections,
         Listener::Officers => OFFICER_CONNECTIONS,
@@ -617,7 +623,10 @@ pub async fn serve_api(
         let handshake = admission.handshake(admit::source_of(peer.ip()));
         let _ = tcp.set_nodelay(true);
         let admission = admission.clone();
-        let acceptor = acceptor.clone();
+        // The configuration as it stands: a revocation list read again
+        // since the last connection counts for this one.
+        let acceptor = TlsAcceptor::from(tls.current());
+        let revocations = tls.revocations();
         let vault = vault.clone();
         let places = places.clone();
         let bodies = bodies.clone();
@@ -655,6 +664,9 @@ pub async fn serve_api(
             // request after. (The leaf's: other certificates a client sends
             // may be stale ones the verifier did not use.)
             let valid_until = leaf.and_then(crate::tls::not_after);
+            let revoked = leaf
+                .and_then(crate::tls::cert_id)
+                .map(|id| (id, revocations));
             let expires = valid_until.map(|at| {
                 let left = at
                     .duration_since(std::time::SystemTime::now())
@@ -689,6 +701,7 @@ pub async fn serve_api(
                 bodies,
                 answers,
                 valid_until,
+                revoked: revoked.clone(),
                 activity: conn::Activity::new(),
             });
             let svc_conn = conn.clone();
@@ -704,7 +717,11 @@ pub async fn serve_api(
                 svc,
                 &conn.activity,
                 &limits,
-                conn::Until { stop, expires },
+                conn::Until {
+                    stop,
+                    expires,
+                    revoked,
+                },
             );
             match evictable {
                 None => serving.await,

@@ -204,7 +204,7 @@ pub async fn start_with(
     // erased subject for a moment; nor listen while it is checked.
     crate::shreds::reapply(&vault).await?;
     let s = &cfg.server;
-    let tls = crate::tls::server_config(cfg)?;
+    let tls = crate::tls::Live::new(cfg)?;
     let api = bind(&s.api_addr).await?;
     let ops = bind(&s.ops_addr).await?;
     let api_addr = local(&api, &s.api_addr)?;
@@ -233,8 +233,15 @@ pub async fn start_with(
         tasks.push(tokio::spawn(crate::http::serve_api(
             vault.clone(),
             listener,
-            tls,
+            tls.clone(),
             crate::http::Listener::Officers,
+            stopped.clone(),
+        )));
+    }
+    if !cfg.tls.crls.is_empty() {
+        tasks.push(tokio::spawn(crate::tls::watch_crls(
+            tls,
+            cfg.clone(),
             stopped.clone(),
         )));
     }

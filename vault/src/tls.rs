@@ -69,47 +69,136 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         })
 }
 
+/// Largest revocation list file taken: the handshake checks a list's
+/// signature over all of it, at every handshake of its CA's certificates.
+const MAX_CRL_BYTES: u64 = 16 << 20;
+
+/// The signature algorithms (OIDs) of revocation lists that both this
+/// check and the handshake's verifier accept: RSA PKCS#1 with SHA-256,
+/// -384 and -512, ECDSA with SHA-256 and -384, Ed25519. A list signed
+/// otherwise (SHA-1, RSA-PSS) is refused here rather than have the
+/// handshake refuse every certificate of its CA, or none be checked.
+const CRL_SIGNATURES: &[&str] = &[
+    "1.2.840.113549.1.1.11",
+    "1.2.840.113549.1.1.12",
+    "1.2.840.113549.1.1.13",
+    "1.2.840.10045.4.3.2",
+    "1.2.840.10045.4.3.3",
+    "1.3.101.112",
+];
+
 /// The revocation lists in a file: PEM (any number), else one in DER, as
-/// CAs often publish them. Each must be signed by one of `cas`: a list the
-/// verifier cannot check would refuse every certificate of its issuer.
+/// CAs often publish them. Each must be signed by one of `cas` with an
+/// algorithm the handshake accepts, and be one the TLS stack takes (a
+/// complete list, not a delta): a list the verifier cannot use would
+/// refuse every certificate of its issuer.
 pub fn load_crls(
     path: &Path,
     cas: &[CertificateDer<'_>],
 ) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
     use x509_parser::revocation_list::CertificateRevocationList;
     let shown = path.display().to_string();
+    let bad = |why: String| TlsError::BadCrl {
+        path: shown.clone(),
+        why,
+    };
+    if std::fs::metadata(path).is_ok_and(|m| m.len() > MAX_CRL_BYTES) {
+        return Err(bad(format!("over {} MiB", MAX_CRL_BYTES >> 20)));
+    }
     let bytes = read(path)?;
-    let mut crls: Vec<_> = rustls_pemfile::crls(&mut BufReader::new(bytes.as_slice()))
-        .filter_map(Result::ok)
-        .collect();
+    let pem: Result<Vec<_>, _> =
+        rustls_pemfile::crls(&mut BufReader::new(bytes.as_slice())).collect();
+    let mut crls = pem.map_err(|_| bad("a PEM section does not read".into()))?;
     if crls.is_empty() && CertificateRevocationList::from_der(&bytes).is_ok() {
         crls.push(CertificateRevocationListDer::from(bytes));
     }
     if crls.is_empty() {
         return Err(TlsError::NoCrl { path: shown });
     }
+    let parsed_cas: Vec<X509Certificate<'_>> = cas
+        .iter()
+        .filter_map(|ca| X509Certificate::from_der(ca.as_ref()).ok().map(|(_, c)| c))
+        .collect();
     for crl in &crls {
-        let bad = |why: String| TlsError::BadCrl {
-            path: shown.clone(),
-            why,
-        };
         let (_, parsed) = CertificateRevocationList::from_der(crl.as_ref())
             .map_err(|e| bad(format!("does not parse ({e})")))?;
-        let issuer = cas
+        let alg = parsed.signature_algorithm.algorithm.to_id_string();
+        if !CRL_SIGNATURES.contains(&alg.as_str()) {
+            return Err(bad(format!(
+                "signed with an algorithm ({alg}) the handshake does not accept"
+            )));
+        }
+        let mut issuers = parsed_cas
             .iter()
-            .filter_map(|ca| X509Certificate::from_der(ca.as_ref()).ok().map(|(_, c)| c))
-            .find(|ca| ca.subject() == parsed.issuer())
-            .ok_or_else(|| {
-                bad(format!(
-                    "issued by \"{}\", which is not a CA in tls.ca",
-                    parsed.issuer()
-                ))
-            })?;
-        parsed
-            .verify_signature(issuer.public_key())
-            .map_err(|_| bad("its signature does not verify under its issuer's key".into()))?;
+            .filter(|ca| ca.subject() == parsed.issuer())
+            .peekable();
+        if issuers.peek().is_none() {
+            return Err(bad(format!(
+                "issued by \"{}\", which is not a CA in tls.ca",
+                parsed.issuer()
+            )));
+        }
+        if !issuers.any(|ca| parsed.verify_signature(ca.public_key()).is_ok()) {
+            return Err(bad(
+                "its signature does not verify under its issuer's key".into()
+            ));
+        }
     }
+    // What the TLS stack itself refuses (a delta list, an indirect one, a
+    // version 1 list), named with its file.
+    let mut roots = RootCertStore::empty();
+    for ca in cas {
+        let _ = roots.add(ca.clone().into_owned());
+    }
+    WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .with_crls(crls.iter().cloned())
+    .build()
+    .map_err(|e| bad(format!("the TLS stack refuses it ({e})")))?;
     Ok(crls)
+}
+
+/// The issuer (its name as encoded) and number of a revocation list.
+fn crl_issuer_and_number(
+    crl: &CertificateRevocationListDer<'_>,
+) -> Option<(Vec<u8>, Option<x509_parser::num_bigint::BigUint>)> {
+    use x509_parser::revocation_list::CertificateRevocationList;
+    let (_, parsed) = CertificateRevocationList::from_der(crl.as_ref()).ok()?;
+    Some((
+        parsed.issuer().as_raw().to_vec(),
+        parsed.crl_number().cloned(),
+    ))
+}
+
+/// Warnings for CAs in `tls.ca` that no list in `tls.crls` covers, once
+/// some list is set: every client certificate they issued is refused.
+pub fn crl_coverage(cfg: &Config) -> Vec<String> {
+    if cfg.tls.crls.is_empty() {
+        return Vec::new();
+    }
+    let Ok(cas) = load_certs(&cfg.resolve(&cfg.tls.ca)) else {
+        return Vec::new();
+    };
+    let covered: std::collections::HashSet<Vec<u8>> = cfg
+        .tls
+        .crls
+        .iter()
+        .filter_map(|p| load_crls(&cfg.resolve(p), &cas).ok())
+        .flatten()
+        .filter_map(|c| crl_issuer_and_number(&c).map(|(i, _)| i))
+        .collect();
+    cas.iter()
+        .filter_map(|ca| X509Certificate::from_der(ca.as_ref()).ok().map(|(_, c)| c))
+        .filter(|ca| !covered.contains(ca.subject().as_raw()))
+        .map(|ca| {
+            format!(
+                "tls.ca \"{}\" has no list in tls.crls: every client certificate it issued is refused",
+                ca.subject()
+            )
+        })
+        .collect()
 }
 
 /// A warning when a revocation list in `path` is past its next update:
@@ -143,13 +232,50 @@ fn rustls_err(e: impl std::fmt::Display) -> TlsError {
 
 /// The API listener's TLS configuration.
 pub fn server_config(cfg: &Config) -> Result<Arc<ServerConfig>, TlsError> {
+    build(cfg).map(|b| b.config)
+}
+
+/// The numbers of the revocation lists in force, per issuer (its name as
+/// encoded).
+type Numbers = std::collections::HashMap<Vec<u8>, x509_parser::num_bigint::BigUint>;
+
+struct Built {
+    config: Arc<ServerConfig>,
+    /// The certificates its revocation lists name.
+    revoked: Revoked,
+    numbers: Numbers,
+}
+
+/// The TLS configuration of `cfg`.
+fn build(cfg: &Config) -> Result<Built, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
     let cas = load_certs(&cfg.resolve(&cfg.tls.ca))?;
     let mut crls = Vec::new();
+    let mut issuers = std::collections::HashMap::new();
+    let mut numbers = Numbers::new();
     for path in &cfg.tls.crls {
-        crls.extend(load_crls(&cfg.resolve(path), &cas)?);
+        for crl in load_crls(&cfg.resolve(path), &cas)? {
+            // The verifier uses the first list of an issuer it finds: a
+            // second (a newer one beside the old) would go unread.
+            if let Some((issuer, number)) = crl_issuer_and_number(&crl) {
+                if let Some(n) = number {
+                    numbers.insert(issuer.clone(), n);
+                }
+                if let Some(first) = issuers.insert(issuer, path.clone()) {
+                    return Err(TlsError::BadCrl {
+                        path: cfg.resolve(path).display().to_string(),
+                        why: format!(
+                            "a second list of a CA whose list {} already gives; keep only the newest",
+                            first.display()
+                        ),
+                    });
+                }
+            }
+            crls.push(crl);
+        }
     }
+    let revoked = revoked_in(&crls);
     for ca in cas {
         roots.add(ca).map_err(rustls_err)?;
     }
@@ -187,7 +313,166 @@ pub fn server_config(cfg: &Config) -> Result<Arc<ServerConfig>, TlsError> {
     // connection costs little.
     sc.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     sc.send_tls13_tickets = 0;
-    Ok(Arc::new(sc))
+    Ok(Built {
+        config: Arc::new(sc),
+        revoked,
+        numbers,
+    })
+}
+
+/// Where a certificate stands in revocation lists: its issuer's name (as
+/// encoded) and its serial number.
+pub type CertId = (Vec<u8>, Vec<u8>);
+
+/// The certificates some revocation list names.
+pub type Revoked = Arc<std::collections::HashSet<CertId>>;
+
+/// A certificate's [`CertId`].
+pub fn cert_id(cert: &CertificateDer<'_>) -> Option<CertId> {
+    let (_, x509) = X509Certificate::from_der(cert.as_ref()).ok()?;
+    Some((x509.issuer().as_raw().to_vec(), x509.raw_serial().to_vec()))
+}
+
+fn revoked_in(crls: &[CertificateRevocationListDer<'_>]) -> Revoked {
+    use x509_parser::revocation_list::CertificateRevocationList;
+    let mut ids = std::collections::HashSet::new();
+    for crl in crls {
+        if let Ok((_, list)) = CertificateRevocationList::from_der(crl.as_ref()) {
+            let issuer = list.issuer().as_raw().to_vec();
+            ids.extend(
+                list.iter_revoked_certificates()
+                    .map(|r| (issuer.clone(), r.raw_serial().to_vec())),
+            );
+        }
+    }
+    Arc::new(ids)
+}
+
+/// How often the revocation lists' files are looked at for a change.
+pub const CRL_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The listeners' TLS configuration as it stands: built at start, and
+/// built again when a revocation list's file changes, so a certificate
+/// revoked while the vault runs is refused at its next handshake, and the
+/// connections it has open are closed (see [`Live::revocations`]).
+#[derive(Debug)]
+pub struct Live {
+    config: std::sync::RwLock<Arc<ServerConfig>>,
+    revoked: tokio::sync::watch::Sender<Revoked>,
+    /// The highest list number taken per issuer: an older list (written
+    /// back by mistake, or by someone who wants a revoked certificate to
+    /// work again) is not taken in while the vault runs.
+    numbers: std::sync::Mutex<Numbers>,
+    /// Each list file's (modification time, length, inode) when last read.
+    stamps: std::sync::Mutex<Vec<Option<(std::time::SystemTime, u64, u64)>>>,
+}
+
+fn stamps(cfg: &Config) -> Vec<Option<(std::time::SystemTime, u64, u64)>> {
+    use std::os::unix::fs::MetadataExt;
+    cfg.tls
+        .crls
+        .iter()
+        .map(|p| {
+            let m = std::fs::metadata(cfg.resolve(p)).ok()?;
+            Some((m.modified().ok()?, m.len(), m.ino()))
+        })
+        .collect()
+}
+
+impl Live {
+    pub fn new(cfg: &Config) -> Result<Arc<Live>, TlsError> {
+        let before = stamps(cfg);
+        let built = build(cfg)?;
+        Ok(Arc::new(Live {
+            config: std::sync::RwLock::new(built.config),
+            revoked: tokio::sync::watch::channel(built.revoked).0,
+            numbers: std::sync::Mutex::new(built.numbers),
+            stamps: std::sync::Mutex::new(before),
+        }))
+    }
+
+    /// The configuration a new connection's handshake uses.
+    pub fn current(&self) -> Arc<ServerConfig> {
+        match self.config.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The certificates revoked now, changing as the lists do: what a
+    /// connection watches to end when its own certificate is revoked.
+    pub fn revocations(&self) -> tokio::sync::watch::Receiver<Revoked> {
+        self.revoked.subscribe()
+    }
+
+    /// Reads the lists again if a file changed since last read; whether the
+    /// configuration was rebuilt. A list that fails to read or to verify
+    /// keeps the previous configuration (an error, logged once per change).
+    pub fn refresh(&self, cfg: &Config) -> Result<bool, TlsError> {
+        let now = stamps(cfg);
+        {
+            let mut last = match self.stamps.lock() {
+                Ok(l) => l,
+                Err(p) => p.into_inner(),
+            };
+            if *last == now {
+                return Ok(false);
+            }
+            *last = now;
+        }
+        let built = build(cfg)?;
+        {
+            let mut numbers = match self.numbers.lock() {
+                Ok(n) => n,
+                Err(p) => p.into_inner(),
+            };
+            for (issuer, number) in &built.numbers {
+                if numbers
+                    .get(issuer)
+                    .is_some_and(|in_force| number < in_force)
+                {
+                    return Err(TlsError::BadCrl {
+                        path: "tls.crls".into(),
+                        why: format!(
+                            "a list numbered {number} is older than the one in force for its CA"
+                        ),
+                    });
+                }
+            }
+            numbers.extend(built.numbers);
+        }
+        match self.config.write() {
+            Ok(mut c) => *c = built.config,
+            Err(p) => *p.into_inner() = built.config,
+        }
+        self.revoked.send_replace(built.revoked);
+        Ok(true)
+    }
+}
+
+/// Looks at the revocation lists every [`CRL_CHECK`] until `stop`, and
+/// takes a changed one in.
+pub async fn watch_crls(
+    live: Arc<Live>,
+    cfg: Config,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(CRL_CHECK) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let (live, cfg2) = (live.clone(), cfg.clone());
+        match tokio::task::spawn_blocking(move || live.refresh(&cfg2)).await {
+            Ok(Ok(true)) => tracing::info!("Certificate revocation lists read again"),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::error!(
+                error = %e,
+                "A changed certificate revocation list does not read; the previous lists stay in force"
+            ),
+            Err(_) => {}
+        }
+    }
 }
 
 /// When a client certificate stops being valid (its notAfter), for the

@@ -134,6 +134,24 @@ impl Drop for Busy<'_> {
 pub struct Until {
     pub stop: watch::Receiver<bool>,
     pub expires: Option<tokio::time::Instant>,
+    /// The certificate, and the revocations to watch for it.
+    pub revoked: Option<(crate::tls::CertId, watch::Receiver<crate::tls::Revoked>)>,
+}
+
+/// Resolves when `id` is among the revoked certificates (at once if it
+/// already is); never without a certificate to watch.
+async fn revoked(watched: Option<(crate::tls::CertId, watch::Receiver<crate::tls::Revoked>)>) {
+    let Some((id, mut rx)) = watched else {
+        return std::future::pending().await;
+    };
+    loop {
+        if rx.borrow_and_update().contains(&id) {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
 }
 
 /// Serves one connection until it ends, goes idle past the limit, its
@@ -190,7 +208,11 @@ async fn drive<C, E>(
     C: std::future::Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
-    let Until { mut stop, expires } = until;
+    let Until {
+        mut stop,
+        expires,
+        revoked: watched,
+    } = until;
     tokio::pin!(conn);
     let expired = async {
         match expires {
@@ -208,6 +230,7 @@ async fn drive<C, E>(
         _ = stop.wait_for(|s| *s) => "shutdown",
         () = activity.idle_for(limits.idle_timeout) => "idle",
         () = expired => "certificate expired",
+        () = revoked(watched) => "certificate revoked",
     };
     tracing::debug!(reason = why, "Closing connection");
     graceful(conn.as_mut());
