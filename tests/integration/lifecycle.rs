@@ -1322,10 +1322,29 @@ async fn the_shred_log_catches_up_after_a_crash_and_a_changed_one_stops_the_star
     let cfg = config(v.dir.path());
     let mut changed = good.clone();
     changed[3] = if changed[3] == b'0' { b'1' } else { b'0' };
+    // A record still pending (its append failed before the stop) stays in
+    // the database while the start refuses the log: it must not go into a
+    // log that is about to be put right.
+    let pending_here = |dir: &std::path::Path| {
+        let store = vault::store::RocksStore::open(dir).unwrap();
+        vault::store::Store::scan(&store, Space::Meta, vault::shreds::PENDING, None, 10)
+            .unwrap()
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(vault::shreds::PENDING))
+            .count()
+    };
+    {
+        let store = vault::store::RocksStore::open(v.dir.path()).unwrap();
+        let mut b = Batch::default();
+        vault::shreds::mark(&mut b, "acct-z", b"another wrapped key", 2);
+        vault::store::Store::write(&store, b).unwrap();
+    }
     for (bytes, what) in [(&good[..70], "cut"), (&changed[..], "replaced")] {
         std::fs::write(&log, bytes).unwrap();
         let e = vault::server::start(&cfg).await.unwrap_err().to_string();
         assert!(e.contains("accept-shred-log"), "{what}: {e}");
+        assert_eq!(std::fs::read(&log).unwrap(), bytes, "{what}: written to");
+        assert_eq!(pending_here(v.dir.path()), 1, "{what}");
     }
     // The operator goes on with the replaced log: the next start checks
     // every key against it, and says so in the audit log.
@@ -1338,7 +1357,16 @@ async fn the_shred_log_catches_up_after_a_crash_and_a_changed_one_stops_the_star
     assert_eq!(code, 0, "{out}{err}");
     v.restart().await;
     let events = v.audit_events().await;
-    assert!(events.iter().any(|e| e.action == "shred_log_accepted"));
+    let accepted = events
+        .iter()
+        .find(|e| e.action == "shred_log_accepted")
+        .unwrap();
+    let reference = accepted.reference.as_deref().unwrap_or_default();
+    assert!(
+        reference.contains(&format!("accepted={}:", changed.len())),
+        "{reference}"
+    );
+    assert!(names(v.dir.path(), "acct-z", b"another wrapped key"));
     // And with the right log back the database is in step again.
     v.stop().await;
     std::fs::write(&log, &good).unwrap();
@@ -1373,4 +1401,21 @@ async fn concurrent_erasures_keep_the_database_in_step_with_the_shred_log() {
         .unwrap()
         .unwrap();
     assert_eq!(seen.get(..8), Some(&(log.len() as u64).to_be_bytes()[..]));
+}
+
+/// A shred log the vault cannot create or hold stops the start: erasures
+/// would go unrecorded.
+#[tokio::test]
+async fn a_start_without_a_usable_shred_log_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.server.shred_log = Some(dir.path().join("missing").join("shred.log"));
+    let e = vault::server::start(&cfg).await.unwrap_err().to_string();
+    assert!(e.contains("shred log") && e.contains("missing"), "{e}");
+    // Held by another opener (another vault with the same file).
+    let held = dir.path().join("held.log");
+    let _other = vault::shreds::ShredLog::open(&held).unwrap();
+    cfg.server.shred_log = Some(held);
+    let e = vault::server::start(&cfg).await.unwrap_err().to_string();
+    assert!(e.contains("another process holds it"), "{e}");
 }

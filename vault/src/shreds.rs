@@ -26,9 +26,10 @@
 //! - One process at a time holds the log (an advisory lock).
 
 use std::collections::HashSet;
-use std::io::{BufRead, Read, Seek, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::Write;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
@@ -41,9 +42,17 @@ pub const PENDING: &[u8] = b"shred/pending/";
 /// The log length (bytes, big-endian) and the SHA-256 of those bytes that
 /// the database is known to reflect.
 pub const SEEN: &[u8] = b"shred/seen";
+/// Set by `vault operator accept-shred-log`: the next start checks every
+/// subject key against the log it accepted.
+pub const CHECK: &[u8] = b"shred/check";
 
 /// Pending rows moved to the log at a time.
 const PAGE: usize = 4096;
+
+/// How long an erasure, or the sweeper, waits for the log before leaving
+/// the record pending for a later pass (a log on storage that hangs must
+/// not hold them up).
+const WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub type Fingerprint = [u8; 32];
 
@@ -88,30 +97,74 @@ pub enum ShredError {
     Commit(String),
     #[error("the re-erasure of a restored subject failed: {0}")]
     Erase(String),
+    #[error("shred log {0}: no answer within the wait; the record stays pending")]
+    Slow(String),
 }
 
-/// The log file and what it holds, read once at start.
+/// The log file and what it holds.
 #[derive(Debug)]
 pub struct ShredLog {
     path: PathBuf,
-    state: tokio::sync::Mutex<State>,
+    state: Arc<tokio::sync::Mutex<State>>,
 }
 
 #[derive(Debug)]
 struct State {
     /// Open for reading and appending, and locked, for the process's life.
     file: std::fs::File,
-    /// The fingerprints the log names: read at start for its check, and
-    /// let go after it (later appends only need the pending rows).
-    known: HashSet<Fingerprint>,
     /// The file's length in bytes, and the hash of those bytes.
     len: u64,
     hash: Sha256,
     /// The file ends in a line cut short (a crash or a failed write
     /// mid-append): the next append starts on a new line.
     torn: bool,
-    /// An append failed: what the file holds is read again before the next.
-    failed: bool,
+    /// The file lost bytes this process had counted, or was replaced,
+    /// while the vault ran: the database's `seen` no longer moves, so the
+    /// next start refuses it.
+    lost: bool,
+}
+
+/// What `shred/seen` holds: a length and the SHA-256 of that many bytes.
+type Seen = (u64, [u8; 32]);
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> ShredError + '_ {
+    move |e| ShredError::Io {
+        path: path.display().to_string(),
+        kind: e.kind(),
+    }
+}
+
+/// Reads `file` from `from` to its end with positioned reads (the offset
+/// appends move is never used): calls `line` with every complete line
+/// (without its newline), feeds every byte to `hash`, and returns how many
+/// bytes it read and whether they end mid-line.
+fn read_from(
+    file: &std::fs::File,
+    from: u64,
+    hash: &mut Sha256,
+    mut line: impl FnMut(&[u8]),
+) -> std::io::Result<(u64, bool)> {
+    let mut buf = vec![0u8; 1 << 16];
+    let mut pos = from;
+    let mut partial: Vec<u8> = Vec::new();
+    loop {
+        let n = file.read_at(&mut buf, pos)?;
+        let Some(chunk) = buf.get(..n).filter(|c| !c.is_empty()) else {
+            break;
+        };
+        hash.update(chunk);
+        pos += n as u64;
+        let mut rest = chunk;
+        while let Some(i) = rest.iter().position(|&b| b == b'\n') {
+            let (head, tail) = rest.split_at(i);
+            partial.extend_from_slice(head);
+            line(&partial);
+            partial.clear();
+            rest = tail.get(1..).unwrap_or_default();
+        }
+        partial.extend_from_slice(rest);
+    }
+    Ok((pos - from, !partial.is_empty()))
 }
 
 impl State {
@@ -119,54 +172,30 @@ impl State {
         (self.len, self.hash.clone().finalize().into())
     }
 
-    /// Reads the whole file again: its length, hash, entries and whether
-    /// it ends mid-line.
-    fn read(&mut self, shown: &str) -> Result<(), ShredError> {
-        let io = |e: std::io::Error| ShredError::Io {
-            path: shown.to_string(),
-            kind: e.kind(),
-        };
-        (&self.file).rewind().map_err(io)?;
-        let mut reader = std::io::BufReader::new(&self.file);
-        let (mut len, mut hash, mut torn, mut unread) = (0u64, Sha256::new(), false, 0usize);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            let n = reader.read_until(b'\n', &mut line).map_err(io)?;
-            if n == 0 {
-                break;
-            }
-            len += n as u64;
-            hash.update(&line);
-            match line.strip_suffix(b"\n") {
-                None => torn = true,
-                Some([]) => {}
-                Some(l) => match parse(l) {
-                    Some(fp) => {
-                        self.known.insert(fp);
-                    }
-                    None => unread += 1,
-                },
-            }
+    /// Brings the counted length and hash up to what the file holds: the
+    /// bytes a failed write left, read, not guessed. A file shorter than
+    /// counted, or another file now at the path, is `lost`.
+    fn catch_up(&mut self, path: &Path) -> std::io::Result<()> {
+        let meta = self.file.metadata()?;
+        let replaced = std::fs::metadata(path)
+            .map(|p| (p.dev(), p.ino()) != (meta.dev(), meta.ino()))
+            .unwrap_or(true);
+        if replaced || meta.len() < self.len {
+            self.lost = true;
         }
-        if unread > 0 {
-            tracing::warn!(
-                path = %shown,
-                lines = unread,
-                "Shred log lines that do not read were skipped"
-            );
+        if meta.len() < self.len {
+            // Counted again from the start: appends go on, and the
+            // database's `seen` no longer moves.
+            self.hash = Sha256::new();
+            let (n, torn) = read_from(&self.file, 0, &mut self.hash, |_| {})?;
+            (self.len, self.torn) = (n, torn);
+        } else if meta.len() > self.len {
+            let (n, torn) = read_from(&self.file, self.len, &mut self.hash, |_| {})?;
+            self.len += n;
+            self.torn = torn;
         }
-        (self.len, self.hash, self.torn, self.failed) = (len, hash, torn, false);
         Ok(())
     }
-}
-
-/// What `shred/seen` holds: a length and the SHA-256 of that many bytes.
-type Seen = (u64, [u8; 32]);
-
-/// One line of the log: the fingerprint in hex, a space, the time.
-fn line(fp: &Fingerprint, time_ms: u64) -> String {
-    format!("{} {time_ms}\n", hex::encode(fp))
 }
 
 fn parse(line: &[u8]) -> Option<Fingerprint> {
@@ -176,18 +205,19 @@ fn parse(line: &[u8]) -> Option<Fingerprint> {
     hex::decode(fp).ok()?.try_into().ok()
 }
 
+/// One line of the log: the fingerprint in hex, a space, the time.
+fn line(fp: &Fingerprint, time_ms: u64) -> String {
+    format!("{} {time_ms}\n", hex::encode(fp))
+}
+
 impl ShredLog {
     /// Opens the log at `path` for reading and appending, creating it
-    /// (owner-only) when absent, locks it, and reads it. A log that cannot
+    /// (owner-only) when absent, locks it, and counts it. A log that cannot
     /// be created, written or locked stops the start: erasures would go
-    /// unrecorded. Lines that do not read are skipped with a warning: only
-    /// a line cut short by a crash is expected.
+    /// unrecorded.
     pub fn open(path: &Path) -> Result<Self, ShredError> {
         let shown = path.display().to_string();
-        let io = |e: std::io::Error| ShredError::Io {
-            path: shown.clone(),
-            kind: e.kind(),
-        };
+        let io = io_err(path);
         if path.is_dir() {
             return Err(ShredError::NotAFile(shown));
         }
@@ -198,8 +228,8 @@ impl ShredLog {
             .create(true)
             .mode(0o600)
             .open(path)
-            .map_err(io)?;
-        if !file.metadata().map_err(io)?.is_file() {
+            .map_err(&io)?;
+        if !file.metadata().map_err(&io)?.is_file() {
             return Err(ShredError::NotAFile(shown));
         }
         match file.try_lock() {
@@ -208,20 +238,19 @@ impl ShredLog {
             Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
         }
         if created {
-            sync_dir(path).map_err(io)?;
+            sync_dir(path).map_err(&io)?;
         }
-        let mut state = State {
-            file,
-            known: HashSet::new(),
-            len: 0,
-            hash: Sha256::new(),
-            torn: false,
-            failed: false,
-        };
-        state.read(&shown)?;
+        let mut hash = Sha256::new();
+        let (len, torn) = read_from(&file, 0, &mut hash, |_| {}).map_err(&io)?;
         Ok(ShredLog {
             path: path.to_path_buf(),
-            state: tokio::sync::Mutex::new(state),
+            state: Arc::new(tokio::sync::Mutex::new(State {
+                file,
+                len,
+                hash,
+                torn,
+                lost: false,
+            })),
         })
     }
 
@@ -229,8 +258,42 @@ impl ShredLog {
         &self.path
     }
 
+    /// The length and hash of what the log holds now.
+    pub fn seen_now(&self) -> Option<(u64, String)> {
+        let st = self.state.try_lock().ok()?;
+        let (len, hash) = st.seen();
+        Some((len, hex::encode(hash)))
+    }
+
     fn shown(&self) -> String {
         self.path.display().to_string()
+    }
+
+    /// Every fingerprint the log names (lines that do not read are skipped
+    /// with a warning: only a line cut short by a crash is expected).
+    fn fingerprints(&self, st: &State) -> Result<HashSet<Fingerprint>, ShredError> {
+        let mut known = HashSet::new();
+        let mut unread = 0usize;
+        read_from(&st.file, 0, &mut Sha256::new(), |l| {
+            if l.is_empty() {
+                return;
+            }
+            match parse(l) {
+                Some(fp) => {
+                    known.insert(fp);
+                }
+                None => unread += 1,
+            }
+        })
+        .map_err(io_err(&self.path))?;
+        if unread > 0 {
+            tracing::warn!(
+                path = %self.shown(),
+                lines = unread,
+                "Shred log lines that do not read were skipped"
+            );
+        }
+        Ok(known)
     }
 
     /// The SHA-256 of the log's first `len` bytes; `None` when it is shorter.
@@ -238,27 +301,20 @@ impl ShredLog {
         if len > st.len {
             return Ok(None);
         }
-        let io = |e: std::io::Error| ShredError::Io {
-            path: self.shown(),
-            kind: e.kind(),
-        };
-        (&st.file).rewind().map_err(io)?;
         let mut h = Sha256::new();
-        let copied =
-            std::io::copy(&mut (&st.file).take(len), &mut HashWriter(&mut h)).map_err(io)?;
-        Ok((copied == len).then(|| h.finalize().into()))
-    }
-}
-
-struct HashWriter<'a>(&'a mut Sha256);
-
-impl Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+        let mut buf = vec![0u8; 1 << 16];
+        let mut pos = 0u64;
+        while pos < len {
+            let want = usize::try_from((len - pos).min(buf.len() as u64)).unwrap_or(buf.len());
+            let slot = buf.get_mut(..want).unwrap_or_default();
+            let n = st.file.read_at(slot, pos).map_err(io_err(&self.path))?;
+            let Some(read) = slot.get(..n).filter(|r| !r.is_empty()) else {
+                return Ok(None);
+            };
+            h.update(read);
+            pos += n as u64;
+        }
+        Ok(Some(h.finalize().into()))
     }
 }
 
@@ -267,12 +323,6 @@ fn sync_dir(path: &Path) -> std::io::Result<()> {
         Some(dir) => std::fs::File::open(dir)?.sync_all(),
         None => std::fs::File::open(".")?.sync_all(),
     }
-}
-
-/// Appends `text` to `file` and syncs it.
-fn append(mut file: &std::fs::File, text: &[u8]) -> std::io::Result<()> {
-    file.write_all(text)?;
-    file.sync_all()
 }
 
 fn read_seen(store: &dyn Store) -> Result<Option<Seen>, StoreError> {
@@ -291,64 +341,87 @@ fn pending_rows(store: &dyn Store) -> Result<crate::store::Rows, StoreError> {
     store.scan(Space::Meta, PENDING, end.as_deref(), PAGE)
 }
 
-/// Moves the database's pending rows into the log (when one is set; else
-/// they only go); how many rows went. Called after every destruction and
-/// at start; the sweeper calls [`record_if_free`].
+type Guard = tokio::sync::OwnedMutexGuard<State>;
+
+/// Moves the database's pending rows into the log; how many rows went.
+/// Without a log they stay (counted in `vault_shred_log_pending`) for the
+/// log a later start may have. Waits for the log at most 2 s: an
+/// append under way goes on to its end, and its rows wait for the next
+/// pass. Called after every destruction, by the sweeper and at start.
 pub async fn record(v: &Vault) -> Result<usize, ShredError> {
-    match &v.shreds {
-        Some(log) => {
-            let mut st = log.state.lock().await;
-            record_locked(v, log, &mut st).await
-        }
-        None => drop_pending(v).await,
-    }
-}
-
-/// [`record`] unless another is under way (a log on storage that hangs
-/// must not stall the sweeper's other work).
-pub async fn record_if_free(v: &Vault) {
-    let done = match &v.shreds {
-        Some(log) => match log.state.try_lock() {
-            Ok(mut st) => record_locked(v, log, &mut st).await,
-            Err(_) => return,
-        },
-        None => drop_pending(v).await,
+    let Some(log) = &v.shreds else {
+        let n = pending_rows(v.store.as_ref())?.len();
+        v.metrics
+            .shred_pending
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+        return Ok(0);
     };
-    if let Err(e) = done {
-        tracing::error!(error = %e, "Recording destroyed subject keys in the shred log failed; tried again with the next sweep");
+    match tokio::time::timeout(WAIT, async {
+        let guard = log.state.clone().lock_owned().await;
+        record_locked(v, log, guard, None).await.map(|(n, _)| n)
+    })
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(ShredError::Slow(log.shown())),
     }
 }
 
-/// [`record`] after a destruction: a failure is logged and counted
-/// (`vault_shred_log_pending`), and the sweeper tries again; the erasure
-/// stands.
+/// [`record`], a failure logged: the erasure stands, its record waits in
+/// the database for the next pass.
 pub async fn record_logged(v: &Vault) {
     if let Err(e) = record(v).await {
         tracing::error!(error = %e, "Recording destroyed subject keys in the shred log failed; tried again with the next sweep");
     }
 }
 
-/// Without a log, pending rows only go.
-async fn drop_pending(v: &Vault) -> Result<usize, ShredError> {
-    let mut moved = 0;
-    loop {
-        let rows = pending_rows(v.store.as_ref())?;
-        if rows.is_empty() {
-            return Ok(moved);
-        }
-        let mut b = Batch::default();
-        for (k, val) in &rows {
-            b.expect(Space::Meta, k.clone(), Some(val.clone()));
-            b.delete(Space::Meta, k.clone());
-        }
-        commit(v, b).await?;
-        moved += rows.len();
+/// Appends `text` under `guard`, off the runtime; the append and what it
+/// counts cannot be cut apart (a caller that stops waiting leaves it to
+/// finish, the lock with it). The guard back, and the outcome.
+async fn append(log: &ShredLog, mut guard: Guard, text: Vec<u8>) -> (Guard, std::io::Result<()>) {
+    let path = log.path.clone();
+    let joined = tokio::task::spawn_blocking(move || {
+        let st = &mut *guard;
+        let r = (|| {
+            st.catch_up(&path)?;
+            let mut text = text;
+            if st.torn {
+                text.insert(0, b'\n');
+            }
+            (&st.file).write_all(&text)?;
+            st.file.sync_all()?;
+            st.len += text.len() as u64;
+            st.hash.update(&text);
+            st.torn = false;
+            Ok(())
+        })();
+        (guard, r)
+    })
+    .await;
+    match joined {
+        Ok(x) => x,
+        // The blocking pool is gone (the runtime stops): nothing to count.
+        Err(_) => (
+            log.state.clone().lock_owned().await,
+            Err(std::io::Error::other("append task lost")),
+        ),
     }
 }
 
-async fn record_locked(v: &Vault, log: &ShredLog, st: &mut State) -> Result<usize, ShredError> {
+/// Moves the pending rows (skipping fingerprints in `known`); with the
+/// rows gone, moves `seen` along when the database was in step before.
+async fn record_locked(
+    v: &Vault,
+    log: &ShredLog,
+    mut guard: Guard,
+    known: Option<&HashSet<Fingerprint>>,
+) -> Result<(usize, Guard), ShredError> {
     let seen = read_seen(v.store.as_ref())?;
-    let before = st.seen();
+    let before = guard.seen();
+    let in_step = match seen {
+        Some(s) => s == before,
+        None => before.0 == 0,
+    };
     let mut moved = 0;
     loop {
         let rows = pending_rows(v.store.as_ref())?;
@@ -359,51 +432,26 @@ async fn record_locked(v: &Vault, log: &ShredLog, st: &mut State) -> Result<usiz
             break;
         }
         let mut text = Vec::new();
-        let mut fresh = Vec::new();
+        let mut fresh: Vec<Fingerprint> = Vec::new();
         for (k, val) in &rows {
             let fp = k
                 .get(PENDING.len()..)
                 .and_then(|f| Fingerprint::try_from(f).ok());
             let time = <[u8; 8]>::try_from(val.as_slice()).map_or(0, u64::from_be_bytes);
-            if let Some(fp) = fp.filter(|fp| !st.known.contains(fp) && !fresh.contains(fp)) {
+            let new =
+                |fp: &Fingerprint| !known.is_some_and(|k| k.contains(fp)) && !fresh.contains(fp);
+            if let Some(fp) = fp.filter(new) {
                 text.extend_from_slice(line(&fp, time).as_bytes());
                 fresh.push(fp);
             }
         }
         if !text.is_empty() {
-            if st.failed {
-                // What a failed write left is read, not guessed: its bytes
-                // count in the hash, and a cut line is ended first.
-                st.read(&log.shown())?;
-            }
-            if st.torn {
-                text.insert(0, b'\n');
-            }
-            let file = st.file.try_clone().map_err(|e| ShredError::Io {
-                path: log.shown(),
-                kind: e.kind(),
-            })?;
-            let (text, written) = tokio::task::spawn_blocking(move || {
-                let r = append(&file, &text);
-                (text, r)
-            })
-            .await
-            .map_err(|_| ShredError::Io {
-                path: log.shown(),
-                kind: std::io::ErrorKind::Other,
-            })?;
+            let (g, written) = append(log, guard, text).await;
+            guard = g;
             if let Err(e) = written {
-                st.failed = true;
                 v.metrics.shred_append_failures.inc();
-                return Err(ShredError::Io {
-                    path: log.shown(),
-                    kind: e.kind(),
-                });
+                return Err(io_err(&log.path)(e));
             }
-            st.len += text.len() as u64;
-            st.hash.update(&text);
-            st.torn = false;
-            st.known.extend(fresh);
         }
         let mut b = Batch::default();
         for (k, val) in &rows {
@@ -413,18 +461,18 @@ async fn record_locked(v: &Vault, log: &ShredLog, st: &mut State) -> Result<usiz
         commit(v, b).await?;
         moved += rows.len();
     }
-    // The database reflects the whole log only if it did before: every
-    // line appended since names a key it destroyed.
-    let in_step = match seen {
-        Some(s) => s == before,
-        None => before.0 == 0,
-    };
-    if in_step && st.seen() != before {
+    if guard.lost {
+        tracing::error!(
+            path = %log.shown(),
+            "The shred log lost bytes or was replaced while the vault ran: the next start refuses it until it is put back or accepted"
+        );
+    } else if in_step && guard.seen() != before {
+        // Every line appended since names a key this database destroyed.
         let mut b = Batch::default();
-        b.put(Space::Meta, SEEN.to_vec(), seen_bytes(st.seen()));
+        b.put(Space::Meta, SEEN.to_vec(), seen_bytes(guard.seen()));
         commit(v, b).await?;
     }
-    Ok(moved)
+    Ok((moved, guard))
 }
 
 /// Commits `b`; a conflict is not an error (a row written again meanwhile
@@ -437,30 +485,44 @@ async fn commit(v: &Vault, b: Batch) -> Result<(), ShredError> {
     }
 }
 
-/// At start, before anything is served: records what a crash left
-/// pending (refusing the start when the log cannot take it), then, when
-/// the database has not seen the whole log (it was restored from a
-/// backup), destroys again every subject key the log names, with the
-/// subject's values. Refuses a log that is not the one the database saw
-/// ([`ShredError::NotSeen`]). How many subjects were erased again.
+/// At start, before anything is served. First, whether the log is the one
+/// the database saw: refused ([`ShredError::NotSeen`]) when it is shorter
+/// or its first bytes differ, with the pending rows left where they are.
+/// Then the pending rows a crash left go to the log (refusing the start
+/// when it cannot take them). When the database has not seen the whole
+/// log (restored from a backup), or an operator accepted a log, every
+/// subject key the log names is destroyed again, with the subject's
+/// values. How many subjects were erased again.
 pub async fn reapply(v: &Vault) -> Result<u64, ShredError> {
     let Some(log) = &v.shreds else {
-        drop_pending(v).await?;
+        let n = pending_rows(v.store.as_ref())?.len();
+        if n > 0 {
+            tracing::warn!(
+                keys = n,
+                "Destroyed subject keys wait in the database for a shred log (server.shred-log is not set)"
+            );
+        }
+        v.metrics
+            .shred_pending
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
         return Ok(0);
     };
-    let mut st = log.state.lock().await;
-    record_locked(v, log, &mut st).await?;
-    let now = st.seen();
-    match read_seen(v.store.as_ref())? {
-        Some(seen) if seen == now => {
-            st.known = HashSet::new();
+    let guard = log.state.clone().lock_owned().await;
+    let seen = read_seen(v.store.as_ref())?;
+    let check = v.store.get(Space::Meta, CHECK)?.is_some();
+    let now = guard.seen();
+    match seen {
+        Some(s) if s == now && !check => {
+            record_locked(v, log, guard, None).await?;
             return Ok(0);
         }
-        Some((len, hash)) if log.prefix_hash(&st, len)? != Some(hash) => {
+        Some((len, hash)) if log.prefix_hash(&guard, len)? != Some(hash) => {
             return Err(ShredError::NotSeen(log.shown()));
         }
         _ => {}
     }
+    let known = log.fingerprints(&guard)?;
+    let (_, guard) = record_locked(v, log, guard, Some(&known)).await?;
     let mut erased = 0u64;
     let mut from = Vec::new();
     loop {
@@ -474,7 +536,7 @@ pub async fn reapply(v: &Vault) -> Result<u64, ShredError> {
             let Ok(subject) = String::from_utf8(k) else {
                 continue;
             };
-            if st.known.contains(&fingerprint(&subject, &wrapped)) {
+            if known.contains(&fingerprint(&subject, &wrapped)) {
                 crate::api::lifecycle::erase_again(v, &subject, &wrapped)
                     .await
                     .map_err(|e| ShredError::Erase(e.to_string()))?;
@@ -486,11 +548,11 @@ pub async fn reapply(v: &Vault) -> Result<u64, ShredError> {
         }
     }
     // The re-erasures' own pending rows name keys the log has.
-    record_locked(v, log, &mut st).await?;
+    let (_, guard) = record_locked(v, log, guard, Some(&known)).await?;
     let mut b = Batch::default();
-    b.put(Space::Meta, SEEN.to_vec(), seen_bytes(st.seen()));
+    b.put(Space::Meta, SEEN.to_vec(), seen_bytes(guard.seen()));
+    b.delete(Space::Meta, CHECK.to_vec());
     commit(v, b).await?;
-    st.known = HashSet::new();
     if erased > 0 {
         // The keys leave the engine's files with the start's purge.
         tracing::warn!(
@@ -501,12 +563,21 @@ pub async fn reapply(v: &Vault) -> Result<u64, ShredError> {
     Ok(erased)
 }
 
-/// `vault operator accept-shred-log`: forgets which log the database saw,
-/// so the next start checks every subject key against the log as it is
-/// and goes on from there. For a log lost or replaced: erasures it no
-/// longer names cannot be made again. The caller audits it.
-pub fn forget_seen(b: &mut Batch) {
-    b.delete(Space::Meta, SEEN.to_vec());
+/// `vault operator accept-shred-log`: the database takes `log` as it is
+/// now as the one it saw, and its next start checks every subject key
+/// against it. For a log lost or replaced: erasures it no longer names
+/// cannot be made again. The caller audits it.
+pub fn accept(b: &mut Batch, log: &ShredLog) -> Option<(u64, String)> {
+    let st = log.state.try_lock().ok()?;
+    let seen = st.seen();
+    b.put(Space::Meta, SEEN.to_vec(), seen_bytes(seen));
+    b.put(Space::Meta, CHECK.to_vec(), vec![1]);
+    Some((seen.0, hex::encode(seen.1)))
+}
+
+/// What the database says it saw of the log: length and hash (hex).
+pub fn seen_in(store: &dyn Store) -> Result<Option<(u64, String)>, StoreError> {
+    Ok(read_seen(store)?.map(|(len, hash)| (len, hex::encode(hash))))
 }
 
 #[cfg(test)]
@@ -524,44 +595,90 @@ mod tests {
         assert_ne!(fingerprint("s1", b"0key"), fingerprint("s10", b"key"));
     }
 
+    fn raw(path: &Path, bytes: &[u8]) {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .unwrap();
+        f.write_all(bytes).unwrap();
+    }
+
     #[test]
-    fn the_log_reads_back_what_was_appended_and_skips_a_torn_line() {
+    fn the_log_is_counted_read_back_and_held() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("shred.log");
         let log = ShredLog::open(&path).unwrap();
         assert_eq!(log.state.try_lock().unwrap().len, 0);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
         // Held: a second opener is refused.
         assert!(matches!(ShredLog::open(&path), Err(ShredError::Locked(_))));
         drop(log);
         let a = fingerprint("s1", b"k1");
         let b = fingerprint("s2", b"k2");
-        let raw = |bytes: &[u8]| {
-            let f = std::fs::OpenOptions::new()
-                .append(true)
-                .open(&path)
-                .unwrap();
-            append(&f, bytes).unwrap();
-        };
-        raw(line(&a, 5).as_bytes());
+        raw(&path, line(&a, 5).as_bytes());
         // A crash mid-line.
-        raw(&line(&b, 6).as_bytes()[..20]);
+        raw(&path, &line(&b, 6).as_bytes()[..20]);
         let log = ShredLog::open(&path).unwrap();
         let st = log.state.try_lock().unwrap();
-        assert!(st.known.contains(&a) && !st.known.contains(&b));
         assert!(st.torn);
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
         assert_eq!(st.len, line(&a, 5).len() as u64 + 20);
-        // A stray line is skipped, the rest still read.
+        let known = log.fingerprints(&st).unwrap();
+        assert!(known.contains(&a) && !known.contains(&b));
+        assert_eq!(
+            st.seen().1,
+            <[u8; 32]>::from(Sha256::digest(std::fs::read(&path).unwrap()))
+        );
         drop(st);
         drop(log);
-        raw(b"\nnot a line\n");
-        raw(line(&b, 7).as_bytes());
+        // A stray line is skipped, the rest still read.
+        raw(&path, b"\nnot a line\n");
+        raw(&path, line(&b, 7).as_bytes());
         let log = ShredLog::open(&path).unwrap();
         let st = log.state.try_lock().unwrap();
-        assert!(st.known.contains(&a) && st.known.contains(&b));
+        let known = log.fingerprints(&st).unwrap();
+        assert!(known.contains(&a) && known.contains(&b));
         assert!(!st.torn);
+        // The first bytes' hash, as a database would have seen them.
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(
+            log.prefix_hash(&st, 30).unwrap(),
+            Some(<[u8; 32]>::from(Sha256::digest(&bytes[..30])))
+        );
+        assert_eq!(log.prefix_hash(&st, bytes.len() as u64 + 1).unwrap(), None);
+    }
+
+    /// Bytes that reach the file behind the count (a write cut short) are
+    /// read and counted; a file cut below the count, or replaced, is lost.
+    #[test]
+    fn catching_up_reads_what_the_file_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shred.log");
+        let log = ShredLog::open(&path).unwrap();
+        let mut st = log.state.try_lock().unwrap();
+        raw(&path, b"0123");
+        st.catch_up(&path).unwrap();
+        assert_eq!((st.len, st.torn, st.lost), (4, true, false));
+        assert_eq!(st.seen().1, <[u8; 32]>::from(Sha256::digest(b"0123")));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(2)
+            .unwrap();
+        st.catch_up(&path).unwrap();
+        assert!(st.lost);
+        assert_eq!(st.seen().1, <[u8; 32]>::from(Sha256::digest(b"01")));
+        drop(st);
+        drop(log);
+        let log = ShredLog::open(&path).unwrap();
+        let mut st = log.state.try_lock().unwrap();
+        std::fs::rename(&path, dir.path().join("old")).unwrap();
+        raw(&path, b"");
+        st.catch_up(&path).unwrap();
+        assert!(st.lost, "another file at the path");
     }
 
     #[test]

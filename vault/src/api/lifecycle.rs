@@ -1453,7 +1453,7 @@ pub async fn sweeper(
             next_purge = std::time::Instant::now() + purge_retry;
         }
         // Destroyed keys a failed append left out of the shred log.
-        crate::shreds::record_if_free(&v).await;
+        crate::shreds::record_logged(&v).await;
         match sweep_once(&v).await {
             // A full batch: more may be due at once.
             Ok(n) if n as usize >= SWEEP_BATCH => continue,

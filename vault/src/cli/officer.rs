@@ -303,11 +303,23 @@ fn offline_commit(
     request_id: &str,
     action: &'static str,
 ) -> Result<Result<(), crate::commit::CommitError>, ExitCode> {
+    offline_commit_with(store, batch, request_id, action, None)
+}
+
+/// As [`offline_commit`], the event carrying `reference`.
+fn offline_commit_with(
+    store: &Arc<dyn Store>,
+    batch: crate::store::Batch,
+    request_id: &str,
+    action: &'static str,
+    reference: Option<String>,
+) -> Result<Result<(), crate::commit::CommitError>, ExitCode> {
     let event = Draft {
         request_id: request_id.into(),
         caller: "operator".into(),
         action,
         outcome: "ok",
+        reference,
         ..Draft::default()
     };
     runtime().map(|rt| {
@@ -405,20 +417,30 @@ pub fn accept_shred_log(config: &std::path::Path) -> ExitCode {
         }
     };
     // The log must open as the start will open it (and not be held).
-    if let Err(e) = crate::shreds::ShredLog::open(&path) {
-        return fail(EXIT_RUNTIME, &e.to_string());
-    }
+    let log = match crate::shreds::ShredLog::open(&path) {
+        Ok(l) => l,
+        Err(e) => return fail(EXIT_RUNTIME, &e.to_string()),
+    };
+    let before = match crate::shreds::seen_in(store.as_ref()) {
+        Ok(s) => s,
+        Err(e) => return fail(EXIT_RUNTIME, &format!("cannot read the database: {e}")),
+    };
     let mut batch = crate::store::Batch::default();
-    crate::shreds::forget_seen(&mut batch);
-    match offline_commit(
+    let Some(accepted) = crate::shreds::accept(&mut batch, &log) else {
+        return fail(EXIT_RUNTIME, "the shred log is busy");
+    };
+    let shown = |s: Option<(u64, String)>| s.map_or("none".into(), |(l, h)| format!("{l}:{h}"));
+    let reference = format!("seen={} accepted={}", shown(before), shown(Some(accepted)));
+    match offline_commit_with(
         &store,
         batch,
         "operator-accept-shred-log",
         "shred_log_accepted",
+        Some(reference),
     ) {
         Ok(Ok(())) => {
             println!(
-                "Accepted: the next start checks every subject key against {} as it is. Erasures it does not name cannot be made again.",
+                "Accepted: the next start checks every subject key against {} as it is now. Erasures it does not name cannot be made again.",
                 path.display()
             );
             ExitCode::SUCCESS
