@@ -1498,6 +1498,10 @@ async fn a_revoked_client_certificate_is_refused() {
         sign_client_cert_serial(&v.tls(), &out, name, (now - day, now + day), Some(serial));
         out
     };
+    let collect = |c: &vault_sdk::Client| {
+        let c = c.clone();
+        async move { tokenize_one(&c, "acct-r", "notification", "phone", "13800138000").await }
+    };
     let revoked = identity("app", 4242);
     let fine = identity("app", 4243);
     let crl_text = crl_pem(&dev_ca(&v.tls()), &[4242], now + 30 * day);
@@ -1517,23 +1521,9 @@ async fn a_revoked_client_certificate_is_refused() {
     let revoked_client = builder_at(&revoked, &endpoint, "app").build().unwrap();
     assert_transport_refused(&revoked_client).await;
     let fine_client = builder_at(&fine, &endpoint, "app").build().unwrap();
-    tokenize_one(
-        &fine_client,
-        "acct-r",
-        "notification",
-        "phone",
-        "13800138000",
-    )
-    .await;
+    collect(&fine_client).await;
     // The development certificate too: the list names only 4242.
-    tokenize_one(
-        &v.client("app"),
-        "acct-r",
-        "notification",
-        "phone",
-        "13800138000",
-    )
-    .await;
+    collect(&v.client("app")).await;
     let (code, _, err) = run_vault(&["check-config", "--config", toml.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("tls.crls"), "{err}");
@@ -1553,14 +1543,7 @@ async fn a_revoked_client_certificate_is_refused() {
     assert_eq!(read_h1_response(&mut open).await.map(|r| r.0), Some(404));
     std::fs::write(v.tls().join("ca.crl"), "not a list").unwrap();
     tokio::time::sleep(vault::tls::CRL_CHECK * 2).await;
-    tokenize_one(
-        &fine_client,
-        "acct-r",
-        "notification",
-        "phone",
-        "13800138000",
-    )
-    .await;
+    collect(&fine_client).await;
     let builder = builder_at(&revoked, &endpoint, "app");
     assert_transport_refused(&builder.build().unwrap()).await;
     // In DER this time, as CAs often publish them.
@@ -1574,14 +1557,7 @@ async fn a_revoked_client_certificate_is_refused() {
     );
     let again = builder_at(&fine, &endpoint, "app").build().unwrap();
     assert_transport_refused(&again).await;
-    tokenize_one(
-        &v.client("app"),
-        "acct-r",
-        "notification",
-        "phone",
-        "13800138000",
-    )
-    .await;
+    collect(&v.client("app")).await;
     // The older list written back is not taken in: 4243 stays revoked.
     std::fs::write(v.tls().join("ca.crl"), &crl_text).unwrap();
     tokio::time::sleep(vault::tls::CRL_CHECK * 2).await;

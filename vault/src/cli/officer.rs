@@ -333,6 +333,24 @@ fn offline_commit_with(
     })
 }
 
+/// The database of a stopped vault, opened for an offline change. A
+/// directory that holds no vault is a mistake, not one to create.
+fn stopped_store(cfg: &crate::config::Config) -> Result<Arc<dyn Store>, ExitCode> {
+    if !cfg.data_dir().join("CURRENT").is_file() {
+        return Err(fail(
+            EXIT_CONFIG,
+            &format!("no vault database in {}", cfg.data_dir().display()),
+        ));
+    }
+    match RocksStore::open(&cfg.data_dir()) {
+        Ok(s) => Ok(Arc::new(s)),
+        Err(e) => Err(fail(
+            EXIT_RUNTIME,
+            &format!("cannot open the database (is the vault still running?): {e}"),
+        )),
+    }
+}
+
 /// `vault operator clear-seal`: removes an officer's seal from a stopped
 /// vault's database (audited), so it starts unsealed.
 pub fn clear_seal(config: &std::path::Path) -> ExitCode {
@@ -341,21 +359,9 @@ pub fn clear_seal(config: &std::path::Path) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    // A directory that holds no vault is a mistake, not one to create.
-    if !cfg.data_dir().join("CURRENT").is_file() {
-        return fail(
-            EXIT_CONFIG,
-            &format!("no vault database in {}", cfg.data_dir().display()),
-        );
-    }
-    let store: Arc<dyn Store> = match RocksStore::open(&cfg.data_dir()) {
-        Ok(s) => Arc::new(s),
-        Err(e) => {
-            return fail(
-                EXIT_RUNTIME,
-                &format!("cannot open the database (is the vault still running?): {e}"),
-            )
-        }
+    let store = match stopped_store(&cfg) {
+        Ok(s) => s,
+        Err(code) => return code,
     };
     let mark = match store.get(Space::Meta, crate::keys::SEAL_MARK) {
         Ok(m) => m,
@@ -401,20 +407,9 @@ pub fn accept_shred_log(config: &std::path::Path) -> ExitCode {
             "server.shred-log is not set in this configuration",
         );
     };
-    if !cfg.data_dir().join("CURRENT").is_file() {
-        return fail(
-            EXIT_CONFIG,
-            &format!("no vault database in {}", cfg.data_dir().display()),
-        );
-    }
-    let store: Arc<dyn Store> = match RocksStore::open(&cfg.data_dir()) {
-        Ok(s) => Arc::new(s),
-        Err(e) => {
-            return fail(
-                EXIT_RUNTIME,
-                &format!("cannot open the database (is the vault still running?): {e}"),
-            )
-        }
+    let store = match stopped_store(&cfg) {
+        Ok(s) => s,
+        Err(code) => return code,
     };
     // The log must open as the start will open it (and not be held).
     let log = match crate::shreds::ShredLog::open(&path) {
