@@ -1419,3 +1419,81 @@ async fn a_start_without_a_usable_shred_log_is_refused() {
     let e = vault::server::start(&cfg).await.unwrap_err().to_string();
     assert!(e.contains("another process holds it"), "{e}");
 }
+
+/// An erasure the law turned into a restriction (PIPL Art. 47) is in the
+/// shred log too: a database restored from before it has the subject
+/// restricted again at start, and the values no law requires erased again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_backup_does_not_lift_a_restriction() {
+    let mut v = TestVault::start().await;
+    let toml = v.dir.path().join("vault.toml");
+    let text = std::fs::read_to_string(&toml)
+        .unwrap()
+        .replace("# cn_resident_id = \"P3Y\"", "cn_resident_id = \"P1D\"");
+    std::fs::write(&toml, text).unwrap();
+    v.restart().await;
+    let app = v.client("app");
+    let id = tokenize_one(
+        &app,
+        "acct-r",
+        "identity_verification",
+        "cn_resident_id",
+        ID,
+    )
+    .await;
+    let phone = tokenize_one(&app, "acct-r", "identity_verification", "phone", PHONE).await;
+    v.stop().await;
+    let backup = tempfile::tempdir().unwrap();
+    for f in database_files(v.dir.path()) {
+        std::fs::copy(&f, backup.path().join(f.file_name().unwrap())).unwrap();
+    }
+    v.restart().await;
+    let receipt = v.client("app").erase_subject("acct-r").await.unwrap();
+    assert!(receipt.restricted_until.is_some());
+    let log = std::fs::read_to_string(v.dir.path().join("shred.log")).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.split(' ').nth(2).is_some_and(|r| r.starts_with('r'))),
+        "{log}"
+    );
+    v.stop().await;
+    for f in database_files(v.dir.path()) {
+        std::fs::remove_file(f).unwrap();
+    }
+    for f in database_files(backup.path()) {
+        std::fs::copy(&f, v.dir.path().join(f.file_name().unwrap())).unwrap();
+    }
+    v.restart().await;
+    let app = v.client("app");
+    let out = app
+        .detokenize(&detok_req("identity_verification", &[&id, &phone]))
+        .await
+        .unwrap();
+    assert_eq!(
+        (out.values[0].status, out.values[0].reason.as_deref()),
+        (Status::Denied, Some("restricted"))
+    );
+    assert_eq!(out.values[1].status, Status::Gone, "erased again");
+    let e = app
+        .tokenize(&tok_req(
+            "acct-r",
+            "identity_verification",
+            vec![field("phone", PHONE)],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("subject_restricted"));
+    let events = v.audit_events().await;
+    assert!(events
+        .iter()
+        .any(|e| e.outcome == "restricted_again" && e.subject.as_deref() == Some("acct-r")));
+    // Nothing waits for a second pass.
+    let redo = v
+        .store()
+        .scan(Space::Meta, b"shred/redo/", None, 10)
+        .unwrap()
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(b"shred/redo/"))
+        .count();
+    assert_eq!(redo, 0);
+}

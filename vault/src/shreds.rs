@@ -3,7 +3,9 @@
 //! outside the database (`server.shred-log`), so that a database restored
 //! from a backup taken before an erasure does not bring the erased subject
 //! back: at start, a subject key the log names is destroyed again, with the
-//! subject's values, before anything is served.
+//! subject's values, before anything is served. An erasure the law turned
+//! into a restriction is logged too (`r` and its end), and restricted
+//! again.
 //!
 //! Invariants:
 //! - An entry is a fingerprint of the subject and of its wrapped key, never
@@ -25,7 +27,6 @@
 //!   until an operator accepts the log as it is.
 //! - One process at a time holds the log (an advisory lock).
 
-use std::collections::HashSet;
 use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -74,6 +75,31 @@ pub fn mark(b: &mut Batch, subject: &str, wrapped: &[u8], now_ms: u64) {
         [PENDING, &fingerprint(subject, wrapped)].concat(),
         now_ms.to_be_bytes().to_vec(),
     );
+}
+
+/// Adds to `b` the pending row of an erasure that the law turned into a
+/// restriction of `subject` (its key `wrapped`) until `until`: a database
+/// restored from before it gets the restriction again at start.
+pub fn mark_restricted(b: &mut Batch, subject: &str, wrapped: &[u8], until: u64, now_ms: u64) {
+    b.put(
+        Space::Meta,
+        [PENDING, &fingerprint(subject, wrapped)].concat(),
+        [now_ms.to_be_bytes(), until.to_be_bytes()].concat(),
+    );
+}
+
+/// What the log says of a key: destroyed (`None`), or restricted until a
+/// time. A destruction outranks a restriction of the same key.
+type Known = std::collections::HashMap<Fingerprint, Option<u64>>;
+
+fn note(known: &mut Known, fp: Fingerprint, until: Option<u64>) {
+    match (known.get(&fp), until) {
+        (Some(None), _) => {}
+        (Some(Some(old)), Some(new)) if *old >= new => {}
+        _ => {
+            known.insert(fp, until);
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -198,16 +224,26 @@ impl State {
     }
 }
 
-fn parse(line: &[u8]) -> Option<Fingerprint> {
+/// A line: the fingerprint, and the end of a restriction when it is one.
+fn parse(line: &[u8]) -> Option<(Fingerprint, Option<u64>)> {
     let text = std::str::from_utf8(line).ok()?;
-    let (fp, time) = text.split_once(' ')?;
-    time.parse::<u64>().ok()?;
-    hex::decode(fp).ok()?.try_into().ok()
+    let mut parts = text.split(' ');
+    let fp = hex::decode(parts.next()?).ok()?.try_into().ok()?;
+    parts.next()?.parse::<u64>().ok()?;
+    let until = match parts.next() {
+        None => None,
+        Some(r) => Some(r.strip_prefix('r')?.parse::<u64>().ok()?),
+    };
+    parts.next().is_none().then_some((fp, until))
 }
 
-/// One line of the log: the fingerprint in hex, a space, the time.
-fn line(fp: &Fingerprint, time_ms: u64) -> String {
-    format!("{} {time_ms}\n", hex::encode(fp))
+/// One line of the log: the fingerprint in hex, a space, the time; for a
+/// restriction, a space and `r` with its end.
+fn line(fp: &Fingerprint, time_ms: u64, until: Option<u64>) -> String {
+    match until {
+        None => format!("{} {time_ms}\n", hex::encode(fp)),
+        Some(u) => format!("{} {time_ms} r{u}\n", hex::encode(fp)),
+    }
 }
 
 impl ShredLog {
@@ -271,17 +307,15 @@ impl ShredLog {
 
     /// Every fingerprint the log names (lines that do not read are skipped
     /// with a warning: only a line cut short by a crash is expected).
-    fn fingerprints(&self, st: &State) -> Result<HashSet<Fingerprint>, ShredError> {
-        let mut known = HashSet::new();
+    fn fingerprints(&self, st: &State) -> Result<Known, ShredError> {
+        let mut known = Known::new();
         let mut unread = 0usize;
         read_from(&st.file, 0, &mut Sha256::new(), |l| {
             if l.is_empty() {
                 return;
             }
             match parse(l) {
-                Some(fp) => {
-                    known.insert(fp);
-                }
+                Some((fp, until)) => note(&mut known, fp, until),
                 None => unread += 1,
             }
         })
@@ -414,7 +448,7 @@ async fn record_locked(
     v: &Vault,
     log: &ShredLog,
     mut guard: Guard,
-    known: Option<&HashSet<Fingerprint>>,
+    known: Option<&Known>,
 ) -> Result<(usize, Guard), ShredError> {
     let seen = read_seen(v.store.as_ref())?;
     let before = guard.seen();
@@ -437,11 +471,21 @@ async fn record_locked(
             let fp = k
                 .get(PENDING.len()..)
                 .and_then(|f| Fingerprint::try_from(f).ok());
-            let time = <[u8; 8]>::try_from(val.as_slice()).map_or(0, u64::from_be_bytes);
-            let new =
-                |fp: &Fingerprint| !known.is_some_and(|k| k.contains(fp)) && !fresh.contains(fp);
+            let field = |i: usize| {
+                val.get(i..i + 8)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes)
+            };
+            let (time, until) = (field(0).unwrap_or(0), field(8));
+            // Already in the log: the destruction, or a restriction as long.
+            let logged = |fp: &Fingerprint| match (known.and_then(|k| k.get(fp)), until) {
+                (Some(None), _) => true,
+                (Some(Some(have)), Some(new)) => *have >= new,
+                _ => false,
+            };
+            let new = |fp: &Fingerprint| !logged(fp) && !fresh.contains(fp);
             if let Some(fp) = fp.filter(new) {
-                text.extend_from_slice(line(&fp, time).as_bytes());
+                text.extend_from_slice(line(&fp, time, until).as_bytes());
                 fresh.push(fp);
             }
         }
@@ -536,12 +580,15 @@ pub async fn reapply(v: &Vault) -> Result<u64, ShredError> {
             let Ok(subject) = String::from_utf8(k) else {
                 continue;
             };
-            if known.contains(&fingerprint(&subject, &wrapped)) {
-                crate::api::lifecycle::erase_again(v, &subject, &wrapped)
-                    .await
-                    .map_err(|e| ShredError::Erase(e.to_string()))?;
-                erased += 1;
-            }
+            let again = match known.get(&fingerprint(&subject, &wrapped)) {
+                None => continue,
+                Some(Some(until)) if *until > crate::api::now_ms() => {
+                    crate::api::lifecycle::restrict_again(v, &subject, &wrapped, *until).await
+                }
+                Some(_) => crate::api::lifecycle::erase_again(v, &subject, &wrapped).await,
+            };
+            again.map_err(|e| ShredError::Erase(e.to_string()))?;
+            erased += 1;
         }
         if !full {
             break;
@@ -554,11 +601,13 @@ pub async fn reapply(v: &Vault) -> Result<u64, ShredError> {
     b.delete(Space::Meta, CHECK.to_vec());
     commit(v, b).await?;
     if erased > 0 {
-        // The keys leave the engine's files with the start's purge.
+        // The keys leave the engine's files with the start's purge; the
+        // restrictions' values are dealt with once the keys are at hand.
         tracing::warn!(
             subjects = erased,
-            "Subjects the shred log says were erased were in the database (restored from an older copy?): erased again"
+            "Subjects the shred log says were erased or restricted were in the database as they were before (restored from an older copy?): erased or restricted again"
         );
+        crate::api::lifecycle::redo_restrictions(v).await;
     }
     Ok(erased)
 }
@@ -618,15 +667,15 @@ mod tests {
         drop(log);
         let a = fingerprint("s1", b"k1");
         let b = fingerprint("s2", b"k2");
-        raw(&path, line(&a, 5).as_bytes());
+        raw(&path, line(&a, 5, None).as_bytes());
         // A crash mid-line.
-        raw(&path, &line(&b, 6).as_bytes()[..20]);
+        raw(&path, &line(&b, 6, None).as_bytes()[..20]);
         let log = ShredLog::open(&path).unwrap();
         let st = log.state.try_lock().unwrap();
         assert!(st.torn);
-        assert_eq!(st.len, line(&a, 5).len() as u64 + 20);
+        assert_eq!(st.len, line(&a, 5, None).len() as u64 + 20);
         let known = log.fingerprints(&st).unwrap();
-        assert!(known.contains(&a) && !known.contains(&b));
+        assert!(known.contains_key(&a) && !known.contains_key(&b));
         assert_eq!(
             st.seen().1,
             <[u8; 32]>::from(Sha256::digest(std::fs::read(&path).unwrap()))
@@ -635,11 +684,15 @@ mod tests {
         drop(log);
         // A stray line is skipped, the rest still read.
         raw(&path, b"\nnot a line\n");
-        raw(&path, line(&b, 7).as_bytes());
+        raw(&path, line(&b, 7, Some(9)).as_bytes());
+        // A destruction outranks a restriction of the same key.
+        raw(&path, line(&a, 8, Some(99)).as_bytes());
+        raw(&path, b"00 1 r2 extra\n");
         let log = ShredLog::open(&path).unwrap();
         let st = log.state.try_lock().unwrap();
         let known = log.fingerprints(&st).unwrap();
-        assert!(known.contains(&a) && known.contains(&b));
+        assert_eq!(known.get(&a), Some(&None));
+        assert_eq!(known.get(&b), Some(&Some(9)));
         assert!(!st.torn);
         // The first bytes' hash, as a database would have seen them.
         let bytes = std::fs::read(&path).unwrap();

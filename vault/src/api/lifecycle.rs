@@ -545,6 +545,7 @@ pub async fn erase(v: &Vault, ctx: &Ctx, subject: &str) -> Result<ErasureReceipt
     })
     .await?;
     if let Some(until) = receipt.restricted_until {
+        crate::shreds::record_logged(v).await;
         // Values that landed while the restriction was being written. The
         // restriction itself is committed and audited: if this pass cannot
         // be made (a hold placed meanwhile keeps everything as it is), the
@@ -638,6 +639,107 @@ pub(crate) async fn erase_again(v: &Vault, subject: &str, wrapped: &[u8]) -> Res
         commit(v, b, vec![event]).await
     })
     .await
+}
+
+/// Rows in `Meta` (`shred/redo/` and the subject; the restriction's end)
+/// of restrictions the shred log brought back at start, whose values are
+/// still to be dealt with: that needs the keys (headers are checked and
+/// re-tagged), which a sealed vault does not have yet.
+const REDO: &[u8] = b"shred/redo/";
+
+/// At start, for a subject the shred log says an erasure restricted until
+/// `until` (PIPL Art. 47) but which the database holds as it was before
+/// (restored from an older copy): restricts it again at once (its
+/// standing, which every release and collection reads; no keys needed),
+/// logs it, and leaves a row for [`redo_restrictions`] to erase the
+/// values no law requires and set the kept ones' ends, as the erasure
+/// did.
+pub(crate) async fn restrict_again(
+    v: &Vault,
+    subject: &str,
+    wrapped: &[u8],
+    until: u64,
+) -> Result<(), ApiError> {
+    retrying(|| async {
+        let mut b = Batch::default();
+        b.expect(
+            Space::SubjectKeys,
+            subject.as_bytes().to_vec(),
+            Some(wrapped.to_vec()),
+        );
+        let standing =
+            Standing::read(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)?;
+        let until = standing.restricted_until.map_or(until, |u| u.max(until));
+        standing.write(&mut b, subject, standing.closed_ms, Some(until));
+        b.put(
+            Space::Meta,
+            [REDO, subject.as_bytes()].concat(),
+            until.to_be_bytes().to_vec(),
+        );
+        let event = Draft {
+            request_id: "shred-log".into(),
+            caller: "vault".into(),
+            action: "erasure",
+            subject: Some(subject.to_string()),
+            outcome: "restricted_again",
+            ..Draft::default()
+        };
+        commit(v, b, vec![event]).await
+    })
+    .await
+}
+
+/// The values' part of the restrictions [`restrict_again`] brought back,
+/// once the keys are at hand (at start, or from the sweeper after an
+/// unseal): what the erasure would have done. A subject under a hold
+/// waits.
+pub(crate) async fn redo_restrictions(v: &Vault) {
+    let Ok(keys) = v.keys.get() else {
+        return;
+    };
+    let end = crate::store::prefix_end(REDO);
+    let rows = match v.store.scan(Space::Meta, REDO, end.as_deref(), SWEEP_BATCH) {
+        Ok(r) => r,
+        Err(_) => return,
+    };
+    for (k, val) in rows {
+        let Some(subject) = k
+            .get(REDO.len()..)
+            .and_then(|s| std::str::from_utf8(s).ok())
+        else {
+            continue;
+        };
+        let Ok(until) = <[u8; 8]>::try_from(val.as_slice()).map(u64::from_be_bytes) else {
+            continue;
+        };
+        let done = retrying(|| async {
+            if is_held(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)? {
+                return Err(ApiError::LegalHold);
+            }
+            let (checked, tampered) = values_of(v.store.as_ref(), Some(&keys), subject)?;
+            restrict(
+                v,
+                &keys,
+                None,
+                subject,
+                (&checked, &tampered),
+                until,
+                now_ms(),
+            )
+            .await?;
+            let mut b = Batch::default();
+            b.expect(Space::Meta, k.clone(), Some(val.clone()));
+            b.delete(Space::Meta, k.clone());
+            commit(v, b, Vec::new()).await
+        })
+        .await;
+        match done {
+            Ok(()) | Err(ApiError::LegalHold) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "A restriction brought back from the shred log waits for its values' pass")
+            }
+        }
+    }
 }
 
 /// The values of `subject` still indexed that open under the destroyed key
@@ -886,6 +988,20 @@ async fn restrict(
     let events = match ctx {
         Some(ctx) => {
             standing.write(&mut b, subject, standing.closed_ms, Some(until));
+            // In the shred log too, so a database restored from before
+            // this erasure is restricted again at start.
+            let wrapped = v
+                .store
+                .get(Space::SubjectKeys, subject.as_bytes())
+                .map_err(|_| ApiError::Unavailable)?;
+            if let Some(w) = wrapped {
+                b.expect(
+                    Space::SubjectKeys,
+                    subject.as_bytes().to_vec(),
+                    Some(w.clone()),
+                );
+                crate::shreds::mark_restricted(&mut b, subject, &w, until, time_ms);
+            }
             let mut event = draft(ctx, "erasure", subject, "restricted");
             event.reference = Some(digest.clone());
             vec![event]
@@ -1452,8 +1568,10 @@ pub async fn sweeper(
             };
             next_purge = std::time::Instant::now() + purge_retry;
         }
-        // Destroyed keys a failed append left out of the shred log.
+        // Destroyed keys a failed append left out of the shred log, and
+        // the values' part of restrictions it brought back at start.
         crate::shreds::record_logged(&v).await;
+        redo_restrictions(&v).await;
         match sweep_once(&v).await {
             // A full batch: more may be due at once.
             Ok(n) if n as usize >= SWEEP_BATCH => continue,
