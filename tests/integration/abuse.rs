@@ -1563,6 +1563,28 @@ async fn a_revoked_client_certificate_is_refused() {
     tokio::time::sleep(vault::tls::CRL_CHECK * 2).await;
     let again = builder_at(&fine, &endpoint, "app").build().unwrap();
     assert_transport_refused(&again).await;
+    // A newer one is (the watch goes on after a refusal): 4243 works again.
+    let newest = crl(&dev_ca(&v.tls()), &[4242], now + 30 * day, 3);
+    std::fs::write(v.tls().join("ca.crl"), newest.pem().unwrap()).unwrap();
+    let deadline = std::time::Instant::now() + vault::tls::CRL_CHECK * 5;
+    loop {
+        let c = builder_at(&fine, &endpoint, "app").build().unwrap();
+        let r = c
+            .tokenize(&tok_req(
+                "acct-r",
+                "notification",
+                vec![field("phone", "13800138000")],
+            ))
+            .await;
+        if r.is_ok() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the newer list was not taken in"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     v.stop().await;
 
     // A list signed by another CA, and a file that holds none.

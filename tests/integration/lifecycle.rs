@@ -1367,7 +1367,8 @@ async fn the_shred_log_catches_up_after_a_crash_and_a_changed_one_stops_the_star
         "{reference}"
     );
     assert!(names(v.dir.path(), "acct-z", b"another wrapped key"));
-    // And with the right log back the database is in step again.
+    // The database took the replaced log: the one it had before is now
+    // the one it did not see, and is refused in turn.
     v.stop().await;
     std::fs::write(&log, &good).unwrap();
     let e = vault::server::start(&cfg).await.unwrap_err().to_string();
@@ -1496,4 +1497,49 @@ async fn a_restored_backup_does_not_lift_a_restriction() {
         .filter(|(k, _)| k.starts_with(b"shred/redo/"))
         .count();
     assert_eq!(redo, 0);
+}
+
+/// A shred log cut while the vault runs takes nothing more: the erasure's
+/// record waits in the database, the next start refuses the cut log, and
+/// with the right log put back the record goes into it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shred_log_cut_while_running_keeps_the_records_for_the_right_one() {
+    let mut v = TestVault::start().await;
+    let app = v.client("app");
+    tokenize_one(&app, "acct-1", "notification", "phone", PHONE).await;
+    tokenize_one(&app, "acct-2", "notification", "phone", "13900139000").await;
+    let wrapped = v
+        .store()
+        .get(Space::SubjectKeys, b"acct-2")
+        .unwrap()
+        .unwrap();
+    app.erase_subject("acct-1").await.unwrap();
+    let log = v.dir.path().join("shred.log");
+    let good = std::fs::read(&log).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&log)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    assert_eq!(app.erase_subject("acct-2").await.unwrap().values_erased, 1);
+    assert!(std::fs::read(&log).unwrap().is_empty(), "nothing appended");
+    let pending = |v: &TestVault| {
+        v.store()
+            .scan(Space::Meta, vault::shreds::PENDING, None, 10)
+            .unwrap()
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(vault::shreds::PENDING))
+            .count()
+    };
+    assert_eq!(pending(&v), 1);
+    v.stop().await;
+    let cfg = config(v.dir.path());
+    let e = vault::server::start(&cfg).await.unwrap_err().to_string();
+    assert!(e.contains("accept-shred-log"), "{e}");
+    std::fs::write(&log, &good).unwrap();
+    v.restart().await;
+    assert_eq!(pending(&v), 0);
+    assert!(names(v.dir.path(), "acct-2", &wrapped));
+    assert_eq!(shredded(v.dir.path()).len(), 2);
 }

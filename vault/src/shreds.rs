@@ -27,6 +27,7 @@
 //!   until an operator accepts the log as it is.
 //! - One process at a time holds the log (an advisory lock).
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -144,10 +145,22 @@ struct State {
     /// The file ends in a line cut short (a crash or a failed write
     /// mid-append): the next append starts on a new line.
     torn: bool,
-    /// The file lost bytes this process had counted, or was replaced,
-    /// while the vault ran: the database's `seen` no longer moves, so the
-    /// next start refuses it.
+    /// The file lost bytes this process had counted, was replaced, or
+    /// grew by bytes this process did not write, while the vault ran:
+    /// nothing more is appended and no pending row goes (they wait for
+    /// the next start, which refuses the log until it is put right).
     lost: bool,
+    /// A write failed: the bytes it may have left are this process's own,
+    /// and are read and counted before the next.
+    dirty: bool,
+    /// The log as the database's `seen` last said, when the database
+    /// reflects everything in it up to there and nothing but what this
+    /// process appended since: `seen` may then move to the log as it is
+    /// once no row is pending. `None`: `seen` stays until the next start.
+    synced: Option<Seen>,
+    /// Lines appended whose pending rows may not be deleted yet (a pass
+    /// cut short): not appended again.
+    appended: HashSet<Fingerprint>,
 }
 
 /// What `shred/seen` holds: a length and the SHA-256 of that many bytes.
@@ -203,12 +216,16 @@ impl State {
     /// counted, or another file now at the path, is `lost`.
     fn catch_up(&mut self, path: &Path) -> std::io::Result<()> {
         let meta = self.file.metadata()?;
-        let replaced = std::fs::metadata(path)
-            .map(|p| (p.dev(), p.ino()) != (meta.dev(), meta.ino()))
-            .unwrap_or(true);
-        if replaced || meta.len() < self.len {
+        let replaced = match std::fs::metadata(path) {
+            Ok(p) => (p.dev(), p.ino()) != (meta.dev(), meta.ino()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+            Err(e) => return Err(e),
+        };
+        let foreign = meta.len() > self.len && !self.dirty;
+        if replaced || meta.len() < self.len || foreign {
             self.lost = true;
         }
+        self.dirty = false;
         if meta.len() < self.len {
             // Counted again from the start: appends go on, and the
             // database's `seen` no longer moves.
@@ -286,19 +303,15 @@ impl ShredLog {
                 hash,
                 torn,
                 lost: false,
+                dirty: false,
+                synced: None,
+                appended: HashSet::new(),
             })),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// The length and hash of what the log holds now.
-    pub fn seen_now(&self) -> Option<(u64, String)> {
-        let st = self.state.try_lock().ok()?;
-        let (len, hash) = st.seen();
-        Some((len, hex::encode(hash)))
     }
 
     fn shown(&self) -> String {
@@ -390,22 +403,27 @@ pub async fn record(v: &Vault) -> Result<usize, ShredError> {
             .set(i64::try_from(n).unwrap_or(i64::MAX));
         return Ok(0);
     };
-    match tokio::time::timeout(WAIT, async {
-        let guard = log.state.clone().lock_owned().await;
-        record_locked(v, log, guard, None).await.map(|(n, _)| n)
-    })
-    .await
-    {
-        Ok(r) => r,
-        Err(_) => Err(ShredError::Slow(log.shown())),
-    }
+    // Only the wait for the log is bounded: a pass that has begun goes on
+    // (a caller that stops waiting leaves its append to finish; the rows
+    // it did not delete are not appended twice).
+    let guard = tokio::time::timeout(WAIT, log.state.clone().lock_owned())
+        .await
+        .map_err(|_| ShredError::Slow(log.shown()))?;
+    record_locked(v, log, guard, None).await.map(|(n, _)| n)
 }
 
 /// [`record`], a failure logged: the erasure stands, its record waits in
 /// the database for the next pass.
 pub async fn record_logged(v: &Vault) {
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     if let Err(e) = record(v).await {
-        tracing::error!(error = %e, "Recording destroyed subject keys in the shred log failed; tried again with the next sweep");
+        // At most once a minute: the sweeper tries every pass.
+        let now = crate::api::now_ms();
+        let last = LAST.load(std::sync::atomic::Ordering::Relaxed);
+        if now.saturating_sub(last) >= 60_000 {
+            LAST.store(now, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(error = %e, "Recording destroyed subject keys in the shred log failed; tried again with the next sweep (logged at most once a minute)");
+        }
     }
 }
 
@@ -418,12 +436,19 @@ async fn append(log: &ShredLog, mut guard: Guard, text: Vec<u8>) -> (Guard, std:
         let st = &mut *guard;
         let r = (|| {
             st.catch_up(&path)?;
+            if st.lost {
+                return Err(std::io::Error::other(
+                    "the log lost bytes, was replaced, or grew by bytes the vault did not write",
+                ));
+            }
             let mut text = text;
             if st.torn {
                 text.insert(0, b'\n');
             }
+            st.dirty = true;
             (&st.file).write_all(&text)?;
             st.file.sync_all()?;
+            st.dirty = false;
             st.len += text.len() as u64;
             st.hash.update(&text);
             st.torn = false;
@@ -442,20 +467,15 @@ async fn append(log: &ShredLog, mut guard: Guard, text: Vec<u8>) -> (Guard, std:
     }
 }
 
-/// Moves the pending rows (skipping fingerprints in `known`); with the
-/// rows gone, moves `seen` along when the database was in step before.
+/// Moves the pending rows (skipping fingerprints in `known`, and those
+/// appended by a pass cut short); then moves `seen` along to the log as
+/// it is, when the database was in step ([`State::synced`]).
 async fn record_locked(
     v: &Vault,
     log: &ShredLog,
     mut guard: Guard,
     known: Option<&Known>,
 ) -> Result<(usize, Guard), ShredError> {
-    let seen = read_seen(v.store.as_ref())?;
-    let before = guard.seen();
-    let in_step = match seen {
-        Some(s) => s == before,
-        None => before.0 == 0,
-    };
     let mut moved = 0;
     loop {
         let rows = pending_rows(v.store.as_ref())?;
@@ -483,7 +503,9 @@ async fn record_locked(
                 (Some(Some(have)), Some(new)) => *have >= new,
                 _ => false,
             };
-            let new = |fp: &Fingerprint| !logged(fp) && !fresh.contains(fp);
+            let new = |fp: &Fingerprint| {
+                !logged(fp) && !guard.appended.contains(fp) && !fresh.contains(fp)
+            };
             if let Some(fp) = fp.filter(new) {
                 text.extend_from_slice(line(&fp, time, until).as_bytes());
                 fresh.push(fp);
@@ -496,6 +518,7 @@ async fn record_locked(
                 v.metrics.shred_append_failures.inc();
                 return Err(io_err(&log.path)(e));
             }
+            guard.appended.extend(fresh);
         }
         let mut b = Batch::default();
         for (k, val) in &rows {
@@ -503,18 +526,29 @@ async fn record_locked(
             b.delete(Space::Meta, k.clone());
         }
         commit(v, b).await?;
+        for (k, _) in &rows {
+            if let Some(fp) = k
+                .get(PENDING.len()..)
+                .and_then(|f| Fingerprint::try_from(f).ok())
+            {
+                guard.appended.remove(&fp);
+            }
+        }
         moved += rows.len();
     }
-    if guard.lost {
-        tracing::error!(
-            path = %log.shown(),
-            "The shred log lost bytes or was replaced while the vault ran: the next start refuses it until it is put back or accepted"
-        );
-    } else if in_step && guard.seen() != before {
-        // Every line appended since names a key this database destroyed.
-        let mut b = Batch::default();
-        b.put(Space::Meta, SEEN.to_vec(), seen_bytes(guard.seen()));
-        commit(v, b).await?;
+    // Every line appended since `synced` names a key this database
+    // destroyed or restricted.
+    if let Some(synced) = guard.synced.filter(|_| !guard.lost) {
+        let now = guard.seen();
+        if now != synced && read_seen(v.store.as_ref())? == Some(synced) {
+            let mut b = Batch::default();
+            b.expect(Space::Meta, SEEN.to_vec(), Some(seen_bytes(synced)));
+            b.put(Space::Meta, SEEN.to_vec(), seen_bytes(now));
+            commit(v, b).await?;
+            if read_seen(v.store.as_ref())? == Some(now) {
+                guard.synced = Some(now);
+            }
+        }
     }
     Ok((moved, guard))
 }
@@ -557,6 +591,8 @@ pub async fn reapply(v: &Vault) -> Result<u64, ShredError> {
     let now = guard.seen();
     match seen {
         Some(s) if s == now && !check => {
+            let mut guard = guard;
+            guard.synced = Some(now);
             record_locked(v, log, guard, None).await?;
             return Ok(0);
         }
@@ -595,11 +631,12 @@ pub async fn reapply(v: &Vault) -> Result<u64, ShredError> {
         }
     }
     // The re-erasures' own pending rows name keys the log has.
-    let (_, guard) = record_locked(v, log, guard, Some(&known)).await?;
+    let (_, mut guard) = record_locked(v, log, guard, Some(&known)).await?;
     let mut b = Batch::default();
     b.put(Space::Meta, SEEN.to_vec(), seen_bytes(guard.seen()));
     b.delete(Space::Meta, CHECK.to_vec());
     commit(v, b).await?;
+    guard.synced = Some(guard.seen());
     if erased > 0 {
         // The keys leave the engine's files with the start's purge; the
         // restrictions' values are dealt with once the keys are at hand.
@@ -711,10 +748,17 @@ mod tests {
         let path = dir.path().join("shred.log");
         let log = ShredLog::open(&path).unwrap();
         let mut st = log.state.try_lock().unwrap();
+        // What this process's own failed write left.
+        st.dirty = true;
         raw(&path, b"0123");
         st.catch_up(&path).unwrap();
         assert_eq!((st.len, st.torn, st.lost), (4, true, false));
         assert_eq!(st.seen().1, <[u8; 32]>::from(Sha256::digest(b"0123")));
+        // Bytes no write of this process left.
+        raw(&path, b"45\n");
+        st.catch_up(&path).unwrap();
+        assert!(st.lost, "grown behind the vault's back");
+        st.lost = false;
         std::fs::OpenOptions::new()
             .write(true)
             .open(&path)
@@ -722,7 +766,7 @@ mod tests {
             .set_len(2)
             .unwrap();
         st.catch_up(&path).unwrap();
-        assert!(st.lost);
+        assert!(st.lost, "cut");
         assert_eq!(st.seen().1, <[u8; 32]>::from(Sha256::digest(b"01")));
         drop(st);
         drop(log);

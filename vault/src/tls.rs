@@ -232,12 +232,46 @@ fn rustls_err(e: impl std::fmt::Display) -> TlsError {
 
 /// The API listener's TLS configuration.
 pub fn server_config(cfg: &Config) -> Result<Arc<ServerConfig>, TlsError> {
-    build(cfg).map(|b| b.config)
+    build(cfg, &Material::load(cfg)?).map(|b| b.config)
 }
 
 /// The numbers of the revocation lists in force, per issuer (its name as
-/// encoded).
-type Numbers = std::collections::HashMap<Vec<u8>, x509_parser::num_bigint::BigUint>;
+/// encoded); `None` for a list without one.
+type Numbers = std::collections::HashMap<Vec<u8>, Option<x509_parser::num_bigint::BigUint>>;
+
+/// The CA, the server's certificate and its key, as read at start: a
+/// revocation list read again later is put together with these, not with
+/// whatever those files hold by then (a key being rotated, say).
+struct Material {
+    cas: Vec<CertificateDer<'static>>,
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    cert_path: String,
+    key_path: String,
+}
+
+impl std::fmt::Debug for Material {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Material({} CA certificates, key redacted)",
+            self.cas.len()
+        )
+    }
+}
+
+impl Material {
+    fn load(cfg: &Config) -> Result<Material, TlsError> {
+        let (cert, key) = (cfg.resolve(&cfg.tls.cert), cfg.resolve(&cfg.tls.key));
+        Ok(Material {
+            cas: load_certs(&cfg.resolve(&cfg.tls.ca))?,
+            certs: load_certs(&cert)?,
+            key: load_key(&key)?,
+            cert_path: cert.display().to_string(),
+            key_path: key.display().to_string(),
+        })
+    }
+}
 
 struct Built {
     config: Arc<ServerConfig>,
@@ -246,11 +280,12 @@ struct Built {
     numbers: Numbers,
 }
 
-/// The TLS configuration of `cfg`.
-fn build(cfg: &Config) -> Result<Built, TlsError> {
+/// The TLS configuration of `cfg`'s settings and revocation lists, with
+/// `material`.
+fn build(cfg: &Config, material: &Material) -> Result<Built, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
-    let cas = load_certs(&cfg.resolve(&cfg.tls.ca))?;
+    let cas = material.cas.clone();
     let mut crls = Vec::new();
     let mut issuers = std::collections::HashMap::new();
     let mut numbers = Numbers::new();
@@ -259,9 +294,7 @@ fn build(cfg: &Config) -> Result<Built, TlsError> {
             // The verifier uses the first list of an issuer it finds: a
             // second (a newer one beside the old) would go unread.
             if let Some((issuer, number)) = crl_issuer_and_number(&crl) {
-                if let Some(n) = number {
-                    numbers.insert(issuer.clone(), n);
-                }
+                numbers.insert(issuer.clone(), number);
                 if let Some(first) = issuers.insert(issuer, path.clone()) {
                     return Err(TlsError::BadCrl {
                         path: cfg.resolve(path).display().to_string(),
@@ -292,16 +325,15 @@ fn build(cfg: &Config) -> Result<Built, TlsError> {
     } else {
         &[&rustls::version::TLS13]
     };
-    let (cert, key) = (cfg.resolve(&cfg.tls.cert), cfg.resolve(&cfg.tls.key));
     let mut sc = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
         .map_err(rustls_err)?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(load_certs(&cert)?, load_key(&key)?)
+        .with_single_cert(material.certs.clone(), material.key.clone_key())
         .map_err(|e| match e {
             rustls::Error::InconsistentKeys(_) => TlsError::KeyMismatch {
-                cert: cert.display().to_string(),
-                key: key.display().to_string(),
+                cert: material.cert_path.clone(),
+                key: material.key_path.clone(),
             },
             e => rustls_err(e),
         })?;
@@ -359,22 +391,35 @@ pub const CRL_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 pub struct Live {
     config: std::sync::RwLock<Arc<ServerConfig>>,
     revoked: tokio::sync::watch::Sender<Revoked>,
-    /// The highest list number taken per issuer: an older list (written
-    /// back by mistake, or by someone who wants a revoked certificate to
-    /// work again) is not taken in while the vault runs.
+    material: Material,
+    /// The list numbers in force per issuer: an older list (written back
+    /// by mistake, or by someone who wants a revoked certificate to work
+    /// again), or one without a number where the one in force has one, is
+    /// not taken in while the vault runs.
     numbers: std::sync::Mutex<Numbers>,
-    /// Each list file's (modification time, length, inode) when last read.
-    stamps: std::sync::Mutex<Vec<Option<(std::time::SystemTime, u64, u64)>>>,
+    /// The list files' stamps when last taken in, and when last refused
+    /// (a refused change is reported once, and tried again when the file
+    /// changes again).
+    stamps: std::sync::Mutex<(Stamps, Option<Stamps>)>,
 }
 
-fn stamps(cfg: &Config) -> Vec<Option<(std::time::SystemTime, u64, u64)>> {
+/// Each list file's (modification time, change time, length, inode).
+type Stamps = Vec<Option<(std::time::SystemTime, i64, i64, u64, u64)>>;
+
+fn stamps(cfg: &Config) -> Stamps {
     use std::os::unix::fs::MetadataExt;
     cfg.tls
         .crls
         .iter()
         .map(|p| {
             let m = std::fs::metadata(cfg.resolve(p)).ok()?;
-            Some((m.modified().ok()?, m.len(), m.ino()))
+            Some((
+                m.modified().ok()?,
+                m.ctime(),
+                m.ctime_nsec(),
+                m.len(),
+                m.ino(),
+            ))
         })
         .collect()
 }
@@ -382,12 +427,14 @@ fn stamps(cfg: &Config) -> Vec<Option<(std::time::SystemTime, u64, u64)>> {
 impl Live {
     pub fn new(cfg: &Config) -> Result<Arc<Live>, TlsError> {
         let before = stamps(cfg);
-        let built = build(cfg)?;
+        let material = Material::load(cfg)?;
+        let built = build(cfg, &material)?;
         Ok(Arc::new(Live {
             config: std::sync::RwLock::new(built.config),
             revoked: tokio::sync::watch::channel(built.revoked).0,
+            material,
             numbers: std::sync::Mutex::new(built.numbers),
-            stamps: std::sync::Mutex::new(before),
+            stamps: std::sync::Mutex::new((before, None)),
         }))
     }
 
@@ -405,39 +452,52 @@ impl Live {
         self.revoked.subscribe()
     }
 
-    /// Reads the lists again if a file changed since last read; whether the
-    /// configuration was rebuilt. A list that fails to read or to verify
-    /// keeps the previous configuration (an error, logged once per change).
+    /// Reads the lists again if a file changed since last taken in (or
+    /// refused); whether the configuration was rebuilt. A list that fails
+    /// to read or to pass the checks, or is older than the one in force,
+    /// keeps the configuration in force.
     pub fn refresh(&self, cfg: &Config) -> Result<bool, TlsError> {
         let now = stamps(cfg);
-        {
-            let mut last = match self.stamps.lock() {
-                Ok(l) => l,
-                Err(p) => p.into_inner(),
-            };
-            if *last == now {
-                return Ok(false);
-            }
-            *last = now;
+        let mut last = match self.stamps.lock() {
+            Ok(l) => l,
+            Err(p) => p.into_inner(),
+        };
+        if last.0 == now || last.1.as_ref() == Some(&now) {
+            return Ok(false);
         }
-        let built = build(cfg)?;
+        match self.take_in(cfg) {
+            Ok(()) => {
+                *last = (now, None);
+                Ok(true)
+            }
+            Err(e) => {
+                last.1 = Some(now);
+                Err(e)
+            }
+        }
+    }
+
+    fn take_in(&self, cfg: &Config) -> Result<(), TlsError> {
+        let built = build(cfg, &self.material)?;
         {
             let mut numbers = match self.numbers.lock() {
                 Ok(n) => n,
                 Err(p) => p.into_inner(),
             };
             for (issuer, number) in &built.numbers {
-                if numbers
-                    .get(issuer)
-                    .is_some_and(|in_force| number < in_force)
-                {
-                    return Err(TlsError::BadCrl {
-                        path: "tls.crls".into(),
-                        why: format!(
-                            "a list numbered {number} is older than the one in force for its CA"
-                        ),
-                    });
-                }
+                let why = match (numbers.get(issuer), number) {
+                    (Some(Some(in_force)), None) => format!(
+                        "a list without a number, where the one in force for its CA is numbered {in_force}"
+                    ),
+                    (Some(Some(in_force)), Some(n)) if n < in_force => format!(
+                        "a list numbered {n}, older than the one in force for its CA ({in_force})"
+                    ),
+                    _ => continue,
+                };
+                return Err(TlsError::BadCrl {
+                    path: "tls.crls".into(),
+                    why,
+                });
             }
             numbers.extend(built.numbers);
         }
@@ -446,7 +506,7 @@ impl Live {
             Err(p) => *p.into_inner() = built.config,
         }
         self.revoked.send_replace(built.revoked);
-        Ok(true)
+        Ok(())
     }
 }
 

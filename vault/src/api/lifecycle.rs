@@ -545,7 +545,6 @@ pub async fn erase(v: &Vault, ctx: &Ctx, subject: &str) -> Result<ErasureReceipt
     })
     .await?;
     if let Some(until) = receipt.restricted_until {
-        crate::shreds::record_logged(v).await;
         // Values that landed while the restriction was being written. The
         // restriction itself is committed and audited: if this pass cannot
         // be made (a hold placed meanwhile keeps everything as it is), the
@@ -569,6 +568,7 @@ pub async fn erase(v: &Vault, ctx: &Ctx, subject: &str) -> Result<ErasureReceipt
             .map(Some)
         })
         .await;
+        crate::shreds::record_logged(v).await;
         return Ok(match late {
             Ok(Some(late)) => ErasureReceipt {
                 values_erased: receipt.values_erased + late.values_erased,
@@ -590,9 +590,11 @@ pub async fn erase(v: &Vault, ctx: &Ctx, subject: &str) -> Result<ErasureReceipt
     // and its write is not in the receipt: its value is sealed under the
     // key just destroyed, which tells it apart from a value collected
     // since (under a new key). Such values go now.
-    crate::shreds::record_logged(v).await;
     let late = retrying(|| erase_late(v, ctx, subject, &wrapped, receipt.time_ms)).await;
     purge_subject_keys(v).await;
+    // Last: its record is durable in the database already, and a log that
+    // is slow to answer must not hold up the passes above.
+    crate::shreds::record_logged(v).await;
     Ok(match late {
         Ok(n) => ErasureReceipt {
             values_erased: receipt.values_erased + n,
@@ -1448,7 +1450,7 @@ pub async fn sweep_once(v: &Vault) -> Result<u64, ApiError> {
     v.metrics.retention_anonymized.inc_by(anonymized);
     v.metrics.retention_purged.inc_by(purged);
     if destroyed {
-        crate::shreds::record_logged(v).await;
+        // (The sweeper's next pass takes the shred log's records.)
         // As an immediate erasure does: the destroyed keys leave the
         // engine's files now, not at some later compaction.
         purge_subject_keys(v).await;
@@ -1570,7 +1572,10 @@ pub async fn sweeper(
         }
         // Destroyed keys a failed append left out of the shred log, and
         // the values' part of restrictions it brought back at start.
-        crate::shreds::record_logged(&v).await;
+        // On a task of its own: a log on storage that hangs holds that
+        // task, not the sweeper.
+        let recorder = v.clone();
+        tokio::spawn(async move { crate::shreds::record_logged(&recorder).await });
         redo_restrictions(&v).await;
         match sweep_once(&v).await {
             // A full batch: more may be due at once.

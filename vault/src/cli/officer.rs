@@ -392,9 +392,10 @@ pub fn clear_seal(config: &std::path::Path) -> ExitCode {
     }
 }
 
-/// `vault operator accept-shred-log`: forgets which shred log a stopped
-/// vault's database saw (audited), so its next start takes the log as it
-/// is and checks every subject key against it.
+/// `vault operator accept-shred-log`: a stopped vault's database takes the
+/// shred log as it is now as the one it saw (audited, with what it saw
+/// before), and its next start checks every subject key against it (and
+/// refuses it if it changed since).
 pub fn accept_shred_log(config: &std::path::Path) -> ExitCode {
     harden();
     let cfg = match load(config) {

@@ -232,7 +232,11 @@ async fn drive<C, E>(
         () = expired => "certificate expired",
         () = revoked(watched) => "certificate revoked",
     };
-    tracing::debug!(reason = why, "Closing connection");
+    if why == "certificate revoked" {
+        tracing::info!(reason = why, "Closing connection");
+    } else {
+        tracing::debug!(reason = why, "Closing connection");
+    }
     graceful(conn.as_mut());
     let long = limits.request_timeout + Duration::from_secs(1);
     let started = Instant::now();
