@@ -1543,3 +1543,55 @@ async fn a_shred_log_cut_while_running_keeps_the_records_for_the_right_one() {
     assert!(names(v.dir.path(), "acct-2", &wrapped));
     assert_eq!(shredded(v.dir.path()).len(), 2);
 }
+
+/// A start that checks every key against the shred log leaves a
+/// restriction the database already holds to the sweeper, whose end waits
+/// while a legal hold is on: a held subject is not erased at start because
+/// its logged restriction has ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checking_start_does_not_erase_a_held_subject_whose_restriction_ended() {
+    let mut v = TestVault::start().await;
+    let toml = v.dir.path().join("vault.toml");
+    let text = std::fs::read_to_string(&toml)
+        .unwrap()
+        .replace("# cn_resident_id = \"P3Y\"", "cn_resident_id = \"PT2S\"");
+    std::fs::write(&toml, text).unwrap();
+    v.restart().await;
+    let app = v.client("app");
+    tokenize_one(
+        &app,
+        "acct-h",
+        "identity_verification",
+        "cn_resident_id",
+        ID,
+    )
+    .await;
+    let receipt = app.erase_subject("acct-h").await.unwrap();
+    assert!(receipt.restricted_until.is_some());
+    v.client("officer")
+        .legal_hold("acct-h", true)
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    v.stop().await;
+    // The next start checks every key (as after a crash mid-append).
+    let (code, out, err) = run_vault(&[
+        "operator",
+        "accept-shred-log",
+        "--config",
+        toml.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    v.restart().await;
+    assert!(
+        v.store()
+            .get(Space::SubjectKeys, b"acct-h")
+            .unwrap()
+            .is_some(),
+        "the held subject's key was destroyed at start"
+    );
+    let events = v.audit_events().await;
+    assert!(!events
+        .iter()
+        .any(|e| e.outcome == "erased_again" || e.outcome == "restricted_again"));
+}

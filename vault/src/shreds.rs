@@ -133,6 +133,8 @@ pub enum ShredError {
 pub struct ShredLog {
     path: PathBuf,
     state: Arc<tokio::sync::Mutex<State>>,
+    /// A sweeper's recorder task is under way (one at a time).
+    recorder: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
@@ -297,6 +299,7 @@ impl ShredLog {
         let (len, torn) = read_from(&file, 0, &mut hash, |_| {}).map_err(&io)?;
         Ok(ShredLog {
             path: path.to_path_buf(),
+            recorder: std::sync::atomic::AtomicBool::new(false),
             state: Arc::new(tokio::sync::Mutex::new(State {
                 file,
                 len,
@@ -416,7 +419,15 @@ pub async fn record(v: &Vault) -> Result<usize, ShredError> {
 /// the database for the next pass.
 pub async fn record_logged(v: &Vault) {
     static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    if let Err(e) = record(v).await {
+    // The whole pass within the wait: one cut short leaves its append to
+    // finish and be counted, and its rows to the next pass.
+    let done = match tokio::time::timeout(WAIT, record(v)).await {
+        Ok(r) => r,
+        Err(_) => Err(ShredError::Slow(
+            v.shreds.as_ref().map_or_else(String::new, |l| l.shown()),
+        )),
+    };
+    if let Err(e) = done {
         // At most once a minute: the sweeper tries every pass.
         let now = crate::api::now_ms();
         let last = LAST.load(std::sync::atomic::Ordering::Relaxed);
@@ -425,6 +436,25 @@ pub async fn record_logged(v: &Vault) {
             tracing::error!(error = %e, "Recording destroyed subject keys in the shred log failed; tried again with the next sweep (logged at most once a minute)");
         }
     }
+}
+
+/// The sweeper's pass: [`record_logged`] on a task of its own (a log on
+/// storage that hangs holds that task, not the sweeper), one at a time.
+pub fn spawn_recorder(v: &Arc<Vault>) {
+    let Some(log) = &v.shreds else {
+        return;
+    };
+    if log.recorder.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        return;
+    }
+    let v = v.clone();
+    tokio::spawn(async move {
+        record_logged(&v).await;
+        if let Some(log) = &v.shreds {
+            log.recorder
+                .store(false, std::sync::atomic::Ordering::Release);
+        }
+    });
 }
 
 /// Appends `text` under `guard`, off the runtime; the append and what it
@@ -618,13 +648,16 @@ pub async fn reapply(v: &Vault) -> Result<u64, ShredError> {
             };
             let again = match known.get(&fingerprint(&subject, &wrapped)) {
                 None => continue,
-                Some(Some(until)) if *until > crate::api::now_ms() => {
+                Some(Some(until)) => {
                     crate::api::lifecycle::restrict_again(v, &subject, &wrapped, *until).await
                 }
-                Some(_) => crate::api::lifecycle::erase_again(v, &subject, &wrapped).await,
+                Some(None) => crate::api::lifecycle::erase_again(v, &subject, &wrapped)
+                    .await
+                    .map(|()| true),
             };
-            again.map_err(|e| ShredError::Erase(e.to_string()))?;
-            erased += 1;
+            if again.map_err(|e| ShredError::Erase(e.to_string()))? {
+                erased += 1;
+            }
         }
         if !full {
             break;

@@ -232,46 +232,12 @@ fn rustls_err(e: impl std::fmt::Display) -> TlsError {
 
 /// The API listener's TLS configuration.
 pub fn server_config(cfg: &Config) -> Result<Arc<ServerConfig>, TlsError> {
-    build(cfg, &Material::load(cfg)?).map(|b| b.config)
+    build(cfg, &load_certs(&cfg.resolve(&cfg.tls.ca))?, None).map(|b| b.config)
 }
 
 /// The numbers of the revocation lists in force, per issuer (its name as
 /// encoded); `None` for a list without one.
 type Numbers = std::collections::HashMap<Vec<u8>, Option<x509_parser::num_bigint::BigUint>>;
-
-/// The CA, the server's certificate and its key, as read at start: a
-/// revocation list read again later is put together with these, not with
-/// whatever those files hold by then (a key being rotated, say).
-struct Material {
-    cas: Vec<CertificateDer<'static>>,
-    certs: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-    cert_path: String,
-    key_path: String,
-}
-
-impl std::fmt::Debug for Material {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Material({} CA certificates, key redacted)",
-            self.cas.len()
-        )
-    }
-}
-
-impl Material {
-    fn load(cfg: &Config) -> Result<Material, TlsError> {
-        let (cert, key) = (cfg.resolve(&cfg.tls.cert), cfg.resolve(&cfg.tls.key));
-        Ok(Material {
-            cas: load_certs(&cfg.resolve(&cfg.tls.ca))?,
-            certs: load_certs(&cert)?,
-            key: load_key(&key)?,
-            cert_path: cert.display().to_string(),
-            key_path: key.display().to_string(),
-        })
-    }
-}
 
 struct Built {
     config: Arc<ServerConfig>,
@@ -281,11 +247,18 @@ struct Built {
 }
 
 /// The TLS configuration of `cfg`'s settings and revocation lists, with
-/// `material`.
-fn build(cfg: &Config, material: &Material) -> Result<Built, TlsError> {
+/// the CA certificates `cas`, and the server's certificate and key from
+/// its files, or from `identity` (the configuration in force: a list read
+/// again is put together with what was read at start, not with whatever
+/// the files hold by then, and no copy of the key is kept for it).
+fn build(
+    cfg: &Config,
+    cas: &[CertificateDer<'static>],
+    identity: Option<Arc<dyn rustls::server::ResolvesServerCert>>,
+) -> Result<Built, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
-    let cas = material.cas.clone();
+    let cas = cas.to_vec();
     let mut crls = Vec::new();
     let mut issuers = std::collections::HashMap::new();
     let mut numbers = Numbers::new();
@@ -325,18 +298,22 @@ fn build(cfg: &Config, material: &Material) -> Result<Built, TlsError> {
     } else {
         &[&rustls::version::TLS13]
     };
-    let mut sc = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
         .map_err(rustls_err)?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(material.certs.clone(), material.key.clone_key())
-        .map_err(|e| match e {
-            rustls::Error::InconsistentKeys(_) => TlsError::KeyMismatch {
-                cert: material.cert_path.clone(),
-                key: material.key_path.clone(),
-            },
-            e => rustls_err(e),
-        })?;
+        .with_client_cert_verifier(verifier);
+    let (cert, key) = (cfg.resolve(&cfg.tls.cert), cfg.resolve(&cfg.tls.key));
+    let mut sc = match identity {
+        Some(resolver) => Ok(builder.with_cert_resolver(resolver)),
+        None => builder.with_single_cert(load_certs(&cert)?, load_key(&key)?),
+    }
+    .map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => TlsError::KeyMismatch {
+            cert: cert.display().to_string(),
+            key: key.display().to_string(),
+        },
+        e => rustls_err(e),
+    })?;
     sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     // No resumption: a resumed session carries the client certificate of
     // its first handshake unchecked (and each resumption hands out fresh
@@ -391,7 +368,8 @@ pub const CRL_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 pub struct Live {
     config: std::sync::RwLock<Arc<ServerConfig>>,
     revoked: tokio::sync::watch::Sender<Revoked>,
-    material: Material,
+    /// The CA certificates read at start.
+    cas: Vec<CertificateDer<'static>>,
     /// The list numbers in force per issuer: an older list (written back
     /// by mistake, or by someone who wants a revoked certificate to work
     /// again), or one without a number where the one in force has one, is
@@ -427,12 +405,12 @@ fn stamps(cfg: &Config) -> Stamps {
 impl Live {
     pub fn new(cfg: &Config) -> Result<Arc<Live>, TlsError> {
         let before = stamps(cfg);
-        let material = Material::load(cfg)?;
-        let built = build(cfg, &material)?;
+        let cas = load_certs(&cfg.resolve(&cfg.tls.ca))?;
+        let built = build(cfg, &cas, None)?;
         Ok(Arc::new(Live {
             config: std::sync::RwLock::new(built.config),
             revoked: tokio::sync::watch::channel(built.revoked).0,
-            material,
+            cas,
             numbers: std::sync::Mutex::new(built.numbers),
             stamps: std::sync::Mutex::new((before, None)),
         }))
@@ -478,7 +456,7 @@ impl Live {
     }
 
     fn take_in(&self, cfg: &Config) -> Result<(), TlsError> {
-        let built = build(cfg, &self.material)?;
+        let built = build(cfg, &self.cas, Some(self.current().cert_resolver.clone()))?;
         {
             let mut numbers = match self.numbers.lock() {
                 Ok(n) => n,

@@ -650,18 +650,30 @@ pub(crate) async fn erase_again(v: &Vault, subject: &str, wrapped: &[u8]) -> Res
 const REDO: &[u8] = b"shred/redo/";
 
 /// At start, for a subject the shred log says an erasure restricted until
-/// `until` (PIPL Art. 47) but which the database holds as it was before
-/// (restored from an older copy): restricts it again at once (its
-/// standing, which every release and collection reads; no keys needed),
-/// logs it, and leaves a row for [`redo_restrictions`] to erase the
-/// values no law requires and set the kept ones' ends, as the erasure
-/// did.
+/// `until` (PIPL Art. 47), whose key the database holds: whether it did
+/// something. A database that already holds the restriction (a plain
+/// restart, or a copy taken after it) is left as it is: the sweeper ends
+/// the restriction, under the holds it knows. A copy from before the
+/// erasure request gets it again: when the period is over and no hold is
+/// on, the erasure is made; otherwise the subject is restricted again at
+/// once (its standing, which every release and collection reads; no keys
+/// needed), logged, and a row is left for [`redo_restrictions`] to deal
+/// with its values as the erasure did.
 pub(crate) async fn restrict_again(
     v: &Vault,
     subject: &str,
     wrapped: &[u8],
     until: u64,
-) -> Result<(), ApiError> {
+) -> Result<bool, ApiError> {
+    let standing = Standing::read(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)?;
+    if standing.restricted_until.is_some() {
+        return Ok(false);
+    }
+    let held = is_held(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)?;
+    if until <= now_ms() && !held {
+        erase_again(v, subject, wrapped).await?;
+        return Ok(true);
+    }
     retrying(|| async {
         let mut b = Batch::default();
         b.expect(
@@ -671,7 +683,6 @@ pub(crate) async fn restrict_again(
         );
         let standing =
             Standing::read(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)?;
-        let until = standing.restricted_until.map_or(until, |u| u.max(until));
         standing.write(&mut b, subject, standing.closed_ms, Some(until));
         b.put(
             Space::Meta,
@@ -688,60 +699,108 @@ pub(crate) async fn restrict_again(
         };
         commit(v, b, vec![event]).await
     })
-    .await
+    .await?;
+    Ok(true)
 }
 
 /// The values' part of the restrictions [`restrict_again`] brought back,
 /// once the keys are at hand (at start, or from the sweeper after an
-/// unseal): what the erasure would have done. A subject under a hold
-/// waits.
+/// unseal): the values no law requires now are erased and the kept ones
+/// get their legal ends, as the erasure did, and the restriction lasts
+/// until the last of those ends (not the logged one, which values
+/// collected after the copy may have set), or the subject is erased when
+/// the law requires nothing any more. Audited. A subject under a hold
+/// waits for the hold to be lifted.
 pub(crate) async fn redo_restrictions(v: &Vault) {
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let Ok(keys) = v.keys.get() else {
         return;
     };
     let end = crate::store::prefix_end(REDO);
-    let rows = match v.store.scan(Space::Meta, REDO, end.as_deref(), SWEEP_BATCH) {
-        Ok(r) => r,
-        Err(_) => return,
-    };
-    for (k, val) in rows {
-        let Some(subject) = k
-            .get(REDO.len()..)
-            .and_then(|s| std::str::from_utf8(s).ok())
-        else {
-            continue;
+    let mut from = REDO.to_vec();
+    loop {
+        let rows = match v
+            .store
+            .scan(Space::Meta, &from, end.as_deref(), SWEEP_BATCH)
+        {
+            Ok(r) => r,
+            Err(_) => return,
         };
-        let Ok(until) = <[u8; 8]>::try_from(val.as_slice()).map(u64::from_be_bytes) else {
-            continue;
-        };
-        let done = retrying(|| async {
-            if is_held(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)? {
-                return Err(ApiError::LegalHold);
-            }
-            let (checked, tampered) = values_of(v.store.as_ref(), Some(&keys), subject)?;
-            restrict(
-                v,
-                &keys,
-                None,
-                subject,
-                (&checked, &tampered),
-                until,
-                now_ms(),
-            )
-            .await?;
-            let mut b = Batch::default();
-            b.expect(Space::Meta, k.clone(), Some(val.clone()));
-            b.delete(Space::Meta, k.clone());
-            commit(v, b, Vec::new()).await
-        })
-        .await;
-        match done {
-            Ok(()) | Err(ApiError::LegalHold) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "A restriction brought back from the shred log waits for its values' pass")
+        let full = rows.len() == SWEEP_BATCH;
+        if let Some((k, _)) = rows.last() {
+            from = k.clone();
+            from.push(0);
+        }
+        for (k, val) in rows {
+            let Some(subject) = k
+                .get(REDO.len()..)
+                .and_then(|s| std::str::from_utf8(s).ok())
+            else {
+                continue;
+            };
+            if let Err(e) = redo_one(v, &keys, subject, &k, &val).await {
+                let now = now_ms();
+                if now.saturating_sub(LAST.load(Ordering::Relaxed)) >= 60_000 {
+                    LAST.store(now, Ordering::Relaxed);
+                    tracing::error!(error = %e, "A restriction brought back from the shred log waits for its values' pass (logged at most once a minute)");
+                }
             }
         }
+        if !full {
+            return;
+        }
     }
+}
+
+async fn redo_one(
+    v: &Vault,
+    keys: &Keyring,
+    subject: &str,
+    row: &[u8],
+    val: &[u8],
+) -> Result<(), ApiError> {
+    if is_held(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)? {
+        return Ok(());
+    }
+    retrying(|| async {
+        let now = now_ms();
+        let (checked, tampered) = values_of(v.store.as_ref(), Some(keys), subject)?;
+        let last_end = checked
+            .iter()
+            .filter_map(|(_, _, rec)| legal_end(v, rec, now))
+            .max();
+        let mut b = Batch::default();
+        b.expect(Space::Meta, row.to_vec(), Some(val.to_vec()));
+        b.delete(Space::Meta, row.to_vec());
+        let Some(until) = last_end else {
+            // The law requires nothing any more: the erasure is made.
+            let wrapped = v
+                .store
+                .get(Space::SubjectKeys, subject.as_bytes())
+                .map_err(|_| ApiError::Unavailable)?;
+            if let Some(w) = wrapped {
+                erase_again(v, subject, &w).await?;
+            }
+            return commit(v, b, Vec::new()).await;
+        };
+        let receipt = restrict(v, keys, None, subject, (&checked, &tampered), until, now).await?;
+        let standing =
+            Standing::read(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)?;
+        if standing.restricted_until != Some(until) {
+            standing.write(&mut b, subject, standing.closed_ms, Some(until));
+        }
+        let event = Draft {
+            request_id: "shred-log".into(),
+            caller: "vault".into(),
+            action: "erasure",
+            subject: Some(subject.to_string()),
+            outcome: "values_erased_again",
+            reference: Some(receipt.digest),
+            ..Draft::default()
+        };
+        commit(v, b, vec![event]).await
+    })
+    .await
 }
 
 /// The values of `subject` still indexed that open under the destroyed key
@@ -1574,8 +1633,7 @@ pub async fn sweeper(
         // the values' part of restrictions it brought back at start.
         // On a task of its own: a log on storage that hangs holds that
         // task, not the sweeper.
-        let recorder = v.clone();
-        tokio::spawn(async move { crate::shreds::record_logged(&recorder).await });
+        crate::shreds::spawn_recorder(&v);
         redo_restrictions(&v).await;
         match sweep_once(&v).await {
             // A full batch: more may be due at once.
