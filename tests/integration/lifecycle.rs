@@ -1200,6 +1200,50 @@ fn database_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         .collect()
 }
 
+/// A vault whose resident IDs the law keeps for `period` (written into its
+/// `vault.toml`, so restarts keep it), and that file.
+async fn with_legal_minimum(period: &str) -> (TestVault, std::path::PathBuf) {
+    let mut v = TestVault::start().await;
+    let toml = v.dir.path().join("vault.toml");
+    let text = std::fs::read_to_string(&toml).unwrap().replace(
+        "# cn_resident_id = \"P3Y\"",
+        &format!("cn_resident_id = \"{period}\""),
+    );
+    std::fs::write(&toml, text).unwrap();
+    v.restart().await;
+    (v, toml)
+}
+
+/// `vault operator accept-shred-log` on the stopped vault of `toml`.
+fn accept_shred_log(toml: &std::path::Path) {
+    let (code, out, err) = run_vault(&[
+        "operator",
+        "accept-shred-log",
+        "--config",
+        toml.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+/// A copy of the database in `dir` (a backup), in a new directory.
+fn copy_database(dir: &std::path::Path) -> tempfile::TempDir {
+    let backup = tempfile::tempdir().unwrap();
+    for f in database_files(dir) {
+        std::fs::copy(&f, backup.path().join(f.file_name().unwrap())).unwrap();
+    }
+    backup
+}
+
+/// Puts the database of `backup` back in `dir`, as a restore would.
+fn restore_database(dir: &std::path::Path, backup: &std::path::Path) {
+    for f in database_files(dir) {
+        std::fs::remove_file(f).unwrap();
+    }
+    for f in database_files(backup) {
+        std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+    }
+}
+
 /// A database restored from a copy taken before an erasure (a backup)
 /// does not bring the erased subject back: the shred log, kept outside
 /// the database, names the destroyed key, and the start erases it again
@@ -1215,10 +1259,7 @@ async fn a_restored_backup_does_not_bring_erased_subjects_back() {
     app.erase_subject("acct-back").await.unwrap();
     let back = tokenize_one(&app, "acct-back", "notification", "phone", "13600136000").await;
     v.stop().await;
-    let backup = tempfile::tempdir().unwrap();
-    for f in database_files(v.dir.path()) {
-        std::fs::copy(&f, backup.path().join(f.file_name().unwrap())).unwrap();
-    }
+    let backup = copy_database(v.dir.path());
 
     v.restart().await;
     let app = v.client("app");
@@ -1233,12 +1274,7 @@ async fn a_restored_backup_does_not_bring_erased_subjects_back() {
     v.stop().await;
 
     // The restore: the database's files as they were in the copy.
-    for f in database_files(v.dir.path()) {
-        std::fs::remove_file(f).unwrap();
-    }
-    for f in database_files(backup.path()) {
-        std::fs::copy(&f, v.dir.path().join(f.file_name().unwrap())).unwrap();
-    }
+    restore_database(v.dir.path(), backup.path());
     v.restart().await;
     let app = v.client("app");
     let out = app
@@ -1348,13 +1384,7 @@ async fn the_shred_log_catches_up_after_a_crash_and_a_changed_one_stops_the_star
     }
     // The operator goes on with the replaced log: the next start checks
     // every key against it, and says so in the audit log.
-    let (code, out, err) = run_vault(&[
-        "operator",
-        "accept-shred-log",
-        "--config",
-        toml.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{out}{err}");
+    accept_shred_log(&toml);
     v.restart().await;
     let events = v.audit_events().await;
     let accepted = events
@@ -1426,13 +1456,7 @@ async fn a_start_without_a_usable_shred_log_is_refused() {
 /// restricted again at start, and the values no law requires erased again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restored_backup_does_not_lift_a_restriction() {
-    let mut v = TestVault::start().await;
-    let toml = v.dir.path().join("vault.toml");
-    let text = std::fs::read_to_string(&toml)
-        .unwrap()
-        .replace("# cn_resident_id = \"P3Y\"", "cn_resident_id = \"P1D\"");
-    std::fs::write(&toml, text).unwrap();
-    v.restart().await;
+    let (mut v, _) = with_legal_minimum("P1D").await;
     let app = v.client("app");
     let id = tokenize_one(
         &app,
@@ -1444,10 +1468,7 @@ async fn a_restored_backup_does_not_lift_a_restriction() {
     .await;
     let phone = tokenize_one(&app, "acct-r", "identity_verification", "phone", PHONE).await;
     v.stop().await;
-    let backup = tempfile::tempdir().unwrap();
-    for f in database_files(v.dir.path()) {
-        std::fs::copy(&f, backup.path().join(f.file_name().unwrap())).unwrap();
-    }
+    let backup = copy_database(v.dir.path());
     v.restart().await;
     let receipt = v.client("app").erase_subject("acct-r").await.unwrap();
     assert!(receipt.restricted_until.is_some());
@@ -1458,12 +1479,7 @@ async fn a_restored_backup_does_not_lift_a_restriction() {
         "{log}"
     );
     v.stop().await;
-    for f in database_files(v.dir.path()) {
-        std::fs::remove_file(f).unwrap();
-    }
-    for f in database_files(backup.path()) {
-        std::fs::copy(&f, v.dir.path().join(f.file_name().unwrap())).unwrap();
-    }
+    restore_database(v.dir.path(), backup.path());
     v.restart().await;
     let app = v.client("app");
     let out = app
@@ -1550,13 +1566,7 @@ async fn a_shred_log_cut_while_running_keeps_the_records_for_the_right_one() {
 /// its logged restriction has ended.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checking_start_does_not_erase_a_held_subject_whose_restriction_ended() {
-    let mut v = TestVault::start().await;
-    let toml = v.dir.path().join("vault.toml");
-    let text = std::fs::read_to_string(&toml)
-        .unwrap()
-        .replace("# cn_resident_id = \"P3Y\"", "cn_resident_id = \"PT2S\"");
-    std::fs::write(&toml, text).unwrap();
-    v.restart().await;
+    let (mut v, toml) = with_legal_minimum("PT2S").await;
     let app = v.client("app");
     tokenize_one(
         &app,
@@ -1575,13 +1585,7 @@ async fn a_checking_start_does_not_erase_a_held_subject_whose_restriction_ended(
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     v.stop().await;
     // The next start checks every key (as after a crash mid-append).
-    let (code, out, err) = run_vault(&[
-        "operator",
-        "accept-shred-log",
-        "--config",
-        toml.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{out}{err}");
+    accept_shred_log(&toml);
     v.restart().await;
     assert!(
         v.store()

@@ -165,6 +165,21 @@ async fn commit(v: &Vault, batch: Batch, events: Vec<Draft>) -> Result<(), ApiEr
         })
 }
 
+/// `subject`'s key as stored (wrapped), with the guard in `b` that it is
+/// still that key when `b` is written.
+fn guarded_key(v: &Vault, b: &mut Batch, subject: &str) -> Result<Option<Vec<u8>>, ApiError> {
+    let wrapped = v
+        .store
+        .get(Space::SubjectKeys, subject.as_bytes())
+        .map_err(|_| ApiError::Unavailable)?;
+    b.expect(
+        Space::SubjectKeys,
+        subject.as_bytes().to_vec(),
+        wrapped.clone(),
+    );
+    Ok(wrapped)
+}
+
 /// Runs `f` again when a concurrent write won its compare-and-set.
 async fn retrying<T, F, Fut>(mut f: F) -> Result<T, ApiError>
 where
@@ -487,15 +502,7 @@ pub async fn erase(v: &Vault, ctx: &Ctx, subject: &str) -> Result<ErasureReceipt
         let mut b = Batch::default();
         // Guards: the hold is still off and the key is still the one read.
         b.expect(Space::Meta, hold_key(subject), None);
-        let wrapped = v
-            .store
-            .get(Space::SubjectKeys, subject.as_bytes())
-            .map_err(|_| ApiError::Unavailable)?;
-        b.expect(
-            Space::SubjectKeys,
-            subject.as_bytes().to_vec(),
-            wrapped.clone(),
-        );
+        let wrapped = guarded_key(v, &mut b, subject)?;
         // A subject that has no key has nothing to shred (or purge).
         if let Some(w) = &wrapped {
             subject_keys::destroy(&mut b, subject, w);
@@ -1051,16 +1058,7 @@ async fn restrict(
             standing.write(&mut b, subject, standing.closed_ms, Some(until));
             // In the shred log too, so a database restored from before
             // this erasure is restricted again at start.
-            let wrapped = v
-                .store
-                .get(Space::SubjectKeys, subject.as_bytes())
-                .map_err(|_| ApiError::Unavailable)?;
-            if let Some(w) = wrapped {
-                b.expect(
-                    Space::SubjectKeys,
-                    subject.as_bytes().to_vec(),
-                    Some(w.clone()),
-                );
+            if let Some(w) = guarded_key(v, &mut b, subject)? {
                 crate::shreds::mark_restricted(&mut b, subject, &w, until, time_ms);
             }
             let mut event = draft(ctx, "erasure", subject, "restricted");
@@ -1432,16 +1430,7 @@ pub async fn sweep_once(v: &Vault) -> Result<u64, ApiError> {
                 let standing =
                     Standing::read(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)?;
                 if standing.restricted_until.is_some_and(|until| until <= now) {
-                    let wrapped = v
-                        .store
-                        .get(Space::SubjectKeys, subject.as_bytes())
-                        .map_err(|_| ApiError::Unavailable)?;
-                    if let Some(w) = wrapped {
-                        b.expect(
-                            Space::SubjectKeys,
-                            subject.as_bytes().to_vec(),
-                            Some(w.clone()),
-                        );
+                    if let Some(w) = guarded_key(v, &mut b, subject)? {
                         subject_keys::destroy(&mut b, subject, &w);
                     }
                     standing.erase(&mut b, subject);
