@@ -1599,3 +1599,73 @@ async fn a_checking_start_does_not_erase_a_held_subject_whose_restriction_ended(
         .iter()
         .any(|e| e.outcome == "erased_again" || e.outcome == "restricted_again"));
 }
+
+/// A copy restored from before an erasure that the law turned into a
+/// restriction, taken while a hold was on, after the restriction's end:
+/// the subject is restricted again at once and without an end (nothing is
+/// released meanwhile, though the logged end has passed), and its values
+/// wait for the hold; once it is lifted, the law requires nothing any more
+/// and the subject is erased.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_held_copy_releases_nothing_while_its_restriction_waits() {
+    let (mut v, _) = with_legal_minimum("PT3S").await;
+    let app = v.client("app");
+    let id = tokenize_one(
+        &app,
+        "acct-q",
+        "identity_verification",
+        "cn_resident_id",
+        ID,
+    )
+    .await;
+    let phone = tokenize_one(&app, "acct-q", "identity_verification", "phone", PHONE).await;
+    let officer = v.client("officer");
+    officer.legal_hold("acct-q", true).await.unwrap();
+    v.stop().await;
+    let backup = copy_database(v.dir.path());
+    v.restart().await;
+    let officer = v.client("officer");
+    officer.legal_hold("acct-q", false).await.unwrap();
+    assert!(v
+        .client("app")
+        .erase_subject("acct-q")
+        .await
+        .unwrap()
+        .restricted_until
+        .is_some());
+    v.stop().await;
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    restore_database(v.dir.path(), backup.path());
+    v.restart().await;
+    let app = v.client("app");
+    let out = app
+        .detokenize(&detok_req("identity_verification", &[&id, &phone]))
+        .await
+        .unwrap();
+    for x in &out.values {
+        assert_eq!(
+            (x.status, x.reason.as_deref()),
+            (Status::Denied, Some("restricted")),
+            "{x:?}"
+        );
+    }
+    v.client("officer")
+        .legal_hold("acct-q", false)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let out = app
+            .detokenize(&detok_req("identity_verification", &[&id, &phone]))
+            .await
+            .unwrap();
+        if out.values.iter().all(|x| x.status == Status::Gone) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{:?}", out.values);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(v.store().get(Space::SubjectKeys, b"acct-q").unwrap(), None);
+    let events = v.audit_events().await;
+    assert!(events.iter().any(|e| e.outcome == "erased_again"));
+}

@@ -441,26 +441,38 @@ pub async fn record_logged(v: &Vault) {
 /// The sweeper's pass: [`record_logged`] on a task of its own (a log on
 /// storage that hangs holds that task, not the sweeper), one at a time.
 pub fn spawn_recorder(v: &Arc<Vault>) {
-    let Some(log) = &v.shreds else {
-        return;
-    };
-    if log.recorder.swap(true, std::sync::atomic::Ordering::AcqRel) {
-        return;
-    }
-    let v = v.clone();
-    tokio::spawn(async move {
-        record_logged(&v).await;
-        if let Some(log) = &v.shreds {
-            log.recorder
-                .store(false, std::sync::atomic::Ordering::Release);
+    /// Lets the next recorder start when this one ends, however it ends.
+    struct Running(Arc<Vault>);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            if let Some(log) = &self.0.shreds {
+                log.recorder
+                    .store(false, std::sync::atomic::Ordering::Release);
+            }
         }
+    }
+    if let Some(log) = &v.shreds {
+        if log.recorder.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+    }
+    // Without a log this only counts the records waiting for one.
+    let running = Running(v.clone());
+    tokio::spawn(async move {
+        record_logged(&running.0).await;
+        drop(running);
     });
 }
 
 /// Appends `text` under `guard`, off the runtime; the append and what it
 /// counts cannot be cut apart (a caller that stops waiting leaves it to
 /// finish, the lock with it). The guard back, and the outcome.
-async fn append(log: &ShredLog, mut guard: Guard, text: Vec<u8>) -> (Guard, std::io::Result<()>) {
+async fn append(
+    log: &ShredLog,
+    mut guard: Guard,
+    text: Vec<u8>,
+    fresh: Vec<Fingerprint>,
+) -> (Guard, std::io::Result<()>) {
     let path = log.path.clone();
     let joined = tokio::task::spawn_blocking(move || {
         let st = &mut *guard;
@@ -482,6 +494,9 @@ async fn append(log: &ShredLog, mut guard: Guard, text: Vec<u8>) -> (Guard, std:
             st.len += text.len() as u64;
             st.hash.update(&text);
             st.torn = false;
+            // Counted with the append: a pass cut short after it does
+            // not append these lines again.
+            st.appended.extend(fresh);
             Ok(())
         })();
         (guard, r)
@@ -542,13 +557,12 @@ async fn record_locked(
             }
         }
         if !text.is_empty() {
-            let (g, written) = append(log, guard, text).await;
+            let (g, written) = append(log, guard, text, fresh).await;
             guard = g;
             if let Err(e) = written {
                 v.metrics.shred_append_failures.inc();
                 return Err(io_err(&log.path)(e));
             }
-            guard.appended.extend(fresh);
         }
         let mut b = Batch::default();
         for (k, val) in &rows {

@@ -528,8 +528,8 @@ pub async fn erase(v: &Vault, ctx: &Ctx, subject: &str) -> Result<ErasureReceipt
                 Some(ctx),
                 subject,
                 (&checked, &tampered),
-                until,
-                time_ms,
+                (until, time_ms),
+                None,
             )
             .await;
         }
@@ -568,8 +568,8 @@ pub async fn erase(v: &Vault, ctx: &Ctx, subject: &str) -> Result<ErasureReceipt
                 None,
                 subject,
                 (&checked, &tampered),
-                until,
-                receipt.time_ms,
+                (until, receipt.time_ms),
+                None,
             )
             .await
             .map(Some)
@@ -690,7 +690,10 @@ pub(crate) async fn restrict_again(
         );
         let standing =
             Standing::read(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)?;
-        standing.write(&mut b, subject, standing.closed_ms, Some(until));
+        // Without end until the values' pass sets it from the kept values:
+        // a logged end that has passed (under a hold in the copy) or
+        // passes while the pass waits (sealed, held) must not lift it.
+        standing.write(&mut b, subject, standing.closed_ms, Some(u64::MAX));
         b.put(
             Space::Meta,
             [REDO, subject.as_bytes()].concat(),
@@ -776,36 +779,47 @@ async fn redo_one(
             .iter()
             .filter_map(|(_, _, rec)| legal_end(v, rec, now))
             .max();
+        let standing =
+            Standing::read(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)?;
         let mut b = Batch::default();
         b.expect(Space::Meta, row.to_vec(), Some(val.to_vec()));
         b.delete(Space::Meta, row.to_vec());
         let Some(until) = last_end else {
-            // The law requires nothing any more: the erasure is made.
+            // The law requires nothing any more: the erasure is made (a
+            // subject left with no key and no value only loses its
+            // restriction).
             let wrapped = v
                 .store
                 .get(Space::SubjectKeys, subject.as_bytes())
                 .map_err(|_| ApiError::Unavailable)?;
-            if let Some(w) = wrapped {
-                erase_again(v, subject, &w).await?;
+            match wrapped {
+                Some(w) => erase_again(v, subject, &w).await?,
+                None => standing.erase(&mut b, subject),
             }
             return commit(v, b, Vec::new()).await;
         };
-        let receipt = restrict(v, keys, None, subject, (&checked, &tampered), until, now).await?;
-        let standing =
-            Standing::read(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)?;
-        if standing.restricted_until != Some(until) {
-            standing.write(&mut b, subject, standing.closed_ms, Some(until));
-        }
+        // The restriction ends with the last kept value, in the write
+        // that deals with the values.
+        standing.write(&mut b, subject, standing.closed_ms, Some(until));
         let event = Draft {
             request_id: "shred-log".into(),
             caller: "vault".into(),
             action: "erasure",
             subject: Some(subject.to_string()),
             outcome: "values_erased_again",
-            reference: Some(receipt.digest),
             ..Draft::default()
         };
-        commit(v, b, vec![event]).await
+        restrict(
+            v,
+            keys,
+            None,
+            subject,
+            (&checked, &tampered),
+            (until, now),
+            Some((b, event)),
+        )
+        .await
+        .map(|_| ())
     })
     .await
 }
@@ -982,8 +996,8 @@ async fn restrict(
     ctx: Option<&Ctx>,
     subject: &str,
     (values, tampered): (&[Row], &[Row]),
-    until: u64,
-    time_ms: u64,
+    (until, time_ms): (u64, u64),
+    tail: Option<(Batch, Draft)>,
 ) -> Result<ErasureReceipt, ApiError> {
     let mut b = Batch::default();
     b.expect(Space::Meta, hold_key(subject), None);
@@ -1053,7 +1067,7 @@ async fn restrict(
         .filter_map(|(_, _, rec)| legal_end(v, rec, time_ms))
         .fold(until, u64::max);
     let standing = Standing::read(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)?;
-    let events = match ctx {
+    let mut events = match ctx {
         Some(ctx) => {
             standing.write(&mut b, subject, standing.closed_ms, Some(until));
             // In the shred log too, so a database restored from before
@@ -1072,6 +1086,17 @@ async fn restrict(
             Vec::new()
         }
     };
+    // What the caller writes with it, in the same write; its event (with
+    // this pass's digest) only when something was erased.
+    if let Some((t, mut event)) = tail {
+        b.ops.extend(t.ops);
+        b.checks.extend(t.checks);
+        b.touches.extend(t.touches);
+        if erased > 0 {
+            event.reference = Some(digest.clone());
+            events.push(event);
+        }
+    }
     if ctx.is_some() || !b.ops.is_empty() {
         commit(v, b, events).await?;
     }
