@@ -636,18 +636,23 @@ pub(crate) async fn erase_again(v: &Vault, subject: &str, wrapped: &[u8]) -> Res
         Standing::read(v.store.as_ref(), subject)
             .map_err(|_| ApiError::Unavailable)?
             .erase(&mut b, subject);
-        let mut event = Draft {
-            request_id: "shred-log".into(),
-            caller: "vault".into(),
-            action: "erasure",
-            subject: Some(subject.to_string()),
-            outcome: "erased_again",
-            ..Draft::default()
-        };
+        let mut event = shred_log_event(subject, "erased_again");
         event.reference = Some(erasure_digest(subject, time_ms, &mut tokens));
         commit(v, b, vec![event]).await
     })
     .await
+}
+
+/// The audit event of what the shred log had done again at start.
+fn shred_log_event(subject: &str, outcome: &'static str) -> Draft {
+    Draft {
+        request_id: "shred-log".into(),
+        caller: "vault".into(),
+        action: "erasure",
+        subject: Some(subject.to_string()),
+        outcome,
+        ..Draft::default()
+    }
 }
 
 /// Rows in `Meta` (`shred/redo/` and the subject; the restriction's end)
@@ -699,14 +704,7 @@ pub(crate) async fn restrict_again(
             [REDO, subject.as_bytes()].concat(),
             until.to_be_bytes().to_vec(),
         );
-        let event = Draft {
-            request_id: "shred-log".into(),
-            caller: "vault".into(),
-            action: "erasure",
-            subject: Some(subject.to_string()),
-            outcome: "restricted_again",
-            ..Draft::default()
-        };
+        let event = shred_log_event(subject, "restricted_again");
         commit(v, b, vec![event]).await
     })
     .await?;
@@ -801,14 +799,7 @@ async fn redo_one(
         // The restriction ends with the last kept value, in the write
         // that deals with the values.
         standing.write(&mut b, subject, standing.closed_ms, Some(until));
-        let event = Draft {
-            request_id: "shred-log".into(),
-            caller: "vault".into(),
-            action: "erasure",
-            subject: Some(subject.to_string()),
-            outcome: "values_erased_again",
-            ..Draft::default()
-        };
+        let event = shred_log_event(subject, "values_erased_again");
         restrict(
             v,
             keys,
