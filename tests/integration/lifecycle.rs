@@ -1601,14 +1601,14 @@ async fn a_checking_start_does_not_erase_a_held_subject_whose_restriction_ended(
 }
 
 /// A copy restored from before an erasure that the law turned into a
-/// restriction, taken while a hold was on, after the restriction's end:
+/// restriction (of 5 s), taken while a hold was on, after the restriction's end:
 /// the subject is restricted again at once and without an end (nothing is
 /// released meanwhile, though the logged end has passed), and its values
 /// wait for the hold; once it is lifted, the law requires nothing any more
 /// and the subject is erased.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restored_held_copy_releases_nothing_while_its_restriction_waits() {
-    let (mut v, _) = with_legal_minimum("PT3S").await;
+    let (mut v, _) = with_legal_minimum("PT5S").await;
     let app = v.client("app");
     let id = tokenize_one(
         &app,
@@ -1634,7 +1634,7 @@ async fn a_restored_held_copy_releases_nothing_while_its_restriction_waits() {
         .restricted_until
         .is_some());
     v.stop().await;
-    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(5500)).await;
     restore_database(v.dir.path(), backup.path());
     v.restart().await;
     let app = v.client("app");
@@ -1667,5 +1667,6 @@ async fn a_restored_held_copy_releases_nothing_while_its_restriction_waits() {
     }
     assert_eq!(v.store().get(Space::SubjectKeys, b"acct-q").unwrap(), None);
     let events = v.audit_events().await;
+    assert!(events.iter().any(|e| e.outcome == "restricted_again"));
     assert!(events.iter().any(|e| e.outcome == "erased_again"));
 }

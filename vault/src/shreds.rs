@@ -27,7 +27,7 @@
 //!   until an operator accepts the log as it is.
 //! - One process at a time holds the log (an advisory lock).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -161,8 +161,10 @@ struct State {
     /// once no row is pending. `None`: `seen` stays until the next start.
     synced: Option<Seen>,
     /// Lines appended whose pending rows may not be deleted yet (a pass
-    /// cut short): not appended again.
-    appended: HashSet<Fingerprint>,
+    /// cut short), with the row each was appended for: that row is not
+    /// appended again (another row of the key, its destruction after its
+    /// restriction, is).
+    appended: HashMap<Fingerprint, Vec<u8>>,
 }
 
 /// What `shred/seen` holds: a length and the SHA-256 of that many bytes.
@@ -308,7 +310,7 @@ impl ShredLog {
                 lost: false,
                 dirty: false,
                 synced: None,
-                appended: HashSet::new(),
+                appended: HashMap::new(),
             })),
         })
     }
@@ -471,7 +473,7 @@ async fn append(
     log: &ShredLog,
     mut guard: Guard,
     text: Vec<u8>,
-    fresh: Vec<Fingerprint>,
+    fresh: Vec<(Fingerprint, Vec<u8>)>,
 ) -> (Guard, std::io::Result<()>) {
     let path = log.path.clone();
     let joined = tokio::task::spawn_blocking(move || {
@@ -531,7 +533,7 @@ async fn record_locked(
             break;
         }
         let mut text = Vec::new();
-        let mut fresh: Vec<Fingerprint> = Vec::new();
+        let mut fresh: Vec<(Fingerprint, Vec<u8>)> = Vec::new();
         for (k, val) in &rows {
             let fp = k
                 .get(PENDING.len()..)
@@ -549,11 +551,13 @@ async fn record_locked(
                 _ => false,
             };
             let new = |fp: &Fingerprint| {
-                !logged(fp) && !guard.appended.contains(fp) && !fresh.contains(fp)
+                !logged(fp)
+                    && guard.appended.get(fp) != Some(val)
+                    && !fresh.iter().any(|(f, _)| f == fp)
             };
             if let Some(fp) = fp.filter(new) {
                 text.extend_from_slice(line(&fp, time, until).as_bytes());
-                fresh.push(fp);
+                fresh.push((fp, val.clone()));
             }
         }
         if !text.is_empty() {
@@ -570,12 +574,14 @@ async fn record_locked(
             b.delete(Space::Meta, k.clone());
         }
         commit(v, b).await?;
-        for (k, _) in &rows {
+        for (k, val) in &rows {
             if let Some(fp) = k
                 .get(PENDING.len()..)
                 .and_then(|f| Fingerprint::try_from(f).ok())
             {
-                guard.appended.remove(&fp);
+                if guard.appended.get(&fp) == Some(val) {
+                    guard.appended.remove(&fp);
+                }
             }
         }
         moved += rows.len();
