@@ -1449,6 +1449,19 @@ async fn a_start_without_a_usable_shred_log_is_refused() {
     cfg.server.shred_log = Some(held);
     let e = vault::server::start(&cfg).await.unwrap_err().to_string();
     assert!(e.contains("another process holds it"), "{e}");
+    // accept-shred-log with no shred log configured: a configuration error.
+    let toml = dir.path().join("vault.toml");
+    let bare = dir.path().join("no-log.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    std::fs::write(&bare, text.replace("shred-log = \"shred.log\"", "")).unwrap();
+    let (code, _, err) = run_vault(&[
+        "operator",
+        "accept-shred-log",
+        "--config",
+        bare.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("server.shred-log is not set"), "{err}");
 }
 
 /// An erasure the law turned into a restriction (PIPL Art. 47) is in the

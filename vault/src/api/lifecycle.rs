@@ -165,6 +165,17 @@ async fn commit(v: &Vault, batch: Batch, events: Vec<Draft>) -> Result<(), ApiEr
         })
 }
 
+/// A batch that holds only while `subject`'s key is still `wrapped`.
+fn guarded_on_key(subject: &str, wrapped: &[u8]) -> Batch {
+    let mut b = Batch::default();
+    b.expect(
+        Space::SubjectKeys,
+        subject.as_bytes().to_vec(),
+        Some(wrapped.to_vec()),
+    );
+    b
+}
+
 /// `subject`'s key as stored (wrapped), with the guard in `b` that it is
 /// still that key when `b` is written.
 fn guarded_key(v: &Vault, b: &mut Batch, subject: &str) -> Result<Option<Vec<u8>>, ApiError> {
@@ -623,12 +634,7 @@ pub async fn erase(v: &Vault, ctx: &Ctx, subject: &str) -> Result<ErasureReceipt
 /// that starts sealed makes it too.
 pub(crate) async fn erase_again(v: &Vault, subject: &str, wrapped: &[u8]) -> Result<(), ApiError> {
     retrying(|| async {
-        let mut b = Batch::default();
-        b.expect(
-            Space::SubjectKeys,
-            subject.as_bytes().to_vec(),
-            Some(wrapped.to_vec()),
-        );
+        let mut b = guarded_on_key(subject, wrapped);
         subject_keys::destroy(&mut b, subject, wrapped);
         let (checked, tampered) = values_of(v.store.as_ref(), None, subject)?;
         let time_ms = now_ms();
@@ -687,12 +693,7 @@ pub(crate) async fn restrict_again(
         return Ok(true);
     }
     retrying(|| async {
-        let mut b = Batch::default();
-        b.expect(
-            Space::SubjectKeys,
-            subject.as_bytes().to_vec(),
-            Some(wrapped.to_vec()),
-        );
+        let mut b = guarded_on_key(subject, wrapped);
         let standing =
             Standing::read(v.store.as_ref(), subject).map_err(|_| ApiError::Unavailable)?;
         // Without end until the values' pass sets it from the kept values:
