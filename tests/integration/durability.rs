@@ -287,3 +287,22 @@ async fn rewrap_resumes_after_sigkill() {
     second.child.kill().unwrap();
     second.child.wait().unwrap();
 }
+
+/// A shutdown returns once the database is let go: work spawned on its
+/// own that still holds the vault (a shred log append the sweeper left
+/// running) is waited for, so a start on the same directory right after
+/// finds it free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_right_after_a_shutdown_finds_the_database_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let running = vault::server::start(&cfg).await.unwrap();
+    let held = running.vault.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(held);
+    });
+    running.shutdown().await;
+    let again = vault::server::start(&cfg).await.unwrap();
+    again.shutdown().await;
+}

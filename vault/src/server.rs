@@ -130,6 +130,22 @@ impl Running {
         // together, it could come before them, leaving them unanchored.
         let _ = self.anchor_stop.send(true);
         let _ = self.anchor_task.await;
+        // Work spawned on its own (a shred log append the sweeper left
+        // running, a seal being recorded) holds the vault, and with it the
+        // database, a moment longer: a start on the same directory right
+        // after this returns must find it closed. Bounded: a hung disk
+        // does not hold the shutdown forever.
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_WAIT;
+        while Arc::strong_count(&self.vault) > 1 {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    "stopping: background work still holds the database after {} s; it closes when that work ends",
+                    SHUTDOWN_WAIT.as_secs()
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Resolves when a shutdown has been asked for from elsewhere.
@@ -143,6 +159,10 @@ impl Running {
 /// database could cut after a crash without `audit verify --anchor`
 /// seeing, so the window is short. At most one log line per interval.
 const ANCHOR_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How long a shutdown waits for work spawned on its own to let go of the
+/// vault (see [`Running::shutdown`]).
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
 
 /// Opens the store and keys of `cfg` and starts both listeners. With
 /// `unseal-with-shares` the vault starts sealed and waits for officers.
