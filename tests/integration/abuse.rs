@@ -1484,7 +1484,8 @@ fn crl(
 /// handshake; the CA's other certificates are not. A list the CA did not
 /// sign, or a file that holds none, stops the start (it would refuse every
 /// certificate, or none), and `check-config` names it; a list past its
-/// next update is warned about.
+/// next update is warned about and counted. A list older than one taken in
+/// is refused while the vault runs and at its next start.
 #[tokio::test]
 async fn a_revoked_client_certificate_is_refused() {
     let mut v = TestVault::start().await;
@@ -1585,6 +1586,65 @@ async fn a_revoked_client_certificate_is_refused() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+    // A list in force going past its next update is counted (and logged).
+    let (_, metrics) = v.ops_get("/metrics").await;
+    assert!(metrics.contains("vault_tls_crls_stale 0"), "{metrics}");
+    let lapsed = crl(
+        &dev_ca(&v.tls()),
+        &[4242],
+        now - time::Duration::hours(1),
+        4,
+    );
+    std::fs::write(v.tls().join("ca.crl"), lapsed.pem().unwrap()).unwrap();
+    let deadline = std::time::Instant::now() + vault::tls::CRL_CHECK * 5;
+    while !v
+        .ops_get("/metrics")
+        .await
+        .1
+        .contains("vault_tls_crls_stale 1")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a stale list in force is not counted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    v.stop().await;
+
+    // The numbers outlive the run: an older list (replayed: it still
+    // carries its CA's valid signature) refuses the start, until an
+    // operator says the CA truly started its numbering again.
+    std::fs::write(v.tls().join("ca.crl"), &crl_text).unwrap();
+    let cfg = config(v.dir.path());
+    let e = vault::server::start(&cfg).await.unwrap_err().to_string();
+    assert!(
+        e.contains("numbered 1, older than the one numbered 4") && e.contains("accept-crls"),
+        "{e}"
+    );
+    let (code, out, err) = run_vault(&[
+        "operator",
+        "accept-crls",
+        "--config",
+        toml.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("numbers kept for 1 CA:"), "{out}");
+    let (code, out, err) = run_vault(&[
+        "operator",
+        "accept-crls",
+        "--config",
+        toml.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("No revocation list numbers kept"), "{out}");
+    v.restart().await;
+    let accepted = v.audit_events().await;
+    assert!(
+        accepted
+            .iter()
+            .any(|e| e.action == "crl_numbers_accepted" && e.caller == "operator"),
+        "not audited"
+    );
     v.stop().await;
 
     // A list signed by another CA, and a file that holds none.

@@ -134,6 +134,13 @@ pub enum OperatorCommand {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Forget the revocation list numbers the database keeps, when a CA
+    /// truly started its numbering again and the vault refuses its lists
+    /// as older: the next start takes the lists in `tls.crls` as they are.
+    AcceptCrls {
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -238,6 +245,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Operator {
             command: OperatorCommand::AcceptShredLog { config },
         } => officer::accept_shred_log(&config),
+        Command::Operator {
+            command: OperatorCommand::AcceptCrls { config },
+        } => officer::accept_crls(&config),
         Command::Keys { conn, command } => officer::keys(&conn, &command),
         Command::Approve {
             conn,

@@ -52,6 +52,7 @@ pub struct Metrics {
     pub retention_purged: Counter,
     pub retention_anonymized: Counter,
     pub shred_pending: Gauge,
+    pub crls_stale: Gauge,
     pub shred_append_failures: Counter,
     pub sweep_lag_seconds: Gauge,
     pub retention_due: Gauge,
@@ -105,6 +106,7 @@ impl Metrics {
         let retention_purged = Counter::default();
         let retention_anonymized = Counter::default();
         let shred_pending = Gauge::default();
+        let crls_stale = Gauge::default();
         let shred_append_failures = Counter::default();
         let sweep_lag_seconds = Gauge::default();
         let retention_due = Gauge::default();
@@ -169,6 +171,11 @@ impl Metrics {
             "vault_shred_log_pending",
             "Destroyed subject keys the shred log does not name yet (a failed append; a restored database would bring them back)",
             shred_pending.clone(),
+        );
+        registry.register(
+            "vault_tls_crls_stale",
+            "Revocation lists in force that are past their next update (their CA has published newer ones, which may revoke more)",
+            crls_stale.clone(),
         );
         registry.register(
             "vault_shred_log_append_failures",
@@ -275,6 +282,7 @@ impl Metrics {
             retention_purged,
             retention_anonymized,
             shred_pending,
+            crls_stale,
             shred_append_failures,
             sweep_lag_seconds,
             retention_due,

@@ -224,7 +224,7 @@ pub async fn start_with(
     // erased subject for a moment; nor listen while it is checked.
     crate::shreds::reapply(&vault).await?;
     let s = &cfg.server;
-    let tls = crate::tls::Live::new(cfg)?;
+    let tls = crate::tls::Live::new(cfg, Some(vault.store.clone()))?;
     let api = bind(&s.api_addr).await?;
     let ops = bind(&s.ops_addr).await?;
     let api_addr = local(&api, &s.api_addr)?;
@@ -262,6 +262,7 @@ pub async fn start_with(
         tasks.push(tokio::spawn(crate::tls::watch_crls(
             tls,
             cfg.clone(),
+            vault.metrics.clone(),
             stopped.clone(),
         )));
     }

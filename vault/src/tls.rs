@@ -35,6 +35,8 @@ pub enum TlsError {
     BadCrl { path: String, why: String },
     #[error("TLS setup: {0}")]
     Rustls(String),
+    #[error("the revocation list numbers kept in the database: {0}")]
+    Numbers(String),
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -235,15 +237,113 @@ pub fn server_config(cfg: &Config) -> Result<Arc<ServerConfig>, TlsError> {
     build(cfg, &load_certs(&cfg.resolve(&cfg.tls.ca))?, None).map(|b| b.config)
 }
 
-/// The numbers of the revocation lists in force, per issuer (its name as
-/// encoded); `None` for a list without one.
-type Numbers = std::collections::HashMap<Vec<u8>, Option<x509_parser::num_bigint::BigUint>>;
+/// The numbers of revocation lists, per issuer (the SHA-256 of its name
+/// as encoded); `None` for a list without one.
+type Numbers = std::collections::HashMap<[u8; 32], Option<x509_parser::num_bigint::BigUint>>;
+
+/// Where the database keeps the highest list number the vault has taken in
+/// per issuer (`Meta`, this prefix and the issuer's digest in hex; the
+/// value the number's big-endian bytes), so an older list is refused after
+/// a restart too: lists are published unauthenticated (over plain HTTP,
+/// as a rule), and an old one still carries its CA's valid signature.
+pub const CRL_NUMBERS: &[u8] = b"tls/crl-number/";
+
+fn issuer_digest(issuer: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(issuer).into()
+}
+
+fn number_key(digest: &[u8; 32]) -> Vec<u8> {
+    [CRL_NUMBERS, hex::encode(digest).as_bytes()].concat()
+}
+
+/// The numbers the database keeps (see [`CRL_NUMBERS`]).
+fn kept_numbers(store: &dyn crate::store::Store) -> Result<Numbers, TlsError> {
+    use x509_parser::num_bigint::BigUint;
+    let rows = crate::store::scan_prefix(store, crate::store::Space::Meta, CRL_NUMBERS, usize::MAX)
+        .map_err(|e| TlsError::Numbers(e.to_string()))?;
+    let mut kept = Numbers::new();
+    for (k, v) in rows {
+        let digest = k
+            .get(CRL_NUMBERS.len()..)
+            .and_then(|h| hex::decode(h).ok())
+            .and_then(|d| <[u8; 32]>::try_from(d).ok())
+            .ok_or_else(|| TlsError::Numbers("a row does not read".into()))?;
+        kept.insert(digest, Some(BigUint::from_bytes_be(&v)));
+    }
+    Ok(kept)
+}
+
+/// Refuses a list of `built` older than what `known` holds for its issuer
+/// (or without a number where a number is known); else adds `built`'s
+/// numbers to `known`, and answers those that went up (to be kept).
+fn hold_to(known: &mut Numbers, built: &Numbers) -> Result<Numbers, TlsError> {
+    let mut raised = Numbers::new();
+    for (issuer, number) in built {
+        let why = match (known.get(issuer), number) {
+            (Some(Some(k)), None) => format!(
+                "a list without a number, where this vault has taken in one numbered {k} for its CA"
+            ),
+            (Some(Some(k)), Some(n)) if n < k => format!(
+                "a list numbered {n}, older than the one numbered {k} this vault has taken in for its CA"
+            ),
+            _ => continue,
+        };
+        return Err(TlsError::BadCrl {
+            path: "tls.crls".into(),
+            why: format!(
+                "{why}. Put the newer list back; if the CA truly started its numbering again, stop the vault and run `vault operator accept-crls --config FILE` (audited)"
+            ),
+        });
+    }
+    for (issuer, number) in built {
+        let up = match (known.get(issuer), number) {
+            (Some(Some(k)), Some(n)) => n > k,
+            (_, n) => n.is_some(),
+        };
+        if up {
+            raised.insert(*issuer, number.clone());
+        }
+        if up || !known.contains_key(issuer) {
+            known.insert(*issuer, number.clone());
+        }
+    }
+    Ok(raised)
+}
+
+/// Writes `raised` numbers into the database (durably).
+fn keep_numbers(store: &dyn crate::store::Store, raised: &Numbers) -> Result<(), TlsError> {
+    let mut b = crate::store::Batch::default();
+    for (issuer, number) in raised {
+        if let Some(n) = number {
+            b.put(
+                crate::store::Space::Meta,
+                number_key(issuer),
+                n.to_bytes_be(),
+            );
+        }
+    }
+    if b.is_empty() {
+        return Ok(());
+    }
+    store.write(b).map_err(|e| TlsError::Numbers(e.to_string()))
+}
+
+/// When a revocation list is due to be replaced (its next update), as
+/// seconds since the epoch.
+fn next_update(crl: &CertificateRevocationListDer<'_>) -> Option<i64> {
+    use x509_parser::revocation_list::CertificateRevocationList;
+    let (_, parsed) = CertificateRevocationList::from_der(crl.as_ref()).ok()?;
+    Some(parsed.next_update()?.timestamp())
+}
 
 struct Built {
     config: Arc<ServerConfig>,
     /// The certificates its revocation lists name.
     revoked: Revoked,
     numbers: Numbers,
+    /// Each list's file and next update.
+    due: Vec<(String, i64)>,
 }
 
 /// The TLS configuration of `cfg`'s settings and revocation lists, with
@@ -262,12 +362,16 @@ fn build(
     let mut crls = Vec::new();
     let mut issuers = std::collections::HashMap::new();
     let mut numbers = Numbers::new();
+    let mut due = Vec::new();
     for path in &cfg.tls.crls {
         for crl in load_crls(&cfg.resolve(path), &cas)? {
+            if let Some(at) = next_update(&crl) {
+                due.push((cfg.resolve(path).display().to_string(), at));
+            }
             // The verifier uses the first list of an issuer it finds: a
             // second (a newer one beside the old) would go unread.
             if let Some((issuer, number)) = crl_issuer_and_number(&crl) {
-                numbers.insert(issuer.clone(), number);
+                numbers.insert(issuer_digest(&issuer), number);
                 if let Some(first) = issuers.insert(issuer, path.clone()) {
                     return Err(TlsError::BadCrl {
                         path: cfg.resolve(path).display().to_string(),
@@ -326,6 +430,7 @@ fn build(
         config: Arc::new(sc),
         revoked,
         numbers,
+        due,
     })
 }
 
@@ -370,11 +475,17 @@ pub struct Live {
     revoked: tokio::sync::watch::Sender<Revoked>,
     /// The CA certificates read at start.
     cas: Vec<CertificateDer<'static>>,
-    /// The list numbers in force per issuer: an older list (written back
-    /// by mistake, or by someone who wants a revoked certificate to work
-    /// again), or one without a number where the one in force has one, is
-    /// not taken in while the vault runs.
+    /// The highest list number taken in per issuer, in this run or kept
+    /// by the database from earlier ones: an older list (written back by
+    /// mistake, or replayed by someone who wants a revoked certificate to
+    /// work again), or one without a number where a number is known, is
+    /// not taken in.
     numbers: std::sync::Mutex<Numbers>,
+    /// Where the numbers are kept across restarts. Weak: the TLS
+    /// configuration (held by connections) does not keep the database open.
+    store: Option<std::sync::Weak<dyn crate::store::Store>>,
+    /// Each list's file and next update, of the lists in force.
+    due: std::sync::Mutex<Vec<(String, i64)>>,
     /// The list files' stamps when last taken in, and when last refused
     /// (a refused change is reported once, and tried again when the file
     /// changes again).
@@ -403,17 +514,64 @@ fn stamps(cfg: &Config) -> Stamps {
 }
 
 impl Live {
-    pub fn new(cfg: &Config) -> Result<Arc<Live>, TlsError> {
+    /// The configuration of `cfg`, its lists held to the numbers `store`
+    /// keeps (a list older than one taken in before refuses the start);
+    /// higher numbers are kept before it answers (a failure to keep them
+    /// is logged, not fatal).
+    pub fn new(
+        cfg: &Config,
+        store: Option<Arc<dyn crate::store::Store>>,
+    ) -> Result<Arc<Live>, TlsError> {
         let before = stamps(cfg);
         let cas = load_certs(&cfg.resolve(&cfg.tls.ca))?;
         let built = build(cfg, &cas, None)?;
-        Ok(Arc::new(Live {
+        let mut numbers = match &store {
+            Some(s) => kept_numbers(s.as_ref())?,
+            None => Numbers::new(),
+        };
+        let raised = hold_to(&mut numbers, &built.numbers)?;
+        let live = Arc::new(Live {
             config: std::sync::RwLock::new(built.config),
             revoked: tokio::sync::watch::channel(built.revoked).0,
             cas,
-            numbers: std::sync::Mutex::new(built.numbers),
+            numbers: std::sync::Mutex::new(numbers),
+            store: store.as_ref().map(Arc::downgrade),
+            due: std::sync::Mutex::new(built.due),
             stamps: std::sync::Mutex::new((before, None)),
-        }))
+        });
+        live.keep(&raised);
+        Ok(live)
+    }
+
+    /// Keeps `raised` numbers in the database. A failure (a full disk) is
+    /// logged, not fatal: the lists are taken in all the same (a newer list
+    /// revokes at least as much), and this run refuses the older ones.
+    fn keep(&self, raised: &Numbers) {
+        let Some(store) = self.store.as_ref().and_then(std::sync::Weak::upgrade) else {
+            return;
+        };
+        if let Err(e) = keep_numbers(store.as_ref(), raised) {
+            tracing::error!(
+                error = %e,
+                "The revocation lists' numbers could not be kept: after a restart an older list would not be refused"
+            );
+        }
+    }
+
+    /// The files of the lists in force that are past their next update at
+    /// `now` (seconds since the epoch).
+    pub fn stale(&self, now: i64) -> Vec<String> {
+        let due = match self.due.lock() {
+            Ok(d) => d,
+            Err(p) => p.into_inner(),
+        };
+        let mut stale: Vec<String> = due
+            .iter()
+            .filter(|(_, at)| *at < now)
+            .map(|(path, _)| path.clone())
+            .collect();
+        stale.dedup();
+        stale
     }
 
     /// The configuration a new connection's handshake uses.
@@ -462,22 +620,12 @@ impl Live {
                 Ok(n) => n,
                 Err(p) => p.into_inner(),
             };
-            for (issuer, number) in &built.numbers {
-                let why = match (numbers.get(issuer), number) {
-                    (Some(Some(in_force)), None) => format!(
-                        "a list without a number, where the one in force for its CA is numbered {in_force}"
-                    ),
-                    (Some(Some(in_force)), Some(n)) if n < in_force => format!(
-                        "a list numbered {n}, older than the one in force for its CA ({in_force})"
-                    ),
-                    _ => continue,
-                };
-                return Err(TlsError::BadCrl {
-                    path: "tls.crls".into(),
-                    why,
-                });
-            }
-            numbers.extend(built.numbers);
+            let raised = hold_to(&mut numbers, &built.numbers)?;
+            self.keep(&raised);
+        }
+        match self.due.lock() {
+            Ok(mut d) => *d = built.due,
+            Err(p) => *p.into_inner() = built.due,
         }
         match self.config.write() {
             Ok(mut c) => *c = built.config,
@@ -493,15 +641,25 @@ impl Live {
 pub async fn watch_crls(
     live: Arc<Live>,
     cfg: Config,
+    metrics: Arc<crate::metrics::Metrics>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    };
+    // The start has warned about the lists stale then (configuration
+    // warnings); a list going stale from now on is warned about once.
+    let mut warned = live.stale(now());
+    metrics.crls_stale.set(warned.len() as i64);
     loop {
         tokio::select! {
             () = tokio::time::sleep(CRL_CHECK) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let (live, cfg2) = (live.clone(), cfg.clone());
-        match tokio::task::spawn_blocking(move || live.refresh(&cfg2)).await {
+        let (live2, cfg2) = (live.clone(), cfg.clone());
+        match tokio::task::spawn_blocking(move || live2.refresh(&cfg2)).await {
             Ok(Ok(true)) => tracing::info!("Certificate revocation lists read again"),
             Ok(Ok(false)) => {}
             Ok(Err(e)) => tracing::error!(
@@ -510,6 +668,15 @@ pub async fn watch_crls(
             ),
             Err(_) => {}
         }
+        let stale = live.stale(now());
+        for path in stale.iter().filter(|p| !warned.contains(p)) {
+            tracing::warn!(
+                list = %path,
+                "A certificate revocation list in force is past its next update: its CA has published a newer one, which may revoke more; fetch it"
+            );
+        }
+        metrics.crls_stale.set(stale.len() as i64);
+        warned = stale;
     }
 }
 
@@ -586,6 +753,45 @@ pub fn caller_name(cert: &CertificateDer<'_>) -> Option<String> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use rcgen::{BmpString, CertificateParams, DnType, DnValue, KeyPair};
+
+    #[test]
+    fn list_numbers_only_go_up_and_are_kept_across_opens() {
+        use x509_parser::num_bigint::BigUint;
+        let (a, b) = (super::issuer_digest(b"ca a"), super::issuer_digest(b"ca b"));
+        let n = |x: u32| Some(BigUint::from(x));
+        let store: Arc<dyn crate::store::Store> = Arc::new(crate::store::MemoryStore::default());
+        let mut known = super::kept_numbers(store.as_ref()).unwrap();
+        assert!(known.is_empty());
+        // First lists: both raised (a without a number is known, not kept).
+        let first = super::Numbers::from([(a, n(5)), (b, None)]);
+        let raised = super::hold_to(&mut known, &first).unwrap();
+        assert_eq!(raised, super::Numbers::from([(a, n(5))]));
+        super::keep_numbers(store.as_ref(), &raised).unwrap();
+        // Older, or unnumbered where a number is known: refused, nothing moves.
+        for older in [n(4), None] {
+            let e = super::hold_to(&mut known, &super::Numbers::from([(a, older)]));
+            assert!(e.unwrap_err().to_string().contains("accept-crls"));
+        }
+        assert_eq!(known.get(&a), Some(&n(5)));
+        // The same number: nothing to keep; a newer one for b: kept.
+        let raised =
+            super::hold_to(&mut known, &super::Numbers::from([(a, n(5)), (b, n(1))])).unwrap();
+        assert_eq!(raised, super::Numbers::from([(b, n(1))]));
+        super::keep_numbers(store.as_ref(), &raised).unwrap();
+        // What a restart reads back, and holds the next lists to.
+        let mut again = super::kept_numbers(store.as_ref()).unwrap();
+        assert_eq!(again, super::Numbers::from([(a, n(5)), (b, n(1))]));
+        assert!(super::hold_to(&mut again, &super::Numbers::from([(b, n(0))])).is_err());
+        // Numbers past 64 bits survive the round trip.
+        let big = BigUint::from(u128::MAX) * 3u32;
+        let raised =
+            super::hold_to(&mut again, &super::Numbers::from([(a, Some(big.clone()))])).unwrap();
+        super::keep_numbers(store.as_ref(), &raised).unwrap();
+        assert_eq!(
+            super::kept_numbers(store.as_ref()).unwrap().get(&a),
+            Some(&Some(big))
+        );
+    }
 
     fn cert(cn: Option<DnValue>, san: &[&str]) -> CertificateDer<'static> {
         let key = KeyPair::generate().unwrap();

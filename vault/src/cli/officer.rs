@@ -446,6 +446,57 @@ pub fn accept_shred_log(config: &std::path::Path) -> ExitCode {
     }
 }
 
+/// `vault operator accept-crls`: a stopped vault's database forgets the
+/// revocation list numbers it keeps (audited, with how many), so its next
+/// start takes the lists as they are and keeps their numbers from there.
+pub fn accept_crls(config: &std::path::Path) -> ExitCode {
+    harden();
+    let cfg = match load(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let store = match stopped_store(&cfg) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let rows = match crate::store::scan_prefix(
+        store.as_ref(),
+        Space::Meta,
+        crate::tls::CRL_NUMBERS,
+        usize::MAX,
+    ) {
+        Ok(r) => r,
+        Err(e) => return fail(EXIT_RUNTIME, &format!("cannot read the database: {e}")),
+    };
+    if rows.is_empty() {
+        println!("No revocation list numbers kept: the next start takes the lists as they are.");
+        return ExitCode::SUCCESS;
+    }
+    let mut batch = crate::store::Batch::default();
+    for (key, value) in &rows {
+        batch.expect(Space::Meta, key.clone(), Some(value.clone()));
+        batch.delete(Space::Meta, key.clone());
+    }
+    match offline_commit_with(
+        &store,
+        batch,
+        "operator-accept-crls",
+        "crl_numbers_accepted",
+        Some(format!("forgotten={}", rows.len())),
+    ) {
+        Ok(Ok(())) => {
+            println!(
+                "Forgot the revocation list numbers kept for {} CA{}: the next start takes the lists in tls.crls as they are, and refuses older ones from there.",
+                rows.len(),
+                if rows.len() == 1 { "" } else { "s" }
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(Err(e)) => fail(EXIT_RUNTIME, &format!("cannot write the database: {e}")),
+        Err(code) => code,
+    }
+}
+
 /// `vault operator init`: creates the root key of a vault configured with
 /// `unseal-with-shares`, stores its key hierarchy, and prints the shares
 /// once. The server must not be running (the database is opened directly).
