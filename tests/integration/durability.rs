@@ -290,19 +290,46 @@ async fn rewrap_resumes_after_sigkill() {
 
 /// A shutdown returns once the database is let go: work spawned on its
 /// own that still holds the vault (a shred log append the sweeper left
-/// running) is waited for, so a start on the same directory right after
-/// finds it free.
+/// running) or only the store (an erasure's purge whose request stopped
+/// waiting) is waited for, so a start on the same directory right after
+/// finds it free. A scrape's keep-alive connection does not hold it up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_right_after_a_shutdown_finds_the_database_free() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
     let running = vault::server::start(&cfg).await.unwrap();
     let held = running.vault.clone();
+    let store = running.vault.store.clone();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(300)).await;
         drop(held);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(store);
     });
     running.shutdown().await;
     let again = vault::server::start(&cfg).await.unwrap();
+    // A keep-alive scrape left open: closed at stop, not at its timeout.
+    let mut scrape = tokio::net::TcpStream::connect(again.ops_addr)
+        .await
+        .unwrap();
+    scrape
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = vec![0u8; 4096];
+    let n = scrape.read(&mut got).await.unwrap();
+    assert!(
+        got[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        &got[..n.min(40)]
+    );
+    let stopping = Instant::now();
     again.shutdown().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(4),
+        "the shutdown waited {:?} for an idle scrape",
+        stopping.elapsed()
+    );
+    vault::server::start(&cfg).await.unwrap().shutdown().await;
 }

@@ -134,9 +134,10 @@ pub enum OperatorCommand {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Forget the revocation list numbers the database keeps, when a CA
-    /// truly started its numbering again and the vault refuses its lists
-    /// as older: the next start takes the lists in `tls.crls` as they are.
+    /// Take the revocation lists in `tls.crls` as they are as the newest of
+    /// their CAs, when the start refuses one as older than a list taken in
+    /// before and the CA truly issued it after (its numbering or clock
+    /// started again).
     AcceptCrls {
         #[arg(long)]
         config: PathBuf,

@@ -779,6 +779,7 @@ pub async fn serve_ops(vault: Arc<Vault>, listener: TcpListener, mut stop: watch
         };
         let vault = vault.clone();
         let ready = ready.clone();
+        let mut stop = stop.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let svc = service_fn(move |req: Request<Incoming>| {
@@ -789,7 +790,23 @@ pub async fn serve_ops(vault: Arc<Vault>, listener: TcpListener, mut stop: watch
                 .timer(TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(5))
                 .serve_connection(TokioIo::new(tcp), svc);
-            let _ = tokio::time::timeout(OPS_CONNECTION_LIFETIME, conn).await;
+            tokio::pin!(conn);
+            // At stop, a scrape's keep-alive connection is closed (the
+            // answer under way first), not left to its timeouts: it holds
+            // the vault, which a shutdown waits for.
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            let served = async {
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    () = stopped => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.as_mut().await;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(OPS_CONNECTION_LIFETIME, served).await;
         });
     }
 }

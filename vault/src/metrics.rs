@@ -53,6 +53,7 @@ pub struct Metrics {
     pub retention_anonymized: Counter,
     pub shred_pending: Gauge,
     pub crls_stale: Gauge,
+    pub crls_refused: Gauge,
     pub shred_append_failures: Counter,
     pub sweep_lag_seconds: Gauge,
     pub retention_due: Gauge,
@@ -107,6 +108,7 @@ impl Metrics {
         let retention_anonymized = Counter::default();
         let shred_pending = Gauge::default();
         let crls_stale = Gauge::default();
+        let crls_refused = Gauge::default();
         let shred_append_failures = Counter::default();
         let sweep_lag_seconds = Gauge::default();
         let retention_due = Gauge::default();
@@ -176,6 +178,11 @@ impl Metrics {
             "vault_tls_crls_stale",
             "Revocation lists in force that are past their next update (their CA has published newer ones, which may revoke more)",
             crls_stale.clone(),
+        );
+        registry.register(
+            "vault_tls_crls_refused",
+            "1 while a changed revocation list file is refused (it does not pass the checks, or is older than a list taken in: a replay?), the previous lists staying in force",
+            crls_refused.clone(),
         );
         registry.register(
             "vault_shred_log_append_failures",
@@ -283,6 +290,7 @@ impl Metrics {
             retention_anonymized,
             shred_pending,
             crls_stale,
+            crls_refused,
             shred_append_failures,
             sweep_lag_seconds,
             retention_due,

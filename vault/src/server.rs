@@ -113,44 +113,82 @@ pub struct Running {
     /// ended: its anchor "at stop" must come after the last event.
     anchor_stop: watch::Sender<bool>,
     anchor_task: tokio::task::JoinHandle<()>,
+    /// How many hold the store once the vault is built, before anything
+    /// runs: the vault and what it keeps (the committer). More at stop is
+    /// work still under way.
+    store_holders: usize,
 }
 
 impl Running {
     /// Stops accepting, lets requests in flight finish (up to the request
-    /// timeout) and background tasks end, then logs the final audit anchor
-    /// and returns.
+    /// timeout) and background tasks end, waits for work spawned on its own
+    /// to let go of the database and the shred log (bounded), logs the final
+    /// audit anchor and returns.
     pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        for t in self.tasks {
+        let Running {
+            vault,
+            stop,
+            tasks,
+            anchor_stop,
+            anchor_task,
+            store_holders,
+            ..
+        } = self;
+        let _ = stop.send(true);
+        for t in tasks {
             let _ = t.await;
         }
+        // Work spawned on its own (a shred log append the sweeper left
+        // running, an erasure's purge or a seal being recorded whose request
+        // stopped waiting) still holds the vault, the database or the log's
+        // lock: a start on the same directory right after this returns must
+        // find them free, and the events such work commits must come before
+        // the anchor at stop. Bounded: a hung disk does not hold the
+        // shutdown forever.
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_WAIT;
+        // The anchor logger holds the vault too, until it is stopped.
+        let waited = let_go(&vault, store_holders, 2, deadline).await;
         // Only now: the API has drained and nothing else commits, so the
         // head this anchor logs covers every event of the run, those
         // written during the drain included. Logged with the two stopped
         // together, it could come before them, leaving them unanchored.
-        let _ = self.anchor_stop.send(true);
-        let _ = self.anchor_task.await;
-        // Work spawned on its own (a shred log append the sweeper left
-        // running, a seal being recorded) holds the vault, and with it the
-        // database, a moment longer: a start on the same directory right
-        // after this returns must find it closed. Bounded: a hung disk
-        // does not hold the shutdown forever.
-        let deadline = tokio::time::Instant::now() + SHUTDOWN_WAIT;
-        while Arc::strong_count(&self.vault) > 1 {
-            if tokio::time::Instant::now() >= deadline {
-                tracing::warn!(
-                    "stopping: background work still holds the database after {} s; it closes when that work ends",
-                    SHUTDOWN_WAIT.as_secs()
-                );
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        let _ = anchor_stop.send(true);
+        let _ = anchor_task.await;
+        if !(waited && let_go(&vault, store_holders, 1, deadline).await) {
+            tracing::warn!(
+                "stopping: background work still holds the database or the shred log after {} s; they close when that work ends",
+                SHUTDOWN_WAIT.as_secs()
+            );
         }
     }
 
     /// Resolves when a shutdown has been asked for from elsewhere.
     pub fn stop_handle(&self) -> watch::Sender<bool> {
         self.stop.clone()
+    }
+}
+
+/// Waits until at most `holders` hold `vault`, no more than `store_holders`
+/// its store (the vault and what it keeps), and none but the vault its
+/// shred log; false at `deadline`.
+async fn let_go(
+    vault: &Arc<Vault>,
+    store_holders: usize,
+    holders: usize,
+    deadline: tokio::time::Instant,
+) -> bool {
+    loop {
+        let shreds = vault.shreds.as_ref().map_or(1, |l| l.holders());
+        if Arc::strong_count(vault) <= holders
+            && Arc::strong_count(&vault.store) <= store_holders
+            && shreds <= 1
+        {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -220,6 +258,7 @@ pub async fn start_with(
     store: Arc<dyn Store>,
 ) -> Result<Running, StartError> {
     let vault = build(cfg, keys, store)?;
+    let store_holders = Arc::strong_count(&vault.store);
     // A database restored from before an erasure must not serve the
     // erased subject for a moment; nor listen while it is checked.
     crate::shreds::reapply(&vault).await?;
@@ -305,6 +344,7 @@ pub async fn start_with(
         tasks,
         anchor_stop,
         anchor_task,
+        store_holders,
     })
 }
 

@@ -268,6 +268,12 @@ fn line(fp: &Fingerprint, time_ms: u64, until: Option<u64>) -> String {
 }
 
 impl ShredLog {
+    /// How many hold the log's state (and with it the open, locked file):
+    /// the vault, and any append under way.
+    pub fn holders(&self) -> usize {
+        Arc::strong_count(&self.state)
+    }
+
     /// Opens the log at `path` for reading and appending, creating it
     /// (owner-only) when absent, locks it, and counts it. A log that cannot
     /// be created, written or locked stops the start: erasures would go

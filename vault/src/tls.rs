@@ -162,16 +162,52 @@ pub fn load_crls(
     Ok(crls)
 }
 
-/// The issuer (its name as encoded) and number of a revocation list.
-fn crl_issuer_and_number(
-    crl: &CertificateRevocationListDer<'_>,
-) -> Option<(Vec<u8>, Option<x509_parser::num_bigint::BigUint>)> {
+/// What a revocation list is held to: when its CA issued it (its
+/// thisUpdate, seconds since the epoch) and its number, when it has one.
+/// Both only go up from one list of a CA to the next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Kept {
+    issued: i64,
+    number: Option<x509_parser::num_bigint::BigUint>,
+}
+
+impl std::fmt::Display for Kept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match x509_parser::time::ASN1Time::from_timestamp(self.issued) {
+            Ok(t) => write!(f, "issued {t}")?,
+            Err(_) => write!(f, "issued at {} s", self.issued)?,
+        }
+        match &self.number {
+            Some(n) => write!(f, ", number {n}"),
+            None => write!(f, ", no number"),
+        }
+    }
+}
+
+/// A revocation list as read from its file.
+struct Listed {
+    /// Its issuer's name as encoded.
+    issuer: Vec<u8>,
+    /// The issuer's name as shown, and the file.
+    name: String,
+    path: String,
+    kept: Kept,
+    next_update: Option<i64>,
+}
+
+fn listed(crl: &CertificateRevocationListDer<'_>, path: &str) -> Option<Listed> {
     use x509_parser::revocation_list::CertificateRevocationList;
     let (_, parsed) = CertificateRevocationList::from_der(crl.as_ref()).ok()?;
-    Some((
-        parsed.issuer().as_raw().to_vec(),
-        parsed.crl_number().cloned(),
-    ))
+    Some(Listed {
+        issuer: parsed.issuer().as_raw().to_vec(),
+        name: parsed.issuer().to_string(),
+        path: path.to_string(),
+        kept: Kept {
+            issued: parsed.last_update().timestamp(),
+            number: parsed.crl_number().cloned(),
+        },
+        next_update: parsed.next_update().map(|t| t.timestamp()),
+    })
 }
 
 /// Warnings for CAs in `tls.ca` that no list in `tls.crls` covers, once
@@ -189,7 +225,7 @@ pub fn crl_coverage(cfg: &Config) -> Vec<String> {
         .iter()
         .filter_map(|p| load_crls(&cfg.resolve(p), &cas).ok())
         .flatten()
-        .filter_map(|c| crl_issuer_and_number(&c).map(|(i, _)| i))
+        .filter_map(|c| listed(&c, "").map(|l| l.issuer))
         .collect();
     cas.iter()
         .filter_map(|ca| X509Certificate::from_der(ca.as_ref()).ok().map(|(_, c)| c))
@@ -237,15 +273,19 @@ pub fn server_config(cfg: &Config) -> Result<Arc<ServerConfig>, TlsError> {
     build(cfg, &load_certs(&cfg.resolve(&cfg.tls.ca))?, None).map(|b| b.config)
 }
 
-/// The numbers of revocation lists, per issuer (the SHA-256 of its name
-/// as encoded); `None` for a list without one.
-type Numbers = std::collections::HashMap<[u8; 32], Option<x509_parser::num_bigint::BigUint>>;
+/// What the vault holds each CA's lists to, per issuer (the SHA-256 of
+/// its name as encoded).
+type Known = std::collections::HashMap<[u8; 32], Kept>;
 
-/// Where the database keeps the highest list number the vault has taken in
-/// per issuer (`Meta`, this prefix and the issuer's digest in hex; the
-/// value the number's big-endian bytes), so an older list is refused after
-/// a restart too: lists are published unauthenticated (over plain HTTP,
-/// as a rule), and an old one still carries its CA's valid signature.
+/// The lists in `tls.crls`, per issuer as in [`Known`].
+type Lists = std::collections::HashMap<[u8; 32], Listed>;
+
+/// Where the database keeps, per CA, the issue time and number of the
+/// newest list the vault has taken in (`Meta`, this prefix and the
+/// issuer's digest in hex; the value the time as 8 bytes big-endian, then
+/// the number's bytes, none without one), so an older list is refused
+/// after a restart too: lists are published unauthenticated (over plain
+/// HTTP, as a rule), and an old one still carries its CA's valid signature.
 pub const CRL_NUMBERS: &[u8] = b"tls/crl-number/";
 
 fn issuer_digest(issuer: &[u8]) -> [u8; 32] {
@@ -257,70 +297,83 @@ fn number_key(digest: &[u8; 32]) -> Vec<u8> {
     [CRL_NUMBERS, hex::encode(digest).as_bytes()].concat()
 }
 
-/// The numbers the database keeps (see [`CRL_NUMBERS`]).
-fn kept_numbers(store: &dyn crate::store::Store) -> Result<Numbers, TlsError> {
+fn kept_bytes(k: &Kept) -> Vec<u8> {
+    let mut v = k.issued.to_be_bytes().to_vec();
+    if let Some(n) = &k.number {
+        v.extend(n.to_bytes_be());
+    }
+    v
+}
+
+/// What the database keeps (see [`CRL_NUMBERS`]).
+fn kept_numbers(store: &dyn crate::store::Store) -> Result<Known, TlsError> {
     use x509_parser::num_bigint::BigUint;
     let rows = crate::store::scan_prefix(store, crate::store::Space::Meta, CRL_NUMBERS, usize::MAX)
         .map_err(|e| TlsError::Numbers(e.to_string()))?;
-    let mut kept = Numbers::new();
+    let mut known = Known::new();
     for (k, v) in rows {
+        let unread = || TlsError::Numbers("a row does not read".into());
         let digest = k
             .get(CRL_NUMBERS.len()..)
             .and_then(|h| hex::decode(h).ok())
             .and_then(|d| <[u8; 32]>::try_from(d).ok())
-            .ok_or_else(|| TlsError::Numbers("a row does not read".into()))?;
-        kept.insert(digest, Some(BigUint::from_bytes_be(&v)));
+            .ok_or_else(unread)?;
+        let (issued, number) = v.split_first_chunk::<8>().ok_or_else(unread)?;
+        known.insert(
+            digest,
+            Kept {
+                issued: i64::from_be_bytes(*issued),
+                number: (!number.is_empty()).then(|| BigUint::from_bytes_be(number)),
+            },
+        );
     }
-    Ok(kept)
+    Ok(known)
 }
 
-/// Refuses a list of `built` older than what `known` holds for its issuer
-/// (or without a number where a number is known); else adds `built`'s
-/// numbers to `known`, and answers those that went up (to be kept).
-fn hold_to(known: &mut Numbers, built: &Numbers) -> Result<Numbers, TlsError> {
-    let mut raised = Numbers::new();
-    for (issuer, number) in built {
-        let why = match (known.get(issuer), number) {
-            (Some(Some(k)), None) => format!(
-                "a list without a number, where this vault has taken in one numbered {k} for its CA"
-            ),
-            (Some(Some(k)), Some(n)) if n < k => format!(
-                "a list numbered {n}, older than the one numbered {k} this vault has taken in for its CA"
-            ),
-            _ => continue,
+/// Refuses a list of `lists` older than what `known` holds for its CA:
+/// issued before it, numbered lower, or without a number where it had
+/// one. Else `known` takes each list, and the CAs whose record changed are
+/// answered (to be kept).
+fn hold_to(known: &mut Known, lists: &Lists) -> Result<Vec<[u8; 32]>, TlsError> {
+    for (issuer, l) in lists {
+        let Some(k) = known.get(issuer) else {
+            continue;
         };
-        return Err(TlsError::BadCrl {
-            path: "tls.crls".into(),
-            why: format!(
-                "{why}. Put the newer list back; if the CA truly started its numbering again, stop the vault and run `vault operator accept-crls --config FILE` (audited)"
-            ),
-        });
-    }
-    for (issuer, number) in built {
-        let up = match (known.get(issuer), number) {
-            (Some(Some(k)), Some(n)) => n > k,
-            (_, n) => n.is_some(),
+        let lower = match (&k.number, &l.kept.number) {
+            (Some(_), None) => true,
+            (Some(k), Some(n)) => n < k,
+            (None, _) => false,
         };
-        if up {
-            raised.insert(*issuer, number.clone());
+        if l.kept.issued < k.issued || lower {
+            return Err(TlsError::BadCrl {
+                path: l.path.clone(),
+                why: format!(
+                    "the list of \"{}\" ({}) is older than the one this vault has taken in ({k}). Put the newer list back; if the CA truly issued this one after it (its numbering or clock started again), stop the vault and run `vault operator accept-crls --config FILE` (audited), which takes the lists in tls.crls as they are",
+                    l.name, l.kept
+                ),
+            });
         }
-        if up || !known.contains_key(issuer) {
-            known.insert(*issuer, number.clone());
+    }
+    let mut raised = Vec::new();
+    for (issuer, l) in lists {
+        if known.get(issuer) != Some(&l.kept) {
+            known.insert(*issuer, l.kept.clone());
+            raised.push(*issuer);
         }
     }
     Ok(raised)
 }
 
-/// Writes `raised` numbers into the database (durably).
-fn keep_numbers(store: &dyn crate::store::Store, raised: &Numbers) -> Result<(), TlsError> {
+/// Writes what `known` holds for `raised` into the database (durably).
+fn keep_numbers(
+    store: &dyn crate::store::Store,
+    known: &Known,
+    raised: &[[u8; 32]],
+) -> Result<(), TlsError> {
     let mut b = crate::store::Batch::default();
-    for (issuer, number) in raised {
-        if let Some(n) = number {
-            b.put(
-                crate::store::Space::Meta,
-                number_key(issuer),
-                n.to_bytes_be(),
-            );
+    for issuer in raised {
+        if let Some(k) = known.get(issuer) {
+            b.put(crate::store::Space::Meta, number_key(issuer), kept_bytes(k));
         }
     }
     if b.is_empty() {
@@ -329,21 +382,83 @@ fn keep_numbers(store: &dyn crate::store::Store, raised: &Numbers) -> Result<(),
     store.write(b).map_err(|e| TlsError::Numbers(e.to_string()))
 }
 
-/// When a revocation list is due to be replaced (its next update), as
-/// seconds since the epoch.
-fn next_update(crl: &CertificateRevocationListDer<'_>) -> Option<i64> {
-    use x509_parser::revocation_list::CertificateRevocationList;
-    let (_, parsed) = CertificateRevocationList::from_der(crl.as_ref()).ok()?;
-    Some(parsed.next_update()?.timestamp())
+/// `vault operator accept-crls`: what a stopped vault's database is to
+/// hold its CAs' lists to from now on, the lists in `cfg`'s `tls.crls` as
+/// they are (each must pass the start's checks), as a batch to write, and
+/// a line per CA saying what changed.
+pub fn accept_lists(
+    cfg: &Config,
+    store: &dyn crate::store::Store,
+) -> Result<(crate::store::Batch, Vec<String>), TlsError> {
+    let cas = load_certs(&cfg.resolve(&cfg.tls.ca))?;
+    let (_, lists) = read_lists(cfg, &cas)?;
+    let known = kept_numbers(store)?;
+    let mut b = crate::store::Batch::default();
+    let mut changes = Vec::new();
+    for (issuer, l) in &lists {
+        let was = known.get(issuer);
+        if was == Some(&l.kept) {
+            continue;
+        }
+        b.put(
+            crate::store::Space::Meta,
+            number_key(issuer),
+            kept_bytes(&l.kept),
+        );
+        changes.push(match was {
+            Some(k) => format!("\"{}\": {k} -> {}", l.name, l.kept),
+            None => format!("\"{}\": none -> {}", l.name, l.kept),
+        });
+    }
+    changes.sort();
+    Ok((b, changes))
+}
+
+/// The revocation lists of `cfg`'s `tls.crls` (each checked as
+/// [`load_crls`] does), and per CA the one it gives: a second list of a CA
+/// is refused (the verifier uses the first it finds, so a newer one beside
+/// the old would go unread).
+fn read_lists(
+    cfg: &Config,
+    cas: &[CertificateDer<'static>],
+) -> Result<(Vec<CertificateRevocationListDer<'static>>, Lists), TlsError> {
+    let mut crls = Vec::new();
+    let mut lists = Lists::new();
+    for path in &cfg.tls.crls {
+        let shown = cfg.resolve(path).display().to_string();
+        for crl in load_crls(&cfg.resolve(path), cas)? {
+            if let Some(l) = listed(&crl, &shown) {
+                if let Some(first) = lists.insert(issuer_digest(&l.issuer), l) {
+                    return Err(TlsError::BadCrl {
+                        path: shown,
+                        why: format!(
+                            "a second list of a CA whose list {} already gives; keep only the newest",
+                            first.path
+                        ),
+                    });
+                }
+            }
+            crls.push(crl);
+        }
+    }
+    Ok((crls, lists))
+}
+
+/// Each list's file and next update (seconds since the epoch), by file.
+fn due_of(lists: &Lists) -> Vec<(String, i64)> {
+    let mut due: Vec<(String, i64)> = lists
+        .values()
+        .filter_map(|l| Some((l.path.clone(), l.next_update?)))
+        .collect();
+    due.sort();
+    due
 }
 
 struct Built {
     config: Arc<ServerConfig>,
     /// The certificates its revocation lists name.
     revoked: Revoked,
-    numbers: Numbers,
-    /// Each list's file and next update.
-    due: Vec<(String, i64)>,
+    lists: Lists,
 }
 
 /// The TLS configuration of `cfg`'s settings and revocation lists, with
@@ -359,32 +474,7 @@ fn build(
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
     let cas = cas.to_vec();
-    let mut crls = Vec::new();
-    let mut issuers = std::collections::HashMap::new();
-    let mut numbers = Numbers::new();
-    let mut due = Vec::new();
-    for path in &cfg.tls.crls {
-        for crl in load_crls(&cfg.resolve(path), &cas)? {
-            if let Some(at) = next_update(&crl) {
-                due.push((cfg.resolve(path).display().to_string(), at));
-            }
-            // The verifier uses the first list of an issuer it finds: a
-            // second (a newer one beside the old) would go unread.
-            if let Some((issuer, number)) = crl_issuer_and_number(&crl) {
-                numbers.insert(issuer_digest(&issuer), number);
-                if let Some(first) = issuers.insert(issuer, path.clone()) {
-                    return Err(TlsError::BadCrl {
-                        path: cfg.resolve(path).display().to_string(),
-                        why: format!(
-                            "a second list of a CA whose list {} already gives; keep only the newest",
-                            first.display()
-                        ),
-                    });
-                }
-            }
-            crls.push(crl);
-        }
-    }
+    let (crls, lists) = read_lists(cfg, &cas)?;
     let revoked = revoked_in(&crls);
     for ca in cas {
         roots.add(ca).map_err(rustls_err)?;
@@ -429,8 +519,7 @@ fn build(
     Ok(Built {
         config: Arc::new(sc),
         revoked,
-        numbers,
-        due,
+        lists,
     })
 }
 
@@ -475,12 +564,14 @@ pub struct Live {
     revoked: tokio::sync::watch::Sender<Revoked>,
     /// The CA certificates read at start.
     cas: Vec<CertificateDer<'static>>,
-    /// The highest list number taken in per issuer, in this run or kept
-    /// by the database from earlier ones: an older list (written back by
-    /// mistake, or replayed by someone who wants a revoked certificate to
-    /// work again), or one without a number where a number is known, is
-    /// not taken in.
-    numbers: std::sync::Mutex<Numbers>,
+    /// The newest list taken in per CA, in this run or kept by the
+    /// database from earlier ones: an older list (written back by mistake,
+    /// or replayed by someone who wants a revoked certificate to work
+    /// again) is not taken in.
+    numbers: std::sync::Mutex<Known>,
+    /// Some of `numbers` could not be written to the database (tried again
+    /// at each look at the files).
+    unkept: std::sync::atomic::AtomicBool,
     /// Where the numbers are kept across restarts. Weak: the TLS
     /// configuration (held by connections) does not keep the database open.
     store: Option<std::sync::Weak<dyn crate::store::Store>>,
@@ -525,53 +616,76 @@ impl Live {
         let before = stamps(cfg);
         let cas = load_certs(&cfg.resolve(&cfg.tls.ca))?;
         let built = build(cfg, &cas, None)?;
-        let mut numbers = match &store {
+        // Without lists there is nothing to hold to.
+        let store = store.filter(|_| !cfg.tls.crls.is_empty());
+        let mut known = match &store {
             Some(s) => kept_numbers(s.as_ref())?,
-            None => Numbers::new(),
+            None => Known::new(),
         };
-        let raised = hold_to(&mut numbers, &built.numbers)?;
+        let raised = hold_to(&mut known, &built.lists)?;
         let live = Arc::new(Live {
             config: std::sync::RwLock::new(built.config),
             revoked: tokio::sync::watch::channel(built.revoked).0,
             cas,
-            numbers: std::sync::Mutex::new(numbers),
+            numbers: std::sync::Mutex::new(known),
+            unkept: std::sync::atomic::AtomicBool::new(false),
             store: store.as_ref().map(Arc::downgrade),
-            due: std::sync::Mutex::new(built.due),
+            due: std::sync::Mutex::new(due_of(&built.lists)),
             stamps: std::sync::Mutex::new((before, None)),
         });
         live.keep(&raised);
         Ok(live)
     }
 
-    /// Keeps `raised` numbers in the database. A failure (a full disk) is
-    /// logged, not fatal: the lists are taken in all the same (a newer list
-    /// revokes at least as much), and this run refuses the older ones.
-    fn keep(&self, raised: &Numbers) {
+    /// Writes what the vault holds `raised` CAs' lists to into the
+    /// database. A failure (a full disk) is logged, not fatal: the lists
+    /// are taken in all the same (a newer list revokes at least as much),
+    /// this run refuses the older ones, and [`Live::keep_again`] tries
+    /// again.
+    fn keep(&self, raised: &[[u8; 32]]) {
         let Some(store) = self.store.as_ref().and_then(std::sync::Weak::upgrade) else {
             return;
         };
-        if let Err(e) = keep_numbers(store.as_ref(), raised) {
-            tracing::error!(
-                error = %e,
-                "The revocation lists' numbers could not be kept: after a restart an older list would not be refused"
-            );
+        let known = match self.numbers.lock() {
+            Ok(n) => n,
+            Err(p) => p.into_inner(),
+        };
+        if let Err(e) = keep_numbers(store.as_ref(), &known, raised) {
+            if !self.unkept.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                tracing::error!(
+                    error = %e,
+                    "The revocation lists' numbers could not be kept (tried again every few seconds): until they are, after a restart an older list would not be refused"
+                );
+            }
+        }
+    }
+
+    /// Writes every CA's record again when one could not be written.
+    pub fn keep_again(&self) {
+        if !self.unkept.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+        let all: Vec<[u8; 32]> = match self.numbers.lock() {
+            Ok(n) => n.keys().copied().collect(),
+            Err(p) => p.into_inner().keys().copied().collect(),
+        };
+        self.keep(&all);
+        if !self.unkept.load(std::sync::atomic::Ordering::Acquire) {
+            tracing::info!("The revocation lists' numbers are kept again");
         }
     }
 
     /// The files of the lists in force that are past their next update at
-    /// `now` (seconds since the epoch).
+    /// `now` (seconds since the epoch), once per list.
     pub fn stale(&self, now: i64) -> Vec<String> {
         let due = match self.due.lock() {
             Ok(d) => d,
             Err(p) => p.into_inner(),
         };
-        let mut stale: Vec<String> = due
-            .iter()
+        due.iter()
             .filter(|(_, at)| *at < now)
             .map(|(path, _)| path.clone())
-            .collect();
-        stale.dedup();
-        stale
+            .collect()
     }
 
     /// The configuration a new connection's handshake uses.
@@ -615,17 +729,17 @@ impl Live {
 
     fn take_in(&self, cfg: &Config) -> Result<(), TlsError> {
         let built = build(cfg, &self.cas, Some(self.current().cert_resolver.clone()))?;
-        {
-            let mut numbers = match self.numbers.lock() {
+        let raised = {
+            let mut known = match self.numbers.lock() {
                 Ok(n) => n,
                 Err(p) => p.into_inner(),
             };
-            let raised = hold_to(&mut numbers, &built.numbers)?;
-            self.keep(&raised);
-        }
+            hold_to(&mut known, &built.lists)?
+        };
+        self.keep(&raised);
         match self.due.lock() {
-            Ok(mut d) => *d = built.due,
-            Err(p) => *p.into_inner() = built.due,
+            Ok(mut d) => *d = due_of(&built.lists),
+            Err(p) => *p.into_inner() = due_of(&built.lists),
         }
         match self.config.write() {
             Ok(mut c) => *c = built.config,
@@ -653,29 +767,41 @@ pub async fn watch_crls(
     // warnings); a list going stale from now on is warned about once.
     let mut warned = live.stale(now());
     metrics.crls_stale.set(warned.len() as i64);
+    warned.dedup();
     loop {
         tokio::select! {
             () = tokio::time::sleep(CRL_CHECK) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
         let (live2, cfg2) = (live.clone(), cfg.clone());
-        match tokio::task::spawn_blocking(move || live2.refresh(&cfg2)).await {
-            Ok(Ok(true)) => tracing::info!("Certificate revocation lists read again"),
+        let looked = tokio::task::spawn_blocking(move || {
+            live2.keep_again();
+            live2.refresh(&cfg2)
+        });
+        match looked.await {
+            Ok(Ok(true)) => {
+                tracing::info!("Certificate revocation lists read again");
+                metrics.crls_refused.set(0);
+            }
             Ok(Ok(false)) => {}
-            Ok(Err(e)) => tracing::error!(
-                error = %e,
-                "A changed certificate revocation list does not read; the previous lists stay in force"
-            ),
+            Ok(Err(e)) => {
+                tracing::error!(
+                    error = %e,
+                    "A changed certificate revocation list is refused; the previous lists stay in force"
+                );
+                metrics.crls_refused.set(1);
+            }
             Err(_) => {}
         }
-        let stale = live.stale(now());
+        let mut stale = live.stale(now());
+        metrics.crls_stale.set(stale.len() as i64);
+        stale.dedup();
         for path in stale.iter().filter(|p| !warned.contains(p)) {
             tracing::warn!(
                 list = %path,
                 "A certificate revocation list in force is past its next update: its CA has published a newer one, which may revoke more; fetch it"
             );
         }
-        metrics.crls_stale.set(stale.len() as i64);
         warned = stale;
     }
 }
@@ -755,42 +881,137 @@ mod tests {
     use rcgen::{BmpString, CertificateParams, DnType, DnValue, KeyPair};
 
     #[test]
-    fn list_numbers_only_go_up_and_are_kept_across_opens() {
+    fn lists_only_go_forward_and_are_kept_across_opens() {
+        use super::{hold_to, issuer_digest, keep_numbers, kept_numbers, Kept, Listed, Lists};
         use x509_parser::num_bigint::BigUint;
-        let (a, b) = (super::issuer_digest(b"ca a"), super::issuer_digest(b"ca b"));
-        let n = |x: u32| Some(BigUint::from(x));
+        let (a, b) = (issuer_digest(b"ca a"), issuer_digest(b"ca b"));
+        let kept = |issued: i64, n: Option<u128>| Kept {
+            issued,
+            number: n.map(BigUint::from),
+        };
+        let lists = |of: &[([u8; 32], Kept)]| -> Lists {
+            of.iter()
+                .map(|(d, k)| {
+                    let l = Listed {
+                        issuer: Vec::new(),
+                        name: "CN=test".into(),
+                        path: "ca.crl".into(),
+                        kept: k.clone(),
+                        next_update: None,
+                    };
+                    (*d, l)
+                })
+                .collect()
+        };
         let store: Arc<dyn crate::store::Store> = Arc::new(crate::store::MemoryStore::default());
-        let mut known = super::kept_numbers(store.as_ref()).unwrap();
+        let mut known = kept_numbers(store.as_ref()).unwrap();
         assert!(known.is_empty());
-        // First lists: both raised (a without a number is known, not kept).
-        let first = super::Numbers::from([(a, n(5)), (b, None)]);
-        let raised = super::hold_to(&mut known, &first).unwrap();
-        assert_eq!(raised, super::Numbers::from([(a, n(5))]));
-        super::keep_numbers(store.as_ref(), &raised).unwrap();
-        // Older, or unnumbered where a number is known: refused, nothing moves.
-        for older in [n(4), None] {
-            let e = super::hold_to(&mut known, &super::Numbers::from([(a, older)]));
-            assert!(e.unwrap_err().to_string().contains("accept-crls"));
+        // First lists: both taken and kept (b's without a number).
+        let raised = hold_to(
+            &mut known,
+            &lists(&[(a, kept(100, Some(5))), (b, kept(100, None))]),
+        )
+        .unwrap();
+        assert_eq!(raised.len(), 2);
+        keep_numbers(store.as_ref(), &known, &raised).unwrap();
+        // Older: a lower number, none where there was one, or issued
+        // earlier (what protects a CA that numbers nothing). Nothing moves.
+        for older in [
+            (a, kept(100, Some(4))),
+            (a, kept(100, None)),
+            (a, kept(99, Some(6))),
+            (b, kept(99, None)),
+        ] {
+            let e = hold_to(&mut known, &lists(&[older]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("ca.crl") && e.contains("CN=test") && e.contains("accept-crls"),
+                "{e}"
+            );
         }
-        assert_eq!(known.get(&a), Some(&n(5)));
-        // The same number: nothing to keep; a newer one for b: kept.
-        let raised =
-            super::hold_to(&mut known, &super::Numbers::from([(a, n(5)), (b, n(1))])).unwrap();
-        assert_eq!(raised, super::Numbers::from([(b, n(1))]));
-        super::keep_numbers(store.as_ref(), &raised).unwrap();
+        assert_eq!(known.get(&a), Some(&kept(100, Some(5))));
+        // The same list: nothing to keep; newer ones: kept.
+        let raised = hold_to(
+            &mut known,
+            &lists(&[(a, kept(100, Some(5))), (b, kept(200, None))]),
+        )
+        .unwrap();
+        assert_eq!(raised, vec![b]);
+        keep_numbers(store.as_ref(), &known, &raised).unwrap();
         // What a restart reads back, and holds the next lists to.
-        let mut again = super::kept_numbers(store.as_ref()).unwrap();
-        assert_eq!(again, super::Numbers::from([(a, n(5)), (b, n(1))]));
-        assert!(super::hold_to(&mut again, &super::Numbers::from([(b, n(0))])).is_err());
-        // Numbers past 64 bits survive the round trip.
-        let big = BigUint::from(u128::MAX) * 3u32;
-        let raised =
-            super::hold_to(&mut again, &super::Numbers::from([(a, Some(big.clone()))])).unwrap();
-        super::keep_numbers(store.as_ref(), &raised).unwrap();
-        assert_eq!(
-            super::kept_numbers(store.as_ref()).unwrap().get(&a),
-            Some(&Some(big))
-        );
+        let mut again = kept_numbers(store.as_ref()).unwrap();
+        assert_eq!(again, known);
+        assert!(hold_to(&mut again, &lists(&[(b, kept(150, None))])).is_err());
+        // Numbers past 64 bits, and times before 1970, survive the round trip.
+        let big = Kept {
+            issued: -5,
+            number: Some(BigUint::from(u128::MAX) * 3u32),
+        };
+        let mut fresh = crate::tls::Known::new();
+        let raised = hold_to(&mut fresh, &lists(&[(a, big.clone())])).unwrap();
+        keep_numbers(store.as_ref(), &fresh, &raised).unwrap();
+        assert_eq!(kept_numbers(store.as_ref()).unwrap().get(&a), Some(&big));
+    }
+
+    /// A keep that failed (a full disk) is made at the watcher's next look,
+    /// and a restart then holds the CA's lists to it.
+    #[test]
+    fn a_number_that_could_not_be_kept_is_kept_again() {
+        use crate::store::testing::HookedStore;
+        use rcgen::{BasicConstraints, IsCa, KeyUsagePurpose};
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::load(&crate::dev::prepare(dir.path()).unwrap()).unwrap();
+        let tls = dir.path().join("tls");
+        let ca_key =
+            KeyPair::from_pem(&std::fs::read_to_string(tls.join("ca.key")).unwrap()).unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.distinguished_name
+            .push(DnType::CommonName, "Vault development CA");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        let list = |number: u64| {
+            rcgen::CertificateRevocationListParams {
+                this_update: now - time::Duration::days(1),
+                next_update: now + time::Duration::days(30),
+                crl_number: rcgen::SerialNumber::from(number),
+                issuing_distribution_point: None,
+                revoked_certs: Vec::new(),
+                key_identifier_method: rcgen::KeyIdMethod::Sha256,
+            }
+            .signed_by(&ca_cert, &ca_key)
+            .unwrap()
+            .pem()
+            .unwrap()
+        };
+        std::fs::write(tls.join("ca.crl"), list(7)).unwrap();
+        cfg.tls.crls = vec!["tls/ca.crl".into()];
+        let hooked = Arc::new(HookedStore::new(|_| {}));
+        hooked
+            .fail_writes
+            .store(1, std::sync::atomic::Ordering::SeqCst);
+        let store: Arc<dyn crate::store::Store> = hooked;
+        let live = Live::new(&cfg, Some(store.clone())).unwrap();
+        assert!(super::kept_numbers(store.as_ref()).unwrap().is_empty());
+        live.keep_again();
+        let kept = super::kept_numbers(store.as_ref()).unwrap();
+        let number = kept.values().next().and_then(|k| k.number.clone());
+        assert_eq!(number, Some(7u32.into()));
+        // What the next start holds the lists to.
+        std::fs::write(tls.join("ca.crl"), list(6)).unwrap();
+        let e = Live::new(&cfg, Some(store.clone()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("number 6) is older"), "{e}");
+        // Without lists there is nothing to hold to.
+        cfg.tls.crls.clear();
+        assert!(Live::new(&cfg, Some(store)).is_ok());
     }
 
     fn cert(cn: Option<DnValue>, san: &[&str]) -> CertificateDer<'static> {

@@ -446,50 +446,45 @@ pub fn accept_shred_log(config: &std::path::Path) -> ExitCode {
     }
 }
 
-/// `vault operator accept-crls`: a stopped vault's database forgets the
-/// revocation list numbers it keeps (audited, with how many), so its next
-/// start takes the lists as they are and keeps their numbers from there.
+/// `vault operator accept-crls`: a stopped vault's database takes the
+/// revocation lists in `tls.crls` as they are as the newest of their CAs
+/// (audited, with each CA's change), so its next start takes them in.
 pub fn accept_crls(config: &std::path::Path) -> ExitCode {
     harden();
     let cfg = match load(config) {
         Ok(c) => c,
         Err(code) => return code,
     };
+    if cfg.tls.crls.is_empty() {
+        return fail(EXIT_CONFIG, "tls.crls is not set in this configuration");
+    }
     let store = match stopped_store(&cfg) {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let rows = match crate::store::scan_prefix(
-        store.as_ref(),
-        Space::Meta,
-        crate::tls::CRL_NUMBERS,
-        usize::MAX,
-    ) {
-        Ok(r) => r,
-        Err(e) => return fail(EXIT_RUNTIME, &format!("cannot read the database: {e}")),
+    let (batch, changes) = match crate::tls::accept_lists(&cfg, store.as_ref()) {
+        Ok(x) => x,
+        Err(e @ crate::tls::TlsError::Numbers(_)) => return fail(EXIT_RUNTIME, &e.to_string()),
+        Err(e) => return fail(EXIT_CONFIG, &e.to_string()),
     };
-    if rows.is_empty() {
-        println!("No revocation list numbers kept: the next start takes the lists as they are.");
+    if changes.is_empty() {
+        println!(
+            "Nothing to accept: the database already holds each CA to the list tls.crls gives."
+        );
         return ExitCode::SUCCESS;
-    }
-    let mut batch = crate::store::Batch::default();
-    for (key, value) in &rows {
-        batch.expect(Space::Meta, key.clone(), Some(value.clone()));
-        batch.delete(Space::Meta, key.clone());
     }
     match offline_commit_with(
         &store,
         batch,
         "operator-accept-crls",
         "crl_numbers_accepted",
-        Some(format!("forgotten={}", rows.len())),
+        Some(changes.join("; ")),
     ) {
         Ok(Ok(())) => {
-            println!(
-                "Forgot the revocation list numbers kept for {} CA{}: the next start takes the lists in tls.crls as they are, and refuses older ones from there.",
-                rows.len(),
-                if rows.len() == 1 { "" } else { "s" }
-            );
+            println!("Accepted as the newest of their CAs (the next start takes them in, and refuses older ones):");
+            for c in &changes {
+                println!("  {c}");
+            }
             ExitCode::SUCCESS
         }
         Ok(Err(e)) => fail(EXIT_RUNTIME, &format!("cannot write the database: {e}")),
