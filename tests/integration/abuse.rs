@@ -1690,6 +1690,14 @@ async fn a_revoked_client_certificate_is_refused() {
         let cfg = config(v.dir.path());
         let e = vault::server::start(&cfg).await.unwrap_err().to_string();
         assert!(e.contains(says), "{e}");
+        let (code, _, err) = run_vault(&[
+            "operator",
+            "accept-crls",
+            "--config",
+            toml.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 64, "{err}");
+        assert!(err.contains(says), "{err}");
     }
     // A list past its next update still counts, with a warning.
     let stale = crl_pem(&dev_ca(&v.tls()), &[4242], now - time::Duration::hours(1));

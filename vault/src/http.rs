@@ -751,6 +751,9 @@ const OPS_MAX_CONNECTIONS: usize = 64;
 /// stops reading its answers holds nothing for longer.
 const OPS_CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long an ops connection may take to finish once the vault stops.
+const OPS_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The ops listener: `/metrics`, `/healthz`, `/readyz`, plain HTTP/1.1.
 /// Invariant: unauthenticated as it is, it holds at most
 /// `OPS_MAX_CONNECTIONS` connections, each for at most
@@ -802,7 +805,9 @@ pub async fn serve_ops(vault: Arc<Vault>, listener: TcpListener, mut stop: watch
                     _ = conn.as_mut() => {}
                     () = stopped => {
                         conn.as_mut().graceful_shutdown();
-                        let _ = conn.as_mut().await;
+                        // An answer under way gets a moment; a client
+                        // sending half a head or reading slowly no more.
+                        let _ = tokio::time::timeout(OPS_STOP_GRACE, conn.as_mut()).await;
                     }
                 }
             };

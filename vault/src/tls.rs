@@ -195,15 +195,21 @@ struct Listed {
     next_update: Option<i64>,
 }
 
+/// A list as read from its file. Its issue time is taken as now when it
+/// lies ahead (a CA's clock running fast): kept as it is, it would have
+/// every correct list after it refused as older until that time.
 fn listed(crl: &CertificateRevocationListDer<'_>, path: &str) -> Option<Listed> {
     use x509_parser::revocation_list::CertificateRevocationList;
     let (_, parsed) = CertificateRevocationList::from_der(crl.as_ref()).ok()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
     Some(Listed {
         issuer: parsed.issuer().as_raw().to_vec(),
         name: parsed.issuer().to_string(),
         path: path.to_string(),
         kept: Kept {
-            issued: parsed.last_update().timestamp(),
+            issued: parsed.last_update().timestamp().min(now),
             number: parsed.crl_number().cloned(),
         },
         next_update: parsed.next_update().map(|t| t.timestamp()),
@@ -307,27 +313,39 @@ fn kept_bytes(k: &Kept) -> Vec<u8> {
 
 /// What the database keeps (see [`CRL_NUMBERS`]).
 fn kept_numbers(store: &dyn crate::store::Store) -> Result<Known, TlsError> {
-    use x509_parser::num_bigint::BigUint;
-    let rows = crate::store::scan_prefix(store, crate::store::Space::Meta, CRL_NUMBERS, usize::MAX)
-        .map_err(|e| TlsError::Numbers(e.to_string()))?;
     let mut known = Known::new();
-    for (k, v) in rows {
-        let unread = || TlsError::Numbers("a row does not read".into());
-        let digest = k
-            .get(CRL_NUMBERS.len()..)
-            .and_then(|h| hex::decode(h).ok())
-            .and_then(|d| <[u8; 32]>::try_from(d).ok())
-            .ok_or_else(unread)?;
-        let (issued, number) = v.split_first_chunk::<8>().ok_or_else(unread)?;
-        known.insert(
-            digest,
-            Kept {
-                issued: i64::from_be_bytes(*issued),
-                number: (!number.is_empty()).then(|| BigUint::from_bytes_be(number)),
-            },
-        );
+    for (k, v) in kept_rows(store)? {
+        let (issuer, kept) = kept_row(&k, &v).ok_or_else(|| {
+            TlsError::Numbers(
+                "a row does not read; `vault operator accept-crls --config FILE` (server stopped) writes them again"
+                    .into(),
+            )
+        })?;
+        known.insert(issuer, kept);
     }
     Ok(known)
+}
+
+fn kept_rows(store: &dyn crate::store::Store) -> Result<crate::store::Rows, TlsError> {
+    crate::store::scan_prefix(store, crate::store::Space::Meta, CRL_NUMBERS, usize::MAX)
+        .map_err(|e| TlsError::Numbers(e.to_string()))
+}
+
+/// One row of [`CRL_NUMBERS`], read back.
+fn kept_row(key: &[u8], value: &[u8]) -> Option<([u8; 32], Kept)> {
+    use x509_parser::num_bigint::BigUint;
+    let digest = key
+        .get(CRL_NUMBERS.len()..)
+        .and_then(|h| hex::decode(h).ok())
+        .and_then(|d| <[u8; 32]>::try_from(d).ok())?;
+    let (issued, number) = value.split_first_chunk::<8>()?;
+    Some((
+        digest,
+        Kept {
+            issued: i64::from_be_bytes(*issued),
+            number: (!number.is_empty()).then(|| BigUint::from_bytes_be(number)),
+        },
+    ))
 }
 
 /// Refuses a list of `lists` older than what `known` holds for its CA:
@@ -339,12 +357,7 @@ fn hold_to(known: &mut Known, lists: &Lists) -> Result<Vec<[u8; 32]>, TlsError> 
         let Some(k) = known.get(issuer) else {
             continue;
         };
-        let lower = match (&k.number, &l.kept.number) {
-            (Some(_), None) => true,
-            (Some(k), Some(n)) => n < k,
-            (None, _) => false,
-        };
-        if l.kept.issued < k.issued || lower {
+        if l.kept.issued < k.issued || lower(&k.number, &l.kept.number) {
             return Err(TlsError::BadCrl {
                 path: l.path.clone(),
                 why: format!(
@@ -362,6 +375,19 @@ fn hold_to(known: &mut Known, lists: &Lists) -> Result<Vec<[u8; 32]>, TlsError> 
         }
     }
     Ok(raised)
+}
+
+/// Whether a list numbered `n` comes before one numbered `kept`: lower,
+/// or without a number where that one had one.
+fn lower(
+    kept: &Option<x509_parser::num_bigint::BigUint>,
+    n: &Option<x509_parser::num_bigint::BigUint>,
+) -> bool {
+    match (kept, n) {
+        (Some(_), None) => true,
+        (Some(k), Some(n)) => n < k,
+        (None, _) => false,
+    }
 }
 
 /// Writes what `known` holds for `raised` into the database (durably).
@@ -392,9 +418,22 @@ pub fn accept_lists(
 ) -> Result<(crate::store::Batch, Vec<String>), TlsError> {
     let cas = load_certs(&cfg.resolve(&cfg.tls.ca))?;
     let (_, lists) = read_lists(cfg, &cas)?;
-    let known = kept_numbers(store)?;
     let mut b = crate::store::Batch::default();
     let mut changes = Vec::new();
+    // Row by row: a row that does not read (which stops the start) is
+    // written again below, or removed when no list of its CA is set.
+    let mut known = Known::new();
+    for (key, value) in kept_rows(store)? {
+        match kept_row(&key, &value) {
+            Some((issuer, kept)) => {
+                known.insert(issuer, kept);
+            }
+            None => {
+                b.delete(crate::store::Space::Meta, key);
+                changes.push("a record that did not read: removed".to_string());
+            }
+        }
+    }
     for (issuer, l) in &lists {
         let was = known.get(issuer);
         if was == Some(&l.kept) {
@@ -406,6 +445,10 @@ pub fn accept_lists(
             kept_bytes(&l.kept),
         );
         changes.push(match was {
+            Some(k) if l.kept.issued < k.issued && lower(&k.number, &l.kept.number) => format!(
+                "\"{}\": {k} -> {} (issued earlier AND numbered lower: a replayed list looks like this)",
+                l.name, l.kept
+            ),
             Some(k) => format!("\"{}\": {k} -> {}", l.name, l.kept),
             None => format!("\"{}\": none -> {}", l.name, l.kept),
         });
@@ -570,8 +613,10 @@ pub struct Live {
     /// again) is not taken in.
     numbers: std::sync::Mutex<Known>,
     /// Some of `numbers` could not be written to the database (tried again
-    /// at each look at the files).
+    /// at each look at the files), and whether that was logged (once,
+    /// until a write succeeds).
     unkept: std::sync::atomic::AtomicBool,
+    unkept_logged: std::sync::atomic::AtomicBool,
     /// Where the numbers are kept across restarts. Weak: the TLS
     /// configuration (held by connections) does not keep the database open.
     store: Option<std::sync::Weak<dyn crate::store::Store>>,
@@ -629,6 +674,7 @@ impl Live {
             cas,
             numbers: std::sync::Mutex::new(known),
             unkept: std::sync::atomic::AtomicBool::new(false),
+            unkept_logged: std::sync::atomic::AtomicBool::new(false),
             store: store.as_ref().map(Arc::downgrade),
             due: std::sync::Mutex::new(due_of(&built.lists)),
             stamps: std::sync::Mutex::new((before, None)),
@@ -651,7 +697,12 @@ impl Live {
             Err(p) => p.into_inner(),
         };
         if let Err(e) = keep_numbers(store.as_ref(), &known, raised) {
-            if !self.unkept.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            self.unkept
+                .store(true, std::sync::atomic::Ordering::Release);
+            if !self
+                .unkept_logged
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+            {
                 tracing::error!(
                     error = %e,
                     "The revocation lists' numbers could not be kept (tried again every few seconds): until they are, after a restart an older list would not be refused"
@@ -670,7 +721,11 @@ impl Live {
             Err(p) => p.into_inner().keys().copied().collect(),
         };
         self.keep(&all);
-        if !self.unkept.load(std::sync::atomic::Ordering::Acquire) {
+        if !self.unkept.load(std::sync::atomic::Ordering::Acquire)
+            && self
+                .unkept_logged
+                .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
             tracing::info!("The revocation lists' numbers are kept again");
         }
     }
@@ -686,6 +741,15 @@ impl Live {
             .filter(|(_, at)| *at < now)
             .map(|(path, _)| path.clone())
             .collect()
+    }
+
+    /// Whether the files hold a change that was refused (what
+    /// `vault_tls_crls_refused` shows).
+    pub fn refused(&self) -> bool {
+        match self.stamps.lock() {
+            Ok(l) => l.1.is_some(),
+            Err(p) => p.into_inner().1.is_some(),
+        }
     }
 
     /// The configuration a new connection's handshake uses.
@@ -712,7 +776,13 @@ impl Live {
             Ok(l) => l,
             Err(p) => p.into_inner(),
         };
-        if last.0 == now || last.1.as_ref() == Some(&now) {
+        if last.0 == now {
+            // The files are those in force again (a link switched back):
+            // nothing stands refused.
+            last.1 = None;
+            return Ok(false);
+        }
+        if last.1.as_ref() == Some(&now) {
             return Ok(false);
         }
         match self.take_in(cfg) {
@@ -779,20 +849,15 @@ pub async fn watch_crls(
             live2.refresh(&cfg2)
         });
         match looked.await {
-            Ok(Ok(true)) => {
-                tracing::info!("Certificate revocation lists read again");
-                metrics.crls_refused.set(0);
-            }
+            Ok(Ok(true)) => tracing::info!("Certificate revocation lists read again"),
             Ok(Ok(false)) => {}
-            Ok(Err(e)) => {
-                tracing::error!(
-                    error = %e,
-                    "A changed certificate revocation list is refused; the previous lists stay in force"
-                );
-                metrics.crls_refused.set(1);
-            }
+            Ok(Err(e)) => tracing::error!(
+                error = %e,
+                "A changed certificate revocation list is refused; the previous lists stay in force"
+            ),
             Err(_) => {}
         }
+        metrics.crls_refused.set(i64::from(live.refused()));
         let mut stale = live.stale(now());
         metrics.crls_stale.set(stale.len() as i64);
         stale.dedup();
@@ -958,6 +1023,7 @@ mod tests {
     /// and a restart then holds the CA's lists to it.
     #[test]
     fn a_number_that_could_not_be_kept_is_kept_again() {
+        use super::kept_rows;
         use crate::store::testing::HookedStore;
         use rcgen::{BasicConstraints, IsCa, KeyUsagePurpose};
         let dir = tempfile::tempdir().unwrap();
@@ -976,10 +1042,10 @@ mod tests {
         ];
         let ca_cert = ca.self_signed(&ca_key).unwrap();
         let now = time::OffsetDateTime::now_utc();
-        let list = |number: u64| {
+        let list_at = |number: u64, this_update: time::OffsetDateTime| {
             rcgen::CertificateRevocationListParams {
-                this_update: now - time::Duration::days(1),
-                next_update: now + time::Duration::days(30),
+                this_update,
+                next_update: this_update + time::Duration::days(30),
                 crl_number: rcgen::SerialNumber::from(number),
                 issuing_distribution_point: None,
                 revoked_certs: Vec::new(),
@@ -990,6 +1056,7 @@ mod tests {
             .pem()
             .unwrap()
         };
+        let list = |number: u64| list_at(number, now - time::Duration::days(1));
         std::fs::write(tls.join("ca.crl"), list(7)).unwrap();
         cfg.tls.crls = vec!["tls/ca.crl".into()];
         let hooked = Arc::new(HookedStore::new(|_| {}));
@@ -1009,6 +1076,44 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("number 6) is older"), "{e}");
+        // A record that does not read stops the start, and accept-crls
+        // writes it again.
+        let key = kept_rows(store.as_ref())
+            .unwrap()
+            .first()
+            .unwrap()
+            .0
+            .clone();
+        let mut bad = crate::store::Batch::default();
+        bad.put(crate::store::Space::Meta, key, vec![1, 2, 3]);
+        store.write(bad).unwrap();
+        std::fs::write(tls.join("ca.crl"), list(7)).unwrap();
+        let e = Live::new(&cfg, Some(store.clone()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("does not read") && e.contains("accept-crls"),
+            "{e}"
+        );
+        let (batch, changes) = super::accept_lists(&cfg, store.as_ref()).unwrap();
+        assert!(
+            changes.iter().any(|c| c.contains("did not read")),
+            "{changes:?}"
+        );
+        store.write(batch).unwrap();
+        assert!(Live::new(&cfg, Some(store.clone())).is_ok());
+        // A list dated ahead (a CA's clock running fast) is held to now,
+        // not to its date: the next correct list is not refused as older.
+        std::fs::write(
+            tls.join("ca.crl"),
+            list_at(8, now + time::Duration::days(30)),
+        )
+        .unwrap();
+        assert!(Live::new(&cfg, Some(store.clone())).is_ok());
+        // (The CA's clock put right: its next list is dated after that.)
+        let later = time::OffsetDateTime::now_utc() + time::Duration::seconds(2);
+        std::fs::write(tls.join("ca.crl"), list_at(9, later)).unwrap();
+        assert!(Live::new(&cfg, Some(store.clone())).is_ok());
         // Without lists there is nothing to hold to.
         cfg.tls.crls.clear();
         assert!(Live::new(&cfg, Some(store)).is_ok());
