@@ -1392,19 +1392,7 @@ async fn a_rapid_reset_flood_leaves_the_vault_responsive_and_bounded() {
 /// The vault's own development CA (its key is in `tls/ca.key`): the same
 /// name and key as the CA on disk, so what it signs chains to it.
 fn dev_ca(tls: &Path) -> (rcgen::Certificate, rcgen::KeyPair) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
-    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(tls.join("ca.key")).unwrap()).unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.distinguished_name
-        .push(DnType::CommonName, "Vault development CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    (ca_cert, ca_key)
+    vault::dev::ca_issuer(tls).unwrap()
 }
 
 /// A client certificate for `name` signed by the vault's own development
@@ -1517,6 +1505,14 @@ async fn a_revoked_client_certificate_is_refused() {
         "handshake-timeout-ms = 60000",
     );
     std::fs::write(&toml, text).unwrap();
+    let accept_crls = || {
+        run_vault(&[
+            "operator",
+            "accept-crls",
+            "--config",
+            toml.to_str().unwrap(),
+        ])
+    };
     v.restart().await;
     let endpoint = format!("https://127.0.0.1:{}", v.api.port());
     let revoked_client = builder_at(&revoked, &endpoint, "app").build().unwrap();
@@ -1641,20 +1637,10 @@ async fn a_revoked_client_certificate_is_refused() {
             && e.contains("accept-crls"),
         "{e}"
     );
-    let (code, out, err) = run_vault(&[
-        "operator",
-        "accept-crls",
-        "--config",
-        toml.to_str().unwrap(),
-    ]);
+    let (code, out, err) = accept_crls();
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("number 4 -> issued"), "{out}");
-    let (code, out, err) = run_vault(&[
-        "operator",
-        "accept-crls",
-        "--config",
-        toml.to_str().unwrap(),
-    ]);
+    let (code, out, err) = accept_crls();
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("Nothing to accept"), "{out}");
     v.restart().await;
@@ -1690,12 +1676,7 @@ async fn a_revoked_client_certificate_is_refused() {
         let cfg = config(v.dir.path());
         let e = vault::server::start(&cfg).await.unwrap_err().to_string();
         assert!(e.contains(says), "{e}");
-        let (code, _, err) = run_vault(&[
-            "operator",
-            "accept-crls",
-            "--config",
-            toml.to_str().unwrap(),
-        ]);
+        let (code, _, err) = accept_crls();
         assert_eq!(code, 64, "{err}");
         assert!(err.contains(says), "{err}");
     }

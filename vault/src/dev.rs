@@ -47,6 +47,36 @@ fn cert_err(e: rcgen::Error) -> DevError {
     DevError::Cert(e.to_string())
 }
 
+/// The development CA's name, constraints and key usages (no validity).
+fn ca_params() -> Result<CertificateParams, DevError> {
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
+    ca.distinguished_name
+        .push(DnType::CommonName, "Vault development CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    Ok(ca)
+}
+
+/// The development CA in `tls` (a `vault dev` directory's `tls`) as an
+/// issuer: its name and its key from `ca.key`, so what it signs (client
+/// certificates, revocation lists) chains to the CA on disk. For tests and
+/// tools that stand in for the CA.
+pub fn ca_issuer(tls: &Path) -> Result<(Certificate, KeyPair), DevError> {
+    let path = tls.join("ca.key");
+    let pem =
+        zeroize::Zeroizing::new(std::fs::read_to_string(&path).map_err(|e| DevError::Io {
+            path: path.display().to_string(),
+            kind: e.kind(),
+        })?);
+    let key = KeyPair::from_pem(&pem).map_err(cert_err)?;
+    let cert = ca_params()?.self_signed(&key).map_err(cert_err)?;
+    Ok((cert, key))
+}
+
 /// Makes sure `dir` holds everything `vault dev` runs with; returns the
 /// configuration file's path.
 pub fn prepare(dir: &Path) -> Result<PathBuf, DevError> {
@@ -123,15 +153,7 @@ fn write_certs(tls: &Path) -> Result<(), DevError> {
         return Ok(());
     }
     let ca_key = KeyPair::generate().map_err(cert_err)?;
-    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
-    ca.distinguished_name
-        .push(DnType::CommonName, "Vault development CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    let mut ca = ca_params()?;
     validity(&mut ca);
     let ca_cert = ca.self_signed(&ca_key).map_err(cert_err)?;
     leaf(

@@ -1025,22 +1025,10 @@ mod tests {
     fn a_number_that_could_not_be_kept_is_kept_again() {
         use super::kept_rows;
         use crate::store::testing::HookedStore;
-        use rcgen::{BasicConstraints, IsCa, KeyUsagePurpose};
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = Config::load(&crate::dev::prepare(dir.path()).unwrap()).unwrap();
         let tls = dir.path().join("tls");
-        let ca_key =
-            KeyPair::from_pem(&std::fs::read_to_string(tls.join("ca.key")).unwrap()).unwrap();
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.distinguished_name
-            .push(DnType::CommonName, "Vault development CA");
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let (ca_cert, ca_key) = crate::dev::ca_issuer(&tls).unwrap();
         let now = time::OffsetDateTime::now_utc();
         let list_at = |number: u64, this_update: time::OffsetDateTime| {
             rcgen::CertificateRevocationListParams {
