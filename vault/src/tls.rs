@@ -195,21 +195,15 @@ struct Listed {
     next_update: Option<i64>,
 }
 
-/// A list as read from its file. Its issue time is taken as now when it
-/// lies ahead (a CA's clock running fast): kept as it is, it would have
-/// every correct list after it refused as older until that time.
 fn listed(crl: &CertificateRevocationListDer<'_>, path: &str) -> Option<Listed> {
     use x509_parser::revocation_list::CertificateRevocationList;
     let (_, parsed) = CertificateRevocationList::from_der(crl.as_ref()).ok()?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
     Some(Listed {
         issuer: parsed.issuer().as_raw().to_vec(),
         name: parsed.issuer().to_string(),
         path: path.to_string(),
         kept: Kept {
-            issued: parsed.last_update().timestamp().min(now),
+            issued: parsed.last_update().timestamp(),
             number: parsed.crl_number().cloned(),
         },
         next_update: parsed.next_update().map(|t| t.timestamp()),
@@ -348,16 +342,15 @@ fn kept_row(key: &[u8], value: &[u8]) -> Option<([u8; 32], Kept)> {
     ))
 }
 
-/// Refuses a list of `lists` older than what `known` holds for its CA:
-/// issued before it, numbered lower, or without a number where it had
-/// one. Else `known` takes each list, and the CAs whose record changed are
-/// answered (to be kept).
+/// Refuses a list of `lists` older than what `known` holds for its CA
+/// ([`older`]). Else `known` takes each list, and the CAs whose record
+/// changed are answered (to be kept).
 fn hold_to(known: &mut Known, lists: &Lists) -> Result<Vec<[u8; 32]>, TlsError> {
     for (issuer, l) in lists {
         let Some(k) = known.get(issuer) else {
             continue;
         };
-        if l.kept.issued < k.issued || lower(&k.number, &l.kept.number) {
+        if older(k, &l.kept) {
             return Err(TlsError::BadCrl {
                 path: l.path.clone(),
                 why: format!(
@@ -375,6 +368,25 @@ fn hold_to(known: &mut Known, lists: &Lists) -> Result<Vec<[u8; 32]>, TlsError> 
         }
     }
     Ok(raised)
+}
+
+/// How far a numbered list's issue time may lie before the one taken in
+/// (a CA's clock put right between two lists).
+const ISSUE_SLACK_SECS: i64 = 24 * 3600;
+
+/// Whether `list` comes before the list `kept` records. Numbered lists go
+/// by number (lower is older; none where `kept` had one too), and one
+/// issued more than [`ISSUE_SLACK_SECS`] before `kept` is older whatever
+/// its number (a list from before the CA started its numbering again,
+/// replayed); a CA whose lists carry no numbers goes by issue time alone.
+/// The signed times are compared, never this machine's clock.
+fn older(kept: &Kept, list: &Kept) -> bool {
+    if kept.number.is_some() {
+        lower(&kept.number, &list.number)
+            || list.issued < kept.issued.saturating_sub(ISSUE_SLACK_SECS)
+    } else {
+        list.issued < kept.issued
+    }
 }
 
 /// Whether a list numbered `n` comes before one numbered `kept`: lower,
@@ -420,19 +432,24 @@ pub fn accept_lists(
     let (_, lists) = read_lists(cfg, &cas)?;
     let mut b = crate::store::Batch::default();
     let mut changes = Vec::new();
-    // Row by row: a row that does not read (which stops the start) is
+    // Row by row: a record that does not read (which stops the start) is
     // written again below, or removed when no list of its CA is set.
     let mut known = Known::new();
+    let mut unread = std::collections::HashSet::new();
     for (key, value) in kept_rows(store)? {
-        match kept_row(&key, &value) {
-            Some((issuer, kept)) => {
-                known.insert(issuer, kept);
-            }
-            None => {
-                b.delete(crate::store::Space::Meta, key);
-                changes.push("a record that did not read: removed".to_string());
-            }
+        if let Some((issuer, kept)) = kept_row(&key, &value) {
+            known.insert(issuer, kept);
+            continue;
         }
+        let issuer = kept_row(&key, &[0; 8]).map(|(i, _)| i);
+        if !issuer.is_some_and(|i| lists.contains_key(&i)) {
+            changes.push(format!(
+                "the record {} did not read: removed",
+                String::from_utf8_lossy(&key)
+            ));
+            b.delete(crate::store::Space::Meta, key);
+        }
+        unread.extend(issuer);
     }
     for (issuer, l) in &lists {
         let was = known.get(issuer);
@@ -450,6 +467,9 @@ pub fn accept_lists(
                 l.name, l.kept
             ),
             Some(k) => format!("\"{}\": {k} -> {}", l.name, l.kept),
+            None if unread.contains(issuer) => {
+                format!("\"{}\": a record that did not read -> {}", l.name, l.kept)
+            }
             None => format!("\"{}\": none -> {}", l.name, l.kept),
         });
     }
@@ -984,7 +1004,9 @@ mod tests {
         for older in [
             (a, kept(100, Some(4))),
             (a, kept(100, None)),
-            (a, kept(99, Some(6))),
+            // Numbered higher, but issued well before: a list from before
+            // the CA started its numbering again.
+            (a, kept(100 - 2 * 86_400, Some(6))),
             (b, kept(99, None)),
         ] {
             let e = hold_to(&mut known, &lists(&[older]))
@@ -1003,6 +1025,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(raised, vec![b]);
+        keep_numbers(store.as_ref(), &known, &raised).unwrap();
+        // A CA's clock put right: numbered higher, issued an hour before.
+        let raised = hold_to(&mut known, &lists(&[(a, kept(100 - 3600, Some(6)))])).unwrap();
+        assert_eq!(raised, vec![a]);
         keep_numbers(store.as_ref(), &known, &raised).unwrap();
         // What a restart reads back, and holds the next lists to.
         let mut again = kept_numbers(store.as_ref()).unwrap();
@@ -1090,18 +1116,20 @@ mod tests {
         );
         store.write(batch).unwrap();
         assert!(Live::new(&cfg, Some(store.clone())).is_ok());
-        // A list dated ahead (a CA's clock running fast) is held to now,
-        // not to its date: the next correct list is not refused as older.
+        // A list dated ahead (a CA's clock two hours fast), then the CA's
+        // clock put right: its next list, numbered higher, is dated before
+        // the last one and still taken.
         std::fs::write(
             tls.join("ca.crl"),
-            list_at(8, now + time::Duration::days(30)),
+            list_at(8, now + time::Duration::hours(2)),
         )
         .unwrap();
         assert!(Live::new(&cfg, Some(store.clone())).is_ok());
-        // (The CA's clock put right: its next list is dated after that.)
-        let later = time::OffsetDateTime::now_utc() + time::Duration::seconds(2);
-        std::fs::write(tls.join("ca.crl"), list_at(9, later)).unwrap();
+        std::fs::write(tls.join("ca.crl"), list_at(9, now)).unwrap();
         assert!(Live::new(&cfg, Some(store.clone())).is_ok());
+        // The same list again is the same record: nothing to accept.
+        let (_, changes) = super::accept_lists(&cfg, store.as_ref()).unwrap();
+        assert!(changes.is_empty(), "{changes:?}");
         // Without lists there is nothing to hold to.
         cfg.tls.crls.clear();
         assert!(Live::new(&cfg, Some(store)).is_ok());
