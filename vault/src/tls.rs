@@ -331,7 +331,8 @@ fn kept_row(key: &[u8], value: &[u8]) -> Option<([u8; 32], Kept)> {
     let digest = key
         .get(CRL_NUMBERS.len()..)
         .and_then(|h| hex::decode(h).ok())
-        .and_then(|d| <[u8; 32]>::try_from(d).ok())?;
+        .and_then(|d| <[u8; 32]>::try_from(d).ok())
+        .filter(|d| number_key(d) == key)?;
     let (issued, number) = value.split_first_chunk::<8>()?;
     Some((
         digest,
@@ -370,23 +371,15 @@ fn hold_to(known: &mut Known, lists: &Lists) -> Result<Vec<[u8; 32]>, TlsError> 
     Ok(raised)
 }
 
-/// How far a numbered list's issue time may lie before the one taken in
-/// (a CA's clock put right between two lists).
-const ISSUE_SLACK_SECS: i64 = 24 * 3600;
-
-/// Whether `list` comes before the list `kept` records. Numbered lists go
-/// by number (lower is older; none where `kept` had one too), and one
-/// issued more than [`ISSUE_SLACK_SECS`] before `kept` is older whatever
-/// its number (a list from before the CA started its numbering again,
-/// replayed); a CA whose lists carry no numbers goes by issue time alone.
-/// The signed times are compared, never this machine's clock.
+/// Whether `list` comes before the list `kept` records: issued earlier,
+/// numbered lower, or without a number where that one had one. Both must
+/// go forward: a list numbered higher but issued earlier is refused too (a
+/// list from before its CA started its numbering again, replayed; or a
+/// CA's clock put right, which `accept-crls` takes). Fail-safe: an older
+/// list leaves the one in force. Only the signed times are compared, never
+/// this machine's clock.
 fn older(kept: &Kept, list: &Kept) -> bool {
-    if kept.number.is_some() {
-        lower(&kept.number, &list.number)
-            || list.issued < kept.issued.saturating_sub(ISSUE_SLACK_SECS)
-    } else {
-        list.issued < kept.issued
-    }
+    list.issued < kept.issued || lower(&kept.number, &list.number)
 }
 
 /// Whether a list numbered `n` comes before one numbered `kept`: lower,
@@ -445,7 +438,7 @@ pub fn accept_lists(
         if !issuer.is_some_and(|i| lists.contains_key(&i)) {
             changes.push(format!(
                 "the record {} did not read: removed",
-                String::from_utf8_lossy(&key)
+                key.escape_ascii()
             ));
             b.delete(crate::store::Space::Meta, key);
         }
@@ -1004,9 +997,9 @@ mod tests {
         for older in [
             (a, kept(100, Some(4))),
             (a, kept(100, None)),
-            // Numbered higher, but issued well before: a list from before
-            // the CA started its numbering again.
-            (a, kept(100 - 2 * 86_400, Some(6))),
+            // Numbered higher, but issued before: a list from before the
+            // CA started its numbering again (or its clock put right).
+            (a, kept(99, Some(6))),
             (b, kept(99, None)),
         ] {
             let e = hold_to(&mut known, &lists(&[older]))
@@ -1026,10 +1019,13 @@ mod tests {
         .unwrap();
         assert_eq!(raised, vec![b]);
         keep_numbers(store.as_ref(), &known, &raised).unwrap();
-        // A CA's clock put right: numbered higher, issued an hour before.
-        let raised = hold_to(&mut known, &lists(&[(a, kept(100 - 3600, Some(6)))])).unwrap();
+        // Numbered higher and issued later: taken.
+        let raised = hold_to(&mut known, &lists(&[(a, kept(101, Some(6)))])).unwrap();
         assert_eq!(raised, vec![a]);
         keep_numbers(store.as_ref(), &known, &raised).unwrap();
+        // A record without a number takes a numbered list issued no
+        // earlier, and holds to numbers from then on.
+        assert!(hold_to(&mut known, &lists(&[(b, kept(199, Some(1)))])).is_err());
         // What a restart reads back, and holds the next lists to.
         let mut again = kept_numbers(store.as_ref()).unwrap();
         assert_eq!(again, known);
@@ -1109,27 +1105,42 @@ mod tests {
             e.contains("does not read") && e.contains("accept-crls"),
             "{e}"
         );
+        // A record whose key is not one the vault writes (upper-case hex:
+        // a flipped bit) is removed, not left to stop every start.
+        let mut stray = crate::store::Batch::default();
+        let upper = [super::CRL_NUMBERS, "AB".repeat(32).as_bytes()].concat();
+        stray.put(crate::store::Space::Meta, upper, vec![9; 3]);
+        store.write(stray).unwrap();
         let (batch, changes) = super::accept_lists(&cfg, store.as_ref()).unwrap();
+        assert_eq!(changes.len(), 2, "{changes:?}");
         assert!(
-            changes.iter().any(|c| c.contains("did not read")),
+            changes
+                .iter()
+                .any(|c| c.contains("a record that did not read -> issued"))
+                && changes
+                    .iter()
+                    .any(|c| c.contains("ABAB") && c.ends_with("removed")),
             "{changes:?}"
         );
         store.write(batch).unwrap();
         assert!(Live::new(&cfg, Some(store.clone())).is_ok());
-        // A list dated ahead (a CA's clock two hours fast), then the CA's
-        // clock put right: its next list, numbered higher, is dated before
-        // the last one and still taken.
+        // A list dated ahead (a CA's clock two hours fast): the same list
+        // read again is the same record, nothing to accept.
         std::fs::write(
             tls.join("ca.crl"),
             list_at(8, now + time::Duration::hours(2)),
         )
         .unwrap();
         assert!(Live::new(&cfg, Some(store.clone())).is_ok());
-        std::fs::write(tls.join("ca.crl"), list_at(9, now)).unwrap();
-        assert!(Live::new(&cfg, Some(store.clone())).is_ok());
-        // The same list again is the same record: nothing to accept.
         let (_, changes) = super::accept_lists(&cfg, store.as_ref()).unwrap();
         assert!(changes.is_empty(), "{changes:?}");
+        // The CA's clock put right: its next list, numbered higher but
+        // dated before, is refused (fail-safe) until accept-crls takes it.
+        std::fs::write(tls.join("ca.crl"), list_at(9, now)).unwrap();
+        assert!(Live::new(&cfg, Some(store.clone())).is_err());
+        let (batch, _) = super::accept_lists(&cfg, store.as_ref()).unwrap();
+        store.write(batch).unwrap();
+        assert!(Live::new(&cfg, Some(store.clone())).is_ok());
         // Without lists there is nothing to hold to.
         cfg.tls.crls.clear();
         assert!(Live::new(&cfg, Some(store)).is_ok());
