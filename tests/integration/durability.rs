@@ -254,8 +254,16 @@ async fn rewrap_resumes_after_sigkill() {
     let officer = client_as(dir.path(), &first.api, "officer");
     assert_eq!(officer.rotate_keys().await.unwrap().active_version, Some(2));
     officer.start_rewrap().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let mid = officer.rewrap_status().await.unwrap();
+    // Under way: its first values done (paused between batches, so it
+    // is far from done when they are).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mid = loop {
+        let mid = officer.rewrap_status().await.unwrap();
+        if mid.rewrapped > 0 || Instant::now() > deadline {
+            break mid;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(mid.state, "running", "{mid:?}");
     assert!(mid.rewrapped > 0 && mid.rewrapped < 400, "{mid:?}");
     first.child.kill().unwrap();

@@ -101,6 +101,24 @@ impl TestVault {
     pub async fn ops_get(&self, path: &str) -> (u16, String) {
         ops_get_at(&self.ops.to_string(), path).await
     }
+
+    /// Waits (up to [`EVENTUALLY`]) until `/metrics` holds `line`, which
+    /// background work (the sweeper, the shred log's recorder, a watcher)
+    /// may set a moment after what the test saw it do.
+    pub async fn metrics_reach(&self, line: &str) {
+        let deadline = std::time::Instant::now() + EVENTUALLY;
+        loop {
+            let (_, metrics) = self.ops_get("/metrics").await;
+            if metrics.contains(line) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {line:?} in {metrics}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 /// A plain HTTP/1.1 GET on an ops listener at `addr`: (status, body).
@@ -117,6 +135,20 @@ pub async fn ops_get_at(addr: &str, path: &str) -> (u16, String) {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// How long a test waits for background work (a sweep, an append, a
+/// watcher's look) under a loaded CI machine before calling it lost.
+pub const EVENTUALLY: Duration = Duration::from_secs(15);
+
+/// Waits (up to [`EVENTUALLY`]) until `check` holds; `what` names it when
+/// it never does.
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + EVENTUALLY;
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A previous server on the same directory may still be letting go of the

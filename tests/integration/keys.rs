@@ -814,7 +814,9 @@ async fn scheduled_rotation_makes_new_versions() {
 
 #[tokio::test]
 async fn retiring_a_version_needs_it_unused() {
-    let v = TestVault::start_with(|cfg| cfg.server.request_timeout_ms = 100).await;
+    // A short request timeout, for a short grace after the rotation (two
+    // timeouts); long enough for every request here on a loaded machine.
+    let v = TestVault::start_with(|cfg| cfg.server.request_timeout_ms = 500).await;
     let app = v.client("app");
     let officer = v.client("officer");
     let tok = tokenize_one(&app, "s", "notification", "phone", PHONE).await;
@@ -834,7 +836,7 @@ async fn retiring_a_version_needs_it_unused() {
     let job = officer.rewrap_status().await.unwrap();
     assert!(job.fenced, "{job:?}");
     assert_eq!(job.proven_floor, Some(2), "{job:?}");
-    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1050)).await;
     let st = officer.retire_key_version(1).await.unwrap();
     assert_eq!(st.versions.len(), 1, "{st:?}");
     assert_eq!(st.versions[0].version, 2);
