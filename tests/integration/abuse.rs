@@ -376,23 +376,27 @@ async fn a_client_silent_after_the_handshake_is_cut() {
 
 #[tokio::test]
 async fn an_idle_http1_keep_alive_connection_is_closed_and_a_busy_one_is_not() {
-    let v = TestVault::start_with(|c| c.server.idle_timeout_ms = 300).await;
+    // Idle after a second; a request every 100 ms keeps it busy for two
+    // (a stall of the loaded machine under a second cuts nothing).
+    let v = TestVault::start_with(|c| c.server.idle_timeout_ms = 1_000).await;
     let mut s = tls_conn(&v, b"http/1.1").await;
-    // Busy: a request every 100 ms for a second, all on this connection.
-    for _ in 0..10 {
+    let mut since = Instant::now();
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
         s.write_all(b"GET /v1/nothing HTTP/1.1\r\nHost: localhost\r\n\r\n")
             .await
             .unwrap();
         let (status, _) = read_h1_response(&mut s).await.expect("closed while busy");
         assert_eq!(status, 404);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        since = Instant::now();
     }
-    let since = Instant::now();
-    let took = closed_within(&mut s, since, Duration::from_secs(3))
+    let took = closed_within(&mut s, since, Duration::from_secs(5))
         .await
-        .expect("idle HTTP/1.1 connection kept for 3 s");
+        .expect("idle HTTP/1.1 connection kept for 5 s");
     println!("idle HTTP/1.1 connection closed after {took:?}");
-    assert!(took >= Duration::from_millis(150), "{took:?}");
+    // Not cut at once: idle for about the second (less only by how late
+    // the last answer was read).
+    assert!(took >= Duration::from_millis(500), "{took:?}");
 }
 
 #[tokio::test]
@@ -818,19 +822,25 @@ async fn the_ops_listener_bounds_its_connections_and_their_lifetime() {
         held.push(TcpStream::connect(v.ops).await.unwrap());
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // All looked at together, in one window well inside the held ones'
+    // header deadline (5 s from their accept), so only the refused close.
+    let mut looks = tokio::task::JoinSet::new();
+    for mut s in held {
+        looks.spawn(async move {
+            let t = Instant::now();
+            closed_within(&mut s, t, Duration::from_millis(500))
+                .await
+                .is_some()
+        });
+    }
     let mut closed = 0;
-    for s in &mut held {
-        let t = Instant::now();
-        if closed_within(s, t, Duration::from_millis(50))
-            .await
-            .is_some()
-        {
-            closed += 1;
-        }
+    while let Some(c) = looks.join_next().await {
+        closed += usize::from(c.unwrap());
     }
     assert_eq!(closed, 16, "connections closed past the bound");
-    drop(held);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // (The streams are dropped with their tasks: places come back as the
+    // vault sees them close.)
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(v.ops_get("/healthz").await.0, 200);
 
     // A client that sends many requests and never reads the answers holds
@@ -1754,13 +1764,14 @@ async fn a_connection_ends_when_its_certificate_does() {
     let short = dir.path().join("short");
     std::fs::create_dir(&short).unwrap();
     std::fs::copy(v.tls().join("ca.pem"), short.join("ca.pem")).unwrap();
-    // Valid for two more seconds (whole seconds: X.509 times have no less).
+    // Valid for four more seconds (whole seconds: X.509 times have no
+    // less), time for two handshakes and two requests on a loaded machine.
     sign_client_cert(
         &v.tls(),
         &short,
         "app",
         now - time::Duration::days(1),
-        now + time::Duration::seconds(2),
+        now + time::Duration::seconds(4),
     );
     let tls = connector(&short, Some("app"), &[b"http/1.1"]);
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
@@ -1784,7 +1795,7 @@ async fn a_connection_ends_when_its_certificate_does() {
         again.get_ref().1.handshake_kind(),
         Some(rustls::HandshakeKind::Full)
     );
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    tokio::time::sleep(Duration::from_millis(5500)).await;
     // The connection was closed at the expiry: nothing more is answered.
     let _ = s.write_all(ask).await;
     let after = tokio::time::timeout(Duration::from_secs(3), read_h1_response(&mut s))
