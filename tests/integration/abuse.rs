@@ -1515,14 +1515,17 @@ async fn a_revoked_client_certificate_is_refused() {
         "handshake-timeout-ms = 60000",
     );
     std::fs::write(&toml, text).unwrap();
-    let accept_crls = || {
-        run_vault(&[
+    let accept_crls_with = |more: &[&str]| {
+        let mut args = vec![
             "operator",
             "accept-crls",
             "--config",
             toml.to_str().unwrap(),
-        ])
+        ];
+        args.extend(more);
+        run_vault(&args)
     };
+    let accept_crls = || accept_crls_with(&["--yes"]);
     v.restart().await;
     let endpoint = format!("https://127.0.0.1:{}", v.api.port());
     let revoked_client = builder_at(&revoked, &endpoint, "app").build().unwrap();
@@ -1639,9 +1642,21 @@ async fn a_revoked_client_certificate_is_refused() {
             && e.contains("accept-crls"),
         "{e}"
     );
+    // Shown first, written only with --yes.
+    let (code, out, err) = accept_crls_with(&[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("Would accept") && out.contains("number 4 -> issued"),
+        "{out}"
+    );
+    let e = vault::server::start(&cfg).await.unwrap_err().to_string();
+    assert!(e.contains("accept-crls"), "written without --yes: {e}");
     let (code, out, err) = accept_crls();
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("number 4 -> issued"), "{out}");
+    assert!(
+        out.contains("Accepted") && out.contains("number 4 -> issued"),
+        "{out}"
+    );
     let (code, out, err) = accept_crls();
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("Nothing to accept"), "{out}");

@@ -141,6 +141,9 @@ pub enum OperatorCommand {
     AcceptCrls {
         #[arg(long)]
         config: PathBuf,
+        /// Write the changes shown; without it they are only shown.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -247,8 +250,8 @@ pub fn run(cli: Cli) -> ExitCode {
             command: OperatorCommand::AcceptShredLog { config },
         } => officer::accept_shred_log(&config),
         Command::Operator {
-            command: OperatorCommand::AcceptCrls { config },
-        } => officer::accept_crls(&config),
+            command: OperatorCommand::AcceptCrls { config, yes },
+        } => officer::accept_crls(&config, yes),
         Command::Keys { conn, command } => officer::keys(&conn, &command),
         Command::Approve {
             conn,

@@ -311,7 +311,7 @@ fn kept_numbers(store: &dyn crate::store::Store) -> Result<Known, TlsError> {
     for (k, v) in kept_rows(store)? {
         let (issuer, kept) = kept_row(&k, &v).ok_or_else(|| {
             TlsError::Numbers(
-                "a row does not read; `vault operator accept-crls --config FILE` (server stopped) writes them again"
+                "a row does not read; `vault operator accept-crls --config FILE --yes` (server stopped) writes them again"
                     .into(),
             )
         })?;
@@ -355,7 +355,7 @@ fn hold_to(known: &mut Known, lists: &Lists) -> Result<Vec<[u8; 32]>, TlsError> 
             return Err(TlsError::BadCrl {
                 path: l.path.clone(),
                 why: format!(
-                    "the list of \"{}\" ({}) is older than the one this vault has taken in ({k}). Put the newer list back; if the CA truly issued this one after it (its numbering or clock started again), stop the vault and run `vault operator accept-crls --config FILE` (audited), which takes the lists in tls.crls as they are",
+                    "the list of \"{}\" ({}) is older than the one this vault has taken in ({k}). Put the newer list back; if the CA truly issued this one after it (its numbering or clock started again), stop the vault and run `vault operator accept-crls --config FILE` (it shows each change; `--yes` writes them, audited), which takes the lists in tls.crls as they are",
                     l.name, l.kept
                 ),
             });

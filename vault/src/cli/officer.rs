@@ -449,7 +449,8 @@ pub fn accept_shred_log(config: &std::path::Path) -> ExitCode {
 /// `vault operator accept-crls`: a stopped vault's database takes the
 /// revocation lists in `tls.crls` as they are as the newest of their CAs
 /// (audited, with each CA's change), so its next start takes them in.
-pub fn accept_crls(config: &std::path::Path) -> ExitCode {
+/// Without `yes`, the changes are shown and nothing is written.
+pub fn accept_crls(config: &std::path::Path, yes: bool) -> ExitCode {
     harden();
     let cfg = match load(config) {
         Ok(c) => c,
@@ -471,6 +472,14 @@ pub fn accept_crls(config: &std::path::Path) -> ExitCode {
         println!(
             "Nothing to accept: the database already holds each CA to the list tls.crls gives."
         );
+        return ExitCode::SUCCESS;
+    }
+    if !yes {
+        println!("Would accept as the newest of their CAs (nothing written):");
+        for c in &changes {
+            println!("  {c}");
+        }
+        println!("Check each change (a replayed list goes back in time and number), then run again with --yes to write it (audited).");
         return ExitCode::SUCCESS;
     }
     match offline_commit_with(
