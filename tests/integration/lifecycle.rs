@@ -27,6 +27,12 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 /// The shred log of the `vault dev` directory `dir`, its lines' fingerprints.
+/// Collects the subject's resident ID number for identity verification:
+/// its token.
+async fn resident_id(app: &vault_sdk::Client, subject: &str) -> String {
+    tokenize_one(app, subject, "identity_verification", "cn_resident_id", ID).await
+}
+
 fn shredded(dir: &std::path::Path) -> Vec<String> {
     std::fs::read_to_string(dir.join("shred.log"))
         .unwrap_or_default()
@@ -546,14 +552,7 @@ async fn correction_keeps_the_class_token_style() {
 async fn an_erasure_racing_detokenize_gives_the_value_or_nothing() {
     let v = TestVault::start().await;
     let app = v.client("app");
-    let tok = tokenize_one(
-        &app,
-        "acct-r",
-        "identity_verification",
-        "cn_resident_id",
-        ID,
-    )
-    .await;
+    let tok = resident_id(&app, "acct-r").await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let readers: Vec<_> = (0..3)
         .map(|_| {
@@ -603,14 +602,7 @@ async fn erasure_within_a_legal_retention_period_restricts_then_erases() {
     .await;
     let app = v.client("app");
     let officer = v.client("officer");
-    let tok = tokenize_one(
-        &app,
-        "acct-l",
-        "identity_verification",
-        "cn_resident_id",
-        ID,
-    )
-    .await;
+    let tok = resident_id(&app, "acct-l").await;
     // A phone, which no law requires keeping, beside it.
     let phone = tokenize_one(&app, "acct-l", "identity_verification", "phone", PHONE).await;
     let wrapped = v
@@ -1227,15 +1219,21 @@ async fn with_legal_minimum(period: &str) -> (TestVault, std::path::PathBuf) {
     (v, toml)
 }
 
-/// `vault operator accept-shred-log` on the stopped vault of `toml`.
+/// `vault operator accept-shred-log` on the stopped vault of `toml`, which
+/// must succeed.
 fn accept_shred_log(toml: &std::path::Path) {
-    let (code, out, err) = run_vault(&[
+    let (code, out, err) = run_accept_shred_log(toml);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+/// `vault operator accept-shred-log --config toml`: exit code, stdout, stderr.
+fn run_accept_shred_log(toml: &std::path::Path) -> (i32, String, String) {
+    run_vault(&[
         "operator",
         "accept-shred-log",
         "--config",
         toml.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{out}{err}");
+    ])
 }
 
 /// A copy of the database in `dir` (a backup), in a new directory.
@@ -1472,12 +1470,7 @@ async fn a_start_without_a_usable_shred_log_is_refused() {
     let bare = dir.path().join("no-log.toml");
     let text = std::fs::read_to_string(&toml).unwrap();
     std::fs::write(&bare, text.replace("shred-log = \"shred.log\"", "")).unwrap();
-    let (code, _, err) = run_vault(&[
-        "operator",
-        "accept-shred-log",
-        "--config",
-        bare.to_str().unwrap(),
-    ]);
+    let (code, _, err) = run_accept_shred_log(&bare);
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("server.shred-log is not set"), "{err}");
 }
@@ -1489,14 +1482,7 @@ async fn a_start_without_a_usable_shred_log_is_refused() {
 async fn a_restored_backup_does_not_lift_a_restriction() {
     let (mut v, _) = with_legal_minimum("P1D").await;
     let app = v.client("app");
-    let id = tokenize_one(
-        &app,
-        "acct-r",
-        "identity_verification",
-        "cn_resident_id",
-        ID,
-    )
-    .await;
+    let id = resident_id(&app, "acct-r").await;
     let phone = tokenize_one(&app, "acct-r", "identity_verification", "phone", PHONE).await;
     v.stop().await;
     let backup = copy_database(v.dir.path());
@@ -1599,14 +1585,7 @@ async fn a_shred_log_cut_while_running_keeps_the_records_for_the_right_one() {
 async fn a_checking_start_does_not_erase_a_held_subject_whose_restriction_ended() {
     let (mut v, toml) = with_legal_minimum("PT2S").await;
     let app = v.client("app");
-    tokenize_one(
-        &app,
-        "acct-h",
-        "identity_verification",
-        "cn_resident_id",
-        ID,
-    )
-    .await;
+    resident_id(&app, "acct-h").await;
     let receipt = app.erase_subject("acct-h").await.unwrap();
     assert!(receipt.restricted_until.is_some());
     v.client("officer")
@@ -1641,14 +1620,7 @@ async fn a_checking_start_does_not_erase_a_held_subject_whose_restriction_ended(
 async fn a_restored_held_copy_releases_nothing_while_its_restriction_waits() {
     let (mut v, _) = with_legal_minimum("PT5S").await;
     let app = v.client("app");
-    let id = tokenize_one(
-        &app,
-        "acct-q",
-        "identity_verification",
-        "cn_resident_id",
-        ID,
-    )
-    .await;
+    let id = resident_id(&app, "acct-q").await;
     let phone = tokenize_one(&app, "acct-q", "identity_verification", "phone", PHONE).await;
     let officer = v.client("officer");
     officer.legal_hold("acct-q", true).await.unwrap();
