@@ -880,12 +880,25 @@ async fn oversized_http1_heads_are_refused() {
             .map(|i| format!("X-H{i}: v\r\n"))
             .collect::<String>()
     );
+    let mut answered = 0;
     for (what, req) in [("a 100 KiB header", big), ("500 headers", many)] {
         let mut s = tls_conn(&v, b"http/1.1").await;
         // The server may refuse before it has read everything.
         let _ = s.write_all(req.as_bytes()).await;
         match read_h1_response(&mut s).await {
-            Some((status, _)) => assert_eq!(status, 431, "{what}"),
+            Some((status, resp)) => {
+                assert_eq!(status, 431, "{what}");
+                // hyper's own answer, with the body every error has.
+                assert!(
+                    resp.contains("\r\ncontent-type: application/json\r\n"),
+                    "{what}: {resp}"
+                );
+                assert!(
+                    resp.ends_with(r#"{"error":{"code":"headers_too_large","message":"the request head is over the limit of 32 KiB or 100 header fields"}}"#),
+                    "{what}: {resp}"
+                );
+                answered += 1;
+            }
             None => println!("{what}: connection closed without a response"),
         }
         assert!(
@@ -894,6 +907,48 @@ async fn oversized_http1_heads_are_refused() {
                 .is_some()
         );
     }
+    // Heads the server reads whole, so the answer is never lost to a reset.
+    for (what, req, status, code) in [
+        (
+            "a header name with a space",
+            "GET /v1/nothing HTTP/1.1\r\nHost: localhost\r\nX Bad: 1\r\n\r\n",
+            400,
+            "malformed_request",
+        ),
+        (
+            "a control byte in the target",
+            "GET /v1/\u{7f} HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            400,
+            "malformed_request",
+        ),
+        ("not HTTP at all", "HELLO\r\n\r\n", 400, "malformed_request"),
+    ] {
+        let mut s = tls_conn(&v, b"http/1.1").await;
+        s.write_all(req.as_bytes()).await.unwrap();
+        let (got, resp) = read_h1_response(&mut s)
+            .await
+            .unwrap_or_else(|| panic!("{what}: no answer"));
+        assert_eq!(got, status, "{what}: {resp}");
+        let body = resp.split_once("\r\n\r\n").unwrap().1;
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["error"]["code"], code, "{what}: {resp}");
+        answered += 1;
+        assert!(
+            closed_within(&mut s, Instant::now(), Duration::from_secs(2))
+                .await
+                .is_some()
+        );
+    }
+    // Counted apart from the requests the service answered (an answer the
+    // client lost to the reset of a refused upload counts too).
+    let (_, metrics) = v.ops_get("/metrics").await;
+    let refused: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("vault_http_heads_refused_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((answered..=5).contains(&refused), "{refused} of {answered}");
     still_serves(&v).await;
 }
 

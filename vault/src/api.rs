@@ -129,6 +129,14 @@ pub enum ApiError {
     LeafInvalid { pointer: String, reason: Invalid },
     #[error("the JSON nests deeper than 128 levels")]
     TooDeep,
+    /// The three answers hyper gives by itself, before the service sees a
+    /// request (`http/heads.rs`).
+    #[error("the request line or a header is not valid HTTP/1.1")]
+    HeadMalformed,
+    #[error("the request target is too long")]
+    UriTooLong,
+    #[error("the request head is over the limit of 32 KiB or 100 header fields")]
+    HeadTooLarge,
     #[error("internal error")]
     Internal,
 }

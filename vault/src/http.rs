@@ -39,6 +39,7 @@ use crate::server::Vault;
 mod admit;
 mod body;
 mod conn;
+mod heads;
 mod places;
 
 type Body = Full<Bytes>;
@@ -86,6 +87,12 @@ pub fn error_parts(e: &ApiError) -> (StatusCode, &'static str) {
         E::LeafMappedTwice { .. } => (StatusCode::BAD_REQUEST, "invalid_mapping"),
         E::LeafNotAllowed { .. } => (StatusCode::FORBIDDEN, "purpose_not_allowed"),
         E::TooDeep => (StatusCode::BAD_REQUEST, "too_deep"),
+        E::HeadMalformed => (StatusCode::BAD_REQUEST, "malformed_request"),
+        E::UriTooLong => (StatusCode::URI_TOO_LONG, "uri_too_long"),
+        E::HeadTooLarge => (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+        ),
         E::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     }
 }
@@ -109,7 +116,8 @@ fn pointer_of(e: &ApiError) -> Option<String> {
     }
 }
 
-fn error_response(e: &ApiError) -> Response<Body> {
+/// The status and JSON body of an error: the only maker of error bodies.
+fn error_json(e: &ApiError) -> (StatusCode, Bytes) {
     let (status, code) = error_parts(e);
     let body = ErrorBody {
         error: ErrorDetail {
@@ -119,7 +127,12 @@ fn error_response(e: &ApiError) -> Response<Body> {
             pointer: pointer_of(e),
         },
     };
-    let mut resp = json_response(status, &body);
+    (status, body::json(&body))
+}
+
+fn error_response(e: &ApiError) -> Response<Body> {
+    let (status, body) = error_json(e);
+    let mut resp = json_body(status, body);
     if matches!(e, ApiError::OfficerOnly) {
         resp.extensions_mut().insert(OfficerOnlyRefused);
     }
@@ -148,7 +161,11 @@ fn officer_action(path: &str) -> &'static str {
 }
 
 fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
-    let mut resp = Response::new(Full::new(body::json(value)));
+    json_body(status, body::json(value))
+}
+
+fn json_body(status: StatusCode, body: Bytes) -> Response<Body> {
+    let mut resp = Response::new(Full::new(body));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -592,7 +609,10 @@ pub async fn serve_api(
     let admission = Arc::new(admit::Admission::new(places));
     let places = Arc::new(places::Places::new(vault.limits.max_concurrent_requests));
     let bodies = body::Budget::new(&vault.limits);
-    let builders = Arc::new(conn::Builders::new(&vault.limits));
+    let builders = Arc::new(conn::Builders::new(
+        &vault.limits,
+        vault.metrics.heads_refused.clone(),
+    ));
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {

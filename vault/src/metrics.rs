@@ -63,6 +63,7 @@ pub struct Metrics {
     subject_cache_entries: Gauge,
     pub connections_evicted: Counter,
     pub connections_refused: Counter,
+    pub heads_refused: Counter,
     releases_stale: Counter,
 }
 
@@ -118,6 +119,7 @@ impl Metrics {
         let subject_cache_entries = Gauge::default();
         let connections_evicted = Counter::default();
         let connections_refused = Counter::default();
+        let heads_refused = Counter::default();
         let releases_stale = Counter::default();
         registry.register(
             "vault_release_stale",
@@ -133,6 +135,11 @@ impl Metrics {
             "vault_http_connections_refused",
             "Connections closed for want of a place: server.max-connections reached with none evictable, or the app places all taken (the rest are kept for officers)",
             connections_refused.clone(),
+        );
+        registry.register(
+            "vault_http_heads_refused",
+            "HTTP/1 requests refused before routing because their head did not parse (400), their target was too long (414) or their head was over the limits (431); each closes its connection and is not in vault_http_requests",
+            heads_refused.clone(),
         );
         registry.register(
             "vault_keys_subject_cache_hits",
@@ -300,6 +307,7 @@ impl Metrics {
             subject_cache_entries,
             connections_evicted,
             connections_refused,
+            heads_refused,
             releases_stale,
         }
     }

@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::watch;
 
 use crate::server::Limits;
@@ -45,12 +46,17 @@ const IDLE_GRACE: Duration = Duration::from_secs(1);
 pub struct Builders {
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
+    /// Counts HTTP/1 heads refused by hyper itself (`heads.rs`).
+    heads_refused: Counter,
 }
 
 impl Builders {
-    pub fn new(limits: &Limits) -> Builders {
+    pub fn new(limits: &Limits, heads_refused: Counter) -> Builders {
         let mut h1 = http1::Builder::new();
+        // One flat buffer per flush, for `heads::JsonErrors` to see hyper's
+        // own answers whole.
         h1.timer(TokioTimer::new())
+            .writev(false)
             .header_read_timeout(limits.handshake_timeout)
             .max_buf_size(H1_MAX_BUF)
             .max_header_size(H1_MAX_HEAD)
@@ -64,7 +70,11 @@ impl Builders {
             .max_send_buf_size(1 << 20)
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(10));
-        Builders { h1, h2 }
+        Builders {
+            h1,
+            h2,
+            heads_refused,
+        }
     }
 }
 
@@ -186,6 +196,7 @@ pub async fn serve<I, S, B>(
         )
         .await;
     } else {
+        let io = super::heads::JsonErrors::new(io, builders.heads_refused.clone());
         let conn = builders.h1.serve_connection(io, svc);
         drive(
             conn,

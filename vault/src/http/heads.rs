@@ -1,0 +1,392 @@
+//! hyper's own answers, completed. An HTTP/1 request whose head hyper
+//! cannot parse (400), whose target is too long (414) or whose head is over
+//! the limits (431) never reaches the service: hyper answers it itself, with
+//! an empty body, and closes the connection. SPEC has every error carry a
+//! JSON body with a code, so this filter on the connection's write side
+//! recognises that answer and writes it with the body the vault's other
+//! errors have.
+//!
+//! Invariant: only hyper's automatic answer is changed. It is the last
+//! thing hyper writes on a connection, so it ends the buffer hyper flushes,
+//! and it is recognisable: a head alone (`content-length: 0`, no
+//! `content-type`, nothing but `connection` and `date` besides) with one of
+//! those three statuses. Every answer of the service carries a JSON body and
+//! a `content-type`, and a JSON body holds no line break, so none matches;
+//! anything else passes through untouched, byte for byte.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use prometheus_client::metrics::counter::Counter;
+
+use crate::api::ApiError;
+
+/// The connection's I/O with hyper's automatic error answers completed.
+/// Reports no vectored writes, so hyper flattens what it writes into one
+/// buffer and its answer is seen whole.
+pub struct JsonErrors<T> {
+    inner: T,
+    /// A completed answer (and whatever preceded it in hyper's buffer) not
+    /// yet taken by `inner`, from `sent` on.
+    pending: Vec<u8>,
+    sent: usize,
+    completed: bool,
+    refused: Counter,
+}
+
+impl<T> JsonErrors<T> {
+    pub fn new(inner: T, refused: Counter) -> JsonErrors<T> {
+        JsonErrors {
+            inner,
+            pending: Vec::new(),
+            sent: 0,
+            completed: false,
+            refused,
+        }
+    }
+}
+
+impl<T: hyper::rt::Write + Unpin> JsonErrors<T> {
+    /// Writes out what is pending.
+    fn drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.pending.len() {
+            let rest = self.pending.get(self.sent..).unwrap_or_default();
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, rest))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.sent += n;
+        }
+        self.pending = Vec::new();
+        self.sent = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for JsonErrors<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for JsonErrors<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        ready!(this.drain(cx))?;
+        if !this.completed {
+            if let Some(whole) = complete(buf) {
+                this.completed = true;
+                this.refused.inc();
+                this.pending = whole;
+                // Taken whole: what `inner` does not take now goes at the
+                // next write, flush or shutdown.
+                if let Poll::Ready(Err(e)) = this.drain(cx) {
+                    return Poll::Ready(Err(e));
+                }
+                return Poll::Ready(Ok(buf.len()));
+            }
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.drain(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.drain(cx))?;
+        ready!(Pin::new(&mut this.inner).poll_flush(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        false
+    }
+}
+
+/// The error hyper's answer of `status` stands for.
+fn error_of(status: &[u8]) -> Option<ApiError> {
+    match status {
+        b"400" => Some(ApiError::HeadMalformed),
+        b"414" => Some(ApiError::UriTooLong),
+        b"431" => Some(ApiError::HeadTooLarge),
+        _ => None,
+    }
+}
+
+/// `buf` with hyper's automatic error answer at its end completed with a
+/// JSON body; `None` when `buf` does not end with one.
+fn complete(buf: &[u8]) -> Option<Vec<u8>> {
+    const START: &[u8] = b"HTTP/1.1 ";
+    if !buf.ends_with(b"\r\n\r\n") {
+        return None;
+    }
+    let at = buf.windows(START.len()).rposition(|w| w == START)?;
+    let (before, head) = buf.split_at_checked(at)?;
+    let head = head.strip_suffix(b"\r\n\r\n")?;
+    let mut lines = Lines(head);
+    let status_line = lines.next()?;
+    let status = status_line.get(START.len()..START.len() + 3)?;
+    let error = error_of(status)?;
+    let mut kept = Vec::new();
+    let mut empty = false;
+    for line in lines {
+        if line.iter().any(|&b| b == b'\r' || b == b'\n') {
+            return None;
+        }
+        let colon = line.iter().position(|&b| b == b':')?;
+        let (name, value) = line.split_at_checked(colon)?;
+        let value = value.get(1..)?.trim_ascii();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            if value != b"0" {
+                return None;
+            }
+            empty = true;
+        } else if name.eq_ignore_ascii_case(b"connection") || name.eq_ignore_ascii_case(b"date") {
+            kept.push(line);
+        } else {
+            return None;
+        }
+    }
+    if !empty {
+        return None;
+    }
+    let (_, body) = super::error_json(&error);
+    let mut out = Vec::with_capacity(buf.len() + 128 + body.len());
+    out.extend_from_slice(before);
+    out.extend_from_slice(status_line);
+    out.extend_from_slice(b"\r\n");
+    for line in kept {
+        out.extend_from_slice(line);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"content-type: application/json\r\ncache-control: no-store\r\n");
+    out.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
+    out.extend_from_slice(&body);
+    Some(out)
+}
+
+/// The lines of a head, split at CRLF.
+struct Lines<'a>(&'a [u8]);
+
+impl<'a> Iterator for Lines<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let rest = self.0;
+        let split = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .and_then(|i| rest.split_at_checked(i));
+        match split {
+            Some((line, after)) => {
+                self.0 = after.get(2..).unwrap_or_default();
+                Some(line)
+            }
+            None => {
+                self.0 = &[];
+                Some(rest)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const DATE: &str = "date: Mon, 07 Dec 2026 22:00:00 GMT\r\n";
+
+    fn hyper_answer(status: &str) -> String {
+        format!("HTTP/1.1 {status}\r\nconnection: close\r\ncontent-length: 0\r\n{DATE}\r\n")
+    }
+
+    fn body_of(out: &[u8]) -> serde_json::Value {
+        let text = std::str::from_utf8(out).unwrap();
+        let (head, body) = text.rsplit_once("\r\n\r\n").unwrap();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(len, body.len());
+        serde_json::from_str(body).unwrap()
+    }
+
+    #[test]
+    fn hyper_answers_get_the_error_body() {
+        for (status, code) in [
+            ("400 Bad Request", "malformed_request"),
+            ("414 URI Too Long", "uri_too_long"),
+            ("431 Request Header Fields Too Large", "headers_too_large"),
+        ] {
+            // Alone, and behind an answer of the service still unsent.
+            let before =
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+            for prefix in ["", before] {
+                let buf = format!("{prefix}{}", hyper_answer(status));
+                let out = complete(buf.as_bytes()).expect(status);
+                assert!(out.starts_with(format!("{prefix}HTTP/1.1 {status}\r\n").as_bytes()));
+                let text = std::str::from_utf8(&out).unwrap();
+                assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
+                assert!(text.contains(&format!("\r\n{DATE}")), "{text}");
+                assert!(text.contains("\r\ncontent-type: application/json\r\n"));
+                assert!(!text.contains("content-length: 0"));
+                let body = body_of(&out[prefix.len()..]);
+                assert_eq!(body["error"]["code"], code, "{text}");
+                assert!(body["error"]["message"].as_str().unwrap().len() > 10);
+            }
+        }
+    }
+
+    #[test]
+    fn other_writes_pass_untouched() {
+        let json_error = "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 0\r\n\r\n";
+        for buf in [
+            // The service's answers: bodies, or a content type.
+            "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
+            json_error,
+            // A status hyper does not answer by itself.
+            "HTTP/1.1 413 Payload Too Large\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+            // A header it does not write, a length not zero, none at all.
+            "HTTP/1.1 431 Request Header Fields Too Large\r\nx-other: 1\r\ncontent-length: 0\r\n\r\n",
+            "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 5\r\n\r\n",
+            "HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\n\r\n",
+            // A line without a colon, a bare line feed, not the end of the buffer.
+            "HTTP/1.1 431 Request Header Fields Too Large\r\nnonsense\r\ncontent-length: 0\r\n\r\n",
+            "HTTP/1.1 431 Request Header Fields Too Large\ncontent-length: 0\r\n\r\n",
+            "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\nmore",
+            "",
+            "\r\n\r\n",
+        ] {
+            assert!(complete(buf.as_bytes()).is_none(), "{buf:?}");
+        }
+    }
+
+    /// The real thing: hyper's server answering raw bytes over a pipe, its
+    /// refusals as a client sees them.
+    async fn answer_to(request: Vec<u8>) -> (String, u64) {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let refused = Counter::default();
+        let io = JsonErrors::new(hyper_util::rt::TokioIo::new(server), refused.clone());
+        let serving = tokio::spawn(async move {
+            let mut b = hyper::server::conn::http1::Builder::new();
+            // As `conn::Builders` has it.
+            b.max_buf_size(64 * 1024)
+                .max_header_size(32 * 1024)
+                .max_headers(100)
+                .writev(false);
+            let svc = hyper::service::service_fn(|_req| async {
+                let resp = http::Response::builder()
+                    .header("content-type", "application/json")
+                    .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                        b"{\"ok\":1}",
+                    )))
+                    .unwrap();
+                Ok::<_, std::convert::Infallible>(resp)
+            });
+            let _ = b.serve_connection(io, svc).await;
+        });
+        let (mut r, mut w) = tokio::io::split(client);
+        let writer = tokio::spawn(async move {
+            let _ = w.write_all(&request).await;
+            w
+        });
+        let mut out = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(5), r.read_to_end(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        serving.await.unwrap();
+        drop(writer.await.unwrap());
+        (String::from_utf8(out).unwrap(), refused.get())
+    }
+
+    #[tokio::test]
+    async fn hypers_own_refusals_carry_the_json_error() {
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(100 * 1024)
+        );
+        let many = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\n{}\r\n",
+            (0..200)
+                .map(|i| format!("X-H{i}: v\r\n"))
+                .collect::<String>()
+        );
+        let ok = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        for (what, request, status, code, answers) in [
+            ("a 100 KiB header", big, 431, "headers_too_large", 1),
+            ("200 headers", many, 431, "headers_too_large", 1),
+            (
+                "a bad method",
+                "G\u{1}T / HTTP/1.1\r\n\r\n".into(),
+                400,
+                "malformed_request",
+                1,
+            ),
+            (
+                "a bad header name",
+                "GET / HTTP/1.1\r\nHo st: x\r\n\r\n".into(),
+                400,
+                "malformed_request",
+                1,
+            ),
+            (
+                "a control byte in the target",
+                "GET /\u{7f} HTTP/1.1\r\n\r\n".into(),
+                400,
+                "malformed_request",
+                1,
+            ),
+            // Behind a request served on the same connection, pipelined.
+            (
+                "a bad second request",
+                format!("{ok}NOT HTTP\r\n\r\n"),
+                400,
+                "malformed_request",
+                2,
+            ),
+        ] {
+            let (out, refused) = answer_to(request.into_bytes()).await;
+            assert_eq!(refused, 1, "{what}: {out}");
+            assert_eq!(out.matches("HTTP/1.1 ").count(), answers, "{what}: {out}");
+            let last = out.rfind("HTTP/1.1 ").unwrap();
+            assert!(
+                out[last..].starts_with(&format!("HTTP/1.1 {status} ")),
+                "{what}: {out}"
+            );
+            let body = body_of(&out.as_bytes()[last..]);
+            assert_eq!(body["error"]["code"], code, "{what}: {out}");
+            if answers == 2 {
+                assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+                assert!(out.contains("{\"ok\":1}HTTP/1.1 400 "), "{out}");
+            }
+        }
+        // Served requests pass untouched and count nothing.
+        let last = "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        let (out, refused) = answer_to(format!("{ok}{last}").into_bytes()).await;
+        assert_eq!(refused, 0);
+        assert_eq!(out.matches("{\"ok\":1}").count(), 2, "{out}");
+    }
+}
