@@ -131,7 +131,7 @@ pub enum ApiError {
     TooDeep,
     /// The three answers hyper gives by itself, before the service sees a
     /// request (`http/heads.rs`).
-    #[error("the request line or a header is not valid HTTP/1.1")]
+    #[error("the request line or a header could not be parsed")]
     HeadMalformed,
     #[error("the request target is too long")]
     UriTooLong,

@@ -53,10 +53,7 @@ pub struct Builders {
 impl Builders {
     pub fn new(limits: &Limits, heads_refused: Counter) -> Builders {
         let mut h1 = http1::Builder::new();
-        // One flat buffer per flush, for `heads::JsonErrors` to see hyper's
-        // own answers whole.
         h1.timer(TokioTimer::new())
-            .writev(false)
             .header_read_timeout(limits.handshake_timeout)
             .max_buf_size(H1_MAX_BUF)
             .max_header_size(H1_MAX_HEAD)

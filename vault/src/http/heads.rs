@@ -7,27 +7,31 @@
 //! errors have.
 //!
 //! Invariant: only hyper's automatic answer is changed. It is the last
-//! thing hyper writes on a connection, so it ends the buffer hyper flushes,
-//! and it is recognisable: a head alone (`content-length: 0`, no
-//! `content-type`, nothing but `connection` and `date` besides) with one of
-//! those three statuses. Every answer of the service carries a JSON body and
-//! a `content-type`, and a JSON body holds no line break, so none matches;
-//! anything else passes through untouched, byte for byte.
+//! thing hyper writes on a connection, appended whole to what it flushes
+//! next, and it is recognisable: a head alone with one of hyper's three
+//! status lines, `content-length: 0`, and nothing but `connection` and
+//! `date` besides. Every answer of the service carries `content-type`,
+//! `cache-control` and a body, so none matches. Anything else passes
+//! through untouched and uncopied: an answer's bytes stay where the body
+//! budget counts them (`body::charge_answer`) and where they are wiped.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use prometheus_client::metrics::counter::Counter;
+use zeroize::Zeroize;
 
 use crate::api::ApiError;
 
+/// Most bytes a write may hold for it to be looked at: hyper's answer is
+/// about 130, and a write this small that is not it costs one copy.
+const LOOKED_AT: usize = 4096;
+
 /// The connection's I/O with hyper's automatic error answers completed.
-/// Reports no vectored writes, so hyper flattens what it writes into one
-/// buffer and its answer is seen whole.
 pub struct JsonErrors<T> {
     inner: T,
-    /// A completed answer (and whatever preceded it in hyper's buffer) not
+    /// A completed answer (and whatever preceded it in the same write) not
     /// yet taken by `inner`, from `sent` on.
     pending: Vec<u8>,
     sent: usize,
@@ -47,6 +51,12 @@ impl<T> JsonErrors<T> {
     }
 }
 
+impl<T> Drop for JsonErrors<T> {
+    fn drop(&mut self) {
+        self.pending.zeroize();
+    }
+}
+
 impl<T: hyper::rt::Write + Unpin> JsonErrors<T> {
     /// Writes out what is pending.
     fn drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -58,9 +68,37 @@ impl<T: hyper::rt::Write + Unpin> JsonErrors<T> {
             }
             self.sent += n;
         }
+        // What preceded the answer may be another answer's plaintext.
+        self.pending.zeroize();
         self.pending = Vec::new();
         self.sent = 0;
         Poll::Ready(Ok(()))
+    }
+
+    /// Takes a write of `len` bytes whose last is `last`, gathered by
+    /// `gather` only when it may be hyper's answer; `None` when it is not.
+    fn take(
+        &mut self,
+        cx: &mut Context<'_>,
+        len: usize,
+        last: &[u8],
+        gather: impl FnOnce() -> Vec<u8>,
+    ) -> Option<Poll<io::Result<usize>>> {
+        if self.completed || len > LOOKED_AT || !last.ends_with(b"\r\n\r\n") {
+            return None;
+        }
+        let mut bytes = gather();
+        let whole = complete(&bytes);
+        bytes.zeroize();
+        self.pending = whole?;
+        self.completed = true;
+        self.refused.inc();
+        // Taken whole: what `inner` does not take now goes at the next
+        // write, flush or shutdown.
+        if let Poll::Ready(Err(e)) = self.drain(cx) {
+            return Some(Poll::Ready(Err(e)));
+        }
+        Some(Poll::Ready(Ok(len)))
     }
 }
 
@@ -82,20 +120,27 @@ impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for JsonErrors<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         ready!(this.drain(cx))?;
-        if !this.completed {
-            if let Some(whole) = complete(buf) {
-                this.completed = true;
-                this.refused.inc();
-                this.pending = whole;
-                // Taken whole: what `inner` does not take now goes at the
-                // next write, flush or shutdown.
-                if let Poll::Ready(Err(e)) = this.drain(cx) {
-                    return Poll::Ready(Err(e));
-                }
-                return Poll::Ready(Ok(buf.len()));
-            }
+        if let Some(taken) = this.take(cx, buf.len(), buf, || buf.to_vec()) {
+            return taken;
         }
         Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        ready!(this.drain(cx))?;
+        let len = bufs.iter().map(|b| b.len()).sum();
+        let last = bufs.iter().rev().find(|b| !b.is_empty());
+        let last: &[u8] = last.map_or(&[], |b| b);
+        let gather = || bufs.iter().flat_map(|b| b.iter().copied()).collect();
+        if let Some(taken) = this.take(cx, len, last, gather) {
+            return taken;
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -111,17 +156,20 @@ impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for JsonErrors<T> {
         Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 
+    /// As the stream's: hyper then keeps answers in its queue, uncopied,
+    /// as without this filter.
     fn is_write_vectored(&self) -> bool {
-        false
+        self.inner.is_write_vectored()
     }
 }
 
-/// The error hyper's answer of `status` stands for.
+/// The error hyper's answer with `status` (its status line past the
+/// version) stands for: the three hyper writes, exactly as it writes them.
 fn error_of(status: &[u8]) -> Option<ApiError> {
     match status {
-        b"400" => Some(ApiError::HeadMalformed),
-        b"414" => Some(ApiError::UriTooLong),
-        b"431" => Some(ApiError::HeadTooLarge),
+        b"400 Bad Request" => Some(ApiError::HeadMalformed),
+        b"414 URI Too Long" => Some(ApiError::UriTooLong),
+        b"431 Request Header Fields Too Large" => Some(ApiError::HeadTooLarge),
         _ => None,
     }
 }
@@ -129,17 +177,18 @@ fn error_of(status: &[u8]) -> Option<ApiError> {
 /// `buf` with hyper's automatic error answer at its end completed with a
 /// JSON body; `None` when `buf` does not end with one.
 fn complete(buf: &[u8]) -> Option<Vec<u8>> {
-    const START: &[u8] = b"HTTP/1.1 ";
-    if !buf.ends_with(b"\r\n\r\n") {
-        return None;
-    }
-    let at = buf.windows(START.len()).rposition(|w| w == START)?;
+    // The answer is a few lines: its start is near the end.
+    let from = buf.len().saturating_sub(256);
+    let tail = buf.get(from..)?;
+    let at = from
+        + tail
+            .windows(9)
+            .rposition(|w| w == b"HTTP/1.1 " || w == b"HTTP/1.0 ")?;
     let (before, head) = buf.split_at_checked(at)?;
     let head = head.strip_suffix(b"\r\n\r\n")?;
     let mut lines = Lines(head);
     let status_line = lines.next()?;
-    let status = status_line.get(START.len()..START.len() + 3)?;
-    let error = error_of(status)?;
+    let error = error_of(status_line.get(9..)?)?;
     let mut kept = Vec::new();
     let mut empty = false;
     for line in lines {
@@ -150,7 +199,7 @@ fn complete(buf: &[u8]) -> Option<Vec<u8>> {
         let (name, value) = line.split_at_checked(colon)?;
         let value = value.get(1..)?.trim_ascii();
         if name.eq_ignore_ascii_case(b"content-length") {
-            if value != b"0" {
+            if value != b"0" || empty {
                 return None;
             }
             empty = true;
@@ -260,6 +309,11 @@ mod tests {
 
     #[test]
     fn other_writes_pass_untouched() {
+        let long_ago = format!(
+            "{}\r\n{}: 1\r\n\r\n",
+            hyper_answer("400 Bad Request").trim_end(),
+            "x".repeat(300)
+        );
         let json_error = "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 0\r\n\r\n";
         for buf in [
             // The service's answers: bodies, or a content type.
@@ -276,6 +330,14 @@ mod tests {
             "HTTP/1.1 431 Request Header Fields Too Large\r\nnonsense\r\ncontent-length: 0\r\n\r\n",
             "HTTP/1.1 431 Request Header Fields Too Large\ncontent-length: 0\r\n\r\n",
             "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\nmore",
+            "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ncontent-length: 0\r\n\r\n",
+            // Not hyper's status line, word for word.
+            "HTTP/1.1 431 Too Large\r\ncontent-length: 0\r\n\r\n",
+            "HTTP/1.1 400 Bad Request x\r\ncontent-length: 0\r\n\r\n",
+            // hyper's answer, then more than the tail looked at.
+            &format!("{}{}", hyper_answer("400 Bad Request"), "x".repeat(300)),
+            // The start of an answer too far back to be looked at.
+            &long_ago,
             "",
             "\r\n\r\n",
         ] {
@@ -283,25 +345,107 @@ mod tests {
         }
     }
 
-    /// The real thing: hyper's server answering raw bytes over a pipe, its
-    /// refusals as a client sees them.
-    async fn answer_to(request: Vec<u8>) -> (String, u64) {
-        let (client, server) = tokio::io::duplex(1 << 20);
+    /// A stream that takes at most `STEP` bytes a write, vectored or not as
+    /// asked: hyper queues (vectored, as over TLS) or flattens, and every
+    /// answer goes out in pieces.
+    struct Trickle<T> {
+        inner: T,
+        vectored: bool,
+    }
+
+    const STEP: usize = 100;
+
+    impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for Trickle<T> {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: hyper::rt::ReadBufCursor<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+        }
+    }
+
+    impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Trickle<T> {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(STEP);
+            Pin::new(&mut self.get_mut().inner).poll_write(cx, &buf[..n])
+        }
+
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            assert!(self.vectored, "a vectored write on a plain stream");
+            let first = bufs.iter().find(|b| !b.is_empty());
+            let first: &[u8] = first.map_or(&[], |b| b);
+            self.poll_write(cx, first)
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            self.vectored
+        }
+    }
+
+    /// hyper queues an answer's bytes, uncopied, only over a stream that
+    /// takes vectored writes, as TLS does: the body budget's count of
+    /// unsent answers and their wiping rely on it, so the filter must not
+    /// make hyper flatten them into its own buffer.
+    #[test]
+    fn vectored_writes_stay_vectored() {
+        for vectored in [true, false] {
+            let (_, server) = tokio::io::duplex(64);
+            let stream = Trickle {
+                inner: hyper_util::rt::TokioIo::new(server),
+                vectored,
+            };
+            let io = JsonErrors::new(stream, Counter::default());
+            assert_eq!(hyper::rt::Write::is_write_vectored(&io), vectored);
+        }
+    }
+
+    /// What the service answers: a big body for `/big`, a small one else.
+    fn body_for(path: &str) -> bytes::Bytes {
+        if path == "/big" {
+            bytes::Bytes::from(format!("{{\"big\":\"{}\"}}", "b".repeat(200 * 1024)))
+        } else {
+            bytes::Bytes::from_static(b"{\"ok\":1}")
+        }
+    }
+
+    /// The real thing: hyper's server answering raw bytes over a narrow
+    /// pipe, its refusals as a client sees them; with vectored writes or not.
+    async fn answer_to(request: Vec<u8>, vectored: bool) -> (String, u64) {
+        let (client, server) = tokio::io::duplex(512);
         let refused = Counter::default();
-        let io = JsonErrors::new(hyper_util::rt::TokioIo::new(server), refused.clone());
+        let stream = Trickle {
+            inner: hyper_util::rt::TokioIo::new(server),
+            vectored,
+        };
+        let io = JsonErrors::new(stream, refused.clone());
         let serving = tokio::spawn(async move {
             let mut b = hyper::server::conn::http1::Builder::new();
             // As `conn::Builders` has it.
             b.max_buf_size(64 * 1024)
                 .max_header_size(32 * 1024)
-                .max_headers(100)
-                .writev(false);
-            let svc = hyper::service::service_fn(|_req| async {
+                .max_headers(100);
+            let svc = hyper::service::service_fn(|req: http::Request<_>| async move {
                 let resp = http::Response::builder()
                     .header("content-type", "application/json")
-                    .body(http_body_util::Full::new(bytes::Bytes::from_static(
-                        b"{\"ok\":1}",
-                    )))
+                    .header("cache-control", "no-store")
+                    .body(http_body_util::Full::new(body_for(req.uri().path())))
                     .unwrap();
                 Ok::<_, std::convert::Infallible>(resp)
             });
@@ -313,7 +457,7 @@ mod tests {
             w
         });
         let mut out = Vec::new();
-        tokio::time::timeout(std::time::Duration::from_secs(5), r.read_to_end(&mut out))
+        tokio::time::timeout(std::time::Duration::from_secs(10), r.read_to_end(&mut out))
             .await
             .unwrap()
             .unwrap();
@@ -335,58 +479,105 @@ mod tests {
                 .collect::<String>()
         );
         let ok = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
-        for (what, request, status, code, answers) in [
-            ("a 100 KiB header", big, 431, "headers_too_large", 1),
-            ("200 headers", many, 431, "headers_too_large", 1),
-            (
-                "a bad method",
-                "G\u{1}T / HTTP/1.1\r\n\r\n".into(),
-                400,
-                "malformed_request",
-                1,
-            ),
-            (
-                "a bad header name",
-                "GET / HTTP/1.1\r\nHo st: x\r\n\r\n".into(),
-                400,
-                "malformed_request",
-                1,
-            ),
-            (
-                "a control byte in the target",
-                "GET /\u{7f} HTTP/1.1\r\n\r\n".into(),
-                400,
-                "malformed_request",
-                1,
-            ),
-            // Behind a request served on the same connection, pipelined.
-            (
-                "a bad second request",
-                format!("{ok}NOT HTTP\r\n\r\n"),
-                400,
-                "malformed_request",
-                2,
-            ),
-        ] {
-            let (out, refused) = answer_to(request.into_bytes()).await;
-            assert_eq!(refused, 1, "{what}: {out}");
-            assert_eq!(out.matches("HTTP/1.1 ").count(), answers, "{what}: {out}");
-            let last = out.rfind("HTTP/1.1 ").unwrap();
-            assert!(
-                out[last..].starts_with(&format!("HTTP/1.1 {status} ")),
-                "{what}: {out}"
-            );
-            let body = body_of(&out.as_bytes()[last..]);
-            assert_eq!(body["error"]["code"], code, "{what}: {out}");
-            if answers == 2 {
-                assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
-                assert!(out.contains("{\"ok\":1}HTTP/1.1 400 "), "{out}");
+        let ok10 = "GET / HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n";
+        let big_answer = "GET /big HTTP/1.1\r\nHost: x\r\n\r\n";
+        for vectored in [true, false] {
+            for (what, request, line, code, answers) in [
+                (
+                    "a 100 KiB header",
+                    big.clone(),
+                    "HTTP/1.1 431 ",
+                    "headers_too_large",
+                    1,
+                ),
+                (
+                    "200 headers",
+                    many.clone(),
+                    "HTTP/1.1 431 ",
+                    "headers_too_large",
+                    1,
+                ),
+                (
+                    "a bad method",
+                    "G\u{1}T / HTTP/1.1\r\n\r\n".into(),
+                    "HTTP/1.1 400 ",
+                    "malformed_request",
+                    1,
+                ),
+                (
+                    "a bad header name",
+                    "GET / HTTP/1.1\r\nHo st: x\r\n\r\n".into(),
+                    "HTTP/1.1 400 ",
+                    "malformed_request",
+                    1,
+                ),
+                (
+                    "a control byte in the target",
+                    "GET /\u{7f} HTTP/1.1\r\n\r\n".into(),
+                    "HTTP/1.1 400 ",
+                    "malformed_request",
+                    1,
+                ),
+                // Behind requests served on the same connection, pipelined.
+                (
+                    "a bad second request",
+                    format!("{ok}NOT HTTP\r\n\r\n"),
+                    "HTTP/1.1 400 ",
+                    "malformed_request",
+                    2,
+                ),
+                (
+                    "a bad request behind a 200 KiB answer",
+                    format!("{big_answer}NOT HTTP\r\n\r\n"),
+                    "HTTP/1.1 400 ",
+                    "malformed_request",
+                    2,
+                ),
+                (
+                    "a bad request on an HTTP/1.0 keep-alive connection",
+                    format!("{ok10}NOT HTTP\r\n\r\n"),
+                    "HTTP/1.0 400 ",
+                    "malformed_request",
+                    2,
+                ),
+            ] {
+                let what = format!("{what}, vectored {vectored}");
+                let (out, refused) = answer_to(request.into_bytes(), vectored).await;
+                let brief = || out.chars().take(400).collect::<String>();
+                assert_eq!(refused, 1, "{what}: {}", brief());
+                assert_eq!(
+                    out.matches("HTTP/1.").count(),
+                    answers,
+                    "{what}: {}",
+                    brief()
+                );
+                let last = out.rfind(line);
+                assert!(last.is_some(), "{what}: {}", brief());
+                let last = last.unwrap();
+                let body = body_of(&out.as_bytes()[last..]);
+                assert_eq!(body["error"]["code"], code, "{what}: {}", brief());
+                if answers == 2 {
+                    // The answer before is whole, byte for byte.
+                    let path = if what.contains("200 KiB") {
+                        "/big"
+                    } else {
+                        "/"
+                    };
+                    let served = &out[..last];
+                    assert!(served.starts_with("HTTP/1."), "{what}");
+                    assert!(served.ends_with(std::str::from_utf8(&body_for(path)).unwrap()));
+                }
             }
+            // Served requests pass untouched and count nothing; so does a
+            // HEAD's answer, a head alone.
+            let last = "GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+            let head = "HEAD / HTTP/1.1\r\nHost: x\r\n\r\n";
+            let (out, refused) =
+                answer_to(format!("{ok}{head}{last}").into_bytes(), vectored).await;
+            assert_eq!(refused, 0);
+            assert_eq!(out.matches("HTTP/1.1 200 OK\r\n").count(), 3);
+            assert_eq!(out.matches("{\"ok\":1}").count(), 1);
+            assert!(out.ends_with(std::str::from_utf8(&body_for("/big")).unwrap()));
         }
-        // Served requests pass untouched and count nothing.
-        let last = "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-        let (out, refused) = answer_to(format!("{ok}{last}").into_bytes()).await;
-        assert_eq!(refused, 0);
-        assert_eq!(out.matches("{\"ok\":1}").count(), 2, "{out}");
     }
 }
