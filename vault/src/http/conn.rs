@@ -52,12 +52,7 @@ pub struct Builders {
 
 impl Builders {
     pub fn new(limits: &Limits, heads_refused: Counter) -> Builders {
-        let mut h1 = http1::Builder::new();
-        h1.timer(TokioTimer::new())
-            .header_read_timeout(limits.handshake_timeout)
-            .max_buf_size(H1_MAX_BUF)
-            .max_header_size(H1_MAX_HEAD)
-            .max_headers(H1_MAX_HEADERS);
+        let h1 = http1(limits.handshake_timeout);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_concurrent_streams(limits.max_streams_per_connection)
@@ -73,6 +68,17 @@ impl Builders {
             heads_refused,
         }
     }
+}
+
+/// The HTTP/1 builder, its head read within `header_timeout`.
+pub(super) fn http1(header_timeout: Duration) -> http1::Builder {
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(H1_MAX_BUF)
+        .max_header_size(H1_MAX_HEAD)
+        .max_headers(H1_MAX_HEADERS);
+    h1
 }
 
 /// What a connection is doing, for its idle deadline: requests in flight,

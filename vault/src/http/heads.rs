@@ -213,6 +213,10 @@ fn complete(buf: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     let (_, body) = super::error_json(&error);
+    // Room for all of it at once: what precedes the answer may be another
+    // answer's plaintext, and a reallocation would leave a copy unwiped.
+    // (The head written is the one read, less `content-length: 0`, plus
+    // two header lines of 78 bytes at most.)
     let mut out = Vec::with_capacity(buf.len() + 128 + body.len());
     out.extend_from_slice(before);
     out.extend_from_slice(status_line);
@@ -338,6 +342,10 @@ mod tests {
             &format!("{}{}", hyper_answer("400 Bad Request"), "x".repeat(300)),
             // The start of an answer too far back to be looked at.
             &long_ago,
+            &format!(
+                "HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: {}\r\n\r\n",
+                "x".repeat(300)
+            ),
             "",
             "\r\n\r\n",
         ] {
@@ -351,6 +359,8 @@ mod tests {
     struct Trickle<T> {
         inner: T,
         vectored: bool,
+        /// Every other write is not taken at once (Pending, woken).
+        calls: usize,
     }
 
     const STEP: usize = 100;
@@ -371,8 +381,14 @@ mod tests {
             cx: &mut Context<'_>,
             buf: &[u8],
         ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            this.calls += 1;
+            if this.calls.is_multiple_of(2) {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             let n = buf.len().min(STEP);
-            Pin::new(&mut self.get_mut().inner).poll_write(cx, &buf[..n])
+            Pin::new(&mut this.inner).poll_write(cx, &buf[..n])
         }
 
         fn poll_write_vectored(
@@ -410,6 +426,7 @@ mod tests {
             let stream = Trickle {
                 inner: hyper_util::rt::TokioIo::new(server),
                 vectored,
+                calls: 0,
             };
             let io = JsonErrors::new(stream, Counter::default());
             assert_eq!(hyper::rt::Write::is_write_vectored(&io), vectored);
@@ -433,14 +450,12 @@ mod tests {
         let stream = Trickle {
             inner: hyper_util::rt::TokioIo::new(server),
             vectored,
+            calls: 0,
         };
         let io = JsonErrors::new(stream, refused.clone());
         let serving = tokio::spawn(async move {
-            let mut b = hyper::server::conn::http1::Builder::new();
-            // As `conn::Builders` has it.
-            b.max_buf_size(64 * 1024)
-                .max_header_size(32 * 1024)
-                .max_headers(100);
+            // The API listener's own builder.
+            let b = super::super::conn::http1(std::time::Duration::from_secs(5));
             let svc = hyper::service::service_fn(|req: http::Request<_>| async move {
                 let resp = http::Response::builder()
                     .header("content-type", "application/json")
