@@ -8,6 +8,7 @@
 //! seconds.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -1447,6 +1448,136 @@ async fn a_rapid_reset_flood_leaves_the_vault_responsive_and_bounded() {
         goaways > 0,
         "the server never pushed back on a rapid-reset flood"
     );
+    still_serves(&v).await;
+    in_flight_returns_to_zero(&v).await;
+    assert!(
+        after < before + (128 << 20),
+        "peak RSS grew from {before} to {after} bytes"
+    );
+}
+
+/// What became of a connection a client flooded without reading.
+#[derive(Debug, PartialEq)]
+enum Flooded {
+    /// The server sent GOAWAY, or closed the connection.
+    Refused,
+    /// The server stopped reading: the flood's writes could not go on.
+    Stalled,
+}
+
+/// Floods one HTTP/2 connection with `unit` (after a stream's opening
+/// `head`, if any) up to `limit` bytes, reading only to look for the
+/// server's GOAWAY or close; gives up writing after 5 s. Returns what the
+/// server did and how many bytes it took meanwhile.
+async fn flood(v: &TestVault, head: Vec<u8>, unit: Vec<u8>, limit: usize) -> (Flooded, usize) {
+    let mut s = tls_conn(v, b"h2").await;
+    h2raw::handshake(&mut s).await;
+    let (mut r, mut w) = tokio::io::split(s);
+    // Reads frames only to find a GOAWAY, and slowly: a server that
+    // answers every frame fills its own buffers, as the flood's sender
+    // would have it.
+    let reader = tokio::spawn(async move {
+        while let Some((kind, _, _, _)) = h2raw::read_frame(&mut r).await {
+            if kind == h2raw::GOAWAY {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    let batch: Vec<u8> = unit.repeat((64 << 10) / unit.len().max(1) + 1);
+    let taken = Arc::new(AtomicUsize::new(0));
+    let counted = taken.clone();
+    let writer = tokio::spawn(async move {
+        if w.write_all(&head).await.is_err() {
+            return;
+        }
+        while counted.load(Ordering::Relaxed) < limit {
+            if w.write_all(&batch).await.is_err() {
+                return;
+            }
+            counted.fetch_add(batch.len(), Ordering::Relaxed);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !reader.is_finished() && !writer.is_finished() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let what = if reader.is_finished() {
+        Flooded::Refused
+    } else if writer.is_finished() {
+        // The writer's error without the reader's end: give the reader
+        // a moment to see the GOAWAY or close.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            &mut Box::pin(async {
+                while !reader.is_finished() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }),
+        )
+        .await;
+        if reader.is_finished() {
+            Flooded::Refused
+        } else {
+            Flooded::Stalled
+        }
+    } else {
+        // Held, not slow: nothing more is taken for a whole second.
+        let was = taken.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = taken.load(Ordering::Relaxed);
+        assert_eq!(was, now, "the server still reads the flood");
+        Flooded::Stalled
+    };
+    writer.abort();
+    reader.abort();
+    (what, taken.load(Ordering::Relaxed))
+}
+
+/// HTTP/2's other floods (CVE-2019-9512, -9515, CVE-2024-27316): PINGs and
+/// SETTINGS that each demand an answer from a client that never reads
+/// them, and a header block continued for ever. Each is refused or stops
+/// being read, and memory stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_settings_and_continuation_floods_are_bounded() {
+    let v = TestVault::start().await;
+    let before = peak_rss("self");
+    let limit = 256 << 20;
+    // The socket buffers and TLS take some megabytes before a server that
+    // stops reading holds the writer; a server that reads on takes all.
+    let ping = h2raw::frame(h2raw::PING, 0, 0, &[7; 8]);
+    let settings = h2raw::frame(h2raw::SETTINGS, 0, 0, &[0, 4, 0, 0, 0xff, 0xff]);
+    for (name, unit) in [("PING", ping), ("SETTINGS", settings)] {
+        let (what, sent) = flood(&v, Vec::new(), unit, limit).await;
+        println!("{name} flood: {what:?} after {sent} bytes");
+        assert!(sent < 64 << 20, "{name}: {sent} bytes taken");
+    }
+    // A header block that never ends: HEADERS without END_HEADERS, then
+    // CONTINUATION frames of well-formed fields.
+    let block = h2raw::block(true, "/v1/tokenize", &[]);
+    let opening = h2raw::frame(h2raw::HEADERS, 0, 1, &block);
+    let fields: Vec<u8> = (0..200)
+        .flat_map(|i| {
+            let mut f = vec![0u8, 6];
+            f.extend_from_slice(format!("x-c{i:03}").as_bytes());
+            f.push(64);
+            f.extend_from_slice(&[b'v'; 64]);
+            f
+        })
+        .collect();
+    let continuation = h2raw::frame(h2raw::CONTINUATION, 0, 1, &fields);
+    let (what, sent) = flood(&v, opening, continuation, limit).await;
+    println!("CONTINUATION flood: {what:?} after {sent} bytes");
+    assert_eq!(
+        what,
+        Flooded::Refused,
+        "a header block without end was read on"
+    );
+    // hyper's h2 ends a header block past 32 KiB within five CONTINUATION
+    // frames; the rest is what the socket buffers took meanwhile.
+    assert!(sent < 24 << 20, "{sent} bytes of one header block taken");
+    let after = peak_rss("self");
+    println!("peak RSS {} MiB -> {} MiB", before >> 20, after >> 20);
     still_serves(&v).await;
     in_flight_returns_to_zero(&v).await;
     assert!(
