@@ -350,6 +350,7 @@ fn serve(cfg: &Config) -> ExitCode {
     for w in cfg.warnings() {
         tracing::warn!("{w}");
     }
+    crate::hardening::quiet_panics();
     for step in crate::hardening::disable_core_dumps() {
         tracing::warn!(step, "Process hardening step failed");
     }

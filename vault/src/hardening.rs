@@ -26,6 +26,27 @@ pub fn disable_core_dumps() -> Vec<&'static str> {
     failed
 }
 
+/// Replaces the panic message printed to stderr with a log line naming
+/// only where the panic happened and on which thread. A panic's message is
+/// whatever its code formatted, and a library's assertion may format the
+/// values it compared: plaintext, a key, a ciphertext. (The vault's own
+/// code may not panic: the workspace denies `panic`, `unwrap`, `expect`
+/// and indexing outside tests.) For the server process only: tests keep
+/// the default hook and their messages.
+pub fn quiet_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+        let thread = std::thread::current();
+        tracing::error!(
+            at = at.as_deref().unwrap_or("unknown"),
+            thread = thread.name().unwrap_or("unnamed"),
+            "A thread panicked (its message is not logged: it could hold data)"
+        );
+    }));
+}
+
 /// Moves the variable `name` out of the environment: returns its value (in
 /// a buffer wiped on drop), overwrites the bytes the environment held with
 /// zeros, where `/proc/<pid>/environ` and a core file would find them, and
@@ -160,7 +181,44 @@ pub fn lock_in_memory(bytes: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::expect_used)]
+    #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+    /// A panic's message never reaches the log; where it happened does.
+    #[test]
+    fn a_panic_is_logged_without_its_message() {
+        #[derive(Clone, Default)]
+        struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let before = std::panic::take_hook();
+        super::quiet_panics();
+        let line = line!() + 3;
+        let caught = tracing::subscriber::with_default(subscriber, || {
+            std::panic::catch_unwind(|| {
+                panic!("the value 350102199003071234 and key 00ff00ff");
+            })
+        });
+        std::panic::set_hook(before);
+        assert!(caught.is_err());
+        let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert!(log.contains("A thread panicked"), "{log}");
+        assert!(log.contains(&format!("hardening.rs:{line}:")), "{log}");
+        assert!(!log.contains("350102199003071234"), "{log}");
+        assert!(!log.contains("00ff00ff"), "{log}");
+    }
 
     /// On a pseudo-terminal: echo is off while the guard lives, and the
     /// terminal's settings are back as they were after.

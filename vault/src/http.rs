@@ -41,6 +41,7 @@ mod body;
 mod conn;
 mod heads;
 mod places;
+mod unwind;
 
 type Body = Full<Bytes>;
 
@@ -252,10 +253,16 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
     let busy = conn.activity.begin();
     let in_flight = InFlight::new(&v.metrics);
     let work = admit(&conn, rid.clone(), started + v.limits.request_timeout, req);
-    let mut resp = match tokio::time::timeout(v.limits.request_timeout, work).await {
-        Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => error_response(&e),
-        Err(_) => error_response(&ApiError::Timeout),
+    let work = unwind::Caught::new(tokio::time::timeout(v.limits.request_timeout, work));
+    let mut resp = match work.await {
+        Ok(Ok(Ok(resp))) => resp,
+        Ok(Ok(Err(e))) => error_response(&e),
+        Ok(Err(_)) => error_response(&ApiError::Timeout),
+        Err(unwind::Panicked) => {
+            v.metrics.panics.inc();
+            tracing::error!(request_id = %rid, route, "A request's handling panicked; answered 500");
+            error_response(&ApiError::Internal)
+        }
     };
     drop(in_flight);
     drop(busy);

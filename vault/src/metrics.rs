@@ -64,6 +64,7 @@ pub struct Metrics {
     pub connections_evicted: Counter,
     pub connections_refused: Counter,
     pub heads_refused: Counter,
+    pub panics: Counter,
     releases_stale: Counter,
 }
 
@@ -120,6 +121,7 @@ impl Metrics {
         let connections_evicted = Counter::default();
         let connections_refused = Counter::default();
         let heads_refused = Counter::default();
+        let panics = Counter::default();
         let releases_stale = Counter::default();
         registry.register(
             "vault_release_stale",
@@ -140,6 +142,11 @@ impl Metrics {
             "vault_http_heads_refused",
             "HTTP/1 requests refused before routing because their head did not parse (400), their target was too long (414) or their head was over the limits (431); each closes its connection and is not in vault_http_requests",
             heads_refused.clone(),
+        );
+        registry.register(
+            "vault_http_panics",
+            "Requests whose handling panicked, answered 500 internal (the log names where, never the message); any is a bug to report",
+            panics.clone(),
         );
         registry.register(
             "vault_keys_subject_cache_hits",
@@ -308,6 +315,7 @@ impl Metrics {
             connections_evicted,
             connections_refused,
             heads_refused,
+            panics,
             releases_stale,
         }
     }
