@@ -35,16 +35,34 @@ pub fn disable_core_dumps() -> Vec<&'static str> {
 /// the default hook and their messages.
 pub fn quiet_panics() {
     std::panic::set_hook(Box::new(|info| {
+        PANICS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let at = info
             .location()
             .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+        let at = at.as_deref().unwrap_or("unknown");
         let thread = std::thread::current();
-        tracing::error!(
-            at = at.as_deref().unwrap_or("unknown"),
-            thread = thread.name().unwrap_or("unnamed"),
-            "A thread panicked (its message is not logged: it could hold data)"
-        );
+        let thread = thread.name().unwrap_or("unnamed");
+        if tracing::enabled!(tracing::Level::ERROR) {
+            tracing::error!(
+                at,
+                thread,
+                "A thread panicked (its message is not logged: it could hold data)"
+            );
+        } else {
+            // A log filter that drops errors must not hide a panic.
+            eprintln!(
+                "vault: a thread panicked at {at} (thread {thread}); its message is withheld"
+            );
+        }
     }));
+}
+
+/// Panics the hook of [`quiet_panics`] has seen: `vault_panics_total`.
+static PANICS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many panics the server's hook has seen since start.
+pub fn panics() -> u64 {
+    PANICS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Moves the variable `name` out of the environment: returns its value (in
@@ -218,6 +236,7 @@ mod tests {
         assert!(log.contains(&format!("hardening.rs:{line}:")), "{log}");
         assert!(!log.contains("350102199003071234"), "{log}");
         assert!(!log.contains("00ff00ff"), "{log}");
+        assert_eq!(super::panics(), 1);
     }
 
     /// On a pseudo-terminal: echo is off while the guard lives, and the

@@ -249,6 +249,7 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let rid = request_id();
     let route = route_of(req.method(), req.uri().path());
+    let http1 = req.version() < http::Version::HTTP_2;
     let v = &conn.vault;
     let busy = conn.activity.begin();
     let in_flight = InFlight::new(&v.metrics);
@@ -259,9 +260,16 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
         Ok(Ok(Err(e))) => error_response(&e),
         Ok(Err(_)) => error_response(&ApiError::Timeout),
         Err(unwind::Panicked) => {
-            v.metrics.panics.inc();
             tracing::error!(request_id = %rid, route, "A request's handling panicked; answered 500");
-            error_response(&ApiError::Internal)
+            let mut resp = error_response(&ApiError::Internal);
+            // Whatever made it panic is not replayed at keep-alive speed.
+            if http1 {
+                resp.headers_mut().insert(
+                    header::CONNECTION,
+                    header::HeaderValue::from_static("close"),
+                );
+            }
+            resp
         }
     };
     drop(in_flight);
@@ -428,7 +436,12 @@ struct WalkShare {
 
 impl WalkShare {
     fn take(v: &Arc<Vault>, caller: &Arc<str>) -> Option<WalkShare> {
-        let mut walkers = v.walkers.lock().ok()?;
+        // A panic elsewhere while holding it left the counts whole: one
+        // change at a time.
+        let mut walkers = v
+            .walkers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let n = walkers.entry(caller.clone()).or_insert(0);
         if *n >= crate::server::AUDIT_WALKS / 2 {
             return None;
@@ -443,12 +456,15 @@ impl WalkShare {
 
 impl Drop for WalkShare {
     fn drop(&mut self) {
-        if let Ok(mut walkers) = self.v.walkers.lock() {
-            if let Some(n) = walkers.get_mut(&self.caller) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    walkers.remove(&self.caller);
-                }
+        let mut walkers = self
+            .v
+            .walkers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = walkers.get_mut(&self.caller) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                walkers.remove(&self.caller);
             }
         }
     }

@@ -64,7 +64,8 @@ pub struct Metrics {
     pub connections_evicted: Counter,
     pub connections_refused: Counter,
     pub heads_refused: Counter,
-    pub panics: Counter,
+    /// Set from the panic hook's count when rendered.
+    panics: Counter,
     releases_stale: Counter,
 }
 
@@ -144,8 +145,8 @@ impl Metrics {
             heads_refused.clone(),
         );
         registry.register(
-            "vault_http_panics",
-            "Requests whose handling panicked, answered 500 internal (the log names where, never the message); any is a bug to report",
+            "vault_panics",
+            "Panics in any of the server's threads since it started (a request's is answered 500 internal); the log names where each happened, never its message. Any is a bug to report",
             panics.clone(),
         );
         registry.register(
@@ -404,6 +405,10 @@ impl Metrics {
 
     /// The OpenMetrics text exposition of every metric.
     pub fn render(&self) -> String {
+        self.panics.inner().store(
+            crate::hardening::panics(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out

@@ -60,7 +60,10 @@ impl Budget {
     /// The count of `caller`'s answers built and not yet written out (a
     /// configured caller's: a connection looks it up once).
     pub fn answers_of(&self, caller: &Arc<str>) -> Option<Arc<AtomicUsize>> {
-        let mut answers = self.answers.lock().ok()?;
+        let mut answers = self
+            .answers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         Some(answers.entry(caller.clone()).or_default().clone())
     }
 
@@ -108,7 +111,12 @@ impl Budget {
     /// The share of `caller` (a configured caller: bodies are read only
     /// once the caller is known, so the map holds no more than those).
     fn share_of(&self, caller: &Arc<str>) -> Result<Arc<Semaphore>, ApiError> {
-        let mut callers = self.callers.lock().map_err(|_| ApiError::Internal)?;
+        // A panic elsewhere while holding it left the map whole: one insert
+        // at a time.
+        let mut callers = self
+            .callers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         Ok(callers
             .entry(caller.clone())
             .or_insert_with(|| Arc::new(Semaphore::new(self.share)))

@@ -44,7 +44,12 @@ impl Places {
     /// caller holds its share, apps hold theirs, or all are taken.
     pub fn take(&self, caller: &Arc<str>, role: Role) -> Result<Place, ApiError> {
         let mine = {
-            let mut callers = self.callers.lock().map_err(|_| ApiError::Internal)?;
+            // A panic elsewhere while holding it left the map whole: one
+            // insert at a time.
+            let mut callers = self
+                .callers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             callers
                 .entry(caller.clone())
                 .or_insert_with(|| Arc::new(Semaphore::new(self.share)))

@@ -2,9 +2,9 @@
 //! handler unwinds the connection's task (HTTP/1) or the stream's (HTTP/2):
 //! the client sees its connection or stream cut with no answer, and every
 //! other request on an HTTP/1 connection goes with it. Caught, it is
-//! answered 500 `internal` like any other failure and counted; the panic
-//! hook (`hardening::quiet_panics`) logs where it happened, never its
-//! message.
+//! answered 500 `internal` like any other failure; the panic hook
+//! (`hardening::quiet_panics`) counts it and logs where it happened, never
+//! its message.
 //!
 //! What the handler held is dropped as the panic unwinds, as it would be
 //! at a task's end: places, budgets and guards come back.
