@@ -42,15 +42,20 @@ pub fn quiet_panics() {
         let at = at.as_deref().unwrap_or("unknown");
         let thread = std::thread::current();
         let thread = thread.name().unwrap_or("unnamed");
-        if tracing::enabled!(tracing::Level::ERROR) {
+        // Asked of this very event (its target and fields), so a filter
+        // that drops it cannot hide the panic.
+        if tracing::event_enabled!(tracing::Level::ERROR, message, at, thread) {
             tracing::error!(
                 at,
                 thread,
                 "A thread panicked (its message is not logged: it could hold data)"
             );
         } else {
-            // A log filter that drops errors must not hide a panic.
-            eprintln!(
+            use std::io::Write;
+            // Not `eprintln!`, which panics (in the hook: aborts) when
+            // stderr is gone.
+            let _ = writeln!(
+                std::io::stderr(),
                 "vault: a thread panicked at {at} (thread {thread}); its message is withheld"
             );
         }
@@ -201,6 +206,45 @@ pub fn lock_in_memory(bytes: &[u8]) -> bool {
 mod tests {
     #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
+    /// With a log filter that drops the panic's line, the hook says so on
+    /// stderr, still without the message.
+    #[test]
+    fn a_panic_the_log_would_drop_goes_to_stderr_without_its_message() {
+        use std::io::Read;
+        use std::os::fd::FromRawFd;
+        let mut fds = [0; 2];
+        // SAFETY: `fds` is a live array of two descriptors for pipe(2).
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: dup(2) of the standard error descriptor, which is open.
+        let saved = unsafe { libc::dup(2) };
+        assert!(saved >= 0);
+        // SAFETY: both descriptors are open; 2 is replaced by the pipe.
+        assert_eq!(unsafe { libc::dup2(fds[1], 2) }, 2);
+        let before = std::panic::take_hook();
+        super::quiet_panics();
+        let silent = tracing_subscriber::fmt()
+            .with_max_level(tracing::level_filters::LevelFilter::OFF)
+            .finish();
+        let caught = tracing::subscriber::with_default(silent, || {
+            std::panic::catch_unwind(|| panic!("the value 350102199003071234"))
+        });
+        std::panic::set_hook(before);
+        // SAFETY: `saved` is open; 2 gets it back, then the copies close.
+        unsafe {
+            assert_eq!(libc::dup2(saved, 2), 2);
+            libc::close(saved);
+            libc::close(fds[1]);
+        }
+        assert!(caught.is_err());
+        // SAFETY: the read end is open and owned from here on.
+        let mut read = unsafe { std::fs::File::from_raw_fd(fds[0]) };
+        let mut out = String::new();
+        read.read_to_string(&mut out).unwrap();
+        assert!(out.contains("vault: a thread panicked at "), "{out}");
+        assert!(out.contains("hardening.rs:"), "{out}");
+        assert!(!out.contains("350102199003071234"), "{out}");
+    }
+
     /// A panic's message never reaches the log; where it happened does.
     #[test]
     fn a_panic_is_logged_without_its_message() {
@@ -222,6 +266,7 @@ mod tests {
             .with_ansi(false)
             .finish();
         let before = std::panic::take_hook();
+        let counted = super::panics();
         super::quiet_panics();
         let line = line!() + 3;
         let caught = tracing::subscriber::with_default(subscriber, || {
@@ -236,7 +281,7 @@ mod tests {
         assert!(log.contains(&format!("hardening.rs:{line}:")), "{log}");
         assert!(!log.contains("350102199003071234"), "{log}");
         assert!(!log.contains("00ff00ff"), "{log}");
-        assert_eq!(super::panics(), 1);
+        assert!(super::panics() > counted);
     }
 
     /// On a pseudo-terminal: echo is off while the guard lives, and the

@@ -1,8 +1,8 @@
 //! A request's panic, caught where it happens. Without this, a panic in a
 //! handler unwinds the connection's task (HTTP/1) or the stream's (HTTP/2):
-//! the client sees its connection or stream cut with no answer, and every
-//! other request on an HTTP/1 connection goes with it. Caught, it is
-//! answered 500 `internal` like any other failure; the panic hook
+//! the client sees its connection or stream cut with no answer. Caught, it
+//! is answered 500 `internal` like any other failure (an HTTP/1 connection
+//! then closes: `http::handle`); the panic hook
 //! (`hardening::quiet_panics`) counts it and logs where it happened, never
 //! its message.
 //!
