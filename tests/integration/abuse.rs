@@ -1485,7 +1485,8 @@ enum Flooded {
 }
 
 /// Floods one HTTP/2 connection with `unit` (after a stream's opening
-/// `head`, if any) up to `limit` bytes, and gives up writing after 5 s.
+/// `head`, if any) up to `limit` bytes, until the server refuses it or
+/// stops taking it.
 /// With `watch`, frames are read to find the server's GOAWAY or close;
 /// without, nothing is read at all (a client that never takes the answers
 /// its flood asks for). Returns what the server did and how many bytes it
@@ -1521,13 +1522,31 @@ async fn flood(
         }
         Ok::<(), ()>(())
     });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !reader.is_finished() && !writer.is_finished() && Instant::now() < deadline {
+    // Until the server refuses, or takes nothing more for a whole second
+    // (held, not slow); a server still taking the flood after 30 s fails.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut was, mut since) = (0, Instant::now());
+    let stalled = loop {
+        if reader.is_finished() || writer.is_finished() {
+            break false;
+        }
+        let now = taken.load(Ordering::Relaxed);
+        if now != was {
+            (was, since) = (now, Instant::now());
+        } else if since.elapsed() >= Duration::from_secs(1) {
+            break true;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server still reads the flood after {now} bytes"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let what = if reader.is_finished() {
+    };
+    let what = if stalled {
+        Flooded::Stalled
+    } else if reader.is_finished() {
         Flooded::Refused
-    } else if writer.is_finished() {
+    } else {
         let wrote = (&mut writer).await.unwrap();
         assert!(
             wrote.is_err(),
@@ -1535,13 +1554,6 @@ async fn flood(
             taken.load(Ordering::Relaxed)
         );
         Flooded::Refused
-    } else {
-        // Held, not slow: nothing more is taken for a whole second.
-        let was = taken.load(Ordering::Relaxed);
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let now = taken.load(Ordering::Relaxed);
-        assert_eq!(was, now, "the server still reads the flood");
-        Flooded::Stalled
     };
     writer.abort();
     reader.abort();

@@ -139,6 +139,23 @@ pub enum ApiError {
     HeadTooLarge,
     #[error("internal error")]
     Internal,
+    /// The request's handling panicked (in its task or one it waited
+    /// for): answered as `Internal`, and an HTTP/1 connection closes.
+    #[error("internal error")]
+    Panicked,
+}
+
+/// A task's end as a request's result: a panic (the hook has counted and
+/// located it) is [`ApiError::Panicked`]. The `JoinError` is never
+/// formatted: its text would carry the panic's message.
+pub fn joined<T>(r: Result<T, tokio::task::JoinError>) -> Result<T, ApiError> {
+    r.map_err(|e| {
+        if e.is_panic() {
+            ApiError::Panicked
+        } else {
+            ApiError::Internal
+        }
+    })
 }
 
 /// A request refused as a whole still leaves its event (SPEC: every

@@ -213,8 +213,8 @@ mod tests {
         use std::io::Read;
         use std::os::fd::FromRawFd;
         let mut fds = [0; 2];
-        // SAFETY: `fds` is a live array of two descriptors for pipe(2).
-        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: `fds` is a live array of two descriptors for pipe2(2).
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
         // SAFETY: dup(2) of the standard error descriptor, which is open.
         let saved = unsafe { libc::dup(2) };
         assert!(saved >= 0);

@@ -94,7 +94,7 @@ pub fn error_parts(e: &ApiError) -> (StatusCode, &'static str) {
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "headers_too_large",
         ),
-        E::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        E::Internal | E::Panicked => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     }
 }
 
@@ -136,6 +136,9 @@ fn error_response(e: &ApiError) -> Response<Body> {
     let mut resp = json_body(status, body);
     if matches!(e, ApiError::OfficerOnly) {
         resp.extensions_mut().insert(OfficerOnlyRefused);
+    }
+    if matches!(e, ApiError::Panicked) {
+        resp.extensions_mut().insert(unwind::Panicked);
     }
     resp
 }
@@ -259,19 +262,18 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
         Ok(Ok(Ok(resp))) => resp,
         Ok(Ok(Err(e))) => error_response(&e),
         Ok(Err(_)) => error_response(&ApiError::Timeout),
-        Err(unwind::Panicked) => {
-            tracing::error!(request_id = %rid, route, "A request's handling panicked; answered 500");
-            let mut resp = error_response(&ApiError::Internal);
-            // Whatever made it panic is not replayed at keep-alive speed.
-            if http1 {
-                resp.headers_mut().insert(
-                    header::CONNECTION,
-                    header::HeaderValue::from_static("close"),
-                );
-            }
-            resp
-        }
+        Err(unwind::Panicked) => error_response(&ApiError::Panicked),
     };
+    if resp.extensions().get::<unwind::Panicked>().is_some() {
+        tracing::error!(request_id = %rid, route, "A request's handling panicked; answered 500");
+        // Whatever made it panic is not replayed at keep-alive speed.
+        if http1 {
+            resp.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+        }
+    }
     drop(in_flight);
     drop(busy);
     v.metrics.observe_request(
@@ -419,13 +421,13 @@ pub(crate) async fn off_runtime<T: Send + 'static>(
             .unwrap_or_else(|| Instant::now() + v.limits.request_timeout),
     );
     let v = v.clone();
-    tokio::task::spawn_blocking(move || {
+    let joined = tokio::task::spawn_blocking(move || {
         let _place = place;
         let _share = share;
         f(&v, deadline)
     })
-    .await
-    .map_err(|_| ApiError::Internal)?
+    .await;
+    api::joined(joined)?
 }
 
 /// One caller's count of walks under way, given back when dropped.

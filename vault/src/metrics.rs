@@ -141,7 +141,7 @@ impl Metrics {
         );
         registry.register(
             "vault_http_heads_refused",
-            "HTTP/1 requests refused before routing because their head did not parse (400), their target was too long (414) or their head was over the limits (431); each closes its connection and is not in vault_http_requests",
+            "HTTP/1 requests refused before routing because their head did not parse (400) or was over the limits (431); each closes its connection and is not in vault_http_requests",
             heads_refused.clone(),
         );
         registry.register(

@@ -88,9 +88,7 @@ fn unseal_meta(v: &Vault) -> Result<Option<UnsealMeta>, ApiError> {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|_| ApiError::Internal)
+    crate::api::joined(tokio::task::spawn_blocking(f).await)
 }
 
 /// The stored values per key version, counted until a fifth of the
@@ -535,7 +533,7 @@ pub async fn unseal(v: &Arc<Vault>, ctx: &Ctx, body: &Bytes) -> Result<KeysStatu
     // the mark cleared, the keys are installed even if this request gives
     // up meanwhile.
     let task = tokio::spawn(install_unsealed(v.clone(), ctx.clone(), seals, mark, keys));
-    task.await.map_err(|_| ApiError::Internal)??;
+    crate::api::joined(task.await)??;
     status(v, ctx).await
 }
 

@@ -12,8 +12,10 @@
 //! status lines, `content-length: 0`, and nothing but `connection` and
 //! `date` besides. Every answer of the service carries `content-type`,
 //! `cache-control` and a body, so none matches. Anything else passes
-//! through untouched and uncopied: an answer's bytes stay where the body
-//! budget counts them (`body::charge_answer`) and where they are wiped.
+//! through untouched, and uncopied but for small head-only writes (a HEAD
+//! answer, `100 Continue`), copied once to be looked at and wiped: an
+//! answer's body stays where the body budget counts it
+//! (`body::charge_answer`) and where it is wiped.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;

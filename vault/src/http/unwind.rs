@@ -23,8 +23,9 @@ pin_project_lite::pin_project! {
     }
 }
 
-/// A panic caught in a request's handling.
-#[derive(Debug, PartialEq, Eq)]
+/// A panic caught in a request's handling; also the mark on an answer to
+/// one (`http::error_response`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Panicked;
 
 impl<F> Caught<F> {
@@ -81,5 +82,35 @@ mod tests {
         // What the handler held was dropped as the panic unwound.
         assert_eq!(std::sync::Arc::strong_count(&held), 1);
         assert_eq!(Caught::new(async { 2 }).await, Ok(2));
+    }
+
+    /// A panic in a task the handling waited for (the blocking pool, a
+    /// spawned task) is answered as one caught in place: 500 `internal`,
+    /// marked for the connection to close.
+    #[tokio::test]
+    async fn a_panicked_task_is_answered_as_a_panic() {
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let task = tokio::task::spawn_blocking(|| {
+            if std::hint::black_box(true) {
+                panic!("a value such as 350102199003071234");
+            }
+        });
+        let joined = crate::api::joined(task.await);
+        std::panic::set_hook(hook);
+        assert!(matches!(joined, Err(crate::api::ApiError::Panicked)));
+        let resp = super::super::error_response(&crate::api::ApiError::Panicked);
+        assert_eq!(resp.status(), 500);
+        assert_eq!(resp.extensions().get::<Panicked>(), Some(&Panicked));
+        let plain = super::super::error_response(&crate::api::ApiError::Internal);
+        assert_eq!(plain.status(), 500);
+        assert!(plain.extensions().get::<Panicked>().is_none());
+        // A task that did not panic but was cancelled is a plain failure.
+        let cancelled = tokio::spawn(std::future::pending::<()>());
+        cancelled.abort();
+        assert!(matches!(
+            crate::api::joined(cancelled.await),
+            Err(crate::api::ApiError::Internal)
+        ));
     }
 }
