@@ -23,6 +23,7 @@ mod fuzz_smoke;
 mod keys;
 mod lifecycle;
 mod load;
+mod lossyfs;
 mod policy;
 mod rights;
 mod storage;
