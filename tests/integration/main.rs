@@ -25,6 +25,7 @@ mod lifecycle;
 mod load;
 mod lossyfs;
 mod policy;
+mod powerloss;
 mod rights;
 mod storage;
 mod tokens;

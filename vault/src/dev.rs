@@ -82,11 +82,15 @@ pub fn ca_issuer(tls: &Path) -> Result<(Certificate, KeyPair), DevError> {
 pub fn prepare(dir: &Path) -> Result<PathBuf, DevError> {
     let tls = dir.join("tls");
     for d in [dir, &tls] {
+        let made = !d.exists();
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(d)
             .map_err(io(d))?;
+        if made {
+            crate::store::sync_parent(d).map_err(io(d))?;
+        }
         private_dir(d)?;
     }
     write_certs(&tls)?;
@@ -128,7 +132,11 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), DevError> {
         .open(path)
         .map_err(io(path))?;
     f.write_all(bytes).map_err(io(path))?;
-    f.sync_all().map_err(io(path))
+    f.sync_all().map_err(io(path))?;
+    // The name as well as the bytes: a CA lost to a power cut would be
+    // replaced by a new one at the next start, and every app holding a
+    // certificate from the old one refused.
+    crate::store::sync_parent(path).map_err(io(path))
 }
 
 fn validity(params: &mut CertificateParams) {

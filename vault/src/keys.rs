@@ -840,7 +840,11 @@ pub fn write_new_master(path: &Path) -> std::io::Result<()> {
         .open(path)?;
     f.write_all(text.as_bytes())?;
     f.write_all(b"\n")?;
-    f.sync_all()
+    f.sync_all()?;
+    // Its name too: a master key lost to a power cut would have the next
+    // start make a new one, and every value sealed under the old one
+    // could never be opened again.
+    crate::store::sync_parent(path)
 }
 
 #[cfg(test)]

@@ -301,7 +301,7 @@ impl ShredLog {
             Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
         }
         if created {
-            sync_dir(path).map_err(&io)?;
+            crate::store::sync_parent(path).map_err(&io)?;
         }
         let mut hash = Sha256::new();
         let (len, torn) = read_from(&file, 0, &mut hash, |_| {}).map_err(&io)?;
@@ -373,13 +373,6 @@ impl ShredLog {
             pos += n as u64;
         }
         Ok(Some(h.finalize().into()))
-    }
-}
-
-fn sync_dir(path: &Path) -> std::io::Result<()> {
-    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        Some(dir) => std::fs::File::open(dir)?.sync_all(),
-        None => std::fs::File::open(".")?.sync_all(),
     }
 }
 

@@ -11,6 +11,17 @@ mod rocks;
 pub use memory::MemoryStore;
 pub use rocks::RocksStore;
 
+/// Makes `path`'s name durable: syncs the directory that holds it. POSIX
+/// makes a new, removed or renamed name survive a power cut only then;
+/// syncing the file itself keeps its bytes, not its name
+/// (`tests/integration/powerloss.rs` checks the vault's own files).
+pub fn sync_parent(path: &std::path::Path) -> std::io::Result<()> {
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => std::fs::File::open(".")?.sync_all(),
+    }
+}
+
 /// A keyspace (a column family in RocksDB, a table elsewhere).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Space {
