@@ -24,7 +24,7 @@ pub(crate) fn spawn(dir: &std::path::Path) -> ChildVault {
     spawn_with(dir, &[])
 }
 
-fn spawn_with(dir: &std::path::Path, env: &[(&str, &str)]) -> ChildVault {
+pub(crate) fn spawn_with(dir: &std::path::Path, env: &[(&str, &str)]) -> ChildVault {
     let mut child = Command::new(vault_bin())
         .args(["dev", "--data"])
         .arg(dir)
@@ -70,7 +70,7 @@ pub(crate) fn client(dir: &std::path::Path, api: &str) -> Client {
     client_as(dir, api, "app")
 }
 
-fn client_as(dir: &std::path::Path, api: &str, who: &str) -> Client {
+pub(crate) fn client_as(dir: &std::path::Path, api: &str, who: &str) -> Client {
     builder_at(&dir.join("tls"), api, who).build().unwrap()
 }
 

@@ -76,3 +76,111 @@ async fn power_cuts_lose_nothing_acknowledged_and_half_write_nothing() {
     );
     assert!(lost > 0, "no cut found anything unsynced to drop");
 }
+
+/// What officers are told is done survives a power cut: a rotation (new
+/// values go under the new version), a rewrap's steps (it resumes from
+/// its cursor and every value still opens), and a seal (the vault starts
+/// sealed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotations_rewraps_and_seals_survive_power_cuts() {
+    use std::time::{Duration, Instant};
+
+    use rand::SeedableRng;
+    use vault_sdk::wire::Status;
+
+    use crate::durability::{client_as, spawn_with};
+    use crate::harness::{detok_req, field, tok_req};
+
+    let dir = tempfile::tempdir().unwrap();
+    let Some((fs, backing, mnt)) = mount_in(dir.path()) else {
+        return;
+    };
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(backing.join("vault"))
+        .unwrap();
+    let data = mnt.join("vault");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(20261208);
+    // Small, slow rewrap steps, so the cut lands in the middle of it.
+    let env = [
+        ("VAULT__KEYS__REWRAP_BATCH", "20"),
+        ("VAULT__KEYS__REWRAP_PAUSE_MS", "40"),
+    ];
+    let mut first = spawn_with(&data, &env);
+    let app = client_as(&data, &first.api, "app");
+    let mut tokens = Vec::new();
+    for r in 0..4u64 {
+        let fields = (0..100)
+            .map(|k| field("phone", &format!("139{:08}", r * 100 + k)))
+            .collect();
+        let out = app
+            .tokenize(&tok_req(&format!("acct-{r}"), "notification", fields))
+            .await
+            .unwrap();
+        tokens.extend(out.tokens.into_iter().map(|t| t.token));
+    }
+    let officer = client_as(&data, &first.api, "officer");
+    assert_eq!(officer.rotate_keys().await.unwrap().active_version, Some(2));
+    officer.start_rewrap().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mid = loop {
+        let mid = officer.rewrap_status().await.unwrap();
+        if mid.rewrapped > 0 || Instant::now() > deadline {
+            break mid;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(mid.rewrapped > 0 && mid.rewrapped < 400, "{mid:?}");
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let cut = fs.cut(Cut::Clean, &mut rng).unwrap();
+    eprintln!("cut mid-rewrap: {cut:?}");
+
+    let mut second = spawn_with(&data, &env);
+    let officer = client_as(&data, &second.api, "officer");
+    let keys = officer.keys_status().await.unwrap();
+    assert_eq!(
+        keys.active_version,
+        Some(2),
+        "the rotation was lost: {keys:?}"
+    );
+    let mut st = officer.rewrap_status().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while st.state != "done" && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        st = officer.rewrap_status().await.unwrap();
+    }
+    assert_eq!(st.state, "done", "{st:?}");
+    let keys = officer.keys_status().await.unwrap();
+    assert_eq!(keys.versions[0].values, 0, "{keys:?}");
+    assert_eq!(keys.versions[1].values, 400, "{keys:?}");
+    let app = client_as(&data, &second.api, "app");
+    let refs: Vec<&str> = tokens.iter().map(|t| t.as_str()).collect();
+    let out = app
+        .detokenize(&detok_req("notification", &refs))
+        .await
+        .unwrap();
+    assert!(out.values.iter().all(|v| v.status == Status::Ok));
+
+    // A seal, cut right after its answer: the next start is sealed.
+    assert!(officer.seal().await.unwrap().sealed);
+    second.child.kill().unwrap();
+    second.child.wait().unwrap();
+    let cut = fs.cut(Cut::Torn, &mut rng).unwrap();
+    eprintln!("cut after the seal: {cut:?}");
+    let mut third = spawn_with(&data, &env);
+    let officer = client_as(&data, &third.api, "officer");
+    assert!(
+        officer.keys_status().await.unwrap().sealed,
+        "the seal was lost"
+    );
+    let app = client_as(&data, &third.api, "app");
+    let err = app
+        .detokenize(&detok_req("notification", &refs[..1]))
+        .await
+        .unwrap_err();
+    assert_eq!((err.status(), err.code()), (Some(503), Some("sealed")));
+    third.child.kill().unwrap();
+    third.child.wait().unwrap();
+}
