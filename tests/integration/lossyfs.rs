@@ -24,6 +24,9 @@
 //!   reversed. Syncing a file does not make its name durable. Real file
 //!   systems are often kinder (ext4 and XFS commit a new file's name with
 //!   its first `fsync`); a program that passes here does not rely on that.
+//!   They can also be harsher: a journal commits every change of names
+//!   made so far, in order, whoever syncs, so a new name may be on the
+//!   disk before its file's bytes are. A torn cut keeps such a prefix.
 //! - `fallocate` is refused (ENOSYS), so RocksDB writes its log without
 //!   preallocation here; extended attributes, special files, symlinks and
 //!   locks across the mount are not served (locks stay the kernel's own).
@@ -55,7 +58,8 @@ pub(crate) enum Cut {
     /// Everything unsynced is gone: each file as it was at its last sync.
     Clean,
     /// Each unsynced page independently survives, is lost, or reads as
-    /// zeros; each file's unsynced length survives or not.
+    /// zeros; each file's unsynced length survives or not; the oldest
+    /// unsynced changes of names, up to a random one, survive.
     Torn,
 }
 
@@ -174,8 +178,19 @@ impl Lossy {
         let mut s = self.shared.state.lock().unwrap();
         let mut report = CutReport::default();
         // Names first, newest first; then each file's bytes (by open
-        // handle, wherever its name now is).
-        for p in std::mem::take(&mut s.names).into_iter().rev() {
+        // handle, wherever its name now is). Torn, the oldest changes of
+        // names may already be on the disk, as a journalling file system
+        // commits them in order whoever syncs: a random number of them
+        // stay, the rest are undone.
+        let mut undone = std::mem::take(&mut s.names);
+        let kept = match how {
+            Cut::Torn => rng.gen_range(0..=undone.len()),
+            Cut::Clean => 0,
+        };
+        for p in undone.drain(..kept) {
+            bury_for_good(p)?;
+        }
+        for p in undone.into_iter().rev() {
             report.names += 1;
             // A name already moved on by a later change that is durable
             // has nothing left to undo here.
@@ -263,6 +278,18 @@ fn remove(path: &Path) -> std::io::Result<()> {
         Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
         Ok(_) => std::fs::remove_file(path),
         Err(e) => Err(e),
+    }
+}
+
+/// A change of names became durable: what it removed is gone for good.
+fn bury_for_good(p: Pending) -> std::io::Result<()> {
+    match p.undo {
+        Undo::Removed { grave, .. }
+        | Undo::Renamed {
+            replaced: Some(grave),
+            ..
+        } => remove(&grave),
+        _ => Ok(()),
     }
 }
 
@@ -370,14 +397,7 @@ impl Fs {
                 kept.push(p);
                 continue;
             }
-            match p.undo {
-                Undo::Removed { grave, .. }
-                | Undo::Renamed {
-                    replaced: Some(grave),
-                    ..
-                } => remove(&grave)?,
-                _ => {}
-            }
+            bury_for_good(p)?;
         }
         s.names = kept;
         Ok(())
@@ -988,4 +1008,22 @@ fn a_cut_keeps_exactly_what_was_synced() {
     for want in [(0, 1), (0, 5), (1, 0), (1, 5)] {
         assert!(seen.contains(&want), "never saw {want:?}: {seen:?}");
     }
+
+    // Torn names: the changes that stay are the oldest ones, in order.
+    let mut kept_counts = std::collections::BTreeSet::new();
+    for round in 0..16 {
+        let names: Vec<PathBuf> = (0..4).map(|i| mnt.join(format!("n{round}-{i}"))).collect();
+        for n in &names {
+            std::fs::write(n, b"x").unwrap();
+        }
+        fs.cut(Cut::Torn, &mut rng).unwrap();
+        let there: Vec<bool> = names.iter().map(|n| n.exists()).collect();
+        let k = there.iter().take_while(|t| **t).count();
+        assert!(there[k..].iter().all(|t| !t), "not a prefix: {there:?}");
+        kept_counts.insert(k);
+    }
+    assert!(
+        kept_counts.contains(&0) && kept_counts.contains(&4),
+        "{kept_counts:?}"
+    );
 }

@@ -184,3 +184,104 @@ async fn rotations_rewraps_and_seals_survive_power_cuts() {
     third.child.kill().unwrap();
     third.child.wait().unwrap();
 }
+
+/// `vault dev`'s first start cut short by a power cut (torn) at a random
+/// moment, again and again, each on a new directory: the next start must
+/// come up by itself, with a master key and certificates that work
+/// together, whatever part of the first start reached the disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_start_cut_short_comes_up_at_the_next() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+
+    use rand::{Rng, SeedableRng};
+    use vault_sdk::wire::Status;
+
+    use crate::durability::client_as;
+    use crate::harness::{detok_req, tokenize_one, vault_bin};
+
+    let dir = tempfile::tempdir().unwrap();
+    let Some((fs, backing, mnt)) = mount_in(dir.path()) else {
+        return;
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(
+        std::env::var("VAULT_CRASH_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(7),
+    );
+    let start = |data: &Path| {
+        Command::new(vault_bin())
+            .args(["dev", "--data"])
+            .arg(data)
+            .args(["--api-addr", "127.0.0.1:0", "--ops-addr", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Comes up, or the test shows why not.
+    let ready = |data: &Path| {
+        let mut child = start(data);
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        if !line.contains("ready") {
+            let _ = child.kill();
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            panic!("the start after a cut failed: {err}");
+        }
+        let api = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("api="))
+            .unwrap()
+            .to_string();
+        (child, api)
+    };
+    let private = |name: String| {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(backing.join(&name))
+            .unwrap();
+        mnt.join(name)
+    };
+    // How long a whole first start takes here; the cuts fall within it.
+    let t0 = Instant::now();
+    let (mut child, _) = ready(&private("timing".into()));
+    let whole = t0.elapsed();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let rounds: u32 = std::env::var("VAULT_CRASH_CYCLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    for round in 0..rounds {
+        let data = private(format!("v{round}"));
+        let mut child = start(&data);
+        let at = whole.mul_f64(rng.gen_range(0.0..1.0));
+        std::thread::sleep(at);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let cut = fs.cut(Cut::Torn, &mut rng).unwrap();
+        eprintln!("round {round}: cut at {at:?} of {whole:?}: {cut:?}");
+        let (mut child, api) = ready(&data);
+        let app = client_as(&data, &api, "app");
+        let token = tokenize_one(&app, "acct-1", "notification", "phone", "13800138000").await;
+        let out = app
+            .detokenize(&detok_req("notification", &[&token]))
+            .await
+            .unwrap();
+        assert_eq!(out.values[0].status, Status::Ok);
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}

@@ -4,8 +4,7 @@
 //! policy, and a master key; later runs reuse them. Invariant: nothing that
 //! exists is ever overwritten, and private keys are written owner-only.
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -125,18 +124,10 @@ fn private_dir(dir: &Path) -> Result<(), DevError> {
 }
 
 fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), DevError> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(io(path))?;
-    f.write_all(bytes).map_err(io(path))?;
-    f.sync_all().map_err(io(path))?;
-    // The name as well as the bytes: a CA lost to a power cut would be
-    // replaced by a new one at the next start, and every app holding a
-    // certificate from the old one refused.
-    crate::store::sync_parent(path).map_err(io(path))
+    // Whole or not there after a power cut; and the name synced too: a CA
+    // lost to a cut would be replaced by a new one at the next start, and
+    // every app holding a certificate from the old one refused.
+    crate::store::write_new_file(path, bytes, mode).map_err(io(path))
 }
 
 fn validity(params: &mut CertificateParams) {
@@ -182,11 +173,13 @@ fn write_certs(tls: &Path) -> Result<(), DevError> {
             &ca_key,
         )?;
     }
-    write_new(
-        &tls.join("ca.key"),
-        ca_key.serialize_pem().as_bytes(),
-        0o600,
-    )?;
+    // A first start cut short may have left the key of a CA that never
+    // got its certificate: this set replaces it.
+    let ca_key_path = tls.join("ca.key");
+    if ca_key_path.exists() {
+        std::fs::remove_file(&ca_key_path).map_err(io(&ca_key_path))?;
+    }
+    write_new(&ca_key_path, ca_key.serialize_pem().as_bytes(), 0o600)?;
     // The CA goes last: its presence marks a complete set.
     write_new(&ca_path, ca_cert.pem().as_bytes(), 0o644)
 }

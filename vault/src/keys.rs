@@ -829,22 +829,14 @@ fn parse_master(text: &str, source_name: &str) -> Result<SecretKey<32>, KeyError
 
 /// Writes a fresh master key file readable only by its owner.
 pub fn write_new_master(path: &Path) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let key = SecretKey::<32>::generate();
-    let text = Zeroizing::new(hex::encode(key.expose_secret()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(text.as_bytes())?;
-    f.write_all(b"\n")?;
-    f.sync_all()?;
-    // Its name too: a master key lost to a power cut would have the next
-    // start make a new one, and every value sealed under the old one
-    // could never be opened again.
-    crate::store::sync_parent(path)
+    let mut text = Zeroizing::new(hex::encode(key.expose_secret()));
+    text.push('\n');
+    // Whole or not there after a power cut, its name synced: a master key
+    // lost to a cut would have the next start make a new one, and every
+    // value sealed under the old one could never be opened again; one cut
+    // short would stop every start.
+    crate::store::write_new_file(path, text.as_bytes(), 0o600)
 }
 
 #[cfg(test)]
@@ -887,8 +879,19 @@ mod tests {
             std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        // Never overwrites an existing key.
+        // Never overwrites an existing key, and leaves nothing beside it.
+        let before = std::fs::read(&p).unwrap();
         assert!(write_new_master(&p).is_err());
+        assert_eq!(std::fs::read(&p).unwrap(), before);
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        // A temporary file an attempt cut short left behind is replaced.
+        let q = dir.path().join("other.key");
+        std::fs::write(dir.path().join(".other.key.new"), "half").unwrap();
+        write_new_master(&q).unwrap();
+        assert!(master_from_file(&q).is_ok());
+        assert!(!dir.path().join(".other.key.new").exists());
+        std::fs::remove_file(&q).unwrap();
 
         std::fs::write(&p, "zz").unwrap();
         let err = master_from_file(&p).unwrap_err().to_string();

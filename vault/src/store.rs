@@ -22,6 +22,44 @@ pub fn sync_parent(path: &std::path::Path) -> std::io::Result<()> {
     }
 }
 
+/// Creates `path` holding `bytes`, with permissions `mode`, refusing a
+/// name that exists; after a crash or power cut at any moment the name
+/// holds all of the bytes or is not there. The bytes go to a temporary
+/// file beside it first (`.NAME.new`, replaced if an earlier attempt left
+/// one), synced, which is then linked under the name; the directory is
+/// synced last. Written in place, a cut could leave the name holding
+/// nothing: a journal may commit a new name before its file's bytes.
+pub fn write_new_file(path: &std::path::Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(".new");
+    let tmp = path.with_file_name(tmp_name);
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        // A link, not a rename: it refuses a name that exists.
+        std::fs::hard_link(&tmp, path)
+    })();
+    let removed = std::fs::remove_file(&tmp);
+    written?;
+    removed?;
+    sync_parent(path)
+}
+
 /// A keyspace (a column family in RocksDB, a table elsewhere).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Space {
