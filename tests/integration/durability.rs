@@ -19,6 +19,15 @@ pub(crate) struct ChildVault {
     stderr: Arc<Mutex<String>>,
 }
 
+impl Drop for ChildVault {
+    /// A test that fails with its vault running does not leave it behind
+    /// (nor, on a mounted file system, the mount busy).
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A child `vault dev` on `dir`, ready (also used by `abuse.rs`).
 pub(crate) fn spawn(dir: &std::path::Path) -> ChildVault {
     spawn_with(dir, &[])

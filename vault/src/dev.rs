@@ -81,25 +81,37 @@ pub fn ca_issuer(tls: &Path) -> Result<(Certificate, KeyPair), DevError> {
 pub fn prepare(dir: &Path) -> Result<PathBuf, DevError> {
     let tls = dir.join("tls");
     for d in [dir, &tls] {
-        let made = !d.exists();
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(d)
             .map_err(io(d))?;
-        if made {
-            crate::store::sync_parent(d).map_err(io(d))?;
-        }
         private_dir(d)?;
     }
-    write_certs(&tls)?;
     let key = dir.join("master.key");
+    let config = dir.join("vault.toml");
+    // What a start cut short between linking a file and removing its
+    // temporary name left: a second copy of a key, never used.
+    let names = std::iter::once("ca")
+        .chain(std::iter::once("server"))
+        .chain(CLIENTS);
+    let certs = names.flat_map(|n| ["pem", "key"].map(|e| tls.join(format!("{n}.{e}"))));
+    for path in certs.chain([key.clone(), config.clone()]) {
+        crate::store::remove_leftover(&path).map_err(io(&path))?;
+    }
+    write_certs(&tls)?;
     if !key.exists() {
         crate::keys::write_new_master(&key).map_err(io(&key))?;
     }
-    let config = dir.join("vault.toml");
     if !config.exists() {
         write_new(&config, DEFAULT_CONFIG.as_bytes(), 0o644)?;
+    }
+    // Every start, not only the one that made them: a start cut short
+    // after making a name and before syncing its directory leaves a name
+    // that only a later sync makes durable.
+    for d in [&tls, dir] {
+        crate::store::sync_dir(d).map_err(io(d))?;
+        crate::store::sync_parent(d).map_err(io(d))?;
     }
     Ok(config)
 }

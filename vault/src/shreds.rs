@@ -284,7 +284,6 @@ impl ShredLog {
         if path.is_dir() {
             return Err(ShredError::NotAFile(shown));
         }
-        let created = !path.exists();
         let file = std::fs::OpenOptions::new()
             .read(true)
             .append(true)
@@ -300,9 +299,9 @@ impl ShredLog {
             Err(std::fs::TryLockError::WouldBlock) => return Err(ShredError::Locked(shown)),
             Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
         }
-        if created {
-            crate::store::sync_parent(path).map_err(&io)?;
-        }
+        // Every start, not only the one that made it: a start cut short
+        // before this sync leaves a name only a later sync makes durable.
+        crate::store::sync_parent(path).map_err(&io)?;
         let mut hash = Sha256::new();
         let (len, torn) = read_from(&file, 0, &mut hash, |_| {}).map_err(&io)?;
         Ok(ShredLog {

@@ -17,8 +17,33 @@ pub use rocks::RocksStore;
 /// (`tests/integration/powerloss.rs` checks the vault's own files).
 pub fn sync_parent(path: &std::path::Path) -> std::io::Result<()> {
     match path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        Some(dir) => std::fs::File::open(dir)?.sync_all(),
-        None => std::fs::File::open(".")?.sync_all(),
+        Some(dir) => sync_dir(dir),
+        None => sync_dir(std::path::Path::new(".")),
+    }
+}
+
+/// Makes the names in directory `dir` durable.
+pub fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// The temporary name [`write_new_file`] writes `path` under first.
+fn leftover(path: &std::path::Path, name: &std::ffi::OsStr) -> std::path::PathBuf {
+    let mut tmp = std::ffi::OsString::from(".");
+    tmp.push(name);
+    tmp.push(".new");
+    path.with_file_name(tmp)
+}
+
+/// Removes what a [`write_new_file`] of `path` cut short left beside it
+/// (after its link, a second copy of what `path` holds).
+pub fn remove_leftover(path: &std::path::Path) -> std::io::Result<()> {
+    let Some(name) = path.file_name() else {
+        return Ok(());
+    };
+    match std::fs::remove_file(leftover(path, name)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 
@@ -35,14 +60,8 @@ pub fn write_new_file(path: &std::path::Path, bytes: &[u8], mode: u32) -> std::i
     let name = path
         .file_name()
         .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(".new");
-    let tmp = path.with_file_name(tmp_name);
-    match std::fs::remove_file(&tmp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
+    let tmp = leftover(path, name);
+    remove_leftover(path)?;
     let written = (|| {
         let mut f = std::fs::OpenOptions::new()
             .write(true)

@@ -281,6 +281,11 @@ impl RocksStore {
     /// Opens (creating if needed) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let db = open_read_write(dir)?;
+        // RocksDB syncs the names in its directory, not the directory's
+        // own name, which it made when it was missing.
+        super::sync_parent(dir).map_err(|e| {
+            StoreError::Engine(format!("syncing the directory holding the database: {e}"))
+        })?;
         Ok(Self::with(dir, db, false))
     }
 
