@@ -4,12 +4,31 @@
 //! or torn in turn, before anything reads the directory again; a 200 must
 //! mean the write reached the disk, not the page cache.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rand::{Rng, SeedableRng};
 
 use crate::crash::kill_cycles;
-use crate::lossyfs::{mount_in, Cut};
+use crate::lossyfs::{mount_in, Cut, Lossy};
+
+/// A private directory `name` on the lossy file system at `mnt`, made on
+/// its disk `backing` itself, so durable before any start.
+fn private_on(backing: &Path, mnt: &Path, name: &str) -> PathBuf {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(backing.join(name))
+        .unwrap();
+    mnt.join(name)
+}
+
+/// A lossy file system mounted in `dir`, with a data directory for
+/// `vault dev` on it (private, as it wants it).
+fn vault_on_lossy(dir: &Path) -> Option<(Lossy, PathBuf)> {
+    let (fs, backing, mnt) = mount_in(dir)?;
+    let data = private_on(&backing, &mnt, "vault");
+    Some((fs, data))
+}
 
 /// The files `vault dev` makes at its first start.
 const DEV_FILES: [&str; 7] = [
@@ -25,17 +44,9 @@ const DEV_FILES: [&str; 7] = [
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn power_cuts_lose_nothing_acknowledged_and_half_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let Some((fs, backing, mnt)) = mount_in(dir.path()) else {
+    let Some((fs, data)) = vault_on_lossy(dir.path()) else {
         return;
     };
-    // The data directory exists before the first start (made on the disk
-    // itself, so durable), private as `vault dev` wants it.
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(backing.join("vault"))
-        .unwrap();
-    let data = mnt.join("vault");
     let mut lost = 0u64;
     let mut restored = 0usize;
     let mut names = 0usize;
@@ -88,88 +99,21 @@ async fn power_cuts_lose_nothing_acknowledged_and_half_write_nothing() {
 /// sealed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotations_rewraps_and_seals_survive_power_cuts() {
-    use std::time::{Duration, Instant};
-
-    use vault_sdk::wire::Status;
-
-    use crate::durability::{client_as, spawn_with};
-    use crate::harness::{detok_req, field, tok_req};
+    use crate::durability::{client_as, rewrap_killed_midway, spawn};
+    use crate::harness::detok_req;
 
     let dir = tempfile::tempdir().unwrap();
-    let Some((fs, backing, mnt)) = mount_in(dir.path()) else {
+    let Some((fs, data)) = vault_on_lossy(dir.path()) else {
         return;
     };
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(backing.join("vault"))
-        .unwrap();
-    let data = mnt.join("vault");
     let mut rng = rand::rngs::StdRng::seed_from_u64(20261208);
-    // Small, slow rewrap steps, so the cut lands in the middle of it.
-    let env = [
-        ("VAULT__KEYS__REWRAP_BATCH", "20"),
-        ("VAULT__KEYS__REWRAP_PAUSE_MS", "40"),
-    ];
-    let mut first = spawn_with(&data, &env);
-    let app = client_as(&data, &first.api, "app");
-    let mut tokens = Vec::new();
-    for r in 0..4u64 {
-        let fields = (0..100)
-            .map(|k| field("phone", &format!("139{:08}", r * 100 + k)))
-            .collect();
-        let out = app
-            .tokenize(&tok_req(&format!("acct-{r}"), "notification", fields))
-            .await
-            .unwrap();
-        tokens.extend(out.tokens.into_iter().map(|t| t.token));
-    }
-    let officer = client_as(&data, &first.api, "officer");
-    assert_eq!(officer.rotate_keys().await.unwrap().active_version, Some(2));
-    officer.start_rewrap().await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mid = loop {
-        let mid = officer.rewrap_status().await.unwrap();
-        if mid.rewrapped > 0 || Instant::now() > deadline {
-            break mid;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert!(mid.rewrapped > 0 && mid.rewrapped < 400, "{mid:?}");
-    first.child.kill().unwrap();
-    first.child.wait().unwrap();
-    let cut = fs.cut(Cut::Clean, &mut rng).unwrap();
-    eprintln!("cut mid-rewrap: {cut:?}");
-
-    let mut second = spawn_with(&data, &env);
-    let officer = client_as(&data, &second.api, "officer");
-    let keys = officer.keys_status().await.unwrap();
-    assert_eq!(
-        keys.active_version,
-        Some(2),
-        "the rotation was lost: {keys:?}"
-    );
-    let mut st = officer.rewrap_status().await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while st.state != "done" && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        st = officer.rewrap_status().await.unwrap();
-    }
-    assert_eq!(st.state, "done", "{st:?}");
-    assert_eq!(
-        st.scanned, 400,
-        "resumed from the cursor, not from the start: {st:?}"
-    );
-    let keys = officer.keys_status().await.unwrap();
-    assert_eq!(keys.versions[0].values, 0, "{keys:?}");
-    assert_eq!(keys.versions[1].values, 400, "{keys:?}");
-    let app = client_as(&data, &second.api, "app");
+    let (mut second, tokens) = rewrap_killed_midway(&data, || {
+        let cut = fs.cut(Cut::Clean, &mut rng).unwrap();
+        eprintln!("cut mid-rewrap: {cut:?}");
+    })
+    .await;
     let refs: Vec<&str> = tokens.iter().map(|t| t.as_str()).collect();
-    let out = app
-        .detokenize(&detok_req("notification", &refs))
-        .await
-        .unwrap();
-    assert!(out.values.iter().all(|v| v.status == Status::Ok));
+    let officer = client_as(&data, &second.api, "officer");
 
     // A seal, cut right after its answer: the next start is sealed.
     assert!(officer.seal().await.unwrap().sealed);
@@ -179,7 +123,7 @@ async fn rotations_rewraps_and_seals_survive_power_cuts() {
     // time, not one time in two.
     let cut = fs.cut(Cut::Clean, &mut rng).unwrap();
     eprintln!("cut after the seal: {cut:?}");
-    let mut third = spawn_with(&data, &env);
+    let third = spawn(&data);
     let officer = client_as(&data, &third.api, "officer");
     assert!(
         officer.keys_status().await.unwrap().sealed,
@@ -191,8 +135,7 @@ async fn rotations_rewraps_and_seals_survive_power_cuts() {
         .await
         .unwrap_err();
     assert_eq!((err.status(), err.code()), (Some(503), Some("sealed")));
-    third.child.kill().unwrap();
-    third.child.wait().unwrap();
+    drop(third);
 }
 
 /// `vault dev`'s first start cut short by a power cut (torn) at a random
@@ -257,14 +200,7 @@ async fn a_first_start_cut_short_comes_up_at_the_next() {
             .to_string();
         (child, api)
     };
-    let private = |name: String| {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(backing.join(&name))
-            .unwrap();
-        mnt.join(name)
-    };
+    let private = |name: String| private_on(&backing, &mnt, &name);
     // How long a whole first start takes here; the cuts fall within it.
     let t0 = Instant::now();
     let (child, _) = ready(&private("timing".into()));
@@ -314,7 +250,7 @@ async fn a_start_makes_durable_the_names_an_interrupted_one_left() {
     use crate::durability::spawn;
 
     let dir = tempfile::tempdir().unwrap();
-    let Some((fs, backing, mnt)) = mount_in(dir.path()) else {
+    let Some((fs, data)) = vault_on_lossy(dir.path()) else {
         return;
     };
     // A whole `vault dev` directory, made on a plain one.
@@ -324,11 +260,6 @@ async fn a_start_makes_durable_the_names_an_interrupted_one_left() {
     // where a first start killed right before its directory syncs leaves
     // things.
     use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(backing.join("vault"))
-        .unwrap();
-    let data = mnt.join("vault");
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(data.join("tls"))
