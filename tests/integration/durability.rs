@@ -300,6 +300,12 @@ pub(crate) async fn rewrap_killed_midway(
         "the rotation was lost: {keys:?}"
     );
     let mut st = officer.rewrap_status().await.unwrap();
+    // The steps done before the kill are kept (each with its cursor), not
+    // done again from the start.
+    assert!(
+        st.rewrapped >= mid.rewrapped,
+        "steps acknowledged before the kill were lost: {mid:?} then {st:?}"
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     while st.state != "done" && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;

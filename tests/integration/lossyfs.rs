@@ -68,8 +68,9 @@ pub(crate) enum Cut {
     /// Everything unsynced is gone: each file as it was at its last sync.
     Clean,
     /// Each unsynced page independently survives, is lost, or reads as
-    /// zeros; each file's unsynced length survives or not; the oldest
-    /// unsynced changes of names, up to a random one, survive.
+    /// zeros; a grown file's unsynced length survives or not (a shrunk one
+    /// gets its synced length back); the oldest unsynced changes of names,
+    /// up to a random one, survive.
     Torn,
 }
 
@@ -122,12 +123,12 @@ struct State {
     paths: HashMap<u64, PathBuf>,
     /// Open files by handle.
     open: HashMap<u64, Arc<File>>,
-    /// Open directories by handle: their entries as listed at opendir, so
-    /// offsets mean the same from one readdir to the next.
+    /// Open directories by handle: their entries as listed at the read
+    /// from offset 0, so offsets mean the same from one read to the next.
     listings: HashMap<u64, Vec<(u64, FileType, std::ffi::OsString)>>,
     next_fh: u64,
-    /// Files changed since their last sync, by inode number (in order, so
-    /// a seeded torn cut tears the same way each run).
+    /// Files changed since their last sync, by inode number (in order:
+    /// over the same files, a seeded torn cut draws the same way).
     dirty: BTreeMap<u64, Dirty>,
     /// Changes of names not yet durable, oldest first.
     names: Vec<Pending>,
@@ -324,6 +325,21 @@ fn bury_all_for_good(durable: Vec<Pending>) -> std::io::Result<()> {
         }
     }
     result
+}
+
+/// The entries of directory `path` (FUSE number `ino`), `.` and `..`
+/// first.
+fn listing(ino: u64, path: &Path) -> Result<Vec<(u64, FileType, std::ffi::OsString)>, Errno> {
+    let mut entries = vec![
+        (ino, FileType::Directory, ".".into()),
+        (ino, FileType::Directory, "..".into()),
+    ];
+    for e in std::fs::read_dir(path).map_err(errno)? {
+        let e = e.map_err(errno)?;
+        let m = e.metadata().map_err(errno)?;
+        entries.push((m.ino() + 2, kind(&m), e.file_name()));
+    }
+    Ok(entries)
 }
 
 fn dir_of(path: &Path) -> PathBuf {
@@ -689,10 +705,15 @@ impl Filesystem for Fs {
         // under it would leave them pointing nowhere. Not modelled (neither
         // the vault nor RocksDB renames directories): refused as across
         // devices, which callers know to fall back from.
+        let under = |p: &Path| p.starts_with(&from);
         if moved.is_dir()
-            && s.names
-                .iter()
-                .any(|p| p.dirs.iter().any(|d| d.starts_with(&from)))
+            && s.names.iter().any(|p| {
+                p.dirs.iter().any(|d| under(d))
+                    || match &p.undo {
+                        Undo::Made(x) | Undo::Removed { path: x, .. } => under(x),
+                        Undo::Renamed { from: f, to: t, .. } => under(f) || under(t),
+                    }
+            })
         {
             return reply.error(Errno::EXDEV);
         }
@@ -848,33 +869,30 @@ impl Filesystem for Fs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // Listed at the first read (offset 0).
         let mut s = self.0.state.lock().unwrap();
-        let path = tri!(reply, self.path(&s, ino));
-        let mut entries: Vec<(u64, FileType, std::ffi::OsString)> = vec![
-            (ino.0, FileType::Directory, ".".into()),
-            (ino.0, FileType::Directory, "..".into()),
-        ];
-        let list = tri!(reply, std::fs::read_dir(&path).map_err(errno));
-        for e in list {
-            let e = tri!(reply, e.map_err(errno));
-            let m = tri!(reply, e.metadata().map_err(errno));
-            entries.push((m.ino() + 2, kind(&m), e.file_name()));
-        }
+        tri!(reply, self.path(&s, ino));
         s.next_fh += 1;
         let fh = s.next_fh;
-        s.listings.insert(fh, entries);
+        s.listings.insert(fh, Vec::new());
         reply.opened(FileHandle(fh), FopenFlags::empty());
     }
 
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let s = self.0.state.lock().unwrap();
+        let mut s = self.0.state.lock().unwrap();
+        if offset == 0 {
+            // From the start (a first read or a rewind): list it as it is now.
+            let path = tri!(reply, self.path(&s, ino));
+            let entries = tri!(reply, listing(ino.0, &path));
+            s.listings.insert(fh.0, entries);
+        }
         let entries = tri!(reply, s.listings.get(&fh.0).ok_or(Errno::EBADF));
         for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, name) {

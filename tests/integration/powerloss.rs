@@ -146,7 +146,7 @@ async fn rotations_rewraps_and_seals_survive_power_cuts() {
 async fn a_first_start_cut_short_comes_up_at_the_next() {
     use std::io::{BufRead, BufReader, Read};
     use std::process::{Command, Stdio};
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     use vault_sdk::wire::Status;
 
@@ -201,23 +201,50 @@ async fn a_first_start_cut_short_comes_up_at_the_next() {
         (child, api)
     };
     let private = |name: String| private_on(&backing, &mnt, &name);
-    // How long a whole first start takes here; the cuts fall within it.
+    // How long a whole first start takes here, and when it makes its
+    // files (from the first, `tls/server.key`, to the last, `vault.toml`):
+    // half the cuts fall while it makes them, the others anywhere.
     let t0 = Instant::now();
-    let (child, _) = ready(&private("timing".into()));
+    let timing = private("timing".into());
+    let child = start(&timing);
+    let when = |f: &str| {
+        while !timing.join(f).exists() && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        t0.elapsed()
+    };
+    let (first, last) = (when("tls/server.key"), when("vault.toml"));
+    drop(child);
+    let t0 = Instant::now();
+    let (child, _) = ready(&private("timing2".into()));
     let whole = t0.elapsed();
     drop(child);
     let rounds: u32 = std::env::var("VAULT_CRASH_CYCLES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
-    for round in 0..rounds {
+        .unwrap_or(16);
+    let mut partial = 0;
+    // The rounds asked for, and more (up to four times as many) until a cut
+    // has fallen among the files, where the bugs were.
+    let mut round = 0;
+    while round < rounds || (partial == 0 && round < 4 * rounds.max(16)) {
+        round += 1;
         let data = private(format!("v{round}"));
         let child = start(&data);
-        let at = whole.mul_f64(rng.gen_range(0.0..1.0));
+        let within = if round % 2 == 0 {
+            first..last
+        } else {
+            Duration::ZERO..whole
+        };
+        let at = rng.gen_range(within.clone());
         std::thread::sleep(at);
         drop(child);
         let cut = fs.cut(Cut::Torn, &mut rng).unwrap();
-        eprintln!("round {round}: cut at {at:?} of {whole:?}: {cut:?}");
+        let left = DEV_FILES.iter().filter(|f| data.join(f).exists()).count();
+        if left > 0 && left < DEV_FILES.len() {
+            partial += 1;
+        }
+        eprintln!("round {round}: cut at {at:?} of {within:?}, {left} files left: {cut:?}");
         let (child, api) = ready(&data);
         let app = client_as(&data, &api, "app");
         let token = tokenize_one(&app, "acct-1", "notification", "phone", "13800138000").await;
@@ -228,6 +255,8 @@ async fn a_first_start_cut_short_comes_up_at_the_next() {
         assert_eq!(out.values[0].status, Status::Ok);
         drop(child);
     }
+    eprintln!("{partial} of {round} cuts left some of the files and not others");
+    assert!(partial > 0, "no cut fell among the files");
 }
 
 /// A child process killed and reaped when dropped, so a failing test

@@ -830,13 +830,17 @@ fn parse_master(text: &str, source_name: &str) -> Result<SecretKey<32>, KeyError
 /// Writes a fresh master key file readable only by its owner.
 pub fn write_new_master(path: &Path) -> std::io::Result<()> {
     let key = SecretKey::<32>::generate();
-    let mut text = Zeroizing::new(hex::encode(key.expose_secret()));
-    text.push('\n');
+    // Hex and a newline, in one wiped buffer (a string grown by a push
+    // would leave its first copy unwiped).
+    let mut text = Zeroizing::new([b'\n'; 65]);
+    let encoding = || std::io::Error::other("encoding the key");
+    let digits = text.get_mut(..64).ok_or_else(encoding)?;
+    hex::encode_to_slice(key.expose_secret(), digits).map_err(|_| encoding())?;
     // Whole or not there after a power cut, its name synced: a master key
     // lost to a cut would have the next start make a new one, and every
     // value sealed under the old one could never be opened again; one cut
     // short would stop every start.
-    crate::store::write_new_file(path, text.as_bytes(), 0o600)
+    crate::store::write_new_file(path, text.as_slice(), 0o600)
 }
 
 #[cfg(test)]

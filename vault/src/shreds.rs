@@ -284,6 +284,7 @@ impl ShredLog {
         if path.is_dir() {
             return Err(ShredError::NotAFile(shown));
         }
+        let created = !path.exists();
         let file = std::fs::OpenOptions::new()
             .read(true)
             .append(true)
@@ -301,7 +302,13 @@ impl ShredLog {
         }
         // Every start, not only the one that made it: a start cut short
         // before this sync leaves a name only a later sync makes durable.
-        crate::store::sync_parent(path).map_err(&io)?;
+        // The start that made it must sync it; a later one tries.
+        let dir = crate::store::parent_dir(path);
+        if created {
+            crate::store::sync_dir(dir).map_err(&io)?;
+        } else {
+            crate::store::sync_dir_or_warn(dir).map_err(&io)?;
+        }
         let mut hash = Sha256::new();
         let (len, torn) = read_from(&file, 0, &mut hash, |_| {}).map_err(&io)?;
         Ok(ShredLog {

@@ -16,15 +16,44 @@ pub use rocks::RocksStore;
 /// syncing the file itself keeps its bytes, not its name
 /// (`tests/integration/powerloss.rs` checks the vault's own files).
 pub fn sync_parent(path: &std::path::Path) -> std::io::Result<()> {
-    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        Some(dir) => sync_dir(dir),
-        None => sync_dir(std::path::Path::new(".")),
-    }
+    sync_dir(parent_dir(path))
 }
 
 /// Makes the names in directory `dir` durable.
 pub fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
+}
+
+/// Like [`sync_dir`], for a start that syncs directories it did not
+/// necessarily make: one the file system or its permissions do not let
+/// this process sync (read-only, unreadable, no directory sync) is logged,
+/// not fatal. Names made in it may then not survive a power cut; the start
+/// goes on as it did before it synced anything.
+pub fn sync_dir_or_warn(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::io::ErrorKind::{InvalidInput, PermissionDenied, ReadOnlyFilesystem, Unsupported};
+    match sync_dir(dir) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                PermissionDenied | InvalidInput | ReadOnlyFilesystem | Unsupported
+            ) =>
+        {
+            tracing::warn!(
+                dir = %dir.display(),
+                error = %e,
+                "Could not sync a directory: names made in it may not survive a power cut"
+            );
+            Ok(())
+        }
+        r => r,
+    }
+}
+
+/// The directory holding `path` (`.` for a bare name).
+pub fn parent_dir(path: &std::path::Path) -> &std::path::Path {
+    path.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."))
 }
 
 /// The temporary name [`write_new_file`] writes `path` under first.

@@ -283,7 +283,7 @@ impl RocksStore {
         let db = open_read_write(dir)?;
         // RocksDB syncs the names in its directory, not the directory's
         // own name, which it made when it was missing.
-        super::sync_parent(dir).map_err(|e| {
+        super::sync_dir_or_warn(super::parent_dir(dir)).map_err(|e| {
             StoreError::Engine(format!("syncing the directory holding the database: {e}"))
         })?;
         Ok(Self::with(dir, db, false))
