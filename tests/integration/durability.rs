@@ -16,7 +16,7 @@ pub(crate) struct ChildVault {
     pub(crate) api: String,
     /// `host:port` of the ops listener (plain HTTP).
     pub(crate) ops: String,
-    stderr: Arc<Mutex<String>>,
+    pub(crate) stderr: Arc<Mutex<String>>,
 }
 
 impl Drop for ChildVault {

@@ -137,6 +137,9 @@ struct State {
     /// see that the vault's writes went through here.
     written: u64,
     syncs: u64,
+    /// A directory whose sync is answered EINVAL, as some file systems
+    /// answer every directory's (backing path).
+    unsyncable: Option<PathBuf>,
 }
 
 struct Shared {
@@ -182,6 +185,20 @@ impl Lossy {
 
     /// Bytes written through the mount and syncs served since it was
     /// mounted.
+    /// From now on, a sync of directory `dir` (a path under the mount) is
+    /// answered EINVAL and makes nothing durable.
+    pub(crate) fn refuse_dir_sync(&self, mountpoint: &Path, dir: &Path) {
+        let rest = dir.strip_prefix(mountpoint).unwrap();
+        let backing = self.shared.root.join(rest);
+        // The mount's root is the backing directory itself.
+        let backing = if rest.as_os_str().is_empty() {
+            self.shared.root.clone()
+        } else {
+            backing
+        };
+        self.shared.state.lock().unwrap().unsyncable = Some(backing);
+    }
+
     pub(crate) fn traffic(&self) -> (u64, u64) {
         let s = self.shared.state.lock().unwrap();
         (s.written, s.syncs)
@@ -924,6 +941,9 @@ impl Filesystem for Fs {
     ) {
         let mut s = self.0.state.lock().unwrap();
         let dir = tri!(reply, self.path(&s, ino));
+        if s.unsyncable.as_ref() == Some(&dir) {
+            return reply.error(Errno::EINVAL);
+        }
         tri!(reply, Self::synced_dir(&mut s, &dir).map_err(errno));
         s.syncs += 1;
         reply.ok();

@@ -320,3 +320,42 @@ async fn a_start_makes_durable_the_names_an_interrupted_one_left() {
         );
     }
 }
+
+/// A directory the vault may not sync (here the one holding its data
+/// directory, on a file system that answers EINVAL, as some answer every
+/// directory's sync) is a warning at start, not a refused start: before
+/// the vault synced such directories, the same start worked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_that_cannot_be_synced_is_a_warning_not_a_refused_start() {
+    use crate::durability::{client, spawn};
+    use crate::harness::tokenize_one;
+
+    let dir = tempfile::tempdir().unwrap();
+    let Some((fs, backing, mnt)) = mount_in(dir.path()) else {
+        return;
+    };
+    let data = private_on(&backing, &mnt, "vault");
+    fs.refuse_dir_sync(&mnt, &mnt);
+    let v = spawn(&data);
+    let token = tokenize_one(
+        &client(&data, &v.api),
+        "acct-1",
+        "notification",
+        "phone",
+        "13800138000",
+    )
+    .await;
+    assert!(!token.is_empty());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !v
+        .stderr
+        .lock()
+        .unwrap()
+        .contains("Could not sync a directory")
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let logs = v.stderr.lock().unwrap().clone();
+    assert!(logs.contains("Could not sync a directory"), "{logs}");
+}
