@@ -140,6 +140,8 @@ struct State {
     /// A directory whose sync is answered EINVAL, as some file systems
     /// answer every directory's (backing path).
     unsyncable: Option<PathBuf>,
+    /// Links answered EPERM, as on a file system without hard links.
+    no_links: bool,
 }
 
 struct Shared {
@@ -197,6 +199,11 @@ impl Lossy {
             backing
         };
         self.shared.state.lock().unwrap().unsyncable = Some(backing);
+    }
+
+    /// From now on, links are refused (EPERM), as on vfat.
+    pub(crate) fn refuse_links(&self) {
+        self.shared.state.lock().unwrap().no_links = true;
     }
 
     pub(crate) fn traffic(&self) -> (u64, u64) {
@@ -709,7 +716,8 @@ impl Filesystem for Fs {
         reply: ReplyEmpty,
     ) {
         let mut s = self.0.state.lock().unwrap();
-        if flags.bits() != 0 {
+        let noreplace = flags == RenameFlags::RENAME_NOREPLACE;
+        if flags.bits() != 0 && !noreplace {
             return reply.error(Errno::EINVAL);
         }
         let from = tri!(reply, self.child(&s, parent, name));
@@ -735,6 +743,7 @@ impl Filesystem for Fs {
             return reply.error(Errno::EXDEV);
         }
         let replaced = match std::fs::symlink_metadata(&to) {
+            Ok(_) if noreplace => return reply.error(Errno::EEXIST),
             Ok(_) => Some(tri!(reply, self.bury(&mut s, &to))),
             Err(_) => None,
         };
@@ -773,6 +782,9 @@ impl Filesystem for Fs {
         reply: ReplyEntry,
     ) {
         let mut s = self.0.state.lock().unwrap();
+        if s.no_links {
+            return reply.error(Errno::EPERM);
+        }
         let from = tri!(reply, self.path(&s, ino));
         let to = tri!(reply, self.child(&s, newparent, newname));
         tri!(reply, std::fs::hard_link(&from, &to).map_err(errno));

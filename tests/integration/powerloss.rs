@@ -359,3 +359,35 @@ async fn a_directory_that_cannot_be_synced_is_a_warning_not_a_refused_start() {
     let logs = v.stderr.lock().unwrap().clone();
     assert!(logs.contains("Could not sync a directory"), "{logs}");
 }
+
+/// On a file system without hard links (vfat, some shared folders),
+/// `vault dev`'s files go in by a rename that refuses an existing name:
+/// a first start there comes up, its files whole and nothing left beside
+/// them, and a second start reuses them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_start_without_hard_links_comes_up() {
+    use crate::durability::spawn;
+
+    let dir = tempfile::tempdir().unwrap();
+    let Some((fs, data)) = vault_on_lossy(dir.path()) else {
+        return;
+    };
+    fs.refuse_links();
+    drop(spawn(&data));
+    let made: Vec<Vec<u8>> = DEV_FILES
+        .iter()
+        .map(|f| std::fs::read(data.join(f)).unwrap())
+        .collect();
+    assert!(made.iter().all(|b| !b.is_empty()));
+    for d in [data.clone(), data.join("tls")] {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let name = e.unwrap().file_name();
+            let name = name.to_string_lossy();
+            assert!(!name.ends_with(".new"), "{name} left beside the files");
+        }
+    }
+    drop(spawn(&data));
+    for (f, was) in DEV_FILES.iter().zip(made) {
+        assert!(std::fs::read(data.join(f)).unwrap() == was, "{f} changed");
+    }
+}

@@ -100,12 +100,44 @@ pub fn write_new_file(path: &std::path::Path, bytes: &[u8], mode: u32) -> std::i
         f.write_all(bytes)?;
         f.sync_all()?;
         // A link, not a rename: it refuses a name that exists.
-        std::fs::hard_link(&tmp, path)
+        match std::fs::hard_link(&tmp, path) {
+            Err(e) if no_links(&e) => rename_new(&tmp, path),
+            r => r,
+        }
     })();
-    let removed = std::fs::remove_file(&tmp);
+    // Gone already after a rename.
+    let removed = match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    };
     written?;
     removed?;
     sync_parent(path)
+}
+
+/// A file system without hard links (vfat, exFAT, some shared folders)
+/// answers a link so.
+fn no_links(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{PermissionDenied, Unsupported};
+    matches!(e.kind(), PermissionDenied | Unsupported)
+        || e.raw_os_error() == Some(rustix::io::Errno::MLINK.raw_os_error())
+}
+
+/// Moves `from` to the new name `to`, refusing one that exists: in one
+/// step where the file system can (`RENAME_NOREPLACE`), else by looking
+/// first (the directory is the caller's own).
+fn rename_new(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {
+            if to.symlink_metadata().is_ok() {
+                return Err(std::io::ErrorKind::AlreadyExists.into());
+            }
+            std::fs::rename(from, to)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// A keyspace (a column family in RocksDB, a table elsewhere).
