@@ -16,7 +16,22 @@ pub(crate) struct ChildVault {
     pub(crate) api: String,
     /// `host:port` of the ops listener (plain HTTP).
     pub(crate) ops: String,
-    pub(crate) stderr: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl ChildVault {
+    /// Its stderr so far, once it holds `needle` or after 5 s (the thread
+    /// copying it may still be reading the last lines).
+    pub(crate) fn logs_once(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let logs = self.stderr.lock().unwrap().clone();
+            if logs.contains(needle) || Instant::now() > deadline {
+                return logs;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for ChildVault {
@@ -201,18 +216,7 @@ async fn acknowledged_writes_survive_sigkill() {
         .unwrap();
     assert!(term.success());
     assert!(third.child.wait().unwrap().success());
-    // The thread copying its stderr may still be reading the last lines.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !third
-        .stderr
-        .lock()
-        .unwrap()
-        .contains("Audit anchor at stop")
-        && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let logs3 = third.stderr.lock().unwrap().clone();
+    let logs3 = third.logs_once("Audit anchor at stop");
     let at_start = logs3.lines().find(|l| l.contains("Audit anchor at start"));
     let at_stop = logs3.lines().find(|l| l.contains("Audit anchor at stop"));
     let hash_of = |l: &str| {

@@ -346,17 +346,7 @@ async fn a_directory_that_cannot_be_synced_is_a_warning_not_a_refused_start() {
     )
     .await;
     assert!(!token.is_empty());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !v
-        .stderr
-        .lock()
-        .unwrap()
-        .contains("Could not sync a directory")
-        && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let logs = v.stderr.lock().unwrap().clone();
+    let logs = v.logs_once("Could not sync a directory");
     assert!(logs.contains("Could not sync a directory"), "{logs}");
 }
 
