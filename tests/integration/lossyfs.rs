@@ -142,6 +142,9 @@ struct State {
     unsyncable: Option<PathBuf>,
     /// Links answered EPERM, as on a file system without hard links.
     no_links: bool,
+    /// Renames with flags (RENAME_NOREPLACE) answered EINVAL, as by file
+    /// systems that do not know them.
+    no_rename_flags: bool,
 }
 
 struct Shared {
@@ -201,9 +204,12 @@ impl Lossy {
         self.shared.state.lock().unwrap().unsyncable = Some(backing);
     }
 
-    /// From now on, links are refused (EPERM), as on vfat.
-    pub(crate) fn refuse_links(&self) {
-        self.shared.state.lock().unwrap().no_links = true;
+    /// From now on, links are refused (EPERM), as on vfat; and, with
+    /// `flags`, renames with flags too (EINVAL), as by some shared folders.
+    pub(crate) fn refuse_links(&self, flags: bool) {
+        let mut s = self.shared.state.lock().unwrap();
+        s.no_links = true;
+        s.no_rename_flags = flags;
     }
 
     pub(crate) fn traffic(&self) -> (u64, u64) {
@@ -717,7 +723,7 @@ impl Filesystem for Fs {
     ) {
         let mut s = self.0.state.lock().unwrap();
         let noreplace = flags == RenameFlags::RENAME_NOREPLACE;
-        if flags.bits() != 0 && !noreplace {
+        if flags.bits() != 0 && (!noreplace || s.no_rename_flags) {
             return reply.error(Errno::EINVAL);
         }
         let from = tri!(reply, self.child(&s, parent, name));

@@ -351,33 +351,46 @@ async fn a_directory_that_cannot_be_synced_is_a_warning_not_a_refused_start() {
 }
 
 /// On a file system without hard links (vfat, some shared folders),
-/// `vault dev`'s files go in by a rename that refuses an existing name:
-/// a first start there comes up, its files whole and nothing left beside
-/// them, and a second start reuses them.
+/// new files go in by a rename that refuses an existing name, in one step
+/// (`RENAME_NOREPLACE`) or, where renames take no flags, after looking: an
+/// existing name is refused, nothing is left beside it, a first start
+/// comes up, and one cut short comes up at the next.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_first_start_without_hard_links_comes_up() {
+async fn without_hard_links_new_files_are_renamed_in() {
     use crate::durability::spawn;
 
-    let dir = tempfile::tempdir().unwrap();
-    let Some((fs, data)) = vault_on_lossy(dir.path()) else {
-        return;
-    };
-    fs.refuse_links();
-    drop(spawn(&data));
-    let made: Vec<Vec<u8>> = DEV_FILES
-        .iter()
-        .map(|f| std::fs::read(data.join(f)).unwrap())
-        .collect();
-    assert!(made.iter().all(|b| !b.is_empty()));
-    for d in [data.clone(), data.join("tls")] {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let name = e.unwrap().file_name();
-            let name = name.to_string_lossy();
-            assert!(!name.ends_with(".new"), "{name} left beside the files");
+    for flags in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let Some((fs, data)) = vault_on_lossy(dir.path()) else {
+            return;
+        };
+        fs.refuse_links(flags);
+        // The writer itself: made once, refused after, the first kept.
+        let p = data.join("probe");
+        vault::store::write_new_file(&p, b"first", 0o600).unwrap();
+        let again = vault::store::write_new_file(&p, b"second", 0o600).unwrap_err();
+        assert_eq!(again.kind(), std::io::ErrorKind::AlreadyExists, "{flags}");
+        assert_eq!(std::fs::read(&p).unwrap(), b"first");
+        // A first start, then a start that finds everything.
+        drop(spawn(&data));
+        let made: Vec<Vec<u8>> = DEV_FILES
+            .iter()
+            .map(|f| std::fs::read(data.join(f)).unwrap())
+            .collect();
+        assert!(made.iter().all(|b| !b.is_empty()));
+        for d in [data.clone(), data.join("tls")] {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let name = e.unwrap().file_name();
+                let name = name.to_string_lossy();
+                assert!(!name.ends_with(".new"), "{name} left beside the files");
+            }
         }
-    }
-    drop(spawn(&data));
-    for (f, was) in DEV_FILES.iter().zip(made) {
-        assert!(std::fs::read(data.join(f)).unwrap() == was, "{f} changed");
+        // A power cut after the start: the files it made stay.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        fs.cut(Cut::Torn, &mut rng).unwrap();
+        drop(spawn(&data));
+        for (f, was) in DEV_FILES.iter().zip(made) {
+            assert!(std::fs::read(data.join(f)).unwrap() == was, "{f} changed");
+        }
     }
 }

@@ -80,9 +80,12 @@ pub fn remove_leftover(path: &std::path::Path) -> std::io::Result<()> {
 /// name that exists; after a crash or power cut at any moment the name
 /// holds all of the bytes or is not there. The bytes go to a temporary
 /// file beside it first (`.NAME.new`, replaced if an earlier attempt left
-/// one), synced, which is then linked under the name; the directory is
-/// synced last. Written in place, a cut could leave the name holding
-/// nothing: a journal may commit a new name before its file's bytes.
+/// one), synced, which is then linked under the name (on a file system
+/// without hard links, renamed to it, still refusing an existing name);
+/// the directory is synced last. Written in place, a cut could leave the
+/// name holding nothing: a journal may commit a new name before its
+/// file's bytes. (vfat's own rename is not atomic across a power cut;
+/// nothing here can make it so.)
 pub fn write_new_file(path: &std::path::Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -99,7 +102,7 @@ pub fn write_new_file(path: &std::path::Path, bytes: &[u8], mode: u32) -> std::i
             .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        // A link, not a rename: it refuses a name that exists.
+        // A link, not a plain rename: it refuses a name that exists.
         match std::fs::hard_link(&tmp, path) {
             Err(e) if no_links(&e) => rename_new(&tmp, path),
             r => r,
@@ -130,11 +133,21 @@ fn rename_new(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<(
     use rustix::fs::{renameat_with, RenameFlags, CWD};
     match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
         Ok(()) => Ok(()),
-        Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {
-            if to.symlink_metadata().is_ok() {
-                return Err(std::io::ErrorKind::AlreadyExists.into());
+        Err(e)
+            if [
+                rustix::io::Errno::INVAL,
+                rustix::io::Errno::NOSYS,
+                rustix::io::Errno::OPNOTSUPP,
+            ]
+            .contains(&e) =>
+        {
+            // Free only when it is known to be: any other answer (an I/O
+            // error of a network file system) is not a free name.
+            match to.symlink_metadata() {
+                Ok(_) => Err(std::io::ErrorKind::AlreadyExists.into()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::rename(from, to),
+                Err(e) => Err(e),
             }
-            std::fs::rename(from, to)
         }
         Err(e) => Err(e.into()),
     }
