@@ -17,6 +17,8 @@ pub(crate) struct ChildVault {
     /// `host:port` of the ops listener (plain HTTP).
     pub(crate) ops: String,
     stderr: Arc<Mutex<String>>,
+    /// The thread copying stderr; done once the child has exited.
+    copier: Option<std::thread::JoinHandle<()>>,
 }
 
 impl ChildVault {
@@ -31,6 +33,17 @@ impl ChildVault {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Everything it wrote to stderr: stops it if it still runs and waits
+    /// for the last line to be copied.
+    pub(crate) fn whole_logs(&mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(copier) = self.copier.take() {
+            copier.join().unwrap();
+        }
+        self.stderr.lock().unwrap().clone()
     }
 }
 
@@ -75,7 +88,7 @@ pub(crate) fn spawn_with(dir: &std::path::Path, env: &[(&str, &str)]) -> ChildVa
     let stderr = Arc::new(Mutex::new(String::new()));
     let sink = stderr.clone();
     let mut err = BufReader::new(child.stderr.take().unwrap());
-    std::thread::spawn(move || {
+    let copier = std::thread::spawn(move || {
         let mut line = String::new();
         while err.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
             sink.lock().unwrap().push_str(&line);
@@ -87,6 +100,7 @@ pub(crate) fn spawn_with(dir: &std::path::Path, env: &[(&str, &str)]) -> ChildVa
         api,
         ops,
         stderr,
+        copier: Some(copier),
     }
 }
 
@@ -230,12 +244,9 @@ async fn acknowledged_writes_survive_sigkill() {
         "{logs3}"
     );
     assert!(at_stop.is_some(), "{logs3}");
-    // Debug logs of both runs hold no submitted value.
-    let logs = format!(
-        "{}{}",
-        first.stderr.lock().unwrap(),
-        second.stderr.lock().unwrap()
-    );
+    // Debug logs of both runs hold no submitted value: every line of
+    // them, the last ones too.
+    let logs = format!("{}{}", first.whole_logs(), second.whole_logs());
     for (i, _) in acked.iter().take(200) {
         assert!(!logs.contains(&phone(*i)), "log leaks a phone number");
     }
