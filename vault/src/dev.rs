@@ -80,6 +80,17 @@ pub fn ca_issuer(tls: &Path) -> Result<(Certificate, KeyPair), DevError> {
 /// configuration file's path.
 pub fn prepare(dir: &Path) -> Result<PathBuf, DevError> {
     let tls = dir.join("tls");
+    // The directories this start makes above the data directory's parent
+    // (all of whose names must be synced: one lost takes the rest along).
+    let mut made = Vec::new();
+    let mut up = crate::store::parent_dir(dir);
+    while !up.exists() {
+        made.push(up.to_path_buf());
+        match up.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(p) => up = p,
+            None => break,
+        }
+    }
     for d in [dir, &tls] {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -111,6 +122,10 @@ pub fn prepare(dir: &Path) -> Result<PathBuf, DevError> {
     // that only a later sync makes durable.
     for d in [&tls, dir] {
         crate::store::sync_dir_or_warn(d).map_err(io(d))?;
+        let parent = crate::store::parent_dir(d);
+        crate::store::sync_dir_or_warn(parent).map_err(io(parent))?;
+    }
+    for d in &made {
         let parent = crate::store::parent_dir(d);
         crate::store::sync_dir_or_warn(parent).map_err(io(parent))?;
     }
