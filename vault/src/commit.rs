@@ -7,6 +7,7 @@
 //! recover and reloads the chain head from it, so the chain goes on from
 //! what is durable whether or not the failed batch landed.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -408,7 +409,17 @@ fn write_group(
         extra
     };
     let started = Instant::now();
-    let result = store.write_group(batches, &mut finish);
+    // A panic in the write (the store, or the chaining above) would end
+    // this thread and with it every later write: it is a failed write
+    // instead, answered as one, and the next group lets the store recover
+    // and reloads the head (`resync`). Nothing is carried over from the
+    // unwound write but the drafts and head it was building, dropped here
+    // unused; the panic's message (it may hold data) is dropped unread.
+    let result = catch_unwind(AssertUnwindSafe(|| store.write_group(batches, &mut finish)))
+        .unwrap_or_else(|payload| {
+            drop(payload);
+            Err(StoreError::Engine("the write panicked".into()))
+        });
     // Landed or not (a failed write may have), the keys it touched are
     // forgotten before anyone hears of it.
     if let Some(cache) = w.cache {
@@ -462,7 +473,12 @@ fn write_group(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )]
     use super::*;
     use crate::store::{MemoryStore, Op, Rows};
 
@@ -810,6 +826,58 @@ mod tests {
             }
             self.inner.write(b)
         }
+    }
+
+    /// A panic in a write is a failed write: its jobs are answered with a
+    /// store error, not dropped, and the writes after it go on with an
+    /// intact chain (the thread would otherwise be gone, and every write
+    /// after it refused until a restart).
+    #[tokio::test]
+    async fn a_write_that_panics_fails_its_group_and_the_next_goes_on() {
+        struct Panicking(Flaky);
+        impl Store for Panicking {
+            fn get(&self, s: Space, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+                self.0.get(s, k)
+            }
+            fn scan(
+                &self,
+                s: Space,
+                f: &[u8],
+                t: Option<&[u8]>,
+                l: usize,
+            ) -> Result<Rows, StoreError> {
+                self.0.scan(s, f, t, l)
+            }
+            fn write(&self, b: Batch) -> Result<(), StoreError> {
+                if self.0.fail.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                    panic!("a bug in the write");
+                }
+                self.0.write(b)
+            }
+        }
+        let store = Arc::new(Panicking(Flaky {
+            inner: MemoryStore::new(),
+            fail: false.into(),
+        }));
+        let metrics = Arc::new(Metrics::new());
+        let c = Committer::start(store.clone(), metrics.clone()).unwrap();
+        c.commit(Batch::default(), vec![draft(1)]).await.unwrap();
+        store
+            .0
+            .fail
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut b = Batch::default();
+        b.ops.push(Op::Put(Space::Values, b"x".to_vec(), vec![]));
+        match c.commit(b, vec![draft(2)]).await {
+            Err(CommitError::Store(StoreError::Engine(m))) => assert_eq!(m, "the write panicked"),
+            other => panic!("expected a store error, got {other:?}"),
+        }
+        c.commit(Batch::default(), vec![draft(3)]).await.unwrap();
+        assert_eq!(store.get(Space::Values, b"x").unwrap(), None);
+        assert_eq!(
+            audit::verify(store.as_ref()).unwrap(),
+            audit::Verdict::Intact { events: 2 }
+        );
     }
 
     #[tokio::test]

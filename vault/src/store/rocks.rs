@@ -14,7 +14,7 @@
 //! read-only instance keeps serving them.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use rocksdb::{
@@ -305,6 +305,22 @@ impl RocksStore {
         }
     }
 
+    /// The write lock. A panic while it was held (in a write, whatever
+    /// panicked) leaves the engine's state unknown, so it counts as a
+    /// failed write: the lock is taken back and the next
+    /// [`Store::recover`] reopens the engine, where otherwise every write
+    /// after would be refused until a restart.
+    fn health(&self) -> MutexGuard<'_, Health> {
+        self.write_lock.lock().unwrap_or_else(|poison| {
+            self.write_lock.clear_poison();
+            let mut health = poison.into_inner();
+            health.failed = true;
+            health.last_reopen = None;
+            tracing::error!(path = %self.dir.display(), "A write panicked; the storage will be reopened");
+            health
+        })
+    }
+
     /// Runs `f` on the open engine, sharing it with other readers.
     fn with_db<T>(&self, f: impl FnOnce(&DB) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let guard = self.db.read().map_err(|_| poisoned())?;
@@ -528,7 +544,7 @@ impl Store for RocksStore {
     }
 
     fn write(&self, batch: Batch) -> Result<(), StoreError> {
-        let mut health = self.write_lock.lock().map_err(|_| poisoned())?;
+        let mut health = self.health();
         let result = self.with_db(|db| apply(db, &batch));
         health.note(&result);
         result
@@ -539,14 +555,14 @@ impl Store for RocksStore {
         group: Vec<Batch>,
         finish: &mut dyn FnMut(&[bool]) -> Batch,
     ) -> Result<Vec<bool>, StoreError> {
-        let mut health = self.write_lock.lock().map_err(|_| poisoned())?;
+        let mut health = self.health();
         let result = self.with_db(|db| apply_group(db, &group, finish));
         health.note(&result);
         result
     }
 
     fn recover(&self) -> Result<(), StoreError> {
-        let mut health = self.write_lock.lock().map_err(|_| poisoned())?;
+        let mut health = self.health();
         if !health.failed || self.read_only {
             return Ok(());
         }
@@ -638,6 +654,43 @@ mod tests {
         assert_eq!(
             store.get(Space::SubjectKeys, b"s2").unwrap().as_deref(),
             Some(b"another".as_slice())
+        );
+    }
+
+    /// A panic inside a write (here in the closure that finishes a group,
+    /// which runs under the write lock) poisons the lock: the store must
+    /// count it as a failed write and recover by reopening, not refuse
+    /// every write after it until a restart.
+    #[test]
+    fn a_write_that_panicked_is_recovered_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(dir.path()).unwrap();
+        let mut b = Batch::default();
+        b.put(Space::Values, b"before".to_vec(), b"1".to_vec());
+        store.write(b).unwrap();
+        let mut b = Batch::default();
+        b.put(Space::Values, b"lost".to_vec(), b"2".to_vec());
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            store.write_group(vec![b], &mut |_| -> Batch {
+                #[allow(clippy::panic)]
+                {
+                    panic!("a bug while finishing the group")
+                }
+            })
+        }));
+        assert!(panicked.is_err());
+        store.recover().unwrap();
+        let mut b = Batch::default();
+        b.put(Space::Values, b"after".to_vec(), b"3".to_vec());
+        store.write(b).unwrap();
+        assert_eq!(
+            store.get(Space::Values, b"before").unwrap(),
+            Some(b"1".to_vec())
+        );
+        assert_eq!(store.get(Space::Values, b"lost").unwrap(), None);
+        assert_eq!(
+            store.get(Space::Values, b"after").unwrap(),
+            Some(b"3".to_vec())
         );
     }
 
