@@ -4,7 +4,7 @@
 //! policy, and a master key; later runs reuse them. Invariant: nothing that
 //! exists is ever overwritten, and private keys are written owner-only.
 
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -99,6 +99,20 @@ pub fn prepare(dir: &Path) -> Result<PathBuf, DevError> {
             .map_err(io(d))?;
         private_dir(d)?;
     }
+    // One start at a time prepares a directory: two first starts at once
+    // would each make a CA and certificates, remove each other's
+    // temporary files and leave certificates that chain to neither CA.
+    // The second waits here, then finds the set made. (The lock is the
+    // file system's: it goes with the process, however that ends.)
+    let lock_path = dir.join(".dev.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(io(&lock_path))?;
+    lock.lock().map_err(io(&lock_path))?;
     let key = dir.join("master.key");
     let config = dir.join("vault.toml");
     // What a start cut short between linking a file and removing its
@@ -129,6 +143,7 @@ pub fn prepare(dir: &Path) -> Result<PathBuf, DevError> {
         let parent = crate::store::parent_dir(d);
         crate::store::sync_dir_or_warn(parent).map_err(io(parent))?;
     }
+    drop(lock);
     Ok(config)
 }
 
@@ -283,6 +298,62 @@ mod tests {
             crate::tls::caller_name(&der[0]).as_deref(),
             Some("officer2")
         );
+    }
+
+    /// Two first starts at once on one directory: both come up, with one
+    /// set of files whose certificates all chain to the one CA on disk
+    /// and whose CA key is that CA's.
+    #[test]
+    fn first_starts_at_once_make_one_set() {
+        use rustls::client::danger::ServerCertVerifier;
+        use rustls_pki_types::{ServerName, UnixTime};
+        for _ in 0..6 {
+            let dir = tempfile::tempdir().unwrap();
+            let data = dir.path().join("data");
+            let starts: Vec<_> = (0..2)
+                .map(|_| {
+                    let data = data.clone();
+                    std::thread::spawn(move || prepare(&data).map(|_| ()))
+                })
+                .collect();
+            for s in starts {
+                s.join().unwrap().unwrap();
+            }
+            let tls = data.join("tls");
+            let ca = crate::tls::load_certs(&tls.join("ca.pem")).unwrap();
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca[0].clone()).unwrap();
+            let roots = std::sync::Arc::new(roots);
+            let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+            let servers = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                roots.clone(),
+                provider.clone(),
+            )
+            .build()
+            .unwrap();
+            let server = crate::tls::load_certs(&tls.join("server.pem")).unwrap();
+            let host = ServerName::try_from("localhost").unwrap();
+            servers
+                .verify_server_cert(&server[0], &[], &host, &[], UnixTime::now())
+                .unwrap();
+            let clients =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider)
+                    .build()
+                    .unwrap();
+            for c in CLIENTS {
+                let cert = crate::tls::load_certs(&tls.join(format!("{c}.pem"))).unwrap();
+                clients
+                    .verify_client_cert(&cert[0], &[], UnixTime::now())
+                    .unwrap();
+            }
+            // The key on disk is the CA's.
+            let (_, key) = ca_issuer(&tls).unwrap();
+            let (_, ca_cert) = x509_parser::parse_x509_certificate(ca[0].as_ref()).unwrap();
+            assert_eq!(
+                ca_cert.public_key().subject_public_key.data.as_ref(),
+                key.public_key_raw()
+            );
+        }
     }
 
     /// What a first start stopped at any point leaves, the next one
