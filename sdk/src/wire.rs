@@ -231,6 +231,12 @@ pub struct AuditEvent {
     /// or was released under.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<String>,
+    /// For an approval's events (its grant, revocation): the caller it
+    /// lets disclose, so the log alone shows whom an officer approved.
+    /// (Absent from events written before it existed; an absent field
+    /// leaves their hashes as they were.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requester: Option<String>,
     /// Hex SHA-256 of the previous event's hash and this event's content.
     /// Last: the chain's sealing fills it in after the rest is serialized.
     pub hash: String,

@@ -773,6 +773,28 @@ async fn officer_cli_output_and_exit_codes() {
         out.starts_with("approval apr-") && out.contains("subjects s1,s2"),
         "{out}"
     );
+    // The grant's events name whom it is for, and the case.
+    let id = out.split_whitespace().nth(1).unwrap().to_string();
+    let (code, log, err) = cli(&[
+        "audit",
+        "query",
+        "--dev",
+        &dir,
+        "--endpoint",
+        &endpoint,
+        "--limit",
+        "50",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let grants: Vec<&str> = log.lines().filter(|l| l.contains(" approval ")).collect();
+    assert_eq!(grants.len(), 2, "{log}");
+    for line in grants {
+        assert!(
+            line.contains("outcome=granted")
+                && line.contains(&format!("approval={id} requester=app reference=case-1")),
+            "{line}"
+        );
+    }
     let (code, _, err) = cli(&[
         "approve",
         "--dev",

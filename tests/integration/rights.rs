@@ -462,7 +462,8 @@ async fn legal_exceptions_need_a_live_approval_by_someone_else() {
         && e.approval.as_deref() == Some(granted.id.as_str())));
     assert!(events.iter().any(|e| e.action == "approval"
         && e.outcome == "granted"
-        && e.approval.as_deref() == Some(granted.id.as_str())));
+        && e.approval.as_deref() == Some(granted.id.as_str())
+        && e.requester.as_deref() == Some("app")));
     assert!(events
         .iter()
         .all(|e| e.reference.as_deref() != Some("not-a-case")));

@@ -29,6 +29,7 @@ pub struct Draft {
     pub outcome: &'static str,
     pub reference: Option<String>,
     pub approval: Option<String>,
+    pub requester: Option<String>,
 }
 
 impl Draft {
@@ -46,6 +47,7 @@ impl Draft {
             outcome: self.outcome.to_string(),
             reference: self.reference,
             approval: self.approval,
+            requester: self.requester,
             hash: String::new(),
         }
     }

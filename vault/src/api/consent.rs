@@ -208,8 +208,8 @@ pub async fn approve(v: &Vault, ctx: &Ctx, body: &Bytes) -> Result<Approval, Api
     Ok(approval)
 }
 
-/// One `approval` event per subject the approval covers, with its purpose
-/// and case reference: what an officer did to it (`outcome`).
+/// One `approval` event per subject the approval covers, with its purpose,
+/// case reference and requester: what an officer did to it (`outcome`).
 fn approval_events(ctx: &Ctx, approval: &Approval, outcome: &'static str) -> Vec<Draft> {
     approval
         .subjects
@@ -223,6 +223,7 @@ fn approval_events(ctx: &Ctx, approval: &Approval, outcome: &'static str) -> Vec
             outcome,
             reference: Some(approval.reference.clone()),
             approval: Some(approval.id.clone()),
+            requester: Some(approval.requester.clone()),
             ..Draft::default()
         })
         .collect()

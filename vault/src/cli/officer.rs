@@ -189,7 +189,7 @@ fn audit_text(r: &vault_sdk::wire::AuditResponse) -> String {
     let mut out = String::new();
     for e in &r.events {
         out.push_str(&format!(
-            "#{} {} {} {} {} purpose={} subject={} class={} outcome={}\n",
+            "#{} {} {} {} {} purpose={} subject={} class={} outcome={}",
             e.seq,
             e.time_ms,
             e.request_id,
@@ -200,6 +200,17 @@ fn audit_text(r: &vault_sdk::wire::AuditResponse) -> String {
             e.class.as_deref().unwrap_or("-"),
             e.outcome
         ));
+        // Legal exceptions: the approval, whom it is for, the case.
+        for (name, value) in [
+            ("approval", &e.approval),
+            ("requester", &e.requester),
+            ("reference", &e.reference),
+        ] {
+            if let Some(v) = value {
+                out.push_str(&format!(" {name}={v}"));
+            }
+        }
+        out.push('\n');
     }
     out.push_str(&format!("{} event(s)", r.events.len()));
     out
