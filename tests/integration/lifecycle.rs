@@ -526,6 +526,59 @@ async fn correction_replaces_the_value_and_its_token() {
     assert_eq!(out.values[0].value.as_deref(), Some("+8613900139000"));
 }
 
+/// A correction collects a value: an officer may not make one, nor an app
+/// that may not collect the value's class for the purpose it was
+/// collected for (here one allowed only IP addresses). Each would get back
+/// the token of a value of its choosing. Refused 403, audited, and the
+/// value stays.
+#[tokio::test]
+async fn correction_is_for_apps_that_may_collect_the_value() {
+    let v = TestVault::start_with(|c| {
+        for caller in c.callers.iter_mut() {
+            if caller.name == "officer2" {
+                caller.role = vault::policy::Role::App;
+            }
+        }
+        c.grants.push(vault::config::GrantConfig {
+            caller: "officer2".into(),
+            purpose: "traffic_statistics".into(),
+            collect: vec!["ip".into()],
+            full: Vec::new(),
+            masked: Vec::new(),
+        });
+    })
+    .await;
+    let app = v.client("app");
+    let old = tokenize_one(&app, "acct-f", "notification", "phone", PHONE).await;
+    for who in ["officer", "officer2"] {
+        let e = v
+            .client(who)
+            .correct("acct-f", &old, "13900139000")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.status(), e.code()),
+            (Some(403), Some("purpose_not_allowed")),
+            "{who}"
+        );
+    }
+    let out = app
+        .detokenize(&detok_req("notification", &[&old]))
+        .await
+        .unwrap();
+    assert_eq!(out.values[0].value.as_deref(), Some("+8613800138000"));
+    let refused: Vec<_> = v
+        .audit_events()
+        .await
+        .into_iter()
+        .filter(|e| e.action == "correction" && e.outcome == "purpose_not_allowed")
+        .map(|e| e.caller)
+        .collect();
+    assert_eq!(refused, ["officer", "officer2"]);
+    // The app that collected it still may.
+    app.correct("acct-f", &old, "13900139000").await.unwrap();
+}
+
 #[tokio::test]
 async fn correction_keeps_the_class_token_style() {
     let v = TestVault::start_with(|cfg| {

@@ -75,6 +75,8 @@ pub enum ApiError {
     PurposeNotAllowed,
     #[error("field {field}: this caller may not collect this class for this purpose")]
     ClassNotAllowed { field: usize },
+    #[error("this caller may not collect this value's class for the purpose it was collected for")]
+    CorrectionNotAllowed,
     #[error("field {field}: unknown class")]
     UnknownClass { field: usize },
     #[error("field {field}: {reason}")]

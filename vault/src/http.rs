@@ -60,7 +60,7 @@ pub fn error_parts(e: &ApiError) -> (StatusCode, &'static str) {
         E::InvalidSubject => (StatusCode::BAD_REQUEST, "invalid_subject"),
         E::PurposeRequired => (StatusCode::BAD_REQUEST, "purpose_required"),
         E::UnknownPurpose => (StatusCode::BAD_REQUEST, "unknown_purpose"),
-        E::PurposeNotAllowed | E::ClassNotAllowed { .. } => {
+        E::PurposeNotAllowed | E::ClassNotAllowed { .. } | E::CorrectionNotAllowed => {
             (StatusCode::FORBIDDEN, "purpose_not_allowed")
         }
         E::UnknownClass { .. } => (StatusCode::BAD_REQUEST, "unknown_class"),

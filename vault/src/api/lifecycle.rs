@@ -1150,6 +1150,22 @@ pub async fn correct(
         return Err(ApiError::InvalidSubject);
     }
     let req: CorrectionRequest = parse_json(body)?;
+    // A correction collects a value: only an application may, and only
+    // what it may collect (below). An officer never collects, and one that
+    // could would get the token of a value of its choosing.
+    if ctx.role != crate::policy::Role::App {
+        let e = ApiError::CorrectionNotAllowed;
+        return Err(super::refused(
+            v,
+            ctx,
+            "correction",
+            None,
+            Some(subject),
+            "purpose_not_allowed",
+            e,
+        )
+        .await);
+    }
     retrying(|| async {
         let keys = keyring(v)?;
         // Either style the vault issues (opaque, or format-preserving).
@@ -1205,6 +1221,23 @@ pub async fn correct(
         }
         if !old.is_live(now) {
             return Err(ApiError::NoSuchValue);
+        }
+        // The new value is collected as the old one was: for its purpose,
+        // in its class. A caller that may not collect that (an app allowed
+        // only IP addresses) would otherwise replace a resident ID, and
+        // learn the token of any value it guesses.
+        if !v.policy.may_collect(&ctx.caller, &old.purpose, old.class) {
+            let e = ApiError::CorrectionNotAllowed;
+            return Err(super::refused(
+                v,
+                ctx,
+                "correction",
+                Some(&old.purpose),
+                Some(subject),
+                "purpose_not_allowed",
+                e,
+            )
+            .await);
         }
         let norm = classes::normalize(old.class, &req.value)
             .map_err(|reason| ApiError::InvalidValue { field: 0, reason })?;
