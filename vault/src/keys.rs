@@ -472,6 +472,18 @@ impl Keyring {
         Ok(b)
     }
 
+    /// Guards `b` on the key state this keyring was loaded from: once the
+    /// keys change (a rotation, a new minimum decryption version, a
+    /// retirement), a batch prepared with this keyring is refused
+    /// (`Conflict`) rather than written under what no longer holds.
+    pub fn guard_state(&self, b: &mut Batch) {
+        b.expect(
+            Space::Meta,
+            STATE_SLOT.to_vec(),
+            Some(self.stored_state.0.clone()),
+        );
+    }
+
     fn guarded_meta(&self, meta: &KeyMeta) -> Result<Batch, KeyError> {
         let mut b = Batch::default();
         b.expect(

@@ -414,6 +414,12 @@ fn prepare(
         batch.put(Space::Meta, PROOF_KEY.to_vec(), proof);
     }
     let stored = encode(keys, &cursor)?;
+    // What was opened, was opened under the keys of when the step began: a
+    // minimum decryption version raised since refuses some of it, and a
+    // step written anyway would re-seal refused values under the active
+    // version, readable again. So the step holds only while the keys are
+    // as they were; else it is dropped and the runner takes the new keys.
+    keys.guard_state(&mut batch);
     batch.expect(Space::Meta, CURSOR_KEY.to_vec(), Some(started_from));
     batch.put(Space::Meta, CURSOR_KEY.to_vec(), stored.clone());
     Ok(Prepared {
@@ -875,6 +881,25 @@ mod tests {
 
     /// A store with `n` format-1 values under version 1, version 2 active
     /// and a job towards it started (the directory must outlive the store).
+    /// A step prepared with the keys of before a new minimum decryption
+    /// version (a runner that took its keyring before the officer's
+    /// change) must not write: it would re-seal values of the refused
+    /// version under the active one, readable again. It is refused; the
+    /// next step, with the keys of now, leaves them as they are.
+    #[test]
+    fn a_step_with_keys_older_than_a_new_minimum_moves_nothing() {
+        let (_dir, store, k2) = rotated(21, 50);
+        store.write(k2.min_decryption(2).unwrap()).unwrap();
+        assert!(matches!(
+            step(&store, &k2, 100),
+            Err(RewrapError::Store(StoreError::Conflict))
+        ));
+        assert_eq!(count_by_version(&store).unwrap(), [(1, 50)].into());
+        let now = k2.reload(&store).unwrap();
+        assert_eq!(step(&store, &now, 100).unwrap(), (true, 0));
+        assert_eq!(count_by_version(&store).unwrap(), [(1, 50)].into());
+    }
+
     fn rotated(seed: u8, n: u32) -> (tempfile::TempDir, RocksStore, Keyring) {
         let dir = tempfile::tempdir().unwrap();
         let root = SecretKey::<32>::from_slice(&[seed; 32]).unwrap();
