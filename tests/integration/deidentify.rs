@@ -812,6 +812,51 @@ async fn a_sealed_vault_processes_no_text_at_all() {
     assert_eq!(e.code(), Some("sealed"));
 }
 
+/// A member name costs its bytes once in the body but is copied into every
+/// pointer beneath it: a 35 KB body (a 10 KB name over 1,000 phones) built
+/// 30 MB of pointers, 900 times its size, outside the body budget, and a
+/// caller's 512 places held 10 GiB that way. The pointers a request may
+/// build are now 32 times its body (at least 1 MiB), charged to the budget
+/// with the body: this one is refused 413 and stores nothing, and the same
+/// document under a short name goes through, as does a records request on
+/// a vault whose whole share is 2 MiB.
+#[tokio::test]
+async fn a_small_records_body_cannot_build_pointers_many_times_its_size() {
+    let phones: Vec<String> = (0..1_000).map(|i| format!("1380013{i:04}")).collect();
+    let req = |name: &str| {
+        json!({"subject":"acct-9","purpose":"identity_verification",
+            "mapping": {format!("/{name}/*"): "phone"}, "document": {name: phones}})
+    };
+    let tv = TestVault::start().await;
+    let app = tv.client("app");
+    let body = serde_json::to_vec(&req(&"k".repeat(10_000))).unwrap();
+    assert!(body.len() < 40_000);
+    let (s, v) = post_raw(&app, "/v1/records", body).await;
+    assert_eq!((s, code(&v)), (413, "too_many_items"), "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("bytes of pointers"));
+    assert_eq!(stored(&tv), 0);
+    let (s, v) = post_raw(
+        &app,
+        "/v1/records",
+        serde_json::to_vec(&req("phones")).unwrap(),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(stored(&tv), 1_000);
+    drop(tv);
+    let tv = TestVault::start_with(|c| c.server.max_concurrent_requests = 2).await;
+    let (s, v) = post_raw(
+        &tv.client("app"),
+        "/v1/records",
+        serde_json::to_vec(&req("phones")).unwrap(),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+}
+
 /// Many patterns over a long list: each `*` pattern walks the whole list, so
 /// the work is patterns times elements. One request must not hold a worker
 /// for minutes: the walks share a budget and the patterns are counted.

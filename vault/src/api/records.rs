@@ -39,10 +39,21 @@ enum Change {
 /// the document's member names.
 pub const WALK_BUDGET: usize = 32 << 20;
 
+/// Bytes of pointers a request whose body has `body_len` bytes may build:
+/// 32 times its body, at least 1 MiB, at most [`WALK_BUDGET`]. A member
+/// name costs its bytes once in the body but is copied into every pointer
+/// beneath it, so a small body could otherwise build tens of MiB; the
+/// server takes this from the body budget before the handler runs
+/// (`http`), so what all records requests build together is bounded as
+/// their bodies are.
+pub fn walk_budget(body_len: usize) -> usize {
+    body_len.saturating_mul(32).clamp(1 << 20, WALK_BUDGET)
+}
+
 /// Takes the cost of `copies` more copies of a pointer from `budget`, each
 /// as long as the answer will write it (a control character takes six
 /// bytes there).
-fn charge(budget: &mut usize, copies: usize, pointer: &str) -> Result<(), ApiError> {
+fn charge(budget: &mut usize, copies: usize, pointer: &str, limit: usize) -> Result<(), ApiError> {
     let written: usize = pointer
         .bytes()
         .map(|b| match b {
@@ -54,11 +65,19 @@ fn charge(budget: &mut usize, copies: usize, pointer: &str) -> Result<(), ApiErr
     *budget = copies
         .checked_mul(crate::records::node_cost(written))
         .and_then(|c| budget.checked_sub(c))
-        .ok_or(ApiError::WalkTooLarge(WALK_BUDGET))?;
+        .ok_or(ApiError::WalkTooLarge(limit))?;
     Ok(())
 }
 
-pub async fn records(v: &Vault, ctx: &Ctx, body: &Bytes) -> Result<RecordsResponse, ApiError> {
+/// The handler; `limit` is the bytes of pointers it may build, which the
+/// server took from the body budget ([`walk_budget`], or less where the
+/// caller's share has less room).
+pub async fn records(
+    v: &Vault,
+    ctx: &Ctx,
+    body: &Bytes,
+    limit: usize,
+) -> Result<RecordsResponse, ApiError> {
     let mut req: RecordsRequest = parse_json(body)?;
     // Sealed means no processing of PII at all, storing or not.
     keyring(v)?;
@@ -96,11 +115,11 @@ pub async fn records(v: &Vault, ctx: &Ctx, body: &Bytes) -> Result<RecordsRespon
     let mut plan = Plan::new(v, ctx, req.mode, &req.purpose);
     let mut changes = Vec::new();
     let mut mapped = BTreeSet::new();
-    let mut budget = WALK_BUDGET;
+    let mut budget = limit;
     for (_, pattern, class) in mapping {
         let matched = pattern
             .matches_within(&req.document, &mut budget)
-            .ok_or(ApiError::WalkTooLarge(WALK_BUDGET))?;
+            .ok_or(ApiError::WalkTooLarge(limit))?;
         // Errors name a leaf by its shown form: no member name of the
         // document (the caller's data) goes back in an error.
         for (node, pointer, shown) in matched {
@@ -109,7 +128,7 @@ pub async fn records(v: &Vault, ctx: &Ctx, body: &Bytes) -> Result<RecordsRespon
                 Value::String(s) => s,
                 _ => return Err(ApiError::LeafNotString { pointer: shown }),
             };
-            charge(&mut budget, 1, &pointer)?;
+            charge(&mut budget, 1, &pointer, limit)?;
             if !mapped.insert(pointer.clone()) {
                 return Err(ApiError::LeafMappedTwice { pointer: shown });
             }
@@ -137,7 +156,7 @@ pub async fn records(v: &Vault, ctx: &Ctx, body: &Bytes) -> Result<RecordsRespon
     }
     if req.scan {
         let leaves = string_leaves_within(&req.document, &mut budget)
-            .ok_or(ApiError::WalkTooLarge(WALK_BUDGET))?;
+            .ok_or(ApiError::WalkTooLarge(limit))?;
         for (text, pointer) in leaves {
             if mapped.contains(&pointer) {
                 continue;
@@ -145,11 +164,13 @@ pub async fn records(v: &Vault, ctx: &Ctx, body: &Bytes) -> Result<RecordsRespon
             let spans = plan.scan(text)?;
             if !spans.is_empty() {
                 // The answer names the leaf once per finding.
-                charge(&mut budget, spans.len(), &pointer)?;
+                charge(&mut budget, spans.len(), &pointer, limit)?;
                 changes.push(Change::Scanned { pointer, spans });
             }
         }
     }
+    // Not needed past here, and not to be held across the write.
+    drop(mapped);
     let tokens: Vec<String> = if req.mode == DeidentifyMode::Tokenize {
         store_values(v, ctx, &collect, &plan.items)
             .await?

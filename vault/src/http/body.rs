@@ -57,6 +57,11 @@ impl Budget {
         }
     }
 
+    /// The bytes one caller may hold at once.
+    pub fn share(&self) -> usize {
+        self.share
+    }
+
     /// The count of `caller`'s answers built and not yet written out (a
     /// configured caller's: a connection looks it up once).
     pub fn answers_of(&self, caller: &Arc<str>) -> Option<Arc<AtomicUsize>> {
@@ -158,7 +163,7 @@ struct Charge {
 #[derive(Debug)]
 pub struct Body {
     bytes: Bytes,
-    _charge: Charge,
+    charge: Charge,
 }
 
 impl Body {
@@ -167,12 +172,25 @@ impl Body {
     pub fn none() -> Body {
         Body {
             bytes: Bytes::new(),
-            _charge: Charge::default(),
+            charge: Charge::default(),
         }
     }
 
     pub fn bytes(&self) -> &Bytes {
         &self.bytes
+    }
+
+    /// Takes `n` more bytes from the budget and `caller`'s share, held
+    /// with the body: the memory a handler builds from it (the pointers of
+    /// `/v1/records`), which its bytes alone do not bound. 503
+    /// `overloaded` when there is no room.
+    pub fn reserve(
+        &mut self,
+        budget: &Budget,
+        caller: &Arc<str>,
+        n: usize,
+    ) -> Result<(), ApiError> {
+        budget.take(caller, n, &mut self.charge)
     }
 }
 
@@ -222,7 +240,7 @@ pub async fn read(
     }
     Ok(Body {
         bytes: std::mem::take(&mut buf.bytes.0).freeze(),
-        _charge: buf.charge,
+        charge: buf.charge,
     })
 }
 
@@ -373,7 +391,7 @@ mod tests {
         ));
         let body = Body {
             bytes: Bytes::new(),
-            _charge: a,
+            charge: a,
         };
         drop(body);
         budget.take(&third, 50, &mut c).unwrap();
