@@ -27,6 +27,12 @@ fn init_with_shares(dir: &std::path::Path, shares: u8, threshold: u8) -> Vec<Str
     );
     std::fs::write(&path, text).unwrap();
     let p = path.to_str().unwrap();
+    // The defaults (5 shares, threshold 3) on a configuration of two
+    // officers: a vault nobody could unseal, refused before anything is
+    // made.
+    let (code, out, err) = cli(&["operator", "init", "--config", p]);
+    assert_eq!(code, 64, "{err}");
+    assert!(out.is_empty() && err.contains("names 2"), "{out}\n{err}");
     let (code, out, err) = cli(&[
         "operator",
         "init",

@@ -556,6 +556,22 @@ pub fn init(config: &std::path::Path, shares: u8, threshold: u8, json: bool) -> 
         }
         Err(e) => return fail(EXIT_RUNTIME, &format!("cannot read the database: {e}")),
     }
+    // The threshold counts officers, not shares (a second share from one
+    // officer is refused): more than the configuration names, and the
+    // vault this makes could never be unsealed.
+    let officers = cfg
+        .callers
+        .iter()
+        .filter(|c| c.role == crate::policy::Role::Officer)
+        .count();
+    if usize::from(threshold) > officers {
+        return fail(
+            EXIT_CONFIG,
+            &format!(
+                "operator init: a threshold of {threshold} needs {threshold} officers to unseal (each gives one share), and the configuration names {officers}; add officers or lower --threshold; nothing was changed"
+            ),
+        );
+    }
     // The key hierarchy, the split's metadata and the audit event go in one
     // durable write: a failure leaves the vault uninitialized (and init can
     // run again), never initialized without anyone holding its shares.
