@@ -946,3 +946,58 @@ async fn the_access_log_pages_back_to_every_release() {
         .unwrap();
     assert_eq!(r.status, 400);
 }
+
+/// A reidentify marker naming another class than its token's value
+/// (`[[name:<a phone's token>]]`) puts nothing back: it is answered as a
+/// token never issued, so nothing is released, audited as released, or
+/// charged to the legal-exception approval it came under, which then
+/// still serves the disclosure it was granted for.
+#[tokio::test]
+async fn a_marker_of_another_class_releases_nothing_and_spends_no_approval() {
+    let v = TestVault::start().await;
+    let app = v.client("app");
+    let officer = v.client("officer");
+    let phone = tokenize_one(&app, "acct-1", "notification", "phone", "13800138000").await;
+    let granted = officer
+        .approve(&approval("app", &["acct-1"], "PT1H"))
+        .await
+        .unwrap();
+    let basis = Some(LegalBasis {
+        reference: "case-2026-17".into(),
+        approval: granted.id.clone(),
+    });
+    let text = format!("联系人 [[name:{phone}]]");
+    let mut req = reid("criminal_investigation", &text);
+    req.legal_basis = basis.clone();
+    let r = app.reidentify(&req).await.unwrap();
+    assert_eq!(r.text, text);
+    assert_eq!(r.markers[0].status, Status::Unknown);
+    assert_eq!(r.markers[0].class, None);
+    // Without a legal exception the same.
+    let r = app
+        .reidentify(&reid("respond_to_request", &text))
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.markers[0].status, r.text.as_str()),
+        (Status::Unknown, text.as_str())
+    );
+    let events = v.audit_events().await;
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.action == "reidentify" && e.outcome.starts_with("released")),
+        "{events:?}"
+    );
+    // The approval still serves its one disclosure.
+    let mut req = detok_req("criminal_investigation", &[&phone]);
+    req.legal_basis = basis;
+    let out = app.detokenize(&req).await.unwrap();
+    assert_eq!(out.values[0].status, Status::Ok, "{:?}", out.values[0]);
+    // And the right marker is put back.
+    let r = app
+        .reidentify(&reid("respond_to_request", &format!("[[phone:{phone}]]")))
+        .await
+        .unwrap();
+    assert_eq!(r.text, "+8613800138000");
+}

@@ -223,11 +223,13 @@ pub async fn reidentify(
         return Err(ApiError::TooManyItems(v.limits.max_items));
     }
     let tokens: Vec<String> = markers.iter().map(|m| m.token.to_string()).collect();
+    let classes: Vec<&str> = markers.iter().map(|m| m.class).collect();
     let ask = Ask {
         action: "reidentify",
         purpose: req.purpose.as_deref(),
         reveal: req.reveal,
         legal_basis: req.legal_basis.as_ref(),
+        classes: &classes,
     };
     let values = release(v, ctx, &ask, &tokens).await?;
     // Room for every value put back, so the text never grows into a new
@@ -242,8 +244,8 @@ pub async fn reidentify(
     let mut out = Vec::with_capacity(markers.len());
     for (m, mut val) in markers.iter().zip(values) {
         text.push_str(req.text.get(at..m.byte_start).unwrap_or_default());
-        // A marker names its class; a token of another class is not put
-        // back in its place (its release is still audited as made).
+        // A marker names its class; a token of another class was answered
+        // `unknown` (`Ask::classes`), nothing released.
         let fits = val.class.as_deref() == Some(m.class);
         match (&val.value, val.status) {
             (Some(plain), Status::Ok) if fits => text.push_str(plain),

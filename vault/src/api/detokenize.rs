@@ -45,6 +45,7 @@ pub async fn detokenize(
         purpose: req.purpose.as_deref(),
         reveal: req.reveal,
         legal_basis: req.legal_basis.as_ref(),
+        classes: &[],
     };
     let values = release(v, ctx, &ask, &req.tokens).await?;
     Ok(DetokenizeResponse { values })
@@ -57,6 +58,11 @@ pub(crate) struct Ask<'a> {
     pub purpose: Option<&'a str>,
     pub reveal: Reveal,
     pub legal_basis: Option<&'a LegalBasis>,
+    /// Per token, the class the caller named for it (reidentify's
+    /// `[[class:token]]`), or none (detokenize): a token whose value is of
+    /// another class is answered `unknown`, as one never issued, with
+    /// nothing read, released or audited as released.
+    pub classes: &'a [&'a str],
 }
 
 /// Resolves every token as far as the policy allows, audits every outcome
@@ -151,11 +157,12 @@ pub(crate) async fn release(
             restricted: RefCell::new(HashMap::new()),
             subject_keys: RefCell::new(HashMap::new()),
             released: RefCell::new(Vec::new()),
+            classes: ask.classes,
         };
         let mut values = Vec::with_capacity(tokens.len());
         let mut audit = Vec::with_capacity(tokens.len());
-        for token in tokens {
-            let (out, draft) = one.resolve(token)?;
+        for (i, token) in tokens.iter().enumerate() {
+            let (out, draft) = one.resolve(i, token)?;
             values.push(out);
             audit.push(draft);
         }
@@ -245,8 +252,8 @@ async fn commit_release(
             let epoch = v.committer.epoch();
             values.clear();
             let mut audit = Vec::with_capacity(tokens.len());
-            for token in tokens {
-                let (out, draft) = one.resolve(token)?;
+            for (i, token) in tokens.iter().enumerate() {
+                let (out, draft) = one.resolve(i, token)?;
                 values.push(out);
                 audit.push(draft);
             }
@@ -323,6 +330,8 @@ struct Lookup<'a> {
     /// The subjects whose values were released so far (their tags), for
     /// the write to be guarded on.
     released: RefCell<Vec<u64>>,
+    /// Per token, the class the caller expects (`Ask::classes`).
+    classes: &'a [&'a str],
 }
 
 impl Lookup<'_> {
@@ -354,7 +363,7 @@ impl Lookup<'_> {
     /// which class (with preserving tokens, every phone-shaped string is a
     /// token). The audit event records the refused attempt, without the
     /// token (which may be any string the caller sent).
-    fn resolve(&self, token: &str) -> Result<(ValueOut, Draft), ApiError> {
+    fn resolve(&self, i: usize, token: &str) -> Result<(ValueOut, Draft), ApiError> {
         let mut out = ValueOut {
             token: token.to_string(),
             status: Status::Unknown,
@@ -389,24 +398,39 @@ impl Lookup<'_> {
                 return Ok((out, draft));
             }
         }
-        self.resolve_stored(token, out, draft)
+        self.resolve_stored(token, self.classes.get(i).copied(), out, draft)
     }
 
     fn resolve_stored(
         &self,
         token: &str,
+        expect: Option<&str>,
         mut out: ValueOut,
         mut draft: Draft,
     ) -> Result<(ValueOut, Draft), ApiError> {
         let Some(bytes) = self.v.tokens.resolve(self.keys, token) else {
             return Ok((out, draft));
         };
+        let found = self.find(&bytes)?;
+        // A value of another class than the caller named: as a token never
+        // issued (reidentify would not put it back, so it is not released,
+        // audited as released, or charged to an approval).
+        if let (Some(want), Some(f)) = (expect, &found) {
+            let class = match f {
+                Found::Erased(c) => Some(*c),
+                Found::Dead(_, r) | Found::Live(_, r, _) => Some(r.class),
+                Found::Tampered(_) => None,
+            };
+            if class.is_some_and(|c| c.as_str() != want) {
+                return Ok((out, draft));
+            }
+        }
         // A token that is not ours is recorded only by its shape: the audit
         // log must not become a store of whatever strings callers send. Nor
         // one that merely has our shape: where tokens preserve a format,
         // every well-formed phone or card number decodes, and a real number
         // sent here would otherwise land in the log for good.
-        let (subject, record, holder) = match self.find(&bytes)? {
+        let (subject, record, holder) = match found {
             None => return Ok((out, draft)),
             Some(Found::Erased(class)) => {
                 // Erased, corrected away or past retention: the class is
