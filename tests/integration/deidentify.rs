@@ -816,10 +816,9 @@ async fn a_sealed_vault_processes_no_text_at_all() {
 /// pointer beneath it: a 35 KB body (a 10 KB name over 1,000 phones) built
 /// 30 MB of pointers, 900 times its size, outside the body budget, and a
 /// caller's 512 places held 10 GiB that way. The pointers a request may
-/// build are now 32 times its body (at least 1 MiB), charged to the budget
-/// with the body: this one is refused 413 and stores nothing, and the same
-/// document under a short name goes through, as does a records request on
-/// a vault whose whole share is 2 MiB.
+/// build are now 32 times its body (at least 1 MiB): this one is refused
+/// 413 and stores nothing, and the same document under a short name goes
+/// through. And what a request keeps is held from the body budget.
 #[tokio::test]
 async fn a_small_records_body_cannot_build_pointers_many_times_its_size() {
     let phones: Vec<String> = (0..1_000).map(|i| format!("1380013{i:04}")).collect();
@@ -847,9 +846,20 @@ async fn a_small_records_body_cannot_build_pointers_many_times_its_size() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(stored(&tv), 1_000);
     drop(tv);
+    // A caller's share of 2 MiB (two places of 1 MiB bodies): the
+    // pointers a request keeps while it waits for its write are held from
+    // it, beside its body. A 720 KB body whose 1,000 pointers hold 2 MB
+    // (within its walk's budget) finds no room: 503, nothing stored. The
+    // short-named one goes through.
     let tv = TestVault::start_with(|c| c.server.max_concurrent_requests = 2).await;
+    let app = tv.client("app");
+    let mut big = req(&"k".repeat(2_000));
+    big["document"]["pad"] = json!("x".repeat(700_000));
+    let (s, v) = post_raw(&app, "/v1/records", serde_json::to_vec(&big).unwrap()).await;
+    assert_eq!((s, code(&v)), (503, "overloaded"), "{v}");
+    assert_eq!(stored(&tv), 0);
     let (s, v) = post_raw(
-        &tv.client("app"),
+        &app,
         "/v1/records",
         serde_json::to_vec(&req("phones")).unwrap(),
     )

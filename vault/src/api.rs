@@ -27,7 +27,7 @@ pub use audit_query::audit;
 pub(crate) use audit_query::percent_decode;
 pub use deidentify::{deidentify, reidentify};
 pub use detokenize::detokenize;
-pub use records::{records, walk_budget as records_walk_budget};
+pub use records::records;
 pub use tokenize::tokenize;
 
 /// Who is asking, for what request.

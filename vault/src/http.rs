@@ -15,8 +15,8 @@
 //! max-body-bytes` bytes, charged as they arrive (a withheld body costs
 //! nothing), besides what HTTP/2 flow control lets a connection buffer; one
 //! caller holds at most half the budget, so it cannot take the room of the
-//! others. What a handler builds from a body beyond its parsed form (the
-//! pointers of `/v1/records`) is charged to the same budget before it runs.
+//! others. What a handler builds from a body and keeps while it waits
+//! (the pointers of `/v1/records`) is charged to the same budget.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -39,6 +39,7 @@ use crate::server::Vault;
 
 mod admit;
 mod body;
+pub use body::Held;
 mod conn;
 mod heads;
 mod places;
@@ -339,7 +340,7 @@ async fn admit(
     let max = v.limits.max_body_bytes;
     // The seal ignores its body: it is not read, so bodies other callers
     // hold (the whole shared budget, between two of them) cannot refuse it.
-    let mut body = if seal {
+    let body = if seal {
         drop(incoming);
         body::Body::none()
     } else {
@@ -351,26 +352,15 @@ async fn admit(
     if over() {
         return Err(ApiError::Overloaded);
     }
-    // What `/v1/records` may build from its body (its pointers), held
-    // from the budget with the body, so that too is bounded in total.
-    // At most what the caller's share leaves beside the body (a doubling
-    // buffer's worth): a walk that needs more is refused 413, not left to
-    // wait for room that never comes.
-    let walk = if parts.method == Method::POST && parts.uri.path() == "/v1/records" {
-        let len = body.bytes().len();
-        let room = conn.bodies.share().saturating_sub(len.saturating_mul(2));
-        let walk = api::records_walk_budget(len).min(room);
-        body.reserve(&conn.bodies, &ctx.caller, walk)?;
-        walk
-    } else {
-        0
-    };
     let _place = if seal {
         None
     } else {
         Some(conn.places.take(&ctx.caller, ctx.role)?)
     };
-    let mut resp = dispatch(v, &ctx, &parts, body.bytes(), walk).await;
+    // What `/v1/records` built from its body (its pointers) is held from
+    // the caller's share while it waits for its write, as the body is.
+    let hold = |n: usize| conn.bodies.hold(&ctx.caller, n);
+    let mut resp = dispatch(v, &ctx, &parts, body.bytes(), &hold).await;
     if resp.extensions().get::<OfficerOnlyRefused>().is_some() {
         let path = parts.uri.path();
         let action = officer_action(path);
@@ -492,14 +482,14 @@ async fn dispatch(
     ctx: &Ctx,
     parts: &http::request::Parts,
     b: &Bytes,
-    walk: usize,
+    hold: &(dyn Fn(usize) -> Result<Held, ApiError> + Sync),
 ) -> Response<Body> {
     match (&parts.method, parts.uri.path()) {
         (&Method::POST, "/v1/tokenize") => ok(api::tokenize(v, ctx, b).await),
         (&Method::POST, "/v1/detokenize") => ok(api::detokenize(v, ctx, b).await),
         (&Method::POST, "/v1/deidentify") => ok(api::deidentify(v, ctx, b).await),
         (&Method::POST, "/v1/reidentify") => ok(api::reidentify(v, ctx, b).await),
-        (&Method::POST, "/v1/records") => ok(api::records(v, ctx, b, walk).await),
+        (&Method::POST, "/v1/records") => ok(api::records(v, ctx, b, hold).await),
         (&Method::GET, "/v1/audit") => {
             let (owned, query) = (ctx.clone(), parts.uri.query().map(str::to_string));
             ok(off_runtime(v, ctx, move |v, d| {

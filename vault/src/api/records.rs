@@ -42,11 +42,11 @@ pub const WALK_BUDGET: usize = 32 << 20;
 /// Bytes of pointers a request whose body has `body_len` bytes may build:
 /// 32 times its body, at least 1 MiB, at most [`WALK_BUDGET`]. A member
 /// name costs its bytes once in the body but is copied into every pointer
-/// beneath it, so a small body could otherwise build tens of MiB; the
-/// server takes this from the body budget before the handler runs
-/// (`http`), so what all records requests build together is bounded as
-/// their bodies are.
-pub fn walk_budget(body_len: usize) -> usize {
+/// beneath it, so a small body could otherwise build tens of MiB. The
+/// pointers a request keeps are then held from the body budget while it
+/// waits for its write, so what records requests waiting together hold is
+/// bounded as their bodies are.
+fn walk_budget(body_len: usize) -> usize {
     body_len.saturating_mul(32).clamp(1 << 20, WALK_BUDGET)
 }
 
@@ -69,15 +69,17 @@ fn charge(budget: &mut usize, copies: usize, pointer: &str, limit: usize) -> Res
     Ok(())
 }
 
-/// The handler; `limit` is the bytes of pointers it may build, which the
-/// server took from the body budget ([`walk_budget`], or less where the
-/// caller's share has less room).
+/// The handler. The pointers it keeps until the answer are held through
+/// `hold` from the caller's share of the body budget while it waits for
+/// its write, so many requests waiting at once cannot hold more than
+/// their bodies may.
 pub async fn records(
     v: &Vault,
     ctx: &Ctx,
     body: &Bytes,
-    limit: usize,
+    hold: &(dyn Fn(usize) -> Result<crate::http::Held, ApiError> + Sync),
 ) -> Result<RecordsResponse, ApiError> {
+    let limit = walk_budget(body.len());
     let mut req: RecordsRequest = parse_json(body)?;
     // Sealed means no processing of PII at all, storing or not.
     keyring(v)?;
@@ -169,8 +171,19 @@ pub async fn records(
             }
         }
     }
-    // Not needed past here, and not to be held across the write.
+    // Not needed past here, and not to be held across the write. What is
+    // (the pointers of `changes`, whose member names a body can make
+    // longer than itself many times over) is held from the caller's share
+    // until the answer is made; the rest of a change is a fixed size, and
+    // at most `max-items` of them.
     drop(mapped);
+    let kept: usize = changes
+        .iter()
+        .map(|c| match c {
+            Change::Mapped { pointer, .. } | Change::Scanned { pointer, .. } => pointer.len(),
+        })
+        .sum();
+    let _held = hold(kept)?;
     let tokens: Vec<String> = if req.mode == DeidentifyMode::Tokenize {
         store_values(v, ctx, &collect, &plan.items)
             .await?

@@ -57,11 +57,6 @@ impl Budget {
         }
     }
 
-    /// The bytes one caller may hold at once.
-    pub fn share(&self) -> usize {
-        self.share
-    }
-
     /// The count of `caller`'s answers built and not yet written out (a
     /// configured caller's: a connection looks it up once).
     pub fn answers_of(&self, caller: &Arc<str>) -> Option<Arc<AtomicUsize>> {
@@ -151,6 +146,24 @@ impl Budget {
     }
 }
 
+/// Bytes a handler built from a body and keeps (the pointers of
+/// `/v1/records` while it waits for its write), held from the budget and
+/// the caller's share until dropped.
+#[derive(Debug)]
+pub struct Held {
+    _charge: Charge,
+}
+
+impl Budget {
+    /// Holds `n` bytes from the budget and `caller`'s share: 503
+    /// `overloaded` when there is no room.
+    pub fn hold(&self, caller: &Arc<str>, n: usize) -> Result<Held, ApiError> {
+        let mut charge = Charge::default();
+        self.take(caller, n, &mut charge)?;
+        Ok(Held { _charge: charge })
+    }
+}
+
 /// What a body holds of the budget and of its caller's share, given back
 /// on drop.
 #[derive(Debug, Default)]
@@ -163,7 +176,7 @@ struct Charge {
 #[derive(Debug)]
 pub struct Body {
     bytes: Bytes,
-    charge: Charge,
+    _charge: Charge,
 }
 
 impl Body {
@@ -172,25 +185,12 @@ impl Body {
     pub fn none() -> Body {
         Body {
             bytes: Bytes::new(),
-            charge: Charge::default(),
+            _charge: Charge::default(),
         }
     }
 
     pub fn bytes(&self) -> &Bytes {
         &self.bytes
-    }
-
-    /// Takes `n` more bytes from the budget and `caller`'s share, held
-    /// with the body: the memory a handler builds from it (the pointers of
-    /// `/v1/records`), which its bytes alone do not bound. 503
-    /// `overloaded` when there is no room.
-    pub fn reserve(
-        &mut self,
-        budget: &Budget,
-        caller: &Arc<str>,
-        n: usize,
-    ) -> Result<(), ApiError> {
-        budget.take(caller, n, &mut self.charge)
     }
 }
 
@@ -240,7 +240,7 @@ pub async fn read(
     }
     Ok(Body {
         bytes: std::mem::take(&mut buf.bytes.0).freeze(),
-        charge: buf.charge,
+        _charge: buf.charge,
     })
 }
 
@@ -391,7 +391,7 @@ mod tests {
         ));
         let body = Body {
             bytes: Bytes::new(),
-            charge: a,
+            _charge: a,
         };
         drop(body);
         budget.take(&third, 50, &mut c).unwrap();
