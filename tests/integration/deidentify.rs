@@ -826,6 +826,7 @@ async fn a_small_records_body_cannot_build_pointers_many_times_its_size() {
         json!({"subject":"acct-9","purpose":"identity_verification",
             "mapping": {format!("/{name}/*"): "phone"}, "document": {name: phones}})
     };
+    let short = serde_json::to_vec(&req("phones")).unwrap();
     let tv = TestVault::start().await;
     let app = tv.client("app");
     let body = serde_json::to_vec(&req(&"k".repeat(10_000))).unwrap();
@@ -837,12 +838,7 @@ async fn a_small_records_body_cannot_build_pointers_many_times_its_size() {
         .unwrap()
         .contains("bytes of pointers"));
     assert_eq!(stored(&tv), 0);
-    let (s, v) = post_raw(
-        &app,
-        "/v1/records",
-        serde_json::to_vec(&req("phones")).unwrap(),
-    )
-    .await;
+    let (s, v) = post_raw(&app, "/v1/records", short.clone()).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(stored(&tv), 1_000);
     drop(tv);
@@ -858,12 +854,7 @@ async fn a_small_records_body_cannot_build_pointers_many_times_its_size() {
     let (s, v) = post_raw(&app, "/v1/records", serde_json::to_vec(&big).unwrap()).await;
     assert_eq!((s, code(&v)), (503, "overloaded"), "{v}");
     assert_eq!(stored(&tv), 0);
-    let (s, v) = post_raw(
-        &app,
-        "/v1/records",
-        serde_json::to_vec(&req("phones")).unwrap(),
-    )
-    .await;
+    let (s, v) = post_raw(&app, "/v1/records", short.clone()).await;
     assert_eq!(s, 200, "{v}");
 }
 

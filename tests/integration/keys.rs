@@ -742,16 +742,19 @@ async fn officer_cli_output_and_exit_codes() {
     // No credentials: 64.
     let (code, _, _) = cli(&["seal", "--endpoint", &endpoint]);
     assert_eq!(code, 64);
-    let (code, out, err) = cli(&[
-        "audit",
-        "query",
-        "--dev",
-        &dir,
-        "--endpoint",
-        &endpoint,
-        "--limit",
-        "10",
-    ]);
+    let audit_query = |limit: &str| {
+        cli(&[
+            "audit",
+            "query",
+            "--dev",
+            &dir,
+            "--endpoint",
+            &endpoint,
+            "--limit",
+            limit,
+        ])
+    };
+    let (code, out, err) = audit_query("10");
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("keys_rotate") && out.contains("event(s)"),
@@ -781,16 +784,7 @@ async fn officer_cli_output_and_exit_codes() {
     );
     // The grant's events name whom it is for, and the case.
     let id = out.split_whitespace().nth(1).unwrap().to_string();
-    let (code, log, err) = cli(&[
-        "audit",
-        "query",
-        "--dev",
-        &dir,
-        "--endpoint",
-        &endpoint,
-        "--limit",
-        "50",
-    ]);
+    let (code, log, err) = audit_query("50");
     assert_eq!(code, 0, "{err}");
     let grants: Vec<&str> = log.lines().filter(|l| l.contains(" approval ")).collect();
     assert_eq!(grants.len(), 2, "{log}");

@@ -834,30 +834,11 @@ mod tests {
     /// after it refused until a restart).
     #[tokio::test]
     async fn a_write_that_panics_fails_its_group_and_the_next_goes_on() {
-        struct Panicking(Flaky);
-        impl Store for Panicking {
-            fn get(&self, s: Space, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-                self.0.get(s, k)
+        let store = Arc::new(WritesWith::new(|f: &Flaky, b| {
+            if f.fail.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                panic!("a bug in the write");
             }
-            fn scan(
-                &self,
-                s: Space,
-                f: &[u8],
-                t: Option<&[u8]>,
-                l: usize,
-            ) -> Result<Rows, StoreError> {
-                self.0.scan(s, f, t, l)
-            }
-            fn write(&self, b: Batch) -> Result<(), StoreError> {
-                if self.0.fail.swap(false, std::sync::atomic::Ordering::SeqCst) {
-                    panic!("a bug in the write");
-                }
-                self.0.write(b)
-            }
-        }
-        let store = Arc::new(Panicking(Flaky {
-            inner: MemoryStore::new(),
-            fail: false.into(),
+            f.inner.write(b)
         }));
         let metrics = Arc::new(Metrics::new());
         let c = Committer::start(store.clone(), metrics.clone()).unwrap();
@@ -878,6 +859,35 @@ mod tests {
             audit::verify(store.as_ref()).unwrap(),
             audit::Verdict::Intact { events: 2 }
         );
+    }
+
+    /// A [`Flaky`] whose writes do what `.1` says.
+    struct WritesWith<F>(Flaky, F);
+
+    impl<F> WritesWith<F> {
+        fn new(write: F) -> Self {
+            Self(
+                Flaky {
+                    inner: MemoryStore::new(),
+                    fail: false.into(),
+                },
+                write,
+            )
+        }
+    }
+
+    impl<F: Fn(&Flaky, Batch) -> Result<(), StoreError> + Send + Sync + 'static> Store
+        for WritesWith<F>
+    {
+        fn get(&self, s: Space, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.0.get(s, k)
+        }
+        fn scan(&self, s: Space, f: &[u8], t: Option<&[u8]>, l: usize) -> Result<Rows, StoreError> {
+            self.0.scan(s, f, t, l)
+        }
+        fn write(&self, b: Batch) -> Result<(), StoreError> {
+            (self.1)(&self.0, b)
+        }
     }
 
     #[tokio::test]
@@ -906,31 +916,12 @@ mod tests {
     /// store holds, not from the head the committer last knew.
     #[tokio::test]
     async fn after_a_failed_write_that_landed_the_chain_goes_on_from_the_store() {
-        struct Landing(Flaky);
-        impl Store for Landing {
-            fn get(&self, s: Space, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-                self.0.get(s, k)
+        let store = Arc::new(WritesWith::new(|f: &Flaky, b| {
+            f.inner.write(b)?;
+            if f.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(StoreError::Engine("sync failed".into()));
             }
-            fn scan(
-                &self,
-                s: Space,
-                f: &[u8],
-                t: Option<&[u8]>,
-                l: usize,
-            ) -> Result<Rows, StoreError> {
-                self.0.scan(s, f, t, l)
-            }
-            fn write(&self, b: Batch) -> Result<(), StoreError> {
-                self.0.inner.write(b)?;
-                if self.0.fail.load(std::sync::atomic::Ordering::SeqCst) {
-                    return Err(StoreError::Engine("sync failed".into()));
-                }
-                Ok(())
-            }
-        }
-        let store = Arc::new(Landing(Flaky {
-            inner: MemoryStore::new(),
-            fail: false.into(),
+            Ok(())
         }));
         let metrics = Arc::new(Metrics::new());
         let c = Committer::start(store.clone(), metrics.clone()).unwrap();
