@@ -493,6 +493,7 @@ fn chain_round_trip(input: &mut Input<'_>) {
             reference: input.opt_string(),
             approval: input.opt_string(),
             requester: input.opt_string(),
+            reason: input.opt_string(),
         }
         .into_event(seq, time_ms);
         let (h, bytes) = audit::chain(&head, &mut ev);

@@ -237,6 +237,11 @@ pub struct AuditEvent {
     /// leaves their hashes as they were.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requester: Option<String>,
+    /// For a release denied: why (`consent_required`, `restricted`,
+    /// `purpose_not_allowed`, ...), as the caller was told. (Absent from
+    /// events written before it existed.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// Hex SHA-256 of the previous event's hash and this event's content.
     /// Last: the chain's sealing fills it in after the rest is serialized.
     pub hash: String,
@@ -471,6 +476,9 @@ pub struct AccessEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class: Option<String>,
     pub outcome: String,
+    /// For a denial: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// `GET /v1/subjects/{subject}/access-log`.

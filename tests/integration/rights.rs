@@ -69,6 +69,26 @@ async fn consent_gates_a_requires_consent_purpose() {
     assert!(events
         .iter()
         .any(|e| e.action == "consent" && e.outcome == "forbidden" && e.caller == "officer"));
+    // Why each release was denied is on record, for the officers and in
+    // the subject's access log.
+    let denied: Vec<_> = events
+        .iter()
+        .filter(|e| e.action == "detokenize" && e.outcome == "denied")
+        .collect();
+    assert_eq!(denied.len(), 3);
+    assert!(denied
+        .iter()
+        .all(|e| e.reason.as_deref() == Some("consent_required")));
+    let log = app.access_log("acct-1").await.unwrap();
+    assert!(log
+        .entries
+        .iter()
+        .filter(|e| e.outcome == "denied")
+        .all(|e| e.reason.as_deref() == Some("consent_required")));
+    assert_eq!(
+        log.entries.iter().filter(|e| e.outcome == "denied").count(),
+        3
+    );
     let st = app
         .give_consent("acct-1", "user_specified", "2024-01-01")
         .await

@@ -30,6 +30,7 @@ pub struct Draft {
     pub reference: Option<String>,
     pub approval: Option<String>,
     pub requester: Option<String>,
+    pub reason: Option<String>,
 }
 
 impl Draft {
@@ -48,6 +49,7 @@ impl Draft {
             reference: self.reference,
             approval: self.approval,
             requester: self.requester,
+            reason: self.reason,
             hash: String::new(),
         }
     }

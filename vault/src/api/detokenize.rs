@@ -364,6 +364,17 @@ impl Lookup<'_> {
     /// token). The audit event records the refused attempt, without the
     /// token (which may be any string the caller sent).
     fn resolve(&self, i: usize, token: &str) -> Result<(ValueOut, Draft), ApiError> {
+        let (out, mut draft) = self.answer(i, token)?;
+        // Why a denial was made goes on record with it (a fixed word:
+        // `consent_required`, `restricted`, ...), for the officers and the
+        // subject's access log, not only for the caller.
+        if out.status == Status::Denied {
+            draft.reason.clone_from(&out.reason);
+        }
+        Ok((out, draft))
+    }
+
+    fn answer(&self, i: usize, token: &str) -> Result<(ValueOut, Draft), ApiError> {
         let mut out = ValueOut {
             token: token.to_string(),
             status: Status::Unknown,

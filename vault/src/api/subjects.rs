@@ -327,6 +327,7 @@ pub fn access_log(
             purpose: e.purpose,
             class: e.class,
             outcome: e.outcome,
+            reason: e.reason,
         })
         .collect();
     Ok(AccessLog {

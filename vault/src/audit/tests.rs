@@ -310,6 +310,7 @@ fn the_sealed_bytes_are_the_event_serialized_with_its_hash() {
             reference: Some("case \"9\"".into()),
             approval: Some("apr-1".into()),
             requester: Some("app".into()),
+            reason: Some("consent_required".into()),
         },
     ];
     let mut prev = Head::EMPTY;

@@ -200,11 +200,13 @@ fn audit_text(r: &vault_sdk::wire::AuditResponse) -> String {
             e.class.as_deref().unwrap_or("-"),
             e.outcome
         ));
-        // Legal exceptions: the approval, whom it is for, the case.
+        // Legal exceptions: the approval, whom it is for, the case; and why
+        // a release was denied.
         for (name, value) in [
             ("approval", &e.approval),
             ("requester", &e.requester),
             ("reference", &e.reference),
+            ("reason", &e.reason),
         ] {
             if let Some(v) = value {
                 out.push_str(&format!(" {name}={v}"));
