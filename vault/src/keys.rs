@@ -768,6 +768,19 @@ const COMMAND_OUTPUT_MAX: usize = 256;
 /// through a stack buffer, leaving freed copies of the key text behind);
 /// its standard error is not kept.
 pub fn master_from_command(argv: &[String]) -> Result<SecretKey<32>, KeyError> {
+    master_from_command_within(argv, COMMAND_WAIT)
+}
+
+/// How long a master-key command may take to print the key and close its
+/// output: a hung HSM client, or a helper whose background child keeps
+/// the output open, would otherwise hold the start (or an unseal) for
+/// ever. It is killed instead, and the start fails saying why.
+const COMMAND_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn master_from_command_within(
+    argv: &[String],
+    wait: std::time::Duration,
+) -> Result<SecretKey<32>, KeyError> {
     use std::process::{Command, Stdio};
     let (program, args) = argv
         .split_first()
@@ -781,8 +794,9 @@ pub fn master_from_command(argv: &[String]) -> Result<SecretKey<32>, KeyError> {
         .map_err(|e| KeyError::Command(format!("cannot run {program}: {}", e.kind())))?;
     // One byte over the cap, to tell "exactly full" from "too much".
     let mut buf = Zeroizing::new(vec![0u8; COMMAND_OUTPUT_MAX + 1]);
+    let deadline = std::time::Instant::now() + wait;
     let read = match child.stdout.take() {
-        Some(mut out) => read_capped(&mut out, &mut buf),
+        Some(mut out) => read_capped(&mut out, &mut buf, deadline),
         None => Err(std::io::ErrorKind::BrokenPipe.into()),
     };
     // The pipe is closed by now: a command still writing gets EPIPE, and
@@ -794,7 +808,13 @@ pub fn master_from_command(argv: &[String]) -> Result<SecretKey<32>, KeyError> {
     let status = child
         .wait()
         .map_err(|e| KeyError::Command(format!("{program}: {}", e.kind())))?;
-    let len = read.map_err(|e| KeyError::Command(format!("{program}: {}", e.kind())))?;
+    let len = read.map_err(|e| match e.kind() {
+        std::io::ErrorKind::TimedOut => KeyError::Command(format!(
+            "{program} did not print the key and close its output within {} s; it was killed",
+            wait.as_secs_f32()
+        )),
+        kind => KeyError::Command(format!("{program}: {kind}")),
+    })?;
     if too_long {
         return Err(KeyError::Command(format!(
             "{program} printed more than {COMMAND_OUTPUT_MAX} bytes"
@@ -813,10 +833,31 @@ pub fn master_from_command(argv: &[String]) -> Result<SecretKey<32>, KeyError> {
 }
 
 /// Reads from `from` into `buf` until end of input or until `buf` is
-/// full; returns how many bytes it holds. Nothing is copied elsewhere.
-fn read_capped(from: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+/// full; returns how many bytes it holds, or `TimedOut` at `deadline`.
+/// Nothing is copied elsewhere.
+fn read_capped(
+    from: &mut (impl std::io::Read + std::os::fd::AsFd),
+    buf: &mut [u8],
+    deadline: std::time::Instant,
+) -> std::io::Result<usize> {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
     let mut len = 0;
     while let Some(rest) = buf.get_mut(len..).filter(|r| !r.is_empty()) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        let timeout = Timespec {
+            tv_sec: i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: i64::from(left.subsec_nanos()),
+        };
+        let mut fds = [PollFd::new(&*from, PollFlags::IN)];
+        match poll(&mut fds, Some(&timeout)) {
+            Ok(0) => return Err(std::io::ErrorKind::TimedOut.into()),
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
         match from.read(rest) {
             Ok(0) => break,
             Ok(n) => len += n,
@@ -857,7 +898,12 @@ pub fn write_new_master(path: &Path) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )]
     use super::*;
 
     /// A root key moved out of the environment is handed out once: the
@@ -1182,6 +1228,32 @@ mod tests {
             master_from_command(&[]),
             Err(KeyError::Command(_))
         ));
+    }
+
+    /// A command that hangs, or prints the key and leaves a background
+    /// child holding its output, is killed at the deadline and the start
+    /// fails saying so, rather than waiting for ever.
+    #[test]
+    fn a_key_command_that_does_not_finish_is_killed_at_its_deadline() {
+        let hexkey = "ab".repeat(32);
+        let wait = std::time::Duration::from_millis(300);
+        for script in ["sleep 30".to_string(), format!("echo {hexkey}; sleep 30 &")] {
+            let started = std::time::Instant::now();
+            let err = master_from_command_within(&["sh".into(), "-c".into(), script.clone()], wait)
+                .unwrap_err();
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "{script}"
+            );
+            let KeyError::Command(m) = err else {
+                panic!("{script}: {err:?}")
+            };
+            assert!(m.contains("within 0.3 s"), "{m}");
+            assert!(!m.contains(&hexkey));
+        }
+        // Within its time it is read as before.
+        let k = master_from_command_within(&["echo".into(), hexkey], wait).unwrap();
+        assert_eq!(k.expose_secret(), &[0xab; 32]);
     }
 
     #[test]
